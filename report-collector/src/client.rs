@@ -1,0 +1,628 @@
+//! Talking to report-apis: request a ticket, poll `get_report` until the CSV comes, inside the
+//! run deadline. Transient trouble (unreachable, timeouts, 5xx) is retried with backoff; a
+//! ticket the server no longer knows (404, it restarted) is replaced a bounded number of
+//! times; nothing but a body that looks like the CSV report is ever taken for one.
+//!
+//! The polling logic is written against [`ReportServer`] so it can be tested on tokio's paused
+//! clock with a scripted server; [`HttpServer`] is the real one.
+
+use std::future::Future;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use tokio::time::Instant;
+
+/// The exact body report-apis (and the original) sends while a report is being generated.
+pub const NOT_READY: &str = "report is not ready";
+/// The first line of every report.
+pub const CSV_HEADER: &str = "timestamp,data";
+
+/// One answer to `get_report`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Poll {
+    NotReady {
+        retry_after: Option<Duration>,
+    },
+    Ready(String),
+    /// 404: the server does not know the ticket (it restarted, or the ticket expired).
+    UnknownTicket,
+}
+
+/// A request that did not give a usable answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// Worth retrying: unreachable, timed out, 5xx, 429.
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Retrying will not help: a 4xx, or a 200 whose body is not what was asked for.
+    Permanent(String),
+}
+
+/// The two calls the collector makes.
+pub trait ReportServer {
+    fn request_ticket(&self) -> impl Future<Output = Result<String, FetchError>>;
+    fn get_report(&self, ticket: &str) -> impl Future<Output = Result<Poll, FetchError>>;
+}
+
+/// Exponential backoff for transient failures.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+
+    /// The wait before the next retry; doubles each time up to `max`.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(500), Duration::from_secs(30))
+    }
+}
+
+/// A report fetched in full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collected {
+    pub ticket: String,
+    pub csv: String,
+}
+
+/// Why no report was fetched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CollectError {
+    #[error("the run deadline passed {while_doing}: {last}")]
+    DeadlinePassed { while_doing: String, last: String },
+    #[error("{0}")]
+    Rejected(String),
+    #[error(
+        "the server forgot the ticket {renewals} times in a row (404); giving up until the next run (max-ticket-renewals)"
+    )]
+    RenewalsExhausted { renewals: u32 },
+}
+
+/// Requests a ticket and polls for its report until it is ready or `deadline` passes.
+/// Polls at once after the request, then every `poll_interval`, sooner if `Retry-After` says.
+/// `on_ticket` hears every ticket as soon as it is issued.
+pub async fn collect<S: ReportServer>(
+    server: &S,
+    poll_interval: Duration,
+    deadline: Instant,
+    max_renewals: u32,
+    mut on_ticket: impl FnMut(&str),
+) -> Result<Collected, CollectError> {
+    let mut backoff = Backoff::default();
+    let mut renewals = 0;
+    loop {
+        let ticket = loop {
+            let answer = tokio::time::timeout_at(deadline, server.request_ticket()).await;
+            match answer {
+                Err(_) => return Err(deadline_passed("requesting a ticket", "no answer yet")),
+                Ok(Ok(ticket)) => break ticket,
+                Ok(Err(FetchError::Permanent(message))) => {
+                    return Err(CollectError::Rejected(message));
+                }
+                Ok(Err(FetchError::Transient {
+                    message,
+                    retry_after,
+                })) => {
+                    retry_later(
+                        "requesting a ticket",
+                        message,
+                        retry_after,
+                        &mut backoff,
+                        deadline,
+                    )
+                    .await?
+                }
+            }
+        };
+        backoff.reset();
+        tracing::info!(TICKET = %ticket, "got ticket {ticket}; polling for its report");
+        on_ticket(&ticket);
+        let while_doing = format!("waiting for the report of ticket {ticket}");
+        loop {
+            let answer = tokio::time::timeout_at(deadline, server.get_report(&ticket)).await;
+            match answer {
+                Err(_) => return Err(deadline_passed(&while_doing, "no answer yet")),
+                Ok(Ok(Poll::Ready(csv))) => return Ok(Collected { ticket, csv }),
+                Ok(Ok(Poll::NotReady { retry_after })) => {
+                    backoff.reset();
+                    let wait = retry_after.map_or(poll_interval, |r| r.min(poll_interval));
+                    if Instant::now() + wait > deadline {
+                        return Err(deadline_passed(
+                            &while_doing,
+                            "the report is still not ready",
+                        ));
+                    }
+                    tracing::debug!(TICKET = %ticket, "report not ready; polling again in {}", humantime::format_duration(wait));
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(Ok(Poll::UnknownTicket)) => {
+                    renewals += 1;
+                    if renewals > max_renewals {
+                        return Err(CollectError::RenewalsExhausted {
+                            renewals: renewals - 1,
+                        });
+                    }
+                    tracing::warn!(
+                        TICKET = %ticket,
+                        "the server no longer knows ticket {ticket} (404, it may have restarted); requesting a new one ({renewals} of {max_renewals})"
+                    );
+                    break;
+                }
+                Ok(Err(FetchError::Permanent(message))) => {
+                    return Err(CollectError::Rejected(message));
+                }
+                Ok(Err(FetchError::Transient {
+                    message,
+                    retry_after,
+                })) => {
+                    retry_later(&while_doing, message, retry_after, &mut backoff, deadline).await?
+                }
+            }
+        }
+    }
+}
+
+fn deadline_passed(while_doing: &str, last: &str) -> CollectError {
+    CollectError::DeadlinePassed {
+        while_doing: while_doing.to_owned(),
+        last: last.to_owned(),
+    }
+}
+
+async fn retry_later(
+    while_doing: &str,
+    message: String,
+    retry_after: Option<Duration>,
+    backoff: &mut Backoff,
+    deadline: Instant,
+) -> Result<(), CollectError> {
+    let delay = backoff.next_delay();
+    let wait = retry_after.map_or(delay, |r| r.max(delay));
+    if Instant::now() + wait > deadline {
+        return Err(CollectError::DeadlinePassed {
+            while_doing: while_doing.to_owned(),
+            last: message,
+        });
+    }
+    tracing::warn!(
+        "{message} ({while_doing}); retrying in {}",
+        humantime::format_duration(wait)
+    );
+    tokio::time::sleep(wait).await;
+    Ok(())
+}
+
+/// report-apis over HTTP, every request bounded by `request-timeout`.
+#[derive(Debug, Clone)]
+pub struct HttpServer {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl HttpServer {
+    pub fn new(server_url: &str, request_timeout: Duration) -> reqwest::Result<HttpServer> {
+        let client = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .connect_timeout(request_timeout)
+            .user_agent(concat!("report-collector/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(HttpServer {
+            client,
+            base: server_url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    async fn get(&self, path: &str) -> Result<(StatusCode, Option<Duration>, String), FetchError> {
+        let url = format!("{}{path}", self.base);
+        let response = self.client.get(&url).send().await.map_err(|e| {
+            transient(format!(
+                "cannot reach the report server at {}: {}; check that report-apis is running and server-url is right",
+                self.base,
+                error_chain(&e)
+            ))
+        })?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response.text().await.map_err(|e| {
+            transient(format!(
+                "the report server at {} broke off its answer to {path}: {}",
+                self.base,
+                error_chain(&e)
+            ))
+        })?;
+        Ok((status, retry_after, body))
+    }
+}
+
+fn transient(message: String) -> FetchError {
+    FetchError::Transient {
+        message,
+        retry_after: None,
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The start of a body, for error messages (never the whole of an error page).
+fn excerpt(body: &str) -> String {
+    let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(80) {
+        Some((i, _)) => format!("{}...", &one_line[..i]),
+        None => one_line,
+    }
+}
+
+/// The answer for any status that is not a 200 (nor a 404 on `get_report`).
+fn status_error(
+    what: &str,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &str,
+) -> FetchError {
+    let message = format!(
+        "the server answered {what} with {status}: {}",
+        excerpt(body)
+    );
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        FetchError::Transient {
+            message,
+            retry_after,
+        }
+    } else {
+        FetchError::Permanent(message)
+    }
+}
+
+/// A ticket is one short line of URL- and file-name-safe characters.
+pub fn is_ticket(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 200
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !text.starts_with('.')
+}
+
+/// Whether a body is the CSV report: the header `timestamp,data`, then rows with as many
+/// fields. An HTML error page or a truncated answer is not.
+pub fn looks_like_report(body: &str) -> bool {
+    let mut lines = body.lines().map(|l| l.trim_end_matches('\r'));
+    if lines.next() != Some(CSV_HEADER) {
+        return false;
+    }
+    let fields = CSV_HEADER.split(',').count();
+    lines
+        .filter(|l| !l.is_empty())
+        .all(|l| l.split(',').count() == fields && !l.contains('\0'))
+}
+
+impl ReportServer for HttpServer {
+    async fn request_ticket(&self) -> Result<String, FetchError> {
+        let (status, retry_after, body) = self.get("/request_report").await?;
+        if status != StatusCode::OK {
+            return Err(status_error(
+                "the ticket request",
+                status,
+                retry_after,
+                &body,
+            ));
+        }
+        let ticket = body.trim();
+        if !is_ticket(ticket) {
+            return Err(FetchError::Permanent(format!(
+                "the server answered the ticket request with something that is not a ticket: {}",
+                excerpt(&body)
+            )));
+        }
+        Ok(ticket.to_owned())
+    }
+
+    async fn get_report(&self, ticket: &str) -> Result<Poll, FetchError> {
+        let (status, retry_after, body) = self.get(&format!("/get_report/{ticket}")).await?;
+        match status {
+            StatusCode::OK if body == NOT_READY => Ok(Poll::NotReady { retry_after }),
+            StatusCode::OK if looks_like_report(&body) => Ok(Poll::Ready(body)),
+            StatusCode::OK => Err(FetchError::Permanent(format!(
+                "the server answered get_report for ticket {ticket} with something that is not a CSV report (no `{CSV_HEADER}` header): {}",
+                excerpt(&body)
+            ))),
+            StatusCode::NOT_FOUND => Ok(Poll::UnknownTicket),
+            _ => Err(status_error(
+                &format!("get_report for ticket {ticket}"),
+                status,
+                retry_after,
+                &body,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    /// A server that answers from a script and records when each call came.
+    struct Scripted {
+        tickets: RefCell<VecDeque<Result<String, FetchError>>>,
+        polls: RefCell<VecDeque<Result<Poll, FetchError>>>,
+        calls: RefCell<Vec<(&'static str, Duration)>>,
+        start: Instant,
+    }
+
+    impl Scripted {
+        fn new(
+            tickets: Vec<Result<String, FetchError>>,
+            polls: Vec<Result<Poll, FetchError>>,
+        ) -> Scripted {
+            Scripted {
+                tickets: RefCell::new(tickets.into()),
+                polls: RefCell::new(polls.into()),
+                calls: RefCell::new(Vec::new()),
+                start: Instant::now(),
+            }
+        }
+
+        fn calls(&self) -> Vec<(&'static str, u64)> {
+            self.calls
+                .borrow()
+                .iter()
+                .map(|(c, at)| (*c, at.as_millis() as u64))
+                .collect()
+        }
+    }
+
+    impl ReportServer for Scripted {
+        async fn request_ticket(&self) -> Result<String, FetchError> {
+            self.calls
+                .borrow_mut()
+                .push(("request", self.start.elapsed()));
+            self.tickets
+                .borrow_mut()
+                .pop_front()
+                .unwrap_or_else(|| Ok("t_0".into()))
+        }
+
+        async fn get_report(&self, _ticket: &str) -> Result<Poll, FetchError> {
+            self.calls.borrow_mut().push(("poll", self.start.elapsed()));
+            self.polls
+                .borrow_mut()
+                .pop_front()
+                .unwrap_or(Ok(Poll::NotReady { retry_after: None }))
+        }
+    }
+
+    const CSV: &str = "timestamp,data\n0,data-0\n1,data-1\n";
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn not_ready(retry_after: Option<u64>) -> Result<Poll, FetchError> {
+        Ok(Poll::NotReady {
+            retry_after: retry_after.map(Duration::from_secs),
+        })
+    }
+
+    fn down() -> FetchError {
+        FetchError::Transient {
+            message: "cannot reach".into(),
+            retry_after: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_at_once_then_every_poll_interval() {
+        let server = Scripted::new(
+            vec![],
+            vec![
+                not_ready(None),
+                not_ready(None),
+                Ok(Poll::Ready(CSV.into())),
+            ],
+        );
+        let deadline = Instant::now() + 600 * SEC;
+        let got = collect(&server, 10 * SEC, deadline, 3, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(got.csv, CSV);
+        assert_eq!(
+            server.calls(),
+            vec![
+                ("request", 0),
+                ("poll", 0),
+                ("poll", 10_000),
+                ("poll", 20_000)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_shortens_the_wait_but_never_lengthens_it() {
+        let server = Scripted::new(
+            vec![],
+            vec![
+                not_ready(Some(2)),
+                not_ready(Some(60)),
+                Ok(Poll::Ready(CSV.into())),
+            ],
+        );
+        let deadline = Instant::now() + 600 * SEC;
+        collect(&server, 10 * SEC, deadline, 3, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(
+            server.calls(),
+            vec![
+                ("request", 0),
+                ("poll", 0),
+                ("poll", 2_000),
+                ("poll", 12_000)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_server_is_retried_with_backoff_until_the_deadline() {
+        let server = Scripted::new(vec![Err(down()); 20], vec![]);
+        let start = Instant::now();
+        let err = collect(&server, 10 * SEC, start + 5 * SEC, 3, |_| {})
+            .await
+            .unwrap_err();
+        // 0, +0.5, +1, +2: the next wait (4 s) would end after the 5 s deadline.
+        assert_eq!(
+            server.calls(),
+            vec![
+                ("request", 0),
+                ("request", 500),
+                ("request", 1_500),
+                ("request", 3_500)
+            ]
+        );
+        assert!(start.elapsed() <= 5 * SEC);
+        match err {
+            CollectError::DeadlinePassed { last, .. } => assert_eq!(last, "cannot reach"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_errors_while_polling_back_off_then_recover() {
+        let server = Scripted::new(
+            vec![],
+            vec![
+                Err(down()),
+                Err(down()),
+                not_ready(None),
+                Ok(Poll::Ready(CSV.into())),
+            ],
+        );
+        let deadline = Instant::now() + 600 * SEC;
+        collect(&server, 10 * SEC, deadline, 3, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(
+            server.calls(),
+            vec![
+                ("request", 0),
+                ("poll", 0),
+                ("poll", 500),
+                ("poll", 1_500),
+                ("poll", 11_500)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forgotten_ticket_is_renewed_a_bounded_number_of_times() {
+        let server = Scripted::new(
+            vec![Ok("a_0".into()), Ok("b_0".into()), Ok("c_0".into())],
+            vec![
+                Ok(Poll::UnknownTicket),
+                Ok(Poll::UnknownTicket),
+                Ok(Poll::Ready(CSV.into())),
+            ],
+        );
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + 600 * SEC;
+        let got = collect(&server, 10 * SEC, deadline, 2, |t| seen.push(t.to_owned()))
+            .await
+            .unwrap();
+        assert_eq!(got.ticket, "c_0");
+        assert_eq!(seen, ["a_0", "b_0", "c_0"]);
+
+        let server = Scripted::new(vec![], vec![Ok(Poll::UnknownTicket); 5]);
+        let err = collect(&server, 10 * SEC, deadline, 2, |_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(err, CollectError::RenewalsExhausted { renewals: 2 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_bounds_slow_polling() {
+        let server = Scripted::new(vec![], vec![]);
+        let start = Instant::now();
+        let err = collect(&server, 10 * SEC, start + 25 * SEC, 3, |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CollectError::DeadlinePassed { .. }));
+        assert_eq!(start.elapsed(), 20 * SEC);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_error_ends_the_run_at_once() {
+        let server = Scripted::new(
+            vec![],
+            vec![Err(FetchError::Permanent("not a report".into()))],
+        );
+        let deadline = Instant::now() + 600 * SEC;
+        let err = collect(&server, 10 * SEC, deadline, 3, |_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(err, CollectError::Rejected("not a report".into()));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let mut b = Backoff::new(Duration::from_millis(500), 4 * SEC);
+        let delays: Vec<u128> = (0..6).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 4000, 4000]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn only_csv_reports_are_taken() {
+        assert!(looks_like_report("timestamp,data\n0,data-0\n1,data-1"));
+        assert!(looks_like_report("timestamp,data\r\n0,data-0\r\n"));
+        assert!(!looks_like_report(NOT_READY));
+        assert!(!looks_like_report(
+            "<html><body>502 Bad Gateway</body></html>"
+        ));
+        assert!(!looks_like_report("timestamp,data\n0,data-0,extra\n"));
+        assert!(!looks_like_report(""));
+    }
+
+    #[test]
+    fn tickets_are_safe_file_name_parts() {
+        assert!(is_ticket("8d2f7a9e-1c3b-4c2e-9a6f-0b1d2e3f4a5b_0"));
+        assert!(!is_ticket("../../etc/passwd"));
+        assert!(!is_ticket("<html>"));
+        assert!(!is_ticket(""));
+    }
+}

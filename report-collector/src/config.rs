@@ -1,0 +1,280 @@
+//! The collector's configuration: one TOML file with kebab-case keys, its documented defaults,
+//! and errors that name the file, the line and the key so an operator can fix them at once.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the packaged configuration lives; a missing file there means "use the defaults".
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/report-collector/config.toml";
+
+/// What to do when the previous run still holds the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Skip this run at once, naming the holder.
+    #[default]
+    Forbid,
+    /// Wait for the lock up to `lock-wait`, then run; skip on timeout.
+    Wait,
+    /// End the holder (SIGTERM, then SIGKILL after `replace-grace`), then run.
+    Replace,
+    /// Take no lock at all: runs may overlap.
+    Allow,
+}
+
+impl Policy {
+    /// The name used in the config file, on the command line and in the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Forbid => "forbid",
+            Policy::Wait => "wait",
+            Policy::Replace => "replace",
+            Policy::Allow => "allow",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Policy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "forbid" => Ok(Policy::Forbid),
+            "wait" => Ok(Policy::Wait),
+            "replace" => Ok(Policy::Replace),
+            "allow" => Ok(Policy::Allow),
+            other => Err(format!(
+                "unknown policy `{other}`: use one of forbid, wait, replace, allow"
+            )),
+        }
+    }
+}
+
+/// Every setting of the collector. `Default` gives the documented defaults.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Config {
+    /// Base URL of report-apis.
+    pub server_url: String,
+    pub policy: Policy,
+    /// The file that is flocked for the whole run; it also holds the holder record.
+    pub lock_file: PathBuf,
+    pub report_dir: PathBuf,
+    /// Where the outcome of the last run is kept for `status`.
+    pub state_file: PathBuf,
+    pub keep_reports: usize,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Timeout of every single HTTP request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Bound on the whole run, waiting for the lock included.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lock_wait: Duration,
+    #[serde(with = "humantime_serde")]
+    pub replace_grace: Duration,
+    /// Under `forbid`, a timer-started run later than this after its slot skips itself.
+    #[serde(with = "humantime_serde")]
+    pub starting_deadline: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub schedule_period: Duration,
+    /// Prometheus textfile written after every run, when set.
+    pub metrics_file: Option<PathBuf>,
+    /// How many times a ticket the server no longer knows (404) is replaced by a new one.
+    pub max_ticket_renewals: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server_url: "http://127.0.0.1:8080".to_owned(),
+            policy: Policy::Forbid,
+            lock_file: PathBuf::from("/var/lib/report-collector/collector.lock"),
+            report_dir: PathBuf::from("/var/lib/report-collector/reports"),
+            state_file: PathBuf::from("/var/lib/report-collector/last-run.json"),
+            keep_reports: 100,
+            poll_interval: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            deadline: Duration::from_secs(600),
+            lock_wait: Duration::from_secs(300),
+            replace_grace: Duration::from_secs(10),
+            starting_deadline: None,
+            schedule_period: Duration::from_secs(60),
+            metrics_file: None,
+            max_ticket_renewals: 3,
+        }
+    }
+}
+
+/// A configuration the collector cannot run with (exit code 78).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "cannot read the configuration file {path}: {source}; create it or pass another one with --config"
+    )]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} line {line}: {message}; fix or remove that line")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Loads `path`; with `explicit` false a missing file gives the defaults (the packaged
+    /// default path may legitimately be absent on a manual install).
+    pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(path, &text),
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses and checks the text of a config file; `path` only names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(1);
+            // serde speaks of "fields"; the file has keys.
+            let message = e
+                .message()
+                .trim()
+                .replace("unknown field", "unknown key")
+                .replace("expected one of", "the known keys are");
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                line,
+                message,
+            }
+        })?;
+        config.check().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks the values serde cannot: things that would make a run meaningless or spin.
+    pub fn check(&self) -> Result<(), String> {
+        let url = reqwest::Url::parse(&self.server_url).map_err(|e| {
+            format!(
+                "server-url `{}` is not a URL ({e}); write it like http://127.0.0.1:8080",
+                self.server_url
+            )
+        })?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(format!(
+                "server-url `{}` must start with http:// or https://",
+                self.server_url
+            ));
+        }
+        for (key, value) in [
+            ("poll-interval", self.poll_interval),
+            ("request-timeout", self.request_timeout),
+            ("deadline", self.deadline),
+            ("schedule-period", self.schedule_period),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{key} must be longer than 0s"));
+            }
+        }
+        if self.keep_reports == 0 {
+            return Err("keep-reports must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let config = Config::parse(Path::new("c.toml"), "").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.policy, Policy::Forbid);
+        assert_eq!(config.deadline, Duration::from_secs(600));
+        assert_eq!(config.starting_deadline, None);
+    }
+
+    #[test]
+    fn keys_are_kebab_case_and_durations_humane() {
+        let text = r#"
+server-url = "http://127.0.0.1:9000"
+policy = "replace"
+poll-interval = "250ms"
+starting-deadline = "10s"
+metrics-file = "/tmp/m.prom"
+max-ticket-renewals = 5
+"#;
+        let config = Config::parse(Path::new("c.toml"), text).unwrap();
+        assert_eq!(config.policy, Policy::Replace);
+        assert_eq!(config.poll_interval, Duration::from_millis(250));
+        assert_eq!(config.starting_deadline, Some(Duration::from_secs(10)));
+        assert_eq!(config.metrics_file, Some(PathBuf::from("/tmp/m.prom")));
+        assert_eq!(config.max_ticket_renewals, 5);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = "policy = \"wait\"\n\npoll-intervall = \"5s\"\n";
+        let err = Config::parse(Path::new("/etc/x.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/x.toml"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("poll-intervall"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for text in [
+            "policy = \"sometimes\"",
+            "deadline = \"soon\"",
+            "poll-interval = \"0s\"",
+            "server-url = \"127.0.0.1:8080\"",
+            "keep-reports = 0",
+        ] {
+            assert!(Config::parse(Path::new("c.toml"), text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn missing_default_file_means_defaults_but_missing_explicit_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.toml");
+        assert_eq!(Config::load(&missing, false).unwrap(), Config::default());
+        assert!(matches!(
+            Config::load(&missing, true),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

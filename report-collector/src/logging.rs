@@ -1,0 +1,31 @@
+//! The one logging setup: structured records to journald whenever its socket exists (manual
+//! runs included), field names exactly as written (no `F_` prefix), and readable lines on
+//! stderr when not started by systemd (`JOURNAL_STREAM` unset) or when journald is absent.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+
+/// The syslog identifier: `journalctl -t report-collector` finds every line, even those
+/// journald could not attribute to the unit (processes that exit at once).
+pub const IDENTIFIER: &str = "report-collector";
+
+/// Installs the global subscriber. `RUST_LOG` overrides the default level (info).
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let journald = tracing_journald::layer().ok().map(|layer| {
+        layer
+            .with_field_prefix(None)
+            .with_syslog_identifier(IDENTIFIER.to_owned())
+    });
+    let to_stderr = journald.is_none() || std::env::var_os("JOURNAL_STREAM").is_none();
+    let stderr = to_stderr.then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(journald)
+        .with(stderr)
+        .init();
+}

@@ -1,0 +1,97 @@
+//! The `report-collector` binary: parse the command line, set up logging, load the config,
+//! then hand over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use report_collector::config::{Config, DEFAULT_CONFIG_PATH, Policy};
+use report_collector::outcome::exit_code;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    collected: the report was fetched and saved
+  75   skipped: lock busy (forbid), lock-wait timed out (wait), holder not confirmed (replace),
+       or a timer start later than starting-deadline after its slot
+  78   configuration error (config file or command line)
+  1    any other failure (server unreachable or failing until the deadline, bad answers, disk)
+  130  cancelled by SIGINT
+  143  cancelled by SIGTERM";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "report-collector",
+    version,
+    about = "Collects one report from report-apis per run, never overlapping a previous run.",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    /// Configuration file [default: /etc/report-collector/config.toml; absent means defaults]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Base URL of report-apis (overrides server-url)
+    #[arg(long, global = true, value_name = "URL")]
+    server_url: Option<String>,
+    /// What to do when the previous run still holds the lock: forbid, wait, replace or allow
+    /// (overrides policy)
+    #[arg(long, global = true, value_name = "POLICY", value_parser = clap::builder::PossibleValuesParser::new(["forbid", "wait", "replace", "allow"]))]
+    policy: Option<String>,
+    /// The lock file (overrides lock-file)
+    #[arg(long, global = true, value_name = "PATH")]
+    lock_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Collect one report (what a bare `report-collector` does)
+    Run,
+    /// Show whether the lock is held (and by whom), the last run and the reports kept
+    Status {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit_code::CONFIG } else { 0 });
+        }
+    };
+    report_collector::logging::init();
+
+    let (path, explicit) = match &cli.config {
+        Some(path) => (path.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    let mut config = match Config::load(&path, explicit) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!("configuration error: {e}");
+            return ExitCode::from(exit_code::CONFIG);
+        }
+    };
+    if let Some(url) = cli.server_url {
+        config.server_url = url;
+    }
+    if let Some(policy) = cli.policy {
+        config.policy = policy.parse::<Policy>().unwrap_or_default();
+    }
+    if let Some(lock_file) = cli.lock_file {
+        config.lock_file = lock_file;
+    }
+    if let Err(e) = config.check() {
+        tracing::error!("configuration error (command line): {e}");
+        return ExitCode::from(exit_code::CONFIG);
+    }
+
+    match cli.command {
+        None | Some(Command::Run) => report_collector::run(&config),
+        Some(Command::Status { json }) => report_collector::status(&config, json),
+    }
+}

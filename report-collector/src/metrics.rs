@@ -1,0 +1,176 @@
+//! The Prometheus textfile (`metrics-file`) for node_exporter's textfile collector, rewritten
+//! after every run, skips included.
+//!
+//! The run counters live in the file itself, so each run reads, increments and rewrites it.
+//! That read-modify-write is serialised with an flock on a sibling `<metrics-file>.lock` (never
+//! the run lock: a skipped run must not wait for the run it skipped), so no count is lost when
+//! many runs end at once; the file is replaced by rename, so the collector never reads half.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::outcome::{KINDS, RunReport, unix_seconds, write_replacing};
+
+const RUNS_TOTAL: &str = "report_collector_runs_total";
+
+/// The sibling file whose flock serialises updates.
+pub fn lock_path(metrics_file: &Path) -> PathBuf {
+    let mut name = metrics_file.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Adds `run` to the textfile at `path`.
+pub fn record(path: &Path, run: &RunReport) -> io::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let guard = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(lock_path(path))?;
+    // Held for a few file operations only; released when `guard` closes.
+    fs2::FileExt::lock_exclusive(&guard)?;
+    let mut counts = match std::fs::read_to_string(path) {
+        Ok(text) => parse_counts(&text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(e),
+    };
+    *counts.entry(run.outcome.kind().to_owned()).or_insert(0) += 1;
+    write_replacing(path, render(run, &counts).as_bytes())?;
+    drop(guard);
+    Ok(())
+}
+
+/// Reads `report_collector_runs_total{outcome="..."} N` lines back.
+pub fn parse_counts(text: &str) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(RUNS_TOTAL) else {
+            continue;
+        };
+        let Some(rest) = rest.strip_prefix("{outcome=\"") else {
+            continue;
+        };
+        let Some((kind, value)) = rest.split_once("\"}") else {
+            continue;
+        };
+        if let Ok(n) = value.trim().parse::<u64>() {
+            counts.insert(kind.to_owned(), n);
+        }
+    }
+    counts
+}
+
+/// The whole textfile.
+pub fn render(run: &RunReport, counts: &BTreeMap<String, u64>) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "# HELP report_collector_last_run_start_timestamp_seconds When the last run started (Unix time).\n\
+         # TYPE report_collector_last_run_start_timestamp_seconds gauge\n",
+    );
+    out.push_str(&format!(
+        "report_collector_last_run_start_timestamp_seconds {:.3}\n",
+        unix_seconds(run.started)
+    ));
+    out.push_str(
+        "# HELP report_collector_last_run_duration_seconds How long the last run took.\n\
+         # TYPE report_collector_last_run_duration_seconds gauge\n",
+    );
+    out.push_str(&format!(
+        "report_collector_last_run_duration_seconds {:.3}\n",
+        run.duration.as_secs_f64()
+    ));
+    out.push_str(
+        "# HELP report_collector_last_run_outcome How the last run ended (1 for its outcome).\n\
+         # TYPE report_collector_last_run_outcome gauge\n",
+    );
+    for kind in KINDS {
+        let value = u8::from(kind == run.outcome.kind());
+        out.push_str(&format!(
+            "report_collector_last_run_outcome{{outcome=\"{kind}\"}} {value}\n"
+        ));
+    }
+    out.push_str(&format!(
+        "# HELP {RUNS_TOTAL} Runs by outcome.\n# TYPE {RUNS_TOTAL} counter\n"
+    ));
+    for kind in KINDS {
+        let n = counts.get(kind).copied().unwrap_or(0);
+        out.push_str(&format!("{RUNS_TOTAL}{{outcome=\"{kind}\"}} {n}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Policy;
+    use crate::outcome::Outcome;
+    use std::time::{Duration, SystemTime};
+
+    fn run(outcome: Outcome) -> RunReport {
+        RunReport {
+            outcome,
+            policy: Policy::Forbid,
+            ticket: None,
+            holder_pid: None,
+            slot: SystemTime::UNIX_EPOCH,
+            trigger: "manual".into(),
+            started: SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_110_400),
+            duration: Duration::from_millis(2500),
+        }
+    }
+
+    #[test]
+    fn counts_accumulate_across_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report-collector.prom");
+        record(&path, &run(Outcome::Collected { report: "r".into() })).unwrap();
+        record(
+            &path,
+            &run(Outcome::Skipped {
+                reason: "busy".into(),
+            }),
+        )
+        .unwrap();
+        record(
+            &path,
+            &run(Outcome::Skipped {
+                reason: "busy".into(),
+            }),
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let counts = parse_counts(&text);
+        assert_eq!(counts["collected"], 1);
+        assert_eq!(counts["skipped"], 2);
+        assert_eq!(counts["failed"], 0);
+        assert!(text.contains("report_collector_last_run_outcome{outcome=\"skipped\"} 1\n"));
+        assert!(text.contains("report_collector_last_run_outcome{outcome=\"collected\"} 0\n"));
+        assert!(text.contains("report_collector_last_run_duration_seconds 2.500\n"));
+        assert!(
+            text.contains("report_collector_last_run_start_timestamp_seconds 1704110400.000\n")
+        );
+    }
+
+    #[test]
+    fn concurrent_updates_lose_no_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.prom");
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..10 {
+                        record(&path, &run(Outcome::Failed { error: "x".into() })).unwrap();
+                    }
+                });
+            }
+        });
+        let counts = parse_counts(&std::fs::read_to_string(&path).unwrap());
+        assert_eq!(counts["failed"], 80);
+    }
+}

@@ -1,0 +1,300 @@
+//! How a run ended (collected, skipped, failed, cancelled), and the one place that turns that
+//! into a decision line in the journal, a record in the state file and an exit code.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Policy;
+use crate::schedule::format_time;
+
+/// Exit codes (sysexits where one fits), documented in `--help` and the README.
+pub mod exit_code {
+    /// A report was collected and saved.
+    pub const COLLECTED: u8 = 0;
+    /// Any other failure: server unreachable until the deadline, bad answers, disk trouble.
+    pub const FAILURE: u8 = 1;
+    /// EX_TEMPFAIL: skipped (lock busy, lock-wait timed out, missed starting deadline).
+    pub const SKIPPED: u8 = 75;
+    /// EX_CONFIG: the configuration file or the command line is wrong.
+    pub const CONFIG: u8 = 78;
+    /// 128 + SIGINT.
+    pub const SIGINT: u8 = 130;
+    /// 128 + SIGTERM.
+    pub const SIGTERM: u8 = 143;
+}
+
+/// The signal that cancelled a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelSignal {
+    Term,
+    Int,
+}
+
+impl CancelSignal {
+    pub fn name(self) -> &'static str {
+        match self {
+            CancelSignal::Term => "SIGTERM",
+            CancelSignal::Int => "SIGINT",
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Collected { report: PathBuf },
+    Skipped { reason: String },
+    Failed { error: String },
+    Cancelled(CancelSignal),
+}
+
+impl Outcome {
+    /// The value of the `OUTCOME` journal field and of the metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Collected { .. } => "collected",
+            Outcome::Skipped { .. } => "skipped",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Cancelled(_) => "cancelled",
+        }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Collected { .. } => exit_code::COLLECTED,
+            Outcome::Skipped { .. } => exit_code::SKIPPED,
+            Outcome::Failed { .. } => exit_code::FAILURE,
+            Outcome::Cancelled(CancelSignal::Int) => exit_code::SIGINT,
+            Outcome::Cancelled(CancelSignal::Term) => exit_code::SIGTERM,
+        }
+    }
+}
+
+/// Every outcome kind, in the order metrics list them.
+pub const KINDS: [&str; 4] = ["collected", "skipped", "failed", "cancelled"];
+
+/// A finished run with everything the journal, the state file and the metrics need.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    pub policy: Policy,
+    pub ticket: Option<String>,
+    /// The other run that held the lock (skipped for it, waited for it, or replaced it).
+    pub holder_pid: Option<u32>,
+    pub slot: SystemTime,
+    /// `manual` or the timer unit.
+    pub trigger: String,
+    pub started: SystemTime,
+    pub duration: Duration,
+}
+
+impl RunReport {
+    pub fn exit_code(&self) -> u8 {
+        self.outcome.exit_code()
+    }
+
+    /// The human sentence of the decision line.
+    pub fn message(&self) -> String {
+        let took = format!("{:.3}s", self.duration.as_secs_f64());
+        match &self.outcome {
+            Outcome::Collected { report } => format!(
+                "collected the report for ticket {} in {took}, saved as {}",
+                self.ticket.as_deref().unwrap_or("?"),
+                report.display()
+            ),
+            Outcome::Skipped { reason } => format!("skipped this run: {reason}"),
+            Outcome::Failed { error } => format!("run failed after {took}: {error}"),
+            Outcome::Cancelled(signal) => format!(
+                "run cancelled by {} after {took}{}; nothing partial was saved",
+                signal.name(),
+                self.ticket
+                    .as_deref()
+                    .map(|t| format!(" while collecting ticket {t}"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+
+    /// Logs the decision line with the journal fields OUTCOME, TICKET, POLICY, HOLDER_PID,
+    /// SLOT and DURATION (seconds, millisecond precision); fields that do not apply are empty.
+    pub fn log(&self) {
+        let outcome = self.outcome.kind();
+        let ticket = self.ticket.as_deref().unwrap_or("");
+        let policy = self.policy.as_str();
+        let holder_pid = self.holder_pid.map(|p| p.to_string()).unwrap_or_default();
+        let slot = format_time(self.slot);
+        let duration = format!("{:.3}", self.duration.as_secs_f64());
+        let trigger = self.trigger.as_str();
+        let message = self.message();
+        macro_rules! decision {
+            ($level:ident) => {
+                tracing::$level!(
+                    OUTCOME = outcome,
+                    TICKET = ticket,
+                    POLICY = policy,
+                    HOLDER_PID = %holder_pid,
+                    SLOT = %slot,
+                    DURATION = %duration,
+                    TRIGGER = trigger,
+                    "{message}"
+                )
+            };
+        }
+        match self.outcome {
+            Outcome::Collected { .. } => decision!(info),
+            Outcome::Skipped { .. } | Outcome::Cancelled(_) => decision!(warn),
+            Outcome::Failed { .. } => decision!(error),
+        }
+    }
+
+    pub fn to_last_run(&self) -> LastRun {
+        LastRun {
+            outcome: self.outcome.kind().to_owned(),
+            exit_code: self.exit_code(),
+            started: format_time(self.started),
+            started_unix: unix_seconds(self.started),
+            duration_seconds: self.duration.as_secs_f64(),
+            ticket: self.ticket.clone(),
+            holder_pid: self.holder_pid,
+            policy: self.policy.as_str().to_owned(),
+            slot: format_time(self.slot),
+            trigger: self.trigger.clone(),
+            report: match &self.outcome {
+                Outcome::Collected { report } => Some(report.clone()),
+                _ => None,
+            },
+            message: self.message(),
+            pid: std::process::id(),
+        }
+    }
+}
+
+pub fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// The state file: the last run, for `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastRun {
+    pub outcome: String,
+    pub exit_code: u8,
+    pub started: String,
+    pub started_unix: f64,
+    pub duration_seconds: f64,
+    pub ticket: Option<String>,
+    pub holder_pid: Option<u32>,
+    pub policy: String,
+    pub slot: String,
+    pub trigger: String,
+    pub report: Option<PathBuf>,
+    pub message: String,
+    pub pid: u32,
+}
+
+impl LastRun {
+    /// Writes the state file atomically (rename). Not fsynced: it is rewritten every run and
+    /// a crash losing the newest one costs nothing.
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        let text = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        write_replacing(path, &text)
+    }
+
+    pub fn load(path: &Path) -> io::Result<Option<LastRun>> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Replaces `path` with `bytes` through a temp file in the same directory and a rename, so
+/// readers see the old or the new file, never a mix.
+pub fn write_replacing(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let mut temp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    io::Write::write_all(&mut temp, bytes)?;
+    use std::os::unix::fs::PermissionsExt;
+    temp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    temp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(outcome: Outcome) -> RunReport {
+        RunReport {
+            outcome,
+            policy: Policy::Forbid,
+            ticket: Some("abc_0".into()),
+            holder_pid: None,
+            slot: SystemTime::UNIX_EPOCH,
+            trigger: "manual".into(),
+            started: SystemTime::UNIX_EPOCH,
+            duration: Duration::from_millis(1500),
+        }
+    }
+
+    #[test]
+    fn each_outcome_has_its_exit_code() {
+        let cases = [
+            (Outcome::Collected { report: "r".into() }, 0, "collected"),
+            (
+                Outcome::Skipped {
+                    reason: "busy".into(),
+                },
+                75,
+                "skipped",
+            ),
+            (
+                Outcome::Failed {
+                    error: "down".into(),
+                },
+                1,
+                "failed",
+            ),
+            (Outcome::Cancelled(CancelSignal::Int), 130, "cancelled"),
+            (Outcome::Cancelled(CancelSignal::Term), 143, "cancelled"),
+        ];
+        for (outcome, code, kind) in cases {
+            assert_eq!(outcome.exit_code(), code);
+            assert_eq!(outcome.kind(), kind);
+        }
+    }
+
+    #[test]
+    fn the_state_file_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/last-run.json");
+        let last = report(Outcome::Cancelled(CancelSignal::Term)).to_last_run();
+        last.save(&path).unwrap();
+        assert_eq!(LastRun::load(&path).unwrap(), Some(last));
+        assert!(last_message_mentions_ticket(&path));
+    }
+
+    fn last_message_mentions_ticket(path: &Path) -> bool {
+        LastRun::load(path)
+            .unwrap()
+            .unwrap()
+            .message
+            .contains("abc_0")
+    }
+}
