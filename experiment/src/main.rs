@@ -1,3 +1,107 @@
-fn main() {
-    println!("Hello, world!");
+//! `experiment`: runs every policy against its own real server and prints the table.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use experiment::{Binaries, Params, judge, output, run, table};
+
+/// Runs report-apis and report-collector on loopback with time compressed, once per concurrency
+/// policy, and prints what each policy did to the server. The real binaries are looked up beside
+/// this executable (build them with `cargo build --release -p report-apis -p report-collector`)
+/// or taken from REPORT_APIS_BIN and REPORT_COLLECTOR_BIN.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Slots are fired during this span.
+    #[arg(long, default_value = "42s", value_parser = humantime::parse_duration)]
+    span: Duration,
+    /// Time between two slots: the compressed minute of the real timer.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    slot: Duration,
+    /// The server toggles heavy load this often.
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    heavy_period: Duration,
+    /// The collector's poll interval.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    poll_interval: Duration,
+    /// The server's base generation time of one report.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    generation_time: Duration,
+    /// The server's slowdown per other pending ticket (0 = a server that never slows down).
+    #[arg(long, default_value_t = 1.0)]
+    slowdown: f64,
+    /// Run every collector with policy allow: what happens without the lock.
+    #[arg(long)]
+    without_lock: bool,
+    /// How long runs still going after the span may take before they are stopped.
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    /// Folder for results.md and pending.svg.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    out: PathBuf,
+    /// Keep the config files, lock files, reports and logs of every run in this folder.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Exit 1 when a conclusion does not hold.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run_cli(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("experiment: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
+    let params = Params {
+        span: cli.span,
+        slot: cli.slot,
+        heavy_period: cli.heavy_period,
+        poll_interval: cli.poll_interval,
+        generation_time: cli.generation_time,
+        slowdown: cli.slowdown,
+        without_lock: cli.without_lock,
+        drain: cli.drain,
+    };
+    params.validate().map_err(anyhow::Error::msg)?;
+    let binaries = Binaries::locate()?;
+    let temp = tempfile::Builder::new()
+        .prefix("experiment-")
+        .tempdir()
+        .context("cannot create a temporary folder")?;
+    let work_dir = cli.work_dir.unwrap_or_else(|| temp.path().to_path_buf());
+    eprintln!(
+        "experiment: six arms side by side for {} s (plus up to {} s for the last runs to end)...",
+        params.span.as_secs_f64(),
+        params.drain.as_secs_f64()
+    );
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(run(&params, &binaries, &work_dir))?;
+    let verdict = judge(&outcome);
+    println!(
+        "{}\n{}\n\n{}",
+        table::parameters(&outcome),
+        table::markdown_table(&outcome),
+        verdict
+    );
+    let (page, chart) = output::save(&outcome, &verdict, &cli.out)?;
+    eprintln!(
+        "experiment: wrote {} and {}",
+        page.display(),
+        chart.display()
+    );
+    Ok(if cli.check && !verdict.holds() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -1,0 +1,139 @@
+//! The arms of the experiment: which collector policy is fired by which kind of scheduler.
+//!
+//! Cron fires a process at every slot whatever is running; that is where the collector's own
+//! policy does all the work. systemd 252 never starts a second run and fires a swallowed slot the
+//! moment the run ends; that is where `forbid` with and without a starting deadline differ.
+
+use std::fmt;
+
+/// The collector's `policy` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Allow,
+    Forbid,
+    Replace,
+    Wait,
+}
+
+impl Policy {
+    /// The value of the collector's `policy` key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Allow => "allow",
+            Policy::Forbid => "forbid",
+            Policy::Replace => "replace",
+            Policy::Wait => "wait",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the experiment's own launcher fires runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launcher {
+    /// A process at every slot, whatever is running.
+    Cron,
+    /// Never two at once; a slot that elapsed during a run fires the moment the run ends,
+    /// with `TRIGGER_UNIT` and `TRIGGER_TIMER_REALTIME_USEC` set as systemd sets them.
+    Systemd252,
+}
+
+impl Launcher {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Launcher::Cron => "cron",
+            Launcher::Systemd252 => "systemd 252",
+        }
+    }
+}
+
+/// Which arm; the names the table, the chart and the shape checks use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ArmId {
+    Allow,
+    Forbid,
+    ForbidDeadline,
+    ForbidNoDeadline,
+    Replace,
+    Wait,
+}
+
+/// One arm: a policy, a launcher and whether the collector has a starting deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arm {
+    pub id: ArmId,
+    pub policy: Policy,
+    pub launcher: Launcher,
+    pub starting_deadline: bool,
+}
+
+impl Arm {
+    /// Every arm, in table order.
+    pub const ALL: [Arm; 6] = [
+        Arm {
+            id: ArmId::Allow,
+            policy: Policy::Allow,
+            launcher: Launcher::Cron,
+            starting_deadline: false,
+        },
+        Arm {
+            id: ArmId::Forbid,
+            policy: Policy::Forbid,
+            launcher: Launcher::Cron,
+            starting_deadline: false,
+        },
+        Arm {
+            id: ArmId::ForbidDeadline,
+            policy: Policy::Forbid,
+            launcher: Launcher::Systemd252,
+            starting_deadline: true,
+        },
+        Arm {
+            id: ArmId::ForbidNoDeadline,
+            policy: Policy::Forbid,
+            launcher: Launcher::Systemd252,
+            starting_deadline: false,
+        },
+        Arm {
+            id: ArmId::Replace,
+            policy: Policy::Replace,
+            launcher: Launcher::Cron,
+            starting_deadline: false,
+        },
+        Arm {
+            id: ArmId::Wait,
+            policy: Policy::Wait,
+            launcher: Launcher::Cron,
+            starting_deadline: false,
+        },
+    ];
+
+    /// The label in the table and the chart legend.
+    pub fn label(&self) -> &'static str {
+        match self.id {
+            ArmId::Allow => "allow",
+            ArmId::Forbid => "forbid",
+            ArmId::ForbidDeadline => "forbid + starting deadline",
+            ArmId::ForbidNoDeadline => "forbid, no starting deadline",
+            ArmId::Replace => "replace",
+            ArmId::Wait => "wait",
+        }
+    }
+
+    /// A name fit for a directory.
+    pub fn slug(&self) -> &'static str {
+        match self.id {
+            ArmId::Allow => "allow",
+            ArmId::Forbid => "forbid",
+            ArmId::ForbidDeadline => "forbid-deadline",
+            ArmId::ForbidNoDeadline => "forbid-no-deadline",
+            ArmId::Replace => "replace",
+            ArmId::Wait => "wait",
+        }
+    }
+}

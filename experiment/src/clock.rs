@@ -1,0 +1,84 @@
+//! The experiment's time line: seconds since the first slot, tied to the wall clock.
+//!
+//! Everything measured is placed on one monotonic axis so runs, samples and slots of all arms
+//! can be compared; the wall-clock anchor is what systemd would put in
+//! `TRIGGER_TIMER_REALTIME_USEC`.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Slot 0 on both clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    t0: Instant,
+    t0_epoch: Duration,
+}
+
+impl Clock {
+    /// A clock whose slot 0 is the first multiple of `slot` since the epoch at least `lead_in`
+    /// from now, so that a collector that counts slots from the wall clock agrees with ours.
+    pub fn aligned(slot: Duration, lead_in: Duration) -> Clock {
+        let now_instant = Instant::now();
+        let now_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let earliest = (now_epoch + lead_in).as_nanos();
+        let slot_ns = slot.as_nanos().max(1);
+        let t0_ns = earliest.div_ceil(slot_ns) * slot_ns;
+        let t0_epoch = nanos(t0_ns);
+        let wait = t0_epoch.saturating_sub(now_epoch);
+        Clock {
+            t0: now_instant + wait,
+            t0_epoch,
+        }
+    }
+
+    /// The instant `secs` after slot 0 (negative: before it).
+    pub fn instant(&self, secs: f64) -> Instant {
+        if secs >= 0.0 {
+            self.t0 + Duration::from_secs_f64(secs)
+        } else {
+            self.t0
+                .checked_sub(Duration::from_secs_f64(-secs))
+                .unwrap_or(self.t0)
+        }
+    }
+
+    /// Seconds since slot 0 of an instant.
+    pub fn secs(&self, at: Instant) -> f64 {
+        if at >= self.t0 {
+            at.duration_since(self.t0).as_secs_f64()
+        } else {
+            -self.t0.duration_since(at).as_secs_f64()
+        }
+    }
+
+    /// Seconds since slot 0, now.
+    pub fn now(&self) -> f64 {
+        self.secs(Instant::now())
+    }
+
+    /// Microseconds since the epoch of a point `secs` after slot 0, as systemd writes them.
+    pub fn epoch_usec(&self, secs: f64) -> u128 {
+        (self.t0_epoch + Duration::from_secs_f64(secs.max(0.0))).as_micros()
+    }
+}
+
+fn nanos(ns: u128) -> Duration {
+    let secs = u64::try_from(ns / 1_000_000_000).unwrap_or(u64::MAX);
+    // The remainder is below 1e9 and fits.
+    Duration::new(secs, (ns % 1_000_000_000) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_zero_is_on_the_wall_clock_grid() {
+        let clock = Clock::aligned(Duration::from_secs(3), Duration::from_millis(10));
+        assert_eq!(clock.epoch_usec(0.0) % 3_000_000, 0);
+        assert_eq!(clock.epoch_usec(6.0) % 3_000_000, 0);
+        assert!(clock.now() < 0.0);
+        assert!(clock.now() > -3.1);
+    }
+}

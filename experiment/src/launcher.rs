@@ -1,0 +1,264 @@
+//! The experiment's own schedulers, cron-like and systemd-252-like, and the record of every run
+//! they started.
+//!
+//! These belong to the experiment, not to the product: they reproduce what each scheduler does
+//! when a run outlasts its slot (FACTS section 2), so the collector's policies can be compared
+//! under each.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::sync::mpsc;
+use tokio::time::sleep_until;
+
+use crate::arm::{Arm, Launcher, Policy};
+use crate::clock::Clock;
+use crate::collector::{CollectorSetup, effective_policy};
+use crate::params::Params;
+
+/// How a run ended, from its exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitKind {
+    /// Exit 0: the CSV was printed and saved.
+    Collected,
+    /// Exit 75: the run decided not to run (lock busy, lock-wait over, or late for its slot).
+    Skipped,
+    /// SIGTERMed (exit 143) or killed by a newer run under `replace`.
+    Replaced,
+    /// Still going when the experiment ended; stopped by the experiment.
+    CutOff,
+    /// Anything else, with the status and the last line the run wrote on stderr.
+    Failed(String),
+}
+
+/// One started collector process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    /// Start order within the arm, from 0.
+    pub seq: usize,
+    /// The slot it was fired for (for a catch-up run: the last slot missed during the run before).
+    pub slot: u32,
+    /// That slot's time, seconds after slot 0.
+    pub slot_time: f64,
+    /// Fired by the systemd-like launcher when the run before ended, not at its slot.
+    pub catch_up: bool,
+    /// Process start, seconds after slot 0.
+    pub started: f64,
+    /// Process exit, seconds after slot 0.
+    pub ended: f64,
+    pub exit: ExitKind,
+}
+
+impl RunRecord {
+    pub fn duration(&self) -> f64 {
+        self.ended - self.started
+    }
+}
+
+struct Live {
+    pid: u32,
+    slot: u32,
+    catch_up: bool,
+    started: f64,
+}
+
+/// Fires the arm's runs over the span, waits for them (stopping stragglers after the drain) and
+/// returns one record per process, in start order.
+pub async fn launch(
+    arm: &Arm,
+    params: &Params,
+    clock: Clock,
+    setup: &CollectorSetup,
+) -> anyhow::Result<Vec<RunRecord>> {
+    let slot_secs = params.slot.as_secs_f64();
+    let slots = params.slot_count();
+    let span_end = params.span.as_secs_f64();
+    let drain_end = clock.instant(span_end) + params.drain;
+    let policy = effective_policy(arm, params);
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, std::io::Result<ExitStatus>, Instant)>();
+    let mut live: HashMap<usize, Live> = HashMap::new();
+    let mut cut_off: HashSet<usize> = HashSet::new();
+    let mut records = Vec::new();
+    let mut seq = 0usize;
+    let mut next_slot = 0u32;
+    let mut missed: Option<u32> = None;
+    let mut kill_at: Option<Instant> = None;
+    let far = Instant::now() + Duration::from_secs(86_400);
+
+    let mut fire =
+        |slot: u32, catch_up: bool, live: &mut HashMap<usize, Live>| -> anyhow::Result<()> {
+            let trigger = match arm.launcher {
+                Launcher::Cron => None,
+                Launcher::Systemd252 => Some(clock.epoch_usec(f64::from(slot) * slot_secs)),
+            };
+            let mut cmd = setup.command(seq, trigger)?;
+            let started = clock.now();
+            let mut child = cmd.spawn().context("cannot start report-collector")?;
+            let pid = child.id().unwrap_or(0);
+            let tx = tx.clone();
+            let this = seq;
+            tokio::spawn(async move {
+                let status = child.wait().await;
+                // The receiver outlives every child; a send error only means the launcher gave up.
+                let _ = tx.send((this, status, Instant::now()));
+            });
+            live.insert(
+                seq,
+                Live {
+                    pid,
+                    slot,
+                    catch_up,
+                    started,
+                },
+            );
+            seq += 1;
+            Ok(())
+        };
+
+    loop {
+        if next_slot >= slots && live.is_empty() {
+            break;
+        }
+        let slot_at = if next_slot < slots {
+            clock.instant(f64::from(next_slot) * slot_secs)
+        } else {
+            far
+        };
+        let draining = next_slot >= slots && kill_at.is_none();
+        tokio::select! {
+            _ = sleep_until(slot_at.into()), if next_slot < slots => {
+                let slot = next_slot;
+                next_slot += 1;
+                match arm.launcher {
+                    Launcher::Cron => fire(slot, false, &mut live)?,
+                    // systemd swallows the elapse while the unit runs and re-fires once at its end.
+                    Launcher::Systemd252 if !live.is_empty() => missed = Some(slot),
+                    Launcher::Systemd252 => fire(slot, false, &mut live)?,
+                }
+            }
+            Some((id, status, at)) = rx.recv() => {
+                let Some(run) = live.remove(&id) else { continue };
+                let exit = classify(status, cut_off.contains(&id), policy, || setup.stderr_of(id));
+                records.push(RunRecord {
+                    seq: id,
+                    slot: run.slot,
+                    slot_time: f64::from(run.slot) * slot_secs,
+                    catch_up: run.catch_up,
+                    started: run.started,
+                    ended: clock.secs(at),
+                    exit,
+                });
+                if arm.launcher == Launcher::Systemd252
+                    && live.is_empty()
+                    && clock.now() < span_end
+                    && let Some(slot) = missed.take()
+                {
+                    fire(slot, true, &mut live)?;
+                }
+            }
+            _ = sleep_until(drain_end.into()), if draining => {
+                for (id, run) in &live {
+                    cut_off.insert(*id);
+                    signal(run.pid, Signal::SIGTERM);
+                }
+                kill_at = Some(Instant::now() + Duration::from_secs(3));
+            }
+            _ = sleep_until(kill_at.unwrap_or(far).into()), if kill_at.is_some() => {
+                for run in live.values() {
+                    signal(run.pid, Signal::SIGKILL);
+                }
+                kill_at = Some(far);
+            }
+        }
+    }
+    records.sort_by_key(|r| r.seq);
+    Ok(records)
+}
+
+fn signal(pid: u32, signal: Signal) {
+    if let Ok(raw) = i32::try_from(pid)
+        && raw > 0
+    {
+        // The process may have exited in the meantime; its waiter reports that.
+        let _ = kill(Pid::from_raw(raw), signal);
+    }
+}
+
+fn classify(
+    status: std::io::Result<ExitStatus>,
+    cut_off: bool,
+    policy: Policy,
+    stderr: impl FnOnce() -> String,
+) -> ExitKind {
+    let status = match status {
+        Ok(status) => status,
+        Err(err) => return ExitKind::Failed(format!("could not be waited for: {err}")),
+    };
+    let terminated = status.code() == Some(143) || matches!(status.signal(), Some(15) | Some(9));
+    match status.code() {
+        _ if terminated && cut_off => ExitKind::CutOff,
+        _ if terminated && policy == Policy::Replace => ExitKind::Replaced,
+        Some(0) => ExitKind::Collected,
+        Some(75) => ExitKind::Skipped,
+        _ => {
+            let text = stderr();
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("(nothing on stderr)");
+            ExitKind::Failed(format!("{status}: {}", last.trim()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(c: i32) -> std::io::Result<ExitStatus> {
+        Ok(ExitStatus::from_raw(c << 8))
+    }
+
+    #[test]
+    fn exit_codes_map_to_outcomes() {
+        let none = String::new;
+        assert_eq!(
+            classify(code(0), false, Policy::Forbid, none),
+            ExitKind::Collected
+        );
+        assert_eq!(
+            classify(code(75), false, Policy::Forbid, none),
+            ExitKind::Skipped
+        );
+        assert_eq!(
+            classify(code(143), false, Policy::Replace, none),
+            ExitKind::Replaced
+        );
+        assert_eq!(
+            classify(code(143), true, Policy::Replace, none),
+            ExitKind::CutOff
+        );
+        assert_eq!(
+            classify(Ok(ExitStatus::from_raw(9)), false, Policy::Replace, none),
+            ExitKind::Replaced
+        );
+        assert!(matches!(
+            classify(code(143), false, Policy::Forbid, none),
+            ExitKind::Failed(_)
+        ));
+        let failed = classify(code(1), false, Policy::Allow, || {
+            "error: server down\n".into()
+        });
+        assert_eq!(
+            failed,
+            ExitKind::Failed("exit status: 1: error: server down".into())
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! The knobs of one experiment run, with the compressed-time defaults.
+//!
+//! The shipped product works on a one-minute timer; the experiment squeezes that minute into a
+//! short `slot` and scales every other duration of the shipped configuration by the same factor,
+//! so that a run of under a minute shows what an hour of the real timer would.
+
+use std::time::Duration;
+
+/// The slot length of the real product: the timer fires every minute.
+pub const REAL_SLOT: Duration = Duration::from_secs(60);
+
+/// How one experiment is run: timings, server load model and the two control switches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params {
+    /// Slots are fired during `[0, span)`; nothing new starts after it.
+    pub span: Duration,
+    /// Time between two slots (the timer's period, compressed).
+    pub slot: Duration,
+    /// The server toggles heavy load this often.
+    pub heavy_period: Duration,
+    /// The collector's `poll-interval`.
+    pub poll_interval: Duration,
+    /// The server's `report.generation-time`.
+    pub generation_time: Duration,
+    /// The server's `report.slowdown`; 0 turns the load model off (a control).
+    pub slowdown: f64,
+    /// When set, every collector runs with `policy = "allow"`: a collector without its lock (a control).
+    pub without_lock: bool,
+    /// How long runs still going at the end of the span may take before they are stopped.
+    pub drain: Duration,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            span: Duration::from_secs(42),
+            slot: Duration::from_secs(3),
+            heavy_period: Duration::from_secs(6),
+            poll_interval: Duration::from_millis(500),
+            generation_time: Duration::from_secs(1),
+            slowdown: 1.0,
+            without_lock: false,
+            drain: Duration::from_secs(6),
+        }
+    }
+}
+
+impl Params {
+    /// Scales a duration of the shipped one-minute configuration to this run's slot.
+    pub fn scaled(&self, real: Duration) -> Duration {
+        real.mul_f64(self.slot.as_secs_f64() / REAL_SLOT.as_secs_f64())
+    }
+
+    /// Number of slots fired during the span.
+    pub fn slot_count(&self) -> u32 {
+        let slots = (self.span.as_secs_f64() / self.slot.as_secs_f64()).ceil();
+        // A span is at most hours long: the count always fits.
+        slots as u32
+    }
+
+    /// The collector's `starting-deadline` for the arm that sets one: 10 s of a real minute.
+    pub fn starting_deadline(&self) -> Duration {
+        self.scaled(Duration::from_secs(10))
+    }
+
+    /// The collector's `replace-grace`: 10 s of a real minute.
+    pub fn replace_grace(&self) -> Duration {
+        self.scaled(Duration::from_secs(10))
+    }
+
+    /// The collector's `lock-wait`: 5 min of a real minute.
+    pub fn lock_wait(&self) -> Duration {
+        self.scaled(Duration::from_secs(5 * 60))
+    }
+
+    /// The collector's `deadline`: 10 min of a real minute.
+    pub fn run_deadline(&self) -> Duration {
+        self.scaled(Duration::from_secs(10 * 60))
+    }
+
+    /// The server's `limits.ticket-ttl`: 10 min of a real minute.
+    pub fn ticket_ttl(&self) -> Duration {
+        self.scaled(Duration::from_secs(10 * 60))
+    }
+
+    /// How long before the first slot the servers start.
+    ///
+    /// A server's heavy-load clock starts with the server. Starting it at this lead puts the first
+    /// heavy phase a twelfth of a slot before the third slot: the first two slots run on a calm
+    /// server, the third and fourth fire into heavy load, and the run of the third slot ends
+    /// mid-slot, well clear of both the next slot and the poll instants, so that each policy's
+    /// decision after it is not decided by a few milliseconds.
+    pub fn server_lead(&self) -> Duration {
+        let slot = self.slot.as_secs_f64();
+        let cycle = 2.0 * self.heavy_period.as_secs_f64();
+        let mut lead = self.heavy_period.as_secs_f64() - 2.0 * slot + slot / 12.0;
+        while lead < 0.1 {
+            lead += cycle;
+        }
+        Duration::from_secs_f64(lead)
+    }
+
+    /// Checks the combination makes sense, in words a user can act on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.slot < Duration::from_millis(500) {
+            return Err(
+                "--slot must be at least 500ms: shorter slots drown in process start-up times"
+                    .into(),
+            );
+        }
+        if self.span < self.slot {
+            return Err("--span must be at least one --slot long".into());
+        }
+        if self.heavy_period.is_zero() {
+            return Err(
+                "--heavy-period must be above zero: without heavy load there is nothing to measure"
+                    .into(),
+            );
+        }
+        if self.poll_interval.is_zero() || self.generation_time.is_zero() {
+            return Err("--poll-interval and --generation-time must be above zero".into());
+        }
+        if !(self.slowdown >= 0.0 && self.slowdown.is_finite()) {
+            return Err("--slowdown must be a number of at least 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_scale_the_shipped_minute_to_three_seconds() {
+        let p = Params::default();
+        assert_eq!(p.starting_deadline(), Duration::from_millis(500));
+        assert_eq!(p.replace_grace(), Duration::from_millis(500));
+        assert_eq!(p.lock_wait(), Duration::from_secs(15));
+        assert_eq!(p.run_deadline(), Duration::from_secs(30));
+        assert_eq!(p.slot_count(), 14);
+    }
+
+    #[test]
+    fn heavy_load_starts_just_before_the_third_slot() {
+        let p = Params::default();
+        let heavy_on = p.heavy_period.as_secs_f64() - p.server_lead().as_secs_f64();
+        assert!((heavy_on - 5.75).abs() < 1e-9, "{heavy_on}");
+    }
+
+    #[test]
+    fn nonsense_is_refused_with_a_sentence() {
+        let p = Params {
+            span: Duration::from_secs(1),
+            ..Params::default()
+        };
+        assert!(p.validate().unwrap_err().contains("--span"));
+    }
+}

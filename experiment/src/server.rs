@@ -1,0 +1,186 @@
+//! One real `report-apis` process per arm, on its own loopback port, with a config file written
+//! for the compressed time line.
+//!
+//! Each arm gets its own server so the load one policy causes never leaks into another's numbers.
+
+use std::fs::{self, File};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::params::Params;
+
+/// A started server and where it listens.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub url: String,
+    dir: PathBuf,
+}
+
+/// The server's config file for these parameters.
+pub fn config_text(params: &Params, listen: SocketAddr) -> String {
+    format!(
+        "# Written by the experiment: the shipped defaults with time compressed.\n\
+         listen = \"{listen}\"\n\
+         \n\
+         [heavy-load]\n\
+         period = \"{heavy}\"\n\
+         initially-on = false\n\
+         \n\
+         [report]\n\
+         generation-time = \"{generation}\"\n\
+         slowdown = {slowdown:?}\n\
+         \n\
+         [limits]\n\
+         max-pending = 10000\n\
+         ticket-ttl = \"{ttl}\"\n\
+         \n\
+         [shutdown]\n\
+         drain-timeout = \"1s\"\n",
+        heavy = human(params.heavy_period),
+        generation = human(params.generation_time),
+        slowdown = params.slowdown,
+        ttl = human(params.ticket_ttl()),
+    )
+}
+
+/// A duration as the programs' config files spell it, to the millisecond.
+pub fn human(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind a loopback port")?;
+    listener
+        .local_addr()
+        .context("cannot read the bound loopback port")
+}
+
+impl Server {
+    /// Writes the config into `dir` and starts the server; returns at once.
+    pub fn spawn(binary: &Path, dir: &Path, params: &Params) -> anyhow::Result<Server> {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let addr = free_port()?;
+        let config = dir.join("report-apis.toml");
+        fs::write(&config, config_text(params, addr))
+            .with_context(|| format!("cannot write {}", config.display()))?;
+        let log = File::create(dir.join("report-apis.log"))
+            .context("cannot create the server's log file")?;
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(
+                log.try_clone()
+                    .context("cannot share the server's log file")?,
+            )
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        Ok(Server {
+            child,
+            url: format!("http://{addr}"),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Waits until `/healthz` answers 200, or fails with the server's own words.
+    pub async fn wait_ready(
+        &mut self,
+        client: &reqwest::Client,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let until = Instant::now() + within;
+        let url = format!("{}/healthz", self.url);
+        loop {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .context("cannot watch the server process")?
+            {
+                bail!(
+                    "report-apis exited before it was ready ({status}): {}",
+                    self.log_tail()
+                );
+            }
+            if let Ok(resp) = client
+                .get(&url)
+                .timeout(Duration::from_millis(200))
+                .send()
+                .await
+                && resp.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                bail!(
+                    "report-apis did not answer {url} within {within:?}: {}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if the drain takes too long.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(pid) = self.child.id() {
+            let pid = Pid::from_raw(i32::try_from(pid).context("process id out of range")?);
+            // The process may already be gone; then there is nothing to stop.
+            let _ = kill(pid, Signal::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            self.child.kill().await.context("cannot kill report-apis")?;
+        }
+        Ok(())
+    }
+
+    /// The last lines the server wrote, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(self.dir.join("report-apis.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+        if tail.is_empty() {
+            "(no output)".to_string()
+        } else {
+            tail
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_uses_the_documented_keys() {
+        let text = config_text(&Params::default(), "127.0.0.1:9".parse().unwrap());
+        for needle in [
+            "listen = \"127.0.0.1:9\"",
+            "[heavy-load]",
+            "period = \"6000ms\"",
+            "generation-time = \"1000ms\"",
+            "slowdown = 1.0",
+            "ticket-ttl = \"30000ms\"",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The Markdown table and the `results.md` page built from an outcome.
+
+use std::fmt::Write;
+
+use crate::experiment::Outcome;
+use crate::measure::OVERLAP_IGNORED;
+use crate::shape::Verdict;
+
+const HEADER: &str = "| policy | scheduler | runs fired | collected | skipped | failed | replaced | cut off at end \
+| peak runs at once | peak pending tickets | run to CSV, mean (s) | run to CSV, max (s) | server mean generation (s) |\n\
+|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
+
+fn secs(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{v:.2}"))
+}
+
+/// One row per arm.
+pub fn markdown_table(outcome: &Outcome) -> String {
+    let mut out = String::from(HEADER);
+    for arm in &outcome.arms {
+        let s = arm.summary();
+        // Writing into a String cannot fail.
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            arm.arm.label(),
+            arm.arm.launcher.as_str(),
+            s.fired,
+            s.collected,
+            s.skipped,
+            s.failed,
+            s.replaced,
+            s.cut_off,
+            s.peak_runs,
+            s.peak_pending,
+            secs(s.to_csv_mean),
+            secs(s.to_csv_max),
+            secs(s.generation_mean),
+        );
+    }
+    out
+}
+
+/// The parameters in one sentence.
+pub fn parameters(outcome: &Outcome) -> String {
+    let p = &outcome.params;
+    let s = |d: std::time::Duration| format!("{} s", d.as_secs_f64());
+    format!(
+        "Span {} ({} slots of {}), heavy load toggling every {}, poll every {}, generation time {}, \
+         slowdown {}{}. Collector durations are the shipped ones scaled by slot / 1 min: starting deadline {}, \
+         replace grace {}, lock wait {}, run deadline {}; server ticket TTL {}.",
+        s(p.span),
+        p.slot_count(),
+        s(p.slot),
+        s(p.heavy_period),
+        s(p.poll_interval),
+        s(p.generation_time),
+        p.slowdown,
+        if p.without_lock {
+            ", every collector on policy allow (no lock)"
+        } else {
+            ""
+        },
+        s(p.starting_deadline()),
+        s(p.replace_grace()),
+        s(p.lock_wait()),
+        s(p.run_deadline()),
+        s(p.ticket_ttl()),
+    )
+}
+
+/// The whole `results.md` page.
+pub fn results_page(outcome: &Outcome, verdict: &Verdict) -> String {
+    format!(
+        "# Experiment results\n\n{}\n\n{}\n\"Peak runs at once\" counts collector processes alive together for at least {} s \
+         (waiting for the lock included). \"Run to CSV\" is from a collected run's start to its exit.\n\n\
+         ![Pending tickets over time](pending.svg)\n\n## Conclusions\n\n{}",
+        parameters(outcome),
+        markdown_table(outcome),
+        OVERLAP_IGNORED,
+        verdict,
+    )
+}
