@@ -255,6 +255,35 @@ max-ticket-renewals = 5
     }
 
     #[test]
+    fn the_shipped_config_parses_and_documents_every_key() {
+        let text = include_str!("../../config/report-collector.toml");
+        let config = Config::parse(Path::new("report-collector.toml"), text).unwrap();
+        assert_eq!(config.starting_deadline, Some(Duration::from_secs(10)));
+        for key in [
+            "server-url",
+            "policy",
+            "lock-file",
+            "report-dir",
+            "state-file",
+            "keep-reports",
+            "poll-interval",
+            "request-timeout",
+            "deadline",
+            "lock-wait",
+            "replace-grace",
+            "starting-deadline",
+            "schedule-period",
+            "metrics-file",
+            "max-ticket-renewals",
+        ] {
+            assert!(
+                text.contains(&format!("\n{key} = ")) || text.contains(&format!("# {key} = ")),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         for text in [
             "policy = \"sometimes\"",
