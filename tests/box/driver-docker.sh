@@ -32,7 +32,7 @@ DOCKER_BOX_RUN_FLAGS=(
     --tmpfs /run --tmpfs /run/lock
     --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw
     --cap-add SYS_ADMIN --cap-add SYS_PTRACE
-    --security-opt seccomp=unconfined --security-opt apparmor=unconfined
+    --security-opt apparmor=unconfined
 )
 
 # Installs Debian's docker.io when missing and starts its daemon when it is not answering.
@@ -102,6 +102,35 @@ EOF
         echo "could not install docker.io; see the apt-get output above" >&2
     fi
     return "$rc"
+}
+
+# debootstrap (for the base root) and, unless REPORT_APIS_DEB and REPORT_COLLECTOR_DEB name
+# packages built already, cargo-deb 3.8.0.
+docker_tools_ready() {
+    if ! command -v debootstrap >/dev/null 2>&1; then
+        echo "installing debootstrap" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 \
+            debootstrap >/dev/null
+    fi
+    if [[ -z ${REPORT_APIS_DEB:-} || -z ${REPORT_COLLECTOR_DEB:-} ]] &&
+        ! cargo deb --version 2>/dev/null | grep -q '^cargo-deb 3\.8\.0'; then
+        echo "installing cargo-deb 3.8.0" >&2
+        cargo install cargo-deb --version 3.8.0 --locked
+    fi
+}
+
+# Sets REPORT_APIS_DEB and REPORT_COLLECTOR_DEB to the packages of the current tree, built by
+# cargo deb (which prints the path of the package it made as its last line), unless both are
+# set already.
+docker_debs_built() {
+    if [[ -n ${REPORT_APIS_DEB:-} && -n ${REPORT_COLLECTOR_DEB:-} ]]; then
+        return 0
+    fi
+    local repo
+    repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+    echo "building the packages (cargo deb)" >&2
+    REPORT_APIS_DEB=$(cd "$repo" && cargo deb -p report-apis | tail -n 1) || return 1
+    REPORT_COLLECTOR_DEB=$(cd "$repo" && cargo deb -p report-collector | tail -n 1) || return 1
 }
 
 # Prints the tag of the base image for RELEASE, imported from the cached debootstrap root
