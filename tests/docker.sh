@@ -30,16 +30,20 @@ source "$REPO/tests/box/rootfs.sh"
 # shellcheck source=tests/box/driver-docker.sh
 source "$REPO/tests/box/driver-docker.sh"
 
+# Counted here; tests/lib.sh (sourced next, and by the scenario) keeps these two.
+TEST_LABEL=docker-$RELEASE
 passed=0
 failed=0
 pass() {
-    echo "PASS $*"
+    echo "PASS [$TEST_LABEL] $*"
     passed=$((passed + 1))
 }
 fail() {
-    echo "FAIL $*"
+    echo "FAIL [$TEST_LABEL] $*"
     failed=$((failed + 1))
 }
+# shellcheck source=tests/lib.sh
+source "$REPO/tests/lib.sh"
 
 cleanup() {
     local ids
@@ -58,7 +62,6 @@ trap 'exit 143' TERM
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 timings=()
-indent() { sed 's/^/    /'; }
 
 journal_cursor() {
     box_exec "$BOX" journalctl -n 0 --show-cursor -q </dev/null | sed -n 's/^-- cursor: //p'
@@ -113,7 +116,7 @@ check_docker_stop() {
         pass "docker stop: no unit failed or was killed during the shutdown"
     else
         fail "docker stop: units in trouble during the shutdown:"
-        indent <<<"$trouble"
+        show <<<"$trouble"
     fi
 }
 
@@ -141,7 +144,7 @@ check_docker_restart() {
         pass "docker restart: systemd is back up in $seconds s, state running"
     else
         fail "docker restart: systemd state is $state after the restart"
-        box_exec "$BOX" systemctl --failed --no-pager </dev/null | indent || true
+        box_exec "$BOX" systemctl --failed --no-pager </dev/null | show || true
     fi
     if [[ $(box_exec "$BOX" systemctl is-active report-apis.service </dev/null) == active ]]; then
         pass "docker restart: report-apis.service is active"
@@ -176,14 +179,18 @@ check_docker_restart() {
         pass "docker restart: no unit failed or was killed across the restart"
     else
         fail "docker restart: units in trouble across the restart:"
-        indent <<<"$trouble"
+        show <<<"$trouble"
     fi
 }
 
+# The nspawn boxes' scenario, unchanged. The image has the packages installed already, so none
+# are handed to it to install; the removal and purge come after the Docker-only checks, which
+# need the packages in place.
 run_scenario() {
     # shellcheck source=tests/box/scenario.sh
     source "$REPO/tests/box/scenario.sh"
-    scenario_run "$BOX"
+    DEB_APIS='' DEB_COLLECTOR='' REPORT_APIS_DEB='' REPORT_COLLECTOR_DEB='' SCENARIO_REMOVE=no \
+        scenario_run "$BOX"
 }
 
 main() {
@@ -220,6 +227,10 @@ main() {
     check_docker_stop
     check_docker_restart
     timings+=("Docker-only checks: $(elapsed "$t0" "$(now)") s")
+
+    t0=$(now)
+    phase_remove
+    timings+=("scenario's removal and purge: $(elapsed "$t0" "$(now)") s")
     box_stop "$BOX"
 
     timings+=("total: $(elapsed "$t_start" "$(now)") s")
