@@ -1,14 +1,157 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! `report-apis`: a report server wire-compatible with the original Scheduler Experiment's,
+//! that slows down like a real overloaded server.
+//!
+//! [`run`] serves on a bound listener until a shutdown future completes, so the binary and the
+//! tests drive the very same code.
+
+pub mod api;
+pub mod config;
+pub mod load;
+pub mod logging;
+pub mod metrics;
+pub mod notify;
+pub mod report;
+pub mod tickets;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::time::{Instant, MissedTickBehavior};
+
+pub use config::Config;
+
+use crate::api::AppState;
+use crate::load::LoadClock;
+use crate::metrics::Metrics;
+use crate::tickets::{Snapshot, Tickets};
+
+/// How often the housekeeping task expires tickets and refreshes the status line.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Serves `config` on `listener` until `shutdown` completes, then stops accepting, waits at
+/// most `shutdown.drain-timeout` for open connections, and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let address = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    let metrics = Arc::new(Metrics::new());
+    let clock = LoadClock::new(&config.heavy_load, start);
+    let tickets = Arc::new(Tickets::new(&config, clock, metrics.clone(), start));
+    let app = api::app(AppState {
+        tickets: tickets.clone(),
+        metrics,
+    });
+
+    let housekeeping = tokio::spawn(housekeeping(tickets.clone(), clock));
+    tracing::info!(
+        LISTEN = %address,
+        GENERATION_TIME = %humantime::format_duration(config.report.generation_time),
+        SLOWDOWN = config.report.slowdown,
+        HEAVY_LOAD_PERIOD = %humantime::format_duration(config.heavy_load.period),
+        MAX_PENDING = config.limits.max_pending,
+        "listening on http://{address}"
+    );
+    notify::ready(&status_line(&tickets.snapshot(Instant::now())));
+
+    let drain_timeout = config.shutdown.drain_timeout;
+    let (began_tx, began_rx) = tokio::sync::oneshot::channel();
+    let graceful = async move {
+        shutdown.await;
+        notify::stopping();
+        tracing::info!(
+            "shutting down: no new connections, waiting at most {} for open ones",
+            humantime::format_duration(drain_timeout)
+        );
+        let _ = began_tx.send(());
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    let deadline = async move {
+        match began_rx.await {
+            Ok(()) => tokio::time::sleep(drain_timeout).await,
+            // The server ended on its own; the other branch has the result.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        result = server => result.context("the HTTP server failed"),
+        () = deadline => {
+            tracing::warn!(
+                "connections still open after the drain timeout of {}; closing them",
+                humantime::format_duration(drain_timeout)
+            );
+            Ok(())
+        }
+    };
+    housekeeping.abort();
+    if result.is_ok() {
+        tracing::info!("stopped");
+    }
+    result
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// The one background task: logs heavy-load toggles as they happen, keeps expiry and the
+/// systemd status line current, and feeds the watchdog (only while the store answers).
+async fn housekeeping(tickets: Arc<Tickets>, clock: LoadClock) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let watchdog_every = notify::watchdog_interval();
+    let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+    watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_status = String::new();
+    loop {
+        let toggle = clock.next_toggle(Instant::now());
+        tokio::select! {
+            () = sleep_until_maybe(toggle) => {
+                let snapshot = tickets.snapshot(Instant::now());
+                if snapshot.heavy {
+                    tracing::info!(
+                        HEAVY_LOAD = 1,
+                        PENDING = snapshot.pending,
+                        "heavy load on: reports stop progressing and /get_report answers \"report is not ready\""
+                    );
+                } else {
+                    tracing::info!(
+                        HEAVY_LOAD = 0,
+                        PENDING = snapshot.pending,
+                        "heavy load off: reports progress again"
+                    );
+                }
+            }
+            _ = tick.tick() => {}
+            _ = watchdog.tick(), if watchdog_every.is_some() => {
+                tickets.snapshot(Instant::now());
+                notify::watchdog();
+            }
+        }
+        let status = status_line(&tickets.snapshot(Instant::now()));
+        if status != last_status {
+            notify::status(&status);
+            last_status = status;
+        }
     }
+}
+
+async fn sleep_until_maybe(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn status_line(snapshot: &Snapshot) -> String {
+    format!(
+        "heavy load {}; {} pending, {} ready, {} held",
+        if snapshot.heavy { "on" } else { "off" },
+        snapshot.pending,
+        snapshot.ready,
+        snapshot.held
+    )
 }

@@ -1,0 +1,285 @@
+//! The HTTP interface: routes, handlers, and how every outcome becomes a response.
+//!
+//! Wire-compatible with the original server: same routes, ticket format, messages and bodies,
+//! so its own collector works unchanged. Error responses mirror Go's `http.Error` (plain text,
+//! message plus a newline).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::metrics::{Metrics, RequestLabels};
+use crate::report;
+use crate::tickets::{Fetch, Tickets};
+
+/// The body the original answered while a report was not ready; its collector compares it
+/// byte for byte.
+pub const NOT_READY: &str = "report is not ready";
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub tickets: Arc<Tickets>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The route patterns, which are also the `route` label of the request counter.
+const REQUEST_REPORT: &str = "/request_report";
+const GET_REPORT: &str = "/get_report/{ticket}";
+const GET_REPORT_EMPTY: &str = "/get_report/";
+const HEALTHZ: &str = "/healthz";
+const METRICS: &str = "/metrics";
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route(REQUEST_REPORT, get(request_report))
+        .route(GET_REPORT, get(get_report))
+        // An empty ticket is a malformed ticket, not an unknown route.
+        .route(
+            GET_REPORT_EMPTY,
+            get(|| async { ApiError::InvalidTicketId }),
+        )
+        .route(HEALTHZ, get(|| async { "ok" }))
+        .route(METRICS, get(metrics))
+        .fallback(|| async { ApiError::NoRoute })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+/// Everything a client can get wrong, and the server's one refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiError {
+    /// `?offset=` is not a whole number from 0 to `i64::MAX`.
+    InvalidOffsetParam,
+    /// The ticket is not `<uuid>_<offset>` (the original's message).
+    InvalidTicketId,
+    /// The ticket's offset is not an integer (the original's message).
+    InvalidTicketOffset,
+    /// Well-formed, but never issued or already expired.
+    UnknownTicket,
+    /// `max-pending` tickets are held.
+    Full { retry_after: u64 },
+    /// No such route.
+    NoRoute,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            Self::InvalidOffsetParam => (
+                StatusCode::BAD_REQUEST,
+                "invalid offset format: offset must be a whole number from 0 to 9223372036854775807",
+            ),
+            Self::InvalidTicketId => (StatusCode::BAD_REQUEST, "invalid ticketId format"),
+            Self::InvalidTicketOffset => (StatusCode::BAD_REQUEST, "invalid offset format"),
+            Self::UnknownTicket => (
+                StatusCode::NOT_FOUND,
+                "ticket not found: it was never issued or has expired; request a new one with /request_report",
+            ),
+            Self::Full { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many tickets are outstanding; retry after the number of seconds in Retry-After",
+            ),
+            Self::NoRoute => (
+                StatusCode::NOT_FOUND,
+                "not found: the routes are /request_report, /get_report/{ticket}, /healthz and /metrics",
+            ),
+        };
+        let mut response = (status, format!("{message}\n")).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        if let Self::Full { retry_after } = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        response
+    }
+}
+
+/// Offsets are Go `int`s in the original; negative ones make no sense for a report.
+fn parse_offset(text: &str) -> Option<u64> {
+    text.parse::<i64>().ok().and_then(|n| u64::try_from(n).ok())
+}
+
+async fn request_report(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<String, ApiError> {
+    let Query(pairs) = query.map_err(|_| ApiError::InvalidOffsetParam)?;
+    // Like Go's `Query().Get`: the first `offset` wins, and an empty one means 0.
+    let offset = match pairs.iter().find(|(key, _)| key == "offset") {
+        None => 0,
+        Some((_, value)) if value.is_empty() => 0,
+        Some((_, value)) => parse_offset(value).ok_or(ApiError::InvalidOffsetParam)?,
+    };
+    let id = state
+        .tickets
+        .issue(offset, Instant::now())
+        .map_err(|full| ApiError::Full {
+            retry_after: full.retry_after,
+        })?;
+    Ok(format!("{}_{offset}", id.hyphenated()))
+}
+
+/// A ticket as the client sent it: `<uuid>_<integer>`, or which message the original gave.
+fn parse_ticket(ticket: &str) -> Result<(Uuid, i64), ApiError> {
+    let mut parts = ticket.split('_');
+    let (Some(id), Some(offset), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(ApiError::InvalidTicketId);
+    };
+    let offset = offset
+        .parse::<i64>()
+        .map_err(|_| ApiError::InvalidTicketOffset)?;
+    // Only the hyphenated form the server hands out; the uuid crate would accept others.
+    if id.len() != 36 {
+        return Err(ApiError::InvalidTicketId);
+    }
+    let id = Uuid::try_parse(id).map_err(|_| ApiError::InvalidTicketId)?;
+    Ok((id, offset))
+}
+
+async fn get_report(
+    State(state): State<AppState>,
+    ticket: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    // A rejection here is a path segment that is not UTF-8 once percent-decoded.
+    let Path(ticket) = ticket.map_err(|_| ApiError::InvalidTicketId)?;
+    let (id, offset) = parse_ticket(&ticket)?;
+    // A negative offset is well-formed but never issued.
+    let Ok(offset) = u64::try_from(offset) else {
+        return Err(ApiError::UnknownTicket);
+    };
+    match state.tickets.fetch(id, offset, Instant::now()) {
+        Fetch::Ready { offset } => Ok((
+            [
+                (header::CONTENT_TYPE, "text/csv".to_owned()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    report::content_disposition(offset),
+                ),
+            ],
+            report::csv(offset),
+        )
+            .into_response()),
+        Fetch::NotReady { retry_after } => {
+            Ok(([(header::RETRY_AFTER, retry_after)], NOT_READY).into_response())
+        }
+        Fetch::Unknown => Err(ApiError::UnknownTicket),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.tickets.snapshot(Instant::now());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+/// Counts every answer by route pattern, method and status; also logs any 5xx once.
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = match request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str)
+    {
+        Some(REQUEST_REPORT) => REQUEST_REPORT,
+        Some(GET_REPORT) => GET_REPORT,
+        Some(GET_REPORT_EMPTY) => GET_REPORT_EMPTY,
+        Some(HEALTHZ) => HEALTHZ,
+        Some(METRICS) => METRICS,
+        Some(_) => "other",
+        None => "unmatched",
+    };
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let response = next.run(request).await;
+    let status = response.status();
+    if status.is_server_error() {
+        tracing::error!(
+            ROUTE = route,
+            STATUS = status.as_u16(),
+            "{method} {route} answered {status}"
+        );
+    }
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&RequestLabels {
+            route,
+            method,
+            status: status.as_u16(),
+        })
+        .inc();
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_parse_like_the_original() {
+        let id = "123e4567-e89b-42d3-a456-426614174000";
+        assert!(parse_ticket(&format!("{id}_10000")).is_ok());
+        assert_eq!(parse_ticket(&format!("{id}_-3")).unwrap().1, -3);
+        assert_eq!(parse_ticket(""), Err(ApiError::InvalidTicketId));
+        assert_eq!(parse_ticket(id), Err(ApiError::InvalidTicketId));
+        assert_eq!(
+            parse_ticket(&format!("{id}_1_2")),
+            Err(ApiError::InvalidTicketId)
+        );
+        assert_eq!(
+            parse_ticket(&format!("{id}_x")),
+            Err(ApiError::InvalidTicketOffset)
+        );
+        assert_eq!(
+            parse_ticket(&format!("{id}_")),
+            Err(ApiError::InvalidTicketOffset)
+        );
+        assert_eq!(
+            parse_ticket(&format!("{id}_99999999999999999999")),
+            Err(ApiError::InvalidTicketOffset)
+        );
+        assert_eq!(parse_ticket("not-a-uuid_5"), Err(ApiError::InvalidTicketId));
+        assert_eq!(
+            parse_ticket("123e4567e89b42d3a456426614174000_5"),
+            Err(ApiError::InvalidTicketId)
+        );
+    }
+
+    #[test]
+    fn offsets_are_non_negative_go_ints() {
+        assert_eq!(parse_offset("0"), Some(0));
+        assert_eq!(parse_offset("9223372036854775807"), Some(i64::MAX as u64));
+        assert_eq!(parse_offset("9223372036854775808"), None);
+        assert_eq!(parse_offset("-1"), None);
+        assert_eq!(parse_offset("1.5"), None);
+        assert_eq!(parse_offset("abc"), None);
+    }
+}

@@ -1,0 +1,362 @@
+//! The server's TOML configuration file and its documented defaults.
+//!
+//! One loader for the whole program, so that a mistake in the file is always reported the same
+//! way: file, line, column and the dotted key, which `main` turns into exit code 78.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Where the packaged configuration lives; when this default path is absent the built-in
+/// defaults apply, so a bare `report-apis` runs anywhere.
+pub const DEFAULT_PATH: &str = "/etc/report-apis/config.toml";
+
+/// The whole configuration. `Default` is exactly what `config/report-apis.toml` documents.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Config {
+    /// Address and port the HTTP server binds.
+    pub listen: SocketAddr,
+    pub heavy_load: HeavyLoad,
+    pub report: Report,
+    pub limits: Limits,
+    pub shutdown: Shutdown,
+}
+
+/// The periodic heavy-load phases during which no report is served and none progresses.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct HeavyLoad {
+    /// Time between two toggles; zero means the state never changes.
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+    /// Whether the server starts in a heavy-load phase.
+    pub initially_on: bool,
+}
+
+/// How long a report takes to generate and how much every other pending ticket slows it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Report {
+    /// Generation time of a report when it is the only pending ticket.
+    #[serde(with = "humantime_serde")]
+    pub generation_time: Duration,
+    /// Extra generation time per other pending ticket, as a fraction of `generation_time`.
+    #[serde(deserialize_with = "non_negative_finite")]
+    pub slowdown: f64,
+}
+
+/// Bounds on what the server holds in memory.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Limits {
+    /// Most tickets held at once, in any state; past it `/request_report` answers 503.
+    #[serde(deserialize_with = "positive_count")]
+    pub max_pending: usize,
+    /// How long a ready report stays fetchable; a ticket never ready expires after 3x this.
+    #[serde(deserialize_with = "positive_duration")]
+    pub ticket_ttl: Duration,
+}
+
+/// Graceful shutdown on SIGTERM/SIGINT.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Shutdown {
+    /// Longest wait for open connections to finish before the server exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            heavy_load: HeavyLoad::default(),
+            report: Report::default(),
+            limits: Limits::default(),
+            shutdown: Shutdown::default(),
+        }
+    }
+}
+
+impl Default for HeavyLoad {
+    fn default() -> Self {
+        Self {
+            period: Duration::from_secs(120),
+            initially_on: false,
+        }
+    }
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Self {
+            generation_time: Duration::from_secs(1),
+            slowdown: 1.0,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_pending: 10_000,
+            ticket_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A configuration file that cannot be used. Every variant maps to exit code 78 (EX_CONFIG).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {}: {source}; create it or pass another path with --config", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: key `{key}`: {message}; fix or remove it (config/report-apis.toml documents every key)", path.display())]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates the file at `path`; a missing file is an error.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Loads `path` when given; otherwise [`DEFAULT_PATH`] if it exists, else the defaults.
+    /// Returns the file actually read, for the start-up log line.
+    pub fn load_or_default(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
+        match path {
+            Some(path) => Ok((Self::load(path)?, Some(path.to_owned()))),
+            None => {
+                let default = Path::new(DEFAULT_PATH);
+                if default.exists() {
+                    Ok((Self::load(default)?, Some(default.to_owned())))
+                } else {
+                    Ok((Config::default(), None))
+                }
+            }
+        }
+    }
+
+    /// Parses TOML text; `path` only names the file in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|err| {
+            let offset = err.span().map_or(0, |span| span.start);
+            let (line, column) = line_and_column(text, offset);
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                key: key_at(text, offset, err.message()),
+                message: err.message().trim().to_owned(),
+            }
+        })
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..floor_char_boundary(text, offset)];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+fn floor_char_boundary(text: &str, mut offset: usize) -> usize {
+    offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    offset
+}
+
+/// The dotted key an error points at, read from the source: the table header in effect plus
+/// the key on the error's line. toml's own messages give the span but not the full key path.
+fn key_at(text: &str, offset: usize, message: &str) -> String {
+    let before = &text[..floor_char_boundary(text, offset)];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map_or(text.len(), |i| line_start + i);
+    let line = text[line_start..line_end].trim();
+    let mut table = String::new();
+    for earlier in text[..line_start].lines() {
+        if let Some(name) = table_header(earlier) {
+            table = name;
+        }
+    }
+    if let Some(name) = table_header(line) {
+        return name;
+    }
+    let key = match line.split_once('=') {
+        Some((key, _)) => key.trim().trim_matches('"').to_owned(),
+        // A span past the last line (a missing value, say): the message may still name a field.
+        None => match message.split('`').nth(1) {
+            Some(field) => field.to_owned(),
+            None => {
+                return if table.is_empty() {
+                    "(top level)".to_owned()
+                } else {
+                    table
+                };
+            }
+        },
+    };
+    if table.is_empty() {
+        key
+    } else {
+        format!("{table}.{key}")
+    }
+}
+
+fn table_header(line: &str) -> Option<String> {
+    let line = line.trim();
+    let inner = line.strip_prefix('[')?;
+    let end = inner.find(']')?;
+    Some(inner[..end].trim_matches(['[', ' ']).trim().to_owned())
+}
+
+fn non_negative_finite<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(deserializer)?;
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "must be a number of 0 or more (got {value})"
+        )))
+    }
+}
+
+fn positive_count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let value = usize::deserialize(deserializer)?;
+    if value == 0 {
+        Err(serde::de::Error::custom("must be at least 1"))
+    } else {
+        Ok(value)
+    }
+}
+
+fn positive_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let value = humantime_serde::deserialize::<Duration, D>(deserializer)?;
+    if value.is_zero() {
+        Err(serde::de::Error::custom(
+            "must be longer than zero, such as \"10m\"",
+        ))
+    } else {
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    fn invalid(text: &str) -> (usize, String, String) {
+        match parse(text) {
+            Err(ConfigError::Invalid {
+                line, key, message, ..
+            }) => (line, key, message),
+            other => panic!("expected an invalid-config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shipped_file_loads_and_matches_the_defaults() {
+        let text = include_str!("../../config/report-apis.toml");
+        assert_eq!(parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn human_durations_and_kebab_case_keys() {
+        let config = parse(
+            "listen = \"0.0.0.0:9000\"\n[heavy-load]\nperiod = \"0s\"\ninitially-on = true\n\
+             [report]\ngeneration-time = \"250ms\"\nslowdown = 0.5\n\
+             [limits]\nmax-pending = 3\nticket-ttl = \"1h 30m\"\n[shutdown]\ndrain-timeout = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(config.heavy_load.period, Duration::ZERO);
+        assert!(config.heavy_load.initially_on);
+        assert_eq!(config.report.generation_time, Duration::from_millis(250));
+        assert_eq!(config.report.slowdown, 0.5);
+        assert_eq!(config.limits.max_pending, 3);
+        assert_eq!(config.limits.ticket_ttl, Duration::from_secs(5400));
+        assert_eq!(config.shutdown.drain_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_dotted_key() {
+        let (line, key, message) = invalid("[report]\ngeneration-time = \"1s\"\nslowdwn = 2\n");
+        assert_eq!(line, 3);
+        assert_eq!(key, "report.slowdwn");
+        assert!(message.contains("unknown field"), "{message}");
+    }
+
+    #[test]
+    fn unknown_table_is_named() {
+        let (line, key, _) = invalid("listen = \"127.0.0.1:1\"\n[reports]\nslowdown = 1\n");
+        assert_eq!(line, 2);
+        assert_eq!(key, "reports");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let (line, key, _) = invalid("[heavy-load]\nperiod = \"fast\"\n");
+        assert_eq!((line, key.as_str()), (2, "heavy-load.period"));
+        let (line, key, _) = invalid("\n[report]\nslowdown = -1.0\n");
+        assert_eq!((line, key.as_str()), (3, "report.slowdown"));
+        let (_, key, _) = invalid("[limits]\nmax-pending = 0\n");
+        assert_eq!(key, "limits.max-pending");
+        let (_, key, _) = invalid("[limits]\nticket-ttl = \"0s\"\n");
+        assert_eq!(key, "limits.ticket-ttl");
+        let (line, key, _) = invalid("listen = \"localhost\"\n");
+        assert_eq!((line, key.as_str()), (1, "listen"));
+    }
+
+    #[test]
+    fn error_message_reads_as_a_sentence_with_file_line_and_key() {
+        let err = parse("[report]\nslowdown = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test.toml:2:"), "{err}");
+        assert!(err.contains("key `report.slowdown`"), "{err}");
+        assert!(err.contains("fix or remove it"), "{err}");
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let err = Config::load(Path::new("/nonexistent/report-apis.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+    }
+}

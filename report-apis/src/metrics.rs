@@ -1,0 +1,152 @@
+//! The Prometheus registry: ticket counts, heavy-load state, requests and generation time.
+//!
+//! Names are part of the published interface (dashboards and the experiment read them), so
+//! they are registered in this one place.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of `report_apis_http_requests_total`. The route is the pattern, never the raw path,
+/// so hostile or random paths cannot grow the label set.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub method: &'static str,
+    pub status: u16,
+}
+
+/// Every metric the server exports, cheap to update from any thread.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub tickets_issued: Counter,
+    pub tickets_pending: Gauge,
+    pub tickets_ready: Gauge,
+    pub tickets_expired: Counter,
+    pub tickets_rejected: Counter,
+    pub tickets_pending_peak: Gauge,
+    pub heavy_load: Gauge,
+    pub http_requests: Family<RequestLabels, Counter>,
+    pub report_generation_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("report_apis");
+        let metrics = Self {
+            registry: Registry::default(),
+            tickets_issued: Counter::default(),
+            tickets_pending: Gauge::default(),
+            tickets_ready: Gauge::default(),
+            tickets_expired: Counter::default(),
+            tickets_rejected: Counter::default(),
+            tickets_pending_peak: Gauge::default(),
+            heavy_load: Gauge::default(),
+            http_requests: Family::default(),
+            // 50 ms to about 14 h: from a lone report to one stuck behind thousands of others.
+            report_generation_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 21)),
+        };
+        registry.register(
+            "tickets_issued",
+            "Tickets handed out by /request_report",
+            metrics.tickets_issued.clone(),
+        );
+        registry.register(
+            "tickets_pending",
+            "Tickets requested whose report is not yet fetched and that have not expired",
+            metrics.tickets_pending.clone(),
+        );
+        registry.register(
+            "tickets_ready",
+            "Tickets whose report is generated but not yet fetched",
+            metrics.tickets_ready.clone(),
+        );
+        registry.register(
+            "tickets_expired",
+            "Tickets dropped after their time to live",
+            metrics.tickets_expired.clone(),
+        );
+        registry.register(
+            "tickets_rejected",
+            "Ticket requests refused with 503 because max-pending tickets were held",
+            metrics.tickets_rejected.clone(),
+        );
+        registry.register(
+            "tickets_pending_peak",
+            "Highest number of pending tickets seen since start",
+            metrics.tickets_pending_peak.clone(),
+        );
+        registry.register(
+            "heavy_load",
+            "1 while the server is in a heavy-load phase, else 0",
+            metrics.heavy_load.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests by route pattern, method and status",
+            metrics.http_requests.clone(),
+        );
+        registry.register(
+            "report_generation_seconds",
+            "Wall time from a ticket's request until its report was ready",
+            metrics.report_generation_seconds.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The OpenMetrics text exposition (which Prometheus scrapes natively).
+    pub fn encode(&self) -> String {
+        let mut body = String::with_capacity(4096);
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut body, &self.registry);
+        body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_the_documented_names() {
+        let metrics = Metrics::new();
+        metrics.tickets_issued.inc();
+        metrics.report_generation_seconds.observe(1.5);
+        metrics
+            .http_requests
+            .get_or_create(&RequestLabels {
+                route: "/get_report/{ticket}",
+                method: "GET",
+                status: 200,
+            })
+            .inc();
+        let text = metrics.encode();
+        for name in [
+            "report_apis_tickets_issued_total 1",
+            "report_apis_tickets_pending 0",
+            "report_apis_tickets_ready 0",
+            "report_apis_tickets_expired_total 0",
+            "report_apis_tickets_rejected_total 0",
+            "report_apis_tickets_pending_peak 0",
+            "report_apis_heavy_load 0",
+            "report_apis_http_requests_total{route=\"/get_report/{ticket}\",method=\"GET\",status=\"200\"} 1",
+            "report_apis_report_generation_seconds_sum 1.5",
+            "report_apis_report_generation_seconds_count 1",
+        ] {
+            assert!(text.contains(name), "missing {name:?} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! What the server tells systemd: READY, STATUS, WATCHDOG and STOPPING.
+//!
+//! Every call is a no-op when the server was not started by systemd with `Type=notify`
+//! (no `NOTIFY_SOCKET`), so tests and manual runs need nothing special.
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+
+fn send(states: &[NotifyState<'_>]) {
+    if let Err(err) = sd_notify::notify(states) {
+        tracing::warn!("cannot notify systemd: {err}");
+    }
+}
+
+/// The socket is bound and requests are being answered.
+pub fn ready(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// The one-line state shown by `systemctl status`.
+pub fn status(status: &str) {
+    send(&[NotifyState::Status(status)]);
+}
+
+/// Proof of life for `WatchdogSec=`.
+pub fn watchdog() {
+    send(&[NotifyState::Watchdog]);
+}
+
+/// Shutdown has begun.
+pub fn stopping() {
+    send(&[
+        NotifyState::Stopping,
+        NotifyState::Status("draining connections"),
+    ]);
+}
+
+/// How often to send WATCHDOG=1: half the interval systemd expects, or never.
+pub fn watchdog_interval() -> Option<Duration> {
+    sd_notify::watchdog_enabled().map(|interval| interval / 2)
+}

@@ -1,0 +1,632 @@
+//! Issued tickets, their states, expiry, the cap, and the load model that decides when each
+//! report is ready.
+//!
+//! The load model: a ticket is *pending* from its request until its report is fetched or it
+//! expires. A report needs `generation-time x (1 + slowdown x other pending tickets)`,
+//! re-evaluated whenever the count changes, and makes no progress during heavy load.
+//!
+//! Every report being generated advances at the same rate, so one shared "work clock" (seconds
+//! of undisturbed generation done since start) describes them all: a ticket is ready once the
+//! work clock has moved `generation-time` past its value at the request. The clock is brought up
+//! to date lazily, under one mutex, whenever a handler touches the store, stepping from event to
+//! event (a report becoming ready, a ticket expiring, a heavy-load toggle) so the result is
+//! exact however rarely it is called. No handler sleeps and there is no task per ticket.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::load::LoadClock;
+use crate::metrics::Metrics;
+
+/// A ticket still being generated expires this many ticket-ttls after its request.
+const UNREADY_TTL_FACTOR: u32 = 3;
+
+/// Tolerance on the work clock, in seconds, for floating-point rounding at a readiness event.
+const WORK_EPSILON: f64 = 1e-9;
+
+/// What Retry-After says under a heavy load that never ends (period 0): the original
+/// collector's poll interval.
+const HEAVY_FOREVER_RETRY: Duration = Duration::from_secs(10);
+
+/// What `/get_report` should answer for a ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// The report is ready: serve the CSV for this offset.
+    Ready { offset: u64 },
+    /// Heavy load, or still generating: ask again after this many whole seconds (>= 1).
+    NotReady { retry_after: u64 },
+    /// Never issued with this offset, or expired.
+    Unknown,
+}
+
+/// `/request_report` was refused: the store already holds `max-pending` tickets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full {
+    /// Whole seconds until the next ticket expires and frees a place (>= 1).
+    pub retry_after: u64,
+}
+
+/// Counts for the service status line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub pending: usize,
+    pub ready: usize,
+    pub held: usize,
+    pub heavy: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    offset: u64,
+    issued_at: Instant,
+    /// Work clock at the request; the report is ready at `work_at_issue + generation`.
+    work_at_issue: f64,
+    ready_at: Option<Instant>,
+    fetched: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Instant up to which `work` and all events have been computed.
+    last: Instant,
+    work: f64,
+    entries: HashMap<Uuid, Entry>,
+    /// Tickets still generating, in request order: also the order they become ready and the
+    /// order they would expire unready, so only the front ever needs looking at.
+    generating: VecDeque<Uuid>,
+    /// Tickets with a ready report (fetched or not), in the order they became ready.
+    ready: VecDeque<Uuid>,
+    pending: usize,
+    ready_unfetched: usize,
+    peak: usize,
+}
+
+/// The ticket store shared by all handlers.
+#[derive(Debug)]
+pub struct Tickets {
+    inner: Mutex<Inner>,
+    clock: LoadClock,
+    generation: f64,
+    slowdown: f64,
+    max_held: usize,
+    ttl: Duration,
+    unready_ttl: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// `at + by`, saturating far in the future instead of overflowing.
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(at)
+}
+
+/// Whole seconds for Retry-After, rounded up, at least 1.
+fn whole_seconds(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+impl Tickets {
+    pub fn new(config: &Config, clock: LoadClock, metrics: Arc<Metrics>, start: Instant) -> Self {
+        let ttl = config.limits.ticket_ttl;
+        Self {
+            inner: Mutex::new(Inner {
+                last: start,
+                work: 0.0,
+                entries: HashMap::with_capacity(config.limits.max_pending.min(1 << 16)),
+                generating: VecDeque::new(),
+                ready: VecDeque::new(),
+                pending: 0,
+                ready_unfetched: 0,
+                peak: 0,
+            }),
+            clock,
+            generation: config.report.generation_time.as_secs_f64(),
+            slowdown: config.report.slowdown,
+            max_held: config.limits.max_pending,
+            ttl,
+            unready_ttl: ttl.saturating_mul(UNREADY_TTL_FACTOR),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the store inconsistent in a way that
+        // matters more than refusing every later request would.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Issues a new ticket for `offset`, unless `max-pending` tickets are already held.
+    pub fn issue(&self, offset: u64, now: Instant) -> Result<Uuid, Full> {
+        let mut inner = self.lock();
+        self.advance(&mut inner, now);
+        if inner.entries.len() >= self.max_held {
+            self.metrics.tickets_rejected.inc();
+            return Err(Full {
+                retry_after: self.next_free(&inner, now),
+            });
+        }
+        let mut id = Uuid::new_v4();
+        while inner.entries.contains_key(&id) {
+            id = Uuid::new_v4();
+        }
+        let work_at_issue = inner.work;
+        inner.entries.insert(
+            id,
+            Entry {
+                offset,
+                issued_at: now,
+                work_at_issue,
+                ready_at: None,
+                fetched: false,
+            },
+        );
+        inner.generating.push_back(id);
+        inner.pending += 1;
+        inner.peak = inner.peak.max(inner.pending);
+        // A zero generation time makes the report ready at once.
+        self.settle(&mut inner);
+        self.metrics.tickets_issued.inc();
+        self.publish(&inner);
+        Ok(id)
+    }
+
+    /// Looks a ticket up; a ready report is marked fetched (no longer pending) and stays
+    /// fetchable until it expires, so a client may retry a download that failed midway.
+    pub fn fetch(&self, id: Uuid, offset: u64, now: Instant) -> Fetch {
+        let mut inner = self.lock();
+        self.advance(&mut inner, now);
+        let heavy = self.clock.is_heavy(now);
+        let (pending, work) = (inner.pending, inner.work);
+        let Some(entry) = inner.entries.get_mut(&id).filter(|e| e.offset == offset) else {
+            return Fetch::Unknown;
+        };
+        if entry.ready_at.is_none() {
+            let remaining = (entry.work_at_issue + self.generation - work).max(0.0);
+            let at_current_rate = remaining * self.factor(pending);
+            let mut wait = Duration::try_from_secs_f64(at_current_rate).unwrap_or(Duration::MAX);
+            if heavy {
+                wait = wait.saturating_add(self.heavy_left(now));
+            }
+            return Fetch::NotReady {
+                retry_after: whole_seconds(wait),
+            };
+        }
+        if heavy {
+            return Fetch::NotReady {
+                retry_after: whole_seconds(self.heavy_left(now)),
+            };
+        }
+        if !entry.fetched {
+            entry.fetched = true;
+            inner.pending -= 1;
+            inner.ready_unfetched -= 1;
+            self.publish(&inner);
+        }
+        Fetch::Ready { offset }
+    }
+
+    /// Brings the store up to `now` (expiring what is due) and returns its counts; also
+    /// refreshes the gauges, so a scrape sees current values even without traffic.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let mut inner = self.lock();
+        self.advance(&mut inner, now);
+        self.publish(&inner);
+        let heavy = self.clock.is_heavy(now);
+        self.metrics.heavy_load.set(i64::from(heavy));
+        Snapshot {
+            pending: inner.pending,
+            ready: inner.ready_unfetched,
+            held: inner.entries.len(),
+            heavy,
+        }
+    }
+
+    /// `1 + slowdown x (other pending tickets)`: how much slower than alone a report is made.
+    fn factor(&self, pending: usize) -> f64 {
+        1.0 + self.slowdown * pending.saturating_sub(1) as f64
+    }
+
+    fn heavy_left(&self, now: Instant) -> Duration {
+        self.clock
+            .next_toggle(now)
+            .map_or(HEAVY_FOREVER_RETRY, |toggle| toggle - now)
+    }
+
+    fn next_free(&self, inner: &Inner, now: Instant) -> u64 {
+        let unready = inner
+            .generating
+            .front()
+            .map(|id| later(inner.entries[id].issued_at, self.unready_ttl));
+        let ready = inner.ready.front().and_then(|id| {
+            let ready_at = inner.entries[id].ready_at?;
+            Some(later(ready_at, self.ttl))
+        });
+        let free_at = match (unready, ready) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => now,
+        };
+        whole_seconds(free_at.saturating_duration_since(now))
+    }
+
+    /// Moves the work clock from `inner.last` to `now`, one event at a time.
+    fn advance(&self, inner: &mut Inner, now: Instant) {
+        self.settle(inner);
+        while inner.last < now {
+            let from = inner.last;
+            let mut until = now;
+            let mut rate = 0.0;
+            if let Some(id) = inner.generating.front() {
+                let entry = &inner.entries[id];
+                until = until.min(later(entry.issued_at, self.unready_ttl));
+                if let Some(toggle) = self.clock.next_toggle(from) {
+                    until = until.min(toggle);
+                }
+                if !self.clock.is_heavy(from) {
+                    rate = 1.0 / self.factor(inner.pending);
+                    let needed = (entry.work_at_issue + self.generation - inner.work).max(0.0);
+                    // Rounded to the nanosecond; WORK_EPSILON absorbs the difference, and
+                    // the floor of 1 ns guarantees the loop moves on.
+                    let wall = Duration::try_from_secs_f64(needed / rate)
+                        .unwrap_or(Duration::MAX)
+                        .max(Duration::from_nanos(1));
+                    until = until.min(later(from, wall));
+                }
+            }
+            if let Some(ready_at) = inner
+                .ready
+                .front()
+                .and_then(|id| inner.entries[id].ready_at)
+            {
+                until = until.min(later(ready_at, self.ttl));
+            }
+            inner.work += rate * (until - from).as_secs_f64();
+            inner.last = until;
+            self.settle(inner);
+        }
+    }
+
+    /// Applies every event due at `inner.last`: reports that are ready, tickets that expired.
+    fn settle(&self, inner: &mut Inner) {
+        let now = inner.last;
+        while let Some(&id) = inner.generating.front() {
+            let entry = &inner.entries[&id];
+            if inner.work + WORK_EPSILON >= entry.work_at_issue + self.generation {
+                let took = now - entry.issued_at;
+                inner.generating.pop_front();
+                if let Some(entry) = inner.entries.get_mut(&id) {
+                    entry.ready_at = Some(now);
+                }
+                inner.ready.push_back(id);
+                inner.ready_unfetched += 1;
+                self.metrics
+                    .report_generation_seconds
+                    .observe(took.as_secs_f64());
+            } else if later(entry.issued_at, self.unready_ttl) <= now {
+                inner.generating.pop_front();
+                inner.entries.remove(&id);
+                inner.pending -= 1;
+                self.metrics.tickets_expired.inc();
+            } else {
+                break;
+            }
+        }
+        while let Some(&id) = inner.ready.front() {
+            let entry = &inner.entries[&id];
+            let expired = entry
+                .ready_at
+                .is_none_or(|ready_at| later(ready_at, self.ttl) <= now);
+            if !expired {
+                break;
+            }
+            let fetched = entry.fetched;
+            inner.ready.pop_front();
+            inner.entries.remove(&id);
+            if !fetched {
+                inner.pending -= 1;
+                inner.ready_unfetched -= 1;
+            }
+            self.metrics.tickets_expired.inc();
+        }
+    }
+
+    fn publish(&self, inner: &Inner) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics.tickets_pending.set(gauge(inner.pending));
+        self.metrics.tickets_ready.set(gauge(inner.ready_unfetched));
+        self.metrics.tickets_pending_peak.set(gauge(inner.peak));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HeavyLoad;
+
+    const G: u64 = 1000; // generation time in ms
+
+    struct Fixture {
+        tickets: Tickets,
+        metrics: Arc<Metrics>,
+        start: Instant,
+    }
+
+    impl Fixture {
+        fn new(heavy: HeavyLoad, slowdown: f64, max_pending: usize, ttl_ms: u64) -> Self {
+            let mut config = Config {
+                heavy_load: heavy,
+                ..Config::default()
+            };
+            config.report.generation_time = Duration::from_millis(G);
+            config.report.slowdown = slowdown;
+            config.limits.max_pending = max_pending;
+            config.limits.ticket_ttl = Duration::from_millis(ttl_ms);
+            let start = Instant::now();
+            let metrics = Arc::new(Metrics::new());
+            let clock = LoadClock::new(&config.heavy_load, start);
+            let tickets = Tickets::new(&config, clock, metrics.clone(), start);
+            Self {
+                tickets,
+                metrics,
+                start,
+            }
+        }
+
+        fn calm() -> Self {
+            Self::new(no_heavy_load(), 1.0, 100, 600_000)
+        }
+
+        fn at(&self, ms: u64) -> Instant {
+            self.start + Duration::from_millis(ms)
+        }
+
+        fn issue(&self, ms: u64) -> Uuid {
+            self.tickets
+                .issue(7, self.at(ms))
+                .expect("room for a ticket")
+        }
+
+        fn fetch(&self, id: Uuid, ms: u64) -> Fetch {
+            self.tickets.fetch(id, 7, self.at(ms))
+        }
+
+        fn ready(&self, id: Uuid, ms: u64) -> bool {
+            matches!(self.fetch(id, ms), Fetch::Ready { .. })
+        }
+
+        /// Readiness without fetching, which would change the pending count.
+        fn peek_ready(&self, id: Uuid, ms: u64) -> bool {
+            self.tickets.snapshot(self.at(ms));
+            self.tickets.lock().entries[&id].ready_at.is_some()
+        }
+    }
+
+    /// One sample's value from the exposition.
+    fn sample(metrics: &Metrics, name: &str) -> f64 {
+        let text = metrics.encode();
+        let line = text
+            .lines()
+            .find(|line| line.split(' ').next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    fn no_heavy_load() -> HeavyLoad {
+        HeavyLoad {
+            period: Duration::ZERO,
+            initially_on: false,
+        }
+    }
+
+    #[test]
+    fn a_lone_ticket_is_ready_after_the_generation_time() {
+        let f = Fixture::calm();
+        let id = f.issue(0);
+        assert_eq!(f.fetch(id, G - 1), Fetch::NotReady { retry_after: 1 });
+        assert_eq!(f.fetch(id, G), Fetch::Ready { offset: 7 });
+        assert_eq!(
+            sample(&f.metrics, "report_apis_report_generation_seconds_count"),
+            1.0
+        );
+    }
+
+    #[test]
+    fn overlapping_tickets_slow_each_other_down() {
+        let f = Fixture::calm();
+        let a = f.issue(0);
+        let b = f.issue(0);
+        let c = f.issue(0);
+        // Three pending: each needs 1 s x (1 + 2) = 3 s.
+        assert!(!f.peek_ready(a, 3 * G - 1));
+        assert!(f.peek_ready(a, 3 * G));
+        assert!(f.peek_ready(b, 3 * G) && f.peek_ready(c, 3 * G));
+    }
+
+    #[test]
+    fn rate_is_re_evaluated_as_the_pending_count_changes() {
+        // A alone for 0.5 s (half done), then B joins: both at half speed. A needs 1 s more,
+        // ready at 1.5 s. B has done 0.5 s of work by then and, with A still pending, needs
+        // another second at half speed: 2.5 s.
+        let f = Fixture::calm();
+        let a = f.issue(0);
+        let b = f.issue(G / 2);
+        assert!(!f.peek_ready(a, 3 * G / 2 - 1));
+        assert!(f.peek_ready(a, 3 * G / 2));
+        assert!(!f.peek_ready(b, 5 * G / 2 - 1));
+        assert!(f.peek_ready(b, 5 * G / 2));
+
+        // Same, but A is fetched as soon as it is ready: B runs alone from 1.5 s, ready at 2 s.
+        let f = Fixture::calm();
+        let a = f.issue(0);
+        let b = f.issue(G / 2);
+        assert!(f.ready(a, 3 * G / 2));
+        assert!(!f.peek_ready(b, 2 * G - 1));
+        assert!(f.peek_ready(b, 2 * G));
+    }
+
+    #[test]
+    fn zero_slowdown_keeps_every_report_at_the_generation_time() {
+        let f = Fixture::new(no_heavy_load(), 0.0, 100, 600_000);
+        let ids: Vec<_> = (0..10).map(|_| f.issue(0)).collect();
+        assert!(ids.iter().all(|&id| f.peek_ready(id, G)));
+    }
+
+    #[test]
+    fn heavy_load_freezes_generation_and_serves_nothing() {
+        // Heavy for the first 2 s, normal for the next 2 s, heavy again from 4 s.
+        let f = Fixture::new(
+            HeavyLoad {
+                period: Duration::from_millis(2 * G),
+                initially_on: true,
+            },
+            1.0,
+            100,
+            600_000,
+        );
+        let id = f.issue(0);
+        assert_eq!(f.fetch(id, 100), Fetch::NotReady { retry_after: 3 });
+        assert!(!f.peek_ready(id, 3 * G - 1));
+        assert!(f.peek_ready(id, 3 * G));
+        // Ready, but a heavy phase serves nothing until it ends at 6 s.
+        assert_eq!(f.fetch(id, 4 * G + 500), Fetch::NotReady { retry_after: 2 });
+        assert!(f.ready(id, 6 * G));
+        assert_eq!(
+            sample(&f.metrics, "report_apis_report_generation_seconds_sum"),
+            3.0
+        );
+    }
+
+    #[test]
+    fn requests_during_heavy_load_leave_the_server_slower_afterwards() {
+        let f = Fixture::new(
+            HeavyLoad {
+                period: Duration::from_millis(10 * G),
+                initially_on: true,
+            },
+            1.0,
+            100,
+            600_000,
+        );
+        // Four abandoned tickets piled up during the heavy phase...
+        for ms in [0, 1000, 2000, 3000] {
+            f.issue(ms);
+        }
+        // ...make a fresh request after it ends take five times as long.
+        let fresh = f.issue(10 * G);
+        assert!(!f.peek_ready(fresh, 15 * G - 1));
+        assert!(f.peek_ready(fresh, 15 * G));
+    }
+
+    #[test]
+    fn fetching_marks_the_ticket_fetched_once_and_keeps_it_until_ttl() {
+        let f = Fixture::new(no_heavy_load(), 1.0, 100, 5 * G);
+        let id = f.issue(0);
+        assert_eq!(f.tickets.snapshot(f.at(G)).pending, 1);
+        assert_eq!(f.tickets.snapshot(f.at(G)).ready, 1);
+        assert!(f.ready(id, G));
+        assert!(f.ready(id, 2 * G), "a second fetch still gets the report");
+        let snap = f.tickets.snapshot(f.at(2 * G));
+        assert_eq!((snap.pending, snap.ready, snap.held), (0, 0, 1));
+        assert_eq!(f.fetch(id, 6 * G), Fetch::Unknown);
+        assert_eq!(f.tickets.snapshot(f.at(6 * G)).held, 0);
+    }
+
+    #[test]
+    fn unfetched_reports_expire_ttl_after_ready_and_unready_ones_after_three_ttl() {
+        let f = Fixture::new(no_heavy_load(), 1.0, 100, 2 * G);
+        let id = f.issue(0);
+        assert!(f.peek_ready(id, 3 * G - 1));
+        assert_eq!(f.fetch(id, 3 * G), Fetch::Unknown);
+        assert_eq!(f.metrics.tickets_expired.get(), 1);
+
+        let forever_heavy = HeavyLoad {
+            period: Duration::ZERO,
+            initially_on: true,
+        };
+        let f = Fixture::new(forever_heavy, 1.0, 100, 2 * G);
+        let id = f.issue(0);
+        assert!(matches!(f.fetch(id, 6 * G - 1), Fetch::NotReady { .. }));
+        assert_eq!(f.fetch(id, 6 * G), Fetch::Unknown);
+        let snap = f.tickets.snapshot(f.at(6 * G));
+        assert_eq!((snap.pending, snap.held), (0, 0));
+    }
+
+    #[test]
+    fn expiry_of_an_abandoned_ticket_speeds_up_the_others() {
+        // ttl 1 s: A, alone, is ready at 1 s and expires unfetched at 2 s.
+        let f = Fixture::new(no_heavy_load(), 1.0, 100, G);
+        let _a = f.issue(0);
+        let c = f.issue(G);
+        // From 1 s to 2 s: A still pending (ready, unfetched), so C runs at half speed and does
+        // 0.5 s of work. At 2 s A expires; C runs alone and needs 0.5 s more: ready at 2.5 s.
+        assert!(!f.peek_ready(c, 2 * G + G / 2 - 1));
+        assert!(f.peek_ready(c, 2 * G + G / 2));
+    }
+
+    #[test]
+    fn the_cap_refuses_new_tickets_until_one_expires() {
+        let f = Fixture::new(no_heavy_load(), 1.0, 2, 10 * G);
+        let a = f.issue(0);
+        f.issue(0);
+        assert_eq!(
+            f.tickets.issue(0, f.at(500)),
+            Err(Full { retry_after: 30 }),
+            "nothing ready yet: the first place frees when the oldest unready ticket expires"
+        );
+        assert!(f.ready(a, 2 * G));
+        // Fetched tickets are still held until they expire, 10 s after they became ready.
+        assert_eq!(
+            f.tickets.issue(0, f.at(2 * G)),
+            Err(Full { retry_after: 10 })
+        );
+        assert!(f.tickets.issue(0, f.at(12 * G)).is_ok());
+        assert_eq!(f.metrics.tickets_rejected.get(), 2);
+    }
+
+    #[test]
+    fn wrong_offset_or_unknown_id_is_unknown() {
+        let f = Fixture::calm();
+        let id = f.issue(0);
+        assert_eq!(f.tickets.fetch(id, 8, f.at(G)), Fetch::Unknown);
+        assert_eq!(f.tickets.fetch(Uuid::new_v4(), 7, f.at(G)), Fetch::Unknown);
+    }
+
+    #[test]
+    fn peak_and_gauges_follow_the_counts() {
+        let f = Fixture::calm();
+        let a = f.issue(0);
+        let b = f.issue(0);
+        assert!(f.ready(a, 2 * G));
+        assert!(f.ready(b, 2 * G));
+        f.tickets.snapshot(f.at(2 * G));
+        assert_eq!(f.metrics.tickets_pending.get(), 0);
+        assert_eq!(f.metrics.tickets_pending_peak.get(), 2);
+        assert_eq!(f.metrics.tickets_issued.get(), 2);
+    }
+
+    #[test]
+    fn long_idle_gaps_are_computed_in_one_step() {
+        let f = Fixture::new(
+            HeavyLoad {
+                period: Duration::from_millis(1),
+                initially_on: false,
+            },
+            1.0,
+            100,
+            600_000,
+        );
+        // No ticket generating: the toggles in between cost nothing.
+        f.tickets.snapshot(f.at(86_400_000));
+        let id = f.issue(86_400_000);
+        assert!(f.peek_ready(id, 86_400_000 + 2 * G + 10));
+    }
+}
