@@ -2,6 +2,8 @@
 //! runs included), field names exactly as written (no `F_` prefix), and readable lines on
 //! stderr when not started by systemd (`JOURNAL_STREAM` unset) or when journald is absent.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
@@ -21,6 +23,7 @@ pub fn init() {
     let stderr = to_stderr.then(|| {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_target(false)
     });
     tracing_subscriber::registry()

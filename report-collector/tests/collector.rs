@@ -1,0 +1,555 @@
+//! The collector as operators meet it: the real binary as processes, a real flock, the real
+//! report-apis on loopback (scripted servers only for faults report-apis never shows).
+
+mod util;
+
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::Signal;
+use report_collector::lock::LockFile;
+use report_collector::metrics::parse_counts;
+use report_collector::outcome::LastRun;
+use util::*;
+
+fn assert_code(run: &Finished, code: i32) {
+    assert_eq!(
+        run.code,
+        Some(code),
+        "expected exit {code}; stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+}
+
+#[test]
+fn collects_prints_and_saves_the_report_keeping_the_newest() {
+    let server = ApiServer::fast();
+    let setup = Setup::new(&server.url, &[("keep-reports", "2")]);
+    for _ in 0..3 {
+        let run = setup.run(&[]);
+        assert_code(&run, 0);
+        assert!(run.stdout.starts_with("timestamp,data\n"), "{}", run.stdout);
+        assert!(run.stderr.contains("collected"), "{}", run.stderr);
+        // Distinct file names even within one second: each has its own ticket.
+    }
+    let files = setup.report_files();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for name in &files {
+        assert!(report_collector::store::is_report_name(name), "{name}");
+        let text = std::fs::read_to_string(setup.reports.join(name)).unwrap();
+        assert!(text.starts_with("timestamp,data\n"));
+    }
+    let last = LastRun::load(&setup.state).unwrap().unwrap();
+    assert_eq!(last.outcome, "collected");
+    assert_eq!(last.exit_code, 0);
+    assert!(last.ticket.is_some());
+    assert!(setup.holder().is_none(), "the lock is free after the run");
+}
+
+#[test]
+fn two_collectors_started_together_one_runs_the_other_skips_naming_the_holder() {
+    let server = ApiServer::in_heavy_load();
+    let setup = Setup::new(&server.url, &[]);
+    let mut a = setup.spawn(&[]);
+    let mut b = setup.spawn(&[]);
+    // Exactly one exits (75) while the other keeps running against the loaded server.
+    let (skipper, mut runner) = loop {
+        match (running(&mut a), running(&mut b)) {
+            (true, true) => std::thread::sleep(Duration::from_millis(10)),
+            (false, true) => break (a, b),
+            (true, false) => break (b, a),
+            (false, false) => panic!("both collectors exited"),
+        }
+    };
+    let skipped = finish(skipper);
+    assert_code(&skipped, 75);
+    assert!(running(&mut runner), "the holder keeps running");
+    assert!(
+        skipped.stderr.contains(&format!("pid {}", runner.id())),
+        "the skip names the holder's pid {}: {}",
+        runner.id(),
+        skipped.stderr
+    );
+    for field in [
+        "OUTCOME",
+        "TICKET",
+        "POLICY",
+        "HOLDER_PID",
+        "SLOT",
+        "DURATION",
+    ] {
+        assert!(
+            skipped.stderr.contains(field),
+            "{field}: {}",
+            skipped.stderr
+        );
+    }
+    assert!(
+        skipped.stderr.contains("OUTCOME=\"skipped\""),
+        "{}",
+        skipped.stderr
+    );
+    assert!(
+        skipped
+            .stderr
+            .contains(&format!("HOLDER_PID={}", runner.id()))
+    );
+
+    signal(&runner, Signal::SIGTERM);
+    assert_code(&finish(runner), 143);
+}
+
+#[test]
+fn after_kill_9_of_the_holder_the_next_run_gets_the_lock_at_once() {
+    let busy = ApiServer::in_heavy_load();
+    let fast = ApiServer::fast();
+    let setup = Setup::new(&busy.url, &[]);
+    let holder = setup.spawn(&[]);
+    setup.wait_for_holder(holder.id(), false);
+    signal(&holder, Signal::SIGKILL);
+    let killed = finish(holder);
+    assert_eq!(killed.signal, Some(9));
+
+    let next = setup.run(&["--server-url", &fast.url]);
+    assert_code(&next, 0);
+    assert!(setup.holder().is_none());
+}
+
+#[test]
+fn replace_ends_the_holder_and_runs() {
+    let busy = ApiServer::in_heavy_load();
+    let fast = ApiServer::fast();
+    let setup = Setup::new(&busy.url, &[("replace-grace", "\"5s\"")]);
+    let old = setup.spawn(&[]);
+    setup.wait_for_holder(old.id(), true);
+    let new = setup.run(&["--policy", "replace", "--server-url", &fast.url]);
+    assert_code(&new, 0);
+    assert!(
+        new.stderr.contains(&format!("pid {}", old.id())) && new.stderr.contains("SIGTERM"),
+        "{}",
+        new.stderr
+    );
+    let old = finish(old);
+    assert_code(&old, 143);
+    assert!(old.stderr.contains("cancelled"), "{}", old.stderr);
+}
+
+/// A holder that writes a proper record but ignores SIGTERM (perl is in every Debian).
+fn stubborn_holder(lock: &std::path::Path, record_pid: Option<u32>) -> std::process::Child {
+    let pid = record_pid.map_or("$$".to_owned(), |p| p.to_string());
+    let script = format!(
+        r#"use Fcntl qw(:flock); $SIG{{TERM}} = 'IGNORE';
+open(my $fh, '+>>', $ARGV[0]) or die "open: $!";
+flock($fh, LOCK_EX | LOCK_NB) or die "busy";
+truncate($fh, 0); print $fh qq({{"pid":{pid},"since":"2024-01-01T00:00:00Z","ticket":null}}\n);
+$fh->flush; print STDOUT "locked\n"; STDOUT->flush; sleep 60;"#
+    );
+    let mut child = Command::new("perl")
+        .arg("-e")
+        .arg(script)
+        .arg(lock)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "locked\n");
+    child
+}
+
+#[test]
+fn replace_kills_a_holder_that_ignores_sigterm_after_the_grace() {
+    let fast = ApiServer::fast();
+    let setup = Setup::new(&fast.url, &[("replace-grace", "\"300ms\"")]);
+    std::fs::write(&setup.lock, "").unwrap();
+    let holder = stubborn_holder(&setup.lock, None);
+    let run = setup.run(&["--policy", "replace"]);
+    assert_code(&run, 0);
+    assert!(run.stderr.contains("SIGKILL"), "{}", run.stderr);
+    let holder = finish(holder);
+    assert_eq!(holder.signal, Some(9));
+}
+
+#[test]
+fn replace_never_signals_a_process_the_record_names_but_the_kernel_does_not() {
+    let fast = ApiServer::fast();
+    let setup = Setup::new(&fast.url, &[("replace-grace", "\"300ms\"")]);
+    std::fs::write(&setup.lock, "").unwrap();
+    // The record names an innocent process (as after pid reuse); the lock is the perl one's.
+    let mut innocent = Command::new("sleep").arg("60").spawn().unwrap();
+    let mut holder = stubborn_holder(&setup.lock, Some(innocent.id()));
+    let run = setup.run(&["--policy", "replace"]);
+    assert_code(&run, 75);
+    assert!(run.stderr.contains("signalled nothing"), "{}", run.stderr);
+    assert!(
+        running(&mut innocent),
+        "the innocent process was not signalled"
+    );
+    assert!(
+        running(&mut holder),
+        "the unconfirmed holder was not signalled"
+    );
+    innocent.kill().unwrap();
+    holder.kill().unwrap();
+    let _ = innocent.wait();
+    let _ = holder.wait();
+}
+
+#[test]
+fn wait_runs_once_the_holder_ends() {
+    let busy = ApiServer::in_heavy_load();
+    let fast = ApiServer::fast();
+    let setup = Setup::new(&busy.url, &[("lock-wait", "\"30s\"")]);
+    let holder = setup.spawn(&[]);
+    setup.wait_for_holder(holder.id(), true);
+    let mut waiter = setup.spawn(&["--policy", "wait", "--server-url", &fast.url]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(running(&mut waiter), "the waiter waits instead of skipping");
+    assert_eq!(setup.holder().unwrap().pid, Some(holder.id()));
+
+    signal(&holder, Signal::SIGTERM);
+    assert_code(&finish(holder), 143);
+    let waited = finish(waiter);
+    assert_code(&waited, 0);
+    assert!(waited.stderr.contains("waiting up to"), "{}", waited.stderr);
+}
+
+#[test]
+fn wait_skips_when_lock_wait_runs_out() {
+    let busy = ApiServer::in_heavy_load();
+    let setup = Setup::new(&busy.url, &[("lock-wait", "\"300ms\"")]);
+    let holder = setup.spawn(&[]);
+    setup.wait_for_holder(holder.id(), false);
+    let waited = setup.run(&["--policy", "wait"]);
+    assert_code(&waited, 75);
+    assert!(
+        waited.stderr.contains(&format!("pid {}", holder.id())),
+        "{}",
+        waited.stderr
+    );
+    signal(&holder, Signal::SIGTERM);
+    assert_code(&finish(holder), 143);
+}
+
+#[test]
+fn allow_runs_while_another_run_holds_the_lock() {
+    let busy = ApiServer::in_heavy_load();
+    let fast = ApiServer::fast();
+    let setup = Setup::new(&busy.url, &[]);
+    let mut holder = setup.spawn(&[]);
+    setup.wait_for_holder(holder.id(), false);
+    let other = setup.run(&["--policy", "allow", "--server-url", &fast.url]);
+    assert_code(&other, 0);
+    assert!(running(&mut holder));
+    assert_eq!(setup.holder().unwrap().pid, Some(holder.id()));
+    signal(&holder, Signal::SIGTERM);
+    assert_code(&finish(holder), 143);
+}
+
+fn usec(at: SystemTime) -> String {
+    at.duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+        .to_string()
+}
+
+#[test]
+fn a_timer_start_later_than_the_starting_deadline_skips() {
+    let server = ApiServer::fast();
+    let setup = Setup::new(&server.url, &[("starting-deadline", "\"10s\"")]);
+    let five_minutes_ago = SystemTime::now() - Duration::from_secs(300);
+    let late = finish(
+        setup
+            .command(&[])
+            .env("TRIGGER_UNIT", "report-collector.timer")
+            .env("TRIGGER_TIMER_REALTIME_USEC", usec(five_minutes_ago))
+            .spawn()
+            .unwrap(),
+    );
+    assert_code(&late, 75);
+    assert!(late.stderr.contains("missed slot"), "{}", late.stderr);
+    assert!(setup.report_files().is_empty());
+
+    // The same config by hand: never skipped for lateness.
+    assert_code(&setup.run(&[]), 0);
+}
+
+#[test]
+fn a_timer_start_within_the_starting_deadline_runs() {
+    let server = ApiServer::fast();
+    let setup = Setup::new(
+        &server.url,
+        &[
+            ("starting-deadline", "\"10s\""),
+            ("schedule-period", "\"1s\""),
+        ],
+    );
+    let on_time = finish(
+        setup
+            .command(&[])
+            .env("TRIGGER_UNIT", "report-collector.timer")
+            .env("TRIGGER_TIMER_REALTIME_USEC", usec(SystemTime::now()))
+            .spawn()
+            .unwrap(),
+    );
+    assert_code(&on_time, 0);
+    assert!(on_time.stderr.contains("report-collector.timer"));
+}
+
+#[test]
+fn a_hundred_collectors_at_once_under_forbid_one_collects_and_every_run_is_counted() {
+    let server = ApiServer::slow(Duration::from_secs(5));
+    let setup = Setup::new(
+        &server.url,
+        &[("metrics-file", "\"{dir}/metrics/report-collector.prom\"")],
+    );
+
+    let children: Vec<_> = (0..100).map(|_| setup.spawn(&[])).collect();
+    let results: Vec<Finished> = children.into_iter().map(finish).collect();
+    let collected = results.iter().filter(|r| r.code == Some(0)).count();
+    let skipped = results.iter().filter(|r| r.code == Some(75)).count();
+    assert_eq!(collected, 1, "exactly one collects");
+    assert_eq!(skipped, 99, "all others skip");
+    assert_eq!(setup.report_files().len(), 1);
+
+    let counts = parse_counts(&std::fs::read_to_string(&setup.metrics).unwrap());
+    assert_eq!(counts["collected"], 1);
+    assert_eq!(
+        counts["skipped"], 99,
+        "no count lost when runs end together"
+    );
+    assert_eq!(counts["failed"], 0);
+}
+
+#[test]
+fn server_down_is_a_clear_error_inside_the_deadline() {
+    let setup = Setup::new(&dead_url(), &[("deadline", "\"3s\"")]);
+    let run = setup.run(&[]);
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("cannot reach"), "{}", run.stderr);
+    assert!(run.stderr.contains("retrying"), "{}", run.stderr);
+    assert!(run.stderr.contains("deadline"), "{}", run.stderr);
+    assert!(setup.report_files().is_empty());
+    assert_eq!(
+        LastRun::load(&setup.state).unwrap().unwrap().outcome,
+        "failed"
+    );
+}
+
+#[test]
+fn server_errors_are_retried_and_never_saved() {
+    let server = FakeServer::start(|_| (500, "<html>internal error</html>".into()));
+    let setup = Setup::new(&server.url, &[("deadline", "\"2s\"")]);
+    let run = setup.run(&[]);
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("500"), "{}", run.stderr);
+    assert!(run.stdout.is_empty());
+    assert!(setup.report_files().is_empty());
+}
+
+#[test]
+fn garbage_or_an_error_page_is_never_taken_for_a_report() {
+    for (status, body) in [
+        (200, "<html><body>Welcome to nginx</body></html>"),
+        (400, "invalid ticketId format"),
+        (200, "timestamp,data\n1,2,3,4\n"),
+    ] {
+        let server = FakeServer::start(move |path| {
+            if path.starts_with("/request_report") {
+                (200, "abc_0".into())
+            } else {
+                (status, body.into())
+            }
+        });
+        let setup = Setup::new(&server.url, &[]);
+        let run = setup.run(&[]);
+        assert_code(&run, 1);
+        assert!(run.stdout.is_empty(), "{}", run.stdout);
+        assert!(setup.report_files().is_empty());
+    }
+}
+
+#[test]
+fn a_ticket_the_server_forgot_is_replaced_by_a_new_one() {
+    let server = FakeServer::start(|path| match path {
+        "/request_report" => {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            (200, format!("t{}_0", N.fetch_add(1, Ordering::SeqCst)))
+        }
+        "/get_report/t0_0" => (404, "unknown ticket".into()),
+        _ => (200, "timestamp,data\n0,data-0\n".into()),
+    });
+    let setup = Setup::new(&server.url, &[]);
+    let run = setup.run(&[]);
+    assert_code(&run, 0);
+    assert!(
+        run.stderr.contains("requesting a new one"),
+        "{}",
+        run.stderr
+    );
+    let files = setup.report_files();
+    assert_eq!(files.len(), 1);
+    assert!(files[0].ends_with("_t1_0.csv"), "{files:?}");
+}
+
+#[test]
+fn sigterm_while_polling_exits_143_frees_the_lock_and_saves_nothing() {
+    let server = ApiServer::in_heavy_load();
+    let setup = Setup::new(&server.url, &[]);
+    for (sig, code) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
+        let child = setup.spawn(&[]);
+        let holder = setup.wait_for_holder(child.id(), true);
+        signal(&child, sig);
+        let run = finish(child);
+        assert_code(&run, code);
+        assert!(run.stderr.contains("cancelled"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains(holder.ticket.as_deref().unwrap()),
+            "{}",
+            run.stderr
+        );
+        assert!(setup.holder().is_none());
+        let lock = LockFile::open(&setup.lock).unwrap();
+        assert!(lock.try_lock().unwrap().is_ok(), "the lock is free");
+        assert!(
+            setup.report_files().is_empty(),
+            "{:?}",
+            setup.report_files()
+        );
+        assert_eq!(
+            LastRun::load(&setup.state).unwrap().unwrap().outcome,
+            "cancelled"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_config_key_exits_78_naming_file_line_and_key() {
+    let setup = Setup::new("http://127.0.0.1:1", &[("poll-intervall", "\"5s\"")]);
+    let run = setup.run(&[]);
+    assert_code(&run, 78);
+    let config = setup.config.display().to_string();
+    assert!(run.stderr.contains(&config), "{}", run.stderr);
+    assert!(run.stderr.contains("poll-intervall"), "{}", run.stderr);
+    // Keys are written sorted: lock-file, poll-interval, poll-intervall, ...
+    let line = std::fs::read_to_string(&setup.config)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("poll-intervall"))
+        .unwrap()
+        + 1;
+    assert!(
+        run.stderr.contains(&format!("line {line}")),
+        "{}",
+        run.stderr
+    );
+
+    let missing = Command::new(env!("CARGO_BIN_EXE_report-collector"))
+        .args(["--config", "/nonexistent/report-collector.toml"])
+        .env_remove("JOURNAL_STREAM")
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(78));
+}
+
+#[test]
+fn status_reports_the_holder_without_taking_the_lock() {
+    let busy = ApiServer::in_heavy_load();
+    let fast = ApiServer::fast();
+    let setup = Setup::new(&busy.url, &[]);
+    let mut holder = setup.spawn(&[]);
+    let seen = setup.wait_for_holder(holder.id(), true);
+
+    let status = setup.command(&["status", "--json"]).output().unwrap();
+    assert_eq!(status.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(json["lock"]["held"], true);
+    assert_eq!(json["lock"]["pid"], holder.id());
+    assert_eq!(json["lock"]["ticket"], seen.ticket.unwrap().as_str());
+    let text = setup.command(&["status"]).output().unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains(&format!("held by pid {}", holder.id())),
+        "{text}"
+    );
+    assert!(running(&mut holder));
+    signal(&holder, Signal::SIGTERM);
+    assert_code(&finish(holder), 143);
+
+    // Status hammered while a run starts never makes that run skip.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let stop = stop.clone();
+        let mut cmd = setup.command(&["status"]);
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 500 {
+                assert!(cmd.output().unwrap().status.success());
+                n += 1;
+            }
+        })
+    };
+    for _ in 0..3 {
+        assert_code(&setup.run(&["--server-url", &fast.url]), 0);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hammer.join().unwrap();
+
+    let json: serde_json::Value = serde_json::from_slice(
+        &setup
+            .command(&["status", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(json["lock"]["held"], false);
+    assert_eq!(json["last_run"]["outcome"], "collected");
+    assert_eq!(json["reports"]["kept"], 3);
+}
+
+#[test]
+fn an_unusable_report_dir_is_a_clear_error_with_nothing_left_behind() {
+    let server = ApiServer::fast();
+    // report-dir below a plain file: it can never be created (root ignores permissions).
+    let setup = Setup::new(
+        &server.url,
+        &[("report-dir", "\"{dir}/not-a-dir/reports\"")],
+    );
+    let file = setup.dir.path().join("not-a-dir");
+    std::fs::write(&file, "").unwrap();
+    let run = setup.run(&[]);
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("report-dir"), "{}", run.stderr);
+    assert_eq!(std::fs::read(&file).unwrap(), b"");
+    assert_eq!(
+        files_in(setup.dir.path()).len(),
+        4,
+        "{:?}",
+        files_in(setup.dir.path())
+    );
+}
+
+#[test]
+fn help_lists_the_exit_codes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_report-collector"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for code in ["0 ", "75", "78", "1 ", "130", "143"] {
+        assert!(text.contains(&format!("  {code}")), "{code}: {text}");
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_report-collector"))
+        .args(["--policy", "sometimes"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(78));
+}

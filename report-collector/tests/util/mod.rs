@@ -1,0 +1,327 @@
+//! Test fixtures: the real report-apis on loopback, tiny scripted servers for faults, and the
+//! real collector binary run as child processes with a config in a temp directory.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use report_collector::lock::{Holder, holder_at};
+
+/// Upper bound on any wait in these tests, so a broken build fails instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The real report-apis, served on 127.0.0.1:0 from a thread of its own.
+pub struct ApiServer {
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ApiServer {
+    pub fn start(mut config: report_apis::Config) -> ApiServer {
+        config.shutdown.drain_timeout = Duration::from_millis(200);
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                report_apis::run(listener, config, async move {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let addr: SocketAddr = addr_rx.recv_timeout(PATIENCE).unwrap();
+        ApiServer {
+            url: format!("http://{addr}"),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Reports ready at once.
+    pub fn fast() -> ApiServer {
+        let mut config = report_apis::Config::default();
+        config.heavy_load.period = Duration::ZERO;
+        config.heavy_load.initially_on = false;
+        config.report.generation_time = Duration::from_millis(1);
+        ApiServer::start(config)
+    }
+
+    /// In heavy load for the whole test: every report stays "not ready".
+    pub fn in_heavy_load() -> ApiServer {
+        let mut config = report_apis::Config::default();
+        config.heavy_load.period = Duration::from_secs(3600);
+        config.heavy_load.initially_on = true;
+        ApiServer::start(config)
+    }
+
+    /// Reports take `generation` to be ready.
+    pub fn slow(generation: Duration) -> ApiServer {
+        let mut config = report_apis::Config::default();
+        config.heavy_load.period = Duration::ZERO;
+        config.heavy_load.initially_on = false;
+        config.report.generation_time = generation;
+        config.report.slowdown = 0.0;
+        ApiServer::start(config)
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A scripted HTTP/1.1 server for faults report-apis never shows (5xx, garbage, 404 tickets).
+/// The handler maps a request path to (status, extra headers, body).
+pub struct FakeServer {
+    pub url: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+pub type Handler = dyn Fn(&str) -> (u16, String) + Send + Sync;
+
+impl FakeServer {
+    pub fn start(handler: impl Fn(&str) -> (u16, String) + Send + Sync + 'static) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        stream
+                            .set_read_timeout(Some(Duration::from_secs(2)))
+                            .unwrap();
+                        let mut request = Vec::new();
+                        let mut buf = [0u8; 1024];
+                        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => request.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let text = String::from_utf8_lossy(&request);
+                        let path = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                        let (status, body) = handler(&path);
+                        let response = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = stream.write_all(response.as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        FakeServer {
+            url,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A port on loopback with nothing listening.
+pub fn dead_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// A temp directory with a collector config in it.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub lock: PathBuf,
+    pub reports: PathBuf,
+    pub state: PathBuf,
+    pub metrics: PathBuf,
+}
+
+impl Setup {
+    /// A config pointing at `server_url` with short intervals; `extra` overrides keys
+    /// (values written as TOML, e.g. `("deadline", "\"3s\"")`; `{dir}` is the temp dir).
+    pub fn new(server_url: &str, extra: &[(&str, &str)]) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("collector.lock");
+        let reports = dir.path().join("reports");
+        let state = dir.path().join("last-run.json");
+        let metrics = dir.path().join("metrics/report-collector.prom");
+        let mut keys: BTreeMap<&str, String> = BTreeMap::new();
+        keys.insert("server-url", format!("{server_url:?}"));
+        keys.insert("lock-file", format!("{:?}", lock.display().to_string()));
+        keys.insert("report-dir", format!("{:?}", reports.display().to_string()));
+        keys.insert("state-file", format!("{:?}", state.display().to_string()));
+        keys.insert("poll-interval", "\"200ms\"".into());
+        keys.insert("request-timeout", "\"2s\"".into());
+        keys.insert("deadline", "\"60s\"".into());
+        let dir_text = dir.path().display().to_string();
+        for (k, v) in extra {
+            keys.insert(k, v.replace("{dir}", &dir_text));
+        }
+        let text: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, text).unwrap();
+        Setup {
+            dir,
+            config,
+            lock,
+            reports,
+            state,
+            metrics,
+        }
+    }
+
+    /// The collector binary with this config, a clean environment and piped output.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_report-collector"));
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd.env_remove("JOURNAL_STREAM")
+            .env_remove("TRIGGER_UNIT")
+            .env_remove("TRIGGER_TIMER_REALTIME_USEC")
+            .env_remove("RUST_LOG")
+            .env_remove("http_proxy")
+            .env_remove("HTTP_PROXY")
+            .env_remove("all_proxy")
+            .env_remove("ALL_PROXY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args).spawn().unwrap()
+    }
+
+    /// Runs to the end (bounded by [`PATIENCE`]).
+    pub fn run(&self, args: &[&str]) -> Finished {
+        finish(self.spawn(args))
+    }
+
+    /// Names of everything in the report directory, temp files included.
+    pub fn report_files(&self) -> Vec<String> {
+        files_in(&self.reports)
+    }
+
+    pub fn holder(&self) -> Option<Holder> {
+        holder_at(&self.lock).unwrap()
+    }
+
+    /// Waits until `pid` holds the lock (and, with `with_ticket`, has a ticket).
+    pub fn wait_for_holder(&self, pid: u32, with_ticket: bool) -> Holder {
+        let start = Instant::now();
+        loop {
+            if let Some(h) = self.holder() {
+                if h.pid == Some(pid) && h.confirmed && (!with_ticket || h.ticket.is_some()) {
+                    return h;
+                }
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "pid {pid} never held the lock {}",
+                self.lock.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+/// A child that has exited, with everything it printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Waits for `child` (bounded by [`PATIENCE`], then killed and the test failed).
+pub fn finish(child: Child) -> Finished {
+    finish_within(child, PATIENCE)
+}
+
+pub fn finish_within(mut child: Child, limit: Duration) -> Finished {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the collector did not exit within {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    finished(child.wait_with_output().unwrap())
+}
+
+fn finished(out: Output) -> Finished {
+    use std::os::unix::process::ExitStatusExt;
+    Finished {
+        code: out.status.code(),
+        signal: out.status.signal(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Whether `child` is still running.
+pub fn running(child: &mut Child) -> bool {
+    child.try_wait().unwrap().is_none()
+}
+
+pub fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}
