@@ -1,0 +1,243 @@
+//! The real `report-apis` binary: configuration errors, signals, logging of heavy-load toggles.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::util::client;
+
+const BIN: &str = env!("CARGO_BIN_EXE_report-apis");
+
+fn shipped_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/report-apis.toml")
+}
+
+/// The binary as a manual run would start it (not under systemd), stderr captured.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first stderr line containing `needle`, waiting at most 10 s.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no line containing {needle:?}; stderr so far:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    fn address(&mut self) -> String {
+        let line = self.wait_for("listening on http://");
+        let rest = &line[line.find("http://").unwrap()..];
+        rest.split_whitespace().next().unwrap().to_owned()
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Exit status, waiting at most 15 s; also drains the rest of stderr into `seen`.
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+                    self.seen.push(line);
+                }
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "report-apis did not exit; stderr:\n{}",
+                    self.seen.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.seen.join("\n")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn bad_config_exits_78_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, line, key) in [
+        (
+            "listen = \"127.0.0.1:0\"\n[report]\nslowdwn = 2\n",
+            3,
+            "report.slowdwn",
+        ),
+        ("[heavy-load]\nperiod = \"soon\"\n", 2, "heavy-load.period"),
+        ("[limits]\n\nmax-pending = -4\n", 3, "limits.max-pending"),
+        (
+            "[shutdown]\ndrain-timeout = 5\n",
+            2,
+            "shutdown.drain-timeout",
+        ),
+    ] {
+        let path = write_config(&dir, text);
+        let mut run = Running::start(&["--config", path.to_str().unwrap()]);
+        let status = run.wait();
+        let stderr = run.stderr();
+        assert_eq!(status.code(), Some(78), "{text}\n{stderr}");
+        let location = format!("{}:{line}:", path.display());
+        assert!(stderr.contains(&location), "{location} not in {stderr}");
+        assert!(
+            stderr.contains(&format!("`{key}`")),
+            "{key} not in {stderr}"
+        );
+    }
+}
+
+#[test]
+fn explicit_missing_config_exits_78() {
+    let mut run = Running::start(&["--config", "/nonexistent/report-apis.toml"]);
+    assert_eq!(run.wait().code(), Some(78));
+    let stderr = run.stderr();
+    assert!(stderr.contains("/nonexistent/report-apis.toml"), "{stderr}");
+    assert!(stderr.contains("--config"), "says what to do: {stderr}");
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_failure() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let config = shipped_config();
+    let mut run = Running::start(&["--config", config.to_str().unwrap(), "--listen", &address]);
+    assert_eq!(run.wait().code(), Some(1));
+    assert!(
+        run.stderr()
+            .contains(&format!("cannot listen on {address}"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_connections_and_exits_0() {
+    let config = shipped_config();
+    let mut run = Running::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let base = run.address();
+    run.wait_for(&format!("configuration read from {}", config.display()));
+    let client = client();
+    // A keep-alive connection stays open in the client's pool across the signal.
+    let ticket = client
+        .get(format!("{base}/request_report"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(ticket.ends_with("_0"));
+    let healthz = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(healthz.text().await.unwrap(), "ok");
+
+    run.signal(Signal::SIGTERM);
+    let status = tokio::task::block_in_place(|| run.wait());
+    let stderr = run.stderr();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("SIGTERM received"), "{stderr}");
+    assert!(stderr.contains("stopped"), "{stderr}");
+    assert!(
+        !stderr.contains("still open"),
+        "idle connections are closed, not waited out: {stderr}"
+    );
+    assert!(client.get(format!("{base}/healthz")).send().await.is_err());
+}
+
+#[test]
+fn sigint_also_exits_0() {
+    let mut run = Running::start(&["--listen", "127.0.0.1:0"]);
+    run.address();
+    run.signal(Signal::SIGINT);
+    assert_eq!(run.wait().code(), Some(0), "{}", run.stderr());
+    assert!(run.stderr().contains("SIGINT received"));
+}
+
+#[test]
+fn heavy_load_toggles_are_logged_with_structured_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "[heavy-load]\nperiod = \"200ms\"\n");
+    let mut run = Running::start(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    run.address();
+    let on = run.wait_for("heavy load on");
+    assert!(on.contains("PENDING"), "structured fields: {on}");
+    run.wait_for("heavy load off");
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait().code(), Some(0));
+}
