@@ -1,0 +1,44 @@
+# The two commands a newcomer needs (see README.md), and the steps they are made of.
+#   make demo        build, boot a Debian 12 box, install the packages, follow the journal
+#   make test        every test: fmt, clippy, unit and integration tests, the booted boxes
+#   make deb         target/debian/report-apis_*.deb and report-collector_*.deb
+#   make experiment  measure the concurrency policies against an overloaded server
+#   make bench       the benchmarks (they print figures)
+# demo, test and deb install what they need first (tests/install-deps.sh; run as root).
+
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: demo test deb experiment bench deps lint unit-test box-test
+
+deps:
+	tests/install-deps.sh
+
+deb: deps
+	cargo deb -p report-apis
+	cargo deb -p report-collector
+
+demo: deps
+	tests/demo.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+unit-test:
+	cargo test --workspace
+
+box-test:
+	tests/run.sh
+
+test: deps
+	$(MAKE) lint
+	$(MAKE) unit-test
+	$(MAKE) box-test
+
+experiment:
+	cargo run --release -p experiment
+
+bench: deps
+	bench/report-apis/run.sh
+	bench/report-collector/run.sh

@@ -1,0 +1,102 @@
+# shellcheck shell=bash
+# Box driver: a Debian root booted with systemd-nspawn, entered with nsenter.
+#
+# The scenario only ever calls box_exec, so another driver (Docker, a VM) can run the same
+# scenario by defining these four functions:
+#   box_start NAME RELEASE   boot a fresh box from a cached root; returns once systemd is up
+#   box_exec NAME CMD...     run CMD as root inside the box; stdin, stdout, exit status pass through
+#   box_stop NAME            power the box off (kill it if it does not stop), delete its root
+#   box_log NAME             path of the box's console log
+# Sourced by tests/run.sh and the Makefile's demo; needs tests/box/rootfs.sh sourced first.
+
+BOX_WORKDIR=${BOX_WORKDIR:-/var/tmp/report-collector-tests/$$}
+
+box_log() {
+    echo "$BOX_WORKDIR/$1.console"
+}
+
+# PID 1 of the box: the systemd process whose parent is the box's systemd-nspawn.
+_box_find_init() {
+    local nspawn_pid=$1 pid
+    local children
+    children=$(cat "/proc/$nspawn_pid/task/"*/children 2>/dev/null) || return 1
+    for pid in $children; do
+        if [[ $(cat "/proc/$pid/comm" 2>/dev/null) == systemd ]]; then
+            echo "$pid"
+            return 0
+        fi
+    done
+    return 1
+}
+
+box_start() {
+    local name=$1 release=$2 root nspawn_pid init_pid state i
+    root=$BOX_WORKDIR/$name.root
+    mkdir -p "$BOX_WORKDIR"
+    rootfs_copy "$release" "$root"
+    # The boxes must not start collections the moment they boot: nothing of ours is installed
+    # yet, so nothing to do here but keep the hostname recognisable in journal lines.
+    echo "$name" >"$root/etc/hostname"
+    setsid systemd-nspawn --quiet --keep-unit --register=no --private-network \
+        -D "$root" -M "$name" -b </dev/null >"$(box_log "$name")" 2>&1 &
+    nspawn_pid=$!
+    echo "$nspawn_pid" >"$BOX_WORKDIR/$name.nspawn"
+    for ((i = 0; i < 100; i++)); do
+        if init_pid=$(_box_find_init "$nspawn_pid"); then
+            break
+        fi
+        if ! kill -0 "$nspawn_pid" 2>/dev/null; then
+            echo "box $name: systemd-nspawn exited during boot; console log follows" >&2
+            tail -n 30 "$(box_log "$name")" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    if [[ -z ${init_pid:-} ]]; then
+        echo "box $name: no systemd process appeared under systemd-nspawn" >&2
+        return 1
+    fi
+    echo "$init_pid" >"$BOX_WORKDIR/$name.init"
+    # `is-system-running --wait` needs the manager's bus, which appears a moment after PID 1.
+    for ((i = 0; i < 300; i++)); do
+        state=$(box_exec "$name" systemctl is-system-running --wait 2>/dev/null) || true
+        case $state in
+        running | degraded) return 0 ;;
+        esac
+        sleep 0.2
+    done
+    echo "box $name: systemd did not finish booting (state: ${state:-unknown})" >&2
+    return 1
+}
+
+box_exec() {
+    local name=$1 init_pid
+    shift
+    init_pid=$(cat "$BOX_WORKDIR/$name.init")
+    # A clean environment, as a login shell inside the box would have: nothing of the host's
+    # (JOURNAL_STREAM, NOTIFY_SOCKET, ...) may leak into the programs under test.
+    nsenter -t "$init_pid" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
+        TERM=dumb SYSTEMD_COLORS=0 SYSTEMD_PAGER= HOME=/root "$@"
+}
+
+box_stop() {
+    local name=$1 nspawn_pid i
+    nspawn_pid=$(cat "$BOX_WORKDIR/$name.nspawn" 2>/dev/null) || return 0
+    if kill -0 "$nspawn_pid" 2>/dev/null; then
+        box_exec "$name" systemctl poweroff --no-block >/dev/null 2>&1 || true
+        for ((i = 0; i < 150; i++)); do
+            kill -0 "$nspawn_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$nspawn_pid" 2>/dev/null; then
+            echo "box $name: did not power off in 15 s; killing it" >&2
+            kill -TERM "$nspawn_pid" 2>/dev/null || true
+            sleep 2
+            kill -KILL "$nspawn_pid" 2>/dev/null || true
+        fi
+    fi
+    # The nspawn process is this shell's child only when started from it; wait if so.
+    wait "$nspawn_pid" 2>/dev/null || true
+    rm -rf "${BOX_WORKDIR:?}/$name.root"
+    rm -f "$BOX_WORKDIR/$name.nspawn" "$BOX_WORKDIR/$name.init"
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs what `make test`, `make demo` and `make bench` need on a fresh Debian 12 or 13
+# machine, and nothing when it is all there already: the Debian packages, a Rust toolchain
+# (through rustup when cargo is missing or too old) and cargo-deb 3.8.0.
+# Run as root.
+set -euo pipefail
+
+CARGO_DEB_VERSION=3.8.0
+RUST_MIN=1.85
+APT_PACKAGES=(
+    build-essential # cc for the linker, dpkg-dev for cargo-deb's dependency lookup
+    ca-certificates curl
+    systemd-container debootstrap # the boxes
+    lintian shellcheck
+    wrk hyperfine time # the benchmarks
+)
+
+if [[ $EUID -ne 0 ]]; then
+    echo "tests/install-deps.sh installs Debian packages: run it as root." >&2
+    exit 2
+fi
+
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q 'ok installed'; then
+        missing+=("$package")
+    fi
+done
+if ((${#missing[@]})); then
+    echo "installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q -o DPkg::Lock::Timeout=600 >/dev/null
+    apt-get install -y -q -o DPkg::Lock::Timeout=600 "${missing[@]}" >/dev/null
+fi
+
+export PATH=$HOME/.cargo/bin:$PATH
+
+version_at_least() {
+    [[ $(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1) == "$2" ]]
+}
+
+rust_version=$(rustc --version 2>/dev/null | awk '{ print $2 }') || true
+if [[ -z $rust_version ]] || ! version_at_least "$rust_version" "$RUST_MIN"; then
+    if command -v rustup >/dev/null 2>&1; then
+        echo "updating the stable Rust toolchain (found ${rust_version:-none}, need $RUST_MIN)" >&2
+        rustup toolchain install stable --profile minimal --component rustfmt,clippy
+        rustup default stable
+    else
+        echo "installing Rust with rustup (found ${rust_version:-none}, need $RUST_MIN)" >&2
+        curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+            sh -s -- -y --profile minimal --component rustfmt,clippy
+    fi
+fi
+if command -v rustup >/dev/null 2>&1; then
+    for component in rustfmt clippy; do
+        if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+            rustup component add "$component"
+        fi
+    done
+fi
+
+if [[ $(cargo deb --version 2>/dev/null) != "cargo-deb $CARGO_DEB_VERSION" ]]; then
+    echo "installing cargo-deb $CARGO_DEB_VERSION" >&2
+    cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked
+fi

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# The packages and units, proven: build the two .debs, hold them to lintian, check the units
+# with systemd-analyze, then install them in booted Debian 12 and Debian 13 boxes
+# (systemd-nspawn) and run tests/box/scenario.sh in both at once.
+#
+# Run as root (it boots containers). Prints one PASS/FAIL line per check and, last,
+# "N passed, M failed"; exits 1 when anything failed.
+# Environment:
+#   BOX_RELEASES   Debian releases to boot (default "bookworm trixie"; empty: no boxes)
+#   EXPOSURE_MAX   highest `systemd-analyze security` exposure accepted (default 2.0)
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+
+if [[ $EUID -ne 0 ]]; then
+    echo "tests/run.sh boots containers and installs packages in them: run it as root." >&2
+    exit 2
+fi
+
+BOX_RELEASES=${BOX_RELEASES-bookworm trixie}
+EXPOSURE_MAX=${EXPOSURE_MAX:-2.0}
+BOX_WORKDIR=/var/tmp/report-collector-tests/run-$$
+RESULTS=$BOX_WORKDIR/results
+export BOX_WORKDIR RESULTS
+mkdir -p "$BOX_WORKDIR"
+: >"$RESULTS"
+
+# shellcheck source=lib.sh
+source "$REPO/tests/lib.sh"
+# shellcheck source=box/rootfs.sh
+source "$REPO/tests/box/rootfs.sh"
+# shellcheck source=box/driver-nspawn.sh
+source "$REPO/tests/box/driver-nspawn.sh"
+# shellcheck source=box/scenario.sh
+source "$REPO/tests/box/scenario.sh"
+
+BOX_PIDS=()
+BOXES=()
+
+cleanup() {
+    local pid box
+    # A box process may be in the middle of a minute-long sleep: stop its box from here, then
+    # end the process itself.
+    for box in "${BOXES[@]}"; do
+        box_stop "$box" 2>/dev/null || true
+    done
+    for pid in "${BOX_PIDS[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    if [[ -z ${KEEP_WORKDIR:-} ]]; then
+        rm -rf "$BOX_WORKDIR"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", b - a }'; }
+TIMINGS=()
+
+# --- packages ------------------------------------------------------------------------------
+
+build_debs() {
+    local t0 log=$BOX_WORKDIR/cargo-deb.log
+    t0=$(now)
+    if DEB_APIS=$(cargo deb -p report-apis 2>"$log" | tail -n 1) &&
+        DEB_COLLECTOR=$(cargo deb -p report-collector 2>>"$log" | tail -n 1) &&
+        [[ -f $DEB_APIS && -f $DEB_COLLECTOR ]]; then
+        pass "cargo deb: $(basename "$DEB_APIS"), $(basename "$DEB_COLLECTOR")"
+    else
+        fail "cargo deb failed"
+        tail -n 30 "$log" | show
+        return 1
+    fi
+    # The same packages with a higher version, for the upgrade in the boxes.
+    mkdir -p "$BOX_WORKDIR/next"
+    if DEB_APIS_NEXT=$(cargo deb -p report-apis --no-build --deb-version 0.1.1-1 \
+        -o "$BOX_WORKDIR/next/" 2>>"$log" | tail -n 1) &&
+        DEB_COLLECTOR_NEXT=$(cargo deb -p report-collector --no-build --deb-version 0.1.1-1 \
+            -o "$BOX_WORKDIR/next/" 2>>"$log" | tail -n 1); then
+        pass "cargo deb --deb-version 0.1.1-1: packages for the upgrade"
+    else
+        fail "cargo deb --deb-version 0.1.1-1 failed"
+        tail -n 30 "$log" | show
+        return 1
+    fi
+    export DEB_APIS DEB_COLLECTOR DEB_APIS_NEXT DEB_COLLECTOR_NEXT
+    TIMINGS+=("cargo deb (4 packages): $(elapsed "$t0" "$(now)") s")
+}
+
+check_lintian() {
+    local deb out
+    for deb in "$DEB_APIS" "$DEB_COLLECTOR"; do
+        if out=$(lintian --fail-on error,warning --info "$deb" 2>&1); then
+            pass "lintian --fail-on error,warning $(basename "$deb")"
+        else
+            fail "lintian --fail-on error,warning $(basename "$deb")"
+        fi
+        if [[ -n $out ]]; then
+            echo "$out" | show
+        fi
+    done
+}
+
+# The units as packaged, in a root that holds the host's own units (for the targets they name)
+# and the packages' files, so that ExecStart= binaries exist.
+check_units() {
+    local root out unit exposure
+    root=$BOX_WORKDIR/verify-root
+    mkdir -p "$root/usr/lib/systemd" "$root/etc"
+    cp -a /lib/systemd/system "$root/usr/lib/systemd/"
+    ln -s usr/lib "$root/lib"
+    ln -s usr/bin "$root/bin"
+    dpkg-deb -x "$DEB_APIS" "$root"
+    dpkg-deb -x "$DEB_COLLECTOR" "$root"
+    if out=$(systemd-analyze verify --root="$root" --man=no \
+        report-apis.service report-collector.service report-collector.timer 2>&1) && [[ -z $out ]]; then
+        pass "systemd-analyze verify: the three packaged units are clean"
+    else
+        fail "systemd-analyze verify reports problems"
+        echo "$out" | show
+    fi
+    for unit in report-apis.service report-collector.service; do
+        out=$(systemd-analyze security --offline=yes --no-pager \
+            --threshold="$(awk -v m="$EXPOSURE_MAX" 'BEGIN { print int(m * 10) }')" \
+            "$root/usr/lib/systemd/system/$unit" 2>&1) || true
+        exposure=$(sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p' <<<"$out")
+        if [[ -n $exposure ]] && awk -v e="$exposure" -v m="$EXPOSURE_MAX" 'BEGIN { exit !(e <= m) }'; then
+            pass "systemd-analyze security --offline=yes $unit: exposure $exposure (at most $EXPOSURE_MAX)"
+        else
+            fail "systemd-analyze security --offline=yes $unit: exposure ${exposure:-unknown}, want at most $EXPOSURE_MAX"
+            grep '✗' <<<"$out" | show || true
+        fi
+        TIMINGS+=("exposure $unit: ${exposure:-?}")
+    done
+    rm -rf "$root"
+}
+
+check_scripts() {
+    if shellcheck tests/*.sh tests/box/*.sh .ci/run packaging/debian/*/postinst \
+        packaging/debian/*/prerm packaging/debian/*/postrm >"$BOX_WORKDIR/shellcheck.log" 2>&1; then
+        pass "shellcheck: test scripts and maintainer scripts"
+    else
+        fail "shellcheck: test scripts and maintainer scripts"
+        show <"$BOX_WORKDIR/shellcheck.log"
+    fi
+}
+
+# --- boxes ---------------------------------------------------------------------------------
+
+# One box, in its own process: boot, scenario, stop. Its lines go to the terminal as they come
+# and to $BOX_WORKDIR/NAME.log.
+run_box() {
+    local release=$1 name=$2 t0
+    TEST_LABEL=$release
+    t0=$(now)
+    if box_start "$name" "$release"; then
+        pass "booted $release under systemd-nspawn in $(elapsed "$t0" "$(now)") s ($(box_exec "$name" systemctl --version | head -n 1))"
+    else
+        fail "could not boot $release"
+        box_stop "$name"
+        return 0
+    fi
+    scenario_run "$name"
+    box_stop "$name"
+    echo "TIME [$release] box: $(elapsed "$t0" "$(now)") s"
+}
+
+run_boxes() {
+    local release name t0 pid
+    t0=$(now)
+    for release in $BOX_RELEASES; do
+        name=rc-$release-$$
+        BOXES+=("$name")
+        # The first boot of a release debootstraps its root (35-40 s, then cached); do it here,
+        # one release at a time, so that the boxes then start together.
+        rootfs_cached "$release" >/dev/null
+        run_box "$release" "$name" > >(tee "$BOX_WORKDIR/$release.log") 2>&1 &
+        BOX_PIDS+=($!)
+    done
+    for pid in "${BOX_PIDS[@]}"; do
+        wait "$pid" || true
+    done
+    BOX_PIDS=()
+    for release in $BOX_RELEASES; do
+        TIMINGS+=("$(sed -n 's/^TIME \[\(.*\)\] /\1 /p' "$BOX_WORKDIR/$release.log" 2>/dev/null)")
+    done
+    TIMINGS+=("all boxes: $(elapsed "$t0" "$(now)") s")
+}
+
+main() {
+    local t0
+    t0=$(now)
+    check_scripts
+    build_debs || { summary; exit 1; }
+    check_lintian
+    check_units
+    if [[ -n $BOX_RELEASES ]]; then
+        run_boxes
+    fi
+    TIMINGS+=("tests/run.sh: $(elapsed "$t0" "$(now)") s")
+    echo
+    printf 'time: %s\n' "${TIMINGS[@]}"
+    summary
+}
+
+main "$@"
