@@ -66,6 +66,9 @@ pub fn pending_svg(outcome: &Outcome) -> anyhow::Result<String> {
             .x_desc("seconds since the first slot")
             .y_desc("pending tickets")
             .y_labels(usize::try_from(y_top as i64 + 1).unwrap_or(10).min(15))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .light_line_style(TRANSPARENT)
             .draw()
             .map_err(|e| err(&e))?;
 

@@ -38,10 +38,13 @@ impl Outcome {
         self.arms.iter().find(|a| a.arm.id == id)
     }
 
-    /// Heavy-load phases as the first arm's server reported them (all servers start together).
+    /// Heavy-load phases as reported by the server sampled longest (all servers start together
+    /// and share one heavy-load rhythm).
     pub fn heavy_phases(&self) -> Vec<(f64, f64)> {
+        let last_at = |a: &&ArmResult| a.samples.last().map_or(f64::MIN, |s| s.at);
         self.arms
-            .first()
+            .iter()
+            .max_by(|a, b| last_at(a).total_cmp(&last_at(b)))
             .map(|a| heavy_phases(&a.samples))
             .unwrap_or_default()
     }

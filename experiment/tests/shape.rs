@@ -1,0 +1,143 @@
+//! The experiment against the real binaries, over a short span: the conclusions hold, twice in a
+//! row, and a server without slowdown or a collector without its lock does not pass them.
+//!
+//! Tolerances (fixed in `experiment::shape` before any run, restated here):
+//! - `allow` reaches at least 2 runs at once and at least 2 pending tickets, and its server's mean
+//!   generation time is at least 1.2x that of `forbid` (both fired by cron);
+//! - `forbid` (all three) and `replace` never have two collector processes alive together for
+//!   0.25 s or more (a skip decision or a `replace` hand-over takes milliseconds);
+//! - after every run that outlasted its slot, `forbid` with the starting deadline skips the
+//!   catch-up (a skipped run within 0.5 s) and collects nothing for at least 1 s, while `forbid`
+//!   without it starts a run that collects within 0.5 s.
+//!
+//! The span is 18 s: two calm slots, then a heavy-load phase over the third and fourth slots and a
+//! calm fifth and sixth, which is one whole cycle of what the default 42 s span repeats.
+
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, Once};
+use std::time::Duration;
+
+use experiment::{Binaries, Claim, Outcome, Params, Verdict, judge, output, run, table};
+
+/// The runs share the two cores with each other's processes: one at a time keeps timings honest.
+static SERIAL: Mutex<()> = Mutex::new(());
+static BUILD: Once = Once::new();
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The programs under test, built (or found up to date) for this test profile: `cargo test -p
+/// experiment` alone does not build other packages' binaries, and a stale one would be measured.
+fn binaries() -> Binaries {
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "report-apis", "-p", "report-collector"])
+            .status()
+            .expect("cargo can be started to build report-apis and report-collector");
+        assert!(
+            status.success(),
+            "building report-apis and report-collector failed"
+        );
+    });
+    Binaries::locate().expect("report-apis and report-collector are built")
+}
+
+fn short() -> Params {
+    Params {
+        span: Duration::from_secs(18),
+        ..Params::default()
+    }
+}
+
+fn experiment(params: Params) -> (Outcome, Verdict) {
+    let binaries = binaries();
+    let work = tempfile::tempdir().expect("a temporary folder");
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let outcome = runtime
+        .block_on(run(&params, &binaries, work.path()))
+        .unwrap_or_else(|e| panic!("the experiment ran: {e:#}"));
+    let verdict = judge(&outcome);
+    eprintln!(
+        "{}\n{}\n{}",
+        table::parameters(&outcome),
+        table::markdown_table(&outcome),
+        verdict
+    );
+    (outcome, verdict)
+}
+
+fn failed(verdict: &Verdict) -> Vec<Claim> {
+    verdict.failed().map(|c| c.claim).collect()
+}
+
+#[test]
+fn the_conclusions_hold_twice_over_the_same_span() {
+    let _serial = serial();
+    let (first, first_verdict) = experiment(short());
+    let (_, second_verdict) = experiment(short());
+    assert!(first_verdict.holds(), "first run:\n{first_verdict}");
+    assert!(second_verdict.holds(), "second run:\n{second_verdict}");
+
+    // What a user gets on disk: the table page and the chart, one line per policy.
+    let out = tempfile::tempdir().expect("a temporary folder");
+    let (page, chart) = output::save(&first, &first_verdict, out.path()).expect("results saved");
+    let page = std::fs::read_to_string(page).expect("results.md readable");
+    let chart = std::fs::read_to_string(chart).expect("pending.svg readable");
+    for arm in experiment::Arm::ALL {
+        assert!(page.contains(&format!("| {} |", arm.label())), "{page}");
+        assert!(chart.contains(arm.label()), "legend lacks {}", arm.label());
+    }
+    assert!(chart.starts_with("<svg"));
+    assert!(chart.contains("heavy load"));
+}
+
+#[test]
+fn a_server_that_never_slows_down_fails_the_generation_claim() {
+    let _serial = serial();
+    let (_, verdict) = experiment(Params {
+        slowdown: 0.0,
+        ..short()
+    });
+    assert!(
+        failed(&verdict).contains(&Claim::AllowSlowsServer),
+        "a server with slowdown 0 passed:\n{verdict}"
+    );
+}
+
+#[test]
+fn a_collector_without_its_lock_fails_the_overlap_and_rest_claims() {
+    let _serial = serial();
+    let (_, verdict) = experiment(Params {
+        without_lock: true,
+        ..short()
+    });
+    let failed = failed(&verdict);
+    for claim in [
+        Claim::ForbidNeverOverlaps,
+        Claim::ReplaceNeverOverlaps,
+        Claim::DeadlineRests,
+    ] {
+        assert!(
+            failed.contains(&claim),
+            "without the lock, {claim} still held:\n{verdict}"
+        );
+    }
+}
+
+#[test]
+fn a_span_shorter_than_a_slot_is_refused_with_a_sentence() {
+    let output = Command::new(env!("CARGO_BIN_EXE_experiment"))
+        .args(["--span", "1s", "--slot", "3s"])
+        .output()
+        .expect("the experiment binary starts");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--span must be at least one --slot long"),
+        "{stderr}"
+    );
+}
