@@ -30,7 +30,7 @@ source "$REPO/tests/box/rootfs.sh"
 source "$REPO/tests/box/driver-docker.sh"
 
 docker_tools_ready
-docker_debs_built
+docker_debs_built ""
 docker_engine_ready
 if [[ -n ${DOCKER_BASE:-} ]]; then
     # The build on a pulled base: docker_box_image's import step is for hosts that cannot pull.

@@ -184,13 +184,13 @@ check_docker_restart() {
 }
 
 # The nspawn boxes' scenario, unchanged. The image has the packages installed already, so none
-# are handed to it to install; the removal and purge come after the Docker-only checks, which
-# need the packages in place.
+# are handed to it to install, only the higher version for its upgrade; the removal and purge
+# come after the Docker-only checks, which need the packages in place.
 run_scenario() {
     # shellcheck source=tests/box/scenario.sh
     source "$REPO/tests/box/scenario.sh"
     DEB_APIS='' DEB_COLLECTOR='' REPORT_APIS_DEB='' REPORT_COLLECTOR_DEB='' SCENARIO_REMOVE=no \
-        scenario_run "$BOX"
+        DEB_APIS_NEXT=$DEB_APIS_NEXT DEB_COLLECTOR_NEXT=$DEB_COLLECTOR_NEXT scenario_run "$BOX"
 }
 
 main() {
@@ -199,7 +199,7 @@ main() {
     docker_tools_ready
 
     t0=$(now)
-    docker_debs_built
+    docker_debs_built "$BOX_WORKDIR/next"
     timings+=("cargo deb, both packages: $(elapsed "$t0" "$(now)") s")
 
     t0=$(now)

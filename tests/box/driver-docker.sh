@@ -121,16 +121,39 @@ docker_tools_ready() {
 
 # Sets REPORT_APIS_DEB and REPORT_COLLECTOR_DEB to the packages of the current tree, built by
 # cargo deb (which prints the path of the package it made as its last line), unless both are
-# set already.
+# set already. With an argument DIR, also DEB_APIS_NEXT and DEB_COLLECTOR_NEXT: the same
+# packages with a higher version, made in DIR, for the scenario's upgrade (as tests/run.sh does).
 docker_debs_built() {
-    if [[ -n ${REPORT_APIS_DEB:-} && -n ${REPORT_COLLECTOR_DEB:-} ]]; then
-        return 0
-    fi
-    local repo
+    local next_dir=${1:-} repo log
     repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-    echo "building the packages (cargo deb)" >&2
-    REPORT_APIS_DEB=$(cd "$repo" && cargo deb -p report-apis | tail -n 1) || return 1
-    REPORT_COLLECTOR_DEB=$(cd "$repo" && cargo deb -p report-collector | tail -n 1) || return 1
+    mkdir -p "$BOX_WORKDIR/debs"
+    log=$BOX_WORKDIR/cargo-deb.log
+    if [[ -z ${REPORT_APIS_DEB:-} || -z ${REPORT_COLLECTOR_DEB:-} ]]; then
+        echo "building the packages (cargo deb; log: $log)" >&2
+        # Made in this run's own folder: another run (make deb, tests/run.sh) may be rewriting
+        # target/debian at the same moment.
+        if ! REPORT_APIS_DEB=$(cd "$repo" && cargo deb -p report-apis \
+            -o "$BOX_WORKDIR/debs/" 2>"$log" | tail -n 1) ||
+            ! REPORT_COLLECTOR_DEB=$(cd "$repo" && cargo deb -p report-collector \
+                -o "$BOX_WORKDIR/debs/" 2>>"$log" | tail -n 1) ||
+            [[ ! -f $REPORT_APIS_DEB || ! -f $REPORT_COLLECTOR_DEB ]]; then
+            echo "cargo deb failed; the end of its log follows" >&2
+            tail -n 30 "$log" >&2
+            return 1
+        fi
+    fi
+    if [[ -n $next_dir ]]; then
+        mkdir -p "$next_dir"
+        if ! DEB_APIS_NEXT=$(cd "$repo" && cargo deb -p report-apis --no-build \
+            --deb-version 0.1.1-1 -o "$next_dir/" 2>>"$log" | tail -n 1) ||
+            ! DEB_COLLECTOR_NEXT=$(cd "$repo" && cargo deb -p report-collector --no-build \
+                --deb-version 0.1.1-1 -o "$next_dir/" 2>>"$log" | tail -n 1); then
+            echo "cargo deb --deb-version 0.1.1-1 failed; the end of its log follows" >&2
+            tail -n 30 "$log" >&2
+            return 1
+        fi
+        export DEB_APIS_NEXT DEB_COLLECTOR_NEXT
+    fi
 }
 
 # Prints the tag of the base image for RELEASE, imported from the cached debootstrap root
