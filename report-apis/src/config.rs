@@ -124,7 +124,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{}:{line}:{column}: key `{key}`: {message}; fix or remove it (config/report-apis.toml documents every key)", path.display())]
+    #[error("{}:{line}:{column}: key `{key}`: {message}; fix or remove it (the packaged /etc/report-apis/config.toml documents every key and its default)", path.display())]
     Invalid {
         path: PathBuf,
         line: usize,
@@ -207,21 +207,17 @@ fn key_at(text: &str, offset: usize, message: &str) -> String {
             table = name;
         }
     }
-    if let Some(name) = table_header(line) {
-        return name;
+    // A table header, complete or not.
+    if line.starts_with('[') {
+        return line.trim_matches(['[', ']', ' ']).to_owned();
     }
     let key = match line.split_once('=') {
         Some((key, _)) => key.trim().trim_matches('"').to_owned(),
-        // A span past the last line (a missing value, say): the message may still name a field.
+        // "unknown field `x`" / "missing field `x`" name the key when the line does not.
         None => match message.split('`').nth(1) {
-            Some(field) => field.to_owned(),
-            None => {
-                return if table.is_empty() {
-                    "(top level)".to_owned()
-                } else {
-                    table
-                };
-            }
+            Some(field) if message.contains("field") => field.to_owned(),
+            _ if table.is_empty() => return "(top level)".to_owned(),
+            _ => return table,
         },
     };
     if table.is_empty() {
@@ -321,6 +317,14 @@ mod tests {
         assert_eq!(line, 3);
         assert_eq!(key, "report.slowdwn");
         assert!(message.contains("unknown field"), "{message}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let (line, key, _) = invalid("listen = \"127.0.0.1:1\"\n[report\n");
+        assert_eq!((line, key.as_str()), (2, "report"));
+        let (line, key, _) = invalid("[limits]\nmax-pending =\n");
+        assert_eq!((line, key.as_str()), (2, "limits.max-pending"));
     }
 
     #[test]
