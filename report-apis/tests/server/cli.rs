@@ -26,11 +26,18 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str]) -> Running {
+        Self::start_with_env(args, &[])
+    }
+
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
         let mut child = Command::new(BIN)
             .args(args)
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -240,4 +247,76 @@ fn heavy_load_toggles_are_logged_with_structured_fields() {
     run.wait_for("heavy load off");
     run.signal(Signal::SIGTERM);
     assert_eq!(run.wait().code(), Some(0));
+}
+
+/// Datagrams the server sends to `NOTIFY_SOCKET`, as systemd would receive them.
+struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    received: Vec<String>,
+}
+
+impl NotifySocket {
+    fn bind(path: &Path) -> NotifySocket {
+        let socket = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        NotifySocket {
+            socket,
+            received: Vec::new(),
+        }
+    }
+
+    /// The next datagram containing `needle`, waiting at most 10 s per datagram.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let mut buffer = [0u8; 4096];
+        loop {
+            let n = self.socket.recv(&mut buffer).unwrap_or_else(|err| {
+                panic!(
+                    "no {needle:?} from the server ({err}); got {:?}",
+                    self.received
+                )
+            });
+            let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            self.received.push(message.clone());
+            if message.contains(needle) {
+                return message;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tells_systemd_ready_status_watchdog_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let mut notify = NotifySocket::bind(&socket_path);
+    let mut run = Running::start_with_env(
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let ready = tokio::task::block_in_place(|| notify.wait_for("READY=1"));
+    assert!(
+        ready.contains("STATUS=heavy load off; 0 pending"),
+        "{ready}"
+    );
+    // READY=1 comes only once the socket is bound: the server answers at once.
+    let base = run.address();
+    let client = client();
+    let ticket = client
+        .get(format!("{base}/request_report"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ticket.status(), 200);
+    let status = tokio::task::block_in_place(|| notify.wait_for("1 pending"));
+    assert!(status.starts_with("STATUS=heavy load off;"), "{status}");
+    tokio::task::block_in_place(|| notify.wait_for("WATCHDOG=1"));
+
+    run.signal(Signal::SIGTERM);
+    tokio::task::block_in_place(|| notify.wait_for("STOPPING=1"));
+    assert_eq!(tokio::task::block_in_place(|| run.wait()).code(), Some(0));
 }

@@ -364,3 +364,47 @@ async fn metrics_name_routes_by_pattern_and_cover_every_count() {
     assert!(!text.contains("/no/such/route"));
     server.stop().await;
 }
+
+/// Sends the first half of a request head, so the connection is busy with a request.
+async fn half_a_request(server: &Server) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    // Let the server read it before the shutdown begins.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_request_in_progress_finish() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(fast_config()).await;
+    let mut stream = half_a_request(&server).await;
+    let stopping = tokio::spawn(server.stop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!stopping.is_finished(), "the server waits for the request");
+    stream
+        .write_all(b"Connection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(response.ends_with("ok"), "{response}");
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_on_a_stuck_connection_after_the_drain_timeout() {
+    let mut config = fast_config();
+    config.shutdown.drain_timeout = Duration::from_millis(300);
+    let server = Server::start(config).await;
+    let _stuck = half_a_request(&server).await;
+    let began = tokio::time::Instant::now();
+    // `stop` asserts that run() returns Ok.
+    server.stop().await;
+    assert!(began.elapsed() >= Duration::from_millis(300));
+}
