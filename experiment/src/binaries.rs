@@ -33,6 +33,40 @@ impl Binaries {
     }
 }
 
+/// When cargo started us (`cargo run -p experiment` or a test, so `CARGO` is set), has it build
+/// the two programs for the same profile first: a stale binary would be measured otherwise, and
+/// `make experiment` stays one command. Anything else (an installed or copied executable) is left
+/// to [`Binaries::locate`].
+pub fn build_with_cargo() -> anyhow::Result<()> {
+    let Some(cargo) = env::var_os("CARGO") else {
+        return Ok(());
+    };
+    let exe = env::current_exe().context("cannot tell where the experiment's executable is")?;
+    let profile_dir = candidate_dirs(&exe).pop();
+    let profile = profile_dir
+        .as_deref()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "-p", "report-apis", "-p", "report-collector"]);
+    match profile {
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some("debug") => {}
+        _ => return Ok(()),
+    }
+    let status = cmd
+        .status()
+        .context("cannot start cargo to build report-apis and report-collector")?;
+    if !status.success() {
+        bail!(
+            "cargo could not build report-apis and report-collector ({status}); fix the build and try again"
+        );
+    }
+    Ok(())
+}
+
 fn candidate_dirs(exe: &Path) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(dir) = exe.parent() {

@@ -73,6 +73,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
         drain: cli.drain,
     };
     params.validate().map_err(anyhow::Error::msg)?;
+    experiment::binaries::build_with_cargo()?;
     let binaries = Binaries::locate()?;
     let temp = tempfile::Builder::new()
         .prefix("experiment-")
@@ -88,7 +89,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
     let outcome = runtime.block_on(run(&params, &binaries, &work_dir))?;
     let verdict = judge(&outcome);
     println!(
-        "{}\n{}\n\n{}",
+        "{}\n\n{}\n{}",
         table::parameters(&outcome),
         table::markdown_table(&outcome),
         verdict

@@ -39,7 +39,8 @@ pub fn parse(text: &str) -> HashMap<String, f64> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        // The value follows the series name; labels may hold spaces and braces, so split after the last `}`.
+        // The value follows the series name; labels may hold spaces and braces, so split after
+        // the last `}`.
         let (name, rest) = match line.rfind('}') {
             Some(end) => (&line[..=end], &line[end + 1..]),
             None => match line.split_once(char::is_whitespace) {
