@@ -55,6 +55,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| {
@@ -63,27 +64,20 @@ fn serve(config: Config) -> anyhow::Result<()> {
                     config.listen
                 )
             })?;
-        report_apis::run(listener, config, shutdown_signal()).await
+        report_apis::run(listener, config, shutdown).await
     })
 }
 
-/// Completes on the first SIGTERM (systemd's stop) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+/// Installs the SIGTERM (systemd's stop) and SIGINT (Ctrl-C) handlers at once, before the
+/// server reports itself ready, and returns a future that completes on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(term), Ok(int)) => (term, int),
-        (Err(err), _) | (_, Err(err)) => {
-            tracing::error!(
-                "cannot listen for SIGTERM/SIGINT ({err}); stop the server with SIGKILL"
-            );
-            return std::future::pending().await;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    })
 }
