@@ -26,7 +26,8 @@ use crate::metrics::Metrics;
 /// A ticket still being generated expires this many ticket-ttls after its request.
 const UNREADY_TTL_FACTOR: u32 = 3;
 
-/// Tolerance on the work clock, in seconds, for floating-point rounding at a readiness event.
+/// Tolerance on the work clock, in seconds, for floating-point rounding (a ticket requested
+/// exactly when another becomes ready, say).
 const WORK_EPSILON: f64 = 1e-9;
 
 /// What Retry-After says under a heavy load that never ends (period 0): the original
@@ -265,6 +266,9 @@ impl Tickets {
             let from = inner.last;
             let mut until = now;
             let mut rate = 0.0;
+            // The work clock value at which the oldest generating report is ready, and the
+            // instant that happens at the current rate.
+            let mut next_ready = None;
             if let Some(id) = inner.generating.front() {
                 let entry = &inner.entries[id];
                 until = until.min(later(entry.issued_at, self.unready_ttl));
@@ -273,13 +277,15 @@ impl Tickets {
                 }
                 if !self.clock.is_heavy(from) {
                     rate = 1.0 / self.factor(inner.pending);
-                    let needed = (entry.work_at_issue + self.generation - inner.work).max(0.0);
-                    // Rounded to the nanosecond; WORK_EPSILON absorbs the difference, and
-                    // the floor of 1 ns guarantees the loop moves on.
+                    let target = entry.work_at_issue + self.generation;
+                    let needed = (target - inner.work).max(0.0);
+                    // At least 1 ns, so that the loop always moves on.
                     let wall = Duration::try_from_secs_f64(needed / rate)
                         .unwrap_or(Duration::MAX)
                         .max(Duration::from_nanos(1));
-                    until = until.min(later(from, wall));
+                    let at = later(from, wall);
+                    until = until.min(at);
+                    next_ready = Some((target, at));
                 }
             }
             if let Some(ready_at) = inner
@@ -290,6 +296,11 @@ impl Tickets {
                 until = until.min(later(ready_at, self.ttl));
             }
             inner.work += rate * (until - from).as_secs_f64();
+            // Reaching the readiness instant means reaching its work value, whatever the
+            // rounding of the step (which could otherwise strand the clock a few ulps short).
+            if let Some((target, _)) = next_ready.filter(|&(_, at)| at == until) {
+                inner.work = inner.work.max(target);
+            }
             inner.last = until;
             self.settle(inner);
         }
@@ -319,6 +330,11 @@ impl Tickets {
             } else {
                 break;
             }
+        }
+        // Only differences of the work clock matter, and only while something generates:
+        // restarting it from zero then keeps its precision over any uptime.
+        if inner.generating.is_empty() {
+            inner.work = 0.0;
         }
         while let Some(&id) = inner.ready.front() {
             let entry = &inner.entries[&id];
@@ -611,6 +627,39 @@ mod tests {
         assert_eq!(f.metrics.tickets_pending.get(), 0);
         assert_eq!(f.metrics.tickets_pending_peak.get(), 2);
         assert_eq!(f.metrics.tickets_issued.get(), 2);
+    }
+
+    #[test]
+    fn readiness_stays_exact_when_the_work_clock_is_large() {
+        // Ten million seconds of generation: the work clock's rounding is then about 2 ns per
+        // step, which must neither strand a report nor spin the loop.
+        let mut config = Config::default();
+        config.report.generation_time = Duration::from_secs(10_000_000);
+        config.report.slowdown = 0.0;
+        config.limits.ticket_ttl = Duration::from_secs(10_000_000);
+        let start = Instant::now();
+        let metrics = Arc::new(Metrics::new());
+        let clock = LoadClock::new(&no_heavy_load(), start);
+        let tickets = Tickets::new(&config, clock, metrics, start);
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let a = tickets.issue(1, at(0)).unwrap();
+        let b = tickets.issue(2, at(9_999_999_700)).unwrap();
+        assert!(matches!(
+            tickets.fetch(a, 1, at(9_999_999_999)),
+            Fetch::NotReady { .. }
+        ));
+        assert_eq!(
+            tickets.fetch(a, 1, at(10_000_000_000)),
+            Fetch::Ready { offset: 1 }
+        );
+        assert!(matches!(
+            tickets.fetch(b, 2, at(19_999_999_699)),
+            Fetch::NotReady { .. }
+        ));
+        assert_eq!(
+            tickets.fetch(b, 2, at(19_999_999_700)),
+            Fetch::Ready { offset: 2 }
+        );
     }
 
     #[test]
