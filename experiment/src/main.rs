@@ -45,6 +45,12 @@ struct Cli {
     /// Keep the config files, lock files, reports and logs of every run in this folder.
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// The report-apis executable (default: beside this one, or REPORT_APIS_BIN).
+    #[arg(long, value_name = "PATH")]
+    report_apis: Option<PathBuf>,
+    /// The report-collector executable (default: beside this one, or REPORT_COLLECTOR_BIN).
+    #[arg(long, value_name = "PATH")]
+    report_collector: Option<PathBuf>,
     /// Exit 1 when a conclusion does not hold.
     #[arg(long)]
     check: bool,
@@ -73,8 +79,17 @@ fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
         drain: cli.drain,
     };
     params.validate().map_err(anyhow::Error::msg)?;
-    experiment::binaries::build_with_cargo()?;
-    let binaries = Binaries::locate()?;
+    let binaries = match (cli.report_apis, cli.report_collector) {
+        (Some(report_apis), Some(report_collector)) => Binaries {
+            report_apis,
+            report_collector,
+        },
+        (None, None) => {
+            experiment::binaries::build_with_cargo()?;
+            Binaries::locate()?
+        }
+        _ => anyhow::bail!("give both --report-apis and --report-collector, or neither"),
+    };
     let temp = tempfile::Builder::new()
         .prefix("experiment-")
         .tempdir()
