@@ -207,20 +207,24 @@ box_log() {
 # Waits until systemd in the box has finished starting up (running, or degraded: the
 # scenario's assertions say which unit failed).
 docker_box_wait() {
-    local name=$1 state i
-    for ((i = 0; i < 300; i++)); do
+    local name=$1 state deadline=$((SECONDS + 120))
+    while ((SECONDS < deadline)); do
         if [[ $(docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null) != true ]]; then
             echo "box $name: the container stopped during boot; its output follows" >&2
             tail -n 30 "$(box_log "$name")" >&2
             return 1
         fi
-        state=$(box_exec "$name" systemctl is-system-running --wait 2>/dev/null </dev/null) || true
+        # --wait blocks until start-up is over, which a unit that never gets ready could make
+        # last its whole start timeout: ask again every 10 s.
+        state=$(timeout 10 docker exec "$name" systemctl is-system-running --wait \
+            2>/dev/null </dev/null) || true
         case $state in
         running | degraded) return 0 ;;
         esac
         sleep 0.2
     done
-    echo "box $name: systemd did not finish booting (state: ${state:-unknown})" >&2
+    echo "box $name: systemd did not finish booting within 120 s (state: ${state:-unknown})" >&2
+    docker exec "$name" systemctl list-jobs --no-pager </dev/null >&2 || true
     return 1
 }
 
