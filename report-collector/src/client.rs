@@ -91,7 +91,7 @@ pub struct Collected {
 /// Why no report was fetched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CollectError {
-    #[error("the run deadline passed {while_doing}: {last}")]
+    #[error("gave up {while_doing} within the run deadline: {last}")]
     DeadlinePassed { while_doing: String, last: String },
     #[error("{0}")]
     Rejected(String),
@@ -231,9 +231,7 @@ impl HttpServer {
         if server_url.starts_with("http://") {
             // Plain HTTP (the usual loopback setup) needs no certificate store: loading the
             // system's costs about a megabyte of memory and time on every run.
-            builder = builder
-                .tls_certs_only(std::iter::empty())
-                .http1_only();
+            builder = builder.tls_certs_only(std::iter::empty()).http1_only();
         }
         let client = builder.build()?;
         Ok(HttpServer {
