@@ -237,6 +237,24 @@ fn wait_skips_when_lock_wait_runs_out() {
 }
 
 #[test]
+fn sigterm_while_waiting_for_the_lock_cancels_the_waiter_only() {
+    let busy = ApiServer::in_heavy_load();
+    let setup = Setup::new(&busy.url, &[("lock-wait", "\"30s\"")]);
+    let mut holder = setup.spawn(&[]);
+    setup.wait_for_holder(holder.id(), false);
+    let waiter = setup.spawn(&["--policy", "wait"]);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&waiter, Signal::SIGTERM);
+    let waited = finish(waiter);
+    assert_code(&waited, 143);
+    assert!(waited.stderr.contains("cancelled"), "{}", waited.stderr);
+    assert!(running(&mut holder), "the holder is not affected");
+    assert_eq!(setup.holder().unwrap().pid, Some(holder.id()));
+    signal(&holder, Signal::SIGTERM);
+    assert_code(&finish(holder), 143);
+}
+
+#[test]
 fn allow_runs_while_another_run_holds_the_lock() {
     let busy = ApiServer::in_heavy_load();
     let fast = ApiServer::fast();
@@ -258,21 +276,36 @@ fn usec(at: SystemTime) -> String {
         .to_string()
 }
 
-#[test]
-fn a_timer_start_later_than_the_starting_deadline_skips() {
-    let server = ApiServer::fast();
-    let setup = Setup::new(&server.url, &[("starting-deadline", "\"10s\"")]);
-    let five_minutes_ago = SystemTime::now() - Duration::from_secs(300);
-    let late = finish(
+/// A start as systemd 252 makes it: TRIGGER_UNIT, and a TRIGGER_TIMER_REALTIME_USEC that
+/// may be long stale (it was measured to keep the first elapse's time).
+fn timer_start(setup: &Setup) -> Finished {
+    let stale = SystemTime::now() - Duration::from_secs(3600);
+    finish(
         setup
             .command(&[])
             .env("TRIGGER_UNIT", "report-collector.timer")
-            .env("TRIGGER_TIMER_REALTIME_USEC", usec(five_minutes_ago))
+            .env("TRIGGER_TIMER_REALTIME_USEC", usec(stale))
             .spawn()
             .unwrap(),
+    )
+}
+
+#[test]
+fn a_timer_start_later_than_the_starting_deadline_skips() {
+    let server = ApiServer::fast();
+    // Hourly slots and a 1 ms deadline: any start but one in the first millisecond of an hour
+    // is late, whatever the wall clock says now.
+    let setup = Setup::new(
+        &server.url,
+        &[
+            ("starting-deadline", "\"1ms\""),
+            ("schedule-period", "\"1h\""),
+        ],
     );
+    let late = timer_start(&setup);
     assert_code(&late, 75);
     assert!(late.stderr.contains("missed slot"), "{}", late.stderr);
+    assert!(late.stderr.contains("starting-deadline"), "{}", late.stderr);
     assert!(setup.report_files().is_empty());
 
     // The same config by hand: never skipped for lateness.
@@ -282,6 +315,7 @@ fn a_timer_start_later_than_the_starting_deadline_skips() {
 #[test]
 fn a_timer_start_within_the_starting_deadline_runs() {
     let server = ApiServer::fast();
+    // One-second slots: every start is less than a second after its slot.
     let setup = Setup::new(
         &server.url,
         &[
@@ -289,14 +323,7 @@ fn a_timer_start_within_the_starting_deadline_runs() {
             ("schedule-period", "\"1s\""),
         ],
     );
-    let on_time = finish(
-        setup
-            .command(&[])
-            .env("TRIGGER_UNIT", "report-collector.timer")
-            .env("TRIGGER_TIMER_REALTIME_USEC", usec(SystemTime::now()))
-            .spawn()
-            .unwrap(),
-    );
+    let on_time = timer_start(&setup);
     assert_code(&on_time, 0);
     assert!(on_time.stderr.contains("report-collector.timer"));
 }
