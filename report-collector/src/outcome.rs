@@ -101,9 +101,14 @@ impl RunReport {
         let took = format!("{:.3}s", self.duration.as_secs_f64());
         match &self.outcome {
             Outcome::Collected { report } => format!(
-                "collected the report for ticket {} in {took}, saved as {}",
+                "collected the report for ticket {} in {took}, saved as {}{}",
                 self.ticket.as_deref().unwrap_or("?"),
-                report.display()
+                report.display(),
+                match (self.policy, self.holder_pid) {
+                    (Policy::Replace, Some(pid)) => format!(" (after ending pid {pid})"),
+                    (Policy::Wait, Some(pid)) => format!(" (after waiting for pid {pid})"),
+                    _ => String::new(),
+                }
             ),
             Outcome::Skipped { reason } => format!("skipped this run: {reason}"),
             Outcome::Failed { error } => format!("run failed after {took}: {error}"),

@@ -126,7 +126,9 @@ fn replace_ends_the_holder_and_runs() {
     let new = setup.run(&["--policy", "replace", "--server-url", &fast.url]);
     assert_code(&new, 0);
     assert!(
-        new.stderr.contains(&format!("pid {}", old.id())) && new.stderr.contains("SIGTERM"),
+        new.stderr
+            .contains(&format!("after ending pid {}", old.id()))
+            && new.stderr.contains("SIGTERM"),
         "{}",
         new.stderr
     );
@@ -206,7 +208,8 @@ fn wait_runs_once_the_holder_ends() {
     let fast = ApiServer::fast();
     let setup = Setup::new(&busy.url, &[("lock-wait", "\"30s\"")]);
     let holder = setup.spawn(&[]);
-    setup.wait_for_holder(holder.id(), true);
+    let holder_pid = holder.id();
+    setup.wait_for_holder(holder_pid, true);
     let mut waiter = setup.spawn(&["--policy", "wait", "--server-url", &fast.url]);
     std::thread::sleep(Duration::from_millis(500));
     assert!(running(&mut waiter), "the waiter waits instead of skipping");
@@ -217,6 +220,13 @@ fn wait_runs_once_the_holder_ends() {
     let waited = finish(waiter);
     assert_code(&waited, 0);
     assert!(waited.stderr.contains("waiting up to"), "{}", waited.stderr);
+    assert!(
+        waited
+            .stderr
+            .contains(&format!("after waiting for pid {holder_pid}")),
+        "{}",
+        waited.stderr
+    );
 }
 
 #[test]

@@ -101,8 +101,6 @@ pub struct FakeServer {
     thread: Option<JoinHandle<()>>,
 }
 
-pub type Handler = dyn Fn(&str) -> (u16, String) + Send + Sync;
-
 impl FakeServer {
     pub fn start(handler: impl Fn(&str) -> (u16, String) + Send + Sync + 'static) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
