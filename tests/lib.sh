@@ -40,7 +40,7 @@ show() {
 check() {
     local description=$1
     shift
-    if "$@"; then
+    if "$@" >/dev/null; then
         pass "$description"
     else
         fail "$description"

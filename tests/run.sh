@@ -63,29 +63,34 @@ TIMINGS=()
 # --- packages ------------------------------------------------------------------------------
 
 build_debs() {
-    local t0 log=$BOX_WORKDIR/cargo-deb.log
+    local t0 log=$BOX_WORKDIR/cargo-deb.log crate deb
     t0=$(now)
-    if DEB_APIS=$(cargo deb -p report-apis 2>"$log" | tail -n 1) &&
-        DEB_COLLECTOR=$(cargo deb -p report-collector 2>>"$log" | tail -n 1) &&
-        [[ -f $DEB_APIS && -f $DEB_COLLECTOR ]]; then
-        pass "cargo deb: $(basename "$DEB_APIS"), $(basename "$DEB_COLLECTOR")"
-    else
-        fail "cargo deb failed"
-        tail -n 30 "$log" | show
-        return 1
-    fi
-    # The same packages with a higher version, for the upgrade in the boxes.
-    mkdir -p "$BOX_WORKDIR/next"
-    if DEB_APIS_NEXT=$(cargo deb -p report-apis --no-build --deb-version 0.1.1-1 \
-        -o "$BOX_WORKDIR/next/" 2>>"$log" | tail -n 1) &&
-        DEB_COLLECTOR_NEXT=$(cargo deb -p report-collector --no-build --deb-version 0.1.1-1 \
-            -o "$BOX_WORKDIR/next/" 2>>"$log" | tail -n 1); then
-        pass "cargo deb --deb-version 0.1.1-1: packages for the upgrade"
-    else
-        fail "cargo deb --deb-version 0.1.1-1 failed"
-        tail -n 30 "$log" | show
-        return 1
-    fi
+    mkdir -p "$BOX_WORKDIR/debs" "$BOX_WORKDIR/next"
+    # The same packages with a higher version, for the upgrade in the boxes. Built first: cargo
+    # deb -o moves an earlier package of the same name out of target/debian.
+    for crate in report-apis report-collector; do
+        if ! deb=$(cargo deb -p "$crate" --deb-version 0.1.1-1 -o "$BOX_WORKDIR/next/" 2>>"$log" | tail -n 1) ||
+            [[ ! -f $deb ]]; then
+            fail "cargo deb -p $crate --deb-version 0.1.1-1 failed"
+            tail -n 30 "$log" | show
+            return 1
+        fi
+        if [[ $crate == report-apis ]]; then DEB_APIS_NEXT=$deb; else DEB_COLLECTOR_NEXT=$deb; fi
+    done
+    pass "cargo deb --deb-version 0.1.1-1: $(basename "$DEB_APIS_NEXT"), $(basename "$DEB_COLLECTOR_NEXT") for the upgrade"
+    # The packages as `make deb` makes them, left in target/debian; the tests use copies, which
+    # nothing else touches while the boxes run.
+    for crate in report-apis report-collector; do
+        if ! deb=$(cargo deb -p "$crate" --no-build 2>>"$log" | tail -n 1) || [[ ! -f $deb ]]; then
+            fail "cargo deb -p $crate failed"
+            tail -n 30 "$log" | show
+            return 1
+        fi
+        cp "$deb" "$BOX_WORKDIR/debs/"
+        deb=$BOX_WORKDIR/debs/$(basename "$deb")
+        if [[ $crate == report-apis ]]; then DEB_APIS=$deb; else DEB_COLLECTOR=$deb; fi
+    done
+    pass "cargo deb: $(basename "$DEB_APIS"), $(basename "$DEB_COLLECTOR")"
     export DEB_APIS DEB_COLLECTOR DEB_APIS_NEXT DEB_COLLECTOR_NEXT
     TIMINGS+=("cargo deb (4 packages): $(elapsed "$t0" "$(now)") s")
 }

@@ -8,9 +8,10 @@ set -euo pipefail
 
 ROOTFS_CACHE=${ROOTFS_CACHE:-/var/cache/report-collector-tests}
 ROOTFS_MIRROR=${ROOTFS_MIRROR:-http://deb.debian.org/debian}
-# Bump when the package list changes, so stale caches are not reused.
-ROOTFS_PACKAGES=systemd,systemd-sysv,dbus
-ROOTFS_KEY_VERSION=1
+# Bump the key when the package list changes, so stale caches are not reused. The list is
+# what the packages under test depend on: dpkg -i in a box cannot fetch anything.
+ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,ca-certificates
+ROOTFS_KEY_VERSION=2
 
 rootfs_cached() {
     local release=$1
