@@ -81,18 +81,42 @@ async fn overlapping_requests_make_every_report_slower() {
 
 #[tokio::test]
 async fn heavy_load_phases_toggle_and_reports_still_arrive() {
+    const PERIOD: Duration = Duration::from_millis(300);
     let mut config = fast_config();
-    config.heavy_load.period = Duration::from_millis(300);
+    config.heavy_load.period = PERIOD;
     let server = Server::start(config).await;
     let ticket = server.request_ticket().await;
-    server.wait_for_metric("report_apis_heavy_load", 1.0).await;
-    let (status, body) = server.get_text(&format!("/get_report/{ticket}")).await;
-    assert_eq!(status, 200);
-    // Unless the phase ended between the two requests, heavy load serves nothing.
-    assert!(body == "report is not ready" || body.starts_with("timestamp,data\n"));
+    let path = format!("/get_report/{ticket}");
+    // A fetch is known to fall inside one heavy phase when the gauge reads 1 just before and
+    // just after it, less than a period apart; then it must not serve the report (which has
+    // been generated long since: 100 ms alone, before the first phase at 300 ms).
+    let mut checked = false;
+    for _ in 0..500 {
+        let began = Instant::now();
+        if server.metric("report_apis_heavy_load").await == 1.0 {
+            let (status, body) = server.get_text(&path).await;
+            let still_heavy = server.metric("report_apis_heavy_load").await == 1.0;
+            if still_heavy && began.elapsed() < PERIOD {
+                assert_eq!(
+                    (status, body.as_str()),
+                    (200, "report is not ready"),
+                    "a heavy phase served the report"
+                );
+                checked = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(checked, "never caught a fetch inside a heavy phase");
     server.wait_for_metric("report_apis_heavy_load", 0.0).await;
     let response = server.collect(&ticket).await;
     assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/csv",
+        "the report is served once the phase is over"
+    );
     assert!(
         response
             .text()
