@@ -38,5 +38,27 @@ pub fn stopping() {
 
 /// How often to send WATCHDOG=1: half the interval systemd expects, or never.
 pub fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled().map(|interval| interval / 2)
+    ping_every(sd_notify::watchdog_enabled())
+}
+
+/// Half the watchdog timeout, so one late ping never trips it. A zero timeout (which systemd
+/// never sends, but a hand-set `WATCHDOG_USEC=0` would) means no watchdog rather than a timer
+/// that cannot tick.
+fn ping_every(timeout: Option<Duration>) -> Option<Duration> {
+    timeout.map(|t| t / 2).filter(|every| !every.is_zero())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pings_at_half_the_watchdog_timeout() {
+        assert_eq!(
+            ping_every(Some(Duration::from_secs(30))),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(ping_every(None), None);
+        assert_eq!(ping_every(Some(Duration::ZERO)), None);
+    }
 }

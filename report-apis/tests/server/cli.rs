@@ -295,7 +295,7 @@ async fn tells_systemd_ready_status_watchdog_and_stopping() {
         &["--listen", "127.0.0.1:0"],
         &[
             ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "400000"),
+            ("WATCHDOG_USEC", "2000000"),
         ],
     );
     let ready = tokio::task::block_in_place(|| notify.wait_for("READY=1"));
@@ -314,7 +314,18 @@ async fn tells_systemd_ready_status_watchdog_and_stopping() {
     assert_eq!(ticket.status(), 200);
     let status = tokio::task::block_in_place(|| notify.wait_for("1 pending"));
     assert!(status.starts_with("STATUS=heavy load off;"), "{status}");
+    // Pings at half the 2 s timeout (about 1 s apart; a ping at the full timeout would be 2 s
+    // apart). The first ping may have waited in the socket, so the gap is taken between the
+    // second and the third, each read as it arrives.
     tokio::task::block_in_place(|| notify.wait_for("WATCHDOG=1"));
+    tokio::task::block_in_place(|| notify.wait_for("WATCHDOG=1"));
+    let second = Instant::now();
+    tokio::task::block_in_place(|| notify.wait_for("WATCHDOG=1"));
+    let gap = second.elapsed();
+    assert!(
+        gap > Duration::from_millis(400) && gap < Duration::from_millis(1600),
+        "WATCHDOG=1 came {gap:?} after the previous one, for a 2 s timeout"
+    );
 
     run.signal(Signal::SIGTERM);
     tokio::task::block_in_place(|| notify.wait_for("STOPPING=1"));
