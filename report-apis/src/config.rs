@@ -147,16 +147,26 @@ impl Config {
     /// Loads `path` when given; otherwise [`DEFAULT_PATH`] if it exists, else the defaults.
     /// Returns the file actually read, for the start-up log line.
     pub fn load_or_default(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
+        Self::load_or(path, Path::new(DEFAULT_PATH))
+    }
+
+    fn load_or(
+        path: Option<&Path>,
+        default: &Path,
+    ) -> Result<(Config, Option<PathBuf>), ConfigError> {
         match path {
             Some(path) => Ok((Self::load(path)?, Some(path.to_owned()))),
-            None => {
-                let default = Path::new(DEFAULT_PATH);
-                if default.exists() {
-                    Ok((Self::load(default)?, Some(default.to_owned())))
-                } else {
+            None => match Self::load(default) {
+                Ok(config) => Ok((config, Some(default.to_owned()))),
+                // Only absence means "use the defaults"; a file that is there but unreadable
+                // or wrong is still an error.
+                Err(ConfigError::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
                     Ok((Config::default(), None))
                 }
-            }
+                Err(err) => Err(err),
+            },
         }
     }
 
@@ -362,5 +372,26 @@ mod tests {
     fn explicit_missing_file_is_an_error() {
         let err = Config::load(Path::new("/nonexistent/report-apis.toml")).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }));
+        let missing = Path::new("/nonexistent/report-apis.toml");
+        let err = Config::load_or(Some(missing), Path::new("/nonexistent/default.toml"));
+        assert!(matches!(err, Err(ConfigError::Read { .. })));
+    }
+
+    #[test]
+    fn absent_default_file_gives_the_defaults_and_a_present_one_is_read() {
+        let absent = Path::new("/nonexistent/report-apis.toml");
+        let (config, source) = Config::load_or(None, absent).unwrap();
+        assert_eq!((config, source), (Config::default(), None));
+
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("config.toml");
+        std::fs::write(&default, "[report]\nslowdown = 2.5\n").unwrap();
+        let (config, source) = Config::load_or(None, &default).unwrap();
+        assert_eq!(config.report.slowdown, 2.5);
+        assert_eq!(source.as_deref(), Some(default.as_path()));
+
+        std::fs::write(&default, "[report]\nslowdwn = 2.5\n").unwrap();
+        let err = Config::load_or(None, &default).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { line: 2, .. }), "{err}");
     }
 }
