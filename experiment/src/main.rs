@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -15,30 +14,8 @@ use experiment::{Binaries, Params, judge, output, run, table};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
-    /// Slots are fired during this span.
-    #[arg(long, default_value = "42s", value_parser = humantime::parse_duration)]
-    span: Duration,
-    /// Time between two slots: the compressed minute of the real timer.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-    slot: Duration,
-    /// The server toggles heavy load this often.
-    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
-    heavy_period: Duration,
-    /// The collector's poll interval.
-    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
-    poll_interval: Duration,
-    /// The server's base generation time of one report.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    generation_time: Duration,
-    /// The server's slowdown per other pending ticket (0 = a server that never slows down).
-    #[arg(long, default_value_t = 1.0)]
-    slowdown: f64,
-    /// Run every collector with policy allow: what happens without the lock.
-    #[arg(long)]
-    without_lock: bool,
-    /// How long runs still going after the span may take before they are stopped.
-    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
-    drain: Duration,
+    #[command(flatten)]
+    params: Params,
     /// Folder for results.md and pending.svg.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     out: PathBuf,
@@ -68,16 +45,7 @@ fn main() -> ExitCode {
 }
 
 fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
-    let params = Params {
-        span: cli.span,
-        slot: cli.slot,
-        heavy_period: cli.heavy_period,
-        poll_interval: cli.poll_interval,
-        generation_time: cli.generation_time,
-        slowdown: cli.slowdown,
-        without_lock: cli.without_lock,
-        drain: cli.drain,
-    };
+    let params = cli.params;
     params.validate().map_err(anyhow::Error::msg)?;
     let binaries = match (cli.report_apis, cli.report_collector) {
         (Some(report_apis), Some(report_collector)) => Binaries {

@@ -10,38 +10,45 @@ use std::time::Duration;
 pub const REAL_SLOT: Duration = Duration::from_secs(60);
 
 /// How one experiment is run: timings, server load model and the two control switches.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Also the experiment's command-line flags, so that the defaults are written down once, here.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct Params {
-    /// Slots are fired during `[0, span)`; nothing new starts after it.
+    /// Slots are fired during this span; nothing new starts after it.
+    #[arg(long, default_value = "42s", value_parser = humantime::parse_duration)]
     pub span: Duration,
-    /// Time between two slots (the timer's period, compressed).
+    /// Time between two slots: the compressed minute of the real timer.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub slot: Duration,
     /// The server toggles heavy load this often.
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
     pub heavy_period: Duration,
-    /// The collector's `poll-interval`.
+    /// The collector's poll interval.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
-    /// The server's `report.generation-time`.
+    /// The server's base generation time of one report.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub generation_time: Duration,
-    /// The server's `report.slowdown`; 0 turns the load model off (a control).
+    /// The server's slowdown per other pending ticket (0 = a server that never slows down).
+    #[arg(long, default_value_t = 1.0)]
     pub slowdown: f64,
-    /// When set, every collector runs with `policy = "allow"`: a collector without its lock (a control).
+    /// Run every collector with policy allow: what happens without the lock.
+    #[arg(long)]
     pub without_lock: bool,
-    /// How long runs still going at the end of the span may take before they are stopped.
+    /// How long runs still going after the span may take before they are stopped.
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
 }
 
 impl Default for Params {
+    /// The flags' defaults.
     fn default() -> Self {
-        Params {
-            span: Duration::from_secs(42),
-            slot: Duration::from_secs(3),
-            heavy_period: Duration::from_secs(6),
-            poll_interval: Duration::from_millis(500),
-            generation_time: Duration::from_secs(1),
-            slowdown: 1.0,
-            without_lock: false,
-            drain: Duration::from_secs(6),
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            params: Params,
         }
+        <Defaults as clap::Parser>::parse_from(["experiment"]).params
     }
 }
 
