@@ -48,7 +48,11 @@ impl fmt::Display for Claim {
             Claim::AllowOverlaps => "allow: more than one run at once under heavy load",
             Claim::AllowPilesUpTickets => "allow: more than one ticket pending at once",
             Claim::AllowSlowsServer => {
-                "allow: server mean generation time above forbid's by at least 0.4 generation times"
+                return write!(
+                    f,
+                    "allow: server mean generation time above forbid's by at least \
+                     {GENERATION_EXCESS} generation times"
+                );
             }
             Claim::ForbidNeverOverlaps => "forbid (all three): never two runs at once",
             Claim::ReplaceNeverOverlaps => "replace: never two runs at once",
@@ -204,66 +208,223 @@ pub fn judge(outcome: &Outcome) -> Verdict {
     Verdict { checks }
 }
 
-/// Long runs that ended while the scheduler still had a slot to fire after them.
-fn judged_long_runs(arm: &ArmResult, slot: f64, span: f64) -> Vec<f64> {
-    arm.long_runs(slot)
+/// Checks `after` at the end of every run that outlasted its slot and ended while the scheduler
+/// still had a slot to fire after it; holds when there is at least one and every check holds.
+fn after_each_long_run(
+    arm: &ArmResult,
+    slot: f64,
+    span: f64,
+    after: impl Fn(f64) -> (bool, String),
+) -> (bool, String) {
+    let ends: Vec<f64> = arm
+        .long_runs(slot)
         .map(|r| r.ended)
         .filter(|end| *end < span - slot)
-        .collect()
-}
-
-fn judge_rest(arm: &ArmResult, slot: f64, span: f64) -> (bool, String) {
-    let ends = judged_long_runs(arm, slot, span);
+        .collect();
     if ends.is_empty() {
         return (
             false,
-            "no run outlasted its slot, so there was nothing to rest from".into(),
+            "no run outlasted its slot, so there was nothing to follow it".into(),
         );
     }
-    let mut notes = Vec::new();
-    let mut holds = true;
-    for end in ends {
+    let (checks, notes): (Vec<bool>, Vec<String>) = ends.into_iter().map(after).unzip();
+    (checks.into_iter().all(|holds| holds), notes.join("; "))
+}
+
+fn judge_rest(arm: &ArmResult, slot: f64, span: f64) -> (bool, String) {
+    after_each_long_run(arm, slot, span, |end| {
         let skipped = arm
             .next_start_after(end)
             .is_some_and(|r| r.started - end <= CATCH_UP_WITHIN && r.exit == ExitKind::Skipped);
         let rest = arm.next_collecting_after(end).map(|r| r.started - end);
-        holds &= skipped && rest.is_none_or(|rest| rest >= REST_AT_LEAST);
-        notes.push(format!(
+        let holds = skipped && rest.is_none_or(|rest| rest >= REST_AT_LEAST);
+        let note = format!(
             "long run ended at {end:.2} s, catch-up {}, next collection {}",
             if skipped { "skipped" } else { "NOT skipped" },
             rest.map_or("none in the span".into(), |r| format!("{r:.2} s later")),
-        ));
-    }
-    (holds, notes.join("; "))
+        );
+        (holds, note)
+    })
 }
 
 fn judge_catch_up(arm: &ArmResult, slot: f64, span: f64) -> (bool, String) {
-    let ends = judged_long_runs(arm, slot, span);
-    if ends.is_empty() {
-        return (
-            false,
-            "no run outlasted its slot, so there was nothing to catch up on".into(),
+    after_each_long_run(arm, slot, span, |end| {
+        let Some(next) = arm.next_start_after(end) else {
+            return (
+                false,
+                format!("long run ended at {end:.2} s, no run after it"),
+            );
+        };
+        let collected = next.exit == ExitKind::Collected;
+        let note = format!(
+            "long run ended at {end:.2} s, next run {:.2} s later, {}",
+            next.started - end,
+            if collected {
+                "collected"
+            } else {
+                "did not collect"
+            }
         );
+        (next.started - end <= CATCH_UP_WITHIN && collected, note)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::arm::Arm;
+    use crate::launcher::RunRecord;
+    use crate::params::Params;
+    use crate::scrape::Scrape;
+
+    use ExitKind::{Collected, Skipped};
+
+    fn runs(spans: &[(f64, f64, ExitKind)]) -> Vec<RunRecord> {
+        spans
+            .iter()
+            .enumerate()
+            .map(|(seq, (started, ended, exit))| RunRecord {
+                seq,
+                slot: 0,
+                slot_time: 0.0,
+                catch_up: false,
+                started: *started,
+                ended: *ended,
+                exit: exit.clone(),
+            })
+            .collect()
     }
-    let mut notes = Vec::new();
-    let mut holds = true;
-    for end in ends {
-        let next = arm.next_start_after(end);
-        let caught_up = next
-            .is_some_and(|r| r.started - end <= CATCH_UP_WITHIN && r.exit == ExitKind::Collected);
-        holds &= caught_up;
-        notes.push(match next {
-            Some(r) => format!(
-                "long run ended at {end:.2} s, next run {:.2} s later, {}",
-                r.started - end,
-                if r.exit == ExitKind::Collected {
-                    "collected"
-                } else {
-                    "did not collect"
+
+    /// An 18 s outcome (slot 3 s, 1 s reports) shaped as the conclusions say: a long run from
+    /// 6 s to 12.5 s in every arm but allow, where two overlap.
+    fn good() -> Outcome {
+        let server = |peak: f64, mean: f64| Scrape {
+            pending_peak: peak,
+            generation_sum: mean * 4.0,
+            generation_count: 4.0,
+            ..Scrape::default()
+        };
+        let arms = Arm::ALL
+            .iter()
+            .map(|arm| {
+                let (records, last) = match arm.id {
+                    ArmId::Allow => (
+                        runs(&[
+                            (0.0, 1.0, Collected),
+                            (6.0, 12.5, Collected),
+                            (9.0, 12.6, Collected),
+                        ]),
+                        server(2.0, 4.0),
+                    ),
+                    ArmId::ForbidDeadline => (
+                        runs(&[
+                            (0.0, 1.0, Collected),
+                            (6.0, 12.5, Collected),
+                            (12.5, 12.52, Skipped),
+                            (15.0, 16.0, Collected),
+                        ]),
+                        server(1.0, 3.0),
+                    ),
+                    ArmId::ForbidNoDeadline => (
+                        runs(&[
+                            (0.0, 1.0, Collected),
+                            (6.0, 12.5, Collected),
+                            (12.55, 13.6, Collected),
+                        ]),
+                        server(1.0, 3.0),
+                    ),
+                    _ => (
+                        runs(&[
+                            (0.0, 1.0, Collected),
+                            (6.0, 12.5, Collected),
+                            (9.0, 9.01, Skipped),
+                            (15.0, 16.0, Collected),
+                        ]),
+                        server(1.0, 3.0),
+                    ),
+                };
+                ArmResult {
+                    arm: *arm,
+                    runs: records,
+                    samples: Vec::new(),
+                    last,
                 }
-            ),
-            None => format!("long run ended at {end:.2} s, no run after it"),
-        });
+            })
+            .collect();
+        Outcome {
+            params: Params {
+                span: Duration::from_secs(18),
+                ..Params::default()
+            },
+            arms,
+        }
     }
-    (holds, notes.join("; "))
+
+    fn with_runs(mut outcome: Outcome, id: ArmId, spans: &[(f64, f64, ExitKind)]) -> Outcome {
+        let arm = outcome.arms.iter_mut().find(|a| a.arm.id == id).unwrap();
+        arm.runs = runs(spans);
+        outcome
+    }
+
+    fn failed(outcome: &Outcome) -> Vec<Claim> {
+        judge(outcome).failed().map(|c| c.claim).collect()
+    }
+
+    #[test]
+    fn the_expected_shape_holds() {
+        let verdict = judge(&good());
+        assert!(verdict.holds(), "{verdict}");
+        assert_eq!(verdict.checks.len(), 7);
+    }
+
+    #[test]
+    fn a_catch_up_that_collects_breaks_the_rest() {
+        let outcome = with_runs(
+            good(),
+            ArmId::ForbidDeadline,
+            &[(6.0, 12.5, Collected), (12.55, 13.6, Collected)],
+        );
+        assert_eq!(failed(&outcome), vec![Claim::DeadlineRests]);
+    }
+
+    #[test]
+    fn a_rest_without_the_deadline_is_no_catch_up() {
+        let outcome = with_runs(
+            good(),
+            ArmId::ForbidNoDeadline,
+            &[(6.0, 12.5, Collected), (15.0, 16.0, Collected)],
+        );
+        assert_eq!(failed(&outcome), vec![Claim::NoDeadlineCatchesUp]);
+    }
+
+    #[test]
+    fn without_a_long_run_there_is_nothing_to_judge() {
+        let outcome = with_runs(good(), ArmId::ForbidDeadline, &[(0.0, 1.0, Collected)]);
+        assert_eq!(failed(&outcome), vec![Claim::DeadlineRests]);
+    }
+
+    #[test]
+    fn two_runs_at_once_break_forbid_and_replace() {
+        let overlapping = [(6.0, 12.5, Collected), (9.0, 12.6, Collected)];
+        let outcome = with_runs(good(), ArmId::Forbid, &overlapping);
+        assert_eq!(failed(&outcome), vec![Claim::ForbidNeverOverlaps]);
+        let outcome = with_runs(good(), ArmId::Replace, &overlapping);
+        assert_eq!(failed(&outcome), vec![Claim::ReplaceNeverOverlaps]);
+    }
+
+    #[test]
+    fn allow_must_overlap_and_slow_the_server_by_the_stated_margin() {
+        let outcome = with_runs(good(), ArmId::Allow, &[(6.0, 12.5, Collected)]);
+        assert_eq!(failed(&outcome), vec![Claim::AllowOverlaps]);
+
+        let mut outcome = good();
+        let allow = &mut outcome.arms[0];
+        // 3.0 s on forbid's server: 0.35 generation times more is not enough, 0.45 is.
+        allow.last.generation_sum = 3.35 * 4.0;
+        assert_eq!(failed(&outcome), vec![Claim::AllowSlowsServer]);
+        outcome.arms[0].last.generation_sum = 3.45 * 4.0;
+        assert!(judge(&outcome).holds());
+    }
 }
