@@ -1,7 +1,8 @@
 //! The server's TOML configuration file and its documented defaults.
 //!
 //! One loader for the whole program, so that a mistake in the file is always reported the same
-//! way: file, line, column and the dotted key, which `main` turns into exit code 78.
+//! way: file, line, column and (past the TOML syntax) the dotted key, which `main` turns into
+//! exit code 78.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -132,6 +133,13 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    #[error("{}:{line}:{column}: {message}; fix the TOML syntax there (the packaged /etc/report-apis/config.toml shows every key in use)", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
 }
 
 impl Config {
@@ -172,14 +180,27 @@ impl Config {
 
     /// Parses TOML text; `path` only names the file in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|err| {
-            let offset = err.span().map_or(0, |span| span.start);
-            let (line, column) = line_and_column(text, offset);
+        let place =
+            |err: &toml::de::Error| line_and_column(text, err.span().map_or(0, |span| span.start));
+        let document = toml::Deserializer::parse(text).map_err(|err| {
+            let (line, column) = place(&err);
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                line,
+                column,
+                message: err.message().trim().to_owned(),
+            }
+        })?;
+        // The path tracker names the dotted key toml's own error leaves out.
+        serde_path_to_error::deserialize(document).map_err(|err| {
+            let key = err.path().to_string();
+            let err = err.into_inner();
+            let (line, column) = place(&err);
             ConfigError::Invalid {
                 path: path.to_owned(),
                 line,
                 column,
-                key: key_at(text, offset, err.message()),
+                key,
                 message: err.message().trim().to_owned(),
             }
         })
@@ -188,60 +209,14 @@ impl Config {
 
 /// 1-based line and column (in characters) of a byte offset.
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..floor_char_boundary(text, offset)];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
-}
-
-fn floor_char_boundary(text: &str, mut offset: usize) -> usize {
-    offset = offset.min(text.len());
+    let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;
     }
-    offset
-}
-
-/// The dotted key an error points at, read from the source: the table header in effect plus
-/// the key on the error's line. toml's own messages give the span but not the full key path.
-fn key_at(text: &str, offset: usize, message: &str) -> String {
-    let before = &text[..floor_char_boundary(text, offset)];
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line_end = text[line_start..]
-        .find('\n')
-        .map_or(text.len(), |i| line_start + i);
-    let line = text[line_start..line_end].trim();
-    let mut table = String::new();
-    for earlier in text[..line_start].lines() {
-        if let Some(name) = table_header(earlier) {
-            table = name;
-        }
-    }
-    // A table header, complete or not.
-    if line.starts_with('[') {
-        return line.trim_matches(['[', ']', ' ']).to_owned();
-    }
-    let key = match line.split_once('=') {
-        Some((key, _)) => key.trim().trim_matches('"').to_owned(),
-        // "unknown field `x`" / "missing field `x`" name the key when the line does not.
-        None => match message.split('`').nth(1) {
-            Some(field) if message.contains("field") => field.to_owned(),
-            _ if table.is_empty() => return "(top level)".to_owned(),
-            _ => return table,
-        },
-    };
-    if table.is_empty() {
-        key
-    } else {
-        format!("{table}.{key}")
-    }
-}
-
-fn table_header(line: &str) -> Option<String> {
-    let line = line.trim();
-    let inner = line.strip_prefix('[')?;
-    let end = inner.find(']')?;
-    Some(inner[..end].trim_matches(['[', ' ']).trim().to_owned())
+    (line, before[line_start..].chars().count() + 1)
 }
 
 fn non_negative_finite<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
@@ -331,10 +306,26 @@ mod tests {
 
     #[test]
     fn syntax_errors_name_the_line() {
-        let (line, key, _) = invalid("listen = \"127.0.0.1:1\"\n[report\n");
-        assert_eq!((line, key.as_str()), (2, "report"));
-        let (line, key, _) = invalid("[limits]\nmax-pending =\n");
-        assert_eq!((line, key.as_str()), (2, "limits.max-pending"));
+        for (text, wanted) in [
+            ("listen = \"127.0.0.1:1\"\n[report\n", 2),
+            ("[limits]\nmax-pending =\n", 2),
+        ] {
+            match parse(text) {
+                Err(ConfigError::Syntax { line, .. }) => assert_eq!(line, wanted, "{text}"),
+                other => panic!("expected a syntax error for {text:?}, got {other:?}"),
+            }
+        }
+        let err = parse("[report\n").unwrap_err().to_string();
+        assert!(err.starts_with("test.toml:1:"), "{err}");
+        assert!(err.contains("fix the TOML syntax"), "{err}");
+    }
+
+    #[test]
+    fn keys_in_inline_tables_and_dotted_keys_are_named_in_full() {
+        let (line, key, _) = invalid("heavy-load = { period = \"soon\" }\n");
+        assert_eq!((line, key.as_str()), (1, "heavy-load.period"));
+        let (line, key, _) = invalid("\nreport.slowdwn = 2\n");
+        assert_eq!((line, key.as_str()), (2, "report.slowdwn"));
     }
 
     #[test]
