@@ -26,12 +26,14 @@ use crate::lock::{HeldLock, NotAcquired};
 use crate::outcome::{CancelSignal, Outcome, RunReport};
 use crate::schedule::{Placement, Trigger, format_time};
 
-/// What a run learned along the way, kept outside the run's future so a cancelled run can
-/// still say which ticket it was collecting.
+/// What a run learned and holds along the way, kept outside the run's future: a cancelled
+/// run can still say which ticket it was collecting, and it keeps the lock until it is on
+/// record (dropping the future must not free the lock early).
 #[derive(Debug, Default)]
 struct Progress {
     ticket: Option<String>,
     holder_pid: Option<u32>,
+    lock: Option<HeldLock>,
 }
 
 /// Runs one collection on a current-thread runtime (a periodic job needs no more) and maps
@@ -60,27 +62,24 @@ pub async fn run_once(config: &Config, trigger: Trigger) -> RunReport {
     let placement = Placement::of(&trigger, started, config.schedule_period);
     let progress = RefCell::new(Progress::default());
 
-    let (outcome, held) = match cancel_signals() {
+    let outcome = match cancel_signals() {
         Ok((mut term, mut int)) => {
             tokio::select! {
                 biased;
-                _ = term.recv() => (Outcome::Cancelled(CancelSignal::Term), None),
-                _ = int.recv() => (Outcome::Cancelled(CancelSignal::Int), None),
-                done = attempt(config, &placement, deadline, &progress) => done,
+                _ = term.recv() => Outcome::Cancelled(CancelSignal::Term),
+                _ = int.recv() => Outcome::Cancelled(CancelSignal::Int),
+                outcome = attempt(config, &placement, deadline, &progress) => outcome,
             }
         }
-        Err(e) => (
-            Outcome::Failed {
-                error: format!("cannot install the SIGTERM/SIGINT handlers: {e}"),
-            },
-            None,
-        ),
+        Err(e) => Outcome::Failed {
+            error: format!("cannot install the SIGTERM/SIGINT handlers: {e}"),
+        },
     };
     let progress = progress.into_inner();
     let report = RunReport {
         outcome,
         policy: config.policy,
-        ticket: progress.ticket,
+        ticket: progress.ticket.clone(),
         holder_pid: progress.holder_pid,
         slot: placement.slot,
         trigger: trigger.describe(),
@@ -104,7 +103,7 @@ pub async fn run_once(config: &Config, trigger: Trigger) -> RunReport {
     }
     // Held until the run is fully on record, so `status` never sees a free lock with an older
     // last run.
-    if let Some(held) = held {
+    if let Some(held) = progress.lock {
         held.release();
     }
     report
@@ -125,7 +124,7 @@ async fn attempt(
     placement: &Placement,
     deadline: Instant,
     progress: &RefCell<Progress>,
-) -> (Outcome, Option<HeldLock>) {
+) -> Outcome {
     let acquired = match lock::acquire(
         &config.lock_file,
         config.policy,
@@ -136,12 +135,13 @@ async fn attempt(
     .await
     {
         Ok(acquired) => acquired,
-        Err(not) => {
-            return (not_acquired(config, not, progress), None);
-        }
+        Err(not) => return not_acquired(config, not, progress),
     };
-    progress.borrow_mut().holder_pid = acquired.previous_holder;
-    let mut held = acquired.lock;
+    {
+        let mut progress = progress.borrow_mut();
+        progress.holder_pid = acquired.previous_holder;
+        progress.lock = acquired.lock;
+    }
 
     // Lock first, then lateness: a skip for the lock always names the holder.
     if config.policy == Policy::Forbid {
@@ -152,7 +152,7 @@ async fn attempt(
                 humantime::format_duration(round_ms(late_by)),
                 humantime::format_duration(config.starting_deadline.unwrap_or_default()),
             );
-            return (Outcome::Skipped { reason }, held);
+            return Outcome::Skipped { reason };
         }
     }
 
@@ -160,7 +160,7 @@ async fn attempt(
         Ok(server) => server,
         Err(e) => {
             let error = format!("cannot set up the HTTP client: {e}");
-            return (Outcome::Failed { error }, held);
+            return Outcome::Failed { error };
         }
     };
     let result = client::collect(
@@ -169,8 +169,9 @@ async fn attempt(
         deadline,
         config.max_ticket_renewals,
         |ticket| {
-            progress.borrow_mut().ticket = Some(ticket.to_owned());
-            if let Some(held) = held.as_mut() {
+            let mut progress = progress.borrow_mut();
+            progress.ticket = Some(ticket.to_owned());
+            if let Some(held) = progress.lock.as_mut() {
                 if let Err(e) = held.set_ticket(ticket) {
                     tracing::warn!("cannot write the ticket into the lock file: {e}");
                 }
@@ -188,7 +189,7 @@ async fn attempt(
                 ),
                 _ => e.to_string(),
             };
-            return (Outcome::Failed { error }, held);
+            return Outcome::Failed { error };
         }
     };
 
@@ -199,7 +200,7 @@ async fn attempt(
             .write_all(collected.csv.as_bytes())
             .and_then(|()| stdout.flush());
     }
-    let outcome = match store::save(
+    match store::save(
         &config.report_dir,
         SystemTime::now(),
         &collected.ticket,
@@ -223,8 +224,7 @@ async fn attempt(
         Err(e) => Outcome::Failed {
             error: e.to_string(),
         },
-    };
-    (outcome, held)
+    }
 }
 
 fn not_acquired(config: &Config, not: NotAcquired, progress: &RefCell<Progress>) -> Outcome {

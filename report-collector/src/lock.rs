@@ -11,7 +11,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt as _, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::{Signal, kill};
@@ -63,11 +63,11 @@ impl fmt::Display for Holder {
 /// An open lock file, not necessarily locked.
 #[derive(Debug)]
 pub struct LockFile {
-    path: PathBuf,
     file: File,
 }
 
-/// The lock, held until this is dropped (or the process exits).
+/// The lock, held until this is dropped (or the process exits); dropping it also clears the
+/// holder record, on every path out of a run.
 #[derive(Debug)]
 pub struct HeldLock {
     lock: LockFile,
@@ -86,10 +86,7 @@ impl LockFile {
             .create(true)
             .truncate(false)
             .open(path)?;
-        Ok(LockFile {
-            path: path.to_owned(),
-            file,
-        })
+        Ok(LockFile { file })
     }
 
     /// Takes the lock if it is free; `Ok(None)` hands `self` back when it is busy.
@@ -113,10 +110,6 @@ impl LockFile {
     /// Who holds this lock file now.
     pub fn holder(&self) -> Holder {
         holder_of(&self.file)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -143,12 +136,15 @@ impl HeldLock {
 
     /// Clears the record and releases the lock.
     pub fn release(self) {
-        // Best effort: a stale record is harmless because readers check /proc/locks.
-        let _ = self.lock.file.set_len(0);
+        drop(self);
     }
+}
 
-    pub fn record(&self) -> &HolderRecord {
-        &self.record
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        // Cut in place, never removed: the file (its inode) is the lock. Best effort: a stale
+        // record is harmless because readers check /proc/locks.
+        let _ = self.lock.file.set_len(0);
     }
 }
 
@@ -452,6 +448,7 @@ mod tests {
         let path = dir.path().join("sub/collector.lock");
         let mut held = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
         held.set_ticket("abc_0").unwrap();
+        let inode = std::fs::metadata(&path).unwrap().ino();
 
         let holder = holder_at(&path).unwrap().expect("lock is held");
         assert_eq!(holder.pid, Some(std::process::id()));
@@ -468,8 +465,13 @@ mod tests {
 
         held.release();
         assert_eq!(holder_at(&path).unwrap(), None);
+        assert_eq!(std::fs::read(&path).unwrap(), b"", "the record is cleared");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().ino(),
+            inode,
+            "the lock file is cut in place, never re-created"
+        );
         assert!(other.try_lock().unwrap().is_ok());
-        assert!(path.exists(), "the lock file is never deleted");
     }
 
     #[tokio::test(start_paused = true)]

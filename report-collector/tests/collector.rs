@@ -452,6 +452,11 @@ fn sigterm_while_polling_exits_143_frees_the_lock_and_saves_nothing() {
             run.stderr
         );
         assert!(setup.holder().is_none());
+        assert_eq!(
+            std::fs::read(&setup.lock).unwrap(),
+            b"",
+            "the cancelled run cleared its holder record"
+        );
         let lock = LockFile::open(&setup.lock).unwrap();
         assert!(lock.try_lock().unwrap().is_ok(), "the lock is free");
         assert!(
