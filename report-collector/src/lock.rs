@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Read as _};
 use std::os::unix::fs::{FileExt as _, MetadataExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -198,10 +198,27 @@ fn read_record(file: &File) -> Option<HolderRecord> {
     serde_json::from_slice(&buf[..n]).ok()
 }
 
+/// How many times `/proc/locks` is read before concluding that nobody holds an inode.
+const PROC_LOCKS_READS: usize = 3;
+
 /// The pid holding an flock on the inode `major:minor:ino`, from `/proc/locks`.
+///
+/// The kernel produces that file a record at a time and keeps it consistent only within one
+/// read(2): when another lock is taken or dropped between two reads (builds and package
+/// managers take flocks all the time), a line can be skipped. So the file is read with a
+/// buffer large enough for one call, and looked at again before a lock is called free.
 pub fn locking_pid(major: u64, minor: u64, ino: u64) -> Option<u32> {
-    let text = std::fs::read_to_string("/proc/locks").ok()?;
-    parse_proc_locks(&text, major, minor, ino)
+    (0..PROC_LOCKS_READS).find_map(|_| {
+        let text = read_proc_locks().ok()?;
+        parse_proc_locks(&text, major, minor, ino)
+    })
+}
+
+fn read_proc_locks() -> io::Result<String> {
+    // A spare capacity this large makes std read straight into it, without small probe reads.
+    let mut text = String::with_capacity(64 * 1024);
+    File::open("/proc/locks")?.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Finds the active FLOCK line for the inode (waiters, marked `->`, are not holders).
