@@ -27,6 +27,8 @@ pub enum Policy {
 }
 
 impl Policy {
+    pub const ALL: [Policy; 4] = [Policy::Forbid, Policy::Wait, Policy::Replace, Policy::Allow];
+
     /// The name used in the config file, on the command line and in the journal.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -48,15 +50,10 @@ impl FromStr for Policy {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "forbid" => Ok(Policy::Forbid),
-            "wait" => Ok(Policy::Wait),
-            "replace" => Ok(Policy::Replace),
-            "allow" => Ok(Policy::Allow),
-            other => Err(format!(
-                "unknown policy `{other}`: use one of forbid, wait, replace, allow"
-            )),
-        }
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown policy `{s}`: use one of forbid, wait, replace, allow"))
     }
 }
 

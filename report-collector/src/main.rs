@@ -34,8 +34,8 @@ struct Cli {
     server_url: Option<String>,
     /// What to do when the previous run still holds the lock: forbid, wait, replace or allow
     /// (overrides policy)
-    #[arg(long, global = true, value_name = "POLICY", value_parser = clap::builder::PossibleValuesParser::new(["forbid", "wait", "replace", "allow"]))]
-    policy: Option<String>,
+    #[arg(long, global = true, value_name = "POLICY", value_parser = policy_parser())]
+    policy: Option<Policy>,
     /// The lock file (overrides lock-file)
     #[arg(long, global = true, value_name = "PATH")]
     lock_file: Option<PathBuf>,
@@ -53,6 +53,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The policy names as `--help` lists them, parsed by the one `FromStr` the config uses too.
+fn policy_parser() -> impl clap::builder::TypedValueParser<Value = Policy> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(Policy::ALL.map(Policy::as_str))
+        .try_map(|name| name.parse::<Policy>())
 }
 
 fn main() -> ExitCode {
@@ -80,7 +87,7 @@ fn main() -> ExitCode {
         config.server_url = url;
     }
     if let Some(policy) = cli.policy {
-        config.policy = policy.parse::<Policy>().unwrap_or_default();
+        config.policy = policy;
     }
     if let Some(lock_file) = cli.lock_file {
         config.lock_file = lock_file;
