@@ -316,34 +316,69 @@ pub async fn acquire(
                 path.display(),
                 humantime::format_duration(until - started)
             );
-            let mut slot = Some(lock);
-            let got = wait_for(until, || {
-                let lock = slot.take().expect("lock file kept between attempts");
-                match lock.try_lock()? {
-                    Ok(held) => Ok(Some(held)),
-                    Err(busy) => {
-                        slot = Some(busy);
-                        Ok(None)
-                    }
-                }
-            })
-            .await
-            .map_err(NotAcquired::Io)?;
+            let mut contender = Contender(Some(lock));
+            let got = wait_for(until, || contender.try_take())
+                .await
+                .map_err(NotAcquired::Io)?;
             match got {
                 Some(held) => Ok(Acquired {
                     lock: Some(held),
                     previous_holder: holder.pid,
                 }),
-                None => {
-                    let holder = slot.as_ref().map(LockFile::holder).unwrap_or(holder);
-                    Err(NotAcquired::WaitTimedOut {
-                        holder,
-                        waited: started.elapsed(),
-                    })
-                }
+                None => Err(NotAcquired::WaitTimedOut {
+                    holder: contender.holder(),
+                    waited: started.elapsed(),
+                }),
             }
         }
-        Policy::Replace => replace(lock, replace_grace, deadline).await,
+        Policy::Replace => {
+            let (held, previous_holder) =
+                replace(Contender(Some(lock)), replace_grace, deadline).await?;
+            Ok(Acquired {
+                lock: Some(held),
+                previous_holder,
+            })
+        }
+    }
+}
+
+/// What the replace loop deals with: the lock it wants, who holds it, and kill(2).
+/// [`Contender`] is the real one; the tests script one on tokio's paused clock.
+pub trait Contest {
+    type Held;
+    /// Takes the lock if it is free.
+    fn try_take(&mut self) -> io::Result<Option<Self::Held>>;
+    /// Who holds the lock now.
+    fn holder(&self) -> Holder;
+    fn signal(&mut self, pid: u32, signal: Signal) -> Result<(), NotAcquired>;
+}
+
+/// A busy lock file and the real kill(2). Empty only once the lock is taken.
+struct Contender(Option<LockFile>);
+
+impl Contest for Contender {
+    type Held = HeldLock;
+
+    fn try_take(&mut self) -> io::Result<Option<HeldLock>> {
+        let lock = self.0.take().expect("no attempt after the lock is taken");
+        match lock.try_lock()? {
+            Ok(held) => Ok(Some(held)),
+            Err(busy) => {
+                self.0 = Some(busy);
+                Ok(None)
+            }
+        }
+    }
+
+    fn holder(&self) -> Holder {
+        self.0
+            .as_ref()
+            .expect("no question after the lock is taken")
+            .holder()
+    }
+
+    fn signal(&mut self, pid: u32, signal: Signal) -> Result<(), NotAcquired> {
+        send(pid, signal)
     }
 }
 
@@ -367,27 +402,22 @@ pub async fn wait_for<T>(
 /// Ends the holder: SIGTERM, up to `grace` for it to go, then SIGKILL; each signal only after
 /// checking, right before, that the pid in the record is the pid the kernel shows holding the
 /// lock (pids are reused: a stale record must never get an unrelated process killed).
-async fn replace(
-    mut lock: LockFile,
+/// Returns the lock and the pid of the first holder it ended.
+pub async fn replace<C: Contest>(
+    mut contest: C,
     grace: Duration,
     deadline: Instant,
-) -> Result<Acquired, NotAcquired> {
+) -> Result<(C::Held, Option<u32>), NotAcquired> {
     let started = Instant::now();
     // (pid, when SIGTERM was sent, whether SIGKILL was sent)
     let mut signalled: Option<(u32, Instant, bool)> = None;
     let mut first_holder = None;
     loop {
-        lock = match lock.try_lock().map_err(NotAcquired::Io)? {
-            Ok(held) => {
-                return Ok(Acquired {
-                    lock: Some(held),
-                    previous_holder: first_holder,
-                });
-            }
-            Err(busy) => busy,
-        };
+        if let Some(held) = contest.try_take().map_err(NotAcquired::Io)? {
+            return Ok((held, first_holder));
+        }
         let now = Instant::now();
-        let holder = lock.holder();
+        let holder = contest.holder();
         if now >= deadline {
             return Err(NotAcquired::DeadlinePassed(holder));
         }
@@ -402,7 +432,7 @@ async fn replace(
                                 "holder pid {pid} still holds the lock {} after SIGTERM; sending SIGKILL",
                                 humantime::format_duration(grace)
                             );
-                            send(pid, Signal::SIGKILL)?;
+                            contest.signal(pid, Signal::SIGKILL)?;
                             signalled = Some((pid, at, true));
                         }
                     }
@@ -411,7 +441,7 @@ async fn replace(
                             HOLDER_PID = pid,
                             "policy replace: ending the run holding the lock, {holder}, with SIGTERM"
                         );
-                        send(pid, Signal::SIGTERM)?;
+                        contest.signal(pid, Signal::SIGTERM)?;
                         signalled = Some((pid, now, false));
                     }
                 }
@@ -518,5 +548,111 @@ mod tests {
         .unwrap();
         assert_eq!(got, Some("lock"));
         assert!(start.elapsed() - Duration::from_millis(730) < LOCK_POLL);
+    }
+
+    /// A holder on tokio's paused clock: it lets go of the lock `exits_after` a SIGTERM (never,
+    /// if `None`) or at once on SIGKILL; every signal is recorded with its time.
+    struct ScriptedHolder {
+        pid: u32,
+        confirmed: bool,
+        exits_after: Option<Duration>,
+        term_at: Option<Instant>,
+        killed: bool,
+        start: Instant,
+        signals: Vec<(u32, Signal, Duration)>,
+    }
+
+    impl ScriptedHolder {
+        fn new(confirmed: bool, exits_after: Option<Duration>) -> ScriptedHolder {
+            ScriptedHolder {
+                pid: 4242,
+                confirmed,
+                exits_after,
+                term_at: None,
+                killed: false,
+                start: Instant::now(),
+                signals: Vec::new(),
+            }
+        }
+    }
+
+    impl Contest for &mut ScriptedHolder {
+        type Held = Duration;
+
+        fn try_take(&mut self) -> io::Result<Option<Duration>> {
+            let gone = self.killed
+                || matches!((self.term_at, self.exits_after), (Some(at), Some(after)) if Instant::now() >= at + after);
+            Ok(gone.then(|| self.start.elapsed()))
+        }
+
+        fn holder(&self) -> Holder {
+            Holder {
+                pid: Some(self.pid),
+                since: None,
+                ticket: None,
+                confirmed: self.confirmed,
+            }
+        }
+
+        fn signal(&mut self, pid: u32, signal: Signal) -> Result<(), NotAcquired> {
+            self.signals.push((pid, signal, self.start.elapsed()));
+            match signal {
+                Signal::SIGKILL => self.killed = true,
+                _ => self.term_at = Some(Instant::now()),
+            }
+            Ok(())
+        }
+    }
+
+    const GRACE: Duration = Duration::from_secs(10);
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(600)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replace_sends_sigterm_once_and_takes_the_lock_when_the_holder_goes() {
+        let mut holder = ScriptedHolder::new(true, Some(Duration::from_millis(1200)));
+        let (taken_at, previous) = replace(&mut holder, GRACE, far()).await.unwrap();
+        assert_eq!(holder.signals, [(4242, Signal::SIGTERM, Duration::ZERO)]);
+        assert_eq!(previous, Some(4242));
+        // Seen at the first look after it went.
+        assert_eq!(taken_at, Duration::from_millis(1200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replace_sends_sigkill_exactly_when_the_grace_runs_out() {
+        let mut holder = ScriptedHolder::new(true, None);
+        let (taken_at, _) = replace(&mut holder, GRACE, far()).await.unwrap();
+        assert_eq!(
+            holder.signals,
+            [
+                (4242, Signal::SIGTERM, Duration::ZERO),
+                (4242, Signal::SIGKILL, GRACE)
+            ]
+        );
+        assert_eq!(taken_at, GRACE + LOCK_POLL);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replace_never_signals_an_unconfirmed_holder_and_gives_up_after_the_grace() {
+        let mut holder = ScriptedHolder::new(false, Some(Duration::ZERO));
+        let start = Instant::now();
+        let err = replace(&mut holder, GRACE, far()).await.unwrap_err();
+        assert!(matches!(err, NotAcquired::HolderUnconfirmed(_)), "{err:?}");
+        assert!(holder.signals.is_empty());
+        assert_eq!(start.elapsed(), GRACE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_run_deadline_bounds_replacing() {
+        let mut holder = ScriptedHolder::new(true, None);
+        let start = Instant::now();
+        let err = replace(&mut holder, GRACE, start + Duration::from_secs(3))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, NotAcquired::DeadlinePassed(_)), "{err:?}");
+        assert_eq!(holder.signals, [(4242, Signal::SIGTERM, Duration::ZERO)]);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
     }
 }
