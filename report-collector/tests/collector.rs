@@ -100,6 +100,99 @@ fn two_collectors_started_together_one_runs_the_other_skips_naming_the_holder() 
     assert_code(&finish(runner), 143);
 }
 
+/// The decision line as journald receives it, through a stand-in socket (see
+/// `util::Journal`): the exact field names, no `F_` prefix, the syslog identifier; and the
+/// stderr rule (readable lines only when not started by systemd).
+#[test]
+fn decision_lines_reach_journald_with_the_exact_fields() {
+    let journal = match Journal::start() {
+        Ok(journal) => journal,
+        Err(why) => {
+            eprintln!("SKIPPED: no mount namespace for a journald stand-in here: {why}");
+            return;
+        }
+    };
+    let server = ApiServer::fast();
+    let setup = Setup::new(&server.url, &[]);
+
+    // A skip, started as systemd starts it (JOURNAL_STREAM set): journal only.
+    let held = LockFile::open(&setup.lock)
+        .unwrap()
+        .try_lock()
+        .unwrap()
+        .unwrap();
+    let skipped = finish(
+        setup
+            .command_logging_to(&journal, &[])
+            .env("JOURNAL_STREAM", "8:4242")
+            .spawn()
+            .unwrap(),
+    );
+    assert_code(&skipped, 75);
+    assert_eq!(skipped.stderr, "", "no stderr lines under systemd");
+    let me = std::process::id().to_string();
+    let entries = journal.entries();
+    let skip = decision(&entries, "skipped");
+    assert_eq!(skip["POLICY"], "forbid");
+    assert_eq!(skip["HOLDER_PID"], me);
+    assert_eq!(skip["TICKET"], "");
+    assert_eq!(skip["PRIORITY"], "4");
+    assert!(skip["MESSAGE"].contains(&format!("pid {me}")), "{skip:?}");
+    drop(held);
+
+    // A manual run (JOURNAL_STREAM unset): the journal, and readable lines on stderr too.
+    let collected = finish(setup.command_logging_to(&journal, &[]).spawn().unwrap());
+    assert_code(&collected, 0);
+    assert!(
+        collected.stderr.contains("collected"),
+        "{}",
+        collected.stderr
+    );
+    let entries = journal.entries();
+    let done = decision(&entries, "collected");
+    assert_eq!(done["HOLDER_PID"], "");
+    let files = setup.report_files();
+    assert_eq!(files.len(), 1);
+    assert!(
+        !done["TICKET"].is_empty() && files[0].ends_with(&format!("_{}.csv", done["TICKET"])),
+        "{done:?} {files:?}"
+    );
+
+    for entry in [skip, done] {
+        for field in [
+            "OUTCOME",
+            "TICKET",
+            "POLICY",
+            "HOLDER_PID",
+            "SLOT",
+            "DURATION",
+        ] {
+            assert!(entry.contains_key(field), "{field} missing: {entry:?}");
+        }
+        assert!(entry.keys().all(|k| !k.starts_with("F_")), "{entry:?}");
+        assert_eq!(entry["SYSLOG_IDENTIFIER"], "report-collector");
+        assert!(
+            humantime::parse_rfc3339(&entry["SLOT"]).is_ok(),
+            "{entry:?}"
+        );
+        assert!(entry["DURATION"].parse::<f64>().is_ok(), "{entry:?}");
+    }
+}
+
+/// The one entry with `OUTCOME` = `outcome`.
+fn decision<'a>(entries: &'a [Entry], outcome: &str) -> Entry {
+    let found: Vec<&'a Entry> = entries
+        .iter()
+        .filter(|e| e.get("OUTCOME").map(String::as_str) == Some(outcome))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one {outcome} decision line in {entries:#?}"
+    );
+    found[0].clone()
+}
+
 #[test]
 fn after_kill_9_of_the_holder_the_next_run_gets_the_lock_at_once() {
     let busy = ApiServer::in_heavy_load();

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
@@ -210,17 +211,18 @@ impl Setup {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_report-collector"));
         cmd.arg("--config").arg(&self.config).args(args);
-        cmd.env_remove("JOURNAL_STREAM")
-            .env_remove("TRIGGER_UNIT")
-            .env_remove("TRIGGER_TIMER_REALTIME_USEC")
-            .env_remove("RUST_LOG")
-            .env_remove("http_proxy")
-            .env_remove("HTTP_PROXY")
-            .env_remove("all_proxy")
-            .env_remove("ALL_PROXY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        clean(&mut cmd);
+        cmd
+    }
+
+    /// Like [`Setup::command`], with `journal` standing in for journald (see [`Journal`]).
+    pub fn command_logging_to(&self, journal: &Journal, args: &[&str]) -> Command {
+        let mut cmd = journal.wrapper();
+        cmd.arg(env!("CARGO_BIN_EXE_report-collector"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args);
+        clean(&mut cmd);
         cmd
     }
 
@@ -322,4 +324,100 @@ pub fn running(child: &mut Child) -> bool {
 
 pub fn signal(child: &Child, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}
+
+/// A clean environment (nothing from systemd, no proxies, default log level) and piped output.
+fn clean(cmd: &mut Command) {
+    cmd.env_remove("JOURNAL_STREAM")
+        .env_remove("TRIGGER_UNIT")
+        .env_remove("TRIGGER_TIMER_REALTIME_USEC")
+        .env_remove("RUST_LOG")
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("all_proxy")
+        .env_remove("ALL_PROXY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+}
+
+/// A journald stand-in: a datagram socket that receives what the collector's journald layer
+/// sends, in journald's native protocol. tracing-journald 0.3 always sends to
+/// `/run/systemd/journal/socket` (it has no setting for the path), so the collector runs in a
+/// mount namespace of its own (`unshare --mount`) whose `/run` is a fresh tmpfs with that
+/// path linked to this socket. Nothing outside that namespace changes.
+pub struct Journal {
+    dir: tempfile::TempDir,
+    socket: UnixDatagram,
+}
+
+/// One journal entry: field name -> value.
+pub type Entry = BTreeMap<String, String>;
+
+impl Journal {
+    /// `Err` says why this machine cannot give a process a mount namespace of its own.
+    pub fn start() -> Result<Journal, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = UnixDatagram::bind(dir.path().join("socket")).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let journal = Journal { dir, socket };
+        let probe = journal.wrapper().arg("true").output();
+        match probe {
+            Ok(out) if out.status.success() => Ok(journal),
+            Ok(out) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+            Err(e) => Err(format!("cannot run unshare: {e}")),
+        }
+    }
+
+    /// `unshare` and a shell that puts the socket in place, then execs its arguments.
+    fn wrapper(&self) -> Command {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-ec"])
+            .arg(
+                "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal \
+                 && ln -s \"$0\" /run/systemd/journal/socket && exec \"$@\"",
+            )
+            .arg(self.dir.path().join("socket"));
+        cmd
+    }
+
+    /// Every entry received so far (the layer's empty probe datagram skipped).
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut entries = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match self.socket.recv(&mut buf) {
+                Ok(0) => continue,
+                Ok(n) => entries.push(parse_native(&buf[..n])),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return entries,
+                Err(e) => panic!("journal stand-in: {e}"),
+            }
+        }
+    }
+}
+
+/// journald's native protocol: `NAME=value\n`, or `NAME\n` + little-endian u64 length +
+/// value + `\n` for values that contain a newline.
+fn parse_native(mut data: &[u8]) -> Entry {
+    let mut entry = Entry::new();
+    while !data.is_empty() {
+        let end = data.iter().position(|&b| b == b'\n').expect("field ends");
+        let line = &data[..end];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            entry.insert(
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            );
+            data = &data[end + 1..];
+        } else {
+            let rest = &data[end + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            entry.insert(
+                String::from_utf8_lossy(line).into_owned(),
+                String::from_utf8_lossy(&rest[8..8 + len]).into_owned(),
+            );
+            data = &rest[8 + len + 1..];
+        }
+    }
+    entry
 }
