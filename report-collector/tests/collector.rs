@@ -672,6 +672,33 @@ fn an_unusable_report_dir_is_a_clear_error_with_nothing_left_behind() {
 }
 
 #[test]
+fn a_full_disk_is_a_clear_error_with_nothing_partial_left_behind() {
+    let server = ApiServer::fast();
+    let setup = Setup::new(&server.url, &[]);
+    let disk = match Tmpfs::mount(&setup.reports, "64k") {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("SKIPPED: cannot mount a small tmpfs for the report directory: {why}");
+            return;
+        }
+    };
+    disk.fill();
+    let run = setup.run(&[]);
+    assert_code(&run, 1);
+    assert!(run.stderr.contains("nothing was saved"), "{}", run.stderr);
+    assert!(run.stderr.contains("free space"), "{}", run.stderr);
+    assert_eq!(
+        setup.report_files(),
+        ["filler"],
+        "no temp file, no partial report"
+    );
+    assert_eq!(
+        LastRun::load(&setup.state).unwrap().unwrap().outcome,
+        "failed"
+    );
+}
+
+#[test]
 fn help_lists_the_exit_codes() {
     let out = Command::new(env!("CARGO_BIN_EXE_report-collector"))
         .arg("--help")

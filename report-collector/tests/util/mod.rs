@@ -421,3 +421,44 @@ fn parse_native(mut data: &[u8]) -> Entry {
     }
     entry
 }
+
+/// A tmpfs mounted for one test (we run as root), unmounted when dropped.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// `Err` says why it could not be mounted.
+    pub fn mount(path: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(path).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Tmpfs {
+            path: path.to_owned(),
+        })
+    }
+
+    /// Writes a file until the file system is full.
+    pub fn fill(&self) {
+        let mut filler = std::fs::File::create(self.path.join("filler")).unwrap();
+        let block = [0u8; 4096];
+        loop {
+            if let Err(e) = filler.write_all(&block) {
+                assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC), "{e}");
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
