@@ -52,7 +52,9 @@ cleanup() {
         # shellcheck disable=SC2086 # one id per word
         docker rm -f $ids >/dev/null 2>&1 || true
     fi
-    rm -rf "$BOX_WORKDIR"
+    if [[ -z ${KEEP_WORKDIR:-} ]]; then
+        rm -rf "$BOX_WORKDIR"
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT

@@ -169,6 +169,10 @@ docker_base_image() {
         tar -C "$root" --exclude=./.complete -c . |
             docker import --change "LABEL org.report-collector.rootfs=$stamp" - "$tag" >/dev/null ||
             return 1
+        # Bases imported from earlier roots of this release (an older package list) are stale.
+        docker image ls --format '{{.Repository}}:{{.Tag}}' "$DOCKER_BASE_REPO" |
+            grep "^$DOCKER_BASE_REPO:$release-" | grep -vx "$tag" |
+            xargs -r docker image rm >/dev/null 2>&1 || true
     fi
     echo "$tag"
 }
@@ -186,7 +190,8 @@ docker_box_image() {
     cp "$apis_deb" "$collector_deb" "$context/"
     log=$BOX_WORKDIR/docker-build-$release.log
     echo "building $tag from $base (log: $log)" >&2
-    if ! docker build --network=host --build-arg "BASE=$base" \
+    if ! docker build --network=host --force-rm --build-arg "BASE=$base" \
+        --label "$DOCKER_BOX_LABEL=image" \
         -f "$repo/packaging/docker/Dockerfile" -t "$tag" "$context" >"$log" 2>&1; then
         echo "docker build failed; the end of its log follows" >&2
         tail -n 30 "$log" >&2
@@ -194,6 +199,8 @@ docker_box_image() {
         return 1
     fi
     rm -rf "$context"
+    # The image this build replaced under the same tag, unless a box still runs on it.
+    docker image prune -f --filter "label=$DOCKER_BOX_LABEL=image" >/dev/null 2>&1 || true
     echo "$tag"
 }
 
