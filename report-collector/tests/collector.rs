@@ -304,7 +304,11 @@ fn wait_runs_once_the_holder_ends() {
     let holder_pid = holder.id();
     setup.wait_for_holder(holder_pid, true);
     let mut waiter = setup.spawn(&["--policy", "wait", "--server-url", &fast.url]);
-    std::thread::sleep(Duration::from_millis(500));
+    let waiting = stderr_until(&mut waiter, "waiting up to");
+    assert!(
+        waiting.contains(&format!("pid {holder_pid}")),
+        "the waiter names whom it waits for: {waiting}"
+    );
     assert!(running(&mut waiter), "the waiter waits instead of skipping");
     assert_eq!(setup.holder().unwrap().pid, Some(holder.id()));
 
@@ -312,7 +316,6 @@ fn wait_runs_once_the_holder_ends() {
     assert_code(&finish(holder), 143);
     let waited = finish(waiter);
     assert_code(&waited, 0);
-    assert!(waited.stderr.contains("waiting up to"), "{}", waited.stderr);
     assert!(
         waited
             .stderr
@@ -345,8 +348,8 @@ fn sigterm_while_waiting_for_the_lock_cancels_the_waiter_only() {
     let setup = Setup::new(&busy.url, &[("lock-wait", "\"30s\"")]);
     let mut holder = setup.spawn(&[]);
     setup.wait_for_holder(holder.id(), false);
-    let waiter = setup.spawn(&["--policy", "wait"]);
-    std::thread::sleep(Duration::from_millis(300));
+    let mut waiter = setup.spawn(&["--policy", "wait"]);
+    stderr_until(&mut waiter, "waiting up to");
     signal(&waiter, Signal::SIGTERM);
     let waited = finish(waiter);
     assert_code(&waited, 143);

@@ -462,3 +462,31 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg(&self.path).status();
     }
 }
+
+/// Reads `child`'s stderr up to the end of the first line containing `needle` and returns what
+/// it read; the rest stays in the pipe for [`finish`]. This is how a test knows the child got
+/// somewhere, instead of sleeping "long enough" (a loaded machine makes any guess wrong).
+pub fn stderr_until(child: &mut Child, needle: &str) -> String {
+    let stderr = child.stderr.as_mut().expect("stderr is piped");
+    let mut text = Vec::new();
+    let mut line_start = 0;
+    let mut byte = [0u8];
+    loop {
+        // One byte at a time, so nothing past the line is taken from the pipe.
+        match stderr.read(&mut byte) {
+            Ok(0) | Err(_) => panic!(
+                "the collector ended its stderr before logging `{needle}`:\n{}",
+                String::from_utf8_lossy(&text)
+            ),
+            Ok(_) => {
+                text.push(byte[0]);
+                if byte[0] == b'\n' {
+                    if String::from_utf8_lossy(&text[line_start..]).contains(needle) {
+                        return String::from_utf8_lossy(&text).into_owned();
+                    }
+                    line_start = text.len();
+                }
+            }
+        }
+    }
+}
