@@ -96,7 +96,7 @@ pub enum CollectError {
     #[error("{0}")]
     Rejected(String),
     #[error(
-        "the server forgot the ticket {renewals} times in a row (404); giving up until the next run (max-ticket-renewals)"
+        "the server forgot this run's ticket again after {renewals} renewal(s) (404; is report-apis restarting over and over?); giving up until the next run (max-ticket-renewals)"
     )]
     RenewalsExhausted { renewals: u32 },
 }
