@@ -244,7 +244,7 @@ phase_slot_b() {
         pass "slot B after the killed run started normally (no stale lock)"
     else
         fail "slot B: no run is going after the killed one; the journal since slot B:"
-        journal_text -u report-collector.service -t report-collector --since "@$slot_b" | show
+        journal_text -u report-collector.service --since "@$slot_b" | show
         return 1
     fi
     INV_B=$(prop report-collector.service InvocationID)
@@ -300,7 +300,7 @@ phase_skipped_slot() {
             grep -o '"SLOT":"[^"]*"' | head -n1 | sed 's/^/SLOT field: /' | show
     else
         fail "no skipped slot in the journal after slot B's long run"
-        journal_text -u report-collector.service -t report-collector --since "@$slot_c" | tail -n 20 | show
+        journal_text -u report-collector.service --since "@$slot_c" | tail -n 20 | show
     fi
     late_inv=$(prop report-collector.service InvocationID)
     if [[ $late_inv != "$INV_B" ]] && [[ $(prop report-collector.service Result) == success ]]; then
@@ -397,20 +397,23 @@ EOF
     fi
 }
 
+# Slot E: the timer's run is going (a 20 s report since the crash tests) while dpkg upgrades
+# the collector; then the server is upgraded.
 phase_upgrade() {
-    local inv pid_before version
+    local inv pid_before version slot_e=$((SLOT_A + 240))
     if [[ -z $DEB_APIS_NEXT || -z $DEB_COLLECTOR_NEXT ]]; then
         info "upgrade not run: DEB_APIS_NEXT and DEB_COLLECTOR_NEXT name no packages"
         return 0
     fi
     inv=$(prop report-collector.service InvocationID)
-    bx systemctl start --no-block report-collector.service
+    info "waiting for slot E ($(hhmmss "$slot_e")) to upgrade during its run"
+    sleep_until "$slot_e"
     if ! wait_new_run "$inv" 10; then
-        fail "upgrade: could not start a collection to upgrade under; the journal:"
-        journal_text -u report-collector.service -t report-collector -n 10 | show
+        fail "upgrade: no run going at slot E; the journal:"
+        journal_text -u report-collector.service -n 15 | show
     fi
     inv=$(prop report-collector.service InvocationID)
-    sleep 2
+    sleep_until $((slot_e + 3))
     if bx dpkg -i /root/debs/report-collector-next.deb </dev/null >"$BOX_OUT/dpkg-upgrade.log" 2>&1; then
         version=$(bx dpkg-query -W -f '${Version}' report-collector)
         pass "dpkg -i report-collector $version (upgrade)"
@@ -419,16 +422,18 @@ phase_upgrade() {
         show <"$BOX_OUT/dpkg-upgrade.log"
     fi
     if [[ $(prop report-collector.service InvocationID) == "$inv" ]] && collector_active; then
-        pass "the collection running during the upgrade is still running after it"
+        pass "the timer's run going during the upgrade is still running after it"
     else
-        fail "the upgrade cut the running collection (state $(prop report-collector.service ActiveState))"
+        fail "the upgrade cut the running collection (state $(prop report-collector.service ActiveState)); the journal:"
+        journal_text -u report-collector.service -n 15 | show
     fi
     _inv_done() { [[ $(prop report-collector.service InvocationID) != "$inv" ]] || ! collector_active; }
     if wait_until 40 _inv_done && [[ $(prop report-collector.service Result) == success ]] &&
         (($(journal_count -u report-collector.service _SYSTEMD_INVOCATION_ID="$inv" OUTCOME=collected) >= 1)); then
-        pass "that collection then finished collected"
+        pass "that run then finished collected"
     else
-        fail "that collection did not finish collected (result $(prop report-collector.service Result))"
+        fail "that run did not finish collected (result $(prop report-collector.service Result)); the journal:"
+        journal_text -u report-collector.service -n 15 | show
     fi
     check "report-collector.timer still enabled and active after the upgrade" \
         test "$(bx systemctl is-enabled report-collector.timer)/$(prop report-collector.timer ActiveState)" = enabled/active
