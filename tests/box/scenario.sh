@@ -66,13 +66,19 @@ wait_new_run() {
     wait_until "$timeout" _new_run_running
 }
 
+# How late after its slot a timer's run may start: AccuracySec=1s lets systemd fire anywhere in
+# the first second, and on a busy 2-core host a start 1.023 s after :00 has been measured (the
+# event loop's own delay); half a second is allowed for that, and every offset is printed.
+START_LIMIT=1.5
+
 # Prints the offset (seconds) after SLOT at which systemd started report-collector.service for
-# that slot, from the journal's "Starting" entry; fails when no start lies within [SLOT, SLOT+1).
+# that slot, from the journal's "Starting" entry; fails when no start lies within
+# [SLOT, SLOT + START_LIMIT).
 start_offset() {
     local slot=$1
     bx journalctl --no-pager -q -o short-unix -u report-collector.service \
         MESSAGE_ID=$UNIT_STARTING_ID --since "@$((slot - 5))" --until "@$((slot + 5))" 2>/dev/null |
-        awk -v s="$slot" '{ d = $1 - s; if (d >= 0 && d < 1) { printf "%.3f\n", d; found = 1; exit } }
+        awk -v s="$slot" -v limit="$START_LIMIT" '{ d = $1 - s; if (d >= 0 && d < limit) { printf "%.3f\n", d; found = 1; exit } }
             END { exit !found }'
 }
 
@@ -346,9 +352,9 @@ phase_slot_d() {
     fi
     for slot in "$SLOT_A" $((SLOT_A + 60)) "$slot_d"; do
         if offset=$(start_offset "$slot"); then
-            pass "run for slot $(hhmmss "$slot") started ${offset} s after it (within 1 s)"
+            pass "run for slot $(hhmmss "$slot") started ${offset} s after it (AccuracySec=1s; limit $START_LIMIT s)"
         else
-            fail "no run started within 1 s of slot $(hhmmss "$slot")"
+            fail "no run started within $START_LIMIT s of slot $(hhmmss "$slot")"
             journal_text -u report-collector.service MESSAGE_ID=$UNIT_STARTING_ID | show
         fi
     done
