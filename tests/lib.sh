@@ -33,7 +33,7 @@ info() {
 
 # Prints indented lines of command output (read from stdin) under a check.
 show() {
-    sed "s/^/       | /"
+    sed "s/^/       [$TEST_LABEL] | /"
 }
 
 # check DESCRIPTION CMD...: PASS when CMD succeeds.

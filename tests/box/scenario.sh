@@ -299,20 +299,30 @@ phase_skipped_slot() {
     fi
     # systemd starts the swallowed elapse at once; that start is past the starting deadline.
     _late_skip() { (($(journal_count -t report-collector OUTCOME=skipped --since "@$((slot_c + 10))") >= 1)); }
+    local late_skipped=0
     if wait_until 15 _late_skip; then
+        late_skipped=1
         pass "the elapse swallowed during slot B's run was started late and skipped (journal -t report-collector)"
         journal_text -t report-collector OUTCOME=skipped --since "@$((slot_c + 10))" | show
         journal_json -t report-collector OUTCOME=skipped --since "@$((slot_c + 10))" |
             grep -o '"SLOT":"[^"]*"' | head -n1 | sed 's/^/SLOT field: /' | show
+    elif (($(journal_count -u report-collector.service --since "@$((slot_c + 10))" \
+        --grep '219/CGROUP|Failed to spawn executor') >= 1)); then
+        # Seen in about one run in three, in both releases: the start comes a few milliseconds
+        # after the long run ends, and systemd removes the unit's cgroup under the new process.
+        fail "systemd could not start the late run (its cgroup vanished under it: a systemd race in the container, not the collector's); the skip could not be observed"
+        journal_text -u report-collector.service --since "@$((slot_c + 10))" | tail -n 8 | show
     else
         fail "no skipped slot in the journal after slot B's long run"
         journal_text -u report-collector.service --since "@$slot_c" | tail -n 20 | show
     fi
     late_inv=$(prop report-collector.service InvocationID)
-    if [[ $late_inv != "$INV_B" ]] && [[ $(prop report-collector.service Result) == success ]]; then
-        pass "the skipped run counts as success for systemd (SuccessExitStatus=75)"
-    else
-        fail "the skipped run: result $(prop report-collector.service Result)"
+    if ((late_skipped)); then
+        if [[ $late_inv != "$INV_B" ]] && [[ $(prop report-collector.service Result) == success ]]; then
+            pass "the skipped run counts as success for systemd (SuccessExitStatus=75)"
+        else
+            fail "the skipped run: result $(prop report-collector.service Result)"
+        fi
     fi
     skipped=$(journal_count -u report-collector.service --since "@$((slot_c + 10))")
     info "journalctl -u report-collector.service since the late start: $skipped entries"
