@@ -4,12 +4,13 @@
 #   make deb         target/debian/report-apis_*.deb and report-collector_*.deb
 #   make experiment  measure the concurrency policies against an overloaded server
 #   make bench       the benchmarks (they print figures)
+#   make docker-demo the same demo in a Docker systemd box; make docker-down removes it
 # demo, test and deb install what they need first (tests/install-deps.sh; run as root).
 
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo test deb experiment bench deps lint unit-test box-test
+.PHONY: demo test deb experiment bench deps lint unit-test box-test docker-test docker-demo docker-down
 
 deps:
 	tests/install-deps.sh
@@ -31,10 +32,21 @@ unit-test:
 box-test:
 	tests/run.sh
 
+# Installs and starts the Docker engine itself (without its default bridge network).
+docker-test:
+	tests/docker.sh
+
+docker-demo: deps
+	tests/docker-demo.sh
+
+docker-down:
+	tests/docker-down.sh
+
 test: deps
 	$(MAKE) lint
 	$(MAKE) unit-test
 	$(MAKE) box-test
+	$(MAKE) docker-test
 
 experiment:
 	cargo run --release -p experiment
