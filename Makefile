@@ -5,12 +5,13 @@
 #   make experiment  measure the concurrency policies against an overloaded server
 #   make bench       the benchmarks (they print figures)
 #   make docker-demo the same demo in a Docker systemd box; make docker-down removes it
+#   make long-run    the experiment in real time in a booted box; LONG_RUN=1 make test adds it
 # demo, test and deb install what they need first (tests/install-deps.sh; run as root).
 
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo test deb experiment bench deps lint unit-test box-test docker-test docker-demo docker-down
+.PHONY: demo test deb experiment bench deps lint unit-test box-test docker-test docker-demo docker-down long-run
 
 deps:
 	tests/install-deps.sh
@@ -42,11 +43,15 @@ docker-demo: deps
 docker-down:
 	tests/docker-down.sh
 
+long-run: deps
+	tests/long-run.sh
+
 test: deps
 	$(MAKE) lint
 	$(MAKE) unit-test
 	$(MAKE) box-test
 	$(MAKE) docker-test
+	if [[ -n "$${LONG_RUN:-}" ]]; then tests/long-run.sh; fi
 
 experiment:
 	cargo run --release -p experiment
