@@ -27,6 +27,14 @@ if ! declare -F fail >/dev/null; then
     }
 fi
 
+# A NOTE line: something outside the project went wrong and the check was made another way
+# (the line says how). Listed again above the summary, so it is not lost among the PASS lines.
+note() {
+    local line="NOTE [$TEST_LABEL] $*"
+    echo "$line"
+    if [[ -n $RESULTS ]]; then echo "$line" >>"$RESULTS"; fi
+}
+
 info() {
     echo "     [$TEST_LABEL] $*"
 }
@@ -72,6 +80,11 @@ summary() {
     local passed failed
     passed=$(grep -c '^PASS ' "$RESULTS" || true)
     failed=$(grep -c '^FAIL ' "$RESULTS" || true)
+    if grep -q '^NOTE ' "$RESULTS"; then
+        echo
+        echo "Notes:"
+        grep '^NOTE ' "$RESULTS" | sed 's/^/  /'
+    fi
     if ((failed > 0)); then
         echo
         echo "Failed checks:"
