@@ -349,24 +349,33 @@ phase_slot_d() {
     info "waiting for slot D ($(hhmmss "$slot_d"))"
     sleep_until "$slot_d"
     _d_collected() { (($(journal_count -t report-collector OUTCOME=collected --since "@$slot_d") >= 1)); }
+    local want=2 spawn_failure
     if wait_until 30 _d_collected; then
         pass "slot D collected normally after the long run and the skip"
+    elif spawn_failure=$(journal_text -u report-collector.service --since "@$slot_d" \
+        --grep 'status=219/CGROUP|Failed to spawn executor' | head -n 1) && [[ -n $spawn_failure ]]; then
+        # The same systemd cgroup race as at the late start (see phase_skipped_slot): systemd
+        # never ran the collector for this slot. Slot E's run, in the upgrade, collects again.
+        note "systemd failed to spawn slot D's run of report-collector.service (systemd's cgroup race, not the collector): ${spawn_failure#* }"
+        want=1
     else
-        fail "slot D did not collect"
+        fail "slot D did not collect; the journal since slot D:"
+        journal_text -u report-collector.service --since "@$slot_d" | tail -n 20 | show
+        journal_text -t report-collector --since "@$slot_d" | tail -n 20 | show
     fi
-    if (($(journal_count -u report-collector.service OUTCOME=collected) >= 2)); then
+    if (($(journal_count -u report-collector.service OUTCOME=collected) >= want)); then
         pass "journalctl -u report-collector shows the collected runs (OUTCOME=collected)"
     else
-        fail "journalctl -u report-collector shows fewer than 2 collected runs"
+        fail "journalctl -u report-collector shows fewer than $want collected runs"
     fi
     journal_text -u report-collector.service OUTCOME=collected | show
     reports=$(bx find /var/lib/report-collector/reports -type f | wc -l)
-    if ((reports >= 2)); then
+    if ((reports >= want)); then
         pass "reports kept in /var/lib/report-collector/reports ($reports files)"
         # shellcheck disable=SC2016 # expanded inside the box
         bx sh -c 'ls -l /var/lib/report-collector/reports; f=$(ls -t /var/lib/report-collector/reports/* | head -n1); echo "$f:"; cat "$f"' | show
     else
-        fail "reports kept: $reports, want at least 2"
+        fail "reports kept: $reports, want at least $want"
     fi
     for slot in "$SLOT_A" $((SLOT_A + 60)) ${SLOT_B_RETRY:+"$SLOT_B_RETRY"} "$slot_d"; do
         if offset=$(start_offset "$slot"); then
