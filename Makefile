@@ -51,7 +51,7 @@ test: deps
 	$(MAKE) unit-test
 	$(MAKE) box-test
 	$(MAKE) docker-test
-	if [[ -n "$${LONG_RUN:-}" ]]; then tests/long-run.sh; fi
+	@if [[ -n "$${LONG_RUN:-}" ]]; then tests/long-run.sh; fi
 
 experiment:
 	cargo run --release -p experiment
