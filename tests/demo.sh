@@ -24,6 +24,8 @@ export BOX_WORKDIR
 source "$REPO/tests/box/rootfs.sh"
 # shellcheck source=box/driver-nspawn.sh
 source "$REPO/tests/box/driver-nspawn.sh"
+# shellcheck source=box/install.sh
+source "$REPO/tests/box/install.sh"
 
 manual_run=
 cleanup() {
@@ -39,18 +41,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-echo "== building the packages"
-apis=$(cargo deb -p report-apis | tail -n 1)
-collector=$(cargo deb -p report-collector | tail -n 1)
-
-echo "== booting Debian ($RELEASE) under systemd-nspawn"
-box_start "$BOX" "$RELEASE"
-box_exec "$BOX" mkdir -p /root/debs
-box_exec "$BOX" tee /root/debs/report-apis.deb >/dev/null <"$apis"
-box_exec "$BOX" tee /root/debs/report-collector.deb >/dev/null <"$collector"
-
-echo "== dpkg -i $(basename "$apis") $(basename "$collector")"
-box_exec "$BOX" dpkg -i /root/debs/report-apis.deb /root/debs/report-collector.deb </dev/null
+box_install_shipped "$BOX" "$RELEASE"
 
 echo
 echo "== systemctl list-timers report-collector.timer"

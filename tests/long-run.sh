@@ -30,6 +30,8 @@ export BOX_WORKDIR
 source "$REPO/tests/box/rootfs.sh"
 # shellcheck source=box/driver-nspawn.sh
 source "$REPO/tests/box/driver-nspawn.sh"
+# shellcheck source=box/install.sh
+source "$REPO/tests/box/install.sh"
 # shellcheck source=box/scenario.sh
 source "$REPO/tests/box/scenario.sh" # metric
 
@@ -41,16 +43,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-echo "== building the packages"
-apis=$(cargo deb -p report-apis | tail -n 1)
-collector=$(cargo deb -p report-collector | tail -n 1)
-
-echo "== booting Debian ($RELEASE) under systemd-nspawn, installing the packages as shipped"
-box_start "$BOX" "$RELEASE"
-box_exec "$BOX" mkdir -p /root/debs
-box_exec "$BOX" tee /root/debs/report-apis.deb >/dev/null <"$apis"
-box_exec "$BOX" tee /root/debs/report-collector.deb >/dev/null <"$collector"
-box_exec "$BOX" dpkg -i /root/debs/report-apis.deb /root/debs/report-collector.deb </dev/null >/dev/null
+box_install_shipped "$BOX" "$RELEASE"
 
 started=$(box_exec "$BOX" date -u '+%Y-%m-%d %H:%M:%S')
 echo "== running for $MINUTES minutes from $started UTC (the shipped 2-minute heavy load, the minutely timer)"
