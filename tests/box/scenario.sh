@@ -49,6 +49,13 @@ journal_text() {
     bx journalctl --no-pager -q -o short-iso-precise "$@" 2>/dev/null || true
 }
 
+# systemd's own line when it failed to start report-collector.service since EPOCH_SECONDS
+# (its cgroup race, see phase_skipped_slot); empty when it did not.
+spawn_failure_since() {
+    journal_text -u report-collector.service --since "@$1" \
+        --grep 'status=219/CGROUP|Failed to spawn executor' | head -n 1
+}
+
 collector_active() {
     [[ $(prop report-collector.service ActiveState) == activating ]]
 }
@@ -311,8 +318,7 @@ phase_skipped_slot() {
         journal_text -t report-collector OUTCOME=skipped --since "@$((slot_c + 10))" | show
         journal_json -t report-collector OUTCOME=skipped --since "@$((slot_c + 10))" |
             grep -o '"SLOT":"[^"]*"' | head -n1 | sed 's/^/SLOT field: /' | show
-    elif SPAWN_FAILURE=$(journal_text -u report-collector.service --since "@$((slot_c + 10))" \
-        --grep 'status=219/CGROUP|Failed to spawn executor' | head -n 1) && [[ -n $SPAWN_FAILURE ]]; then
+    elif SPAWN_FAILURE=$(spawn_failure_since $((slot_c + 10))) && [[ -n $SPAWN_FAILURE ]]; then
         # Seen in about one run in five, in both releases: the start comes a few milliseconds
         # after the long run ends, and systemd's late cleanup of the previous run's cgroup
         # removes it under the new process. systemd never ran the collector, so there is no
@@ -352,8 +358,7 @@ phase_slot_d() {
     local want=2 spawn_failure
     if wait_until 30 _d_collected; then
         pass "slot D collected normally after the long run and the skip"
-    elif spawn_failure=$(journal_text -u report-collector.service --since "@$slot_d" \
-        --grep 'status=219/CGROUP|Failed to spawn executor' | head -n 1) && [[ -n $spawn_failure ]]; then
+    elif spawn_failure=$(spawn_failure_since "$slot_d") && [[ -n $spawn_failure ]]; then
         # The same systemd cgroup race as at the late start (see phase_skipped_slot): systemd
         # never ran the collector for this slot. Slot E's run, in the upgrade, collects again.
         note "systemd failed to spawn slot D's run of report-collector.service (systemd's cgroup race, not the collector): ${spawn_failure#* }"
