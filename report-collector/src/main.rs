@@ -1,12 +1,16 @@
 //! The `report-collector` binary: parse the command line, set up logging, load the config,
-//! then hand over to the library.
+//! then build the runtime, the lock and the cancelling signals, and hand one run (or `status`)
+//! to the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use report_collector::client::HttpServer;
 use report_collector::config::{Config, DEFAULT_CONFIG_PATH, Policy};
-use report_collector::outcome::exit_code;
+use report_collector::lock::flock::FlockLock;
+use report_collector::outcome::{CancelSignal, exit_code};
+use report_collector::schedule::Trigger;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -97,8 +101,57 @@ fn main() -> ExitCode {
         return ExitCode::from(exit_code::CONFIG);
     }
 
+    let lock = FlockLock::new(&config.lock_file);
     match cli.command {
-        None | Some(Command::Run) => report_collector::run(&config),
-        Some(Command::Status { json }) => report_collector::status(&config, json),
+        None | Some(Command::Run) => run(&config, &lock),
+        Some(Command::Status { json }) => report_collector::status::print(&config, &lock, json),
     }
+}
+
+/// One run on a current-thread runtime (a periodic job needs no more), cancelled by SIGTERM
+/// or SIGINT, its outcome mapped to the exit code.
+fn run(config: &Config, lock: &FlockLock) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::from(exit_code::FAILURE);
+        }
+    };
+    let report = runtime.block_on(async {
+        // Installed before the run starts: a signal that comes at any point cancels it.
+        let cancel = match cancel_signal() {
+            Ok(cancel) => cancel,
+            Err(e) => {
+                tracing::error!("cannot install the SIGTERM/SIGINT handlers: {e}");
+                return None;
+            }
+        };
+        let connect = || {
+            HttpServer::new(&config.server_url, config.request_timeout).map_err(|e| e.to_string())
+        };
+        let trigger = Trigger::from_env();
+        Some(report_collector::run::run(config, lock, connect, trigger, cancel).await)
+    });
+    match report {
+        Some(report) => ExitCode::from(report.exit_code()),
+        None => ExitCode::from(exit_code::FAILURE),
+    }
+}
+
+/// The first SIGTERM or SIGINT, as the signal that cancels a run.
+fn cancel_signal() -> std::io::Result<impl Future<Output = CancelSignal>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            biased;
+            _ = term.recv() => CancelSignal::Term,
+            _ = int.recv() => CancelSignal::Int,
+        }
+    })
 }

@@ -11,7 +11,8 @@ use std::fs::OpenOptions;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::outcome::{KINDS, RunReport, unix_seconds, write_replacing};
+use crate::outcome::{KINDS, RunReport, unix_seconds};
+use crate::store::{Durability, write_atomically};
 
 const RUNS_TOTAL: &str = "report_collector_runs_total";
 
@@ -41,7 +42,7 @@ pub fn record(path: &Path, run: &RunReport) -> io::Result<()> {
         Err(e) => return Err(e),
     };
     *counts.entry(run.outcome.kind().to_owned()).or_insert(0) += 1;
-    write_replacing(path, render(run, &counts).as_bytes())?;
+    write_atomically(path, render(run, &counts).as_bytes(), Durability::Renamed)?;
     drop(guard);
     Ok(())
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Policy;
 use crate::schedule::format_time;
+use crate::store::{self, Durability};
 
 /// Exit codes (sysexits where one fits), documented in `--help` and the README.
 pub mod exit_code {
@@ -206,7 +207,7 @@ impl LastRun {
     /// a crash losing the newest one costs nothing.
     pub fn save(&self, path: &Path) -> io::Result<()> {
         let text = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        write_replacing(path, &text)
+        store::write_atomically(path, &text, Durability::Renamed)
     }
 
     pub fn load(path: &Path) -> io::Result<Option<LastRun>> {
@@ -218,27 +219,6 @@ impl LastRun {
             Err(e) => Err(e),
         }
     }
-}
-
-/// Replaces `path` with `bytes` through a temp file in the same directory and a rename, so
-/// readers see the old or the new file, never a mix.
-pub fn write_replacing(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    io::Write::write_all(&mut temp, bytes)?;
-    use std::os::unix::fs::PermissionsExt;
-    temp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    temp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -3,13 +3,15 @@
 //! ever taking the lock, so asking never makes a run skip.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::lock;
-use crate::outcome::LastRun;
+use crate::lock::RunLock;
+use crate::outcome::{LastRun, exit_code};
 use crate::store;
 
 #[derive(Debug, Serialize)]
@@ -40,9 +42,30 @@ pub struct Reports {
     pub newest: Option<String>,
 }
 
+/// `report-collector status [--json]`: prints what [`gather`] found.
+pub fn print(config: &Config, lock: &impl RunLock, json: bool) -> ExitCode {
+    let status = gather(config, lock);
+    let text = if json {
+        match serde_json::to_string_pretty(&status) {
+            Ok(mut text) => {
+                text.push('\n');
+                text
+            }
+            Err(e) => {
+                tracing::error!("cannot render the status as JSON: {e}");
+                return ExitCode::from(exit_code::FAILURE);
+            }
+        }
+    } else {
+        status.render()
+    };
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    ExitCode::SUCCESS
+}
+
 /// Looks at the lock, the state file and the report directory.
-pub fn gather(config: &Config) -> Status {
-    let holder = lock::holder_at(&config.lock_file).ok().flatten();
+pub fn gather(config: &Config, lock: &impl RunLock) -> Status {
+    let holder = lock.holder().ok().flatten();
     let (last_run, last_run_error) = match LastRun::load(&config.state_file) {
         Ok(last) => (last, None),
         Err(e) => (

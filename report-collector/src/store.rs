@@ -1,7 +1,8 @@
-//! Reports on disk: each saved atomically (temp file in the same directory, fsync, rename,
-//! fsync of the directory) as `<UTC timestamp>_<ticket>.csv`, the newest `keep-reports` kept.
-//! A write that fails (disk full, unwritable directory) leaves nothing behind: the temp file
-//! is removed, and no reader ever sees a half-written report under its final name.
+//! Files on disk. Reports: each saved atomically (temp file in the same directory, fsync,
+//! rename, fsync of the directory) as `<UTC timestamp>_<ticket>.csv`, the newest
+//! `keep-reports` kept. The state and metrics files go through the same atomic write, without
+//! the fsyncs. A write that fails (disk full, unwritable directory) leaves nothing behind: the
+//! temp file is removed, and no reader ever sees a half-written file under its final name.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -9,8 +10,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-const TEMP_PREFIX: &str = ".report-";
-const TEMP_SUFFIX: &str = ".csv.tmp";
+/// Temp files are `.<final name>.<random>.tmp`, hidden and never taken for a report.
+const TEMP_SUFFIX: &str = ".tmp";
+/// What collectors before 0.1.1 named a report's temp file; still cleaned up.
+const OLD_TEMP_PREFIX: &str = ".report-";
+const OLD_TEMP_SUFFIX: &str = ".csv.tmp";
 
 /// Why a report could not be saved; the message says where and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -62,25 +66,61 @@ pub fn save(dir: &Path, at: SystemTime, ticket: &str, csv: &[u8]) -> Result<Path
         source,
     })?;
     let target = dir.join(file_name(at, ticket));
-    write_atomically(dir, &target, csv).map_err(|source| StoreError::Write {
+    write_atomically(&target, csv, Durability::Synced).map_err(|source| StoreError::Write {
         dir: dir.to_owned(),
         source,
     })?;
     Ok(target)
 }
 
-fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
+/// How much an atomic write does to survive a crash of the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The file and its directory are fsynced before the write counts as done: a report.
+    Synced,
+    /// Rename only: files rewritten every run (state, metrics), where losing the newest
+    /// version to a crash costs nothing.
+    Renamed,
+}
+
+/// Replaces `target` with `bytes` through a temp file in the same directory and a rename, so
+/// readers see the old or the new file, never a mix; the directory is created if needed.
+pub fn write_atomically(target: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("file");
     // Dropped on any error before `persist`, which deletes the temp file.
     let mut temp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
+        .prefix(&format!(".{name}."))
         .suffix(TEMP_SUFFIX)
         .tempfile_in(dir)?;
     temp.write_all(bytes)?;
     temp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    temp.as_file().sync_all()?;
+    if durability == Durability::Synced {
+        temp.as_file().sync_all()?;
+    }
     temp.persist(target).map_err(|e| e.error)?;
-    File::open(dir)?.sync_all()
+    if durability == Durability::Synced {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Whether `name` is the temp file of a report write that never finished.
+fn is_report_temp(name: &str) -> bool {
+    let current = name
+        .strip_prefix('.')
+        .and_then(|n| n.strip_suffix(TEMP_SUFFIX))
+        .and_then(|n| n.rsplit_once('.'))
+        .is_some_and(|(report, _random)| is_report_name(report));
+    current || (name.starts_with(OLD_TEMP_PREFIX) && name.ends_with(OLD_TEMP_SUFFIX))
 }
 
 /// Names of the saved reports in `dir`, oldest first; an absent directory has none.
@@ -121,7 +161,7 @@ pub fn prune(dir: &Path, keep: usize) -> io::Result<Vec<PathBuf>> {
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX) {
+        if is_report_temp(name) {
             let old = entry
                 .metadata()
                 .and_then(|m| m.modified())
@@ -159,6 +199,34 @@ mod tests {
         assert!(is_report_name(&name));
         assert!(!is_report_name("notes.csv"));
         assert!(!is_report_name(".report-x.csv.tmp"));
+        assert!(!is_report_name(".20240101T120000Z_abc_0.csv.a1B2c3.tmp"));
+    }
+
+    #[test]
+    fn temp_files_of_unfinished_writes_are_recognised() {
+        assert!(is_report_temp(".20240101T120000Z_abc_0.csv.a1B2c3.tmp"));
+        assert!(is_report_temp(".report-a1B2c3.csv.tmp"));
+        assert!(!is_report_temp(".last-run.json.a1B2c3.tmp"));
+        assert!(!is_report_temp("20240101T120000Z_abc_0.csv"));
+    }
+
+    #[test]
+    fn old_temp_files_are_pruned_and_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join(".20240101T120000Z_abc_0.csv.a1B2c3.tmp");
+        let fresh = dir.path().join(".20240101T120100Z_abc_1.csv.d4E5f6.tmp");
+        std::fs::write(&old, "x").unwrap();
+        std::fs::write(&fresh, "x").unwrap();
+        let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+        assert_eq!(prune(dir.path(), 10).unwrap(), std::slice::from_ref(&old));
+        assert!(!old.exists());
+        assert!(fresh.exists(), "a write in progress is never touched");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
-use report_collector::lock::LockFile;
+use report_collector::lock::flock::LockFile;
 use report_collector::metrics::parse_counts;
 use report_collector::outcome::LastRun;
 use util::*;

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use report_collector::lock::{Holder, holder_at};
+use report_collector::lock::Holder;
+use report_collector::lock::flock::holder_at;
 
 /// Upper bound on any wait in these tests, so a broken build fails instead of hanging.
 pub const PATIENCE: Duration = Duration::from_secs(30);

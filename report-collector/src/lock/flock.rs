@@ -1,0 +1,261 @@
+//! The local lock: an `flock` on `lock-file` held for the whole run, with the holder record
+//! written into that same file.
+//!
+//! The lock file is created once and never deleted or re-created: two processes would then
+//! lock two different inodes. The kernel drops an flock when its holder dies, so a crash never
+//! leaves a stale lock; a stale *record* may remain, which is why the holder's pid is always
+//! checked against `/proc/locks` before it is believed.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt as _, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::{
+    Acquired, Contest, Holder, HolderRecord, LockGuard, NotAcquired, Refusal, Request, RunLock,
+    proc_locks,
+};
+use crate::config::Policy;
+use crate::lock::replace::SignalError;
+
+/// The flock backend: the lock file at `path`.
+#[derive(Debug, Clone)]
+pub struct FlockLock {
+    path: PathBuf,
+}
+
+impl FlockLock {
+    pub fn new(path: impl Into<PathBuf>) -> FlockLock {
+        FlockLock { path: path.into() }
+    }
+}
+
+impl RunLock for FlockLock {
+    type Guard = HeldFlock;
+
+    async fn acquire(&self, request: Request) -> Result<Acquired<HeldFlock>, NotAcquired> {
+        if request.policy == Policy::Allow {
+            return Ok(Acquired {
+                guard: None,
+                previous_holder: None,
+            });
+        }
+        let name = self.path.display().to_string();
+        let file = LockFile::open(&self.path).map_err(|e| NotAcquired {
+            lock: name.clone(),
+            request,
+            refusal: Refusal::Io(e),
+        })?;
+        super::by_policy(Contender(Some(file)), &name, request).await
+    }
+
+    fn holder(&self) -> io::Result<Option<Holder>> {
+        holder_at(&self.path)
+    }
+}
+
+/// An open lock file, not necessarily locked.
+#[derive(Debug)]
+pub struct LockFile {
+    file: File,
+}
+
+/// The flock, held until this is dropped (or the process exits); dropping it also clears the
+/// holder record, on every path out of a run.
+#[derive(Debug)]
+pub struct HeldFlock {
+    lock: LockFile,
+    record: HolderRecord,
+}
+
+impl LockFile {
+    /// Opens (creating if needed, never truncating) the lock file.
+    pub fn open(path: &Path) -> io::Result<LockFile> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        Ok(LockFile { file })
+    }
+
+    /// Takes the lock if it is free; `Err` hands `self` back when it is busy.
+    pub fn try_lock(self) -> io::Result<Result<HeldFlock, LockFile>> {
+        match fs2::FileExt::try_lock_exclusive(&self.file) {
+            Ok(()) => {
+                let held = HeldFlock {
+                    lock: self,
+                    record: HolderRecord::of_this_process(SystemTime::now()),
+                };
+                held.write_record()?;
+                Ok(Ok(held))
+            }
+            Err(e) if is_contention(&e) => Ok(Err(self)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Who holds this lock file now.
+    pub fn holder(&self) -> Holder {
+        holder_of(&self.file)
+    }
+}
+
+fn is_contention(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+        || e.raw_os_error() == fs2::lock_contended_error().raw_os_error()
+}
+
+impl HeldFlock {
+    /// Writes in place (write, then cut to length) on the locked descriptor: the file is never
+    /// replaced, and a reader catching it mid-write gets invalid JSON, which it discards.
+    fn write_record(&self) -> io::Result<()> {
+        let mut text = serde_json::to_vec(&self.record).map_err(io::Error::other)?;
+        text.push(b'\n');
+        self.lock.file.write_all_at(&text, 0)?;
+        self.lock
+            .file
+            .set_len(u64::try_from(text.len()).unwrap_or(u64::MAX))
+    }
+}
+
+impl LockGuard for HeldFlock {
+    fn set_ticket(&mut self, ticket: &str, requested: SystemTime) -> io::Result<()> {
+        self.record.set_ticket(ticket, requested);
+        self.write_record()
+    }
+
+    fn release(self) {
+        drop(self);
+    }
+}
+
+impl Drop for HeldFlock {
+    fn drop(&mut self) {
+        // Cut in place, never removed: the file (its inode) is the lock. Best effort: a stale
+        // record is harmless because readers check /proc/locks.
+        let _ = self.lock.file.set_len(0);
+    }
+}
+
+/// Reads the holder of `path` without taking the lock (what `status` uses).
+pub fn holder_at(path: &Path) -> io::Result<Option<Holder>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let holder = holder_of(&file);
+    Ok(holder.pid.is_some().then_some(holder))
+}
+
+fn holder_of(file: &File) -> Holder {
+    let kernel_pid = file.metadata().ok().and_then(|m| {
+        let dev = m.dev();
+        proc_locks::locking_pid(
+            nix::sys::stat::major(dev),
+            nix::sys::stat::minor(dev),
+            m.ino(),
+        )
+    });
+    Holder::from_lock(kernel_pid, kernel_pid.and_then(|_| read_record(file)))
+}
+
+fn read_record(file: &File) -> Option<HolderRecord> {
+    // Positioned read: the same descriptor is read again on every attempt.
+    let mut buf = vec![0; 4096];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    serde_json::from_slice(&buf[..n]).ok()
+}
+
+/// A busy lock file and the real kill(2). Empty only once the lock is taken.
+struct Contender(Option<LockFile>);
+
+impl Contest for Contender {
+    type Held = HeldFlock;
+
+    fn try_take(&mut self) -> io::Result<Option<HeldFlock>> {
+        let Some(lock) = self.0.take() else {
+            return Err(io::Error::other("the lock was already taken"));
+        };
+        match lock.try_lock()? {
+            Ok(held) => Ok(Some(held)),
+            Err(busy) => {
+                self.0 = Some(busy);
+                Ok(None)
+            }
+        }
+    }
+
+    fn holder(&self) -> Holder {
+        self.0
+            .as_ref()
+            .map_or_else(|| Holder::from_lock(None, None), LockFile::holder)
+    }
+
+    fn signal(&mut self, pid: u32, signal: Signal) -> Result<(), SignalError> {
+        send(pid, signal)
+    }
+}
+
+fn send(pid: u32, signal: Signal) -> Result<(), SignalError> {
+    let raw = i32::try_from(pid).map_err(|_| SignalError {
+        pid,
+        error: nix::Error::EINVAL,
+    })?;
+    match kill(Pid::from_raw(raw), signal) {
+        // Gone between the check and the signal: the next attempt takes the lock.
+        Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
+        Err(error) => Err(SignalError { pid, error }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_holder_record_is_written_into_the_lock_file_and_seen_without_locking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/collector.lock");
+        let mut held = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
+        held.set_ticket("abc_0", SystemTime::UNIX_EPOCH).unwrap();
+        let inode = std::fs::metadata(&path).unwrap().ino();
+
+        let holder = holder_at(&path).unwrap().expect("lock is held");
+        assert_eq!(holder.pid, Some(std::process::id()));
+        assert!(holder.confirmed);
+        assert_eq!(holder.ticket.as_deref(), Some("abc_0"));
+        assert_eq!(
+            holder.ticket_requested.as_deref(),
+            Some("1970-01-01T00:00:00Z")
+        );
+        assert_eq!(holder.host, super::super::holder::this_host());
+
+        // A second open file description is refused while the first holds it.
+        let other = LockFile::open(&path).unwrap();
+        let other = other.try_lock().unwrap().unwrap_err();
+        // Read again and again on the same descriptor, as the replace loop does.
+        for _ in 0..2 {
+            assert_eq!(other.holder().ticket.as_deref(), Some("abc_0"));
+        }
+
+        held.release();
+        assert_eq!(holder_at(&path).unwrap(), None);
+        assert_eq!(std::fs::read(&path).unwrap(), b"", "the record is cleared");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().ino(),
+            inode,
+            "the lock file is cut in place, never re-created"
+        );
+        assert!(other.try_lock().unwrap().is_ok());
+    }
+}

@@ -1,0 +1,234 @@
+//! The run lock behind one small interface: acquire it with a policy, read who holds it (and
+//! the record the holder wrote), release it. The run sees only [`RunLock`] and [`LockGuard`];
+//! a backend is one more module.
+//!
+//! - [`flock`]: the local backend, an `flock` on `lock-file` (the default).
+//! - [`holder`]: the holder record every backend carries (pid, since, host, ticket and when it
+//!   was requested).
+//! - [`proc_locks`]: who holds an flock, read from `/proc/locks`.
+//! - [`replace`]: the waiting and replacing loops, written once for every backend against
+//!   [`Contest`] and tested on tokio's paused clock; they never signal an unconfirmed holder.
+
+pub mod flock;
+pub mod holder;
+pub mod proc_locks;
+pub mod replace;
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::config::{Config, Policy};
+pub use holder::{Holder, HolderRecord};
+pub use replace::Contest;
+
+/// What a run asks of the lock.
+#[derive(Debug, Clone, Copy)]
+pub struct Request {
+    pub policy: Policy,
+    /// Under `wait`: how long to wait at most.
+    pub lock_wait: Duration,
+    /// Under `replace`: how long the holder has between SIGTERM and SIGKILL.
+    pub replace_grace: Duration,
+    /// The run's deadline: nothing about the lock goes on past it.
+    pub deadline: Instant,
+    /// The `deadline` setting that deadline came from, for messages.
+    pub deadline_setting: Duration,
+}
+
+impl Request {
+    /// The request of a run that started at `started`, as `config` says.
+    pub fn of(config: &Config, started: Instant) -> Request {
+        Request {
+            policy: config.policy,
+            lock_wait: config.lock_wait,
+            replace_grace: config.replace_grace,
+            deadline: started + config.deadline,
+            deadline_setting: config.deadline,
+        }
+    }
+}
+
+/// A lock a run holds for its whole length.
+pub trait RunLock {
+    type Guard: LockGuard;
+
+    /// Takes the lock as `request.policy` says. Under `allow` nothing is taken and the guard is
+    /// `None`.
+    fn acquire(
+        &self,
+        request: Request,
+    ) -> impl Future<Output = Result<Acquired<Self::Guard>, NotAcquired>>;
+
+    /// Who holds the lock now, without taking it; `None` when it is free.
+    fn holder(&self) -> io::Result<Option<Holder>>;
+}
+
+/// The lock while a run holds it. Dropping it releases the lock and clears the record.
+pub trait LockGuard {
+    /// Records the ticket so a skipped run can name what the holder is waiting for.
+    fn set_ticket(&mut self, ticket: &str, requested: SystemTime) -> io::Result<()>;
+
+    /// Clears the record and releases the lock.
+    fn release(self);
+}
+
+/// The result of taking the lock per policy.
+#[derive(Debug)]
+pub struct Acquired<G> {
+    /// `None` under `allow`.
+    pub guard: Option<G>,
+    /// The other run this one waited for or ended, if any.
+    pub previous_holder: Option<u32>,
+}
+
+/// Why the lock could not be had: which lock, what was asked, and what stood in the way. Its
+/// `Display` is the sentence the journal and `status` show.
+#[derive(Debug)]
+pub struct NotAcquired {
+    /// The lock's name in messages (the lock file's path).
+    pub lock: String,
+    pub request: Request,
+    pub refusal: Refusal,
+}
+
+/// What stood in the way of taking the lock.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Busy under `forbid`.
+    Busy(Holder),
+    /// `lock-wait` (or the run deadline) passed under `wait`.
+    WaitTimedOut { holder: Holder, waited: Duration },
+    /// Under `replace`, the holder could not be confirmed, so nothing was signalled.
+    HolderUnconfirmed(Holder),
+    /// The run deadline passed while ending the holder.
+    DeadlinePassed(Holder),
+    /// The lock could not be used at all.
+    Io(io::Error),
+    /// The holder could not be signalled.
+    Signal { pid: u32, error: nix::Error },
+}
+
+impl NotAcquired {
+    /// Whether this is a skip (the lock is busy, which is what it is for) rather than a
+    /// failure (something is wrong and an operator should look).
+    pub fn is_skip(&self) -> bool {
+        matches!(
+            self.refusal,
+            Refusal::Busy(_) | Refusal::WaitTimedOut { .. } | Refusal::HolderUnconfirmed(_)
+        )
+    }
+
+    /// The other run that stood in the way, if it is known.
+    pub fn holder_pid(&self) -> Option<u32> {
+        match &self.refusal {
+            Refusal::Busy(holder)
+            | Refusal::WaitTimedOut { holder, .. }
+            | Refusal::HolderUnconfirmed(holder)
+            | Refusal::DeadlinePassed(holder) => holder.pid,
+            Refusal::Signal { pid, .. } => Some(*pid),
+            Refusal::Io(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for NotAcquired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lock = &self.lock;
+        let deadline = humantime::format_duration(self.request.deadline_setting);
+        match &self.refusal {
+            Refusal::Busy(holder) => write!(
+                f,
+                "the previous run still holds the lock {lock}: {holder} (policy forbid)"
+            ),
+            Refusal::WaitTimedOut { holder, waited } => write!(
+                f,
+                "waited {} for the lock {lock}, still held by {holder} (policy wait, lock-wait {}, deadline {deadline})",
+                humantime::format_duration(round_ms(*waited)),
+                humantime::format_duration(self.request.lock_wait),
+            ),
+            Refusal::HolderUnconfirmed(holder) => write!(
+                f,
+                "the lock {lock} is held by {holder}, but the lock file's record does not name that process, so policy replace signalled nothing"
+            ),
+            Refusal::DeadlinePassed(holder) => write!(
+                f,
+                "the run deadline ({deadline}) passed while ending the holder of {lock}, {holder}"
+            ),
+            Refusal::Io(e) => write!(
+                f,
+                "cannot use the lock file {lock}: {e}; check that its directory exists and this user may write it"
+            ),
+            Refusal::Signal { pid, error } => write!(
+                f,
+                "cannot signal pid {pid}, the holder of {lock}: {error}; run every collector as the same user"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NotAcquired {}
+
+/// A duration cut to whole milliseconds, for messages.
+pub fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Takes a lock as `request.policy` says, once a backend has it open as a [`Contest`]: at
+/// once if it is free, else skip (`forbid`), wait (`wait`) or end its holder (`replace`).
+/// `allow` is the backend's to answer before it opens anything.
+pub async fn by_policy<C: Contest>(
+    mut contest: C,
+    lock: &str,
+    request: Request,
+) -> Result<Acquired<C::Held>, NotAcquired> {
+    let refused = |refusal| NotAcquired {
+        lock: lock.to_owned(),
+        request,
+        refusal,
+    };
+    if let Some(guard) = contest.try_take().map_err(|e| refused(Refusal::Io(e)))? {
+        return Ok(Acquired {
+            guard: Some(guard),
+            previous_holder: None,
+        });
+    }
+    let holder = contest.holder();
+    match request.policy {
+        Policy::Forbid | Policy::Allow => Err(refused(Refusal::Busy(holder))),
+        Policy::Wait => {
+            let started = Instant::now();
+            let until = request.deadline.min(started + request.lock_wait);
+            tracing::info!(
+                "lock {lock} is held by {holder}; waiting up to {} for it",
+                humantime::format_duration(until - started)
+            );
+            let got = replace::wait_for(until, || contest.try_take())
+                .await
+                .map_err(|e| refused(Refusal::Io(e)))?;
+            match got {
+                Some(guard) => Ok(Acquired {
+                    guard: Some(guard),
+                    previous_holder: holder.pid,
+                }),
+                None => Err(refused(Refusal::WaitTimedOut {
+                    holder: contest.holder(),
+                    waited: started.elapsed(),
+                })),
+            }
+        }
+        Policy::Replace => {
+            let (guard, previous_holder) =
+                replace::replace(contest, request.replace_grace, request.deadline)
+                    .await
+                    .map_err(refused)?;
+            Ok(Acquired {
+                guard: Some(guard),
+                previous_holder,
+            })
+        }
+    }
+}
