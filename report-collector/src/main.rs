@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use report_collector::config::{Config, DEFAULT_CONFIG_PATH, Policy};
+use report_collector::config::{Config, Policy};
 use report_collector::outcome::exit_code;
+use report_common::config::ConfigFile;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -70,14 +71,12 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { exit_code::CONFIG } else { 0 });
         }
     };
-    report_collector::logging::init();
+    // `journalctl -t report-collector` finds every line, even those journald could not
+    // attribute to the unit (runs that exit at once).
+    report_common::logging::init("report-collector");
 
-    let (path, explicit) = match &cli.config {
-        Some(path) => (path.clone(), true),
-        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
-    };
-    let mut config = match Config::load(&path, explicit) {
-        Ok(config) => config,
+    let mut config = match Config::load_or_default(cli.config.as_deref()) {
+        Ok((config, _)) => config,
         Err(e) => {
             tracing::error!("configuration error: {e}");
             return ExitCode::from(exit_code::CONFIG);
