@@ -4,34 +4,7 @@
 //! policy does all the work. systemd 252 never starts a second run and fires a swallowed slot the
 //! moment the run ends; that is where `forbid` with and without a starting deadline differ.
 
-use std::fmt;
-
-/// The collector's `policy` key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    Allow,
-    Forbid,
-    Replace,
-    Wait,
-}
-
-impl Policy {
-    /// The value of the collector's `policy` key.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::Allow => "allow",
-            Policy::Forbid => "forbid",
-            Policy::Replace => "replace",
-            Policy::Wait => "wait",
-        }
-    }
-}
-
-impl fmt::Display for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use report_collector::config::Policy;
 
 /// How the experiment's own launcher fires runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,18 +1,21 @@
 //! How one arm's `report-collector` runs are configured and started.
 //!
 //! Every run of an arm shares one config file, one lock file and one state directory, exactly as
-//! the timer's runs share them on a real host.
+//! the timer's runs share them on a real host. The file is the collector's own `Config`
+//! serialised (see [`crate::server::config_file`]).
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use anyhow::Context;
+use report_collector::config::{Config, Policy};
 use tokio::process::Command;
 
-use crate::arm::{Arm, Policy};
+use crate::arm::Arm;
 use crate::params::Params;
-use crate::server::human;
+use crate::server::config_file;
 
 /// The environment systemd gives a service its timer started: which timer.
 pub const TRIGGER_UNIT: &str = "report-collector.timer";
@@ -35,41 +38,26 @@ pub fn effective_policy(arm: &Arm, params: &Params) -> Policy {
     }
 }
 
-/// The collector's config file for this arm.
-pub fn config_text(arm: &Arm, params: &Params, server_url: &str, dir: &Path) -> String {
-    let mut text = format!(
-        "# Written by the experiment: the shipped defaults with time compressed.\n\
-         server-url = \"{server_url}\"\n\
-         policy = \"{policy}\"\n\
-         lock-file = \"{lock}\"\n\
-         report-dir = \"{reports}\"\n\
-         state-file = \"{state}\"\n\
-         metrics-file = \"{metrics}\"\n\
-         keep-reports = 100\n\
-         poll-interval = \"{poll}\"\n\
-         request-timeout = \"2s\"\n\
-         deadline = \"{deadline}\"\n\
-         lock-wait = \"{lock_wait}\"\n\
-         replace-grace = \"{grace}\"\n\
-         schedule-period = \"{period}\"\n",
-        policy = effective_policy(arm, params),
-        lock = dir.join("collector.lock").display(),
-        reports = dir.join("reports").display(),
-        state = dir.join("last-run.json").display(),
-        metrics = dir.join("collector.prom").display(),
-        poll = human(params.poll_interval),
-        deadline = human(params.run_deadline()),
-        lock_wait = human(params.lock_wait()),
-        grace = human(params.replace_grace()),
-        period = human(params.slot),
-    );
-    if arm.starting_deadline {
-        text.push_str(&format!(
-            "starting-deadline = \"{}\"\n",
-            human(params.starting_deadline())
-        ));
+/// The collector's configuration for this arm: the shipped defaults with time compressed, all
+/// its files in `dir`, and a starting deadline only where the arm has one.
+pub fn config(arm: &Arm, params: &Params, server_url: &str, dir: &Path) -> Config {
+    Config {
+        server_url: server_url.to_owned(),
+        policy: effective_policy(arm, params),
+        lock_file: dir.join("collector.lock"),
+        report_dir: dir.join("reports"),
+        state_file: dir.join("last-run.json"),
+        metrics_file: Some(dir.join("collector.prom")),
+        keep_reports: 100,
+        poll_interval: params.poll_interval,
+        request_timeout: Duration::from_secs(2),
+        deadline: params.run_deadline(),
+        lock_wait: params.lock_wait(),
+        replace_grace: params.replace_grace(),
+        starting_deadline: arm.starting_deadline.then(|| params.starting_deadline()),
+        schedule_period: params.slot,
+        ..Config::default()
     }
-    text
 }
 
 impl CollectorSetup {
@@ -84,12 +72,12 @@ impl CollectorSetup {
         let logs = dir.join("runs");
         fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
         fs::create_dir_all(dir.join("reports")).context("cannot create the report directory")?;
-        let config = dir.join("report-collector.toml");
-        fs::write(&config, config_text(arm, params, server_url, dir))
-            .with_context(|| format!("cannot write {}", config.display()))?;
+        let path = dir.join("report-collector.toml");
+        fs::write(&path, config_file(&config(arm, params, server_url, dir))?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(CollectorSetup {
             binary: binary.to_path_buf(),
-            config,
+            config: path,
             logs,
         })
     }
@@ -130,9 +118,19 @@ impl CollectorSetup {
 mod tests {
     use super::*;
     use crate::arm::ArmId;
+    use report_common::config::ConfigFile;
 
     fn arm(id: ArmId) -> Arm {
         *Arm::ALL.iter().find(|a| a.id == id).unwrap()
+    }
+
+    /// The file written for the arm, checked to load back as the very same configuration.
+    fn config_text(arm: &Arm, params: &Params, server_url: &str, dir: &Path) -> String {
+        let config = config(arm, params, server_url, dir);
+        let text = config_file(&config).unwrap();
+        let read = Config::parse(Path::new("report-collector.toml"), &text).unwrap();
+        assert_eq!(read, config, "{text}");
+        text
     }
 
     #[test]
@@ -143,7 +141,7 @@ mod tests {
         let without = config_text(&arm(ArmId::ForbidNoDeadline), &p, "http://127.0.0.1:1", dir);
         assert!(with.contains("starting-deadline = \"500ms\""), "{with}");
         assert!(!without.contains("starting-deadline"), "{without}");
-        assert!(with.contains("schedule-period = \"3000ms\""));
+        assert!(with.contains("schedule-period = \"3s\""));
         assert!(with.contains("policy = \"forbid\""));
     }
 

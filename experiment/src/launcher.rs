@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use report_collector::config::Policy;
+use report_common::exit;
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
-use crate::arm::{Arm, Launcher, Policy};
+use crate::arm::{Arm, Launcher};
 use crate::clock::Clock;
 use crate::collector::{CollectorSetup, effective_policy};
 use crate::params::Params;
@@ -202,12 +204,13 @@ fn classify(
         Ok(status) => status,
         Err(err) => return ExitKind::Failed(format!("could not be waited for: {err}")),
     };
-    let terminated = status.code() == Some(143) || matches!(status.signal(), Some(15) | Some(9));
-    match status.code() {
+    let code = status.code().and_then(|code| u8::try_from(code).ok());
+    let terminated = code == Some(exit::SIGTERM) || matches!(status.signal(), Some(15) | Some(9));
+    match code {
         _ if terminated && cut_off => ExitKind::CutOff,
         _ if terminated && policy == Policy::Replace => ExitKind::Replaced,
-        Some(0) => ExitKind::Collected,
-        Some(75) => ExitKind::Skipped,
+        Some(exit::SUCCESS) => ExitKind::Collected,
+        Some(exit::TEMPFAIL) => ExitKind::Skipped,
         _ => {
             let text = stderr();
             let last = text

@@ -17,8 +17,9 @@ pub mod server;
 pub mod shape;
 pub mod table;
 
-pub use arm::{Arm, ArmId, Launcher, Policy};
+pub use arm::{Arm, ArmId, Launcher};
 pub use binaries::Binaries;
 pub use experiment::{Outcome, run};
 pub use params::Params;
+pub use report_collector::config::Policy;
 pub use shape::{Claim, Verdict, judge};

@@ -1,6 +1,9 @@
 //! One real `report-apis` process per arm, on its own loopback port, with a config file written
 //! for the compressed time line.
 //!
+//! The config files are the programs' own `Config` values serialised, so a key renamed in a
+//! program is a compile error here rather than a server that refuses to start mid-experiment.
+//!
 //! Each arm gets its own server so the load one policy causes never leaks into another's numbers.
 
 use std::fs::{self, File};
@@ -12,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use report_apis::config::{Config, HeavyLoad, Limits, Report, Shutdown};
+use serde::Serialize;
 use tokio::process::{Child, Command};
 
 use crate::params::Params;
@@ -25,36 +30,36 @@ pub struct Server {
     dir: PathBuf,
 }
 
-/// The server's config file for these parameters.
-pub fn config_text(params: &Params, listen: SocketAddr) -> String {
-    format!(
-        "# Written by the experiment: the shipped defaults with time compressed.\n\
-         listen = \"{listen}\"\n\
-         \n\
-         [heavy-load]\n\
-         period = \"{heavy}\"\n\
-         initially-on = false\n\
-         \n\
-         [report]\n\
-         generation-time = \"{generation}\"\n\
-         slowdown = {slowdown:?}\n\
-         \n\
-         [limits]\n\
-         max-pending = 10000\n\
-         ticket-ttl = \"{ttl}\"\n\
-         \n\
-         [shutdown]\n\
-         drain-timeout = \"1s\"\n",
-        heavy = human(params.heavy_period),
-        generation = human(params.generation_time),
-        slowdown = params.slowdown,
-        ttl = human(params.ticket_ttl()),
-    )
+/// The server's configuration for these parameters: the shipped defaults with time compressed,
+/// and a short drain so that stopping a server does not hold up the experiment.
+pub fn config(params: &Params, listen: SocketAddr) -> Config {
+    let shipped = Config::default();
+    Config {
+        listen,
+        heavy_load: HeavyLoad {
+            period: params.heavy_period,
+            initially_on: false,
+        },
+        report: Report {
+            generation_time: params.generation_time,
+            slowdown: params.slowdown,
+        },
+        limits: Limits {
+            ticket_ttl: params.ticket_ttl(),
+            ..shipped.limits
+        },
+        shutdown: Shutdown {
+            drain_timeout: Duration::from_secs(1),
+        },
+    }
 }
 
-/// A duration as the programs' config files spell it, to the millisecond.
-pub fn human(d: Duration) -> String {
-    format!("{}ms", d.as_millis())
+/// A program's configuration as the file it reads.
+pub fn config_file(config: &impl Serialize) -> anyhow::Result<String> {
+    let text = toml::to_string(config).context("cannot write the configuration as TOML")?;
+    Ok(format!(
+        "# Written by the experiment: the shipped defaults with time compressed.\n{text}"
+    ))
 }
 
 /// A loopback port nobody listens on right now.
@@ -71,14 +76,14 @@ impl Server {
     pub fn spawn(binary: &Path, dir: &Path, params: &Params) -> anyhow::Result<Server> {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let addr = free_port()?;
-        let config = dir.join("report-apis.toml");
-        fs::write(&config, config_text(params, addr))
-            .with_context(|| format!("cannot write {}", config.display()))?;
+        let path = dir.join("report-apis.toml");
+        fs::write(&path, config_file(&config(params, addr))?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         let log = File::create(dir.join("report-apis.log"))
             .context("cannot create the server's log file")?;
         let child = Command::new(binary)
             .arg("--config")
-            .arg(&config)
+            .arg(&path)
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
@@ -169,18 +174,23 @@ impl Server {
 mod tests {
     use super::*;
 
+    use report_common::config::ConfigFile;
+
     #[test]
     fn config_uses_the_documented_keys() {
-        let text = config_text(&Params::default(), "127.0.0.1:9".parse().unwrap());
+        let config = config(&Params::default(), "127.0.0.1:9".parse().unwrap());
+        let text = config_file(&config).unwrap();
         for needle in [
             "listen = \"127.0.0.1:9\"",
             "[heavy-load]",
-            "period = \"6000ms\"",
-            "generation-time = \"1000ms\"",
+            "period = \"6s\"",
+            "generation-time = \"1s\"",
             "slowdown = 1.0",
-            "ticket-ttl = \"30000ms\"",
+            "ticket-ttl = \"30s\"",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+        let read = Config::parse(Path::new("report-apis.toml"), &text).unwrap();
+        assert_eq!(read, config, "{text}");
     }
 }

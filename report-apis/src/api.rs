@@ -1,7 +1,9 @@
 //! The HTTP interface: routes, handlers, and how every outcome becomes a response.
 //!
 //! Wire-compatible with the original server: same routes, ticket format, messages and bodies,
-//! so its own collector works unchanged. Error responses mirror Go's `http.Error` (plain text,
+//! so its own collector works unchanged. What a client relies on byte for byte is defined once,
+//! for this server and the collector alike, in [`report_common::wire`] and
+//! [`report_common::ticket`]. Error responses mirror Go's `http.Error` (plain text,
 //! message plus a newline).
 
 use std::sync::Arc;
@@ -13,16 +15,16 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use report_common::ticket::{self, TicketError};
+use report_common::wire::{
+    GET_REPORT, GET_REPORT_EMPTY, HEALTHZ, METRICS, NOT_READY, REPORT_CONTENT_TYPE, REQUEST_REPORT,
+};
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::metrics::{Metrics, RequestLabels};
 use crate::report;
 use crate::tickets::{Fetch, Tickets};
-
-/// The body the original answered while a report was not ready; its collector compares it
-/// byte for byte.
-pub const NOT_READY: &str = "report is not ready";
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -31,14 +33,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
-/// The route patterns, which are also the `route` label of the request counter.
-const REQUEST_REPORT: &str = "/request_report";
-const GET_REPORT: &str = "/get_report/{ticket}";
-const GET_REPORT_EMPTY: &str = "/get_report/";
-const HEALTHZ: &str = "/healthz";
-const METRICS: &str = "/metrics";
-
-/// The whole HTTP application.
+/// The whole HTTP application. The route patterns are also the `route` label of the request
+/// counter.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route(REQUEST_REPORT, get(request_report))
@@ -132,24 +128,15 @@ async fn request_report(
         .map_err(|full| ApiError::Full {
             retry_after: full.retry_after,
         })?;
-    Ok(format!("{}_{offset}", id.hyphenated()))
+    Ok(ticket::format(id, offset))
 }
 
 /// A ticket as the client sent it: `<uuid>_<integer>`, or which message the original gave.
-fn parse_ticket(ticket: &str) -> Result<(Uuid, i64), ApiError> {
-    let mut parts = ticket.split('_');
-    let (Some(id), Some(offset), None) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(ApiError::InvalidTicketId);
-    };
-    let offset = offset
-        .parse::<i64>()
-        .map_err(|_| ApiError::InvalidTicketOffset)?;
-    // Only the hyphenated form the server hands out; the uuid crate would accept others.
-    if id.len() != 36 {
-        return Err(ApiError::InvalidTicketId);
-    }
-    let id = Uuid::try_parse(id).map_err(|_| ApiError::InvalidTicketId)?;
-    Ok((id, offset))
+fn parse_ticket(text: &str) -> Result<(Uuid, i64), ApiError> {
+    ticket::parse(text).map_err(|err| match err {
+        TicketError::Id => ApiError::InvalidTicketId,
+        TicketError::Offset => ApiError::InvalidTicketOffset,
+    })
 }
 
 async fn get_report(
@@ -166,7 +153,7 @@ async fn get_report(
     match state.tickets.fetch(id, offset, Instant::now()) {
         Fetch::Ready { offset } => Ok((
             [
-                (header::CONTENT_TYPE, "text/csv".to_owned()),
+                (header::CONTENT_TYPE, REPORT_CONTENT_TYPE.to_owned()),
                 (
                     header::CONTENT_DISPOSITION,
                     report::content_disposition(offset),

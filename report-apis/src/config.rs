@@ -1,21 +1,22 @@
 //! The server's TOML configuration file and its documented defaults.
 //!
-//! One loader for the whole program, so that a mistake in the file is always reported the same
-//! way: file, line, column and (past the TOML syntax) the dotted key, which `main` turns into
-//! exit code 78.
+//! Read by the one loader both programs share ([`report_common::config`]), so that a mistake in
+//! the file is always reported the same way: file, line, column and (past the TOML syntax) the
+//! dotted key, which `main` turns into exit code 78. `Serialize` writes the same keys, so a
+//! configuration built in code (the experiment's) is a file this loader reads back.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use report_common::config::{ConfigFile, Wording};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Where the packaged configuration lives; when this default path is absent the built-in
 /// defaults apply, so a bare `report-apis` runs anywhere.
 pub const DEFAULT_PATH: &str = "/etc/report-apis/config.toml";
 
 /// The whole configuration. `Default` is exactly what `config/report-apis.toml` documents.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Config {
     /// Address and port the HTTP server binds.
@@ -27,7 +28,7 @@ pub struct Config {
 }
 
 /// The periodic heavy-load phases during which no report is served and none progresses.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct HeavyLoad {
     /// Time between two toggles; zero means the state never changes.
@@ -38,7 +39,7 @@ pub struct HeavyLoad {
 }
 
 /// How long a report takes to generate and how much every other pending ticket slows it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Report {
     /// Generation time of a report when it is the only pending ticket.
@@ -50,19 +51,22 @@ pub struct Report {
 }
 
 /// Bounds on what the server holds in memory.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Limits {
     /// Most tickets held at once, in any state; past it `/request_report` answers 503.
     #[serde(deserialize_with = "positive_count")]
     pub max_pending: usize,
     /// How long a ready report stays fetchable; a ticket never ready expires after 3x this.
-    #[serde(deserialize_with = "positive_duration")]
+    #[serde(
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "positive_duration"
+    )]
     pub ticket_ttl: Duration,
 }
 
 /// Graceful shutdown on SIGTERM/SIGINT.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Shutdown {
     /// Longest wait for open connections to finish before the server exits anyway.
@@ -117,106 +121,11 @@ impl Default for Shutdown {
     }
 }
 
-/// A configuration file that cannot be used. Every variant maps to exit code 78 (EX_CONFIG).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read the configuration file {}: {source}; create it or pass another path with --config", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}:{line}:{column}: key `{key}`: {message}; fix or remove it (the packaged /etc/report-apis/config.toml documents every key and its default)", path.display())]
-    Invalid {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        key: String,
-        message: String,
-    },
-    #[error("{}:{line}:{column}: {message}; fix the TOML syntax there (the packaged /etc/report-apis/config.toml shows every key in use)", path.display())]
-    Syntax {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-}
-
-impl Config {
-    /// Reads and validates the file at `path`; a missing file is an error.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
-    }
-
-    /// Loads `path` when given; otherwise [`DEFAULT_PATH`] if it exists, else the defaults.
-    /// Returns the file actually read, for the start-up log line.
-    pub fn load_or_default(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
-        Self::load_or(path, Path::new(DEFAULT_PATH))
-    }
-
-    fn load_or(
-        path: Option<&Path>,
-        default: &Path,
-    ) -> Result<(Config, Option<PathBuf>), ConfigError> {
-        match path {
-            Some(path) => Ok((Self::load(path)?, Some(path.to_owned()))),
-            None => match Self::load(default) {
-                Ok(config) => Ok((config, Some(default.to_owned()))),
-                // Only absence means "use the defaults"; a file that is there but unreadable
-                // or wrong is still an error.
-                Err(ConfigError::Read { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    Ok((Config::default(), None))
-                }
-                Err(err) => Err(err),
-            },
-        }
-    }
-
-    /// Parses TOML text; `path` only names the file in error messages.
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let place =
-            |err: &toml::de::Error| line_and_column(text, err.span().map_or(0, |span| span.start));
-        let document = toml::Deserializer::parse(text).map_err(|err| {
-            let (line, column) = place(&err);
-            ConfigError::Syntax {
-                path: path.to_owned(),
-                line,
-                column,
-                message: err.message().trim().to_owned(),
-            }
-        })?;
-        // The path tracker names the dotted key toml's own error leaves out.
-        serde_path_to_error::deserialize(document).map_err(|err| {
-            let key = err.path().to_string();
-            let err = err.into_inner();
-            let (line, column) = place(&err);
-            ConfigError::Invalid {
-                path: path.to_owned(),
-                line,
-                column,
-                key,
-                message: err.message().trim().to_owned(),
-            }
-        })
-    }
-}
-
-/// 1-based line and column (in characters) of a byte offset.
-fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (line, before[line_start..].chars().count() + 1)
+impl ConfigFile for Config {
+    const DEFAULT_PATH: &'static str = DEFAULT_PATH;
+    const WORDING: Wording = Wording::FileLineColumn {
+        packaged: DEFAULT_PATH,
+    };
 }
 
 fn non_negative_finite<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
@@ -253,9 +162,11 @@ fn positive_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Durat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use report_common::config::ConfigError;
+    use std::path::Path;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("test.toml"))
+        Config::parse(Path::new("test.toml"), text)
     }
 
     fn invalid(text: &str) -> (usize, String, String) {
@@ -271,6 +182,36 @@ mod tests {
     fn shipped_file_loads_and_matches_the_defaults() {
         let text = include_str!("../../config/report-apis.toml");
         assert_eq!(parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn a_serialised_configuration_loads_back_equal() {
+        let text = toml::to_string(&Config::default()).unwrap();
+        assert_eq!(parse(&text).unwrap(), Config::default(), "{text}");
+        let config = Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9000)),
+            heavy_load: HeavyLoad {
+                period: Duration::from_millis(5750),
+                initially_on: true,
+            },
+            report: Report {
+                generation_time: Duration::from_nanos(1_000_000_001),
+                slowdown: 0.1,
+            },
+            limits: Limits {
+                max_pending: 3,
+                ticket_ttl: Duration::from_secs(5400),
+            },
+            shutdown: Shutdown {
+                drain_timeout: Duration::ZERO,
+            },
+        };
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(parse(&text).unwrap(), config, "{text}");
+        assert!(
+            text.contains("[heavy-load]\nperiod = \"5s 750ms\""),
+            "{text}"
+        );
     }
 
     #[test]

@@ -7,7 +7,6 @@
 pub mod api;
 pub mod config;
 pub mod load;
-pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod report;

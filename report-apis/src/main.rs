@@ -6,10 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use report_apis::{Config, config, logging};
-
-/// sysexits' EX_CONFIG: the configuration is unusable, restarting will not help.
-const EXIT_CONFIG: u8 = 78;
+use report_apis::{Config, config};
+use report_common::config::ConfigFile;
+use report_common::{exit, logging};
 
 /// Report server: issues tickets and serves CSV reports, slower the more are outstanding.
 #[derive(Debug, Parser)]
@@ -25,12 +24,12 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    logging::init();
+    logging::init("report-apis");
     let (mut config, source) = match Config::load_or_default(args.config.as_deref()) {
         Ok(loaded) => loaded,
         Err(err) => {
             tracing::error!("{err}");
-            return ExitCode::from(EXIT_CONFIG);
+            return ExitCode::from(exit::CONFIG);
         }
     };
     match &source {

@@ -3,6 +3,8 @@
 //! The original wrote it with Go's `encoding/csv`, which ends every line (the last one too)
 //! with `\n`; clients that saved its reports must see the same bytes from us.
 
+use report_common::wire::CSV_HEADER;
+
 /// Number of data rows in every report.
 pub const ROWS: u64 = 5;
 
@@ -11,7 +13,8 @@ pub const ROWS: u64 = 5;
 pub fn csv(offset: u64) -> String {
     use std::fmt::Write;
     let mut body = String::with_capacity(16 + 5 * 28);
-    body.push_str("timestamp,data\n");
+    body.push_str(CSV_HEADER);
+    body.push('\n');
     for i in 0..ROWS {
         // Writing to a String cannot fail.
         let _ = writeln!(body, "{},data-{i}", offset + i);

@@ -9,13 +9,10 @@
 use std::future::Future;
 use std::time::Duration;
 
+use report_common::ticket;
+use report_common::wire::{self, CSV_HEADER, NOT_READY, REQUEST_REPORT};
 use reqwest::StatusCode;
 use tokio::time::Instant;
-
-/// The exact body report-apis (and the original) sends while a report is being generated.
-pub const NOT_READY: &str = "report is not ready";
-/// The first line of every report.
-pub const CSV_HEADER: &str = "timestamp,data";
 
 /// One answer to `get_report`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,8 +251,7 @@ impl HttpServer {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(wire::parse_retry_after);
         let body = response.text().await.map_err(|e| {
             transient(format!(
                 "the report server at {} broke off its answer to {path}: {}",
@@ -315,16 +311,6 @@ fn status_error(
     }
 }
 
-/// A ticket is one short line of URL- and file-name-safe characters.
-pub fn is_ticket(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 200
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && !text.starts_with('.')
-}
-
 /// Whether a body is the CSV report: the header `timestamp,data`, then rows with as many
 /// fields. An HTML error page or a truncated answer is not.
 pub fn looks_like_report(body: &str) -> bool {
@@ -340,7 +326,7 @@ pub fn looks_like_report(body: &str) -> bool {
 
 impl ReportServer for HttpServer {
     async fn request_ticket(&self) -> Result<String, FetchError> {
-        let (status, retry_after, body) = self.get("/request_report").await?;
+        let (status, retry_after, body) = self.get(REQUEST_REPORT).await?;
         if status != StatusCode::OK {
             return Err(status_error(
                 "the ticket request",
@@ -350,7 +336,7 @@ impl ReportServer for HttpServer {
             ));
         }
         let ticket = body.trim();
-        if !is_ticket(ticket) {
+        if !ticket::is_safe(ticket) {
             return Err(FetchError::Permanent(format!(
                 "the server answered the ticket request with something that is not a ticket: {}",
                 excerpt(&body)
@@ -360,7 +346,7 @@ impl ReportServer for HttpServer {
     }
 
     async fn get_report(&self, ticket: &str) -> Result<Poll, FetchError> {
-        let (status, retry_after, body) = self.get(&format!("/get_report/{ticket}")).await?;
+        let (status, retry_after, body) = self.get(&wire::get_report_path(ticket)).await?;
         match status {
             StatusCode::OK if body == NOT_READY => Ok(Poll::NotReady { retry_after }),
             StatusCode::OK if looks_like_report(&body) => Ok(Poll::Ready(body)),
@@ -621,13 +607,5 @@ mod tests {
         ));
         assert!(!looks_like_report("timestamp,data\n0,data-0,extra\n"));
         assert!(!looks_like_report(""));
-    }
-
-    #[test]
-    fn tickets_are_safe_file_name_parts() {
-        assert!(is_ticket("8d2f7a9e-1c3b-4c2e-9a6f-0b1d2e3f4a5b_0"));
-        assert!(!is_ticket("../../etc/passwd"));
-        assert!(!is_ticket("<html>"));
-        assert!(!is_ticket(""));
     }
 }

@@ -1,11 +1,15 @@
 //! The collector's configuration: one TOML file with kebab-case keys, its documented defaults,
 //! and errors that name the file, the line and the key so an operator can fix them at once.
+//! The file is read by the loader both programs share ([`report_common::config`]); `Serialize`
+//! writes the same keys, so a configuration built in code (the experiment's) is a file this
+//! loader reads back.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use report_common::config::{ConfigFile, Wording};
 use serde::{Deserialize, Serialize};
 
 /// Where the packaged configuration lives; a missing file there means "use the defaults".
@@ -58,7 +62,7 @@ impl FromStr for Policy {
 }
 
 /// Every setting of the collector. `Default` gives the documented defaults.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct Config {
     /// Base URL of report-apis.
@@ -83,11 +87,12 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub replace_grace: Duration,
     /// Under `forbid`, a timer-started run later than this after its slot skips itself.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub starting_deadline: Option<Duration>,
     #[serde(with = "humantime_serde")]
     pub schedule_period: Duration,
     /// Prometheus textfile written after every run, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_file: Option<PathBuf>,
     /// How many times a ticket the server no longer knows (404) is replaced by a new one.
     pub max_ticket_renewals: u32,
@@ -115,71 +120,13 @@ impl Default for Config {
     }
 }
 
-/// A configuration the collector cannot run with (exit code 78).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error(
-        "cannot read the configuration file {path}: {source}; create it or pass another one with --config"
-    )]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} line {line}: {message}; fix or remove that line")]
-    Syntax {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
+impl ConfigFile for Config {
+    const DEFAULT_PATH: &'static str = DEFAULT_CONFIG_PATH;
+    const WORDING: Wording = Wording::FileLine;
 
-impl Config {
-    /// Loads `path`; with `explicit` false a missing file gives the defaults (the packaged
-    /// default path may legitimately be absent on a manual install).
-    pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Config::parse(path, &text),
-            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(Config::default())
-            }
-            Err(source) => Err(ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            }),
-        }
-    }
-
-    /// Parses and checks the text of a config file; `path` only names it in errors.
-    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
-                .unwrap_or(1);
-            // serde speaks of "fields"; the file has keys.
-            let message = e
-                .message()
-                .trim()
-                .replace("unknown field", "unknown key")
-                .replace("expected one of", "the known keys are");
-            ConfigError::Syntax {
-                path: path.to_owned(),
-                line,
-                message,
-            }
-        })?;
-        config.check().map_err(|message| ConfigError::Invalid {
-            path: path.to_owned(),
-            message,
-        })?;
-        Ok(config)
-    }
-
-    /// Checks the values serde cannot: things that would make a run meaningless or spin.
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks the values serde cannot: things that would make a run meaningless or spin. Also
+    /// run on the values the command line overrides.
+    fn check(&self) -> Result<(), String> {
         let url = reqwest::Url::parse(&self.server_url).map_err(|e| {
             format!(
                 "server-url `{}` is not a URL ({e}); write it like http://127.0.0.1:8080",
@@ -212,6 +159,8 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use report_common::config::ConfigError;
+    use std::path::Path;
 
     #[test]
     fn empty_file_gives_the_documented_defaults() {
@@ -220,6 +169,25 @@ mod tests {
         assert_eq!(config.policy, Policy::Forbid);
         assert_eq!(config.deadline, Duration::from_secs(600));
         assert_eq!(config.starting_deadline, None);
+    }
+
+    #[test]
+    fn a_serialised_configuration_loads_back_equal() {
+        let text = toml::to_string(&Config::default()).unwrap();
+        let parsed = Config::parse(Path::new("c.toml"), &text).unwrap();
+        assert_eq!(parsed, Config::default(), "{text}");
+        let config = Config {
+            policy: Policy::Replace,
+            poll_interval: Duration::from_nanos(500_000_001),
+            starting_deadline: Some(Duration::from_millis(500)),
+            metrics_file: Some(PathBuf::from("/tmp/m.prom")),
+            max_ticket_renewals: 0,
+            ..Config::default()
+        };
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(Config::parse(Path::new("c.toml"), &text).unwrap(), config);
+        assert!(text.contains("starting-deadline = \"500ms\"\n"), "{text}");
+        assert!(text.contains("policy = \"replace\"\n"), "{text}");
     }
 
     #[test]
@@ -297,9 +265,12 @@ max-ticket-renewals = 5
     fn missing_default_file_means_defaults_but_missing_explicit_file_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("none.toml");
-        assert_eq!(Config::load(&missing, false).unwrap(), Config::default());
+        assert_eq!(
+            Config::load_or(None, &missing).unwrap().0,
+            Config::default()
+        );
         assert!(matches!(
-            Config::load(&missing, true),
+            Config::load(&missing),
             Err(ConfigError::Read { .. })
         ));
     }

@@ -9,7 +9,6 @@
 pub mod client;
 pub mod config;
 pub mod lock;
-pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod run;

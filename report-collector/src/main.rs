@@ -7,10 +7,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use report_collector::client::HttpServer;
-use report_collector::config::{Config, DEFAULT_CONFIG_PATH, Policy};
+use report_collector::config::{Config, Policy};
 use report_collector::lock::flock::FlockLock;
-use report_collector::outcome::{CancelSignal, exit_code};
+use report_collector::outcome::CancelSignal;
 use report_collector::schedule::Trigger;
+use report_common::config::ConfigFile;
+use report_common::exit;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -71,20 +73,18 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit_code::CONFIG } else { 0 });
+            return ExitCode::from(if e.use_stderr() { exit::CONFIG } else { 0 });
         }
     };
-    report_collector::logging::init();
+    // `journalctl -t report-collector` finds every line, even those journald could not
+    // attribute to the unit (runs that exit at once).
+    report_common::logging::init("report-collector");
 
-    let (path, explicit) = match &cli.config {
-        Some(path) => (path.clone(), true),
-        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
-    };
-    let mut config = match Config::load(&path, explicit) {
-        Ok(config) => config,
+    let mut config = match Config::load_or_default(cli.config.as_deref()) {
+        Ok((config, _)) => config,
         Err(e) => {
             tracing::error!("configuration error: {e}");
-            return ExitCode::from(exit_code::CONFIG);
+            return ExitCode::from(exit::CONFIG);
         }
     };
     if let Some(url) = cli.server_url {
@@ -98,7 +98,7 @@ fn main() -> ExitCode {
     }
     if let Err(e) = config.check() {
         tracing::error!("configuration error (command line): {e}");
-        return ExitCode::from(exit_code::CONFIG);
+        return ExitCode::from(exit::CONFIG);
     }
 
     let lock = FlockLock::new(&config.lock_file);
@@ -118,7 +118,7 @@ fn run(config: &Config, lock: &FlockLock) -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
-            return ExitCode::from(exit_code::FAILURE);
+            return ExitCode::from(exit::FAILURE);
         }
     };
     let report = runtime.block_on(async {
@@ -138,7 +138,7 @@ fn run(config: &Config, lock: &FlockLock) -> ExitCode {
     });
     match report {
         Some(report) => ExitCode::from(report.exit_code()),
-        None => ExitCode::from(exit_code::FAILURE),
+        None => ExitCode::from(exit::FAILURE),
     }
 }
 

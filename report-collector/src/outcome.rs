@@ -5,27 +5,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use report_common::exit;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Policy;
 use crate::schedule::format_time;
 use crate::store::{self, Durability};
-
-/// Exit codes (sysexits where one fits), documented in `--help` and the README.
-pub mod exit_code {
-    /// A report was collected and saved.
-    pub const COLLECTED: u8 = 0;
-    /// Any other failure: server unreachable until the deadline, bad answers, disk trouble.
-    pub const FAILURE: u8 = 1;
-    /// EX_TEMPFAIL: skipped (lock busy, lock-wait timed out, missed starting deadline).
-    pub const SKIPPED: u8 = 75;
-    /// EX_CONFIG: the configuration file or the command line is wrong.
-    pub const CONFIG: u8 = 78;
-    /// 128 + SIGINT.
-    pub const SIGINT: u8 = 130;
-    /// 128 + SIGTERM.
-    pub const SIGTERM: u8 = 143;
-}
 
 /// The signal that cancelled a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,13 +48,15 @@ impl Outcome {
         }
     }
 
+    /// The exit code (documented in `--help` and the README): 0 collected, 75 skipped, 1
+    /// failed, 130/143 cancelled by SIGINT/SIGTERM.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Outcome::Collected { .. } => exit_code::COLLECTED,
-            Outcome::Skipped { .. } => exit_code::SKIPPED,
-            Outcome::Failed { .. } => exit_code::FAILURE,
-            Outcome::Cancelled(CancelSignal::Int) => exit_code::SIGINT,
-            Outcome::Cancelled(CancelSignal::Term) => exit_code::SIGTERM,
+            Outcome::Collected { .. } => exit::SUCCESS,
+            Outcome::Skipped { .. } => exit::TEMPFAIL,
+            Outcome::Failed { .. } => exit::FAILURE,
+            Outcome::Cancelled(CancelSignal::Int) => exit::SIGINT,
+            Outcome::Cancelled(CancelSignal::Term) => exit::SIGTERM,
         }
     }
 }

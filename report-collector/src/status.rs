@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::lock::RunLock;
-use crate::outcome::{LastRun, exit_code};
+use crate::outcome::LastRun;
 use crate::store;
 
 #[derive(Debug, Serialize)]
@@ -53,7 +53,7 @@ pub fn print(config: &Config, lock: &impl RunLock, json: bool) -> ExitCode {
             }
             Err(e) => {
                 tracing::error!("cannot render the status as JSON: {e}");
-                return ExitCode::from(exit_code::FAILURE);
+                return ExitCode::from(report_common::exit::FAILURE);
             }
         }
     } else {

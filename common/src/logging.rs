@@ -7,18 +7,18 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
-/// The syslog identifier: `journalctl -t report-collector` finds every line, even those
-/// journald could not attribute to the unit (processes that exit at once).
-pub const IDENTIFIER: &str = "report-collector";
-
 /// Installs the global subscriber. `RUST_LOG` overrides the default level (info).
-pub fn init() {
+///
+/// `identifier` is the syslog identifier: `journalctl -t <identifier>` finds every line, even
+/// those journald could not attribute to the unit (processes that exit at once).
+pub fn init(identifier: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let journald = tracing_journald::layer().ok().map(|layer| {
         layer
             .with_field_prefix(None)
-            .with_syslog_identifier(IDENTIFIER.to_owned())
+            .with_syslog_identifier(identifier.to_owned())
     });
+    // Under systemd stderr already goes to the journal: writing it too would log twice.
     let to_stderr = journald.is_none() || std::env::var_os("JOURNAL_STREAM").is_none();
     let stderr = to_stderr.then(|| {
         tracing_subscriber::fmt::layer()

@@ -1,0 +1,10 @@
+//! What `report-apis` and `report-collector` share, defined once so the two programs cannot
+//! drift apart: the wire format between them ([`wire`], [`ticket`]), the logging setup
+//! ([`logging`]), the exit codes ([`exit`]) and how a configuration file is read and its
+//! mistakes reported ([`config`]).
+
+pub mod config;
+pub mod exit;
+pub mod logging;
+pub mod ticket;
+pub mod wire;
