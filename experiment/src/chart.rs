@@ -65,7 +65,7 @@ pub fn pending_svg(outcome: &Outcome) -> anyhow::Result<String> {
             .configure_mesh()
             .x_desc("seconds since the first slot")
             .y_desc("pending tickets")
-            .y_labels(usize::try_from(y_top as i64 + 1).unwrap_or(10).min(15))
+            .y_labels(label_count(y_top))
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|y| format!("{y:.0}"))
             .light_line_style(TRANSPARENT)
@@ -88,10 +88,10 @@ pub fn pending_svg(outcome: &Outcome) -> anyhow::Result<String> {
         }
 
         // Wider lines first, so a line drawn later on the same values stays visible inside it.
-        let count = outcome.arms.len() as u32;
+        let count = outcome.arms.len();
         for (index, arm) in outcome.arms.iter().enumerate() {
             let colour = colour(arm.arm.id);
-            let width = 2 + 2 * (count - 1 - index as u32);
+            let width = u32::try_from(2 + 2 * (count - 1 - index)).unwrap_or(2);
             let points: Vec<(f64, f64)> = arm
                 .samples
                 .iter()
@@ -116,6 +116,18 @@ pub fn pending_svg(outcome: &Outcome) -> anyhow::Result<String> {
         root.present().map_err(|e| err(&e))?;
     }
     Ok(svg)
+}
+
+/// One label per whole ticket up to `y_top`, at most 15.
+fn label_count(y_top: f64) -> usize {
+    // Clamped first, so the cast can neither wrap nor cut.
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "clamped to 0..=14 just before"
+    )]
+    let whole = y_top.clamp(0.0, 14.0) as usize;
+    whole + 1
 }
 
 #[cfg(test)]

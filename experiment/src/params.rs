@@ -61,8 +61,14 @@ impl Params {
     /// Number of slots fired during the span.
     pub fn slot_count(&self) -> u32 {
         let slots = (self.span.as_secs_f64() / self.slot.as_secs_f64()).ceil();
-        // A span is at most hours long: the count always fits.
-        slots as u32
+        // Clamped first, so the cast can neither wrap nor cut.
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "clamped to the range of u32 just before"
+        )]
+        let count = slots.clamp(0.0, f64::from(u32::MAX)) as u32;
+        count
     }
 
     /// The collector's `starting-deadline` for the arm that sets one: 10 s of a real minute.

@@ -396,7 +396,7 @@ mod tests {
             self.calls
                 .borrow()
                 .iter()
-                .map(|(c, at)| (*c, at.as_millis() as u64))
+                .map(|(c, at)| (*c, u64::try_from(at.as_millis()).unwrap()))
                 .collect()
         }
     }

@@ -89,7 +89,11 @@ impl Running {
     }
 
     fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+        kill(
+            Pid::from_raw(i32::try_from(self.child.id()).unwrap()),
+            signal,
+        )
+        .unwrap();
     }
 
     /// Exit status, waiting at most 15 s; also drains the rest of stderr into `seen`.

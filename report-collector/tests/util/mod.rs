@@ -324,7 +324,11 @@ pub fn running(child: &mut Child) -> bool {
 }
 
 pub fn signal(child: &Child, sig: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        sig,
+    )
+    .unwrap();
 }
 
 /// A clean environment (nothing from systemd, no proxies, default log level) and piped output.
@@ -412,7 +416,7 @@ fn parse_native(mut data: &[u8]) -> Entry {
             data = &data[end + 1..];
         } else {
             let rest = &data[end + 1..];
-            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            let len = usize::try_from(u64::from_le_bytes(rest[..8].try_into().unwrap())).unwrap();
             entry.insert(
                 String::from_utf8_lossy(line).into_owned(),
                 String::from_utf8_lossy(&rest[8..8 + len]).into_owned(),
