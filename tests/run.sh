@@ -30,6 +30,7 @@ workdir_init run
 results_init
 
 BOX_PIDS=()
+declare -A BOX_RELEASE_OF
 BOXES=()
 
 # A box process may be in the middle of a minute-long sleep: its box is stopped from here,
@@ -150,9 +151,14 @@ run_boxes() {
         rootfs_cached "$release" >/dev/null
         run_box "$release" "$name" > >(tee "$BOX_WORKDIR/$release.log") 2>&1 &
         BOX_PIDS+=($!)
+        BOX_RELEASE_OF[$!]=$release
     done
+    # A box process that died (a bug in the scenario: an unset variable, say) has left the
+    # checks after that point unmade: that is a failure of its own.
     for pid in "${BOX_PIDS[@]}"; do
-        wait "$pid" || true
+        if ! wait "$pid"; then
+            TEST_LABEL=${BOX_RELEASE_OF[$pid]} fail "the box's process ended before the scenario did; the last lines of its log are above"
+        fi
     done
     BOX_PIDS=()
     for release in $BOX_RELEASES; do

@@ -11,9 +11,10 @@
 #
 # A scenario is a list of phases (scenario_packages, scenario_minutes; tests/docker.sh has one
 # of its own), run by scenario_run. A phase takes what it needs as arguments, the box first,
-# and hands back what it found in variables whose names its caller passes: the list shows
-# everything that goes from one phase to the next. A phase returns 1 only when the box is not
-# in the state the next phases need; the list then ends there (the FAIL line says why).
+# and hands back what it found (hand_back) in variables whose names its caller passes: the
+# list shows everything that goes from one phase to the next. A phase returns 1 only when the
+# box is not in the state the next phases need; the list then ends there (the FAIL line says
+# why).
 #
 # Entry point: scenario_run BOX SCENARIO ARG..., e.g.
 #   scenario_run "$box" packages "$apis_deb" "$collector_deb" "$apis_next_deb" "$collector_next_deb"
@@ -38,22 +39,34 @@ scenario_run() {
     "scenario_$scenario" "$box" "$@" || info "scenario $scenario ended early"
 }
 
+_HANDED=()
+
+# hand_back VAR VALUE: what a phase found, for the variable its caller named VAR. phase sets it
+# once the phase has returned, when the phase's own locals (which could hide VAR) are gone.
+hand_back() {
+    _HANDED+=("$1" "$2")
+}
+
 # phase NAME ARG...: runs phase_NAME ARG... between two lines that name it, with the wall
 # clock and how long it took: what to look for first when a box run fails once in ten. A
 # command that fails inside a phase never ends the box's process (errexit is off there); the
-# phase judges it with a FAIL line.
+# phase judges it with a FAIL line. (Its locals start with _: they must not hide the caller's.)
 phase() {
-    local name=$1 t0 rc=0
+    local _name=$1 _t0 _rc=0 _i
     shift
-    t0=$(now)
-    info "-- $name (at $(hhmmss "${t0%.*}"))"
-    "phase_$name" "$@" || rc=$?
-    if ((rc == 0)); then
-        info "-- $name: $(elapsed "$t0" "$(now)") s"
+    _t0=$(now)
+    _HANDED=()
+    info "-- $_name (at $(hhmmss "${_t0%.*}"))"
+    "phase_$_name" "$@" || _rc=$?
+    for ((_i = 0; _i < ${#_HANDED[@]}; _i += 2)); do
+        printf -v "${_HANDED[_i]}" '%s' "${_HANDED[_i + 1]}"
+    done
+    if ((_rc == 0)); then
+        info "-- $_name: $(elapsed "$_t0" "$(now)") s"
     else
-        info "-- $name: $(elapsed "$t0" "$(now)") s; the box is not as the next phases need it"
+        info "-- $_name: $(elapsed "$_t0" "$(now)") s; the box is not as the next phases need it"
     fi
-    return "$rc"
+    return "$_rc"
 }
 
 # The packages' whole life in a fresh box (tests/run.sh): install, the timer's minutes,
@@ -71,7 +84,7 @@ scenario_packages() {
 # under.
 scenario_minutes() {
     local box=$1 apis_next=$2 collector_next=$3
-    local slot_a inv_a slot_b inv_b spawn_failure retry_b='' slot_d
+    local slot_a='' inv_a='' slot_b inv_b='' spawn_failure='' retry_b='' slot_d
     phase timer_listed "$box" slot_a || return
     phase compress_time "$box"
     phase kill_run "$box" "$slot_a" inv_a || return
@@ -265,7 +278,7 @@ phase_timer_listed() {
         fail "list-timers: report-collector.timer missing or next elapse not on the minute ($next)"
         return 1
     fi
-    printf -v "$out_slot_a" '%s' "$next_epoch"
+    hand_back "$out_slot_a" "$next_epoch"
 }
 
 # phase_compress_time BOX: no heavy load for now, a 5 s report, a 1 s poll. The shipped
@@ -299,7 +312,7 @@ phase_kill_run() {
         fail "no run of report-collector.service started at slot A"
         return 1
     fi
-    printf -v "$out_inv_a" '%s' "$(prop "$box" report-collector.service InvocationID)"
+    hand_back "$out_inv_a" "$(prop "$box" report-collector.service InvocationID)"
     sleep 1.5
     pid=$(prop "$box" report-collector.service MainPID)
     info "kill -9 $pid (the collector of slot A, holding the lock)"
@@ -352,7 +365,7 @@ phase_slot_b() {
         return 1
     fi
     inv_b=$(prop "$box" report-collector.service InvocationID)
-    printf -v "$out_inv_b" '%s' "$inv_b"
+    hand_back "$out_inv_b" "$inv_b"
     pid_b=$(prop "$box" report-collector.service MainPID)
     sleep_until $((slot_b + 8))
 
@@ -389,7 +402,7 @@ phase_slot_b() {
 phase_late_start() {
     local box=$1 slot_b=$2 inv_b=$3 out_spawn_failure=$4
     local slot_c=$(($2 + 60)) collected entries late_inv peak spawn_failure='' late_skipped=0
-    printf -v "$out_spawn_failure" ''
+    hand_back "$out_spawn_failure" ''
     # The run of slot B ends once heavy load is over (C+15 s) and the report is generated.
     _b_done() { [[ $(prop "$box" report-collector.service InvocationID) != "$inv_b" ]] || ! collector_active "$box"; }
     if ! wait_until 45 _b_done; then
@@ -414,7 +427,7 @@ phase_late_start() {
         # Seen in about one run in five, in both releases: the start comes a few milliseconds
         # after the long run ends, and systemd's late cleanup of the previous run's cgroup
         # removes it under the new process. systemd never ran the collector.
-        printf -v "$out_spawn_failure" '%s' "$spawn_failure"
+        hand_back "$out_spawn_failure" "$spawn_failure"
         journal_text "$box" -u report-collector.service --since "@$((slot_c + 10))" | tail -n 8 | show
     else
         fail "no skipped slot in the journal after slot B's long run"
