@@ -77,7 +77,7 @@ MSG
 trap 'echo; echo "The box is still running; make docker-down removes it."; exit 0' INT
 if ((DEMO_MINUTES > 0)); then
     timeout --foreground "$((DEMO_MINUTES * 60))" \
-        tdocker exec "$BOX" journalctl -f -n 20 --no-pager -u report-apis -u report-collector || true
+        "$DOCKER_CLI" --host "$DOCKER_HOST" exec "$BOX" journalctl -f -n 20 --no-pager -u report-apis -u report-collector || true
 fi
 echo
 echo "The box is still running; make docker-down removes it."

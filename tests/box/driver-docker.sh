@@ -107,7 +107,8 @@ docker_box_wait() {
         fi
         # --wait blocks until start-up is over, which a unit that never gets ready could make
         # last its whole start timeout: ask again every 10 s.
-        state=$(timeout 10 tdocker exec "$name" systemctl is-system-running --wait \
+        # (timeout runs programs, not shell functions: the CLI is named with its --host here.)
+        state=$(timeout 10 "$DOCKER_CLI" --host "$DOCKER_HOST" exec "$name" systemctl is-system-running --wait \
             2>/dev/null </dev/null) || true
         case $state in
         running | degraded) return 0 ;;
