@@ -55,12 +55,13 @@ phase_docker_stop() {
     cursor=$(journal_cursor "$box")
     t0=$(now)
     tdocker stop -t "$DOCKER_STOP_TIMEOUT" "$box" >/dev/null
-    seconds=$(elapsed "$t0" "$(now)")
+    seconds=$(elapsed "$t0" "$(now)" 1)
     code=$(tdocker inspect -f '{{.State.ExitCode}}' "$box")
     # systemd halts on SIGRTMIN+3; in a container its reboot(2) ends the PID namespace with
     # SIGINT (exit status 130), or, without CAP_SYS_BOOT, it exits 0. Docker's kill after the
     # timeout would show as 137.
-    if [[ $code == 0 || $code == 130 ]] && ((seconds < DOCKER_STOP_TIMEOUT)); then
+    if [[ $code == 0 || $code == 130 ]] &&
+        awk -v s="$seconds" -v t="$DOCKER_STOP_TIMEOUT" 'BEGIN { exit !(s < t) }'; then
         pass "docker stop: systemd shut down by itself in $seconds s (exit status $code)"
     else
         fail "docker stop: exit status $code after $seconds s (a clean halt exits 0 or 130 well within ${DOCKER_STOP_TIMEOUT} s)"
@@ -105,7 +106,7 @@ phase_docker_restart() {
         fail "docker restart: systemd did not come back up"
         return 1
     fi
-    seconds=$(elapsed "$t0" "$(now)")
+    seconds=$(elapsed "$t0" "$(now)" 1)
     timing "docker restart, until systemd is up" "$t0"
     state=$(box_exec "$box" systemctl is-system-running </dev/null || true)
     if [[ $state == running ]]; then

@@ -74,7 +74,8 @@ _workdir_remove() {
 TIMINGS=()
 
 now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", b - a }'; }
+# elapsed T0 T1 [DECIMALS]: seconds from T0 to T1, whole unless DECIMALS says otherwise.
+elapsed() { awk -v a="$1" -v b="$2" -v d="${3:-0}" 'BEGIN { printf "%.*f", d, b - a }'; }
 
 # timing LABEL T0: records "LABEL: N s" since T0 (from now) for timings_print.
 timing() {
