@@ -49,10 +49,11 @@ part_host_docker() {
 
 # Daemons by pid and command line; for postgres only the postmaster, whose workers come and go.
 part_daemons() {
-    local pid parent
-    for pid in $(pgrep '^(dockerd|containerd|containerd-shim.*|systemd-nspawn|postgres)$' || true); do
-        parent=$(ps -o comm= -p "$(ps -o ppid= -p "$pid" | tr -d ' ')" 2>/dev/null) || parent=
-        if [[ $(ps -o comm= -p "$pid") == postgres && $parent == postgres ]]; then
+    local pid ppid comm
+    # (pgrep refuses a pattern this long: it would match nothing, silently.)
+    ps -eo pid=,ppid=,comm= | while read -r pid ppid comm; do
+        [[ $comm =~ ^(dockerd|containerd|containerd-shim.*|systemd-nspawn|postgres)$ ]] || continue
+        if [[ $comm == postgres && $(ps -o comm= -p "$ppid") == postgres ]]; then
             continue
         fi
         echo "$pid $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)"
