@@ -6,22 +6,26 @@
 #   make bench       the benchmarks (they print figures)
 #   make docker-demo the same demo in a Docker systemd box; make docker-down removes it
 #   make long-run    the experiment in real time in a booted box; LONG_RUN=1 make test adds it
-# demo, test and deb install what they need first (tests/install-deps.sh; run as root).
+# demo, test and deb install what they need first (scripts/install-deps.sh; run as root).
 
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo test deb experiment bench deps lint unit-test box-test docker-test docker-demo docker-down long-run
+.PHONY: demo test deb experiment bench deps deps-docker lint unit-test box-test docker-test docker-demo docker-down long-run
 
 deps:
-	tests/install-deps.sh
+	scripts/install-deps.sh
+
+# Also Debian's docker.io, without starting or enabling the host's Docker services.
+deps-docker:
+	scripts/install-deps.sh --docker
 
 deb: deps
 	cargo deb -p report-apis
 	cargo deb -p report-collector
 
 demo: deps
-	tests/demo.sh
+	scripts/demo.sh
 
 lint:
 	cargo fmt --all -- --check
@@ -33,25 +37,25 @@ unit-test:
 box-test:
 	tests/run.sh
 
-# Installs and starts the Docker engine itself (without its default bridge network).
+# On a Docker engine of its own, stopped at the end: the host's Docker is never used.
 docker-test:
 	tests/docker.sh
 
-docker-demo: deps
-	tests/docker-demo.sh
+docker-demo: deps-docker
+	scripts/docker-demo.sh
 
 docker-down:
-	tests/docker-down.sh
+	scripts/docker-down.sh
 
 long-run: deps
-	tests/long-run.sh
+	scripts/long-run.sh
 
-test: deps
+# The box tests run under tests/host-state.sh, which proves they left the host as it was.
+test: deps-docker
 	$(MAKE) lint
 	$(MAKE) unit-test
-	$(MAKE) box-test
-	$(MAKE) docker-test
-	@if [[ -n "$${LONG_RUN:-}" ]]; then tests/long-run.sh; fi
+	tests/host-state.sh $(MAKE) box-test docker-test
+	@if [[ -n "$${LONG_RUN:-}" ]]; then scripts/long-run.sh; fi
 
 experiment:
 	cargo run --release -p experiment

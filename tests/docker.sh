@@ -5,77 +5,43 @@
 # Docker has: `docker stop` shuts systemd down cleanly, `docker restart` comes back with the
 # timer running.
 #
-# Run as root on Debian 12: installs what it needs (debootstrap, docker.io, cargo-deb), starts
-# the Docker engine without a bridge when it is not running, and leaves it running.
-# Prints one PASS/FAIL line per check and, last, "N passed, M failed"; exits 1 on a failure.
-# REPORT_APIS_DEB and REPORT_COLLECTOR_DEB name packages already built (otherwise cargo deb
-# builds them).
+# Run as root on Debian 12: installs what it needs (scripts/install-deps.sh --docker) and runs
+# its own Docker engine (tests/box/docker-engine.sh), stopped again at the end; the host's
+# Docker, if any, is never used. Prints one PASS/FAIL line per check and, last,
+# "N passed, M failed"; exits 1 on a failure. KEEP_WORKDIR=1 keeps the logs.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
-if [[ $EUID -ne 0 ]]; then
-    echo "tests/docker.sh starts containers and installs packages: run it as root (sudo)." >&2
-    exit 2
-fi
+# shellcheck source=lib.sh
+source "$REPO/tests/lib.sh"
+# shellcheck source=box/rootfs.sh
+source "$REPO/tests/box/rootfs.sh"
+# shellcheck source=box/driver-docker.sh
+source "$REPO/tests/box/driver-docker.sh"
+# shellcheck source=box/scenario.sh
+source "$REPO/tests/box/scenario.sh"
+
+require_root "starts containers and installs packages"
 
 RELEASE=bookworm
 BOX=report-collector-docker-test-$$
-BOX_WORKDIR=/var/tmp/report-collector-tests/docker-$$
-export BOX_WORKDIR
-
-# shellcheck source=tests/box/rootfs.sh
-source "$REPO/tests/box/rootfs.sh"
-# shellcheck source=tests/box/driver-docker.sh
-source "$REPO/tests/box/driver-docker.sh"
-
-# Counted here; tests/lib.sh (sourced next, and by the scenario) keeps these two.
 TEST_LABEL=docker-$RELEASE
-passed=0
-failed=0
-pass() {
-    echo "PASS [$TEST_LABEL] $*"
-    passed=$((passed + 1))
-}
-fail() {
-    echo "FAIL [$TEST_LABEL] $*"
-    failed=$((failed + 1))
-}
-# shellcheck source=tests/lib.sh
-source "$REPO/tests/lib.sh"
+workdir_init docker
+results_init
 
-cleanup() {
-    local ids
-    ids=$(docker ps -aq --filter "label=$DOCKER_BOX_LABEL=$$" 2>/dev/null) || true
-    if [[ -n $ids ]]; then
-        # shellcheck disable=SC2086 # one id per word
-        docker rm -f $ids >/dev/null 2>&1 || true
-    fi
-    if [[ -z ${KEEP_WORKDIR:-} ]]; then
-        rm -rf "$BOX_WORKDIR"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Seconds since the epoch with a fraction, for the figures printed at the end.
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
-timings=()
-
+# The journal of BOX after CURSOR, read from a copy of its files (the box may be stopped) with
+# the journalctl of IMAGE, the box's own.
 journal_cursor() {
-    box_exec "$BOX" journalctl -n 0 --show-cursor -q </dev/null | sed -n 's/^-- cursor: //p'
+    box_exec "$1" journalctl -n 0 --show-cursor -q </dev/null | sed -n 's/^-- cursor: //p'
 }
 
-# The box's journal after CURSOR, read from a copy of its files (the box may be stopped)
-# with the journalctl of the box image itself.
 journal_after() {
-    local cursor=$1 copy
+    local box=$1 image=$2 cursor=$3 copy
     copy=$(mktemp -d "$BOX_WORKDIR/journal.XXXXXX")
-    docker cp "$BOX:/var/log/journal" "$copy/" >/dev/null
-    docker run --rm --network=none -v "$copy:/j:ro" --entrypoint journalctl "$IMAGE" \
+    tdocker cp "$box:/var/log/journal" "$copy/" >/dev/null
+    tdocker run --rm --network=none -v "$copy:/j:ro" --entrypoint journalctl "$image" \
         -D /j/journal --after-cursor="$cursor" --no-pager -o short-precise 2>/dev/null
     rm -rf "$copy"
 }
@@ -83,14 +49,14 @@ journal_after() {
 # Lines that mean a unit did not stop (or start) the way it should.
 UNIT_TROUBLE='Failed with result|Failed to start|Failed to stop|timed out|SIGKILL|core-dump'
 
-check_docker_stop() {
-    local cursor t0 t1 seconds code journal trouble
-    cursor=$(journal_cursor)
+# phase_docker_stop BOX IMAGE: `docker stop` shuts systemd down cleanly.
+phase_docker_stop() {
+    local box=$1 image=$2 cursor t0 seconds code journal trouble
+    cursor=$(journal_cursor "$box")
     t0=$(now)
-    docker stop -t "$DOCKER_STOP_TIMEOUT" "$BOX" >/dev/null
-    t1=$(now)
-    seconds=$(elapsed "$t0" "$t1")
-    code=$(docker inspect -f '{{.State.ExitCode}}' "$BOX")
+    tdocker stop -t "$DOCKER_STOP_TIMEOUT" "$box" >/dev/null
+    seconds=$(elapsed "$t0" "$(now)" 1)
+    code=$(tdocker inspect -f '{{.State.ExitCode}}' "$box")
     # systemd halts on SIGRTMIN+3; in a container its reboot(2) ends the PID namespace with
     # SIGINT (exit status 130), or, without CAP_SYS_BOOT, it exits 0. Docker's kill after the
     # timeout would show as 137.
@@ -100,9 +66,9 @@ check_docker_stop() {
     else
         fail "docker stop: exit status $code after $seconds s (a clean halt exits 0 or 130 well within ${DOCKER_STOP_TIMEOUT} s)"
     fi
-    timings+=("docker stop: $seconds s")
+    timing "docker stop" "$t0"
 
-    journal=$(journal_after "$cursor")
+    journal=$(journal_after "$box" "$image" "$cursor")
     if grep -q 'systemd\[1\]: Shutting down\.' <<<"$journal"; then
         pass "docker stop: the journal shows systemd's whole shutdown, up to \"Shutting down.\""
     else
@@ -122,60 +88,57 @@ check_docker_stop() {
     fi
 }
 
-check_docker_restart() {
-    local cursor t0 t1 seconds state timer trigger i journal trouble
-    docker start "$BOX" >/dev/null
-    if docker_box_wait "$BOX"; then
+# phase_docker_restart BOX IMAGE: the stopped box boots again, and `docker restart` comes back
+# with the server active and the timer firing.
+phase_docker_restart() {
+    local box=$1 image=$2 cursor t0 seconds state timer journal trouble
+    tdocker start "$box" >/dev/null
+    if docker_box_wait "$box"; then
         pass "docker start: the stopped box boots again"
     else
         fail "docker start: the stopped box did not boot again"
-        return
+        return 1
     fi
-    cursor=$(journal_cursor)
+    cursor=$(journal_cursor "$box")
     t0=$(now)
-    docker restart -t "$DOCKER_STOP_TIMEOUT" "$BOX" >/dev/null
-    if ! docker_box_wait "$BOX"; then
+    tdocker restart -t "$DOCKER_STOP_TIMEOUT" "$box" >/dev/null
+    if ! docker_box_wait "$box"; then
         fail "docker restart: systemd did not come back up"
-        return
+        return 1
     fi
-    t1=$(now)
-    seconds=$(elapsed "$t0" "$t1")
-    timings+=("docker restart, until systemd is up: $seconds s")
-    state=$(box_exec "$BOX" systemctl is-system-running </dev/null || true)
+    seconds=$(elapsed "$t0" "$(now)" 1)
+    timing "docker restart, until systemd is up" "$t0"
+    state=$(box_exec "$box" systemctl is-system-running </dev/null || true)
     if [[ $state == running ]]; then
         pass "docker restart: systemd is back up in $seconds s, state running"
     else
         fail "docker restart: systemd state is $state after the restart"
-        box_exec "$BOX" systemctl --failed --no-pager </dev/null | show || true
+        box_exec "$box" systemctl --failed --no-pager </dev/null | show || true
     fi
-    if [[ $(box_exec "$BOX" systemctl is-active report-apis.service </dev/null) == active ]]; then
+    if [[ $(prop "$box" report-apis.service ActiveState) == active ]]; then
         pass "docker restart: report-apis.service is active"
     else
         fail "docker restart: report-apis.service is not active"
     fi
-    timer=$(box_exec "$BOX" systemctl list-timers --no-pager --no-legend report-collector.timer </dev/null || true)
+    timer=$(box_exec "$box" systemctl list-timers --no-pager --no-legend report-collector.timer </dev/null || true)
     if [[ $timer == *report-collector.timer* ]] &&
-        [[ $(box_exec "$BOX" systemctl is-active report-collector.timer </dev/null) == active ]]; then
+        [[ $(prop "$box" report-collector.timer ActiveState) == active ]]; then
         pass "docker restart: report-collector.timer is active and listed: $(tr -s ' ' <<<"$timer")"
     else
         fail "docker restart: report-collector.timer is not active and listed"
     fi
     # The timer must not only be listed: it fires on the next minute.
-    trigger=
-    for ((i = 0; i < 150; i++)); do
-        trigger=$(box_exec "$BOX" systemctl show -P LastTriggerUSec report-collector.timer </dev/null || true)
-        if [[ -n $trigger && $trigger != n/a ]]; then
-            break
-        fi
-        trigger=
-        sleep 0.5
-    done
-    if [[ -n $trigger ]]; then
-        pass "docker restart: the timer fired after the restart ($trigger)"
+    _fired() {
+        local trigger
+        trigger=$(prop "$box" report-collector.timer LastTriggerUSec 2>/dev/null) &&
+            [[ -n $trigger && $trigger != n/a ]]
+    }
+    if wait_until 75 _fired; then
+        pass "docker restart: the timer fired after the restart ($(prop "$box" report-collector.timer LastTriggerUSec))"
     else
         fail "docker restart: the timer did not fire within 75 s of the restart"
     fi
-    journal=$(journal_after "$cursor")
+    journal=$(journal_after "$box" "$image" "$cursor")
     trouble=$(grep -E "$UNIT_TROUBLE" <<<"$journal" || true)
     if [[ -z $trouble ]]; then
         pass "docker restart: no unit failed or was killed across the restart"
@@ -185,60 +148,66 @@ check_docker_restart() {
     fi
 }
 
-# The nspawn boxes' scenario, unchanged. The image has the packages installed already, so none
-# are handed to it to install, only the higher version for its upgrade; the removal and purge
-# come after the Docker-only checks, which need the packages in place.
-run_scenario() {
-    # shellcheck source=tests/box/scenario.sh
-    source "$REPO/tests/box/scenario.sh"
-    DEB_APIS='' DEB_COLLECTOR='' REPORT_APIS_DEB='' REPORT_COLLECTOR_DEB='' SCENARIO_REMOVE=no \
-        DEB_APIS_NEXT=$DEB_APIS_NEXT DEB_COLLECTOR_NEXT=$DEB_COLLECTOR_NEXT scenario_run "$BOX"
+# The nspawn boxes' scenario, less the install (the image has the packages installed), with
+# what only Docker has before the removal, which needs the packages in place.
+scenario_docker() {
+    local box=$1 image=$2 apis_next=$3 collector_next=$4
+    phase installed "$box"
+    scenario_minutes "$box" "$apis_next" "$collector_next" || return
+    phase docker_stop "$box" "$image"
+    phase docker_restart "$box" "$image" || return
+    phase remove "$box"
 }
 
 main() {
-    local t_start t0
+    local t_start t0 image deb_apis deb_collector deb_apis_next deb_collector_next
     t_start=$(now)
-    docker_tools_ready
+    # Also undoes what earlier versions of this script left on the host.
+    "$REPO/scripts/install-deps.sh" --docker
 
     t0=$(now)
-    docker_debs_built "$BOX_WORKDIR/next"
-    timings+=("cargo deb, both packages: $(elapsed "$t0" "$(now)") s")
+    if debs_build "$BOX_WORKDIR/debs" deb_apis deb_collector deb_apis_next deb_collector_next; then
+        pass "cargo deb: $(basename "$deb_apis"), $(basename "$deb_collector"), and at $DEB_NEXT_VERSION for the upgrade"
+    else
+        fail "cargo deb (the end of its log is above)"
+        summary_and_exit
+    fi
+    timing "cargo deb (4 packages)" "$t0"
 
     t0=$(now)
-    docker_engine_ready
-    timings+=("Docker engine ready: $(elapsed "$t0" "$(now)") s")
+    engine_use "test-$$"
+    if engine_start; then
+        pass "a Docker engine of the tests' own answers on $DOCKER_HOST (no bridge, no iptables)"
+    else
+        fail "could not start the tests' Docker engine"
+        summary_and_exit
+    fi
+    timing "Docker engine ready" "$t0"
 
     t0=$(now)
-    IMAGE=$(docker_box_image "$RELEASE" "$REPORT_APIS_DEB" "$REPORT_COLLECTOR_DEB")
-    timings+=("base image and box image: $(elapsed "$t0" "$(now)") s")
+    if ! image=$(docker_box_image "$RELEASE" "$deb_apis" "$deb_collector"); then
+        fail "docker build of packaging/docker/Dockerfile"
+        summary_and_exit
+    fi
+    timing "base image and box image" "$t0"
 
     t0=$(now)
     if box_start "$BOX" "$RELEASE"; then
-        pass "docker run: systemd booted as PID 1 in the box ($IMAGE) in $(elapsed "$t0" "$(now)") s"
+        pass "docker run: systemd booted as PID 1 in the box ($image) in $(elapsed "$t0" "$(now)") s"
     else
         fail "docker run: the box did not boot"
-        echo "$passed passed, $failed failed"
-        exit 1
+        summary_and_exit
     fi
 
     t0=$(now)
-    run_scenario
-    timings+=("shared scenario: $(elapsed "$t0" "$(now)") s")
-
-    t0=$(now)
-    check_docker_stop
-    check_docker_restart
-    timings+=("Docker-only checks: $(elapsed "$t0" "$(now)") s")
-
-    t0=$(now)
-    phase_remove
-    timings+=("scenario's removal and purge: $(elapsed "$t0" "$(now)") s")
+    scenario_run "$BOX" docker "$image" "$deb_apis_next" "$deb_collector_next"
+    timing "scenario, with the Docker-only checks" "$t0"
     box_stop "$BOX"
 
-    timings+=("total: $(elapsed "$t_start" "$(now)") s")
-    printf 'time: %s\n' "${timings[@]}"
-    echo "$passed passed, $failed failed"
-    ((failed == 0))
+    timing tests/docker.sh "$t_start"
+    echo
+    timings_print
+    summary
 }
 
 main "$@"

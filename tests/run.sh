@@ -13,19 +13,6 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
-if [[ $EUID -ne 0 ]]; then
-    echo "tests/run.sh boots containers and installs packages in them: run it as root." >&2
-    exit 2
-fi
-
-BOX_RELEASES=${BOX_RELEASES-bookworm trixie}
-EXPOSURE_MAX=${EXPOSURE_MAX:-2.0}
-BOX_WORKDIR=/var/tmp/report-collector-tests/run-$$
-RESULTS=$BOX_WORKDIR/results
-export BOX_WORKDIR RESULTS
-mkdir -p "$BOX_WORKDIR"
-: >"$RESULTS"
-
 # shellcheck source=lib.sh
 source "$REPO/tests/lib.sh"
 # shellcheck source=box/rootfs.sh
@@ -35,64 +22,44 @@ source "$REPO/tests/box/driver-nspawn.sh"
 # shellcheck source=box/scenario.sh
 source "$REPO/tests/box/scenario.sh"
 
+require_root "boots containers and installs packages in them"
+
+BOX_RELEASES=${BOX_RELEASES-bookworm trixie}
+EXPOSURE_MAX=${EXPOSURE_MAX:-2.0}
+workdir_init run
+results_init
+
 BOX_PIDS=()
+declare -A BOX_RELEASE_OF
 BOXES=()
 
-cleanup() {
+# A box process may be in the middle of a minute-long sleep: its box is stopped from here,
+# then the process itself is ended.
+stop_boxes() {
     local pid box
-    # A box process may be in the middle of a minute-long sleep: stop its box from here, then
-    # end the process itself.
     for box in "${BOXES[@]}"; do
         box_stop "$box" 2>/dev/null || true
     done
     for pid in "${BOX_PIDS[@]}"; do
         kill -KILL "$pid" 2>/dev/null || true
     done
-    if [[ -z ${KEEP_WORKDIR:-} ]]; then
-        rm -rf "$BOX_WORKDIR"
-    fi
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", b - a }'; }
-TIMINGS=()
+on_exit stop_boxes
 
 # --- packages ------------------------------------------------------------------------------
 
+# The packages, and the same at a higher version for the upgrade in the boxes.
 build_debs() {
-    local t0 log=$BOX_WORKDIR/cargo-deb.log crate deb
+    local t0
     t0=$(now)
-    mkdir -p "$BOX_WORKDIR/debs" "$BOX_WORKDIR/next"
-    # The same packages with a higher version, for the upgrade in the boxes. Built first: cargo
-    # deb -o moves an earlier package of the same name out of target/debian.
-    for crate in report-apis report-collector; do
-        if ! deb=$(cargo deb -p "$crate" --deb-version 0.1.1-1 -o "$BOX_WORKDIR/next/" 2>>"$log" | tail -n 1) ||
-            [[ ! -f $deb ]]; then
-            fail "cargo deb -p $crate --deb-version 0.1.1-1 failed"
-            tail -n 30 "$log" | show
-            return 1
-        fi
-        if [[ $crate == report-apis ]]; then DEB_APIS_NEXT=$deb; else DEB_COLLECTOR_NEXT=$deb; fi
-    done
-    pass "cargo deb --deb-version 0.1.1-1: $(basename "$DEB_APIS_NEXT"), $(basename "$DEB_COLLECTOR_NEXT") for the upgrade"
-    # The packages as `make deb` makes them, left in target/debian; the tests use copies, which
-    # nothing else touches while the boxes run.
-    for crate in report-apis report-collector; do
-        if ! deb=$(cargo deb -p "$crate" --no-build 2>>"$log" | tail -n 1) || [[ ! -f $deb ]]; then
-            fail "cargo deb -p $crate failed"
-            tail -n 30 "$log" | show
-            return 1
-        fi
-        cp "$deb" "$BOX_WORKDIR/debs/"
-        deb=$BOX_WORKDIR/debs/$(basename "$deb")
-        if [[ $crate == report-apis ]]; then DEB_APIS=$deb; else DEB_COLLECTOR=$deb; fi
-    done
-    pass "cargo deb: $(basename "$DEB_APIS"), $(basename "$DEB_COLLECTOR")"
-    export DEB_APIS DEB_COLLECTOR DEB_APIS_NEXT DEB_COLLECTOR_NEXT
-    TIMINGS+=("cargo deb (4 packages): $(elapsed "$t0" "$(now)") s")
+    if debs_build "$BOX_WORKDIR/debs" DEB_APIS DEB_COLLECTOR DEB_APIS_NEXT DEB_COLLECTOR_NEXT; then
+        pass "cargo deb: $(basename "$DEB_APIS"), $(basename "$DEB_COLLECTOR")"
+        pass "cargo deb --deb-version $DEB_NEXT_VERSION: $(basename "$DEB_APIS_NEXT"), $(basename "$DEB_COLLECTOR_NEXT") for the upgrade"
+    else
+        fail "cargo deb (log: $BOX_WORKDIR/debs/cargo-deb.log)"
+        return 1
+    fi
+    timing "cargo deb (4 packages)" "$t0"
 }
 
 check_lintian() {
@@ -144,11 +111,11 @@ check_units() {
 }
 
 check_scripts() {
-    if shellcheck tests/*.sh tests/box/*.sh .ci/run packaging/debian/*/postinst \
+    if shellcheck tests/*.sh tests/box/*.sh scripts/*.sh .ci/run packaging/debian/*/postinst \
         packaging/debian/*/prerm packaging/debian/*/postrm >"$BOX_WORKDIR/shellcheck.log" 2>&1; then
-        pass "shellcheck: test scripts and maintainer scripts"
+        pass "shellcheck: test scripts, scripts/ and maintainer scripts"
     else
-        fail "shellcheck: test scripts and maintainer scripts"
+        fail "shellcheck: test scripts, scripts/ and maintainer scripts"
         show <"$BOX_WORKDIR/shellcheck.log"
     fi
 }
@@ -168,7 +135,7 @@ run_box() {
         box_stop "$name"
         return 0
     fi
-    scenario_run "$name"
+    scenario_run "$name" packages "$DEB_APIS" "$DEB_COLLECTOR" "$DEB_APIS_NEXT" "$DEB_COLLECTOR_NEXT"
     box_stop "$name"
     echo "TIME [$release] box: $(elapsed "$t0" "$(now)") s"
 }
@@ -184,30 +151,35 @@ run_boxes() {
         rootfs_cached "$release" >/dev/null
         run_box "$release" "$name" > >(tee "$BOX_WORKDIR/$release.log") 2>&1 &
         BOX_PIDS+=($!)
+        BOX_RELEASE_OF[$!]=$release
     done
+    # A box process that died (a bug in the scenario: an unset variable, say) has left the
+    # checks after that point unmade: that is a failure of its own.
     for pid in "${BOX_PIDS[@]}"; do
-        wait "$pid" || true
+        if ! wait "$pid"; then
+            TEST_LABEL=${BOX_RELEASE_OF[$pid]} fail "the box's process ended before the scenario did; the last lines of its log are above"
+        fi
     done
     BOX_PIDS=()
     for release in $BOX_RELEASES; do
         TIMINGS+=("$(sed -n 's/^TIME \[\(.*\)\] /\1 /p' "$BOX_WORKDIR/$release.log" 2>/dev/null)")
     done
-    TIMINGS+=("all boxes: $(elapsed "$t0" "$(now)") s")
+    timing "all boxes" "$t0"
 }
 
 main() {
     local t0
     t0=$(now)
     check_scripts
-    build_debs || { summary; exit 1; }
+    build_debs || summary_and_exit
     check_lintian
     check_units
     if [[ -n $BOX_RELEASES ]]; then
         run_boxes
     fi
-    TIMINGS+=("tests/run.sh: $(elapsed "$t0" "$(now)") s")
+    timing tests/run.sh "$t0"
     echo
-    printf 'time: %s\n' "${TIMINGS[@]}"
+    timings_print
     summary
 }
 

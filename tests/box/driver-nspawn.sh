@@ -7,7 +7,8 @@
 #   box_exec NAME CMD...     run CMD as root inside the box; stdin, stdout, exit status pass through
 #   box_stop NAME            power the box off (kill it if it does not stop), delete its root
 #   box_log NAME             path of the box's console log
-# Sourced by tests/run.sh and the Makefile's demo; needs tests/box/rootfs.sh sourced first.
+# Sourced by tests/run.sh, scripts/demo.sh and scripts/long-run.sh; needs tests/box/rootfs.sh
+# sourced first.
 
 BOX_WORKDIR=${BOX_WORKDIR:-/var/tmp/report-collector-tests/$$}
 

@@ -9,37 +9,32 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
-if [[ $EUID -ne 0 ]]; then
-    echo "tests/demo.sh boots a container: run it as root." >&2
-    exit 2
-fi
+# shellcheck source=../tests/lib.sh
+source "$REPO/tests/lib.sh"
+# shellcheck source=../tests/box/rootfs.sh
+source "$REPO/tests/box/rootfs.sh"
+# shellcheck source=../tests/box/driver-nspawn.sh
+source "$REPO/tests/box/driver-nspawn.sh"
+# shellcheck source=../tests/box/install.sh
+source "$REPO/tests/box/install.sh"
+
+require_root "boots a container"
 
 DEMO_MINUTES=${DEMO_MINUTES:-6}
 RELEASE=${DEMO_RELEASE:-bookworm}
 BOX=report-collector-demo-$$
-BOX_WORKDIR=/var/tmp/report-collector-tests/demo-$$
-export BOX_WORKDIR
-
-# shellcheck source=box/rootfs.sh
-source "$REPO/tests/box/rootfs.sh"
-# shellcheck source=box/driver-nspawn.sh
-source "$REPO/tests/box/driver-nspawn.sh"
-# shellcheck source=box/install.sh
-source "$REPO/tests/box/install.sh"
+workdir_init demo
 
 manual_run=
-cleanup() {
+stop_demo() {
     if [[ -n $manual_run ]]; then
         kill "$manual_run" 2>/dev/null || true
     fi
     echo
     echo "== stopping the box"
     box_stop "$BOX" || true
-    rm -rf "$BOX_WORKDIR"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+on_exit stop_demo
 
 box_install_shipped "$BOX" "$RELEASE"
 

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Installs what `make test`, `make demo` and `make bench` need on a fresh Debian 12 or 13
 # machine, and nothing when it is all there already: the Debian packages, a Rust toolchain
-# (through rustup when cargo is missing or too old) and cargo-deb 3.8.0.
+# (through rustup when cargo is missing or too old) and cargo-deb. With --docker, also what
+# the Docker box needs (`make test`, `make docker-demo`): Debian's docker.io, installed without
+# starting or enabling the host's Docker services, and it undoes what earlier versions of
+# tests/docker.sh left on the host (tests/box/docker-engine.sh says what).
 # Run as root.
 set -euo pipefail
 
-CARGO_DEB_VERSION=3.8.0
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=../tests/lib.sh
+source "$REPO/tests/lib.sh"
+
 RUST_MIN=1.85
 APT_PACKAGES=(
     build-essential # cc for the linker, dpkg-dev for cargo-deb's dependency lookup
@@ -15,10 +21,7 @@ APT_PACKAGES=(
     wrk hyperfine time # the benchmarks
 )
 
-if [[ $EUID -ne 0 ]]; then
-    echo "tests/install-deps.sh installs Debian packages: run it as root." >&2
-    exit 2
-fi
+require_root "installs Debian packages"
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
@@ -59,7 +62,11 @@ if command -v rustup >/dev/null 2>&1; then
     done
 fi
 
-if [[ $(cargo deb --version 2>/dev/null) != "cargo-deb $CARGO_DEB_VERSION" ]]; then
-    echo "installing cargo-deb $CARGO_DEB_VERSION" >&2
-    cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked
+cargo_deb_ready
+
+if [[ ${1:-} == --docker ]]; then
+    # shellcheck source=../tests/box/docker-engine.sh
+    source "$REPO/tests/box/docker-engine.sh"
+    engine_installed
+    engine_legacy_cleanup
 fi

@@ -14,34 +14,25 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
-if [[ $EUID -ne 0 ]]; then
-    echo "tests/long-run.sh boots a container: run it as root." >&2
-    exit 2
-fi
+# shellcheck source=../tests/lib.sh
+source "$REPO/tests/lib.sh"
+# shellcheck source=../tests/box/rootfs.sh
+source "$REPO/tests/box/rootfs.sh"
+# shellcheck source=../tests/box/driver-nspawn.sh
+source "$REPO/tests/box/driver-nspawn.sh"
+# shellcheck source=../tests/box/install.sh
+source "$REPO/tests/box/install.sh"
+# shellcheck source=../tests/box/scenario.sh
+source "$REPO/tests/box/scenario.sh" # metric
+
+require_root "boots a container"
 
 MINUTES=${LONG_RUN_MINUTES:-12}
 RELEASE=${LONG_RUN_RELEASE:-bookworm}
 OUT=${LONG_RUN_OUT:-$REPO/experiment/results/box-journal.txt}
 BOX=report-collector-long-$$
-BOX_WORKDIR=/var/tmp/report-collector-tests/long-$$
-export BOX_WORKDIR
-
-# shellcheck source=box/rootfs.sh
-source "$REPO/tests/box/rootfs.sh"
-# shellcheck source=box/driver-nspawn.sh
-source "$REPO/tests/box/driver-nspawn.sh"
-# shellcheck source=box/install.sh
-source "$REPO/tests/box/install.sh"
-# shellcheck source=box/scenario.sh
-source "$REPO/tests/box/scenario.sh" # metric
-
-cleanup() {
-    box_stop "$BOX" 2>/dev/null || true
-    rm -rf "$BOX_WORKDIR"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+workdir_init long
+on_exit box_stop "$BOX"
 
 box_install_shipped "$BOX" "$RELEASE"
 
@@ -55,7 +46,7 @@ journal=$(box_exec "$BOX" journalctl --no-pager -o short-iso-precise --since "$s
     SYSLOG_IDENTIFIER=report-collector)
 fields=$(box_exec "$BOX" journalctl --no-pager -o export --since "$started" \
     SYSLOG_IDENTIFIER=report-collector | grep -a '^OUTCOME=' || true)
-peak=$(metric report_apis_tickets_pending_peak)
+peak=$(metric "$BOX" report_apis_tickets_pending_peak)
 collected=$(grep -c '^OUTCOME=collected' <<<"$fields" || true)
 skipped=$(grep -c '^OUTCOME=skipped' <<<"$fields" || true)
 failed=$(grep -c '^OUTCOME=failed' <<<"$fields" || true)
