@@ -48,15 +48,19 @@ part_host_docker() {
 }
 
 # Daemons by pid and command line; for postgres only the postmaster, whose workers come and go.
+# A process already exiting (a zombie, or one whose command line is gone) is not running.
 part_daemons() {
-    local pid ppid comm
+    local pid ppid stat comm cmdline
     # (pgrep refuses a pattern this long: it would match nothing, silently.)
-    ps -eo pid=,ppid=,comm= | while read -r pid ppid comm; do
+    ps -eo pid=,ppid=,stat=,comm= | while read -r pid ppid stat comm; do
         [[ $comm =~ ^(dockerd|containerd|containerd-shim.*|systemd-nspawn|postgres)$ ]] || continue
+        [[ $stat == Z* ]] && continue
         if [[ $comm == postgres && $(ps -o comm= -p "$ppid") == postgres ]]; then
             continue
         fi
-        echo "$pid $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)"
+        cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+        [[ -n $cmdline ]] || continue
+        echo "$pid $cmdline"
     done | sort
 }
 
@@ -86,10 +90,27 @@ snapshot() {
     done
 }
 
+# same_as_before: whether the last "after" snapshot matches "before" in every part.
+same_as_before() {
+    local part
+    for part in "${PARTS[@]}"; do
+        cmp -s "$BOX_WORKDIR/before/${part%%:*}" "$BOX_WORKDIR/after/${part%%:*}" || return 1
+    done
+}
+
 snapshot before
 rc=0
 "$@" || rc=$?
+# What the tests stopped may take a moment to be gone (a shim reaped by its parent, a link
+# deleted with its namespace): look again for up to SETTLE seconds. Anything they left running
+# or configured is still there after that, and is reported.
+SETTLE=${SETTLE:-15}
+settle_until=$(($(date +%s) + SETTLE))
 snapshot after
+while ! same_as_before && (($(date +%s) < settle_until)); do
+    sleep 1
+    snapshot after
+done
 
 echo
 echo "== the host after the box tests, against before them"
