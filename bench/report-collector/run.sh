@@ -111,7 +111,9 @@ done
 CURL_RSS=$(/usr/bin/time -f %M curl -sf "http://127.0.0.1:$PORT/healthz" 2>&1 >/dev/null | tail -1)
 
 echo "== forbid skip while another process holds the lock ($RUNS runs) =="
-flock "$WORK/collector/collector.lock" sleep 600 &
+# --no-fork: the holder is the sleep itself, so the cleanup's kill ends it and frees the lock
+# (a forking flock would leave its sleep behind, holding the lock and this script's output).
+flock --no-fork "$WORK/collector/collector.lock" sleep 600 &
 HOLDER_PID=$!
 sleep 0.2
 set +e
