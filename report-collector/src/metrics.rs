@@ -7,12 +7,11 @@
 //! many runs end at once; the file is replaced by rename, so the collector never reads half.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::outcome::{KINDS, RunReport, unix_seconds};
-use crate::store::{Durability, write_atomically};
+use crate::store::{Durability, open_lock_file, write_atomically};
 
 const RUNS_TOTAL: &str = "report_collector_runs_total";
 
@@ -25,15 +24,7 @@ pub fn lock_path(metrics_file: &Path) -> PathBuf {
 
 /// Adds `run` to the textfile at `path`.
 pub fn record(path: &Path, run: &RunReport) -> io::Result<()> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    let guard = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(lock_path(path))?;
+    let guard = open_lock_file(&lock_path(path))?;
     // Held for a few file operations only; released when `guard` closes.
     fs2::FileExt::lock_exclusive(&guard)?;
     let mut counts = match std::fs::read_to_string(path) {

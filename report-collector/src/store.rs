@@ -113,6 +113,20 @@ pub fn write_atomically(target: &Path, bytes: &[u8], durability: Durability) -> 
     Ok(())
 }
 
+/// Opens `path` for reading and writing, creating it (and its directory) if needed and never
+/// truncating it: a file whose inode is a lock must stay the same file for every process.
+pub fn open_lock_file(path: &Path) -> io::Result<File> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
 /// Whether `name` is the temp file of a report write that never finished.
 fn is_report_temp(name: &str) -> bool {
     let current = name

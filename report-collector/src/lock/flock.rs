@@ -6,7 +6,7 @@
 //! leaves a stale lock; a stale *record* may remain, which is why the holder's pid is always
 //! checked against `/proc/locks` before it is believed.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt as _, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ use super::{
 };
 use crate::config::Policy;
 use crate::lock::replace::SignalError;
+use crate::store;
 
 /// The flock backend: the lock file at `path`.
 #[derive(Debug, Clone)]
@@ -75,16 +76,9 @@ pub struct HeldFlock {
 impl LockFile {
     /// Opens (creating if needed, never truncating) the lock file.
     pub fn open(path: &Path) -> io::Result<LockFile> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        Ok(LockFile { file })
+        Ok(LockFile {
+            file: store::open_lock_file(path)?,
+        })
     }
 
     /// Takes the lock if it is free; `Err` hands `self` back when it is busy.
