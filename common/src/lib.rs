@@ -1,10 +1,11 @@
 //! What `report-apis` and `report-collector` share, defined once so the two programs cannot
 //! drift apart: the wire format between them ([`wire`], [`ticket`]), the logging setup
 //! ([`logging`]), the exit codes ([`exit`]) and how a configuration file is read and its
-//! mistakes reported ([`config`]).
+//! mistakes reported ([`config`]), and the journal's message IDs ([`message_id`]).
 
 pub mod config;
 pub mod exit;
 pub mod logging;
+pub mod message_id;
 pub mod ticket;
 pub mod wire;
