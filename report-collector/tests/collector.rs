@@ -583,7 +583,9 @@ fn an_unknown_config_key_exits_78_naming_file_line_and_key() {
         .unwrap()
         + 1;
     assert!(
-        run.stderr.contains(&format!("line {line}")),
+        run.stderr.contains(&format!(
+            "{config}:{line}:1: key `poll-intervall`: unknown key"
+        )),
         "{}",
         run.stderr
     );
