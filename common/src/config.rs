@@ -173,6 +173,8 @@ fn in_words_of_keys(message: &str) -> String {
     message
         .replace("unknown field", "unknown key")
         .replace("expected one of", "the known keys are")
+        .replace(", expected `", ", the only known key is `")
+        .replace("there are no fields", "this table has no keys")
 }
 
 impl std::error::Error for ConfigError {
@@ -237,7 +239,9 @@ mod tests {
         }
         let err = err.to_string();
         assert!(
-            err.starts_with("s.toml:3:3: key `table.nmae`: unknown key `nmae`, the known keys are"),
+            err.starts_with(
+                "s.toml:3:3: key `table.nmae`: unknown key `nmae`, the only known key is `name`;"
+            ),
             "{err}"
         );
         assert!(
