@@ -36,12 +36,18 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Read and check the configuration exactly as a start would, print the effective
-    /// configuration as TOML and exit 0, or print the error (file, line, key) and exit 78.
-    /// Run it before `systemctl restart report-apis`: a restart stops the old server first.
+    /// Check the configuration as a start would and print it as TOML (exit 0), or the error
+    /// naming file, line and key (exit 78)
+    ///
+    /// Run it before `systemctl restart report-apis`: a restart stops the old server before
+    /// the new one can find a mistake in the file.
     CheckConfig,
-    /// Check the configuration, have the server PID re-read it (SIGHUP) and wait until it is
-    /// in force (what `systemctl reload report-apis` runs); exit 78 when either refuses it
+    /// Check the configuration, have the server re-read it and wait until it is in force
+    /// (systemctl reload)
+    ///
+    /// Sends SIGHUP to PID and waits for the outcome the server leaves in
+    /// $RUNTIME_DIRECTORY/reload: exit 0 once in force, 78 when the file or the server refuses
+    /// it (the configuration in force then stays).
     Reload {
         /// The running server's process ID ($MAINPID under systemd)
         #[arg(long, value_name = "PID")]

@@ -54,9 +54,10 @@ struct Cli {
 enum Command {
     /// Collect one report (what a bare `report-collector` does)
     Run,
-    /// Read and check the configuration exactly as a run would (command-line overrides
-    /// included), print the effective configuration as TOML and exit 0, or print the error
-    /// (file, line, key) and exit 78
+    /// Check the configuration as a run would and print it as TOML (exit 0), or the error
+    /// naming file, line and key (exit 78)
+    ///
+    /// Command-line overrides apply as they would to a run. No lock is taken, no server asked.
     CheckConfig,
     /// Show whether the lock is held (and by whom), the last run and the reports kept
     Status {

@@ -21,6 +21,8 @@
 
 # shellcheck source=../lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+# shellcheck source=phases-config.sh
+source "$(dirname "${BASH_SOURCE[0]}")/phases-config.sh"
 
 UNIT_STARTING_ID=7d4958e842da4a758f6c1cdc7b36dcc5
 UNIT_STARTED_ID=39f53479d3a045ac8e11786248231fbf
@@ -75,6 +77,8 @@ scenario_packages() {
     local box=$1 apis=$2 collector=$3 apis_next=$4 collector_next=$5
     phase install "$box" "$apis" "$collector" || return
     phase installed "$box"
+    phase config_check "$box"
+    phase config_reload "$box"
     scenario_minutes "$box" "$apis_next" "$collector_next" || return
     phase remove "$box"
 }
