@@ -170,11 +170,25 @@ impl fmt::Display for ConfigError {
 
 /// serde speaks of "fields"; the file has keys.
 fn in_words_of_keys(message: &str) -> String {
-    message
+    // Only an unknown field's list is a list of keys ("unknown variant" lists values).
+    if !message.starts_with("unknown field") {
+        return message.to_owned();
+    }
+    let message = message
         .replace("unknown field", "unknown key")
         .replace("expected one of", "the known keys are")
-        .replace(", expected `", ", the only known key is `")
-        .replace("there are no fields", "this table has no keys")
+        .replace("there are no fields", "this table has no keys");
+    // serde lists one or two known fields as "expected `a`" and "expected `a` or `b`".
+    match message.split_once(", expected `") {
+        Some((head, known)) if known.contains("` or `") => {
+            format!(
+                "{head}, the known keys are `{}",
+                known.replace("` or `", "`, `")
+            )
+        }
+        Some((head, known)) => format!("{head}, the only known key is `{known}"),
+        None => message,
+    }
 }
 
 impl std::error::Error for ConfigError {
@@ -250,6 +264,34 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn serde_fields_are_spoken_of_as_keys() {
+        for (serde, ours) in [
+            (
+                "unknown field `x`, expected one of `a`, `b`, `c`",
+                "unknown key `x`, the known keys are `a`, `b`, `c`",
+            ),
+            (
+                "unknown field `x`, expected `a` or `b`",
+                "unknown key `x`, the known keys are `a`, `b`",
+            ),
+            (
+                "unknown field `x`, expected `a`",
+                "unknown key `x`, the only known key is `a`",
+            ),
+            (
+                "unknown field `x`, there are no fields",
+                "unknown key `x`, this table has no keys",
+            ),
+            (
+                "invalid type: string \"3\", expected u32",
+                "invalid type: string \"3\", expected u32",
+            ),
+        ] {
+            assert_eq!(in_words_of_keys(serde), ours);
+        }
     }
 
     #[test]

@@ -72,7 +72,7 @@ period = "0s"
 [report]
 generation-time = "$1"
 slowdown = 0.0
-$2
+${2:-}
 EOF
     }
     _apis_config 4s
@@ -133,7 +133,7 @@ EOF
     else
         fail "systemctl reload with an invalid file: exit $code, $(prop "$box" report-apis.service ActiveState), pid $(prop "$box" report-apis.service MainPID)"
     fi
-    if journal_text "$box" -u report-apis.service --since "@$since" | grep -q 'config.toml:9:1: key `report.generation-tme`'; then
+    if journal_text "$box" -u report-apis.service --since "@$since" | grep -q 'config.toml:8:1: key `report.generation-tme`'; then
         pass "the journal says why, naming file, line and key"
         journal_text "$box" -u report-apis.service --since "@$since" --grep 'generation-tme' | tail -n 1 | show
     else
