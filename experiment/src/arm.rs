@@ -12,7 +12,7 @@ pub enum Launcher {
     /// A process at every slot, whatever is running.
     Cron,
     /// Never two at once; a slot that elapsed during a run fires the moment the run ends,
-    /// with `TRIGGER_UNIT` and `TRIGGER_TIMER_REALTIME_USEC` set as systemd sets them.
+    /// declared a timer start (`--trigger timer`) so that starting-deadline applies.
     Systemd252,
 }
 

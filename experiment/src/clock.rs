@@ -1,8 +1,8 @@
 //! The experiment's time line: seconds since the first slot, tied to the wall clock.
 //!
 //! Everything measured is placed on one monotonic axis so runs, samples and slots of all arms
-//! can be compared; the wall-clock anchor is what systemd would put in
-//! `TRIGGER_TIMER_REALTIME_USEC`.
+//! can be compared; slot 0 is on the wall clock's grid of slots, as the collector's
+//! `schedule-period` slots are.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -52,14 +52,14 @@ impl Clock {
         }
     }
 
+    /// Slot 0 on the wall clock.
+    pub fn slot_zero(&self) -> SystemTime {
+        UNIX_EPOCH + self.t0_epoch
+    }
+
     /// Seconds since slot 0, now.
     pub fn now(&self) -> f64 {
         self.secs(Instant::now())
-    }
-
-    /// Microseconds since the epoch of a point `secs` after slot 0, as systemd writes them.
-    pub fn epoch_usec(&self, secs: f64) -> u128 {
-        (self.t0_epoch + Duration::from_secs_f64(secs.max(0.0))).as_micros()
     }
 }
 
@@ -76,8 +76,8 @@ mod tests {
     #[test]
     fn slot_zero_is_on_the_wall_clock_grid() {
         let clock = Clock::aligned(Duration::from_secs(3), Duration::from_millis(10));
-        assert_eq!(clock.epoch_usec(0.0) % 3_000_000, 0);
-        assert_eq!(clock.epoch_usec(6.0) % 3_000_000, 0);
+        let since_epoch = clock.slot_zero().duration_since(UNIX_EPOCH).unwrap();
+        assert_eq!(since_epoch.as_micros() % 3_000_000, 0);
         assert!(clock.now() < 0.0);
         assert!(clock.now() > -3.1);
     }

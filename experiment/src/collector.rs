@@ -17,9 +17,6 @@ use crate::arm::Arm;
 use crate::params::Params;
 use crate::server::config_file;
 
-/// The environment systemd gives a service its timer started: which timer.
-pub const TRIGGER_UNIT: &str = "report-collector.timer";
-
 /// One arm's collector setup on disk.
 #[derive(Debug, Clone)]
 pub struct CollectorSetup {
@@ -82,8 +79,9 @@ impl CollectorSetup {
         })
     }
 
-    /// The command for run number `seq`; `trigger_usec` is set when a timer fires it.
-    pub fn command(&self, seq: usize, trigger_usec: Option<u128>) -> anyhow::Result<Command> {
+    /// The command for run number `seq`, declared a timer start (`--trigger timer`, so
+    /// starting-deadline applies) when a timer fires it.
+    pub fn command(&self, seq: usize, timer_started: bool) -> anyhow::Result<Command> {
         let out = File::create(self.logs.join(format!("{seq:03}.out")))
             .context("cannot create a run's log file")?;
         let err = File::create(self.logs.join(format!("{seq:03}.err")))
@@ -101,10 +99,8 @@ impl CollectorSetup {
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true);
-        if let Some(usec) = trigger_usec {
-            cmd.env("TRIGGER_UNIT", TRIGGER_UNIT)
-                .env("TRIGGER_TIMER_REALTIME_USEC", usec.to_string());
-        }
+        cmd.arg("--trigger")
+            .arg(if timer_started { "timer" } else { "manual" });
         Ok(cmd)
     }
 

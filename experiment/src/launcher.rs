@@ -96,13 +96,10 @@ pub async fn launch(
     let mut fire =
         |slot: u32, catch_up: bool, live: &mut HashMap<usize, Live>| -> anyhow::Result<()> {
             let started = clock.now();
-            // systemd 252 passes the moment the timer fired, a re-fire included (not the slot
-            // it missed); the collector finds the slot from that and its schedule-period.
-            let trigger = match arm.launcher {
-                Launcher::Cron => None,
-                Launcher::Systemd252 => Some(clock.epoch_usec(started)),
-            };
-            let mut cmd = setup.command(seq, trigger)?;
+            // Outside systemd, a timer start is declared (`--trigger timer`); the collector
+            // places it in its schedule-period slot, which is the experiment's slot.
+            let timer_started = matches!(arm.launcher, Launcher::Systemd252);
+            let mut cmd = setup.command(seq, timer_started)?;
             let mut child = cmd.spawn().context("cannot start report-collector")?;
             let pid = child.id().unwrap_or(0);
             let tx = tx.clone();

@@ -89,6 +89,7 @@ pub struct Config {
     /// Under `forbid`, a timer-started run later than this after its slot skips itself.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub starting_deadline: Option<Duration>,
+    /// Deprecated: slots of this length, only where systemd cannot name the timer's elapse.
     #[serde(with = "humantime_serde")]
     pub schedule_period: Duration,
     /// Prometheus textfile written after every run, when set.

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod config;
+pub mod identity;
 pub mod lock;
 pub mod metrics;
 pub mod outcome;
@@ -15,3 +16,4 @@ pub mod run;
 pub mod schedule;
 pub mod status;
 pub mod store;
+pub mod systemd;

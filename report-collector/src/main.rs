@@ -10,7 +10,7 @@ use report_collector::client::HttpServer;
 use report_collector::config::{Config, Policy};
 use report_collector::lock::flock::FlockLock;
 use report_collector::outcome::CancelSignal;
-use report_collector::schedule::Trigger;
+use report_collector::schedule::DeclaredTrigger;
 use report_common::config::ConfigFile;
 use report_common::{exit, message_id};
 
@@ -46,6 +46,10 @@ struct Cli {
     /// The lock file (overrides lock-file)
     #[arg(long, global = true, value_name = "PATH")]
     lock_file: Option<PathBuf>,
+    /// What started this run: auto (ask systemd), timer (starting-deadline applies) or manual
+    /// (it never does). For runs outside systemd: tests, other schedulers
+    #[arg(long, global = true, value_name = "HOW", default_value_t, value_parser = trigger_parser())]
+    trigger: DeclaredTrigger,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -72,6 +76,13 @@ fn policy_parser() -> impl clap::builder::TypedValueParser<Value = Policy> {
     use clap::builder::TypedValueParser as _;
     clap::builder::PossibleValuesParser::new(Policy::ALL.map(Policy::as_str))
         .try_map(|name| name.parse::<Policy>())
+}
+
+/// The trigger names as `--help` lists them.
+fn trigger_parser() -> impl clap::builder::TypedValueParser<Value = DeclaredTrigger> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(DeclaredTrigger::ALL.map(DeclaredTrigger::as_str))
+        .try_map(|name| name.parse::<DeclaredTrigger>())
 }
 
 fn main() -> ExitCode {
@@ -111,7 +122,13 @@ fn main() -> ExitCode {
 
     let lock = FlockLock::new(&config.lock_file);
     match cli.command {
-        None | Some(Command::Run) => run(&config, &lock),
+        None | Some(Command::Run) => {
+            if let Err(e) = report_collector::identity::become_owner_of(&config) {
+                tracing::error!("{e}");
+                return ExitCode::from(exit::FAILURE);
+            }
+            run(&config, &lock, cli.trigger)
+        }
         Some(Command::Status { json }) => report_collector::status::print(&config, &lock, json),
         Some(Command::CheckConfig) => check_config(&config, cli.config.as_deref()),
     }
@@ -153,7 +170,7 @@ fn check_config(config: &Config, path: Option<&std::path::Path>) -> ExitCode {
 
 /// One run on a current-thread runtime (a periodic job needs no more), cancelled by SIGTERM
 /// or SIGINT, its outcome mapped to the exit code.
-fn run(config: &Config, lock: &FlockLock) -> ExitCode {
+fn run(config: &Config, lock: &FlockLock, declared: DeclaredTrigger) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -176,7 +193,16 @@ fn run(config: &Config, lock: &FlockLock) -> ExitCode {
         let connect = || {
             HttpServer::new(&config.server_url, config.request_timeout).map_err(|e| e.to_string())
         };
-        let trigger = Trigger::from_env();
+        let note_dir = config
+            .state_file
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        let trigger = report_collector::systemd::trigger(
+            declared,
+            std::env::var("TRIGGER_UNIT").ok(),
+            note_dir,
+        )
+        .await;
         Some(report_collector::run::run(config, lock, connect, trigger, cancel).await)
     });
     match report {

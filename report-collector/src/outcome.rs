@@ -84,8 +84,17 @@ impl RunReport {
         self.outcome.exit_code()
     }
 
-    /// The human sentence of the decision line.
+    /// The human sentence of the decision line; a run started by hand says so.
     pub fn message(&self) -> String {
+        let sentence = self.sentence();
+        if self.trigger == "manual" {
+            format!("{sentence} (started by hand)")
+        } else {
+            sentence
+        }
+    }
+
+    fn sentence(&self) -> String {
         let took = format!("{:.3}s", self.duration.as_secs_f64());
         match &self.outcome {
             Outcome::Collected { report } => format!(

@@ -1,60 +1,85 @@
 //! Schedule awareness: which slot a run belongs to and whether a timer started it too late.
 //!
-//! The slot is the `schedule-period` slot (aligned to the Unix epoch, hence to the wall clock)
-//! that contains the moment the run starts; a run is late by the time since that slot.
-//! `TRIGGER_UNIT` says whether a timer started the run. `TRIGGER_TIMER_REALTIME_USEC` is NOT
-//! used for lateness: measured on Debian 12 (systemd 252) with a 10 s timer and a 25 s
-//! oneshot, every start (the re-fires right after a run and the later on-time starts alike)
-//! carried the same value, the time of the first elapse after the timer was started. A slot
-//! computed from it would make every run after the first look late.
+//! A run started by the timer belongs to the elapse that fired it, as systemd tells it (see
+//! [`crate::systemd`]): a catch-up re-fire right after a long run belongs to the elapse the
+//! run swallowed, and is late by the time since. Where systemd cannot say (no bus, a timer
+//! without `OnCalendar=`, `--trigger timer` outside systemd), the slot is the
+//! `schedule-period` slot (aligned to the Unix epoch, hence to the wall clock) that contains
+//! the moment the run starts. `TRIGGER_TIMER_REALTIME_USEC` is never used: measured on
+//! Debian 12 (systemd 252) and 13 (257), every start carries the time of the timer's first
+//! elapse.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// What started this run, as systemd tells it (systemd.exec(5)).
+/// What started this run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
     /// Started by hand (or by anything that is not a timer): never skipped for lateness.
     Manual,
-    /// Started by a timer unit; `fired_at` is what systemd passed, kept for the record only.
+    /// Started by a timer; `slot` is the elapse that fired it, when systemd could tell.
     Timer {
         unit: String,
-        fired_at: Option<SystemTime>,
+        slot: Option<SystemTime>,
     },
 }
 
 impl Trigger {
-    /// Reads `TRIGGER_UNIT` and `TRIGGER_TIMER_REALTIME_USEC` from the environment.
-    pub fn from_env() -> Trigger {
-        Trigger::from_vars(
-            std::env::var("TRIGGER_UNIT").ok(),
-            std::env::var("TRIGGER_TIMER_REALTIME_USEC").ok(),
-        )
-    }
-
-    /// The pure part of [`Trigger::from_env`]: a `.path` or socket unit is not a timer.
-    pub fn from_vars(unit: Option<String>, realtime_usec: Option<String>) -> Trigger {
-        let fired_at = realtime_usec
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|usec| UNIX_EPOCH + Duration::from_micros(usec));
-        match unit {
-            Some(unit) if unit.ends_with(".timer") || fired_at.is_some() => {
-                Trigger::Timer { unit, fired_at }
-            }
-            None if fired_at.is_some() => Trigger::Timer {
-                unit: String::new(),
-                fired_at,
-            },
-            _ => Trigger::Manual,
-        }
-    }
-
-    /// How the journal names the trigger: the timer unit, or `manual`.
+    /// How the journal names the trigger: the timer unit, `timer`, or `manual`.
     pub fn describe(&self) -> String {
         match self {
             Trigger::Manual => "manual".to_owned(),
             Trigger::Timer { unit, .. } if unit.is_empty() => "timer".to_owned(),
             Trigger::Timer { unit, .. } => unit.clone(),
         }
+    }
+
+    pub fn is_manual(&self) -> bool {
+        matches!(self, Trigger::Manual)
+    }
+}
+
+/// `--trigger`: how a run outside systemd declares what started it (tests, the experiment,
+/// another scheduler); `auto` asks systemd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeclaredTrigger {
+    #[default]
+    Auto,
+    Timer,
+    Manual,
+}
+
+impl DeclaredTrigger {
+    pub const ALL: [DeclaredTrigger; 3] = [
+        DeclaredTrigger::Auto,
+        DeclaredTrigger::Timer,
+        DeclaredTrigger::Manual,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeclaredTrigger::Auto => "auto",
+            DeclaredTrigger::Timer => "timer",
+            DeclaredTrigger::Manual => "manual",
+        }
+    }
+}
+
+impl fmt::Display for DeclaredTrigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeclaredTrigger {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DeclaredTrigger::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("unknown trigger `{s}`: use one of auto, timer, manual"))
     }
 }
 
@@ -78,9 +103,15 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// Places a run that starts `now` (see the module doc for why the trigger time is not used).
+    /// Places a run that starts `now`: in the elapse systemd named, else in its
+    /// `schedule-period` slot.
     pub fn of(trigger: &Trigger, now: SystemTime, period: Duration) -> Placement {
-        let slot = slot_of(now, period);
+        let slot = match trigger {
+            Trigger::Timer {
+                slot: Some(slot), ..
+            } if *slot <= now => *slot,
+            _ => slot_of(now, period),
+        };
         Placement {
             slot,
             late_by: now.duration_since(slot).unwrap_or_default(),
@@ -130,59 +161,58 @@ mod tests {
     }
 
     #[test]
-    fn a_timer_refire_long_after_the_slot_is_late() {
-        // systemd re-fires the instant a 37 s run ends, 37 s into the minute.
-        let now = at(1_704_110_437);
-        let p = Placement::of(&timer(Some(now)), now, MINUTE);
-        assert_eq!(p.slot, at(1_704_110_400));
-        assert_eq!(p.late_by, Duration::from_secs(37));
+    fn a_timer_refire_belongs_to_the_elapse_systemd_names() {
+        // systemd re-fires the instant a 75 s run ends, 15 s into the next minute, and names
+        // the elapse the run swallowed.
+        let swallowed = at(1_704_110_460);
+        let now = swallowed + Duration::from_secs(15);
+        let p = Placement::of(&timer(Some(swallowed)), now, MINUTE);
+        assert_eq!(p.slot, swallowed);
+        assert_eq!(p.late_by, Duration::from_secs(15));
         assert_eq!(
             p.missed(Some(Duration::from_secs(10))),
-            Some(Duration::from_secs(37))
+            Some(Duration::from_secs(15))
         );
         assert_eq!(p.missed(None), None);
     }
 
     #[test]
-    fn a_timer_start_on_time_runs_even_with_a_stale_trigger_time() {
-        // systemd 252 passes the first elapse's time on every later start.
-        let now = at(1_704_110_400) + Duration::from_millis(320);
-        let stale = now - Duration::from_secs(3600);
-        let p = Placement::of(&timer(Some(stale)), now, MINUTE);
-        assert_eq!(p.slot, at(1_704_110_400));
-        assert_eq!(p.missed(Some(Duration::from_secs(10))), None);
+    fn the_timers_own_schedule_wins_over_schedule_period() {
+        // OnCalendar=*:0/5 changed in a drop-in, schedule-period left at 1m: a start 30 s
+        // after the 12:05 elapse is late by 30 s, not by the 30 s into "its minute" only by
+        // chance.
+        let elapse = at(1_704_110_700);
+        let now = elapse + Duration::from_secs(90);
+        let p = Placement::of(&timer(Some(elapse)), now, MINUTE);
+        assert_eq!(p.slot, elapse);
+        assert_eq!(p.late_by, Duration::from_secs(90));
     }
 
-    fn timer(fired_at: Option<SystemTime>) -> Trigger {
+    #[test]
+    fn without_a_slot_from_systemd_the_period_slot_is_used() {
+        let now = at(1_704_110_437);
+        let p = Placement::of(&timer(None), now, MINUTE);
+        assert_eq!(p.slot, at(1_704_110_400));
+        assert_eq!(p.late_by, Duration::from_secs(37));
+        // A slot in the future (a clock step) is not trusted either.
+        let p = Placement::of(&timer(Some(now + MINUTE)), now, MINUTE);
+        assert_eq!(p.slot, at(1_704_110_400));
+    }
+
+    fn timer(slot: Option<SystemTime>) -> Trigger {
         Trigger::Timer {
             unit: "report-collector.timer".into(),
-            fired_at,
+            slot,
         }
     }
 
     #[test]
-    fn trigger_comes_from_systemd_variables() {
-        assert_eq!(Trigger::from_vars(None, None), Trigger::Manual);
-        assert_eq!(
-            Trigger::from_vars(Some("foo.path".into()), None),
-            Trigger::Manual
-        );
-        assert_eq!(
-            Trigger::from_vars(
-                Some("report-collector.timer".into()),
-                Some("1704110400000000".into())
-            ),
-            Trigger::Timer {
-                unit: "report-collector.timer".into(),
-                fired_at: Some(at(1_704_110_400)),
-            }
-        );
-        assert_eq!(
-            Trigger::from_vars(Some("report-collector.timer".into()), None),
-            Trigger::Timer {
-                unit: "report-collector.timer".into(),
-                fired_at: None,
-            }
-        );
+    fn the_declared_trigger_parses_its_three_names() {
+        for t in DeclaredTrigger::ALL {
+            assert_eq!(t.as_str().parse::<DeclaredTrigger>(), Ok(t));
+        }
+        assert!("cron".parse::<DeclaredTrigger>().is_err());
+        assert_eq!(Trigger::Manual.describe(), "manual");
+        assert_eq!(timer(None).describe(), "report-collector.timer");
     }
 }

@@ -4,7 +4,7 @@
 mod util;
 
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use report_collector::lock::flock::LockFile;
@@ -375,22 +375,19 @@ fn allow_runs_while_another_run_holds_the_lock() {
     assert_code(&finish(holder), 143);
 }
 
-fn usec(at: SystemTime) -> String {
-    at.duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros()
-        .to_string()
+/// A timer start outside systemd: declared with `--trigger timer`, the documented hook.
+fn timer_start(setup: &Setup) -> Finished {
+    finish(setup.command(&["--trigger", "timer"]).spawn().unwrap())
 }
 
-/// A start as systemd 252 makes it: TRIGGER_UNIT, and a TRIGGER_TIMER_REALTIME_USEC that
-/// may be long stale (it was measured to keep the first elapse's time).
-fn timer_start(setup: &Setup) -> Finished {
-    let stale = SystemTime::now() - Duration::from_secs(3600);
+/// Where systemd cannot be asked (no system bus here), `TRIGGER_UNIT` alone keeps the old
+/// rule, a timer start, and the note about it is written once per boot.
+fn timer_start_without_a_bus(setup: &Setup) -> Finished {
     finish(
         setup
             .command(&[])
             .env("TRIGGER_UNIT", "report-collector.timer")
-            .env("TRIGGER_TIMER_REALTIME_USEC", usec(stale))
+            .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/bus")
             .spawn()
             .unwrap(),
     )
@@ -431,7 +428,34 @@ fn a_timer_start_within_the_starting_deadline_runs() {
     );
     let on_time = timer_start(&setup);
     assert_code(&on_time, 0);
-    assert!(on_time.stderr.contains("report-collector.timer"));
+    assert!(
+        on_time.stderr.contains("TRIGGER=\"timer\""),
+        "{}",
+        on_time.stderr
+    );
+}
+
+#[test]
+fn without_a_bus_a_timer_unit_means_a_timer_start_and_is_said_once_per_boot() {
+    let server = ApiServer::fast();
+    let setup = Setup::new(
+        &server.url,
+        &[
+            ("starting-deadline", "\"1ms\""),
+            ("schedule-period", "\"1h\""),
+        ],
+    );
+    let first = timer_start_without_a_bus(&setup);
+    assert_code(&first, 75);
+    assert!(
+        first.stderr.contains("cannot ask systemd over D-Bus"),
+        "{}",
+        first.stderr
+    );
+    assert!(first.stderr.contains("missed slot"), "{}", first.stderr);
+    let second = timer_start_without_a_bus(&setup);
+    assert_code(&second, 75);
+    assert!(!second.stderr.contains("D-Bus"), "{}", second.stderr);
 }
 
 #[test]

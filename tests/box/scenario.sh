@@ -23,6 +23,8 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=phases-config.sh
 source "$(dirname "${BASH_SOURCE[0]}")/phases-config.sh"
+# shellcheck source=phases-trigger.sh
+source "$(dirname "${BASH_SOURCE[0]}")/phases-trigger.sh"
 
 UNIT_STARTING_ID=7d4958e842da4a758f6c1cdc7b36dcc5
 UNIT_STARTED_ID=39f53479d3a045ac8e11786248231fbf
@@ -79,7 +81,9 @@ scenario_packages() {
     phase installed "$box"
     phase config_check "$box"
     phase config_reload "$box"
+    phase hand_started "$box"
     scenario_minutes "$box" "$apis_next" "$collector_next" || return
+    phase hand_after "$box" "after the timer fired many times" fast
     phase remove "$box"
 }
 
@@ -92,6 +96,7 @@ scenario_minutes() {
     phase timer_listed "$box" slot_a || return
     phase compress_time "$box"
     phase kill_run "$box" "$slot_a" inv_a || return
+    phase hand_after "$box" "right after the timer's run was killed with kill -9"
     slot_b=$((slot_a + 60))
     phase heavy_load "$box" "$slot_b"
     phase slot_b "$box" "$slot_b" "$inv_a" "the killed run" inv_b || return
