@@ -1,6 +1,7 @@
 //! How both programs read their TOML configuration file: one loader, so that a mistake in
-//! either file is found the same way (unknown keys refused; the file, line, column and dotted
-//! key known) and both exit 78 for it.
+//! either file is found and worded the same way (unknown keys refused; the file, line, column
+//! and dotted key named in one sentence) and both exit 78 for it, at start, in `check-config`
+//! and (report-apis) on reload.
 //!
 //! A program describes its file by implementing [`ConfigFile`] on its `Config` (which derives
 //! `Deserialize` with `deny_unknown_fields` and kebab-case keys) and gets the loader with it.
@@ -16,8 +17,6 @@ pub trait ConfigFile: DeserializeOwned + Default {
     /// Where the packaged configuration lives. When this path is absent the defaults apply,
     /// so that the bare program runs anywhere.
     const DEFAULT_PATH: &'static str;
-    /// How the program words its configuration errors.
-    const WORDING: Wording;
 
     /// Checks what serde cannot, once the file is read; `Err` says what is wrong and what to
     /// write instead.
@@ -30,7 +29,6 @@ pub trait ConfigFile: DeserializeOwned + Default {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
-            wording: Self::WORDING,
         })?;
         Self::parse(path, &text)
     }
@@ -64,7 +62,7 @@ pub trait ConfigFile: DeserializeOwned + Default {
 
     /// Parses and checks TOML text; `path` only names the file in error messages.
     fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let wording = Self::WORDING;
+        let packaged = Self::DEFAULT_PATH;
         let place =
             |err: &toml::de::Error| line_and_column(text, err.span().map_or(0, |span| span.start));
         let document = toml::Deserializer::parse(text).map_err(|err| {
@@ -74,7 +72,7 @@ pub trait ConfigFile: DeserializeOwned + Default {
                 line,
                 column,
                 message: err.message().trim().to_owned(),
-                wording,
+                packaged,
             }
         })?;
         // The path tracker names the dotted key toml's own error leaves out.
@@ -88,27 +86,15 @@ pub trait ConfigFile: DeserializeOwned + Default {
                 column,
                 key,
                 message: err.message().trim().to_owned(),
-                wording,
+                packaged,
             }
         })?;
         config.check().map_err(|message| ConfigError::Rejected {
             path: path.to_owned(),
             message,
-            wording,
         })?;
         Ok(config)
     }
-}
-
-/// How a program words its configuration errors. Both name the file, the line and what is
-/// wrong; each keeps the sentences its operators, manual pages and scripts already know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wording {
-    /// `FILE:LINE:COLUMN: key `KEY`: ...`, pointing at the packaged file that documents every
-    /// key and its default.
-    FileLineColumn { packaged: &'static str },
-    /// `FILE line LINE: ...; fix or remove that line`, speaking of keys, not of serde's fields.
-    FileLine,
 }
 
 /// A configuration file that cannot be used. Every variant means exit code 78 (EX_CONFIG).
@@ -118,7 +104,6 @@ pub enum ConfigError {
     Read {
         path: PathBuf,
         source: std::io::Error,
-        wording: Wording,
     },
     /// The text is not TOML.
     Syntax {
@@ -126,7 +111,8 @@ pub enum ConfigError {
         line: usize,
         column: usize,
         message: String,
-        wording: Wording,
+        /// The packaged file, which shows every key in use.
+        packaged: &'static str,
     },
     /// A key that does not exist or a value of the wrong kind; `key` is dotted
     /// (`report.slowdown`).
@@ -136,78 +122,73 @@ pub enum ConfigError {
         column: usize,
         key: String,
         message: String,
-        wording: Wording,
+        /// The packaged file, which documents every key and its default.
+        packaged: &'static str,
     },
     /// Read, but refused by [`ConfigFile::check`].
-    Rejected {
-        path: PathBuf,
-        message: String,
-        wording: Wording,
-    },
+    Rejected { path: PathBuf, message: String },
 }
 
+/// One wording for both programs: `FILE:LINE:COLUMN: key `KEY`: what is wrong; what to do`,
+/// speaking of keys (the file has keys, not serde's fields) and pointing at the packaged file.
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Read {
-                path,
-                source,
-                wording,
-            } => {
-                let other = match wording {
-                    Wording::FileLineColumn { .. } => "another path",
-                    Wording::FileLine => "another one",
-                };
-                write!(
-                    f,
-                    "cannot read the configuration file {}: {source}; create it or pass {other} with --config",
-                    path.display()
-                )
-            }
+            Self::Read { path, source } => write!(
+                f,
+                "cannot read the configuration file {}: {source}; create it or pass another path with --config",
+                path.display()
+            ),
             Self::Syntax {
                 path,
                 line,
                 column,
                 message,
-                wording,
-            } => match wording {
-                Wording::FileLineColumn { packaged } => write!(
-                    f,
-                    "{}:{line}:{column}: {message}; fix the TOML syntax there (the packaged {packaged} shows every key in use)",
-                    path.display()
-                ),
-                Wording::FileLine => file_line(f, path, *line, message),
-            },
+                packaged,
+            } => write!(
+                f,
+                "{}:{line}:{column}: {message}; fix the TOML syntax there (the packaged {packaged} shows every key in use)",
+                path.display()
+            ),
             Self::Invalid {
                 path,
                 line,
                 column,
                 key,
                 message,
-                wording,
-            } => match wording {
-                Wording::FileLineColumn { packaged } => write!(
-                    f,
-                    "{}:{line}:{column}: key `{key}`: {message}; fix or remove it (the packaged {packaged} documents every key and its default)",
-                    path.display()
-                ),
-                Wording::FileLine => file_line(f, path, *line, message),
-            },
-            Self::Rejected { path, message, .. } => write!(f, "{}: {message}", path.display()),
+                packaged,
+            } => write!(
+                f,
+                "{}:{line}:{column}: key `{key}`: {}; fix or remove it (the packaged {packaged} documents every key and its default)",
+                path.display(),
+                in_words_of_keys(message)
+            ),
+            Self::Rejected { path, message } => write!(f, "{}: {message}", path.display()),
         }
     }
 }
 
-fn file_line(f: &mut fmt::Formatter<'_>, path: &Path, line: usize, message: &str) -> fmt::Result {
-    // serde speaks of "fields"; the file has keys.
+/// serde speaks of "fields"; the file has keys.
+fn in_words_of_keys(message: &str) -> String {
+    // Only an unknown field's list is a list of keys ("unknown variant" lists values).
+    if !message.starts_with("unknown field") {
+        return message.to_owned();
+    }
     let message = message
         .replace("unknown field", "unknown key")
-        .replace("expected one of", "the known keys are");
-    write!(
-        f,
-        "{} line {line}: {message}; fix or remove that line",
-        path.display()
-    )
+        .replace("expected one of", "the known keys are")
+        .replace("there are no fields", "this table has no keys");
+    // serde lists one or two known fields as "expected `a`" and "expected `a` or `b`".
+    match message.split_once(", expected `") {
+        Some((head, known)) if known.contains("` or `") => {
+            format!(
+                "{head}, the known keys are `{}",
+                known.replace("` or `", "`, `")
+            )
+        }
+        Some((head, known)) => format!("{head}, the only known key is `{known}"),
+        None => message,
+    }
 }
 
 impl std::error::Error for ConfigError {
@@ -251,9 +232,6 @@ mod tests {
 
     impl ConfigFile for Sample {
         const DEFAULT_PATH: &'static str = "/nonexistent/sample.toml";
-        const WORDING: Wording = Wording::FileLineColumn {
-            packaged: "/nonexistent/sample.toml",
-        };
 
         fn check(&self) -> Result<(), String> {
             if self.keep_reports > 10 {
@@ -261,16 +239,6 @@ mod tests {
             }
             Ok(())
         }
-    }
-
-    /// The same file in the other wording.
-    #[derive(Debug, Default, PartialEq, serde::Deserialize)]
-    #[serde(transparent)]
-    struct Terse(Sample);
-
-    impl ConfigFile for Terse {
-        const DEFAULT_PATH: &'static str = "/nonexistent/terse.toml";
-        const WORDING: Wording = Wording::FileLine;
     }
 
     #[test]
@@ -285,30 +253,54 @@ mod tests {
         }
         let err = err.to_string();
         assert!(
-            err.starts_with("s.toml:3:3: key `table.nmae`: unknown field"),
+            err.starts_with(
+                "s.toml:3:3: key `table.nmae`: unknown key `nmae`, the only known key is `name`;"
+            ),
             "{err}"
         );
         assert!(
-            err.ends_with("documents every key and its default)"),
+            err.ends_with(
+                "; fix or remove it (the packaged /nonexistent/sample.toml documents every key and its default)"
+            ),
             "{err}"
         );
     }
 
     #[test]
-    fn the_file_line_wording_speaks_of_keys() {
-        let text = "keep-reports = 1\n\nkeep-report = 2\n";
-        let err = Terse::parse(Path::new("/etc/t.toml"), text)
+    fn serde_fields_are_spoken_of_as_keys() {
+        for (serde, ours) in [
+            (
+                "unknown field `x`, expected one of `a`, `b`, `c`",
+                "unknown key `x`, the known keys are `a`, `b`, `c`",
+            ),
+            (
+                "unknown field `x`, expected `a` or `b`",
+                "unknown key `x`, the known keys are `a`, `b`",
+            ),
+            (
+                "unknown field `x`, expected `a`",
+                "unknown key `x`, the only known key is `a`",
+            ),
+            (
+                "unknown field `x`, there are no fields",
+                "unknown key `x`, this table has no keys",
+            ),
+            (
+                "invalid type: string \"3\", expected u32",
+                "invalid type: string \"3\", expected u32",
+            ),
+        ] {
+            assert_eq!(in_words_of_keys(serde), ours);
+        }
+    }
+
+    #[test]
+    fn syntax_errors_name_file_line_and_column() {
+        let err = Sample::parse(Path::new("/etc/t.toml"), "keep-reports = 1\n[table\n")
             .unwrap_err()
             .to_string();
-        assert!(
-            err.starts_with("/etc/t.toml line 3: unknown key `keep-report`, the known keys are"),
-            "{err}"
-        );
-        assert!(err.ends_with("; fix or remove that line"), "{err}");
-        let err = Terse::parse(Path::new("/etc/t.toml"), "[table\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("/etc/t.toml line 1: "), "{err}");
+        assert!(err.starts_with("/etc/t.toml:2:"), "{err}");
+        assert!(err.contains("fix the TOML syntax there"), "{err}");
     }
 
     #[test]

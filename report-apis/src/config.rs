@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use report_common::config::{ConfigFile, Wording};
+use report_common::config::ConfigFile;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Where the packaged configuration lives; when this default path is absent the built-in
@@ -123,9 +123,6 @@ impl Default for Shutdown {
 
 impl ConfigFile for Config {
     const DEFAULT_PATH: &'static str = DEFAULT_PATH;
-    const WORDING: Wording = Wording::FileLineColumn {
-        packaged: DEFAULT_PATH,
-    };
 }
 
 fn non_negative_finite<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {

@@ -2,7 +2,8 @@
 //! that slows down like a real overloaded server.
 //!
 //! [`run`] serves on a bound listener until a shutdown future completes, so the binary and the
-//! tests drive the very same code.
+//! tests drive the very same code. [`run_with_reloads`] also takes reloaded configurations
+//! (the binary reads them on SIGHUP) and applies them without dropping a ticket.
 
 pub mod api;
 pub mod config;
@@ -13,11 +14,12 @@ pub mod report;
 pub mod tickets;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 
 pub use config::Config;
@@ -37,6 +39,83 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let (_reloader, reloads) = reload_channel();
+    run_with_reloads(listener, config, shutdown, reloads).await
+}
+
+/// Asks a running server to apply a new configuration; see [`run_with_reloads`].
+#[derive(Debug, Clone)]
+pub struct Reloader(mpsc::Sender<(Config, oneshot::Sender<Result<String, String>>)>);
+
+/// The server's end of a [`Reloader`].
+#[derive(Debug)]
+pub struct Reloads(mpsc::Receiver<(Config, oneshot::Sender<Result<String, String>>)>);
+
+/// A reloader and the end [`run_with_reloads`] takes.
+pub fn reload_channel() -> (Reloader, Reloads) {
+    let (tx, rx) = mpsc::channel(1);
+    (Reloader(tx), Reloads(rx))
+}
+
+impl Reloader {
+    /// Applies `config` to the running server once it is in force: `Ok` says what changed,
+    /// `Err` why the server refused it (the configuration in force then stays as it was).
+    pub async fn reload(&self, config: Config) -> Result<String, String> {
+        let (done, outcome) = oneshot::channel();
+        self.0
+            .send((config, done))
+            .await
+            .map_err(|_| "the server is not running".to_owned())?;
+        outcome
+            .await
+            .unwrap_or_else(|_| Err("the server stopped during the reload".to_owned()))
+    }
+}
+
+/// What a reload from `running` to `new` changes, or why it cannot be applied to a running
+/// server.
+fn reload_changes(running: &Config, new: &Config) -> Result<String, String> {
+    if new.listen != running.listen {
+        return Err(format!(
+            "`listen` changed from {} to {}: that needs a restart (systemctl restart report-apis); \
+             nothing was changed",
+            running.listen, new.listen
+        ));
+    }
+    let running = toml::Table::try_from(running).map_err(|e| e.to_string())?;
+    let new = toml::Table::try_from(new).map_err(|e| e.to_string())?;
+    let mut changed = Vec::new();
+    for (table, values) in &new {
+        let (Some(values), Some(old)) = (
+            values.as_table(),
+            running.get(table).and_then(|v| v.as_table()),
+        ) else {
+            continue;
+        };
+        for (key, value) in values {
+            if old.get(key) != Some(value) {
+                changed.push(format!("{table}.{key} = {value}"));
+            }
+        }
+    }
+    Ok(if changed.is_empty() {
+        "nothing changed".to_owned()
+    } else {
+        changed.join(", ")
+    })
+}
+
+/// [`run`], and every configuration sent through the [`Reloader`] of `reloads` applied from
+/// then on: pending tickets are kept and served; tickets issued afterwards use the new
+/// generation settings; the heavy-load phase under way continues; a lower `max-pending`
+/// refuses new tickets but evicts none; the drain timeout is the one in force at shutdown. A
+/// different `listen` is refused: it needs a restart.
+pub async fn run_with_reloads(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reloads: Reloads,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     let address = listener
         .local_addr()
@@ -49,7 +128,7 @@ pub async fn run(
         metrics,
     });
 
-    let housekeeping = tokio::spawn(housekeeping(tickets.clone(), clock));
+    let housekeeping = tokio::spawn(housekeeping(tickets.clone()));
     tracing::info!(
         LISTEN = %address,
         GENERATION_TIME = %humantime::format_duration(config.report.generation_time),
@@ -60,28 +139,38 @@ pub async fn run(
     );
     notify::ready(&status_line(&tickets.snapshot(Instant::now())));
 
-    let drain_timeout = config.shutdown.drain_timeout;
+    let in_force = Arc::new(Mutex::new(config));
+    let reloading = tokio::spawn(apply_reloads(reloads, tickets.clone(), in_force.clone()));
+    let drain_timeout = move || {
+        in_force
+            .lock()
+            .map_or(Duration::ZERO, |config| config.shutdown.drain_timeout)
+    };
     let (began_tx, began_rx) = tokio::sync::oneshot::channel();
     let graceful = async move {
         shutdown.await;
         notify::stopping();
+        let drain_timeout = drain_timeout();
         tracing::info!(
             "shutting down: no new connections, waiting at most {} for open ones",
             humantime::format_duration(drain_timeout)
         );
-        let _ = began_tx.send(());
+        let _ = began_tx.send(drain_timeout);
     };
     let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
     let deadline = async move {
         match began_rx.await {
-            Ok(()) => tokio::time::sleep(drain_timeout).await,
+            Ok(drain_timeout) => {
+                tokio::time::sleep(drain_timeout).await;
+                drain_timeout
+            }
             // The server ended on its own; the other branch has the result.
             Err(_) => std::future::pending().await,
         }
     };
     let result = tokio::select! {
         result = server => result.context("the HTTP server failed"),
-        () = deadline => {
+        drain_timeout = deadline => {
             tracing::warn!(
                 "connections still open after the drain timeout of {}; closing them",
                 humantime::format_duration(drain_timeout)
@@ -90,15 +179,31 @@ pub async fn run(
         }
     };
     housekeeping.abort();
+    reloading.abort();
     if result.is_ok() {
         tracing::info!("stopped");
     }
     result
 }
 
-/// The one background task: logs heavy-load toggles as they happen, keeps expiry and the
+/// Applies each reloaded configuration to the ticket store and records it as the one in force,
+/// unless it cannot apply to a running server.
+async fn apply_reloads(mut reloads: Reloads, tickets: Arc<Tickets>, in_force: Arc<Mutex<Config>>) {
+    while let Some((new, done)) = reloads.0.recv().await {
+        let outcome = {
+            let mut running = in_force.lock().unwrap_or_else(|p| p.into_inner());
+            reload_changes(&running, &new).inspect(|_| {
+                tickets.reconfigure(&new, Instant::now());
+                *running = new;
+            })
+        };
+        let _ = done.send(outcome);
+    }
+}
+
+/// A background task: logs heavy-load toggles as they happen, keeps expiry and the
 /// systemd status line current, and feeds the watchdog (only while the store answers).
-async fn housekeeping(tickets: Arc<Tickets>, clock: LoadClock) {
+async fn housekeeping(tickets: Arc<Tickets>) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let watchdog_every = notify::watchdog_interval();
@@ -106,7 +211,7 @@ async fn housekeeping(tickets: Arc<Tickets>, clock: LoadClock) {
     watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_status = String::new();
     loop {
-        let toggle = clock.next_toggle(Instant::now());
+        let toggle = tickets.next_toggle(Instant::now());
         tokio::select! {
             () = sleep_until_maybe(toggle) => {
                 let snapshot = tickets.snapshot(Instant::now());

@@ -1,8 +1,9 @@
 //! The heavy-load clock: when the server is in a heavy-load phase.
 //!
-//! The phase is a pure function of time since start, so the ticket store can tell exactly when
-//! generation was frozen between two requests without any task flipping a flag; a single
-//! background task only logs the toggles as they happen.
+//! The phase is a pure function of time (since start, or since the reload that changed the
+//! period), so the ticket store can tell exactly when generation was frozen between two
+//! requests without any task flipping a flag; a single background task only logs the toggles
+//! as they happen.
 
 use std::time::Duration;
 
@@ -10,10 +11,11 @@ use tokio::time::Instant;
 
 use crate::config::HeavyLoad;
 
-/// Alternating heavy-load phases of equal length, starting at `start`.
+/// Alternating heavy-load phases of equal length: `initially_on` until `first_toggle`, then
+/// toggling every `period`.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadClock {
-    start: Instant,
+    first_toggle: Instant,
     period: Duration,
     initially_on: bool,
 }
@@ -21,14 +23,30 @@ pub struct LoadClock {
 impl LoadClock {
     pub fn new(config: &HeavyLoad, start: Instant) -> Self {
         Self {
-            start,
+            first_toggle: start + config.period,
             period: config.period,
             initially_on: config.initially_on,
         }
     }
 
+    /// The clock after a reload at `now` to `config`: the phase under way keeps its state and
+    /// ends when it would have (or, when no toggle was due, one new period from now); the
+    /// phases after it last the new period. `initially-on` only matters at start.
+    pub fn reloaded(&self, config: &HeavyLoad, now: Instant) -> Self {
+        let first_toggle = self.next_toggle(now).unwrap_or_else(|| now + config.period);
+        Self {
+            first_toggle,
+            period: config.period,
+            initially_on: self.is_heavy(now),
+        }
+    }
+
+    /// Toggles done by `at`.
     fn phase(&self, at: Instant) -> u128 {
-        at.saturating_duration_since(self.start).as_nanos() / self.period.as_nanos()
+        if at < self.first_toggle {
+            return 0;
+        }
+        1 + (at - self.first_toggle).as_nanos() / self.period.as_nanos()
     }
 
     /// Whether the server is under heavy load at `at`.
@@ -44,8 +62,9 @@ impl LoadClock {
         if self.period.is_zero() {
             return None;
         }
-        let nanos = (self.phase(at) + 1).checked_mul(self.period.as_nanos())?;
-        Some(self.start + Duration::from_nanos(u64::try_from(nanos).ok()?))
+        let nanos = self.phase(at).checked_mul(self.period.as_nanos())?;
+        self.first_toggle
+            .checked_add(Duration::from_nanos(u64::try_from(nanos).ok()?))
     }
 }
 
@@ -91,5 +110,33 @@ mod tests {
         assert_eq!(off.next_toggle(later), None);
         let (on, start) = clock(0, true);
         assert!(on.is_heavy(start + Duration::from_secs(86_400)));
+    }
+
+    #[test]
+    fn a_reload_keeps_the_phase_under_way_and_then_uses_the_new_period() {
+        let (clock, start) = clock(100, false);
+        let ms = |n| start + Duration::from_millis(n);
+        // At 150 ms a heavy phase is under way until 200 ms; the new period is 1 s.
+        let longer = HeavyLoad {
+            period: Duration::from_secs(1),
+            initially_on: false,
+        };
+        let reloaded = clock.reloaded(&longer, ms(150));
+        assert!(reloaded.is_heavy(ms(150)) && reloaded.is_heavy(ms(199)));
+        assert_eq!(reloaded.next_toggle(ms(150)), Some(ms(200)));
+        assert!(!reloaded.is_heavy(ms(200)) && !reloaded.is_heavy(ms(1199)));
+        assert!(reloaded.is_heavy(ms(1200)));
+        assert_eq!(reloaded.next_toggle(ms(1200)), Some(ms(2200)));
+
+        // Turning the toggling off keeps the state there is; turning it on starts from now.
+        let never = HeavyLoad {
+            period: Duration::ZERO,
+            initially_on: false,
+        };
+        let frozen = reloaded.reloaded(&never, ms(1500));
+        assert!(frozen.is_heavy(ms(1500)) && frozen.is_heavy(ms(99_000)));
+        assert_eq!(frozen.next_toggle(ms(1500)), None);
+        let again = frozen.reloaded(&longer, ms(2000));
+        assert!(again.is_heavy(ms(2999)) && !again.is_heavy(ms(3000)));
     }
 }

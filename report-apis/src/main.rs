@@ -1,45 +1,82 @@
-//! The `report-apis` binary: arguments, logging, configuration, then [`report_apis::run`].
+//! The `report-apis` binary: arguments, logging, configuration, then [`report_apis::run`];
+//! `check-config` and `reload` for operators and `ExecReload=`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
-use report_apis::{Config, config};
+use clap::{Parser, Subcommand};
+use report_apis::{Config, Reloader, config};
 use report_common::config::ConfigFile;
-use report_common::{exit, logging};
+use report_common::{exit, logging, message_id};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    stopped by SIGTERM or SIGINT after draining; check-config: the configuration is valid;
+       reload: the new configuration is in force
+  1    any other failure (the address cannot be bound; reload: the server did not answer)
+  64   command-line mistake (unknown option or subcommand, bad value)
+  78   configuration error, naming file, line and key (reload: refused, the old one stays)";
 
 /// Report server: issues tickets and serves CSV reports, slower the more are outstanding.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = EXIT_CODES)]
 struct Args {
     /// Configuration file [default: /etc/report-apis/config.toml, built-in defaults if absent]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Address to listen on, overriding `listen` from the configuration file
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check the configuration as a start would and print it as TOML (exit 0), or the error
+    /// naming file, line and key (exit 78)
+    ///
+    /// Run it before `systemctl restart report-apis`: a restart stops the old server before
+    /// the new one can find a mistake in the file.
+    CheckConfig,
+    /// Check the configuration, have the server re-read it and wait until it is in force
+    /// (systemctl reload)
+    ///
+    /// Sends SIGHUP to PID and waits for the outcome the server leaves in
+    /// $RUNTIME_DIRECTORY/reload: exit 0 once in force, 78 when the file or the server refuses
+    /// it (the configuration in force then stays).
+    Reload {
+        /// The running server's process ID ($MAINPID under systemd)
+        #[arg(long, value_name = "PID")]
+        pid: i32,
+    },
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    logging::init("report-apis");
-    let (mut config, source) = match Config::load_or_default(args.config.as_deref()) {
-        Ok(loaded) => loaded,
+    let args = match Args::try_parse() {
+        Ok(args) => args,
         Err(err) => {
-            tracing::error!("{err}");
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { exit::USAGE } else { 0 });
+        }
+    };
+    match args.command {
+        Some(Command::CheckConfig) => return check_config(&args),
+        Some(Command::Reload { pid }) => return reload(&args, pid),
+        None => {}
+    }
+    logging::init("report-apis");
+    let config = match load(&args) {
+        Ok(config) => config,
+        Err(err) => {
+            tracing::error!(MESSAGE_ID = message_id::APIS_CONFIG_REJECTED, "{err}");
             return ExitCode::from(exit::CONFIG);
         }
     };
-    match &source {
-        Some(path) => tracing::info!("configuration read from {}", path.display()),
-        None => tracing::info!("no {}: using the built-in defaults", config::DEFAULT_PATH),
-    }
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    match serve(config) {
+    match serve(config, args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
@@ -48,13 +85,118 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+/// The configuration a start, a reload and `check-config` use: the file (or the defaults),
+/// then `--listen`.
+fn load(args: &Args) -> Result<Config, report_common::config::ConfigError> {
+    let (mut config, source) = Config::load_or_default(args.config.as_deref())?;
+    match &source {
+        Some(path) => tracing::info!("configuration read from {}", path.display()),
+        None => tracing::info!("no {}: using the built-in defaults", config::DEFAULT_PATH),
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    Ok(config)
+}
+
+fn check_config(args: &Args) -> ExitCode {
+    match load(args) {
+        Ok(config) => match toml::to_string(&config) {
+            Ok(text) => {
+                let from = match &args.config {
+                    Some(path) => path.display().to_string(),
+                    None if Path::new(config::DEFAULT_PATH).exists() => {
+                        config::DEFAULT_PATH.to_owned()
+                    }
+                    None => format!("the built-in defaults (no {})", config::DEFAULT_PATH),
+                };
+                println!("# report-apis: the configuration is valid; in effect, from {from}:");
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("report-apis: cannot print the configuration: {err}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(err) => {
+            eprintln!("report-apis: {err}");
+            ExitCode::from(exit::CONFIG)
+        }
+    }
+}
+
+/// Where the server leaves the outcome of each reload for `report-apis reload` to read:
+/// systemd's `RuntimeDirectory=` (`RUNTIME_DIRECTORY`), or nowhere for a manual run.
+fn reload_outcome_file() -> Option<PathBuf> {
+    let dir = std::env::var_os("RUNTIME_DIRECTORY")?;
+    // systemd lists several directories separated by colons when there are several.
+    let first = std::env::split_paths(&dir).next()?;
+    Some(first.join("reload"))
+}
+
+/// How long `reload` waits for the server's outcome; systemd's own reload timeout is longer.
+const RELOAD_WAIT: Duration = Duration::from_secs(30);
+
+fn reload(args: &Args, pid: i32) -> ExitCode {
+    use nix::sys::signal::{Signal, kill};
+    if let Err(err) = load(args) {
+        eprintln!("report-apis: {err}; the running server keeps the configuration in force");
+        return ExitCode::from(exit::CONFIG);
+    }
+    let Some(file) = reload_outcome_file() else {
+        eprintln!(
+            "report-apis: RUNTIME_DIRECTORY is not set: run `systemctl reload report-apis`, \
+             or send SIGHUP to the server yourself"
+        );
+        return ExitCode::from(exit::USAGE);
+    };
+    let before = std::fs::read_to_string(&file).ok();
+    if let Err(err) = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP) {
+        eprintln!("report-apis: cannot signal the server (PID {pid}): {err}");
+        return ExitCode::FAILURE;
+    }
+    let waited_from = std::time::Instant::now();
+    while waited_from.elapsed() < RELOAD_WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+        let Ok(now) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        if Some(&now) == before.as_ref() {
+            continue;
+        }
+        let outcome = now.lines().next().unwrap_or_default();
+        return match outcome.split_once(' ').map(|(_, rest)| rest) {
+            Some(rest) if rest.starts_with("reloaded") => {
+                println!("report-apis: {rest}");
+                ExitCode::SUCCESS
+            }
+            _ => {
+                eprintln!(
+                    "report-apis: {}",
+                    outcome.split_once(' ').map_or(outcome, |(_, rest)| rest)
+                );
+                ExitCode::from(exit::CONFIG)
+            }
+        };
+    }
+    eprintln!(
+        "report-apis: the server (PID {pid}) did not report the reload within {}; see journalctl -u report-apis",
+        humantime::format_duration(RELOAD_WAIT)
+    );
+    ExitCode::FAILURE
+}
+
+fn serve(config: Config, args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
+        // Installed before READY=1: SIGHUP's default action would end the server.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot handle SIGHUP")?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| {
@@ -63,8 +205,51 @@ fn serve(config: Config) -> anyhow::Result<()> {
                     config.listen
                 )
             })?;
-        report_apis::run(listener, config, shutdown).await
+        let (reloader, reloads) = report_apis::reload_channel();
+        tokio::spawn(reload_on_sighup(hangup, args, reloader));
+        report_apis::run_with_reloads(listener, config, shutdown, reloads).await
     })
+}
+
+/// On every SIGHUP: re-read the configuration as a start would, have the server apply it, log
+/// the outcome, and leave it where `report-apis reload` waits for it.
+async fn reload_on_sighup(mut hangup: tokio::signal::unix::Signal, args: Args, reloader: Reloader) {
+    let outcome_file = reload_outcome_file();
+    let mut count = 0_u64;
+    while hangup.recv().await.is_some() {
+        count += 1;
+        report_apis::notify::reloading();
+        let outcome = match load(&args) {
+            Ok(config) => reloader.reload(config).await,
+            Err(err) => Err(err.to_string()),
+        };
+        let line = match &outcome {
+            Ok(changes) => {
+                tracing::info!(
+                    MESSAGE_ID = message_id::RELOADED,
+                    "reloaded: the new configuration is in force ({changes}); pending tickets kept"
+                );
+                format!("reloaded: the new configuration is in force ({changes})")
+            }
+            Err(why) => {
+                tracing::error!(
+                    MESSAGE_ID = message_id::RELOAD_REJECTED,
+                    "reload refused, the configuration in force stays: {why}"
+                );
+                format!("reload refused, the configuration in force stays: {why}")
+            }
+        };
+        if let Some(file) = &outcome_file {
+            let text = format!("{}.{count} {line}\n", std::process::id());
+            let temporary = file.with_extension("new");
+            let written =
+                std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, file));
+            if let Err(err) = written {
+                tracing::warn!("cannot write {}: {err}", file.display());
+            }
+        }
+        report_apis::notify::reloaded();
+    }
 }
 
 /// Installs the SIGTERM (systemd's stop) and SIGINT (Ctrl-C) handlers at once, before the

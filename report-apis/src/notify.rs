@@ -1,4 +1,4 @@
-//! What the server tells systemd: READY, STATUS, WATCHDOG and STOPPING.
+//! What the server tells systemd: READY, RELOADING, STATUS, WATCHDOG and STOPPING.
 //!
 //! Every call is a no-op when the server was not started by systemd with `Type=notify`
 //! (no `NOTIFY_SOCKET`), so tests and manual runs need nothing special.
@@ -16,6 +16,23 @@ fn send(states: &[NotifyState<'_>]) {
 /// The socket is bound and requests are being answered.
 pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// A reload has begun (SIGHUP). MONOTONIC_USEC lets systemd 253 and later tell this reload from
+/// an earlier one; 252 ignores it. Under `systemctl reload` the unit is already reloading and
+/// waits for `ExecReload=` (`report-apis reload`); a bare `kill -HUP` makes systemd show the
+/// unit reloading until [`reloaded`].
+pub fn reloading() {
+    let mut states = vec![NotifyState::Reloading];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    send(&states);
+}
+
+/// The reload is over, whether the new configuration is in force or was refused.
+pub fn reloaded() {
+    send(&[NotifyState::Ready]);
 }
 
 /// The one-line state shown by `systemctl status`.

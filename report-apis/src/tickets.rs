@@ -11,8 +11,13 @@
 //! to date lazily, under one mutex, whenever a handler touches the store, stepping from event to
 //! event (a report becoming ready, a ticket expiring, a heavy-load toggle) so the result is
 //! exact however rarely it is called. No handler sleeps and there is no task per ticket.
+//!
+//! A reload ([`Tickets::reconfigure`]) drops nothing: each ticket keeps the generation time and
+//! ticket-ttl it was issued with, so only tickets issued afterwards see new ones; the slowdown,
+//! the cap and the heavy-load period are the server's present state and apply from the reload
+//! on (a lower cap refuses new tickets until enough expire, and evicts none).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -65,23 +70,57 @@ pub struct Snapshot {
 struct Entry {
     offset: u64,
     issued_at: Instant,
-    /// Work clock at the request; the report is ready at `work_at_issue + generation`.
-    work_at_issue: f64,
+    /// Work clock value at which the report is ready: its value at the request plus the
+    /// generation time in force then.
+    target: f64,
+    /// Orders tickets with the same target by request.
+    seq: u64,
+    /// The ticket-ttl in force at the request.
+    ttl: Duration,
+    /// When the ticket expires: 3 ttl after the request while generating, ttl after it became
+    /// ready then. Its key in `Inner::expiring_unready` or `Inner::expiring_ready`.
+    expires_at: Instant,
     ready_at: Option<Instant>,
     fetched: bool,
 }
 
+/// What a reload may change, in force from the reload on.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    clock: LoadClock,
+    generation: f64,
+    slowdown: f64,
+    max_held: usize,
+    ttl: Duration,
+}
+
+impl Settings {
+    fn from(config: &Config, clock: LoadClock) -> Self {
+        Self {
+            clock,
+            generation: config.report.generation_time.as_secs_f64(),
+            slowdown: config.report.slowdown,
+            max_held: config.limits.max_pending,
+            ttl: config.limits.ticket_ttl,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
+    settings: Settings,
     /// Instant up to which `work` and all events have been computed.
     last: Instant,
     work: f64,
+    next_seq: u64,
     entries: HashMap<Uuid, Entry>,
-    /// Tickets still generating, in request order: also the order they become ready and the
-    /// order they would expire unready, so only the front ever needs looking at.
-    generating: VecDeque<Uuid>,
-    /// Tickets with a ready report (fetched or not), in the order they became ready.
-    ready: VecDeque<Uuid>,
+    /// Tickets still generating, in the order they become ready: by target (its bits order as
+    /// the number does, targets being never negative), then by request.
+    generating: BTreeMap<(u64, u64), Uuid>,
+    /// Generating tickets by the instant they expire unready.
+    expiring_unready: BTreeSet<(Instant, Uuid)>,
+    /// Tickets with a ready report (fetched or not), by the instant they expire.
+    expiring_ready: BTreeSet<(Instant, Uuid)>,
     pending: usize,
     ready_unfetched: usize,
     peak: usize,
@@ -91,12 +130,6 @@ struct Inner {
 #[derive(Debug)]
 pub struct Tickets {
     inner: Mutex<Inner>,
-    clock: LoadClock,
-    generation: f64,
-    slowdown: f64,
-    max_held: usize,
-    ttl: Duration,
-    unready_ttl: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -115,24 +148,20 @@ fn whole_seconds(wait: Duration) -> u64 {
 
 impl Tickets {
     pub fn new(config: &Config, clock: LoadClock, metrics: Arc<Metrics>, start: Instant) -> Self {
-        let ttl = config.limits.ticket_ttl;
         Self {
             inner: Mutex::new(Inner {
+                settings: Settings::from(config, clock),
                 last: start,
                 work: 0.0,
+                next_seq: 0,
                 entries: HashMap::with_capacity(config.limits.max_pending.min(1 << 16)),
-                generating: VecDeque::new(),
-                ready: VecDeque::new(),
+                generating: BTreeMap::new(),
+                expiring_unready: BTreeSet::new(),
+                expiring_ready: BTreeSet::new(),
                 pending: 0,
                 ready_unfetched: 0,
                 peak: 0,
             }),
-            clock,
-            generation: config.report.generation_time.as_secs_f64(),
-            slowdown: config.report.slowdown,
-            max_held: config.limits.max_pending,
-            ttl,
-            unready_ttl: ttl.saturating_mul(UNREADY_TTL_FACTOR),
             metrics,
         }
     }
@@ -145,32 +174,56 @@ impl Tickets {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Applies a reloaded configuration at `now`: everything up to `now` is computed with the
+    /// settings that were in force, then the new ones apply (see the module docs). No ticket
+    /// is dropped or changed.
+    pub fn reconfigure(&self, config: &Config, now: Instant) {
+        let mut inner = self.lock();
+        self.advance(&mut inner, now);
+        let clock = inner.settings.clock.reloaded(&config.heavy_load, now);
+        inner.settings = Settings::from(config, clock);
+        self.publish(&inner);
+    }
+
+    /// The next heavy-load toggle after `at`, by the clock in force.
+    pub fn next_toggle(&self, at: Instant) -> Option<Instant> {
+        self.lock().settings.clock.next_toggle(at)
+    }
+
     /// Issues a new ticket for `offset`, unless `max-pending` tickets are already held.
     pub fn issue(&self, offset: u64, now: Instant) -> Result<Uuid, Full> {
         let mut inner = self.lock();
         self.advance(&mut inner, now);
-        if inner.entries.len() >= self.max_held {
+        let settings = inner.settings;
+        if inner.entries.len() >= settings.max_held {
             self.metrics.tickets_rejected.inc();
             return Err(Full {
-                retry_after: self.next_free(&inner, now),
+                retry_after: next_free(&inner, now),
             });
         }
         let mut id = Uuid::new_v4();
         while inner.entries.contains_key(&id) {
             id = Uuid::new_v4();
         }
-        let work_at_issue = inner.work;
+        let target = inner.work + settings.generation;
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let expires_at = later(now, settings.ttl.saturating_mul(UNREADY_TTL_FACTOR));
         inner.entries.insert(
             id,
             Entry {
                 offset,
                 issued_at: now,
-                work_at_issue,
+                target,
+                seq,
+                ttl: settings.ttl,
+                expires_at,
                 ready_at: None,
                 fetched: false,
             },
         );
-        inner.generating.push_back(id);
+        inner.generating.insert((target.to_bits(), seq), id);
+        inner.expiring_unready.insert((expires_at, id));
         inner.pending += 1;
         inner.peak = inner.peak.max(inner.pending);
         // A zero generation time makes the report ready at once.
@@ -185,17 +238,18 @@ impl Tickets {
     pub fn fetch(&self, id: Uuid, offset: u64, now: Instant) -> Fetch {
         let mut inner = self.lock();
         self.advance(&mut inner, now);
-        let heavy = self.clock.is_heavy(now);
+        let settings = inner.settings;
+        let heavy = settings.clock.is_heavy(now);
         let (pending, work) = (inner.pending, inner.work);
         let Some(entry) = inner.entries.get_mut(&id).filter(|e| e.offset == offset) else {
             return Fetch::Unknown;
         };
         if entry.ready_at.is_none() {
-            let remaining = (entry.work_at_issue + self.generation - work).max(0.0);
-            let at_current_rate = remaining * self.factor(pending);
+            let remaining = (entry.target - work).max(0.0);
+            let at_current_rate = remaining * settings.factor(pending);
             let mut wait = Duration::try_from_secs_f64(at_current_rate).unwrap_or(Duration::MAX);
             if heavy {
-                wait = wait.saturating_add(self.heavy_left(now));
+                wait = wait.saturating_add(settings.heavy_left(now));
             }
             return Fetch::NotReady {
                 retry_after: whole_seconds(wait),
@@ -203,7 +257,7 @@ impl Tickets {
         }
         if heavy {
             return Fetch::NotReady {
-                retry_after: whole_seconds(self.heavy_left(now)),
+                retry_after: whole_seconds(settings.heavy_left(now)),
             };
         }
         if !entry.fetched {
@@ -221,7 +275,7 @@ impl Tickets {
         let mut inner = self.lock();
         self.advance(&mut inner, now);
         self.publish(&inner);
-        let heavy = self.clock.is_heavy(now);
+        let heavy = inner.settings.clock.is_heavy(now);
         self.metrics.heavy_load.set(i64::from(heavy));
         Snapshot {
             pending: inner.pending,
@@ -231,53 +285,24 @@ impl Tickets {
         }
     }
 
-    /// `1 + slowdown x (other pending tickets)`: how much slower than alone a report is made.
-    fn factor(&self, pending: usize) -> f64 {
-        1.0 + self.slowdown * pending.saturating_sub(1) as f64
-    }
-
-    fn heavy_left(&self, now: Instant) -> Duration {
-        self.clock
-            .next_toggle(now)
-            .map_or(HEAVY_FOREVER_RETRY, |toggle| toggle - now)
-    }
-
-    fn next_free(&self, inner: &Inner, now: Instant) -> u64 {
-        let unready = inner
-            .generating
-            .front()
-            .map(|id| later(inner.entries[id].issued_at, self.unready_ttl));
-        let ready = inner.ready.front().and_then(|id| {
-            let ready_at = inner.entries[id].ready_at?;
-            Some(later(ready_at, self.ttl))
-        });
-        let free_at = match (unready, ready) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => now,
-        };
-        whole_seconds(free_at.saturating_duration_since(now))
-    }
-
     /// Moves the work clock from `inner.last` to `now`, one event at a time.
     fn advance(&self, inner: &mut Inner, now: Instant) {
         self.settle(inner);
+        let settings = inner.settings;
         while inner.last < now {
             let from = inner.last;
             let mut until = now;
             let mut rate = 0.0;
-            // The work clock value at which the oldest generating report is ready, and the
-            // instant that happens at the current rate.
+            // The work clock value at which the first report to be ready is, and the instant
+            // that happens at the current rate.
             let mut next_ready = None;
-            if let Some(id) = inner.generating.front() {
-                let entry = &inner.entries[id];
-                until = until.min(later(entry.issued_at, self.unready_ttl));
-                if let Some(toggle) = self.clock.next_toggle(from) {
+            if let Some((&(bits, _), _)) = inner.generating.first_key_value() {
+                if let Some(toggle) = settings.clock.next_toggle(from) {
                     until = until.min(toggle);
                 }
-                if !self.clock.is_heavy(from) {
-                    rate = 1.0 / self.factor(inner.pending);
-                    let target = entry.work_at_issue + self.generation;
+                if !settings.clock.is_heavy(from) {
+                    rate = 1.0 / settings.factor(inner.pending);
+                    let target = f64::from_bits(bits);
                     let needed = (target - inner.work).max(0.0);
                     // At least 1 ns, so that the loop always moves on.
                     let wall = Duration::try_from_secs_f64(needed / rate)
@@ -288,12 +313,10 @@ impl Tickets {
                     next_ready = Some((target, at));
                 }
             }
-            if let Some(ready_at) = inner
-                .ready
-                .front()
-                .and_then(|id| inner.entries[id].ready_at)
-            {
-                until = until.min(later(ready_at, self.ttl));
+            for expiring in [&inner.expiring_unready, &inner.expiring_ready] {
+                if let Some(&(at, _)) = expiring.first() {
+                    until = until.min(at);
+                }
             }
             inner.work += rate * (until - from).as_secs_f64();
             // Reaching the readiness instant means reaching its work value, whatever the
@@ -309,44 +332,50 @@ impl Tickets {
     /// Applies every event due at `inner.last`: reports that are ready, tickets that expired.
     fn settle(&self, inner: &mut Inner) {
         let now = inner.last;
-        while let Some(&id) = inner.generating.front() {
-            let entry = &inner.entries[&id];
-            if inner.work + WORK_EPSILON >= entry.work_at_issue + self.generation {
-                let took = now - entry.issued_at;
-                inner.generating.pop_front();
-                if let Some(entry) = inner.entries.get_mut(&id) {
-                    entry.ready_at = Some(now);
-                }
-                inner.ready.push_back(id);
-                inner.ready_unfetched += 1;
-                self.metrics
-                    .report_generation_seconds
-                    .observe(took.as_secs_f64());
-            } else if later(entry.issued_at, self.unready_ttl) <= now {
-                inner.generating.pop_front();
-                inner.entries.remove(&id);
-                inner.pending -= 1;
-                self.metrics.tickets_expired.inc();
-            } else {
+        while let Some((&(bits, _), &id)) = inner.generating.first_key_value() {
+            if inner.work + WORK_EPSILON < f64::from_bits(bits) {
                 break;
             }
+            inner.generating.pop_first();
+            let Some(entry) = inner.entries.get_mut(&id) else {
+                continue;
+            };
+            let took = now - entry.issued_at;
+            let unready_until = entry.expires_at;
+            entry.ready_at = Some(now);
+            entry.expires_at = later(now, entry.ttl);
+            let expires_at = entry.expires_at;
+            inner.expiring_unready.remove(&(unready_until, id));
+            inner.expiring_ready.insert((expires_at, id));
+            inner.ready_unfetched += 1;
+            self.metrics
+                .report_generation_seconds
+                .observe(took.as_secs_f64());
+        }
+        while let Some(&(at, id)) = inner.expiring_unready.first() {
+            if at > now {
+                break;
+            }
+            inner.expiring_unready.pop_first();
+            if let Some(entry) = inner.entries.remove(&id) {
+                inner
+                    .generating
+                    .remove(&(entry.target.to_bits(), entry.seq));
+            }
+            inner.pending -= 1;
+            self.metrics.tickets_expired.inc();
         }
         // Only differences of the work clock matter, and only while something generates:
         // restarting it from zero then keeps its precision over any uptime.
         if inner.generating.is_empty() {
             inner.work = 0.0;
         }
-        while let Some(&id) = inner.ready.front() {
-            let entry = &inner.entries[&id];
-            let expired = entry
-                .ready_at
-                .is_none_or(|ready_at| later(ready_at, self.ttl) <= now);
-            if !expired {
+        while let Some(&(at, id)) = inner.expiring_ready.first() {
+            if at > now {
                 break;
             }
-            let fetched = entry.fetched;
-            inner.ready.pop_front();
-            inner.entries.remove(&id);
+            inner.expiring_ready.pop_first();
+            let fetched = inner.entries.remove(&id).is_none_or(|entry| entry.fetched);
             if !fetched {
                 inner.pending -= 1;
                 inner.ready_unfetched -= 1;
@@ -361,6 +390,29 @@ impl Tickets {
         self.metrics.tickets_ready.set(gauge(inner.ready_unfetched));
         self.metrics.tickets_pending_peak.set(gauge(inner.peak));
     }
+}
+
+impl Settings {
+    /// `1 + slowdown x (other pending tickets)`: how much slower than alone a report is made.
+    fn factor(&self, pending: usize) -> f64 {
+        1.0 + self.slowdown * pending.saturating_sub(1) as f64
+    }
+
+    fn heavy_left(&self, now: Instant) -> Duration {
+        self.clock
+            .next_toggle(now)
+            .map_or(HEAVY_FOREVER_RETRY, |toggle| toggle - now)
+    }
+}
+
+/// Whole seconds until the next ticket expires and frees a place.
+fn next_free(inner: &Inner, now: Instant) -> u64 {
+    let free_at = [&inner.expiring_unready, &inner.expiring_ready]
+        .into_iter()
+        .filter_map(|expiring| expiring.first().map(|&(at, _)| at))
+        .min()
+        .unwrap_or(now);
+    whole_seconds(free_at.saturating_duration_since(now))
 }
 
 #[cfg(test)]
@@ -677,5 +729,47 @@ mod tests {
         f.tickets.snapshot(f.at(86_400_000));
         let id = f.issue(86_400_000);
         assert!(f.peek_ready(id, 86_400_000 + 2 * G + 10));
+    }
+
+    #[test]
+    fn a_reload_keeps_every_ticket_and_changes_only_what_comes_after() {
+        let f = Fixture::new(no_heavy_load(), 0.0, 3, 10 * G);
+        let old = f.issue(0);
+        let held = [f.issue(0), f.issue(0)];
+        let mut config = Config::default();
+        config.report.generation_time = Duration::from_millis(5 * G);
+        config.report.slowdown = 0.0;
+        config.limits.max_pending = 1;
+        config.limits.ticket_ttl = Duration::from_millis(10 * G);
+        config.heavy_load = no_heavy_load();
+        f.tickets.reconfigure(&config, f.at(G / 2));
+
+        // A lower cap refuses new tickets but evicts none.
+        assert_eq!(f.tickets.snapshot(f.at(G / 2)).held, 3);
+        assert!(f.tickets.issue(7, f.at(G / 2)).is_err());
+        // The tickets issued before keep their generation time of 1 s.
+        assert!(f.ready(old, G));
+        assert!(held.iter().all(|&id| f.ready(id, G)));
+        assert_eq!(f.tickets.snapshot(f.at(G)).held, 3);
+
+        // Once they expire there is room again, and new tickets take the new 5 s.
+        let new = f.issue(11 * G);
+        assert!(!f.peek_ready(new, 16 * G - 1));
+        assert!(f.peek_ready(new, 16 * G));
+    }
+
+    #[test]
+    fn a_shorter_generation_time_may_make_a_newer_ticket_ready_first() {
+        let f = Fixture::new(no_heavy_load(), 0.0, 100, 600_000);
+        let slow = f.issue(0);
+        let mut config = Config::default();
+        config.report.generation_time = Duration::from_millis(G / 10);
+        config.report.slowdown = 0.0;
+        config.heavy_load = no_heavy_load();
+        f.tickets.reconfigure(&config, f.at(0));
+        let fast = f.issue(0);
+        assert!(f.peek_ready(fast, G / 10));
+        assert!(!f.peek_ready(slow, G - 1));
+        assert!(f.peek_ready(slow, G));
     }
 }

@@ -12,14 +12,15 @@ use report_collector::lock::flock::FlockLock;
 use report_collector::outcome::CancelSignal;
 use report_collector::schedule::DeclaredTrigger;
 use report_common::config::ConfigFile;
-use report_common::exit;
+use report_common::{exit, message_id};
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0    collected: the report was fetched and saved
   75   skipped: lock busy (forbid), lock-wait timed out (wait), holder not confirmed (replace),
        or a timer start later than starting-deadline after its slot
-  78   configuration error (config file or command line)
+  64   command-line mistake (unknown option or subcommand, bad value)
+  78   configuration error, naming file, line and key (check-config: the same)
   1    any other failure (server unreachable or failing until the deadline, bad answers, disk)
   130  cancelled by SIGINT
   143  cancelled by SIGTERM";
@@ -57,6 +58,11 @@ struct Cli {
 enum Command {
     /// Collect one report (what a bare `report-collector` does)
     Run,
+    /// Check the configuration as a run would and print it as TOML (exit 0), or the error
+    /// naming file, line and key (exit 78)
+    ///
+    /// Command-line overrides apply as they would to a run. No lock is taken, no server asked.
+    CheckConfig,
     /// Show whether the lock is held (and by whom), the last run and the reports kept
     Status {
         /// Print JSON instead of text
@@ -84,19 +90,19 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::CONFIG } else { 0 });
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
         }
     };
+    let checking = matches!(cli.command, Some(Command::CheckConfig));
     // `journalctl -t report-collector` finds every line, even those journald could not
-    // attribute to the unit (runs that exit at once).
-    report_common::logging::init("report-collector");
+    // attribute to the unit (runs that exit at once). `check-config` only prints.
+    if !checking {
+        report_common::logging::init("report-collector");
+    }
 
     let mut config = match Config::load_or_default(cli.config.as_deref()) {
         Ok((config, _)) => config,
-        Err(e) => {
-            tracing::error!("configuration error: {e}");
-            return ExitCode::from(exit::CONFIG);
-        }
+        Err(e) => return config_rejected(checking, &format!("configuration error: {e}")),
     };
     if let Some(url) = cli.server_url {
         config.server_url = url;
@@ -108,8 +114,10 @@ fn main() -> ExitCode {
         config.lock_file = lock_file;
     }
     if let Err(e) = config.check() {
-        tracing::error!("configuration error (command line): {e}");
-        return ExitCode::from(exit::CONFIG);
+        return config_rejected(
+            checking,
+            &format!("configuration error (command line): {e}"),
+        );
     }
 
     let lock = FlockLock::new(&config.lock_file);
@@ -122,6 +130,41 @@ fn main() -> ExitCode {
             run(&config, &lock, cli.trigger)
         }
         Some(Command::Status { json }) => report_collector::status::print(&config, &lock, json),
+        Some(Command::CheckConfig) => check_config(&config, cli.config.as_deref()),
+    }
+}
+
+/// Exit 78 for a configuration error: on stderr for `check-config`, in the journal otherwise.
+fn config_rejected(checking: bool, error: &str) -> ExitCode {
+    if checking {
+        eprintln!("report-collector: {error}");
+    } else {
+        tracing::error!(
+            MESSAGE_ID = message_id::COLLECTOR_CONFIG_REJECTED,
+            "{error}"
+        );
+    }
+    ExitCode::from(exit::CONFIG)
+}
+
+fn check_config(config: &Config, path: Option<&std::path::Path>) -> ExitCode {
+    let from = match path {
+        Some(path) => path.display().to_string(),
+        None if std::path::Path::new(Config::DEFAULT_PATH).exists() => {
+            Config::DEFAULT_PATH.to_owned()
+        }
+        None => format!("the built-in defaults (no {})", Config::DEFAULT_PATH),
+    };
+    match toml::to_string(config) {
+        Ok(text) => {
+            println!("# report-collector: the configuration is valid; in effect, from {from}:");
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("report-collector: cannot print the configuration: {e}");
+            ExitCode::from(exit::FAILURE)
+        }
     }
 }
 

@@ -607,7 +607,9 @@ fn an_unknown_config_key_exits_78_naming_file_line_and_key() {
         .unwrap()
         + 1;
     assert!(
-        run.stderr.contains(&format!("line {line}")),
+        run.stderr.contains(&format!(
+            "{config}:{line}:1: key `poll-intervall`: unknown key"
+        )),
         "{}",
         run.stderr
     );
@@ -733,12 +735,46 @@ fn help_lists_the_exit_codes() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8(out.stdout).unwrap();
-    for code in ["0 ", "75", "78", "1 ", "130", "143"] {
+    for code in ["0 ", "75", "64", "78", "1 ", "130", "143"] {
         assert!(text.contains(&format!("  {code}")), "{code}: {text}");
     }
-    let bad = Command::new(env!("CARGO_BIN_EXE_report-collector"))
-        .args(["--policy", "sometimes"])
+    for args in [
+        &["--policy", "sometimes"][..],
+        &["--bogus"],
+        &["frobnicate"],
+    ] {
+        let bad = Command::new(env!("CARGO_BIN_EXE_report-collector"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(bad.status.code(), Some(64), "{args:?}");
+    }
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration_or_the_error() {
+    let setup = Setup::new("http://127.0.0.1:1", &[("keep-reports", "7")]);
+    let out = setup
+        .command(&["check-config", "--policy", "replace"])
         .output()
         .unwrap();
-    assert_eq!(bad.status.code(), Some(78));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.starts_with("# report-collector: the configuration is valid"));
+    let effective: report_collector::config::Config = toml::from_str(&stdout).unwrap();
+    assert_eq!(effective.keep_reports, 7);
+    assert_eq!(effective.policy, report_collector::config::Policy::Replace);
+    assert_eq!(effective.server_url, "http://127.0.0.1:1");
+
+    let bad = Setup::new("http://127.0.0.1:1", &[("keep-report", "7")]);
+    let out = bad.command(&["check-config"]).output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(out.stdout.is_empty());
+    let wanted = format!("{}:", bad.config.display());
+    assert!(stderr.contains(&wanted), "{stderr}");
+    assert!(
+        stderr.contains("key `keep-report`: unknown key"),
+        "{stderr}"
+    );
 }

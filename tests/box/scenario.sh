@@ -21,6 +21,8 @@
 
 # shellcheck source=../lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+# shellcheck source=phases-config.sh
+source "$(dirname "${BASH_SOURCE[0]}")/phases-config.sh"
 # shellcheck source=phases-trigger.sh
 source "$(dirname "${BASH_SOURCE[0]}")/phases-trigger.sh"
 
@@ -77,6 +79,8 @@ scenario_packages() {
     local box=$1 apis=$2 collector=$3 apis_next=$4 collector_next=$5
     phase install "$box" "$apis" "$collector" || return
     phase installed "$box"
+    phase config_check "$box"
+    phase config_reload "$box"
     phase hand_started "$box"
     scenario_minutes "$box" "$apis_next" "$collector_next" || return
     phase hand_after "$box" "after the timer fired many times" fast

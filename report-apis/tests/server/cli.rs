@@ -335,3 +335,128 @@ async fn tells_systemd_ready_status_watchdog_and_stopping() {
     tokio::task::block_in_place(|| notify.wait_for("STOPPING=1"));
     assert_eq!(tokio::task::block_in_place(|| run.wait()).code(), Some(0));
 }
+
+/// `report-apis ARGS` run to its end: exit code, stdout, stderr.
+fn output(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("RUNTIME_DIRECTORY")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration_and_exits_0() {
+    let config = shipped_config();
+    let (code, stdout, stderr) = output(
+        &[
+            "check-config",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:9999",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.starts_with("# report-apis: the configuration is valid"));
+    let effective: report_apis::Config = toml::from_str(&stdout).unwrap();
+    let wanted = report_apis::Config {
+        listen: "127.0.0.1:9999".parse().unwrap(),
+        ..report_apis::Config::default()
+    };
+    assert_eq!(effective, wanted, "{stdout}");
+}
+
+#[test]
+fn check_config_names_file_line_and_key_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "[report]\ngeneration-time = \"1s\"\nslowdwn = 2\n");
+    let (code, stdout, stderr) = output(&["check-config", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    let wanted = format!("{}:3:1: key `report.slowdwn`: unknown key", path.display());
+    assert!(stderr.contains(&wanted), "{wanted} not in {stderr}");
+}
+
+#[test]
+fn command_line_mistakes_exit_64_and_help_0() {
+    for args in [&["--bogus"][..], &["--listen", "nowhere"], &["frobnicate"]] {
+        let (code, _, stderr) = output(args, &[]);
+        assert_eq!(code, Some(64), "{args:?}: {stderr}");
+    }
+    let (code, help, _) = output(&["--help"], &[]);
+    assert_eq!(code, Some(0));
+    for documented in ["check-config", "reload", "  64 ", "  78 "] {
+        assert!(help.contains(documented), "{documented} not in {help}");
+    }
+    assert_eq!(output(&["--version"], &[]).0, Some(0));
+}
+
+#[test]
+fn reload_re_reads_the_file_and_refuses_an_invalid_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let runtime_dir = runtime.path().to_str().unwrap();
+    let path = write_config(&dir, "listen = \"127.0.0.1:0\"\n");
+    let config = path.to_str().unwrap();
+    let mut run =
+        Running::start_with_env(&["--config", config], &[("RUNTIME_DIRECTORY", runtime_dir)]);
+    run.address();
+    let pid = run.child.id().to_string();
+    let reload = || {
+        output(
+            &["--config", config, "reload", "--pid", &pid],
+            &[("RUNTIME_DIRECTORY", runtime_dir)],
+        )
+    };
+
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:0\"\n[limits]\nmax-pending = 5\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = reload();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("limits.max-pending = 5"), "{stdout}");
+    let line = run.wait_for("reloaded: the new configuration is in force");
+    assert!(line.contains(report_common::message_id::RELOADED), "{line}");
+
+    // Refused by the check, before the server is signalled.
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:0\"\n[limits]\nmax-pendin = 5\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = reload();
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{config}:3:1: key `limits.max-pendin`")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("keeps the configuration in force"),
+        "{stderr}"
+    );
+
+    // Refused by the server itself: the reload fails all the same.
+    std::fs::write(&path, "listen = \"127.0.0.1:1\"\n").unwrap();
+    let (code, _, stderr) = reload();
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("needs a restart"), "{stderr}");
+    let line = run.wait_for("reload refused");
+    assert!(
+        line.contains(report_common::message_id::RELOAD_REJECTED),
+        "{line}"
+    );
+
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait().code(), Some(0), "{}", run.stderr());
+}

@@ -31,18 +31,28 @@ pub struct Server {
 
 impl Server {
     pub async fn start(config: Config) -> Server {
+        Self::start_reloadable(config).await.0
+    }
+
+    /// [`Server::start`], with the handle that reloads it.
+    pub async fn start_reloadable(config: Config) -> (Server, report_apis::Reloader) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(report_apis::run(listener, config, async move {
+        let (reloader, reloads) = report_apis::reload_channel();
+        let shutdown = async move {
             let _ = stopped.await;
-        }));
-        Server {
+        };
+        let task = tokio::spawn(report_apis::run_with_reloads(
+            listener, config, shutdown, reloads,
+        ));
+        let server = Server {
             addr,
             client: client(),
             stop: Some(stop),
             task,
-        }
+        };
+        (server, reloader)
     }
 
     pub fn url(&self, path: &str) -> String {
