@@ -6,21 +6,26 @@
 #   make bench       the benchmarks (they print figures)
 #   make docker-demo the same demo in a Docker systemd box; make docker-down removes it
 #   make long-run    the experiment in real time in a booted box; LONG_RUN=1 make test adds it
-# demo, test and deb install what they need first (scripts/install-deps.sh; run as root).
+# demo, test and deb install what they need first (scripts/install-deps.sh; run as root); deb
+# installs only what building needs.
 
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo test deb experiment bench deps deps-docker lint unit-test box-test docker-test docker-demo docker-down long-run
+.PHONY: demo test deb experiment bench deps deps-build deps-docker lint unit-test box-test docker-test docker-demo docker-down long-run
 
 deps:
 	scripts/install-deps.sh
+
+# Only what building the packages needs: a C linker, Rust, cargo-deb.
+deps-build:
+	scripts/install-deps.sh --build
 
 # Also Debian's docker.io, without starting or enabling the host's Docker services.
 deps-docker:
 	scripts/install-deps.sh --docker
 
-deb: deps
+deb: deps-build
 	cargo deb -p report-apis
 	cargo deb -p report-collector
 

@@ -4,7 +4,8 @@
 # (through rustup when cargo is missing or too old) and cargo-deb. With --docker, also what
 # the Docker box needs (`make test`, `make docker-demo`): Debian's docker.io, installed without
 # starting or enabling the host's Docker services, and it undoes what earlier versions of
-# tests/docker.sh left on the host (tests/box/docker-engine.sh says what).
+# tests/docker.sh left on the host (tests/box/docker-engine.sh says what). With --build, only
+# what building the packages needs (`make deb`): a C toolchain, curl for rustup, Rust, cargo-deb.
 # Run as root.
 set -euo pipefail
 
@@ -13,15 +14,22 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$REPO/tests/lib.sh"
 
 RUST_MIN=1.85
-APT_PACKAGES=(
+BUILD_PACKAGES=(
     build-essential # cc for the linker, dpkg-dev for cargo-deb's dependency lookup
     ca-certificates curl
+)
+APT_PACKAGES=(
+    "${BUILD_PACKAGES[@]}"
     systemd-container debootstrap # the boxes
     lintian shellcheck
     wrk hyperfine time # the benchmarks
 )
 
 require_root "installs Debian packages"
+
+if [[ ${1:-} == --build ]]; then
+    APT_PACKAGES=("${BUILD_PACKAGES[@]}")
+fi
 
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
