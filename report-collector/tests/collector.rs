@@ -383,14 +383,34 @@ fn timer_start(setup: &Setup) -> Finished {
 /// Where systemd cannot be asked (no system bus here), `TRIGGER_UNIT` alone keeps the old
 /// rule, a timer start, and the note about it is written once per boot.
 fn timer_start_without_a_bus(setup: &Setup) -> Finished {
+    timer_start_with_bus(setup, "unix:path=/nonexistent/bus")
+}
+
+fn timer_start_with_bus(setup: &Setup, address: &str) -> Finished {
     finish(
         setup
             .command(&[])
             .env("TRIGGER_UNIT", "report-collector.timer")
-            .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/bus")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", address)
             .spawn()
             .unwrap(),
     )
+}
+
+/// A "bus" on a Unix socket that accepts connections and then answers `reply` (nothing when
+/// empty) and holds the connection open.
+fn hostile_bus(dir: &std::path::Path, reply: &'static [u8]) -> String {
+    use std::io::Write as _;
+    let path = dir.join("bus");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut stream in listener.incoming().flatten() {
+            let _ = stream.write_all(reply);
+            held.push(stream);
+        }
+    });
+    format!("unix:path={}", path.display())
 }
 
 #[test]
@@ -456,6 +476,33 @@ fn without_a_bus_a_timer_unit_means_a_timer_start_and_is_said_once_per_boot() {
     let second = timer_start_without_a_bus(&setup);
     assert_code(&second, 75);
     assert!(!second.stderr.contains("D-Bus"), "{}", second.stderr);
+}
+
+#[test]
+fn a_bus_that_answers_nothing_or_garbage_costs_at_most_its_timeout() {
+    let server = ApiServer::fast();
+    let setup = Setup::new(&server.url, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    for (what, reply) in [
+        ("silent", &b""[..]),
+        ("garbage", &b"\x00\xffNOT D-BUS\r\nREJECTED\r\n\x01\x02"[..]),
+    ] {
+        let sub = dir.path().join(what);
+        std::fs::create_dir(&sub).unwrap();
+        let bus = hostile_bus(&sub, reply);
+        let _ = std::fs::remove_file(setup.state.parent().unwrap().join("no-bus.boot-id"));
+        let started = std::time::Instant::now();
+        let run = timer_start_with_bus(&setup, &bus);
+        let took = started.elapsed();
+        // No starting deadline here: treated as a timer start, the run collects.
+        assert_code(&run, 0);
+        assert!(
+            run.stderr.contains("cannot ask systemd over D-Bus"),
+            "{what}: {}",
+            run.stderr
+        );
+        assert!(took < Duration::from_secs(8), "{what}: took {took:?}");
+    }
 }
 
 #[test]
