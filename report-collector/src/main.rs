@@ -48,7 +48,13 @@ struct Cli {
     lock_file: Option<PathBuf>,
     /// What started this run: auto (ask systemd), timer (starting-deadline applies) or manual
     /// (it never does). For runs outside systemd: tests, other schedulers
-    #[arg(long, global = true, value_name = "HOW", default_value_t, value_parser = trigger_parser())]
+    #[arg(
+        long,
+        global = true,
+        value_name = "HOW",
+        value_enum,
+        default_value = "auto"
+    )]
     trigger: DeclaredTrigger,
     #[command(subcommand)]
     command: Option<Command>,
@@ -76,13 +82,6 @@ fn policy_parser() -> impl clap::builder::TypedValueParser<Value = Policy> {
     use clap::builder::TypedValueParser as _;
     clap::builder::PossibleValuesParser::new(Policy::ALL.map(Policy::as_str))
         .try_map(|name| name.parse::<Policy>())
-}
-
-/// The trigger names as `--help` lists them.
-fn trigger_parser() -> impl clap::builder::TypedValueParser<Value = DeclaredTrigger> {
-    use clap::builder::TypedValueParser as _;
-    clap::builder::PossibleValuesParser::new(DeclaredTrigger::ALL.map(DeclaredTrigger::as_str))
-        .try_map(|name| name.parse::<DeclaredTrigger>())
 }
 
 fn main() -> ExitCode {
