@@ -32,3 +32,77 @@ pub fn init(identifier: &str) {
         .with(stderr)
         .init();
 }
+
+/// Test support (feature `test-util`): the fields of the events logged on this thread, named
+/// and rendered as the journald layer stores them (`message` becomes `MESSAGE`), so tests can
+/// check a line's `MESSAGE_ID` and field set against the journal catalog.
+#[cfg(feature = "test-util")]
+pub mod capture {
+    use std::collections::BTreeMap;
+    use std::fmt::Debug;
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, Layer};
+    use tracing_subscriber::prelude::*;
+
+    /// One logged event: field name to value.
+    pub type Fields = BTreeMap<String, String>;
+
+    /// The events logged on this thread (and on tasks of a current-thread runtime) from
+    /// [`start`] until the guard is dropped.
+    #[derive(Clone, Default)]
+    pub struct Captured(Arc<Mutex<Vec<Fields>>>);
+
+    impl Captured {
+        pub fn events(&self) -> Vec<Fields> {
+            self.0.lock().unwrap().clone()
+        }
+
+        /// The events whose `MESSAGE_ID` is `id`.
+        pub fn with_id(&self, id: &str) -> Vec<Fields> {
+            self.events()
+                .into_iter()
+                .filter(|e| e.get("MESSAGE_ID").map(String::as_str) == Some(id))
+                .collect()
+        }
+    }
+
+    pub fn start() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::registry().with(CaptureLayer(captured.clone()));
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
+    struct CaptureLayer(Captured);
+
+    impl<S: tracing::Subscriber> Layer<S> for CaptureLayer {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let mut fields = FieldsVisitor(Fields::new());
+            event.record(&mut fields);
+            (self.0).0.lock().unwrap().push(fields.0);
+        }
+    }
+
+    struct FieldsVisitor(Fields);
+
+    impl FieldsVisitor {
+        fn insert(&mut self, field: &Field, value: String) {
+            let name = match field.name() {
+                "message" => "MESSAGE",
+                name => name,
+            };
+            self.0.insert(name.to_owned(), value);
+        }
+    }
+
+    impl Visit for FieldsVisitor {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.insert(field, value.to_owned());
+        }
+
+        fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+            self.insert(field, format!("{value:?}"));
+        }
+    }
+}

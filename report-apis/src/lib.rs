@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use report_common::message_id;
 use tokio::net::TcpListener;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -51,6 +52,7 @@ pub async fn run(
 
     let housekeeping = tokio::spawn(housekeeping(tickets.clone(), clock));
     tracing::info!(
+        MESSAGE_ID = message_id::SERVER_READY,
         LISTEN = %address,
         GENERATION_TIME = %humantime::format_duration(config.report.generation_time),
         SLOWDOWN = config.report.slowdown,
@@ -112,12 +114,14 @@ async fn housekeeping(tickets: Arc<Tickets>, clock: LoadClock) {
                 let snapshot = tickets.snapshot(Instant::now());
                 if snapshot.heavy {
                     tracing::info!(
+                        MESSAGE_ID = message_id::HEAVY_LOAD_ON,
                         HEAVY_LOAD = 1,
                         PENDING = snapshot.pending,
                         "heavy load on: reports stop progressing and /get_report answers \"report is not ready\""
                     );
                 } else {
                     tracing::info!(
+                        MESSAGE_ID = message_id::HEAVY_LOAD_OFF,
                         HEAVY_LOAD = 0,
                         PENDING = snapshot.pending,
                         "heavy load off: reports progress again"
