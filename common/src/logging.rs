@@ -51,7 +51,7 @@ pub mod capture {
 
     /// The events logged on this thread (and on tasks of a current-thread runtime) from
     /// [`start`] until the guard is dropped.
-    #[derive(Clone, Default)]
+    #[derive(Debug, Clone, Default)]
     pub struct Captured(Arc<Mutex<Vec<Fields>>>);
 
     impl Captured {

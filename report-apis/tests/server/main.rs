@@ -3,5 +3,6 @@
 
 mod cli;
 mod http;
+mod journal;
 mod load;
 mod util;
