@@ -159,7 +159,7 @@ phase_catalog_skip() {
 # MESSAGE_ID of its kind (skips split by SKIP), and the late start it forced is found by its
 # own ID.
 phase_catalog_decisions() {
-    local box=$1 kind outcome skip id all tagged=0 n counts='' late
+    local box=$1 kind outcome skip id all tagged=0 n counts='' late explained
     all=$(journal_count "$box" -t report-collector OUTCOME=collected OUTCOME=skipped \
         OUTCOME=failed OUTCOME=cancelled)
     for kind in "collected::$COLLECTED_ID" "skipped:lock-held:$SKIPPED_LOCK_HELD_ID" \
@@ -177,6 +177,15 @@ phase_catalog_decisions() {
     late=$(journal_count "$box" MESSAGE_ID="$SKIPPED_LATE_ID")
     if ((late >= 1)); then
         pass "journalctl MESSAGE_ID=$SKIPPED_LATE_ID finds the late start skipped after slot B ($late)"
+        explained=$(journal_text "$box" -x -t report-collector MESSAGE_ID="$SKIPPED_LATE_ID")
+        if grep -q 'Subject: report-collector skipped a run that started too late after its slot' <<<"$explained" &&
+            grep -Eq 'schedule slot [0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z' <<<"$explained" &&
+            grep -q 'The timer (report-collector.timer) started this run' <<<"$explained"; then
+            pass "journalctl -x explains the late start, its TRIGGER and SLOT filled in"
+        else
+            fail "journalctl -x shows no explanation with TRIGGER and SLOT under the late start"
+        fi
+        echo "$explained" | head -n 10 | show
     else
         note "no late start was skipped in this box (see the late_start phase), so MESSAGE_ID=$SKIPPED_LATE_ID had nothing to find"
     fi
