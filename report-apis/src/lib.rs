@@ -181,7 +181,12 @@ mod tests {
         config.heavy_load.period = HOUSEKEEPING_INTERVAL;
         let start = Instant::now();
         let clock = LoadClock::new(&config.heavy_load, start);
-        let tickets = Arc::new(Tickets::new(&config, clock, Arc::new(Metrics::new()), start));
+        let tickets = Arc::new(Tickets::new(
+            &config,
+            clock,
+            Arc::new(Metrics::new()),
+            start,
+        ));
         let task = tokio::spawn(housekeeping(tickets, clock));
         tokio::time::sleep(HOUSEKEEPING_INTERVAL * 10 + HOUSEKEEPING_INTERVAL / 2).await;
         task.abort();
