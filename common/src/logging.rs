@@ -32,3 +32,108 @@ pub fn init(identifier: &str) {
         .with(stderr)
         .init();
 }
+
+/// Test support (feature `test-util`): the fields of the events logged on this thread, named
+/// and rendered as the journald layer stores them (`message` becomes `MESSAGE`), so tests can
+/// check a line's `MESSAGE_ID` and field set against the journal catalog.
+///
+/// One global subscriber, installed on first use, hands each event to the capture active on
+/// its thread. (A per-thread `set_default` subscriber loses events when another test thread
+/// registers the same callsite at the same moment: tracing caches a callsite's interest
+/// globally.)
+#[cfg(feature = "test-util")]
+pub mod capture {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::fmt::Debug;
+    use std::sync::{Arc, Mutex, Once};
+
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, Layer};
+    use tracing_subscriber::prelude::*;
+
+    /// One logged event: field name to value.
+    pub type Fields = BTreeMap<String, String>;
+
+    /// The events logged on this thread (and on tasks of a current-thread runtime) from
+    /// [`start`] until the guard is dropped.
+    #[derive(Debug, Clone, Default)]
+    pub struct Captured(Arc<Mutex<Vec<Fields>>>);
+
+    impl Captured {
+        pub fn events(&self) -> Vec<Fields> {
+            self.0.lock().unwrap().clone()
+        }
+
+        /// The events whose `MESSAGE_ID` is `id`.
+        pub fn with_id(&self, id: &str) -> Vec<Fields> {
+            self.events()
+                .into_iter()
+                .filter(|e| e.get("MESSAGE_ID").map(String::as_str) == Some(id))
+                .collect()
+        }
+    }
+
+    thread_local! {
+        static ACTIVE: RefCell<Option<Captured>> = const { RefCell::new(None) };
+    }
+
+    /// Captures what this thread logs until the guard is dropped.
+    pub fn start() -> (Captured, Guard) {
+        static GLOBAL: Once = Once::new();
+        GLOBAL.call_once(|| {
+            let subscriber = tracing_subscriber::registry().with(CaptureLayer);
+            // Fails only when a subscriber is already global; nothing is captured then.
+            let _ = tracing::subscriber::set_global_default(subscriber);
+        });
+        let captured = Captured::default();
+        ACTIVE.with(|active| *active.borrow_mut() = Some(captured.clone()));
+        (captured, Guard(()))
+    }
+
+    /// Ends the capture of this thread when dropped.
+    #[derive(Debug)]
+    pub struct Guard(());
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            ACTIVE.with(|active| active.borrow_mut().take());
+        }
+    }
+
+    struct CaptureLayer;
+
+    impl<S: tracing::Subscriber> Layer<S> for CaptureLayer {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            ACTIVE.with(|active| {
+                if let Some(captured) = active.borrow().as_ref() {
+                    let mut fields = FieldsVisitor(Fields::new());
+                    event.record(&mut fields);
+                    captured.0.lock().unwrap().push(fields.0);
+                }
+            });
+        }
+    }
+
+    struct FieldsVisitor(Fields);
+
+    impl FieldsVisitor {
+        fn insert(&mut self, field: &Field, value: String) {
+            let name = match field.name() {
+                "message" => "MESSAGE",
+                name => name,
+            };
+            self.0.insert(name.to_owned(), value);
+        }
+    }
+
+    impl Visit for FieldsVisitor {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.insert(field, value.to_owned());
+        }
+
+        fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+            self.insert(field, format!("{value:?}"));
+        }
+    }
+}

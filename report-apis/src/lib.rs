@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use report_common::message_id;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -130,6 +131,7 @@ pub async fn run_with_reloads(
 
     let housekeeping = tokio::spawn(housekeeping(tickets.clone()));
     tracing::info!(
+        MESSAGE_ID = message_id::SERVER_READY,
         LISTEN = %address,
         GENERATION_TIME = %humantime::format_duration(config.report.generation_time),
         SLOWDOWN = config.report.slowdown,
@@ -203,6 +205,10 @@ async fn apply_reloads(mut reloads: Reloads, tickets: Arc<Tickets>, in_force: Ar
 
 /// A background task: logs heavy-load toggles as they happen, keeps expiry and the
 /// systemd status line current, and feeds the watchdog (only while the store answers).
+///
+/// A toggle is logged when the state differs from the last one seen, whichever branch woke
+/// the loop: the 1 s tick and a toggle can be due in the same millisecond, and `select!` then
+/// runs only one of them.
 async fn housekeeping(tickets: Arc<Tickets>) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -210,32 +216,37 @@ async fn housekeeping(tickets: Arc<Tickets>) {
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
     watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_status = String::new();
+    let mut heavy = tickets.snapshot(Instant::now()).heavy;
     loop {
         let toggle = tickets.next_toggle(Instant::now());
         tokio::select! {
-            () = sleep_until_maybe(toggle) => {
-                let snapshot = tickets.snapshot(Instant::now());
-                if snapshot.heavy {
-                    tracing::info!(
-                        HEAVY_LOAD = 1,
-                        PENDING = snapshot.pending,
-                        "heavy load on: reports stop progressing and /get_report answers \"report is not ready\""
-                    );
-                } else {
-                    tracing::info!(
-                        HEAVY_LOAD = 0,
-                        PENDING = snapshot.pending,
-                        "heavy load off: reports progress again"
-                    );
-                }
-            }
+            () = sleep_until_maybe(toggle) => {}
             _ = tick.tick() => {}
             _ = watchdog.tick(), if watchdog_every.is_some() => {
                 tickets.snapshot(Instant::now());
                 notify::watchdog();
             }
         }
-        let status = status_line(&tickets.snapshot(Instant::now()));
+        let snapshot = tickets.snapshot(Instant::now());
+        if snapshot.heavy != heavy {
+            heavy = snapshot.heavy;
+            if heavy {
+                tracing::info!(
+                    MESSAGE_ID = message_id::HEAVY_LOAD_ON,
+                    HEAVY_LOAD = 1,
+                    PENDING = snapshot.pending,
+                    "heavy load on: reports stop progressing and /get_report answers \"report is not ready\""
+                );
+            } else {
+                tracing::info!(
+                    MESSAGE_ID = message_id::HEAVY_LOAD_OFF,
+                    HEAVY_LOAD = 0,
+                    PENDING = snapshot.pending,
+                    "heavy load off: reports progress again"
+                );
+            }
+        }
+        let status = status_line(&snapshot);
         if status != last_status {
             notify::status(&status);
             last_status = status;
@@ -258,4 +269,44 @@ fn status_line(snapshot: &Snapshot) -> String {
         snapshot.ready,
         snapshot.held
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use report_common::logging::capture;
+
+    use super::*;
+
+    /// Toggles every housekeeping tick, on tokio's paused clock: the tick and the toggle are due
+    /// at the very same instant each time, the case where `select!` runs only one branch.
+    #[tokio::test(start_paused = true)]
+    async fn every_heavy_load_toggle_is_logged_even_when_the_tick_is_due_with_it() {
+        let (captured, _guard) = capture::start();
+        let mut config = Config::default();
+        config.heavy_load.period = HOUSEKEEPING_INTERVAL;
+        let start = Instant::now();
+        let clock = LoadClock::new(&config.heavy_load, start);
+        let tickets = Arc::new(Tickets::new(
+            &config,
+            clock,
+            Arc::new(Metrics::new()),
+            start,
+        ));
+        let task = tokio::spawn(housekeeping(tickets));
+        tokio::time::sleep(HOUSEKEEPING_INTERVAL * 10 + HOUSEKEEPING_INTERVAL / 2).await;
+        task.abort();
+
+        let toggles: Vec<(String, String)> = captured
+            .events()
+            .into_iter()
+            .filter_map(|e| Some((e.get("HEAVY_LOAD")?.clone(), e.get("MESSAGE_ID")?.clone())))
+            .collect();
+        let expected: Vec<(String, String)> = (0..10)
+            .map(|i| match i % 2 {
+                0 => ("1".to_owned(), message_id::HEAVY_LOAD_ON.to_owned()),
+                _ => ("0".to_owned(), message_id::HEAVY_LOAD_OFF.to_owned()),
+            })
+            .collect();
+        assert_eq!(toggles, expected);
+    }
 }

@@ -101,7 +101,7 @@ pub fn render(run: &RunReport, counts: &BTreeMap<String, u64>) -> String {
 mod tests {
     use super::*;
     use crate::config::Policy;
-    use crate::outcome::Outcome;
+    use crate::outcome::{Outcome, Skip};
     use std::time::{Duration, SystemTime};
 
     fn run(outcome: Outcome) -> RunReport {
@@ -125,6 +125,7 @@ mod tests {
         record(
             &path,
             &run(Outcome::Skipped {
+                skip: Skip::LockHeld,
                 reason: "busy".into(),
             }),
         )
@@ -132,6 +133,7 @@ mod tests {
         record(
             &path,
             &run(Outcome::Skipped {
+                skip: Skip::LockHeld,
                 reason: "busy".into(),
             }),
         )

@@ -5,7 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use report_common::exit;
+use report_common::{exit, message_id};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Policy;
@@ -28,11 +28,32 @@ impl CancelSignal {
     }
 }
 
+/// Why a run skipped itself: two kinds an operator answers differently, so each has its own
+/// `MESSAGE_ID` and `SKIP` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Another run holds the lock (`forbid`), the wait for it timed out (`wait`), or its holder
+    /// could not be confirmed (`replace`).
+    LockHeld,
+    /// A timer start later than `starting-deadline` after its slot.
+    Late,
+}
+
+impl Skip {
+    /// The value of the `SKIP` journal field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::LockHeld => "lock-held",
+            Skip::Late => "late",
+        }
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Collected { report: PathBuf },
-    Skipped { reason: String },
+    Skipped { skip: Skip, reason: String },
     Failed { error: String },
     Cancelled(CancelSignal),
 }
@@ -45,6 +66,30 @@ impl Outcome {
             Outcome::Skipped { .. } => "skipped",
             Outcome::Failed { .. } => "failed",
             Outcome::Cancelled(_) => "cancelled",
+        }
+    }
+
+    /// The journal's `MESSAGE_ID` of the decision line: one per kind, skips split by why.
+    pub fn message_id(&self) -> &'static str {
+        match self {
+            Outcome::Collected { .. } => message_id::COLLECTED,
+            Outcome::Skipped {
+                skip: Skip::LockHeld,
+                ..
+            } => message_id::SKIPPED_LOCK_HELD,
+            Outcome::Skipped {
+                skip: Skip::Late, ..
+            } => message_id::SKIPPED_LATE,
+            Outcome::Failed { .. } => message_id::FAILED,
+            Outcome::Cancelled(_) => message_id::CANCELLED,
+        }
+    }
+
+    /// The value of the `SKIP` journal field: empty unless the run skipped itself.
+    pub fn skip(&self) -> &'static str {
+        match self {
+            Outcome::Skipped { skip, .. } => skip.as_str(),
+            _ => "",
         }
     }
 
@@ -107,7 +152,7 @@ impl RunReport {
                     _ => String::new(),
                 }
             ),
-            Outcome::Skipped { reason } => format!("skipped this run: {reason}"),
+            Outcome::Skipped { reason, .. } => format!("skipped this run: {reason}"),
             Outcome::Failed { error } => format!("run failed after {took}: {error}"),
             Outcome::Cancelled(signal) => format!(
                 "run cancelled by {} after {took}{}; nothing partial was saved",
@@ -120,10 +165,15 @@ impl RunReport {
         }
     }
 
-    /// Logs the decision line with the journal fields OUTCOME, TICKET, POLICY, HOLDER_PID,
-    /// SLOT and DURATION (seconds, millisecond precision); fields that do not apply are empty.
+    /// Logs the decision line with the journal fields MESSAGE_ID (one per kind, see
+    /// [`Outcome::message_id`]), OUTCOME, SKIP, TICKET, POLICY, HOLDER_PID, SLOT, DURATION
+    /// (seconds, millisecond precision) and TRIGGER. Every field is always there, empty when it
+    /// does not apply: the journal catalog's explanation substitutes them (`@TICKET@`), and
+    /// `journalctl -x` prints a missing field's bare name instead.
     pub fn log(&self) {
+        let message_id = self.outcome.message_id();
         let outcome = self.outcome.kind();
+        let skip = self.outcome.skip();
         let ticket = self.ticket.as_deref().unwrap_or("");
         let policy = self.policy.as_str();
         let holder_pid = self.holder_pid.map(|p| p.to_string()).unwrap_or_default();
@@ -134,7 +184,9 @@ impl RunReport {
         macro_rules! decision {
             ($level:ident) => {
                 tracing::$level!(
+                    MESSAGE_ID = message_id,
                     OUTCOME = outcome,
+                    SKIP = skip,
                     TICKET = ticket,
                     POLICY = policy,
                     HOLDER_PID = %holder_pid,
@@ -240,6 +292,7 @@ mod tests {
             (Outcome::Collected { report: "r".into() }, 0, "collected"),
             (
                 Outcome::Skipped {
+                    skip: Skip::LockHeld,
                     reason: "busy".into(),
                 },
                 75,
@@ -258,6 +311,98 @@ mod tests {
         for (outcome, code, kind) in cases {
             assert_eq!(outcome.exit_code(), code);
             assert_eq!(outcome.kind(), kind);
+        }
+    }
+
+    const CATALOG: &str =
+        include_str!("../../packaging/debian/report-collector/report-collector.catalog");
+
+    /// The `@FIELD@` placeholders of the catalog entry for `id`.
+    fn placeholders(id: &str) -> Vec<String> {
+        let (_, entry) = CATALOG
+            .split_once(&format!("\n-- {id}\n"))
+            .unwrap_or_else(|| panic!("no catalog entry for {id}"));
+        let entry = entry.split("\n-- ").next().unwrap();
+        entry
+            .split('@')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn each_decision_line_carries_its_message_id_and_every_field() {
+        use crate::run::RunError;
+
+        let missed = RunError::MissedSlot {
+            slot: SystemTime::UNIX_EPOCH,
+            late_by: Duration::from_secs(25),
+            starting_deadline: Duration::from_secs(10),
+        };
+        let cases = [
+            (
+                Outcome::Collected { report: "r".into() },
+                message_id::COLLECTED,
+                "",
+            ),
+            (
+                Outcome::Skipped {
+                    skip: Skip::LockHeld,
+                    reason: "busy".into(),
+                },
+                message_id::SKIPPED_LOCK_HELD,
+                "lock-held",
+            ),
+            (missed.outcome(), message_id::SKIPPED_LATE, "late"),
+            (
+                Outcome::Failed {
+                    error: "down".into(),
+                },
+                message_id::FAILED,
+                "",
+            ),
+            (
+                Outcome::Cancelled(CancelSignal::Term),
+                message_id::CANCELLED,
+                "",
+            ),
+        ];
+        for (outcome, id, skip) in cases {
+            let (captured, guard) = report_common::logging::capture::start();
+            report(outcome.clone()).log();
+            drop(guard);
+            let events = captured.events();
+            assert_eq!(events.len(), 1, "{events:?}");
+            let line = &events[0];
+            assert_eq!(line["MESSAGE_ID"], id, "{outcome:?}");
+            assert_eq!(line["OUTCOME"], outcome.kind());
+            assert_eq!(line["SKIP"], skip);
+            assert_eq!(
+                line["HOLDER_PID"], "",
+                "a field that does not apply is empty"
+            );
+            // The stable field set (crate README, Journal): every one, always.
+            let names: Vec<&str> = line.keys().map(String::as_str).collect();
+            assert_eq!(
+                names,
+                [
+                    "DURATION",
+                    "HOLDER_PID",
+                    "MESSAGE",
+                    "MESSAGE_ID",
+                    "OUTCOME",
+                    "POLICY",
+                    "SKIP",
+                    "SLOT",
+                    "TICKET",
+                    "TRIGGER"
+                ]
+            );
+            // journalctl -x prints a missing field's bare name: the catalog may use only these.
+            for field in placeholders(id) {
+                assert!(line.contains_key(&field), "catalog entry {id}: @{field}@");
+            }
         }
     }
 

@@ -20,7 +20,7 @@ use crate::client::{self, CollectError, Collected, ReportServer};
 use crate::config::{Config, Policy};
 use crate::lock::{LockGuard, NotAcquired, Request, RunLock, round_ms};
 use crate::metrics;
-use crate::outcome::{CancelSignal, Outcome, RunReport};
+use crate::outcome::{CancelSignal, Outcome, RunReport, Skip};
 use crate::schedule::{Placement, Trigger, format_time};
 use crate::store::{self, StoreError};
 
@@ -65,19 +65,19 @@ impl From<NotAcquired> for RunError {
 impl RunError {
     /// Skips are what the lock and the starting deadline are for; anything else failed.
     pub fn outcome(&self) -> Outcome {
-        let skipped = match self {
-            RunError::Lock(not) => not.is_skip(),
-            RunError::MissedSlot { .. } => true,
-            _ => false,
+        let skip = match self {
+            RunError::Lock(not) if not.is_skip() => Some(Skip::LockHeld),
+            RunError::MissedSlot { .. } => Some(Skip::Late),
+            _ => None,
         };
-        if skipped {
-            Outcome::Skipped {
+        match skip {
+            Some(skip) => Outcome::Skipped {
+                skip,
                 reason: self.to_string(),
-            }
-        } else {
-            Outcome::Failed {
+            },
+            None => Outcome::Failed {
                 error: self.to_string(),
-            }
+            },
         }
     }
 }
@@ -435,7 +435,11 @@ mod tests {
         )
         .await;
 
-        let Outcome::Skipped { reason } = &report.outcome else {
+        let Outcome::Skipped {
+            skip: Skip::LockHeld,
+            reason,
+        } = &report.outcome
+        else {
             panic!("{:?}", report.outcome);
         };
         assert!(reason.contains("policy forbid"), "{reason}");

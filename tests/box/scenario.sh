@@ -25,6 +25,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/phases-config.sh"
 # shellcheck source=phases-trigger.sh
 source "$(dirname "${BASH_SOURCE[0]}")/phases-trigger.sh"
+# shellcheck source=phases-catalog.sh
+source "$(dirname "${BASH_SOURCE[0]}")/phases-catalog.sh"
 
 UNIT_STARTING_ID=7d4958e842da4a758f6c1cdc7b36dcc5
 UNIT_STARTED_ID=39f53479d3a045ac8e11786248231fbf
@@ -81,10 +83,15 @@ scenario_packages() {
     phase installed "$box"
     phase config_check "$box"
     phase config_reload "$box"
+    phase catalog "$box"
+    phase catalog_server "$box"
+    phase catalog_skip "$box" || return
     phase hand_started "$box"
     scenario_minutes "$box" "$apis_next" "$collector_next" || return
     phase hand_after "$box" "after the timer fired many times" fast
+    phase catalog_decisions "$box"
     phase remove "$box"
+    phase catalog_removed "$box"
 }
 
 # From installed packages to their upgrade: what every box runs, whoever installed them.

@@ -3,6 +3,7 @@
 
 mod cli;
 mod http;
+mod journal;
 mod load;
 mod reload;
 mod util;
