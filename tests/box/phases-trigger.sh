@@ -6,7 +6,8 @@
 
 # hand_window BOX: waits until no run is going and the minute is between :15 and :40, so that
 # a run started now is past the starting deadline of its minute's slot and ends before the
-# next elapse.
+# next elapse; it returns at the start of a whole second, so that `--since @$(date +%s)` finds
+# only what comes after.
 hand_window() {
     local box=$1 sec
     _idle() { ! collector_active "$box"; }
@@ -23,6 +24,7 @@ hand_window() {
             return 1
         fi
     fi
+    sleep_until $(($(date +%s) + 1))
 }
 
 # hand_collected BOX SINCE WHAT: the runs since SINCE were all started by hand and at least one
@@ -37,11 +39,11 @@ hand_collected() {
         journal_text "$box" -t report-collector --since "@$since" | show
         return 1
     fi
-    if (($(journal_count "$box" -t report-collector --since "@$since" OUTCOME=skipped) == 0)); then
-        pass "$what: no skip for a missed slot"
+    if (($(journal_count "$box" -t report-collector --since "@$since" SKIP=late) == 0)); then
+        pass "$what: no skip for a missed slot (SKIP=late)"
     else
         fail "$what: skipped as a missed slot"
-        journal_text "$box" -t report-collector --since "@$since" OUTCOME=skipped | show
+        journal_text "$box" -t report-collector --since "@$since" SKIP=late | show
     fi
 }
 
