@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod outcome;
 pub mod run;
 pub mod schedule;
+pub mod state;
 pub mod status;
 pub mod store;
