@@ -21,6 +21,8 @@
 
 # shellcheck source=../lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+# shellcheck source=phases-health.sh
+source "$(dirname "${BASH_SOURCE[0]}")/phases-health.sh"
 
 UNIT_STARTING_ID=7d4958e842da4a758f6c1cdc7b36dcc5
 UNIT_STARTED_ID=39f53479d3a045ac8e11786248231fbf
@@ -75,7 +77,10 @@ scenario_packages() {
     local box=$1 apis=$2 collector=$3 apis_next=$4 collector_next=$5
     phase install "$box" "$apis" "$collector" || return
     phase installed "$box"
+    phase health_fresh "$box"
     scenario_minutes "$box" "$apis_next" "$collector_next" || return
+    # After the minutes: the server's configuration then makes a run take seconds.
+    phase health_scrape "$box"
     phase remove "$box"
 }
 
