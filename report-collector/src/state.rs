@@ -260,16 +260,25 @@ pub fn unreadable_path(path: &Path) -> PathBuf {
 /// be written (the metrics file needs it either way). Problems are logged, never fatal: a run
 /// is over by now.
 pub fn record(path: &Path, run: &RunReport) -> State {
+    // `false` once saving would overwrite a file that could not be read nor moved aside.
+    let mut may_save = true;
     let previous = match State::load(path) {
         Ok(previous) => previous,
-        Err(e @ StateError::Unreadable { .. }) => {
+        Err(StateError::Unreadable { reason, .. }) => {
             let aside = unreadable_path(path);
             match std::fs::rename(path, &aside) {
                 Ok(()) => tracing::warn!(
-                    "{e}; moved it to {} and started a new state file: `status` counts a fresh grace period from this run",
+                    "the state file {} is not a state file (cut short or overwritten: {reason}); moved it to {} and started a new one, so `status` counts a fresh grace period from this run",
+                    path.display(),
                     aside.display()
                 ),
-                Err(rename) => tracing::warn!("{e}; cannot move it aside: {rename}"),
+                Err(e) => {
+                    may_save = false;
+                    tracing::warn!(
+                        "the state file {} is not a state file (cut short or overwritten: {reason}) and cannot be moved aside ({e}); this run is not on record there: move or remove it",
+                        path.display()
+                    );
+                }
             }
             None
         }
@@ -279,11 +288,13 @@ pub fn record(path: &Path, run: &RunReport) -> State {
         }
     };
     let state = State::after(previous, run);
-    if let Err(e) = state.save(path) {
-        tracing::warn!(
-            "cannot write the state file {}: {e}; `status` will not show this run",
-            path.display()
-        );
+    if may_save {
+        if let Err(e) = state.save(path) {
+            tracing::warn!(
+                "cannot write the state file {}: {e}; `status` will not show this run",
+                path.display()
+            );
+        }
     }
     state
 }
