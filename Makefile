@@ -1,6 +1,7 @@
 # The two commands a newcomer needs (see README.md), and the steps they are made of.
 #   make demo        build, boot a Debian 12 box, install the packages, follow the journal
-#   make test        every test: fmt, clippy, unit and integration tests, the booted boxes
+#   make test        every test: fmt, clippy, the alerting rules, unit and integration tests,
+#                    the booted boxes
 #   make deb         target/debian/report-apis_*.deb and report-collector_*.deb
 #   make experiment  measure the concurrency policies against an overloaded server
 #   make bench       the benchmarks (they print figures)
@@ -12,7 +13,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo test deb experiment bench deps deps-build deps-docker lint unit-test box-test docker-test docker-demo docker-down long-run
+.PHONY: demo test deb experiment bench deps deps-build deps-docker lint rules-test unit-test box-test docker-test docker-demo docker-down long-run
 
 deps:
 	scripts/install-deps.sh
@@ -36,6 +37,13 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+# The example alerting rules shipped in report-collector's package: valid, and doing what
+# their unit tests say (promtool comes from Debian's prometheus package, see install-deps.sh).
+RULES_DIR := packaging/debian/report-collector/examples
+rules-test:
+	promtool check rules $(RULES_DIR)/report-collector.rules.yml
+	cd $(RULES_DIR) && promtool test rules report-collector.rules.test.yml
+
 unit-test:
 	cargo test --workspace
 
@@ -58,6 +66,7 @@ long-run: deps
 # The box tests run under tests/host-state.sh, which proves they left the host as it was.
 test: deps-docker
 	$(MAKE) lint
+	$(MAKE) rules-test
 	$(MAKE) unit-test
 	tests/host-state.sh $(MAKE) box-test docker-test
 	@if [[ -n "$${LONG_RUN:-}" ]]; then scripts/long-run.sh; fi

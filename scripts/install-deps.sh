@@ -6,6 +6,8 @@
 # starting or enabling the host's Docker services, and it undoes what earlier versions of
 # tests/docker.sh left on the host (tests/box/docker-engine.sh says what). With --build, only
 # what building the packages needs (`make deb`): a C toolchain, curl for rustup, Rust, cargo-deb.
+# promtool, which `make test` uses to check the example alerting rules, comes from Debian's
+# prometheus package, installed without starting or enabling the Prometheus server.
 # Run as root.
 set -euo pipefail
 
@@ -22,6 +24,7 @@ APT_PACKAGES=(
     "${BUILD_PACKAGES[@]}"
     systemd-container debootstrap # the boxes
     lintian shellcheck
+    jq # the box tests read `report-collector status --json`
     wrk hyperfine time # the benchmarks
 )
 
@@ -42,6 +45,42 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q -o DPkg::Lock::Timeout=600 >/dev/null
     apt-get install -y -q -o DPkg::Lock::Timeout=600 "${missing[@]}" >/dev/null
+fi
+
+# promtool_installed: Debian's prometheus package (promtool is part of it), without its
+# Recommends and without starting or enabling prometheus.service: a policy-rc.d forbids every
+# start during the install (deb-systemd-invoke asks it), and the unit is disabled again when
+# this call installed the package.
+promtool_installed() {
+    local policy=/usr/sbin/policy-rc.d mark="# report-collector install-deps: no service starts"
+    if command -v promtool >/dev/null 2>&1; then
+        return 0
+    fi
+    if [[ -e $policy ]]; then
+        echo "keeping the existing $policy" >&2
+    else
+        printf '#!/bin/sh\n%s\nexit 101\n' "$mark" >"$policy"
+        chmod 0755 "$policy"
+    fi
+    echo "installing prometheus for promtool (its server neither started nor enabled)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    local rc=0
+    if ! apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600 prometheus >/dev/null; then
+        apt-get update -q -o DPkg::Lock::Timeout=600 >/dev/null &&
+            apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600 prometheus >/dev/null ||
+            rc=1
+    fi
+    if grep -qsF "$mark" "$policy"; then
+        rm -f "$policy"
+    fi
+    if ((rc)); then
+        echo "could not install prometheus (for promtool); see the apt-get output above" >&2
+        return 1
+    fi
+    systemctl --root=/ --quiet disable prometheus.service 2>/dev/null || true
+}
+if [[ ${1:-} != --build ]]; then
+    promtool_installed
 fi
 
 export PATH=$HOME/.cargo/bin:$PATH

@@ -92,6 +92,10 @@ pub struct Config {
     /// Deprecated: slots of this length, only where systemd cannot name the timer's elapse.
     #[serde(with = "humantime_serde")]
     pub schedule_period: Duration,
+    /// `status` reports stale (exit 1) when the last collection is older than this; unset
+    /// means [`default_stale_after`] of the schedule period.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub stale_after: Option<Duration>,
     /// Prometheus textfile written after every run, when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_file: Option<PathBuf>,
@@ -115,9 +119,28 @@ impl Default for Config {
             replace_grace: Duration::from_secs(10),
             starting_deadline: None,
             schedule_period: Duration::from_secs(60),
+            stale_after: None,
             metrics_file: None,
             max_ticket_renewals: 3,
         }
+    }
+}
+
+/// How many schedule periods without a collection make `status` report stale by default.
+pub const STALE_AFTER_PERIODS: u32 = 5;
+
+/// The default `stale-after`: [`STALE_AFTER_PERIODS`] schedule periods (5m for the minutely
+/// timer), so one or two skipped or failed slots never alert but a collector that stopped
+/// collecting does. The one place the default is derived from the schedule.
+pub fn default_stale_after(schedule_period: Duration) -> Duration {
+    schedule_period.saturating_mul(STALE_AFTER_PERIODS)
+}
+
+impl Config {
+    /// `stale-after` as configured, or its default from `schedule-period`.
+    pub fn stale_after(&self) -> Duration {
+        self.stale_after
+            .unwrap_or_else(|| default_stale_after(self.schedule_period))
     }
 }
 
@@ -149,6 +172,15 @@ impl ConfigFile for Config {
                 return Err(format!("{key} must be longer than 0s"));
             }
         }
+        if let Some(stale_after) = self.stale_after {
+            if stale_after < self.schedule_period {
+                return Err(format!(
+                    "stale-after ({}) must be at least schedule-period ({}): every gap between two collections would be reported stale",
+                    humantime::format_duration(stale_after),
+                    humantime::format_duration(self.schedule_period)
+                ));
+            }
+        }
         if self.keep_reports == 0 {
             return Err("keep-reports must be at least 1".to_owned());
         }
@@ -169,6 +201,19 @@ mod tests {
         assert_eq!(config.policy, Policy::Forbid);
         assert_eq!(config.deadline, Duration::from_secs(600));
         assert_eq!(config.starting_deadline, None);
+        assert_eq!(config.stale_after(), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn stale_after_defaults_to_periods_and_is_at_least_one() {
+        let config = Config::parse(Path::new("c.toml"), "schedule-period = \"5m\"").unwrap();
+        assert_eq!(config.stale_after(), Duration::from_secs(25 * 60));
+        let config = Config::parse(Path::new("c.toml"), "stale-after = \"1h\"").unwrap();
+        assert_eq!(config.stale_after(), Duration::from_secs(3600));
+        let err = Config::parse(Path::new("c.toml"), "stale-after = \"30s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least schedule-period"), "{err}");
     }
 
     #[test]
@@ -241,6 +286,7 @@ max-ticket-renewals = 5
             "replace-grace",
             "starting-deadline",
             "schedule-period",
+            "stale-after",
             "metrics-file",
             "max-ticket-renewals",
         ] {

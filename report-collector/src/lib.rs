@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod run;
 pub mod schedule;
+pub mod state;
 pub mod status;
 pub mod store;
 pub mod systemd;

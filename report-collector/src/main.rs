@@ -23,7 +23,15 @@ Exit codes:
   78   configuration error, naming file, line and key (check-config: the same)
   1    any other failure (server unreachable or failing until the deadline, bad answers, disk)
   130  cancelled by SIGINT
-  143  cancelled by SIGTERM";
+  143  cancelled by SIGTERM
+
+Exit codes of `status`:
+  0    healthy: a collection within stale-after, or none yet within the grace period that
+       starts with the first run, or no run yet
+  1    stale: no collection within stale-after (default: 5 schedule periods)
+  74   a path could not be inspected (not a regular file or directory, missing directory,
+       a state file that is not one)
+  77   a path could not be inspected for lack of permission";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -69,7 +77,8 @@ enum Command {
     ///
     /// Command-line overrides apply as they would to a run. No lock is taken, no server asked.
     CheckConfig,
-    /// Show whether the lock is held (and by whom), the last run and the reports kept
+    /// Judge whether the collector is healthy (last collection within stale-after) and show
+    /// the lock, the last run, the last collection and the reports kept
     Status {
         /// Print JSON instead of text
         #[arg(long)]

@@ -1,6 +1,11 @@
 //! The Prometheus textfile (`metrics-file`) for node_exporter's textfile collector, rewritten
 //! after every run, skips included.
 //!
+//! `report_collector_last_success_timestamp_seconds` follows Prometheus' convention for batch
+//! jobs: when the last collection ended. It comes from the state file's last collection, not
+//! from this run, so skips and failures keep it; it is absent until the first collection
+//! (alerting rules treat an absent metric as "never collected").
+//!
 //! The run counters live in the file itself, so each run reads, increments and rewrites it.
 //! That read-modify-write is serialised with an flock on a sibling `<metrics-file>.lock` (never
 //! the run lock: a skipped run must not wait for the run it skipped), so no count is lost when
@@ -11,6 +16,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::outcome::{KINDS, RunReport, unix_seconds};
+use crate::state::Collection;
 use crate::store::{Durability, open_lock_file, write_atomically};
 
 const RUNS_TOTAL: &str = "report_collector_runs_total";
@@ -22,8 +28,12 @@ pub fn lock_path(metrics_file: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Adds `run` to the textfile at `path`.
-pub fn record(path: &Path, run: &RunReport) -> io::Result<()> {
+/// Adds `run` to the textfile at `path`; `last_collection` is the state file's.
+pub fn record(
+    path: &Path,
+    run: &RunReport,
+    last_collection: Option<&Collection>,
+) -> io::Result<()> {
     let guard = open_lock_file(&lock_path(path))?;
     // Held for a few file operations only; released when `guard` closes.
     fs2::FileExt::lock_exclusive(&guard)?;
@@ -33,7 +43,8 @@ pub fn record(path: &Path, run: &RunReport) -> io::Result<()> {
         Err(e) => return Err(e),
     };
     *counts.entry(run.outcome.kind().to_owned()).or_insert(0) += 1;
-    write_atomically(path, render(run, &counts).as_bytes(), Durability::Renamed)?;
+    let text = render(run, last_collection, &counts);
+    write_atomically(path, text.as_bytes(), Durability::Renamed)?;
     drop(guard);
     Ok(())
 }
@@ -59,8 +70,22 @@ pub fn parse_counts(text: &str) -> BTreeMap<String, u64> {
 }
 
 /// The whole textfile.
-pub fn render(run: &RunReport, counts: &BTreeMap<String, u64>) -> String {
+pub fn render(
+    run: &RunReport,
+    last_collection: Option<&Collection>,
+    counts: &BTreeMap<String, u64>,
+) -> String {
     let mut out = String::new();
+    if let Some(collection) = last_collection {
+        out.push_str(
+            "# HELP report_collector_last_success_timestamp_seconds When the last collection ended (Unix time); kept across skips and failures.\n\
+             # TYPE report_collector_last_success_timestamp_seconds gauge\n",
+        );
+        out.push_str(&format!(
+            "report_collector_last_success_timestamp_seconds {:.3}\n",
+            collection.finished.unix
+        ));
+    }
     out.push_str(
         "# HELP report_collector_last_run_start_timestamp_seconds When the last run started (Unix time).\n\
          # TYPE report_collector_last_run_start_timestamp_seconds gauge\n",
@@ -121,23 +146,9 @@ mod tests {
     fn counts_accumulate_across_runs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("report-collector.prom");
-        record(&path, &run(Outcome::Collected { report: "r".into() })).unwrap();
-        record(
-            &path,
-            &run(Outcome::Skipped {
-                skip: Skip::LockHeld,
-                reason: "busy".into(),
-            }),
-        )
-        .unwrap();
-        record(
-            &path,
-            &run(Outcome::Skipped {
-                skip: Skip::LockHeld,
-                reason: "busy".into(),
-            }),
-        )
-        .unwrap();
+        record(&path, &run(Outcome::Collected { report: "r".into() }), None).unwrap();
+        record(&path, &run(skipped()), None).unwrap();
+        record(&path, &run(skipped()), None).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let counts = parse_counts(&text);
         assert_eq!(counts["collected"], 1);
@@ -149,6 +160,43 @@ mod tests {
         assert!(
             text.contains("report_collector_last_run_start_timestamp_seconds 1704110400.000\n")
         );
+        assert!(
+            !text.contains("last_success"),
+            "no collection given: {text}"
+        );
+    }
+
+    fn skipped() -> Outcome {
+        Outcome::Skipped {
+            skip: Skip::LockHeld,
+            reason: "busy".into(),
+        }
+    }
+
+    #[test]
+    fn the_last_success_survives_skips_and_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.prom");
+        let state_file = dir.path().join("last-run.json");
+        let mut collected = run(Outcome::Collected { report: "r".into() });
+        collected.started -= Duration::from_secs(60);
+        let later = [
+            run(skipped()),
+            run(Outcome::Failed { error: "x".into() }),
+            run(skipped()),
+        ];
+        for run in std::iter::once(&collected).chain(&later) {
+            let state = crate::state::record(&state_file, run);
+            record(&path, run, state.last_collection.as_ref()).unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        // 1704110400 - 60 s + 2.5 s
+        assert!(
+            text.contains("report_collector_last_success_timestamp_seconds 1704110342.500\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE report_collector_last_success_timestamp_seconds gauge\n"));
+        assert!(text.contains("report_collector_last_run_outcome{outcome=\"skipped\"} 1\n"));
     }
 
     #[test]
@@ -159,7 +207,8 @@ mod tests {
             for _ in 0..8 {
                 s.spawn(|| {
                     for _ in 0..10 {
-                        record(&path, &run(Outcome::Failed { error: "x".into() })).unwrap();
+                        let failed = run(Outcome::Failed { error: "x".into() });
+                        record(&path, &failed, None).unwrap();
                     }
                 });
             }

@@ -1,16 +1,13 @@
 //! How a run ended (collected, skipped, failed, cancelled), and the one place that turns that
-//! into a decision line in the journal, a record in the state file and an exit code.
+//! into a decision line in the journal and an exit code (the state file is `state.rs`).
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use report_common::{exit, message_id};
-use serde::{Deserialize, Serialize};
 
 use crate::config::Policy;
 use crate::schedule::format_time;
-use crate::store::{self, Durability};
 
 /// The signal that cancelled a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,70 +200,12 @@ impl RunReport {
             Outcome::Failed { .. } => decision!(error),
         }
     }
-
-    pub fn to_last_run(&self) -> LastRun {
-        LastRun {
-            outcome: self.outcome.kind().to_owned(),
-            exit_code: self.exit_code(),
-            started: format_time(self.started),
-            started_unix: unix_seconds(self.started),
-            duration_seconds: self.duration.as_secs_f64(),
-            ticket: self.ticket.clone(),
-            holder_pid: self.holder_pid,
-            policy: self.policy.as_str().to_owned(),
-            slot: format_time(self.slot),
-            trigger: self.trigger.clone(),
-            report: match &self.outcome {
-                Outcome::Collected { report } => Some(report.clone()),
-                _ => None,
-            },
-            message: self.message(),
-            pid: std::process::id(),
-        }
-    }
 }
 
 pub fn unix_seconds(at: SystemTime) -> f64 {
     at.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64()
-}
-
-/// The state file: the last run, for `status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LastRun {
-    pub outcome: String,
-    pub exit_code: u8,
-    pub started: String,
-    pub started_unix: f64,
-    pub duration_seconds: f64,
-    pub ticket: Option<String>,
-    pub holder_pid: Option<u32>,
-    pub policy: String,
-    pub slot: String,
-    pub trigger: String,
-    pub report: Option<PathBuf>,
-    pub message: String,
-    pub pid: u32,
-}
-
-impl LastRun {
-    /// Writes the state file atomically (rename). Not fsynced: it is rewritten every run and
-    /// a crash losing the newest one costs nothing.
-    pub fn save(&self, path: &Path) -> io::Result<()> {
-        let text = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        store::write_atomically(path, &text, Durability::Renamed)
-    }
-
-    pub fn load(path: &Path) -> io::Result<Option<LastRun>> {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -404,23 +343,5 @@ mod tests {
                 assert!(line.contains_key(&field), "catalog entry {id}: @{field}@");
             }
         }
-    }
-
-    #[test]
-    fn the_state_file_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state/last-run.json");
-        let last = report(Outcome::Cancelled(CancelSignal::Term)).to_last_run();
-        last.save(&path).unwrap();
-        assert_eq!(LastRun::load(&path).unwrap(), Some(last));
-        assert!(last_message_mentions_ticket(&path));
-    }
-
-    fn last_message_mentions_ticket(path: &Path) -> bool {
-        LastRun::load(path)
-            .unwrap()
-            .unwrap()
-            .message
-            .contains("abc_0")
     }
 }

@@ -22,6 +22,7 @@ use crate::lock::{LockGuard, NotAcquired, Request, RunLock, round_ms};
 use crate::metrics;
 use crate::outcome::{CancelSignal, Outcome, RunReport, Skip};
 use crate::schedule::{Placement, Trigger, format_time};
+use crate::state;
 use crate::store::{self, StoreError};
 
 /// Why a run did not collect; the `Display` is the sentence the journal and `status` show.
@@ -257,14 +258,9 @@ fn save(config: &Config, collected: &Collected) -> Result<PathBuf, RunError> {
 /// Puts the run on record: the decision line, the state file, the metrics file.
 fn record(config: &Config, report: &RunReport) {
     report.log();
-    if let Err(e) = report.to_last_run().save(&config.state_file) {
-        tracing::warn!(
-            "cannot write the state file {}: {e}; `status` will not show this run",
-            config.state_file.display()
-        );
-    }
+    let state = state::record(&config.state_file, report);
     if let Some(path) = &config.metrics_file {
-        if let Err(e) = metrics::record(path, report) {
+        if let Err(e) = metrics::record(path, report, state.last_collection.as_ref()) {
             tracing::warn!(
                 "cannot update the metrics file {}: {e}; this run is missing from its counts",
                 path.display()
@@ -281,7 +277,7 @@ mod tests {
     use super::*;
     use crate::client::{FetchError, Poll};
     use crate::lock::flock::{FlockLock, LockFile};
-    use crate::outcome::LastRun;
+    use crate::state::State;
 
     const CSV: &str = "timestamp,data\n2026-01-01T00:00:00Z,42\n";
 
@@ -363,7 +359,7 @@ mod tests {
         assert_eq!(report.ticket.as_deref(), Some("abc_0"));
         assert_eq!(report.duration, Duration::from_millis(3500));
         assert_eq!(lock.holder().unwrap(), None, "the lock is free again");
-        let last = LastRun::load(&config.state_file).unwrap().unwrap();
+        let last = State::load(&config.state_file).unwrap().unwrap().last_run;
         assert_eq!(last.outcome, "cancelled");
         assert_eq!(last.ticket.as_deref(), Some("abc_0"));
         assert!(reports(&config).is_empty(), "nothing partial was saved");
@@ -391,7 +387,7 @@ mod tests {
             )
             .await;
 
-            let last = LastRun::load(&config.state_file).unwrap().unwrap();
+            let last = State::load(&config.state_file).unwrap().unwrap().last_run;
             assert_eq!(last.outcome, report.outcome.kind(), "at {at:?}");
             assert_eq!(lock.holder().unwrap(), None, "at {at:?}: the lock is free");
             // The cancel wins a tie: it is polled first.

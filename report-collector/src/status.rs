@@ -1,26 +1,184 @@
-//! `report-collector status`: whether the lock is held (and by whom), the last run and the
+//! `report-collector status`: a verdict a monitor can act on (healthy, or no collection within
+//! `stale-after`), with the lock (held, by whom), the last run, the last collection and the
 //! reports kept. It learns about the lock from `/proc/locks` and the holder record without
 //! ever taking the lock, so asking never makes a run skip.
+//!
+//! Every path it reads is checked before it is read: a path it cannot inspect (no
+//! permission, not a regular file, a missing directory, a state file that is not one) is
+//! reported with the path and the reason and makes the exit code non-zero, because a health
+//! check that cannot see must not say "healthy". Files are opened with `O_NONBLOCK` after
+//! their type is known, so a FIFO in place of a file never blocks `status`.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::path::PathBuf;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::lock::RunLock;
-use crate::outcome::LastRun;
+use crate::outcome::unix_seconds;
+use crate::state::{Collection, LastRun, Moment, State, StateError, file_kind};
 use crate::store;
+
+/// The exit codes of `status` (documented in `--help`, the README and the man page).
+pub mod code {
+    /// A collection within `stale-after`, or no collection yet but within the grace period
+    /// that starts with the first run, or no run yet at all.
+    pub const HEALTHY: u8 = 0;
+    /// No collection within `stale-after` (counted from the first run when none ever was).
+    pub const STALE: u8 = 1;
+    /// A path could not be inspected (not a regular file or directory, missing directory,
+    /// a state file that is not one, an I/O error): sysexits' EX_IOERR.
+    pub const CANNOT_INSPECT: u8 = 74;
+    /// A path could not be inspected for lack of permission: sysexits' EX_NOPERM.
+    pub const NO_PERMISSION: u8 = 77;
+}
+
+/// How the collector is doing, in one word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    /// The last collection is within `stale-after`.
+    Healthy,
+    /// No collection yet, but the first run was within `stale-after`: a fresh install.
+    Grace,
+    /// No run on record yet: the timer has not started one.
+    NoRunYet,
+    /// No collection within `stale-after`.
+    Stale,
+    /// The state file could not be read.
+    Unknown,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Grace => "grace",
+            Health::NoRunYet => "no-run-yet",
+            Health::Stale => "stale",
+            Health::Unknown => "unknown",
+        }
+    }
+}
+
+/// The verdict: the word, the exit code, and a sentence saying why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    pub health: Health,
+    pub exit_code: u8,
+    pub reason: String,
+}
+
+/// Judges a readable state (or none) at `now` (Unix seconds): the whole rule, in one place.
+pub fn judge(state: Option<&State>, now: f64, stale_after: Duration) -> Verdict {
+    let limit = stale_after.as_secs_f64();
+    let ago = |unix: f64| {
+        humantime::format_duration(Duration::from_secs_f64((now - unix).max(0.0).round()))
+    };
+    let stale_after_text = humantime::format_duration(stale_after);
+    let Some(state) = state else {
+        return Verdict {
+            health: Health::NoRunYet,
+            exit_code: code::HEALTHY,
+            reason: format!(
+                "no run on record yet; the grace period of stale-after ({stale_after_text}) starts with the first run"
+            ),
+        };
+    };
+    match &state.last_collection {
+        Some(c) if now - c.finished.unix <= limit => Verdict {
+            health: Health::Healthy,
+            exit_code: code::HEALTHY,
+            reason: format!(
+                "last collection {} ago, within stale-after ({stale_after_text})",
+                ago(c.finished.unix)
+            ),
+        },
+        Some(c) => Verdict {
+            health: Health::Stale,
+            exit_code: code::STALE,
+            reason: format!(
+                "no collection for {} (last at {}), longer than stale-after ({stale_after_text}); see the last run below and `journalctl -u report-collector.service`",
+                ago(c.finished.unix),
+                c.finished.at
+            ),
+        },
+        None if now - state.first_run.unix <= limit => Verdict {
+            health: Health::Grace,
+            exit_code: code::HEALTHY,
+            reason: format!(
+                "no collection yet; first run {} ago, within the grace period of stale-after ({stale_after_text})",
+                ago(state.first_run.unix)
+            ),
+        },
+        None => Verdict {
+            health: Health::Stale,
+            exit_code: code::STALE,
+            reason: format!(
+                "no collection at all since the first run at {} ({} ago), longer than stale-after ({stale_after_text}); see the last run below and `journalctl -u report-collector.service`",
+                state.first_run.at,
+                ago(state.first_run.unix)
+            ),
+        },
+    }
+}
+
+/// A path `status` could not inspect.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub reason: String,
+    pub exit_code: u8,
+}
+
+impl Problem {
+    fn io(path: &Path, what: &str, e: &io::Error) -> Problem {
+        let denied = e.kind() == io::ErrorKind::PermissionDenied;
+        Problem {
+            path: path.to_owned(),
+            reason: if denied {
+                format!(
+                    "cannot inspect the {what} {}: {e}; run `report-collector status` as root or as the report-collector user (runuser -u report-collector -- report-collector status)",
+                    path.display()
+                )
+            } else {
+                format!("cannot inspect the {what} {}: {e}", path.display())
+            },
+            exit_code: if denied {
+                code::NO_PERMISSION
+            } else {
+                code::CANNOT_INSPECT
+            },
+        }
+    }
+
+    fn state(e: &StateError) -> Problem {
+        match e {
+            StateError::Io { path, source } => Problem::io(path, "state file", source),
+            _ => Problem {
+                path: e.path().to_owned(),
+                reason: e.to_string(),
+                exit_code: code::CANNOT_INSPECT,
+            },
+        }
+    }
+}
 
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// `health`, `exit_code`, `reason`; the exit code of `status` itself.
+    pub verdict: Verdict,
+    pub stale_after_seconds: f64,
+    /// The paths that could not be inspected, with why.
+    pub problems: Vec<Problem>,
     pub lock: LockStatus,
+    pub first_run: Option<Moment>,
     pub last_run: Option<LastRun>,
-    /// Set when the state file exists but cannot be read.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_run_error: Option<String>,
+    pub last_collection: Option<Collection>,
     pub reports: Reports,
 }
 
@@ -28,7 +186,8 @@ pub struct Status {
 pub struct LockStatus {
     pub path: PathBuf,
     pub policy: String,
-    pub held: bool,
+    /// `null` when the lock file could not be inspected.
+    pub held: Option<bool>,
     pub pid: Option<u32>,
     pub since: Option<String>,
     pub ticket: Option<String>,
@@ -37,14 +196,15 @@ pub struct LockStatus {
 #[derive(Debug, Serialize)]
 pub struct Reports {
     pub dir: PathBuf,
-    pub kept: usize,
+    /// `null` when the report directory could not be inspected.
+    pub kept: Option<usize>,
     pub keep: usize,
     pub newest: Option<String>,
 }
 
-/// `report-collector status [--json]`: prints what [`gather`] found.
+/// `report-collector status [--json]`: prints what [`gather`] found; exits with its verdict.
 pub fn print(config: &Config, lock: &impl RunLock, json: bool) -> ExitCode {
-    let status = gather(config, lock);
+    let status = gather(config, lock, SystemTime::now());
     let text = if json {
         match serde_json::to_string_pretty(&status) {
             Ok(mut text) => {
@@ -60,36 +220,123 @@ pub fn print(config: &Config, lock: &impl RunLock, json: bool) -> ExitCode {
         status.render()
     };
     let _ = std::io::stdout().write_all(text.as_bytes());
-    ExitCode::SUCCESS
+    ExitCode::from(status.verdict.exit_code)
 }
 
-/// Looks at the lock, the state file and the report directory.
-pub fn gather(config: &Config, lock: &impl RunLock) -> Status {
-    let holder = lock.holder().ok().flatten();
-    let (last_run, last_run_error) = match LastRun::load(&config.state_file) {
-        Ok(last) => (last, None),
-        Err(e) => (
-            None,
-            Some(format!("cannot read {}: {e}", config.state_file.display())),
-        ),
-    };
-    let names = store::list(&config.report_dir).unwrap_or_default();
-    Status {
-        lock: LockStatus {
-            path: config.lock_file.clone(),
-            policy: config.policy.as_str().to_owned(),
-            held: holder.is_some(),
-            pid: holder.as_ref().and_then(|h| h.pid),
-            since: holder.as_ref().and_then(|h| h.since.clone()),
-            ticket: holder.as_ref().and_then(|h| h.ticket.clone()),
+/// Whether `path` can be looked at as a file of the expected kind, without opening it;
+/// `Ok(false)` when it does not exist but its directory does.
+fn inspect(path: &Path, what: &str, want_dir: bool) -> Result<bool, Problem> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() == want_dir && (want_dir || m.is_file()) => Ok(true),
+        Ok(m) => Err(Problem {
+            path: path.to_owned(),
+            reason: format!(
+                "cannot inspect the {what} {}: it is {}, not a {}",
+                path.display(),
+                file_kind(m.file_type()),
+                if want_dir {
+                    "directory"
+                } else {
+                    "regular file"
+                }
+            ),
+            exit_code: code::CANNOT_INSPECT,
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => Err(Problem {
+                path: path.to_owned(),
+                reason: format!(
+                    "cannot inspect the {what} {}: its directory {} does not exist (no run has created it, or the configuration points elsewhere)",
+                    path.display(),
+                    dir.display()
+                ),
+                exit_code: code::CANNOT_INSPECT,
+            }),
+            _ => Ok(false),
         },
-        last_run,
-        last_run_error,
+        Err(e) => Err(Problem::io(path, what, &e)),
+    }
+}
+
+/// Looks at the state file, the lock and the report directory, and judges at `now`.
+pub fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> Status {
+    let mut problems = Vec::new();
+    let stale_after = config.stale_after();
+
+    let state = match State::load(&config.state_file) {
+        Ok(state) => Ok(state),
+        Err(e) => {
+            problems.push(Problem::state(&e));
+            Err(())
+        }
+    };
+    let lock_status = match inspect(&config.lock_file, "lock file", false) {
+        Ok(exists) => {
+            let holder = if exists {
+                lock.holder().ok().flatten()
+            } else {
+                None
+            };
+            LockStatus {
+                path: config.lock_file.clone(),
+                policy: config.policy.as_str().to_owned(),
+                held: Some(holder.is_some()),
+                pid: holder.as_ref().and_then(|h| h.pid),
+                since: holder.as_ref().and_then(|h| h.since.clone()),
+                ticket: holder.as_ref().and_then(|h| h.ticket.clone()),
+            }
+        }
+        Err(problem) => {
+            problems.push(problem);
+            LockStatus {
+                path: config.lock_file.clone(),
+                policy: config.policy.as_str().to_owned(),
+                held: None,
+                pid: None,
+                since: None,
+                ticket: None,
+            }
+        }
+    };
+    let names = match inspect(&config.report_dir, "report directory", true) {
+        Ok(true) => store::list(&config.report_dir)
+            .map_err(|e| Problem::io(&config.report_dir, "report directory", &e)),
+        Ok(false) => Ok(Vec::new()),
+        Err(problem) => Err(problem),
+    }
+    .map_err(|problem| problems.push(problem))
+    .ok();
+
+    let verdict = match &state {
+        Ok(state) => judge(state.as_ref(), unix_seconds(now), stale_after),
+        Err(()) => Verdict {
+            health: Health::Unknown,
+            exit_code: code::CANNOT_INSPECT,
+            reason: "the state file cannot be read (see below), so when the last collection was is unknown".to_owned(),
+        },
+    };
+    // A check that could not see everything never passes as healthy.
+    let verdict = match problems.first() {
+        Some(problem) if verdict.exit_code == code::HEALTHY || state.is_err() => Verdict {
+            exit_code: problem.exit_code,
+            ..verdict
+        },
+        _ => verdict,
+    };
+    let state = state.ok().flatten();
+    Status {
+        verdict,
+        stale_after_seconds: stale_after.as_secs_f64(),
+        problems,
+        lock: lock_status,
+        first_run: state.as_ref().map(|s| s.first_run.clone()),
+        last_run: state.as_ref().map(|s| s.last_run.clone()),
+        last_collection: state.and_then(|s| s.last_collection),
         reports: Reports {
             dir: config.report_dir.clone(),
-            kept: names.len(),
+            kept: names.as_ref().map(Vec::len),
             keep: config.keep_reports,
-            newest: names.last().cloned(),
+            newest: names.and_then(|n| n.last().cloned()),
         },
     }
 }
@@ -98,42 +345,78 @@ impl Status {
     /// The text `status` prints without `--json`.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let v = &self.verdict;
+        let _ = writeln!(
+            out,
+            "health:   {} (exit {}): {}",
+            v.health.as_str(),
+            v.exit_code,
+            v.reason
+        );
+        for problem in &self.problems {
+            let _ = writeln!(out, "problem:  {}", problem.reason);
+        }
         let lock = &self.lock;
-        if lock.held {
-            let _ = writeln!(
-                out,
-                "lock:     held by pid {} since {}, ticket {} ({})",
-                lock.pid
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "?".into()),
-                lock.since.as_deref().unwrap_or("an unknown time"),
-                lock.ticket.as_deref().unwrap_or("(none yet)"),
-                lock.path.display()
-            );
-        } else {
-            let _ = writeln!(out, "lock:     free ({})", lock.path.display());
+        match lock.held {
+            Some(true) => {
+                let _ = writeln!(
+                    out,
+                    "lock:     held by pid {} since {}, ticket {} ({})",
+                    lock.pid
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "?".into()),
+                    lock.since.as_deref().unwrap_or("an unknown time"),
+                    lock.ticket.as_deref().unwrap_or("(none yet)"),
+                    lock.path.display()
+                );
+            }
+            Some(false) => {
+                let _ = writeln!(out, "lock:     free ({})", lock.path.display());
+            }
+            None => {
+                let _ = writeln!(out, "lock:     unknown ({})", lock.path.display());
+            }
         }
         let _ = writeln!(out, "policy:   {}", lock.policy);
-        match (&self.last_run, &self.last_run_error) {
-            (Some(run), _) => {
+        match &self.last_run {
+            Some(run) => {
                 let _ = writeln!(
                     out,
                     "last run: {} at {} (took {:.3}s, exit {}): {}",
                     run.outcome, run.started, run.duration_seconds, run.exit_code, run.message
                 );
             }
-            (None, Some(error)) => {
-                let _ = writeln!(out, "last run: unknown ({error})");
+            None if v.health == Health::Unknown => {
+                let _ = writeln!(out, "last run: unknown");
             }
-            (None, None) => {
+            None => {
                 let _ = writeln!(out, "last run: none recorded yet");
+            }
+        }
+        match &self.last_collection {
+            Some(c) => {
+                let _ = writeln!(
+                    out,
+                    "last collection: {}, ticket {}, {}",
+                    c.finished.at,
+                    c.ticket.as_deref().unwrap_or("?"),
+                    c.report.display()
+                );
+            }
+            None if v.health == Health::Unknown => {
+                let _ = writeln!(out, "last collection: unknown");
+            }
+            None => {
+                let _ = writeln!(out, "last collection: none yet");
             }
         }
         let r = &self.reports;
         let _ = writeln!(
             out,
             "reports:  {} kept of at most {} in {}{}",
-            r.kept,
+            r.kept
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "unknown".into()),
             r.keep,
             r.dir.display(),
             r.newest
@@ -142,5 +425,180 @@ impl Status {
                 .unwrap_or_default()
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+    use crate::config::Policy;
+    use crate::lock::flock::FlockLock;
+    use crate::outcome::{Outcome, RunReport};
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn run_at(outcome: Outcome, started_unix: u64) -> RunReport {
+        RunReport {
+            outcome,
+            policy: Policy::Forbid,
+            ticket: Some("abc_0".into()),
+            holder_pid: None,
+            slot: SystemTime::UNIX_EPOCH + Duration::from_secs(started_unix / 60 * 60),
+            trigger: "manual".into(),
+            started: SystemTime::UNIX_EPOCH + Duration::from_secs(started_unix),
+            duration: Duration::ZERO,
+        }
+    }
+
+    fn skipped() -> Outcome {
+        Outcome::Skipped {
+            skip: crate::outcome::Skip::LockHeld,
+            reason: "busy".into(),
+        }
+    }
+
+    fn state_of(runs: &[RunReport]) -> State {
+        runs.iter()
+            .fold(None, |state, run| Some(State::after(state, run)))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_recent_collection_is_healthy_and_an_old_one_stale_whatever_came_after() {
+        let state = state_of(&[
+            run_at(Outcome::Collected { report: "r".into() }, 1000),
+            run_at(skipped(), 1060),
+            run_at(skipped(), 1120),
+        ]);
+        let fresh = judge(Some(&state), 1000.0 + 300.0, 5 * MINUTE);
+        assert_eq!((fresh.health, fresh.exit_code), (Health::Healthy, 0));
+        let stale = judge(Some(&state), 1000.0 + 301.0, 5 * MINUTE);
+        assert_eq!((stale.health, stale.exit_code), (Health::Stale, 1));
+        assert!(stale.reason.contains("5m 1s"), "{}", stale.reason);
+        assert!(
+            stale.reason.contains("stale-after (5m)"),
+            "{}",
+            stale.reason
+        );
+    }
+
+    #[test]
+    fn a_fresh_install_gets_a_grace_period_from_its_first_run() {
+        assert_eq!(judge(None, 1e9, MINUTE).health, Health::NoRunYet);
+        assert_eq!(judge(None, 1e9, MINUTE).exit_code, 0);
+        let state = state_of(&[run_at(skipped(), 1000), run_at(skipped(), 1060)]);
+        let grace = judge(Some(&state), 1000.0 + 300.0, 5 * MINUTE);
+        assert_eq!((grace.health, grace.exit_code), (Health::Grace, 0));
+        let over = judge(Some(&state), 1000.0 + 301.0, 5 * MINUTE);
+        assert_eq!((over.health, over.exit_code), (Health::Stale, 1));
+        assert!(
+            over.reason.contains("since the first run"),
+            "{}",
+            over.reason
+        );
+    }
+
+    fn config(dir: &Path) -> Config {
+        Config {
+            lock_file: dir.join("collector.lock"),
+            report_dir: dir.join("reports"),
+            state_file: dir.join("last-run.json"),
+            ..Config::default()
+        }
+    }
+
+    fn status(config: &Config) -> Status {
+        gather(
+            config,
+            &FlockLock::new(&config.lock_file),
+            SystemTime::now(),
+        )
+    }
+
+    #[test]
+    fn a_fresh_state_directory_is_no_run_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = status(&config(dir.path()));
+        assert_eq!(status.verdict.health, Health::NoRunYet);
+        assert_eq!(status.verdict.exit_code, 0);
+        assert!(status.problems.is_empty(), "{:?}", status.problems);
+        assert_eq!(status.reports.kept, Some(0));
+        assert_eq!(status.lock.held, Some(false));
+    }
+
+    #[test]
+    fn a_missing_directory_cannot_be_inspected() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = status(&config(&dir.path().join("gone")));
+        assert_eq!(status.verdict.exit_code, code::CANNOT_INSPECT);
+        assert!(
+            status.problems[0].reason.contains("does not exist"),
+            "{:?}",
+            status.problems
+        );
+    }
+
+    #[test]
+    fn fifos_in_place_of_the_files_are_reported_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        for path in [&config.state_file, &config.lock_file, &config.report_dir] {
+            nix::unistd::mkfifo(path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        }
+        // A blocking open of any of them would hang this test.
+        let status = status(&config);
+        assert_eq!(status.verdict.health, Health::Unknown);
+        assert_eq!(status.verdict.exit_code, code::CANNOT_INSPECT);
+        assert_eq!(status.problems.len(), 3, "{:?}", status.problems);
+        for problem in &status.problems {
+            assert!(problem.reason.contains("a FIFO"), "{}", problem.reason);
+        }
+        let text = status.render();
+        assert!(
+            text.contains(&config.state_file.display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("lock:     unknown"), "{text}");
+    }
+
+    #[test]
+    fn an_unreadable_state_directory_is_a_permission_problem_never_healthy() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let config = config(&state_dir);
+        std::fs::create_dir(&state_dir).unwrap();
+        crate::state::record(&config.state_file, &run_at(skipped(), 1000));
+        std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o000)).unwrap();
+        if std::fs::read_dir(&state_dir).is_ok() {
+            // root reads through any mode; the box test covers this as an unprivileged user.
+            std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            return;
+        }
+        let status = status(&config);
+        std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(status.verdict.exit_code, code::NO_PERMISSION);
+        assert_eq!(status.verdict.health, Health::Unknown);
+        let reason = &status.problems[0].reason;
+        assert!(reason.contains("Permission denied"), "{reason}");
+        assert!(reason.contains("last-run.json"), "{reason}");
+        assert_eq!(status.reports.kept, None);
+        assert_eq!(status.lock.held, None);
+    }
+
+    #[test]
+    fn the_json_carries_the_verdict() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        crate::state::record(&config.state_file, &run_at(skipped(), 1000));
+        let status = status(&config);
+        assert_eq!(status.verdict.health, Health::Stale);
+        let json: serde_json::Value = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["verdict"]["health"], "stale");
+        assert_eq!(json["verdict"]["exit_code"], 1);
+        assert_eq!(json["stale_after_seconds"], 300.0);
+        assert!(json["last_collection"].is_null());
+        assert_eq!(json["last_run"]["outcome"], "skipped");
     }
 }

@@ -4,12 +4,12 @@
 mod util;
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 use report_collector::lock::flock::LockFile;
 use report_collector::metrics::parse_counts;
-use report_collector::outcome::LastRun;
+use report_collector::state::State;
 use util::*;
 
 fn assert_code(run: &Finished, code: i32) {
@@ -40,7 +40,7 @@ fn collects_prints_and_saves_the_report_keeping_the_newest() {
         let text = std::fs::read_to_string(setup.reports.join(name)).unwrap();
         assert!(text.starts_with("timestamp,data\n"));
     }
-    let last = LastRun::load(&setup.state).unwrap().unwrap();
+    let last = State::load(&setup.state).unwrap().unwrap().last_run;
     assert_eq!(last.outcome, "collected");
     assert_eq!(last.exit_code, 0);
     assert!(last.ticket.is_some());
@@ -540,7 +540,7 @@ fn server_down_is_a_clear_error_inside_the_deadline() {
     assert!(run.stderr.contains("deadline"), "{}", run.stderr);
     assert!(setup.report_files().is_empty());
     assert_eq!(
-        LastRun::load(&setup.state).unwrap().unwrap().outcome,
+        State::load(&setup.state).unwrap().unwrap().last_run.outcome,
         "failed"
     );
 }
@@ -632,7 +632,7 @@ fn sigterm_while_polling_exits_143_frees_the_lock_and_saves_nothing() {
             setup.report_files()
         );
         assert_eq!(
-            LastRun::load(&setup.state).unwrap().unwrap().outcome,
+            State::load(&setup.state).unwrap().unwrap().last_run.outcome,
             "cancelled"
         );
     }
@@ -725,6 +725,87 @@ fn status_reports_the_holder_without_taking_the_lock() {
     assert_eq!(json["reports"]["kept"], 3);
 }
 
+/// What collectors up to 0.1.x left in the state file after a collection an hour ago.
+fn old_state_file(collected_unix: u64) -> String {
+    format!(
+        r#"{{"outcome":"collected","exit_code":0,"started":"x","started_unix":{collected_unix}.0,"duration_seconds":2.0,"ticket":"old_0","holder_pid":null,"policy":"forbid","slot":"x","trigger":"manual","report":"/r/old.csv","message":"collected","pid":1}}"#
+    )
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn status_exits_1_when_the_last_collection_is_stale_even_after_an_upgrade_and_a_skip() {
+    let server = ApiServer::fast();
+    let setup = Setup::new(
+        &server.url,
+        &[("metrics-file", "\"{dir}/metrics/report-collector.prom\"")],
+    );
+    // The previous version's file: a collection an hour ago.
+    let an_hour_ago = now_unix() - 3600;
+    std::fs::write(&setup.state, old_state_file(an_hour_ago)).unwrap();
+    let stale = setup.command(&["status"]).output().unwrap();
+    assert_eq!(stale.status.code(), Some(1), "{stale:?}");
+    let text = String::from_utf8(stale.stdout).unwrap();
+    assert!(
+        text.starts_with("health:   stale (exit 1): no collection for 59m 5"),
+        "{text}"
+    );
+    assert!(text.contains("ticket old_0"), "{text}");
+
+    // A skip keeps that collection: still stale, and the metric still says when.
+    let held = LockFile::open(&setup.lock)
+        .unwrap()
+        .try_lock()
+        .unwrap()
+        .unwrap();
+    assert_code(&setup.run(&[]), 75);
+    drop(held);
+    let json = setup.command(&["status", "--json"]).output().unwrap();
+    assert_eq!(json.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["verdict"]["health"], "stale");
+    assert_eq!(json["verdict"]["exit_code"], 1);
+    assert_eq!(json["last_run"]["outcome"], "skipped");
+    assert_eq!(json["last_collection"]["ticket"], "old_0");
+    let metrics = std::fs::read_to_string(&setup.metrics).unwrap();
+    // Its end: started an hour ago, took 2 s.
+    let last_success = format!(
+        "report_collector_last_success_timestamp_seconds {}.000\n",
+        an_hour_ago + 2
+    );
+    assert!(metrics.contains(&last_success), "{metrics}");
+
+    // A collection makes it healthy.
+    assert_code(&setup.run(&[]), 0);
+    let healthy = setup.command(&["status", "--json"]).output().unwrap();
+    assert_eq!(healthy.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&healthy.stdout).unwrap();
+    assert_eq!(json["verdict"]["health"], "healthy");
+}
+
+#[test]
+fn status_names_a_path_it_cannot_inspect_and_never_blocks_on_a_fifo() {
+    let setup = Setup::new(&dead_url(), &[]);
+    nix::unistd::mkfifo(&setup.state, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let out = finish_within(setup.spawn(&["status"]), Duration::from_secs(10));
+    assert_code(&out, 74);
+    assert!(out.stdout.contains("health:   unknown"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!(
+            "the state file {} is not a regular file (a FIFO)",
+            setup.state.display()
+        )),
+        "{}",
+        out.stdout
+    );
+}
+
 #[test]
 fn an_unusable_report_dir_is_a_clear_error_with_nothing_left_behind() {
     let server = ApiServer::fast();
@@ -769,7 +850,7 @@ fn a_full_disk_is_a_clear_error_with_nothing_partial_left_behind() {
         "no temp file, no partial report"
     );
     assert_eq!(
-        LastRun::load(&setup.state).unwrap().unwrap().outcome,
+        State::load(&setup.state).unwrap().unwrap().last_run.outcome,
         "failed"
     );
 }

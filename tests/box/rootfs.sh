@@ -9,9 +9,10 @@ set -euo pipefail
 ROOTFS_CACHE=${ROOTFS_CACHE:-/var/cache/report-collector-tests}
 ROOTFS_MIRROR=${ROOTFS_MIRROR:-http://deb.debian.org/debian}
 # Bump the key when the package list changes, so stale caches are not reused. The list is
-# what the packages under test depend on: dpkg -i in a box cannot fetch anything.
-ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,ca-certificates
-ROOTFS_KEY_VERSION=2
+# what the packages under test depend on (dpkg -i in a box cannot fetch anything), and
+# prometheus-node-exporter, whose /metrics the health phases read (phases-health.sh).
+ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,ca-certificates,acl,prometheus-node-exporter
+ROOTFS_KEY_VERSION=4
 
 rootfs_cached() {
     local release=$1

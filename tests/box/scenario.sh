@@ -27,6 +27,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/phases-config.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/phases-trigger.sh"
 # shellcheck source=phases-catalog.sh
 source "$(dirname "${BASH_SOURCE[0]}")/phases-catalog.sh"
+# shellcheck source=phases-health.sh
+source "$(dirname "${BASH_SOURCE[0]}")/phases-health.sh"
 
 UNIT_STARTING_ID=7d4958e842da4a758f6c1cdc7b36dcc5
 UNIT_STARTED_ID=39f53479d3a045ac8e11786248231fbf
@@ -81,6 +83,7 @@ scenario_packages() {
     local box=$1 apis=$2 collector=$3 apis_next=$4 collector_next=$5
     phase install "$box" "$apis" "$collector" || return
     phase installed "$box"
+    phase health_fresh "$box"
     phase config_check "$box"
     phase config_reload "$box"
     phase catalog "$box"
@@ -90,6 +93,8 @@ scenario_packages() {
     scenario_minutes "$box" "$apis_next" "$collector_next" || return
     phase hand_after "$box" "after the timer fired many times" fast
     phase catalog_decisions "$box"
+    # After the minutes: the server's configuration then makes a run take seconds.
+    phase health_scrape "$box"
     phase remove "$box"
     phase catalog_removed "$box"
 }

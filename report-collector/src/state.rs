@@ -1,0 +1,453 @@
+//! The state file (`state-file`, `last-run.json`): the last run *and* the last collection,
+//! kept apart so that skips never hide when a report was last collected, plus the first run
+//! on record, from which a fresh install's grace period counts.
+//!
+//! Every run reads the file, puts itself on it and writes it back (atomically, by rename). The
+//! file written by collectors up to 0.1.x held only the last run (the [`LastRun`] fields at the
+//! top level); it is read as such, and when that run collected, it is the last collection. A
+//! file that is neither (cut short, garbage) is never silently replaced: the run that finds it
+//! moves it aside to `<state-file>.unreadable` and says so, so nothing in it is lost.
+
+use std::fs::File;
+use std::io::{self, Read as _};
+use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::outcome::{Outcome, RunReport};
+use crate::schedule::format_time;
+use crate::store::{self, Durability};
+
+/// What the state file holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// The first run on record (in this state file): a fresh install's grace period counts
+    /// from it.
+    pub first_run: Moment,
+    pub last_run: LastRun,
+    /// The last run that collected a report; kept across skips and failures.
+    pub last_collection: Option<Collection>,
+}
+
+/// A point in time, readable (RFC 3339, UTC, whole seconds) and for computing (Unix seconds,
+/// which is what the collector reads back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Moment {
+    pub at: String,
+    pub unix: f64,
+}
+
+impl Moment {
+    pub fn from_unix(unix: f64) -> Moment {
+        let time = std::time::SystemTime::UNIX_EPOCH
+            + std::time::Duration::try_from_secs_f64(unix.max(0.0)).unwrap_or_default();
+        Moment {
+            at: format_time(time),
+            unix,
+        }
+    }
+}
+
+/// The last collection: when it ended, which ticket, which report file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Collection {
+    /// When the run that collected ended (the report was saved just before).
+    pub finished: Moment,
+    pub ticket: Option<String>,
+    pub report: PathBuf,
+}
+
+/// The last run, whatever its outcome. Also, exactly, the whole state file of collectors up
+/// to 0.1.x.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastRun {
+    pub outcome: String,
+    pub exit_code: u8,
+    pub started: String,
+    pub started_unix: f64,
+    pub duration_seconds: f64,
+    pub ticket: Option<String>,
+    pub holder_pid: Option<u32>,
+    pub policy: String,
+    pub slot: String,
+    pub trigger: String,
+    pub report: Option<PathBuf>,
+    pub message: String,
+    pub pid: u32,
+}
+
+impl LastRun {
+    pub fn of(run: &RunReport) -> LastRun {
+        LastRun {
+            outcome: run.outcome.kind().to_owned(),
+            exit_code: run.exit_code(),
+            started: format_time(run.started),
+            started_unix: crate::outcome::unix_seconds(run.started),
+            duration_seconds: run.duration.as_secs_f64(),
+            ticket: run.ticket.clone(),
+            holder_pid: run.holder_pid,
+            policy: run.policy.as_str().to_owned(),
+            slot: format_time(run.slot),
+            trigger: run.trigger.clone(),
+            report: match &run.outcome {
+                Outcome::Collected { report } => Some(report.clone()),
+                _ => None,
+            },
+            message: run.message(),
+            pid: std::process::id(),
+        }
+    }
+
+    fn finished(&self) -> Moment {
+        Moment::from_unix(self.started_unix + self.duration_seconds)
+    }
+
+    /// The collection this run made, if it collected.
+    fn collection(&self) -> Option<Collection> {
+        let report = self
+            .report
+            .clone()
+            .filter(|_| self.outcome == "collected")?;
+        Some(Collection {
+            finished: self.finished(),
+            ticket: self.ticket.clone(),
+            report,
+        })
+    }
+}
+
+/// Why the state file could not be read; the `Display` says which file, why, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read the state file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the state file {} is not a regular file ({kind}); remove it or point state-file elsewhere",
+        path.display()
+    )]
+    NotAFile { path: PathBuf, kind: &'static str },
+    #[error(
+        "the state file {} is not a state file (cut short or overwritten: {reason}); the next run moves it aside to {}.unreadable and starts a new one",
+        path.display(), path.display()
+    )]
+    Unreadable { path: PathBuf, reason: String },
+}
+
+impl StateError {
+    pub fn path(&self) -> &Path {
+        match self {
+            StateError::Io { path, .. }
+            | StateError::NotAFile { path, .. }
+            | StateError::Unreadable { path, .. } => path,
+        }
+    }
+}
+
+/// What a file that is not a regular file is, in words.
+pub fn file_kind(file_type: std::fs::FileType) -> &'static str {
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_block_device() || file_type.is_char_device() {
+        "a device"
+    } else if file_type.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens `path` for reading without ever blocking (a FIFO would block a plain open) and makes
+/// sure it is a regular file; `Ok(None)` when it does not exist.
+pub fn open_regular(path: &Path) -> Result<Option<File>, StateError> {
+    let io = |source| StateError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let file_type = file.metadata().map_err(io)?.file_type();
+    if !file_type.is_file() {
+        return Err(StateError::NotAFile {
+            path: path.to_owned(),
+            kind: file_kind(file_type),
+        });
+    }
+    Ok(Some(file))
+}
+
+impl State {
+    /// Reads the state file, in this version's format or the one before; `Ok(None)` when
+    /// there is none yet.
+    pub fn load(path: &Path) -> Result<Option<State>, StateError> {
+        let Some(mut file) = open_regular(path)? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|source| StateError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        State::parse(&bytes)
+            .map(Some)
+            .map_err(|reason| StateError::Unreadable {
+                path: path.to_owned(),
+                reason,
+            })
+    }
+
+    fn parse(bytes: &[u8]) -> Result<State, String> {
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if value.get("last_run").is_some() {
+            return serde_json::from_value(value).map_err(|e| e.to_string());
+        }
+        // The previous version's file: the last run alone.
+        let last_run: LastRun = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        Ok(State {
+            first_run: Moment::from_unix(last_run.started_unix),
+            last_collection: last_run.collection(),
+            last_run,
+        })
+    }
+
+    /// The state after `run`: the first run and, unless `run` collected, the last collection
+    /// are carried over from `previous`.
+    pub fn after(previous: Option<State>, run: &RunReport) -> State {
+        let last_run = LastRun::of(run);
+        let (first_run, last_collection) = match previous {
+            Some(previous) => (previous.first_run, previous.last_collection),
+            None => (Moment::from_unix(last_run.started_unix), None),
+        };
+        State {
+            first_run,
+            last_collection: last_run.collection().or(last_collection),
+            last_run,
+        }
+    }
+
+    /// Writes the state file atomically (rename). Not fsynced: it is rewritten every run and
+    /// a crash losing the newest one costs one run's record.
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        let text = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        store::write_atomically(path, &text, Durability::Renamed)
+    }
+}
+
+/// Where an unreadable state file is moved.
+pub fn unreadable_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".unreadable");
+    PathBuf::from(name)
+}
+
+/// Puts `run` on the state file at `path` and returns the new state, whether or not it could
+/// be written (the metrics file needs it either way). Problems are logged, never fatal: a run
+/// is over by now.
+pub fn record(path: &Path, run: &RunReport) -> State {
+    // `false` once saving would overwrite a file that could not be read nor moved aside.
+    let mut may_save = true;
+    let previous = match State::load(path) {
+        Ok(previous) => previous,
+        Err(StateError::Unreadable { reason, .. }) => {
+            let aside = unreadable_path(path);
+            match std::fs::rename(path, &aside) {
+                Ok(()) => tracing::warn!(
+                    "the state file {} is not a state file (cut short or overwritten: {reason}); moved it to {} and started a new one, so `status` counts a fresh grace period from this run",
+                    path.display(),
+                    aside.display()
+                ),
+                Err(e) => {
+                    may_save = false;
+                    tracing::warn!(
+                        "the state file {} is not a state file (cut short or overwritten: {reason}) and cannot be moved aside ({e}); this run is not on record there: move or remove it",
+                        path.display()
+                    );
+                }
+            }
+            None
+        }
+        Err(e) => {
+            tracing::warn!("{e}; this run's state starts afresh");
+            None
+        }
+    };
+    let state = State::after(previous, run);
+    if may_save {
+        if let Err(e) = state.save(path) {
+            tracing::warn!(
+                "cannot write the state file {}: {e}; `status` will not show this run",
+                path.display()
+            );
+        }
+    }
+    state
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::config::Policy;
+    use crate::outcome::CancelSignal;
+
+    pub(crate) fn run_at(outcome: Outcome, started_unix: u64) -> RunReport {
+        RunReport {
+            outcome,
+            policy: Policy::Forbid,
+            ticket: Some("abc_0".into()),
+            holder_pid: None,
+            slot: SystemTime::UNIX_EPOCH + Duration::from_secs(started_unix / 60 * 60),
+            trigger: "manual".into(),
+            started: SystemTime::UNIX_EPOCH + Duration::from_secs(started_unix),
+            duration: Duration::from_millis(1500),
+        }
+    }
+
+    fn skipped() -> Outcome {
+        Outcome::Skipped {
+            skip: crate::outcome::Skip::LockHeld,
+            reason: "busy".into(),
+        }
+    }
+
+    fn collected() -> Outcome {
+        Outcome::Collected {
+            report: "/r/20240101T120000Z_abc_0.csv".into(),
+        }
+    }
+
+    /// Byte for byte what collectors up to 0.1.x wrote after a collection.
+    const OLD_FORMAT: &str = r#"{
+  "outcome": "collected",
+  "exit_code": 0,
+  "started": "2024-01-01T12:00:00Z",
+  "started_unix": 1704110400.0,
+  "duration_seconds": 5.25,
+  "ticket": "abc_0",
+  "holder_pid": null,
+  "policy": "forbid",
+  "slot": "2024-01-01T12:00:00Z",
+  "trigger": "report-collector.timer",
+  "report": "/var/lib/report-collector/reports/20240101T120005Z_abc_0.csv",
+  "message": "collected the report for ticket abc_0 in 5.250s, saved as /var/lib/report-collector/reports/20240101T120005Z_abc_0.csv",
+  "pid": 4242
+}"#;
+
+    #[test]
+    fn the_previous_versions_file_is_read_and_its_collection_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("last-run.json");
+        std::fs::write(&path, OLD_FORMAT).unwrap();
+        let state = State::load(&path).unwrap().unwrap();
+        assert_eq!(state.last_run.pid, 4242);
+        let collection = state.last_collection.clone().unwrap();
+        assert_eq!(collection.finished.unix, 1_704_110_405.25);
+        assert_eq!(collection.ticket.as_deref(), Some("abc_0"));
+        assert_eq!(state.first_run.unix, 1_704_110_400.0);
+
+        // A skip after the upgrade keeps that collection.
+        let state = record(&path, &run_at(skipped(), 1_704_110_460));
+        assert_eq!(state.last_run.outcome, "skipped");
+        assert_eq!(state.last_collection, Some(collection.clone()));
+        let reread = State::load(&path).unwrap().unwrap();
+        assert_eq!(reread, state);
+        assert_eq!(
+            reread.last_collection.unwrap().finished.at,
+            collection.finished.at
+        );
+    }
+
+    #[test]
+    fn an_old_file_of_a_skip_has_no_collection() {
+        let text = OLD_FORMAT
+            .replace("\"outcome\": \"collected\"", "\"outcome\": \"skipped\"")
+            .replace(
+                "\"report\": \"/var/lib/report-collector/reports/20240101T120005Z_abc_0.csv\"",
+                "\"report\": null",
+            );
+        let state = State::parse(text.as_bytes()).unwrap();
+        assert_eq!(state.last_collection, None);
+    }
+
+    #[test]
+    fn skips_and_failures_never_hide_the_last_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/last-run.json");
+        let first = record(&path, &run_at(skipped(), 1000));
+        assert_eq!(first.last_collection, None);
+        assert_eq!(first.first_run.unix, 1000.0);
+        record(&path, &run_at(collected(), 1060));
+        record(&path, &run_at(skipped(), 1120));
+        let last = record(&path, &run_at(Outcome::Cancelled(CancelSignal::Term), 1180));
+        assert_eq!(last.last_run.outcome, "cancelled");
+        assert_eq!(last.first_run.unix, 1000.0);
+        let collection = last.last_collection.unwrap();
+        assert_eq!(collection.finished.unix, 1061.5);
+        assert_eq!(collection.finished.at, "1970-01-01T00:17:41Z");
+        assert_eq!(State::load(&path).unwrap().unwrap().first_run.unix, 1000.0);
+    }
+
+    #[test]
+    fn a_half_written_file_is_named_and_kept_aside_by_the_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("last-run.json");
+        let half = &OLD_FORMAT[..OLD_FORMAT.len() / 2];
+        std::fs::write(&path, half).unwrap();
+        let err = State::load(&path).unwrap_err();
+        assert!(matches!(err, StateError::Unreadable { .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("moves it aside"), "{message}");
+
+        let state = record(&path, &run_at(skipped(), 2000));
+        assert_eq!(state.first_run.unix, 2000.0);
+        assert_eq!(
+            std::fs::read_to_string(unreadable_path(&path)).unwrap(),
+            half,
+            "nothing lost"
+        );
+        assert_eq!(State::load(&path).unwrap().unwrap(), state);
+    }
+
+    #[test]
+    fn garbage_and_valid_json_of_another_shape_are_unreadable() {
+        for text in ["\0\0\0garbage", "{}", "[1, 2]", "{\"last_run\": 3}"] {
+            assert!(State::parse(text.as_bytes()).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("last-run.json");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = State::load(&path).unwrap_err();
+        assert!(
+            matches!(err, StateError::NotAFile { kind: "a FIFO", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn no_file_is_no_state() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(State::load(&dir.path().join("none.json")).unwrap(), None);
+    }
+}
