@@ -28,7 +28,7 @@ Exit codes:
 Exit codes of `status`:
   0    healthy: a collection within stale-after, or none yet within the grace period that
        starts with the first run, or no run yet
-  1    stale: no collection within stale-after (default: 5 schedule periods)
+  1    stale: no collection within stale-after (default: 5 periods of the timer)
   74   a path could not be inspected (not a regular file or directory, missing directory,
        a state file that is not one)
   77   a path could not be inspected for lack of permission";
@@ -137,7 +137,15 @@ fn main() -> ExitCode {
             }
             run(&config, &lock, cli.trigger)
         }
-        Some(Command::Status { json }) => report_collector::status::print(&config, &lock, json),
+        Some(Command::Status { json }) => {
+            if config.stale_after.is_none()
+                && let Some(interval) = timer_interval()
+            {
+                // The default stale-after follows the timer's own schedule.
+                config.schedule_period = interval;
+            }
+            report_collector::status::print(&config, &lock, json)
+        }
         Some(Command::CheckConfig) => check_config(&config, cli.config.as_deref()),
     }
 }
@@ -216,6 +224,25 @@ fn run(config: &Config, lock: &FlockLock, declared: DeclaredTrigger) -> ExitCode
     match report {
         Some(report) => ExitCode::from(report.exit_code()),
         None => ExitCode::from(exit::FAILURE),
+    }
+}
+
+/// The packaged timer's interval, when systemd can tell it (see `systemd::timer_interval`).
+fn timer_interval() -> Option<std::time::Duration> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    match runtime.block_on(report_collector::systemd::timer_interval(
+        report_collector::systemd::PACKAGED_TIMER,
+    )) {
+        Ok(interval) => interval,
+        Err(e) => {
+            tracing::debug!(
+                "the timer's schedule is not known ({e}); stale-after from schedule-period"
+            );
+            None
+        }
     }
 }
 

@@ -98,6 +98,24 @@ phase_hand_started() {
     fi
 }
 
+# phase_schedule_from_timer BOX: with stale-after unset, `status` takes its default from the
+# timer's interval as systemd shows it (1 min: 5m), not from schedule-period (set to 2m here,
+# which would give 10m).
+phase_schedule_from_timer() {
+    local box=$1 seconds
+    _idle() { ! collector_active "$box"; }
+    wait_until 60 _idle || true
+    box_exec "$box" sh -c 'printf "schedule-period = \"2m\"\n" >/run/schedule-2m.toml'
+    seconds=$(box_exec "$box" runuser -u report-collector -- report-collector --config /run/schedule-2m.toml status --json 2>/dev/null |
+        jq -r '.stale_after_seconds' 2>/dev/null) || true
+    box_exec "$box" rm -f /run/schedule-2m.toml
+    if [[ $seconds == 300 ]]; then
+        pass "status: stale-after defaults to 5 periods of the timer as systemd shows it (300 s), not of schedule-period 2m"
+    else
+        fail "status: stale-after '${seconds:-?}' s, want 300 (5 x the timer's minute)"
+    fi
+}
+
 # phase_hand_after BOX WHAT [fast]: a `systemctl start` later in the scenario (after a kill -9
 # of the timer's run, after the timer has fired many times) still collects as a run started by
 # hand. With "fast", the server is first given 2 s reports, so the run ends before the next

@@ -90,6 +90,7 @@ scenario_packages() {
     phase catalog_server "$box"
     phase catalog_skip "$box" || return
     phase hand_started "$box"
+    phase schedule_from_timer "$box"
     scenario_minutes "$box" "$apis_next" "$collector_next" || return
     phase hand_after "$box" "after the timer fired many times" fast
     phase catalog_decisions "$box"
