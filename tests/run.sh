@@ -65,7 +65,9 @@ build_debs() {
 check_lintian() {
     local deb out
     for deb in "$DEB_APIS" "$DEB_COLLECTOR"; do
-        if out=$(lintian --fail-on error,warning --info "$deb" 2>&1); then
+        # lintian leaves mldbm-elf-* files in $TMPDIR: keep them in the work folder.
+        mkdir -p "$BOX_WORKDIR/lintian-tmp"
+        if out=$(TMPDIR=$BOX_WORKDIR/lintian-tmp lintian --fail-on error,warning --info "$deb" 2>&1); then
             pass "lintian --fail-on error,warning $(basename "$deb")"
         else
             fail "lintian --fail-on error,warning $(basename "$deb")"
