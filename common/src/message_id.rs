@@ -33,3 +33,22 @@ pub const APIS_CONFIG_REJECTED: &str = "a06e84b8259840a3b62c5bc06938a4f5";
 pub const RELOADED: &str = "be4bf0bd5bee48408c470f6f71744f23";
 /// report-apis: `systemctl reload` found the new configuration invalid; the old one stays.
 pub const RELOAD_REJECTED: &str = "66790bed26e3495b9abd3456fc8e9b06";
+
+/// Test support (feature `test-util`): the `@FIELD@` placeholders of `id`'s entry in `catalog`
+/// (the text of a catalog file), which `journalctl -x` fills from the line's fields.
+///
+/// # Panics
+/// When `catalog` has no entry for `id`.
+#[cfg(feature = "test-util")]
+pub fn placeholders(catalog: &str, id: &str) -> Vec<String> {
+    let (_, entry) = catalog
+        .split_once(&format!("\n-- {id}\n"))
+        .unwrap_or_else(|| panic!("no catalog entry for {id}"));
+    let entry = entry.split("\n-- ").next().unwrap_or_default();
+    entry
+        .split('@')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}

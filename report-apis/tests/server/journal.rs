@@ -11,18 +11,8 @@ use crate::util::{Server, fast_config};
 
 const CATALOG: &str = include_str!("../../../packaging/debian/report-apis/report-apis.catalog");
 
-/// The `@FIELD@` placeholders of the catalog entry for `id`.
 fn placeholders(id: &str) -> Vec<String> {
-    let (_, entry) = CATALOG
-        .split_once(&format!("\n-- {id}\n"))
-        .unwrap_or_else(|| panic!("no catalog entry for {id}"));
-    let entry = entry.split("\n-- ").next().unwrap();
-    entry
-        .split('@')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_owned)
-        .collect()
+    message_id::placeholders(CATALOG, id)
 }
 
 fn assert_fills_its_catalog_entry(id: &str, line: &Fields) {
