@@ -126,7 +126,7 @@ phase_hand_started() {
 
 # phase_schedule_from_timer BOX: with stale-after unset, `status` takes its default from the
 # timer's interval as systemd shows it (1 min: 5m), not from schedule-period (set to 2m here,
-# which would give 10m).
+# which would give 10m). Needs a timer that has triggered at least once and is waiting.
 phase_schedule_from_timer() {
     local box=$1 seconds
     _idle() { ! collector_active "$box"; }
