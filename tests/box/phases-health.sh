@@ -87,7 +87,7 @@ phase_health_scrape() {
     t0=$(date +%s)
     # hand_start (phases-trigger.sh): a NOTE and one more start when systemd could not spawn it.
     if hand_start "$box" &&
-        (($(journal_count "$box" -u report-collector.service --since "@$t0" OUTCOME=collected) >= 1)); then
+        (($(journal_count "$box" -t report-collector --since "@$t0" OUTCOME=collected) >= 1)); then
         pass "systemctl start report-collector.service: one run, collected"
     else
         fail "systemctl start report-collector.service did not collect (result $(prop "$box" report-collector.service Result)); the journal:"

@@ -34,6 +34,8 @@ hand_window() {
 hand_start() {
     local box=$1 t0 spawn_failure
     shift
+    # The race is most likely in the moments after a run ended: give systemd a second.
+    sleep 1
     t0=$(date +%s)
     if box_exec "$box" systemctl start "$@" report-collector.service; then
         sleep 0.5
