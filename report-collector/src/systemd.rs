@@ -196,8 +196,7 @@ pub fn interval_between(last_trigger_usec: u64, next_elapse_usec: u64) -> Option
 pub async fn timer_interval(timer: &str) -> Result<Option<Duration>, BusError> {
     tokio::time::timeout(BUS_TIMEOUT, async {
         let bus = zbus::Connection::system().await?;
-        let path: OwnedObjectPath = call(&bus, "GetUnit", &(timer,)).await?;
-        let props = get_all(&bus, &path, TIMER).await?;
+        let props = timer_properties(&bus, timer).await?;
         let last: u64 = take(&props, "LastTriggerUSec")?;
         let next: u64 = take(&props, "NextElapseUSecRealtime")?;
         Ok(interval_between(last, next))
@@ -235,13 +234,11 @@ pub async fn observe(timer: &str) -> Result<Observed, BusError> {
 async fn observe_unbounded(timer: &str) -> Result<Observed, BusError> {
     let bus = zbus::Connection::system().await?;
     let own_path: OwnedObjectPath = call(&bus, "GetUnitByPID", &(std::process::id(),)).await?;
-    let timer_path: OwnedObjectPath = call(&bus, "GetUnit", &(timer,)).await?;
-
     let own = get_all(&bus, &own_path, UNIT).await?;
     let own_unit: String = take(&own, "Id")?;
     let own_start_usec: u64 = take(&own, "InactiveExitTimestampMonotonic")?;
 
-    let timer_props = get_all(&bus, &timer_path, TIMER).await?;
+    let timer_props = timer_properties(&bus, timer).await?;
     let timer_starts: String = take(&timer_props, "Unit")?;
     let last_trigger_usec: u64 = take(&timer_props, "LastTriggerUSecMonotonic")?;
     let calendar: Vec<(String, String, u64)> = take(&timer_props, "TimersCalendar")?;
@@ -252,6 +249,15 @@ async fn observe_unbounded(timer: &str) -> Result<Observed, BusError> {
         last_trigger_usec,
         calendar_elapses: calendar.into_iter().map(|(_, _, next)| next).collect(),
     })
+}
+
+/// Every property of `timer`'s Timer interface.
+async fn timer_properties(
+    bus: &zbus::Connection,
+    timer: &str,
+) -> Result<HashMap<String, OwnedValue>, BusError> {
+    let path: OwnedObjectPath = call(bus, "GetUnit", &(timer,)).await?;
+    get_all(bus, &path, TIMER).await
 }
 
 async fn call<R>(
