@@ -107,7 +107,16 @@ phase_catalog_skip() {
     box_exec "$box" systemd-run --quiet --unit=catalog-lock-holder -p User=report-collector \
         -p Group=report-collector -p StateDirectory=report-collector -p StateDirectoryMode=0750 \
         -p UMask=0027 flock "$LOCK_FILE" sleep 60
-    _held() { ! box_exec "$box" runuser -u report-collector -- flock -n "$LOCK_FILE" true 2>/dev/null; }
+    # flock -n exits 99 only when the lock is taken; any other failure (runuser, the open) is
+    # neither "held" nor "free" and is shown should the wait fail.
+    _try_lock() {
+        box_exec "$box" runuser -u report-collector -- flock -n -E 99 "$LOCK_FILE" true 2>"$BOX_WORKDIR/catalog-flock.$box"
+    }
+    _held() {
+        local rc=0
+        _try_lock || rc=$?
+        ((rc == 99))
+    }
     if wait_until 5 _held; then
         holder=$(prop "$box" catalog-lock-holder.service MainPID)
         info "lock $LOCK_FILE held by flock, pid $holder (catalog-lock-holder.service)"
@@ -148,11 +157,19 @@ phase_catalog_skip() {
     echo "$explained" | grep -A 6 'report-collector\[' | head -n 8 | show
 
     box_exec "$box" systemctl stop catalog-lock-holder.service
-    _free() { box_exec "$box" runuser -u report-collector -- flock -n "$LOCK_FILE" true 2>/dev/null; }
-    if ! wait_until 5 _free; then
-        fail "$LOCK_FILE still held after stopping catalog-lock-holder.service"
+    if ! wait_until 15 _try_lock; then
+        local rc=0
+        _try_lock || rc=$?
+        fail "$LOCK_FILE not free 15 s after stopping catalog-lock-holder.service (flock -n as report-collector: exit $rc, 99 = held)"
+        {
+            cat "$BOX_WORKDIR/catalog-flock.$box"
+            box_exec "$box" systemctl status --no-pager catalog-lock-holder.service report-collector.service
+            box_exec "$box" sh -c "ls -li $LOCK_FILE; cat /proc/locks; ps -eo pid,ppid,user,stat,lstart,args"
+        } 2>&1 | show
+        rm -f "$BOX_WORKDIR/catalog-flock.$box"
         return 1
     fi
+    rm -f "$BOX_WORKDIR/catalog-flock.$box"
 }
 
 # phase_catalog_decisions BOX: over the whole scenario, every decision line carries the
