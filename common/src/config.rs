@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
@@ -18,9 +19,10 @@ pub trait ConfigFile: DeserializeOwned + Default {
     /// so that the bare program runs anywhere.
     const DEFAULT_PATH: &'static str;
 
-    /// Checks what serde cannot, once the file is read; `Err` says what is wrong and what to
-    /// write instead.
-    fn check(&self) -> Result<(), String> {
+    /// Checks what serde cannot (ranges, values that depend on each other), once the file is
+    /// read; `Err` names the key and says what is wrong and what to write instead. The loader
+    /// finds the key's line in the file.
+    fn check(&self) -> Result<(), Refusal> {
         Ok(())
     }
 
@@ -89,9 +91,11 @@ pub trait ConfigFile: DeserializeOwned + Default {
                 packaged,
             }
         })?;
-        config.check().map_err(|message| ConfigError::Rejected {
+        config.check().map_err(|refusal| ConfigError::Rejected {
             path: path.to_owned(),
-            message,
+            place: locate_key(text, &refusal.key).map(|offset| line_and_column(text, offset)),
+            key: refusal.key,
+            message: refusal.message,
         })?;
         Ok(config)
     }
@@ -125,8 +129,74 @@ pub enum ConfigError {
         /// The packaged file, which documents every key and its default.
         packaged: &'static str,
     },
-    /// Read, but refused by [`ConfigFile::check`].
-    Rejected { path: PathBuf, message: String },
+    /// Read, but refused by [`ConfigFile::check`]; `place` is the key's line and column, or
+    /// `None` when the file does not set it (a default that conflicts with another key).
+    Rejected {
+        path: PathBuf,
+        place: Option<(usize, usize)>,
+        key: String,
+        message: String,
+    },
+}
+
+/// A value read without error that the program cannot use: its dotted key (`heavy-load.period`)
+/// and a message saying what is wrong and what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub key: String,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "key `{}`: {}", self.key, self.message)
+    }
+}
+
+/// Refuses a duration outside `min..=max`, naming the allowed range in the file's own units.
+pub fn duration_within(
+    key: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), Refusal> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        key,
+        format!(
+            "{} is outside the allowed range; write a duration from {} to {}",
+            humantime::format_duration(value),
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ),
+    ))
+}
+
+/// Refuses a number outside `min..=max`, naming the allowed range.
+pub fn number_within<T: PartialOrd + fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), Refusal> {
+    if value >= min && value <= max {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        key,
+        format!("{value} is outside the allowed range; write a number from {min} to {max}"),
+    ))
 }
 
 /// One wording for both programs: `FILE:LINE:COLUMN: key `KEY`: what is wrong; what to do`,
@@ -163,7 +233,26 @@ impl fmt::Display for ConfigError {
                 path.display(),
                 in_words_of_keys(message)
             ),
-            Self::Rejected { path, message } => write!(f, "{}: {message}", path.display()),
+            Self::Rejected {
+                path,
+                place: Some((line, column)),
+                key,
+                message,
+            } => write!(
+                f,
+                "{}:{line}:{column}: key `{key}`: {message}",
+                path.display()
+            ),
+            Self::Rejected {
+                path,
+                place: None,
+                key,
+                message,
+            } => write!(
+                f,
+                "{}: key `{key}` (not set in the file, its default): {message}",
+                path.display()
+            ),
         }
     }
 }
@@ -200,6 +289,25 @@ impl std::error::Error for ConfigError {
     }
 }
 
+/// The byte offset where the dotted `key` is written in `text` (`a.b` as `[a]` then `b = ..`,
+/// or as `a.b = ..`), or `None` when the file does not set it.
+fn locate_key(text: &str, key: &str) -> Option<usize> {
+    let document = toml::de::DeTable::parse(text).ok()?;
+    let mut table = document.get_ref();
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (name, value) = table.get_key_value(part)?;
+        if parts.peek().is_none() {
+            return Some(name.span().start);
+        }
+        match value.get_ref() {
+            toml::de::DeValue::Table(inner) => table = inner,
+            _ => return None,
+        }
+    }
+    None
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
@@ -233,9 +341,13 @@ mod tests {
     impl ConfigFile for Sample {
         const DEFAULT_PATH: &'static str = "/nonexistent/sample.toml";
 
-        fn check(&self) -> Result<(), String> {
-            if self.keep_reports > 10 {
-                return Err("keep-reports must be 10 or less".to_owned());
+        fn check(&self) -> Result<(), Refusal> {
+            number_within("keep-reports", self.keep_reports, 1, 10)?;
+            if self.table.name == "bad" {
+                return Err(Refusal::new(
+                    "table.name",
+                    "`bad` is refused; write another name",
+                ));
             }
             Ok(())
         }
@@ -304,10 +416,61 @@ mod tests {
     }
 
     #[test]
-    fn check_runs_after_reading_and_names_the_file() {
-        let err = Sample::parse(Path::new("s.toml"), "keep-reports = 11\n").unwrap_err();
+    fn check_runs_after_reading_and_names_file_line_and_key() {
+        let err = Sample::parse(Path::new("s.toml"), "# c\nkeep-reports = 11\n").unwrap_err();
         assert!(matches!(err, ConfigError::Rejected { .. }), "{err:?}");
-        assert_eq!(err.to_string(), "s.toml: keep-reports must be 10 or less");
+        assert_eq!(
+            err.to_string(),
+            "s.toml:2:1: key `keep-reports`: 11 is outside the allowed range; write a number from 1 to 10"
+        );
+        for text in [
+            "keep-reports = 2\n[table]\n  name = \"bad\"\n",
+            "keep-reports = 2\ntable.name = \"bad\"\n",
+            "keep-reports = 2\ntable = { name = \"bad\" }\n",
+        ] {
+            let err = Sample::parse(Path::new("s.toml"), text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("s.toml:"), "{err}");
+            let line = err.split(':').nth(1).unwrap();
+            assert_ne!(line, "1", "{text:?}: {err}");
+            assert!(
+                err.contains(": key `table.name`: `bad` is refused"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_default_that_is_refused_is_named_as_not_set() {
+        let err = Sample::parse(Path::new("s.toml"), "")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "s.toml: key `keep-reports` (not set in the file, its default): 0 is outside the allowed range; write a number from 1 to 10"
+        );
+    }
+
+    #[test]
+    fn ranges_name_the_value_and_the_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(duration_within("p", ms(5), ms(5), ms(10)), Ok(()));
+        assert_eq!(duration_within("p", ms(10), ms(5), ms(10)), Ok(()));
+        assert_eq!(
+            duration_within(
+                "p",
+                Duration::from_nanos(1),
+                ms(5),
+                Duration::from_secs(86_400)
+            )
+            .unwrap_err()
+            .to_string(),
+            "key `p`: 1ns is outside the allowed range; write a duration from 5ms to 1day"
+        );
+        assert!(number_within("f", f64::NAN, 0.0, 1.0).is_err());
+        assert!(number_within("f", 1.5, 0.0, 1.0).is_err());
+        assert_eq!(number_within("f", 0.5, 0.0, 1.0), Ok(()));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use report_common::config::ConfigFile;
+use report_common::config::{ConfigFile, Refusal};
 use serde::{Deserialize, Serialize};
 
 /// Where the packaged configuration lives; a missing file there means "use the defaults".
@@ -149,17 +149,20 @@ impl ConfigFile for Config {
 
     /// Checks the values serde cannot: things that would make a run meaningless or spin. Also
     /// run on the values the command line overrides.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), Refusal> {
         let url = reqwest::Url::parse(&self.server_url).map_err(|e| {
-            format!(
-                "server-url `{}` is not a URL ({e}); write it like http://127.0.0.1:8080",
-                self.server_url
+            Refusal::new(
+                "server-url",
+                format!(
+                    "`{}` is not a URL ({e}); write it like http://127.0.0.1:8080",
+                    self.server_url
+                ),
             )
         })?;
         if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(format!(
-                "server-url `{}` must start with http:// or https://",
-                self.server_url
+            return Err(Refusal::new(
+                "server-url",
+                format!("`{}` must start with http:// or https://", self.server_url),
             ));
         }
         for (key, value) in [
@@ -169,20 +172,23 @@ impl ConfigFile for Config {
             ("schedule-period", self.schedule_period),
         ] {
             if value.is_zero() {
-                return Err(format!("{key} must be longer than 0s"));
+                return Err(Refusal::new(key, "must be longer than 0s"));
             }
         }
         if let Some(stale_after) = self.stale_after {
             if stale_after < self.schedule_period {
-                return Err(format!(
-                    "stale-after ({}) must be at least schedule-period ({}): every gap between two collections would be reported stale",
-                    humantime::format_duration(stale_after),
-                    humantime::format_duration(self.schedule_period)
+                return Err(Refusal::new(
+                    "stale-after",
+                    format!(
+                        "{} must be at least schedule-period ({}): every gap between two collections would be reported stale",
+                        humantime::format_duration(stale_after),
+                        humantime::format_duration(self.schedule_period)
+                    ),
                 ));
             }
         }
         if self.keep_reports == 0 {
-            return Err("keep-reports must be at least 1".to_owned());
+            return Err(Refusal::new("keep-reports", "must be at least 1"));
         }
         Ok(())
     }
