@@ -5,14 +5,23 @@
 //!
 //! The polling logic is written against [`ReportServer`] so it can be tested on tokio's paused
 //! clock with a scripted server; [`HttpServer`] is the real one.
+//!
+//! The server is not trusted: no wait it asks for (`Retry-After`) goes past the run deadline,
+//! no time arithmetic can overflow, a body is read as a stream and dropped once it passes
+//! `max-report-size`, and a body is a report only if the server marked where it ends
+//! (`Content-Length` or chunked) and [`crate::report::validate`] finds it whole. Each refusal
+//! names what the body was: an error page, too large, truncated, malformed at line N.
 
 use std::future::Future;
 use std::time::Duration;
 
 use report_common::ticket;
-use report_common::wire::{self, CSV_HEADER, NOT_READY, REQUEST_REPORT};
+use report_common::wire::{self, NOT_READY, REPORT_CONTENT_TYPE, REQUEST_REPORT};
 use reqwest::StatusCode;
 use tokio::time::Instant;
+
+use crate::config::ByteSize;
+use crate::report::{self, Malformed};
 
 /// One answer to `get_report`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +72,7 @@ impl Backoff {
     /// The wait before the next retry; doubles each time up to `max`.
     pub fn next_delay(&mut self) -> Duration {
         let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
+        self.next = self.next.saturating_mul(2).min(self.max);
         delay
     }
 
@@ -146,7 +155,7 @@ pub async fn collect<S: ReportServer>(
                 Ok(Ok(Poll::NotReady { retry_after })) => {
                     backoff.reset();
                     let wait = retry_after.map_or(poll_interval, |r| r.min(poll_interval));
-                    if Instant::now() + wait > deadline {
+                    if wait > remaining(deadline) {
                         return Err(deadline_passed(
                             &while_doing,
                             "the report is still not ready",
@@ -182,6 +191,11 @@ pub async fn collect<S: ReportServer>(
     }
 }
 
+/// What remains of the run until `deadline`; zero once it has passed.
+fn remaining(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
 fn deadline_passed(while_doing: &str, last: &str) -> CollectError {
     CollectError::DeadlinePassed {
         while_doing: while_doing.to_owned(),
@@ -198,7 +212,9 @@ async fn retry_later(
 ) -> Result<(), CollectError> {
     let delay = backoff.next_delay();
     let wait = retry_after.map_or(delay, |r| r.max(delay));
-    if Instant::now() + wait > deadline {
+    // A Retry-After past the deadline (up to u64::MAX seconds) ends the run now: the wait is
+    // compared with what remains, never added to a clock.
+    if wait > remaining(deadline) {
         return Err(CollectError::DeadlinePassed {
             while_doing: while_doing.to_owned(),
             last: message,
@@ -212,15 +228,46 @@ async fn retry_later(
     Ok(())
 }
 
-/// report-apis over HTTP, every request bounded by `request-timeout`.
+/// report-apis over HTTP, every request bounded by `request-timeout`, every report by
+/// `max-report-size`.
 #[derive(Debug, Clone)]
 pub struct HttpServer {
     client: reqwest::Client,
     base: String,
+    max_report_size: u64,
+}
+
+/// How much of a body that is not a report (an error status, a ticket) is read: enough for
+/// an excerpt and any ticket, never an endless page.
+const SMALL_BODY: u64 = 64 * 1024;
+
+/// One answer, its body read up to a limit.
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    content_type: Option<String>,
+    /// The server said where the body ends (`Content-Length` or chunked), so a body cut short
+    /// shows as an error instead of as a shorter body.
+    framed: bool,
+    body: Vec<u8>,
+}
+
+/// Why a body could not be read whole.
+#[derive(Debug)]
+enum BodyError {
+    /// Longer than the limit: announced by `Content-Length` (`Some`) or counted while reading.
+    TooLarge { announced: Option<u64> },
+    /// The connection broke, timed out or ended before the announced length.
+    Broken { read: u64, error: String },
 }
 
 impl HttpServer {
-    pub fn new(server_url: &str, request_timeout: Duration) -> reqwest::Result<HttpServer> {
+    pub fn new(
+        server_url: &str,
+        request_timeout: Duration,
+        max_report_size: u64,
+    ) -> reqwest::Result<HttpServer> {
         let mut builder = reqwest::Client::builder()
             .timeout(request_timeout)
             .connect_timeout(request_timeout)
@@ -234,10 +281,13 @@ impl HttpServer {
         Ok(HttpServer {
             client,
             base: server_url.trim_end_matches('/').to_owned(),
+            max_report_size,
         })
     }
 
-    async fn get(&self, path: &str) -> Result<(StatusCode, Option<Duration>, String), FetchError> {
+    /// Sends a GET and reads the body: up to `limit` bytes of a 200, or the start of any other
+    /// answer (for its excerpt). `Err(TooLarge)` and `Err(Broken)` only come from a 200.
+    async fn get(&self, path: &str, limit: u64) -> Result<Result<Answer, BodyError>, FetchError> {
         let url = format!("{}{path}", self.base);
         let response = self.client.get(&url).send().await.map_err(|e| {
             transient(format!(
@@ -247,19 +297,91 @@ impl HttpServer {
             ))
         })?;
         let status = response.status();
-        let retry_after = response
-            .headers()
+        let headers = response.headers();
+        let retry_after = headers
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(wire::parse_retry_after);
-        let body = response.text().await.map_err(|e| {
-            transient(format!(
-                "the report server at {} broke off its answer to {path}: {}",
-                self.base,
-                error_chain(&e)
-            ))
-        })?;
-        Ok((status, retry_after, body))
+        let content_type = headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let announced = headers
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let chunked = headers
+            .get_all(reqwest::header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("chunked"));
+        let framed = announced.is_some() || chunked;
+        let body = if status == StatusCode::OK {
+            match read_body(response, announced, limit).await {
+                Ok(body) => body,
+                Err(e) => return Ok(Err(e)),
+            }
+        } else {
+            // Only an excerpt is shown: whatever arrives of the first bytes is enough.
+            read_body(response, None, SMALL_BODY)
+                .await
+                .unwrap_or_default()
+        };
+        Ok(Ok(Answer {
+            status,
+            retry_after,
+            content_type,
+            framed,
+            body,
+        }))
+    }
+
+    /// Sentences for a body that could not be read whole (`what` names the request).
+    fn body_error(&self, what: &str, error: BodyError, too_large: &str) -> FetchError {
+        match error {
+            BodyError::TooLarge { announced } => FetchError::Permanent(format!(
+                "{what} is too large: {}more than {too_large}; nothing was saved",
+                announced.map_or(String::new(), |n| format!("{n} bytes announced, "))
+            )),
+            BodyError::Broken { read, error } => transient(format!(
+                "{what} is truncated: the report server at {} broke off its answer after {read} bytes: {error}",
+                self.base
+            )),
+        }
+    }
+}
+
+/// Reads `response`'s body as a stream with a running count, and stops as soon as it would
+/// pass `limit`: an endless or huge body costs at most `limit` bytes of memory. A body that
+/// announces more than `limit` is not read at all.
+async fn read_body(
+    mut response: reqwest::Response,
+    announced: Option<u64>,
+    limit: u64,
+) -> Result<Vec<u8>, BodyError> {
+    if announced.is_some_and(|n| n > limit) {
+        return Err(BodyError::TooLarge { announced });
+    }
+    let capacity = announced.and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+    let mut body = Vec::with_capacity(capacity);
+    let mut read: u64 = 0;
+    loop {
+        match response.chunk().await {
+            Ok(None) => return Ok(body),
+            Ok(Some(chunk)) => {
+                let len = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+                read = read.saturating_add(len);
+                if read > limit {
+                    return Err(BodyError::TooLarge { announced: None });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Err(e) => {
+                return Err(BodyError::Broken {
+                    read,
+                    error: error_chain(&e),
+                });
+            }
+        }
     }
 }
 
@@ -282,8 +404,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// The start of a body, for error messages (never the whole of an error page).
-fn excerpt(body: &str) -> String {
-    let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+fn excerpt(body: &[u8]) -> String {
+    let start = &body[..body.len().min(1024)];
+    let text = String::from_utf8_lossy(start);
+    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     match one_line.char_indices().nth(80) {
         Some((i, _)) => format!("{}...", &one_line[..i]),
         None => one_line,
@@ -295,7 +419,7 @@ fn status_error(
     what: &str,
     status: StatusCode,
     retry_after: Option<Duration>,
-    body: &str,
+    body: &[u8],
 ) -> FetchError {
     let message = format!(
         "the server answered {what} with {status}: {}",
@@ -311,55 +435,116 @@ fn status_error(
     }
 }
 
-/// Whether a body is the CSV report: the header `timestamp,data`, then rows with as many
-/// fields. An HTML error page or a truncated answer is not.
+/// Whether a `Content-Type` may carry a report: CSV or plain text (or none said). Anything
+/// else (`text/html`, JSON) is an error page, whatever its body looks like.
+pub fn may_be_report(content_type: Option<&str>) -> bool {
+    let Some(content_type) = content_type else {
+        return true;
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    matches!(
+        essence.as_str(),
+        "text/csv" | "text/plain" | "application/csv" | "application/octet-stream"
+    )
+}
+
+/// Whether a body is a whole CSV report (see [`crate::report::validate`]).
 pub fn looks_like_report(body: &str) -> bool {
-    let mut lines = body.lines().map(|l| l.trim_end_matches('\r'));
-    if lines.next() != Some(CSV_HEADER) {
-        return false;
+    crate::report::validate(body.as_bytes()).is_ok()
+}
+
+/// A 200 answer to `get_report` that is not "not ready": the report, or why it is not one.
+fn take_report(ticket: &str, answer: Answer) -> Result<Poll, FetchError> {
+    let what = format!("the report for ticket {ticket}");
+    if !may_be_report(answer.content_type.as_deref()) {
+        return Err(FetchError::Permanent(format!(
+            "{what} is an error page: the server answered 200 with Content-Type {} instead of {REPORT_CONTENT_TYPE}: {}",
+            answer.content_type.as_deref().unwrap_or(""),
+            excerpt(&answer.body)
+        )));
     }
-    let fields = CSV_HEADER.split(',').count();
-    lines
-        .filter(|l| !l.is_empty())
-        .all(|l| l.split(',').count() == fields && !l.contains('\0'))
+    if let Err(malformed) = report::validate(&answer.body) {
+        let message = match malformed {
+            Malformed::Empty | Malformed::NotCsv => format!(
+                "{what} is an error page or something else, not a CSV report ({malformed}): {}",
+                excerpt(&answer.body)
+            ),
+            Malformed::Truncated { .. } => format!("{what} is truncated: {malformed}"),
+            _ => format!("{what} is {malformed}"),
+        };
+        return Err(FetchError::Permanent(message));
+    }
+    if !answer.framed {
+        // A close-delimited body ends wherever the connection did: a report cut at a line end
+        // would pass for a whole, shorter one.
+        return Err(FetchError::Permanent(format!(
+            "{what} may be truncated: the server marked neither its length (Content-Length) nor its end (chunked encoding), so a report cut short cannot be told from a whole one; nothing was saved"
+        )));
+    }
+    String::from_utf8(answer.body)
+        .map(Poll::Ready)
+        .map_err(|_| FetchError::Permanent(format!("{what} is not UTF-8 text")))
 }
 
 impl ReportServer for HttpServer {
     async fn request_ticket(&self) -> Result<String, FetchError> {
-        let (status, retry_after, body) = self.get(REQUEST_REPORT).await?;
-        if status != StatusCode::OK {
+        let what = "the ticket request";
+        let answer = self
+            .get(REQUEST_REPORT, SMALL_BODY)
+            .await?
+            .map_err(|e| match e {
+                BodyError::TooLarge { .. } => FetchError::Permanent(format!(
+                    "the server answered the ticket request with more than {}, which is not a ticket",
+                    ByteSize(SMALL_BODY)
+                )),
+                broken => self.body_error("the answer to the ticket request", broken, ""),
+            })?;
+        if answer.status != StatusCode::OK {
             return Err(status_error(
-                "the ticket request",
-                status,
-                retry_after,
-                &body,
+                what,
+                answer.status,
+                answer.retry_after,
+                &answer.body,
             ));
         }
-        let ticket = body.trim();
+        let text = String::from_utf8_lossy(&answer.body);
+        let ticket = text.trim();
         if !ticket::is_safe(ticket) {
             return Err(FetchError::Permanent(format!(
                 "the server answered the ticket request with something that is not a ticket: {}",
-                excerpt(&body)
+                excerpt(&answer.body)
             )));
         }
         Ok(ticket.to_owned())
     }
 
     async fn get_report(&self, ticket: &str) -> Result<Poll, FetchError> {
-        let (status, retry_after, body) = self.get(&wire::get_report_path(ticket)).await?;
-        match status {
-            StatusCode::OK if body == NOT_READY => Ok(Poll::NotReady { retry_after }),
-            StatusCode::OK if looks_like_report(&body) => Ok(Poll::Ready(body)),
-            StatusCode::OK => Err(FetchError::Permanent(format!(
-                "the server answered get_report for ticket {ticket} with something that is not a CSV report (no `{CSV_HEADER}` header): {}",
-                excerpt(&body)
-            ))),
+        let answer = self
+            .get(&wire::get_report_path(ticket), self.max_report_size)
+            .await?
+            .map_err(|e| {
+                let limit = format!(
+                    "max-report-size ({}); raise max-report-size if reports are really this large",
+                    ByteSize(self.max_report_size)
+                );
+                self.body_error(&format!("the report for ticket {ticket}"), e, &limit)
+            })?;
+        match answer.status {
+            StatusCode::OK if answer.body == NOT_READY.as_bytes() => Ok(Poll::NotReady {
+                retry_after: answer.retry_after,
+            }),
+            StatusCode::OK => take_report(ticket, answer),
             StatusCode::NOT_FOUND => Ok(Poll::UnknownTicket),
-            _ => Err(status_error(
+            status => Err(status_error(
                 &format!("get_report for ticket {ticket}"),
                 status,
-                retry_after,
-                &body,
+                answer.retry_after,
+                &answer.body,
             )),
         }
     }
@@ -599,13 +784,124 @@ mod tests {
 
     #[test]
     fn only_csv_reports_are_taken() {
-        assert!(looks_like_report("timestamp,data\n0,data-0\n1,data-1"));
+        assert!(looks_like_report("timestamp,data\n0,data-0\n1,data-1\n"));
         assert!(looks_like_report("timestamp,data\r\n0,data-0\r\n"));
+        assert!(!looks_like_report("timestamp,data\n0,data-0\n1,data-1"));
         assert!(!looks_like_report(NOT_READY));
         assert!(!looks_like_report(
             "<html><body>502 Bad Gateway</body></html>"
         ));
         assert!(!looks_like_report("timestamp,data\n0,data-0,extra\n"));
         assert!(!looks_like_report(""));
+    }
+
+    #[test]
+    fn only_csv_or_text_content_types_may_carry_a_report() {
+        for ok in [
+            None,
+            Some("text/csv"),
+            Some("text/plain; charset=utf-8"),
+            Some("Text/CSV"),
+        ] {
+            assert!(may_be_report(ok), "{ok:?}");
+        }
+        for page in [
+            "text/html",
+            "text/html; charset=utf-8",
+            "application/json",
+            "",
+        ] {
+            assert!(!may_be_report(Some(page)), "{page}");
+        }
+    }
+
+    #[test]
+    fn backoff_saturates_at_the_largest_durations() {
+        let mut b = Backoff::new(Duration::MAX, Duration::MAX);
+        assert_eq!(b.next_delay(), Duration::MAX);
+        assert_eq!(b.next_delay(), Duration::MAX);
+        let mut b = Backoff::new(Duration::from_secs(u64::MAX / 2 + 1), Duration::MAX);
+        b.next_delay();
+        assert_eq!(b.next_delay(), Duration::MAX);
+    }
+
+    /// The largest `Retry-After` the header parser gives (`u64::MAX` seconds), and the longest
+    /// duration of all.
+    const HUGE: [Duration; 2] = [Duration::from_secs(u64::MAX), Duration::MAX];
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_retry_after_on_an_error_ends_the_run_at_once_without_overflow() {
+        for huge in HUGE {
+            let server = Scripted::new(
+                vec![Err(FetchError::Transient {
+                    message: "busy".into(),
+                    retry_after: Some(huge),
+                })],
+                vec![],
+            );
+            let start = Instant::now();
+            let err = collect(&server, 10 * SEC, start + 60 * SEC, 3, |_| {})
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, CollectError::DeadlinePassed { .. }),
+                "{err:?}"
+            );
+            assert_eq!(start.elapsed(), Duration::ZERO, "no wait past the deadline");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_retry_after_while_not_ready_never_lengthens_the_poll() {
+        for huge in HUGE {
+            let server = Scripted::new(
+                vec![],
+                vec![
+                    Ok(Poll::NotReady {
+                        retry_after: Some(huge),
+                    }),
+                    Ok(Poll::Ready(CSV.into())),
+                ],
+            );
+            let deadline = Instant::now() + 600 * SEC;
+            collect(&server, 10 * SEC, deadline, 3, |_| {})
+                .await
+                .unwrap();
+            assert_eq!(
+                server.calls(),
+                vec![("request", 0), ("poll", 0), ("poll", 10_000)]
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_longest_poll_interval_and_a_passed_deadline_do_not_overflow() {
+        let server = Scripted::new(vec![], vec![]);
+        let start = Instant::now();
+        let err = collect(&server, Duration::MAX, start + SEC, u32::MAX, |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, CollectError::DeadlinePassed { .. }),
+            "{err:?}"
+        );
+        // A deadline already behind: what remains is zero, not a negative that panics.
+        tokio::time::advance(5 * SEC).await;
+        assert_eq!(remaining(start), Duration::ZERO);
+        let server = Scripted::new(vec![Err(down())], vec![]);
+        let err = collect(&server, SEC, start, 0, |_| {}).await.unwrap_err();
+        assert!(
+            matches!(err, CollectError::DeadlinePassed { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn excerpts_are_short_and_never_split_a_character() {
+        let page = "<html> é ".repeat(1000);
+        let text = excerpt(page.as_bytes());
+        assert!(text.ends_with("..."), "{text}");
+        assert!(text.chars().count() <= 83, "{text}");
+        assert_eq!(excerpt(b"\xff\xfe"), "\u{fffd}\u{fffd}");
     }
 }

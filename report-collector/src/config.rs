@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use report_common::config::{ConfigFile, Refusal};
-use serde::{Deserialize, Serialize};
+use report_common::config::{ConfigFile, Refusal, duration_within, number_within};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Where the packaged configuration lives; a missing file there means "use the defaults".
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/report-collector/config.toml";
@@ -101,6 +101,8 @@ pub struct Config {
     pub metrics_file: Option<PathBuf>,
     /// How many times a ticket the server no longer knows (404) is replaced by a new one.
     pub max_ticket_renewals: u32,
+    /// The largest report the collector takes; a larger answer fails the run unread.
+    pub max_report_size: ByteSize,
 }
 
 impl Default for Config {
@@ -122,9 +124,129 @@ impl Default for Config {
             stale_after: None,
             metrics_file: None,
             max_ticket_renewals: 3,
+            max_report_size: ByteSize(64 * MIB),
         }
     }
 }
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+
+/// A number of bytes, written in the file as `"64MiB"` (units B, KiB, MiB, GiB) or as a bare
+/// integer of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ByteSize {
+    /// In the largest unit that divides it exactly, as the file would write it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = [(GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")]
+            .into_iter()
+            .find(|(size, _)| self.0 != 0 && self.0 % size == 0);
+        match unit {
+            Some((size, name)) => write!(f, "{}{name}", self.0 / size),
+            None => write!(f, "{}B", self.0),
+        }
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.trim();
+        let digits = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(digits);
+        let unit_size = match unit.trim() {
+            "" | "B" => Some(1),
+            "KiB" => Some(KIB),
+            "MiB" => Some(MIB),
+            "GiB" => Some(GIB),
+            _ => None,
+        };
+        number
+            .parse::<u64>()
+            .ok()
+            .zip(unit_size)
+            .and_then(|(n, size)| n.checked_mul(size))
+            .map(ByteSize)
+            .ok_or_else(|| {
+                format!("`{s}` is not a size: write it like \"64MiB\" (units B, KiB, MiB, GiB)")
+            })
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size like \"64MiB\" (units B, KiB, MiB, GiB) or a number of bytes")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("{v} is not a size: write a number of bytes of 0 or more, or a size like \"64MiB\"")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// The allowed range of every duration key (README, man page and the shipped file show this
+/// table). Wide enough for any real schedule and for the tests' sub-second ones; narrow enough
+/// that no deadline computed from them can overflow a clock, and that a typo (`10h` for `10s`)
+/// is caught rather than obeyed.
+pub const DURATION_RANGES: [(&str, Duration, Duration); 8] = [
+    ("poll-interval", Duration::from_millis(10), HOUR),
+    ("request-timeout", Duration::from_millis(100), HOUR),
+    ("deadline", Duration::from_millis(100), DAY),
+    ("lock-wait", Duration::ZERO, DAY),
+    ("replace-grace", Duration::ZERO, HOUR),
+    ("starting-deadline", Duration::from_millis(1), DAY),
+    (
+        "schedule-period",
+        Duration::from_millis(100),
+        Duration::from_secs(7 * 86_400),
+    ),
+    (
+        "stale-after",
+        Duration::from_millis(100),
+        Duration::from_secs(90 * 86_400),
+    ),
+];
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// The allowed range of `keep-reports`.
+pub const KEEP_REPORTS_RANGE: (usize, usize) = (1, 1_000_000);
+/// The allowed range of `max-ticket-renewals`.
+pub const MAX_TICKET_RENEWALS_RANGE: (u32, u32) = (0, 100);
+/// The allowed range of `max-report-size`.
+pub const MAX_REPORT_SIZE_RANGE: (ByteSize, ByteSize) = (ByteSize(KIB), ByteSize(GIB));
 
 /// How many schedule periods without a collection make `status` report stale by default.
 pub const STALE_AFTER_PERIODS: u32 = 5;
@@ -165,15 +287,24 @@ impl ConfigFile for Config {
                 format!("`{}` must start with http:// or https://", self.server_url),
             ));
         }
-        for (key, value) in [
-            ("poll-interval", self.poll_interval),
-            ("request-timeout", self.request_timeout),
-            ("deadline", self.deadline),
-            ("schedule-period", self.schedule_period),
-        ] {
-            if value.is_zero() {
-                return Err(Refusal::new(key, "must be longer than 0s"));
+        for (key, min, max) in DURATION_RANGES {
+            if let Some(value) = self.duration(key) {
+                duration_within(key, value, min, max)?;
             }
+        }
+        let (min, max) = KEEP_REPORTS_RANGE;
+        number_within("keep-reports", self.keep_reports, min, max)?;
+        let (min, max) = MAX_TICKET_RENEWALS_RANGE;
+        number_within("max-ticket-renewals", self.max_ticket_renewals, min, max)?;
+        let (min, max) = MAX_REPORT_SIZE_RANGE;
+        if !(min..=max).contains(&self.max_report_size) {
+            return Err(Refusal::new(
+                "max-report-size",
+                format!(
+                    "{} is outside the allowed range; write a size from {min} to {max}",
+                    self.max_report_size
+                ),
+            ));
         }
         if let Some(stale_after) = self.stale_after {
             if stale_after < self.schedule_period {
@@ -187,10 +318,24 @@ impl ConfigFile for Config {
                 ));
             }
         }
-        if self.keep_reports == 0 {
-            return Err(Refusal::new("keep-reports", "must be at least 1"));
-        }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The value of a duration key of [`DURATION_RANGES`]; `None` when it is unset.
+    fn duration(&self, key: &str) -> Option<Duration> {
+        match key {
+            "poll-interval" => Some(self.poll_interval),
+            "request-timeout" => Some(self.request_timeout),
+            "deadline" => Some(self.deadline),
+            "lock-wait" => Some(self.lock_wait),
+            "replace-grace" => Some(self.replace_grace),
+            "starting-deadline" => self.starting_deadline,
+            "schedule-period" => Some(self.schedule_period),
+            "stale-after" => self.stale_after,
+            _ => None,
+        }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod lock;
 pub mod metrics;
 pub mod outcome;
+pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod state;

@@ -207,7 +207,12 @@ fn run(config: &Config, lock: &FlockLock, declared: DeclaredTrigger) -> ExitCode
             }
         };
         let connect = || {
-            HttpServer::new(&config.server_url, config.request_timeout).map_err(|e| e.to_string())
+            HttpServer::new(
+                &config.server_url,
+                config.request_timeout,
+                config.max_report_size.bytes(),
+            )
+            .map_err(|e| e.to_string())
         };
         let note_dir = config
             .state_file
