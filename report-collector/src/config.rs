@@ -461,6 +461,163 @@ max-ticket-renewals = 5
         }
     }
 
+    fn refusal(text: &str) -> String {
+        match Config::parse(Path::new("c.toml"), text) {
+            Ok(config) => panic!("{text:?} was taken: {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_wrong_type_names_key_and_line() {
+        let err = refusal("policy = \"wait\"\nkeep-reports = \"many\"\n");
+        assert!(err.starts_with("c.toml:2:"), "{err}");
+        assert!(err.contains("key `keep-reports`"), "{err}");
+        let err = refusal("\ndeadline = 30\n");
+        assert!(err.starts_with("c.toml:2:"), "{err}");
+        assert!(err.contains("key `deadline`"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_policy_names_key_line_and_every_policy() {
+        let err = refusal("server-url = \"http://127.0.0.1:1\"\npolicy = \"sometimes\"\n");
+        assert!(err.starts_with("c.toml:2:"), "{err}");
+        assert!(err.contains("key `policy`"), "{err}");
+        for policy in Policy::ALL {
+            assert!(err.contains(policy.as_str()), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_zero_duration_is_refused_where_it_makes_no_sense() {
+        for key in [
+            "poll-interval",
+            "request-timeout",
+            "deadline",
+            "starting-deadline",
+            "schedule-period",
+            "stale-after",
+        ] {
+            let err = refusal(&format!("policy = \"forbid\"\n{key} = \"0s\"\n"));
+            assert!(
+                err.starts_with(&format!(
+                    "c.toml:2:1: key `{key}`: 0s is outside the allowed range"
+                )),
+                "{err}"
+            );
+        }
+        for key in ["lock-wait", "replace-grace"] {
+            Config::parse(Path::new("c.toml"), &format!("{key} = \"0s\"")).unwrap();
+        }
+    }
+
+    #[test]
+    fn each_duration_is_taken_at_its_bounds_and_refused_past_them() {
+        let nanosecond = Duration::from_nanos(1);
+        for (key, min, max) in DURATION_RANGES {
+            // stale-after must also be at least schedule-period: give it the smallest one.
+            let base = if key == "stale-after" {
+                "schedule-period = \"100ms\"\n"
+            } else {
+                "policy = \"forbid\"\n"
+            };
+            let set =
+                |d: Duration| format!("{base}{key} = \"{}\"\n", humantime::format_duration(d));
+            for within in [min, max] {
+                let config = Config::parse(Path::new("c.toml"), &set(within))
+                    .unwrap_or_else(|e| panic!("{key} = {within:?}: {e}"));
+                assert_eq!(config.duration(key), Some(within), "{key}");
+            }
+            let mut outside = vec![max + nanosecond, Duration::from_secs(u64::MAX / 2)];
+            if !min.is_zero() {
+                outside.push(min - nanosecond);
+            }
+            for d in outside {
+                let err = refusal(&set(d));
+                assert!(
+                    err.starts_with(&format!("c.toml:2:1: key `{key}`: ")),
+                    "{err}"
+                );
+                assert!(
+                    err.contains("outside the allowed range; write a duration from"),
+                    "{err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn each_number_is_taken_at_its_bounds_and_refused_past_them() {
+        let numbers = [
+            (
+                "keep-reports",
+                u64::try_from(KEEP_REPORTS_RANGE.0).unwrap(),
+                u64::try_from(KEEP_REPORTS_RANGE.1).unwrap(),
+            ),
+            (
+                "max-ticket-renewals",
+                u64::from(MAX_TICKET_RENEWALS_RANGE.0),
+                u64::from(MAX_TICKET_RENEWALS_RANGE.1),
+            ),
+            (
+                "max-report-size",
+                MAX_REPORT_SIZE_RANGE.0.bytes(),
+                MAX_REPORT_SIZE_RANGE.1.bytes(),
+            ),
+        ];
+        for (key, min, max) in numbers {
+            for within in [min, max] {
+                Config::parse(Path::new("c.toml"), &format!("{key} = {within}"))
+                    .unwrap_or_else(|e| panic!("{key} = {within}: {e}"));
+            }
+            let mut outside = vec![max + 1];
+            if min > 0 {
+                outside.push(min - 1);
+            }
+            for n in outside {
+                let err = refusal(&format!("{key} = {n}"));
+                assert!(
+                    err.starts_with(&format!("c.toml:1:1: key `{key}`: ")),
+                    "{err}"
+                );
+                assert!(err.contains("outside the allowed range"), "{err}");
+            }
+            let err = refusal(&format!("{key} = -1"));
+            assert!(err.contains(&format!("key `{key}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn report_sizes_read_with_binary_units() {
+        for (text, bytes) in [
+            ("\"64MiB\"", 64 << 20),
+            ("\"512 KiB\"", 512 << 10),
+            ("\"1GiB\"", 1 << 30),
+            ("\"4096\"", 4096),
+            ("\"2048B\"", 2048),
+            ("100000", 100_000),
+        ] {
+            let config = Config::parse(Path::new("c.toml"), &format!("max-report-size = {text}"))
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(config.max_report_size.bytes(), bytes, "{text}");
+        }
+        for text in [
+            "\"64MB\"",
+            "\"lots\"",
+            "\"-5MiB\"",
+            "\"99999999999999999999GiB\"",
+            "1.5",
+        ] {
+            let err = refusal(&format!("\nmax-report-size = {text}"));
+            assert!(err.starts_with("c.toml:2:"), "{err}");
+            assert!(err.contains("key `max-report-size`"), "{err}");
+        }
+        let err = refusal("max-report-size = \"2GiB\"");
+        assert!(err.contains("write a size from 1KiB to 1GiB"), "{err}");
+        assert_eq!(ByteSize(64 << 20).to_string(), "64MiB");
+        assert_eq!(ByteSize(1000).to_string(), "1000B");
+    }
+
     #[test]
     fn missing_default_file_means_defaults_but_missing_explicit_file_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
