@@ -290,11 +290,21 @@ impl HttpServer {
     async fn get(&self, path: &str, limit: u64) -> Result<Result<Answer, BodyError>, FetchError> {
         let url = format!("{}{path}", self.base);
         let response = self.client.get(&url).send().await.map_err(|e| {
-            transient(format!(
-                "cannot reach the report server at {}: {}; check that report-apis is running and server-url is right",
-                self.base,
-                error_chain(&e)
-            ))
+            let base = &self.base;
+            let chain = error_chain(&e);
+            transient(if e.is_connect() {
+                format!(
+                    "cannot reach the report server at {base}: {chain}; check that report-apis is running and server-url is right"
+                )
+            } else if e.is_timeout() {
+                format!(
+                    "the report server at {base} did not answer {path} within request-timeout: {chain}"
+                )
+            } else {
+                format!(
+                    "the report server at {base} gave no usable HTTP answer to {path}: {chain}; check that server-url names report-apis"
+                )
+            })
         })?;
         let status = response.status();
         let headers = response.headers();
