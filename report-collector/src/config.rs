@@ -226,20 +226,15 @@ pub const DURATION_RANGES: [(&str, Duration, Duration); 8] = [
     ("lock-wait", Duration::ZERO, DAY),
     ("replace-grace", Duration::ZERO, HOUR),
     ("starting-deadline", Duration::from_millis(1), DAY),
-    (
-        "schedule-period",
-        Duration::from_millis(100),
-        Duration::from_secs(7 * 86_400),
-    ),
-    (
-        "stale-after",
-        Duration::from_millis(100),
-        Duration::from_secs(90 * 86_400),
-    ),
+    ("schedule-period", Duration::from_millis(100), WEEK),
+    ("stale-after", Duration::from_millis(100), YEAR),
 ];
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
+const WEEK: Duration = Duration::from_secs(7 * 86_400);
+/// 365.25 days: the year of humantime, so the message and the docs can say `1year`.
+const YEAR: Duration = Duration::from_secs(31_557_600);
 
 /// The allowed range of `keep-reports`.
 pub const KEEP_REPORTS_RANGE: (usize, usize) = (1, 1_000_000);
@@ -440,10 +435,57 @@ max-ticket-renewals = 5
             "stale-after",
             "metrics-file",
             "max-ticket-renewals",
+            "max-report-size",
         ] {
             assert!(
                 text.contains(&format!("\n{key} = ")) || text.contains(&format!("# {key} = ")),
                 "{key}"
+            );
+        }
+    }
+
+    /// The one table of ranges, as the README, the man page and the shipped file show it.
+    fn documented_ranges() -> Vec<(&'static str, String)> {
+        let d = |v| humantime::format_duration(v).to_string();
+        let mut ranges: Vec<(&str, String)> = DURATION_RANGES
+            .iter()
+            .map(|&(key, min, max)| (key, format!("{} to {}", d(min), d(max))))
+            .collect();
+        ranges.push((
+            "keep-reports",
+            format!("{} to {}", KEEP_REPORTS_RANGE.0, KEEP_REPORTS_RANGE.1),
+        ));
+        ranges.push((
+            "max-ticket-renewals",
+            format!(
+                "{} to {}",
+                MAX_TICKET_RENEWALS_RANGE.0, MAX_TICKET_RENEWALS_RANGE.1
+            ),
+        ));
+        ranges.push((
+            "max-report-size",
+            format!("{} to {}", MAX_REPORT_SIZE_RANGE.0, MAX_REPORT_SIZE_RANGE.1),
+        ));
+        ranges
+    }
+
+    #[test]
+    fn the_ranges_are_documented_as_they_are_checked() {
+        let readme = include_str!("../README.md");
+        let man = include_str!("../../packaging/debian/report-collector/report-collector.8");
+        let shipped = include_str!("../../config/report-collector.toml");
+        for (key, range) in documented_ranges() {
+            assert!(
+                readme.contains(&format!("| `{key}` | {range}")),
+                "README: {key} {range}"
+            );
+            assert!(
+                man.contains(&format!("; {range}]")),
+                "man page: {key} {range}"
+            );
+            assert!(
+                shipped.contains(&format!("[{range}]")),
+                "config: {key} {range}"
             );
         }
     }

@@ -92,8 +92,11 @@ impl Placement {
 }
 
 /// RFC 3339 in UTC, whole seconds: how slots and times appear in the journal and in `status`.
+/// A clock outside the years 1970 to 9999 (which RFC 3339 and humantime cannot write, and would
+/// panic on) shows as the nearest end of that range.
 pub fn format_time(at: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(at).to_string()
+    let last = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+    humantime::format_rfc3339_seconds(at.clamp(UNIX_EPOCH, last)).to_string()
 }
 
 #[cfg(test)]
@@ -116,6 +119,18 @@ mod tests {
             at(1_704_110_400)
         );
         assert_eq!(format_time(at(1_704_110_400)), "2024-01-01T12:00:00Z");
+    }
+
+    #[test]
+    fn times_outside_what_rfc3339_writes_are_clamped_not_a_panic() {
+        let before_1970 = UNIX_EPOCH - Duration::from_secs(86_400);
+        assert_eq!(format_time(before_1970), "1970-01-01T00:00:00Z");
+        let after_9999 = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        assert_eq!(format_time(after_9999), "9999-12-31T23:59:59Z");
+        let p = Placement::of(&Trigger::Manual, before_1970, MINUTE);
+        assert_eq!(p.slot, UNIX_EPOCH);
+        let p = Placement::of(&Trigger::Manual, after_9999, Duration::from_nanos(1));
+        assert!(p.slot <= after_9999);
     }
 
     #[test]
