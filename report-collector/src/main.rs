@@ -20,8 +20,10 @@ Exit codes:
   75   skipped: lock busy (forbid), lock-wait timed out (wait), holder not confirmed (replace),
        or a timer start later than starting-deadline after its slot
   64   command-line mistake (unknown option or subcommand, bad value)
-  78   configuration error, naming file, line and key (check-config: the same)
-  1    any other failure (server unreachable or failing until the deadline, bad answers, disk)
+  78   configuration error (a value outside its range too), naming file, line and key
+       (check-config: the same)
+  1    any other failure (server unreachable or failing until the deadline; an answer that is
+       an error page or a truncated, malformed or too large report; disk)
   130  cancelled by SIGINT
   143  cancelled by SIGTERM
 
