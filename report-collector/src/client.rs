@@ -331,10 +331,7 @@ impl HttpServer {
                 Err(e) => return Ok(Err(e)),
             }
         } else {
-            // Only an excerpt is shown: whatever arrives of the first bytes is enough.
-            read_body(response, None, SMALL_BODY)
-                .await
-                .unwrap_or_default()
+            read_start(response, SMALL_BODY).await
         };
         Ok(Ok(Answer {
             status,
@@ -393,6 +390,23 @@ async fn read_body(
             }
         }
     }
+}
+
+/// The first `limit` bytes of a body that is only shown as an excerpt (an error status):
+/// whatever arrives before the end, an error or the limit is enough.
+async fn read_start(mut response: reqwest::Response, limit: u64) -> Vec<u8> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut start = Vec::new();
+    while start.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(limit.saturating_sub(start.len()));
+                start.extend_from_slice(&chunk[..take]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    start
 }
 
 fn transient(message: String) -> FetchError {

@@ -303,6 +303,16 @@ fn probes() -> Vec<Probe> {
             &["still not ready", "deadline"],
         ),
         probe(
+            "an endless error page",
+            Act::Endless {
+                head:
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html\r\n\r\n<html>down"
+                        .into(),
+                body: b" and down",
+            },
+            &["503", "<html>down and down", "deadline"],
+        ),
+        probe(
             "a negative Retry-After",
             framed("503 Service Unavailable", "Retry-After: -5\r\n", "busy"),
             &["503", "deadline"],
