@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::outcome::{KINDS, RunReport, unix_seconds};
 use crate::state::Collection;
-use crate::store::{Durability, open_lock_file, write_atomically};
+use crate::store::{Durability, open_lock_file, read_existing, write_atomically};
 
 const RUNS_TOTAL: &str = "report_collector_runs_total";
 
@@ -37,10 +37,11 @@ pub fn record(
     let guard = open_lock_file(&lock_path(path))?;
     // Held for a few file operations only; released when `guard` closes.
     fs2::FileExt::lock_exclusive(&guard)?;
-    let mut counts = match std::fs::read_to_string(path) {
-        Ok(text) => parse_counts(&text),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => return Err(e),
+    // Never through a symbolic link nor from a FIFO (see `store`): a textfile that is not a
+    // regular file is refused with its path, not replaced.
+    let mut counts = match read_existing(path)? {
+        Some(bytes) => parse_counts(&String::from_utf8_lossy(&bytes)),
+        None => BTreeMap::new(),
     };
     *counts.entry(run.outcome.kind().to_owned()).or_insert(0) += 1;
     let text = render(run, last_collection, &counts);
