@@ -318,7 +318,7 @@ pub fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> Status {
         ticket: holder.as_ref().and_then(|h| h.ticket.clone()),
     };
     let names = match inspect(&config.report_dir, "report directory", true) {
-        Ok(true) => store::list(&config.report_dir)
+        Ok(true) => store::list(&config.report_dir, &store::order_path(&config.state_file))
             .map_err(|e| Problem::io(&config.report_dir, "report directory", &e)),
         Ok(false) => Ok(Vec::new()),
         Err(problem) => Err(problem),

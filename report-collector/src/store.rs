@@ -19,9 +19,9 @@
 //!
 //! Retention keeps the `keep-reports` most recently *collected* reports, whatever their names
 //! or mtimes say (both come from the clock, and a clock moved back makes a new report look
-//! old). The collector records the order it saved reports in, in `.collection-order` in the
-//! report directory (one name per line, oldest first, rewritten atomically under an flock on
-//! the directory), and prunes by that order: reports it has no record of (saved before this
+//! old). The collector records the order it saved reports in, in `<state-file>.order` (one
+//! name per line, oldest first, rewritten atomically under an flock on the report directory),
+//! and prunes by that order: reports it has no record of (saved before this
 //! record existed, or put there by hand) count as older than every recorded one and are
 //! ordered among themselves by name. Two reports are never deleted, whatever the order says:
 //! the one just saved and the one the state file names as the last collection.
@@ -39,8 +39,13 @@ const TEMP_SUFFIX: &str = ".tmp";
 /// What collectors before 0.1.1 named a report's temp file; still cleaned up.
 const OLD_TEMP_PREFIX: &str = ".report-";
 const OLD_TEMP_SUFFIX: &str = ".csv.tmp";
-/// The record of the order reports were collected in, in the report directory.
-pub const ORDER_FILE: &str = ".collection-order";
+/// The record of the order reports were collected in, beside the state file (see the module
+/// doc).
+pub fn order_path(state_file: &Path) -> PathBuf {
+    let mut name = state_file.as_os_str().to_owned();
+    name.push(".order");
+    PathBuf::from(name)
+}
 
 /// Why a report could not be saved; the message says where and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +189,14 @@ pub fn is_report_name(name: &str) -> bool {
 }
 
 /// Saves `csv` under `dir` and records it as the newest collection; returns the final path.
-pub fn save(dir: &Path, at: SystemTime, ticket: &str, csv: &[u8]) -> Result<PathBuf, StoreError> {
+/// `order` is the record of the order of collections ([`order_path`]).
+pub fn save(
+    dir: &Path,
+    order: &Path,
+    at: SystemTime,
+    ticket: &str,
+    csv: &[u8],
+) -> Result<PathBuf, StoreError> {
     std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
         dir: dir.to_owned(),
         source,
@@ -197,10 +209,10 @@ pub fn save(dir: &Path, at: SystemTime, ticket: &str, csv: &[u8]) -> Result<Path
     })?;
     // The report is saved either way; without its place in the order, retention falls back
     // to its name for it.
-    if let Err(e) = note_collected(dir, &name) {
+    if let Err(e) = note_collected(dir, order, &name) {
         tracing::warn!(
             "cannot record the order of collections in {}: {e}; retention orders this report by its name",
-            dir.join(ORDER_FILE).display()
+            order.display()
         );
     }
     Ok(target)
@@ -346,11 +358,8 @@ fn is_report_temp(name: &str) -> bool {
 }
 
 /// The recorded order of collections, oldest first (unreadable or absent: none).
-fn read_order(dir: &Path) -> Vec<String> {
-    let bytes = read_existing(&dir.join(ORDER_FILE))
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+fn read_order(order: &Path) -> Vec<String> {
+    let bytes = read_existing(order).ok().flatten().unwrap_or_default();
     String::from_utf8_lossy(&bytes)
         .lines()
         .filter(|n| is_report_name(n))
@@ -358,9 +367,9 @@ fn read_order(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn write_order(dir: &Path, names: &[String]) -> io::Result<()> {
+fn write_order(order: &Path, names: &[String]) -> io::Result<()> {
     let text: String = names.iter().map(|n| format!("{n}\n")).collect();
-    write_atomically(&dir.join(ORDER_FILE), text.as_bytes(), Durability::Renamed)
+    write_atomically(order, text.as_bytes(), Durability::Renamed)
 }
 
 /// An exclusive flock on the directory itself, serialising the order file's updates.
@@ -371,12 +380,12 @@ fn lock_dir(dir: &Path) -> io::Result<File> {
 }
 
 /// Puts `name` at the end of the order of collections.
-fn note_collected(dir: &Path, name: &str) -> io::Result<()> {
+fn note_collected(dir: &Path, order: &Path, name: &str) -> io::Result<()> {
     let _lock = lock_dir(dir)?;
-    let mut order = read_order(dir);
-    order.retain(|n| n != name);
-    order.push(name.to_owned());
-    write_order(dir, &order)
+    let mut names = read_order(order);
+    names.retain(|n| n != name);
+    names.push(name.to_owned());
+    write_order(order, &names)
 }
 
 /// `names` (sorted by name) in the order they were collected, oldest first: those without a
@@ -394,8 +403,8 @@ fn by_collection(names: Vec<String>, order: &[String]) -> Vec<String> {
 }
 
 /// Names of the saved reports in `dir`, oldest collection first (see the module doc); an
-/// absent directory has none.
-pub fn list(dir: &Path) -> io::Result<Vec<String>> {
+/// absent directory has none. `order` is the record of the order of collections.
+pub fn list(dir: &Path, order: &Path) -> io::Result<Vec<String>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -409,20 +418,20 @@ pub fn list(dir: &Path) -> io::Result<Vec<String>> {
         }
     }
     names.sort();
-    Ok(by_collection(names, &read_order(dir)))
+    Ok(by_collection(names, &read_order(order)))
 }
 
 /// Deletes all but the `keep` most recently collected reports, never one of `protect` (the
 /// report just saved, the state file's last collection), and the temp files of killed runs.
 /// Returns what it deleted.
-pub fn prune(dir: &Path, keep: usize, protect: &[&Path]) -> io::Result<Vec<PathBuf>> {
+pub fn prune(dir: &Path, order: &Path, keep: usize, protect: &[&Path]) -> io::Result<Vec<PathBuf>> {
     let _lock = match lock_dir(dir) {
         Ok(lock) => lock,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let order = read_order(dir);
-    let names = list(dir)?;
+    let recorded = read_order(order);
+    let names = list(dir, order)?;
     let protected = |name: &str| {
         protect
             .iter()
@@ -446,13 +455,13 @@ pub fn prune(dir: &Path, keep: usize, protect: &[&Path]) -> io::Result<Vec<PathB
         }
         excess -= 1;
     }
-    let kept: Vec<String> = order
+    let kept: Vec<String> = recorded
         .iter()
         .filter(|n| dir.join(n).exists())
         .cloned()
         .collect();
-    if kept != order {
-        write_order(dir, &kept)?;
+    if kept != recorded {
+        write_order(order, &kept)?;
     }
     removed.extend(remove_abandoned_temps(dir, is_report_temp));
     Ok(removed)
@@ -502,7 +511,7 @@ mod tests {
         std::fs::write(&old_style, "x").unwrap();
         // A write in progress holds its temp file share-locked, whatever its age.
         let writing = locked_temp(dir.path(), ".20240101T120100Z_abc_1.csv.").unwrap();
-        let mut removed = prune(dir.path(), 10, &[]).unwrap();
+        let mut removed = prune(dir.path(), &dir.path().join("o"), 10, &[]).unwrap();
         removed.sort();
         assert_eq!(removed, [killed.clone(), old_style.clone()]);
         assert!(
@@ -576,7 +585,14 @@ mod tests {
         std::fs::create_dir(&real).unwrap();
         let linked = dir.path().join("reports");
         std::os::unix::fs::symlink(&real, &linked).unwrap();
-        let path = save(&linked, at(1_704_110_400), "abc_0", b"x").unwrap();
+        let path = save(
+            &linked,
+            &dir.path().join("o"),
+            at(1_704_110_400),
+            "abc_0",
+            b"x",
+        )
+        .unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"x");
         assert!(real.join("20240101T120000Z_abc_0.csv").is_file());
         open_lock_file(&linked.join("collector.lock")).unwrap();
@@ -608,14 +624,18 @@ mod tests {
     fn save_writes_the_whole_report_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let reports = dir.path().join("reports");
-        let path = save(&reports, at(1_704_110_400), "abc_0", b"timestamp,data\n").unwrap();
+        let path = save(
+            &reports,
+            &dir.path().join("o"),
+            at(1_704_110_400),
+            "abc_0",
+            b"timestamp,data\n",
+        )
+        .unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"timestamp,data\n");
+        assert_eq!(all_files(&reports), ["20240101T120000Z_abc_0.csv"]);
         assert_eq!(
-            all_files(&reports),
-            [ORDER_FILE, "20240101T120000Z_abc_0.csv"]
-        );
-        assert_eq!(
-            std::fs::read_to_string(reports.join(ORDER_FILE)).unwrap(),
+            std::fs::read_to_string(dir.path().join("o")).unwrap(),
             "20240101T120000Z_abc_0.csv\n"
         );
     }
@@ -627,7 +647,14 @@ mod tests {
         let blocker = dir.path().join(file_name(at(1_704_110_400), "abc_0"));
         std::fs::create_dir(&blocker).unwrap();
         std::fs::write(blocker.join("x"), "x").unwrap();
-        let err = save(dir.path(), at(1_704_110_400), "abc_0", b"timestamp,data\n").unwrap_err();
+        let err = save(
+            dir.path(),
+            &dir.path().join("o"),
+            at(1_704_110_400),
+            "abc_0",
+            b"timestamp,data\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("nothing was saved"), "{err}");
         assert_eq!(all_files(dir.path()), ["20240101T120000Z_abc_0.csv"]);
         assert!(blocker.is_dir());
@@ -638,7 +665,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("plain-file");
         std::fs::write(&file, "").unwrap();
-        let err = save(&file.join("reports"), at(0), "a_0", b"x").unwrap_err();
+        let err = save(
+            &file.join("reports"),
+            &dir.path().join("o"),
+            at(0),
+            "a_0",
+            b"x",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("report-dir"), "{err}");
     }
 
@@ -648,6 +682,7 @@ mod tests {
         for i in 0..5 {
             save(
                 dir.path(),
+                &dir.path().join("o"),
                 at(1_704_110_400 + i * 60),
                 &format!("t{i}_0"),
                 b"x",
@@ -655,15 +690,15 @@ mod tests {
             .unwrap();
         }
         std::fs::write(dir.path().join("README"), "not a report").unwrap();
-        let removed = prune(dir.path(), 2, &[]).unwrap();
+        let removed = prune(dir.path(), &dir.path().join("o"), 2, &[]).unwrap();
         assert_eq!(removed.len(), 3);
         assert_eq!(
-            list(dir.path()).unwrap(),
+            list(dir.path(), &dir.path().join("o")).unwrap(),
             ["20240101T120300Z_t3_0.csv", "20240101T120400Z_t4_0.csv"]
         );
         assert!(dir.path().join("README").exists());
         assert_eq!(
-            std::fs::read_to_string(dir.path().join(ORDER_FILE)).unwrap(),
+            std::fs::read_to_string(dir.path().join("o")).unwrap(),
             "20240101T120300Z_t3_0.csv\n20240101T120400Z_t4_0.csv\n",
             "the record of the order lists only what is kept"
         );
@@ -681,11 +716,12 @@ mod tests {
     #[test]
     fn after_the_clock_moved_back_retention_keeps_what_was_collected_last() {
         let dir = tempfile::tempdir().unwrap();
+        let order = dir.path().join("o");
         // Collected while the clock was a year ahead: names and mtimes in the future.
         let future = SystemTime::now() + Duration::from_secs(365 * 24 * 3600);
         for i in 0..3 {
             let when = future + Duration::from_secs(i * 60);
-            let path = save(dir.path(), when, &format!("f{i}_0"), b"x").unwrap();
+            let path = save(dir.path(), &order, when, &format!("f{i}_0"), b"x").unwrap();
             set_mtime(&path, when);
         }
         // The clock is put right; two more collections, their names older than all the rest.
@@ -693,16 +729,17 @@ mod tests {
         for i in 0..2 {
             let path = save(
                 dir.path(),
+                &order,
                 at(1_704_110_400 + i * 60),
                 &format!("n{i}_0"),
                 b"x",
             )
             .unwrap();
             newest.push(path.file_name().unwrap().to_str().unwrap().to_owned());
-            let removed = prune(dir.path(), 2, &[&path]).unwrap();
+            let removed = prune(dir.path(), &dir.path().join("o"), 2, &[&path]).unwrap();
             assert!(!removed.contains(&path), "the report just saved is kept");
         }
-        assert_eq!(list(dir.path()).unwrap(), newest);
+        assert_eq!(list(dir.path(), &dir.path().join("o")).unwrap(), newest);
     }
 
     #[test]
@@ -712,19 +749,37 @@ mod tests {
         for name in ["29990101T000000Z_old1_0.csv", "29990101T000100Z_old2_0.csv"] {
             std::fs::write(dir.path().join(name), "x").unwrap();
         }
-        let recorded = save(dir.path(), at(1_704_110_400), "new_0", b"x").unwrap();
+        let recorded = save(
+            dir.path(),
+            &dir.path().join("o"),
+            at(1_704_110_400),
+            "new_0",
+            b"x",
+        )
+        .unwrap();
         let last_collection = dir.path().join("29990101T000000Z_old1_0.csv");
-        let removed = prune(dir.path(), 2, &[&recorded, &last_collection]).unwrap();
+        let removed = prune(
+            dir.path(),
+            &dir.path().join("o"),
+            2,
+            &[&recorded, &last_collection],
+        )
+        .unwrap();
         assert_eq!(removed, [dir.path().join("29990101T000100Z_old2_0.csv")]);
         assert_eq!(
-            list(dir.path()).unwrap(),
+            list(dir.path(), &dir.path().join("o")).unwrap(),
             ["29990101T000000Z_old1_0.csv", "20240101T120000Z_new_0.csv"]
         );
         // Even with keep 1, neither protected report goes.
         assert!(
-            prune(dir.path(), 1, &[&recorded, &last_collection])
-                .unwrap()
-                .is_empty()
+            prune(
+                dir.path(),
+                &dir.path().join("o"),
+                1,
+                &[&recorded, &last_collection]
+            )
+            .unwrap()
+            .is_empty()
         );
     }
 }
