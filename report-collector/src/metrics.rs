@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::outcome::{KINDS, RunReport, unix_seconds};
 use crate::state::Collection;
-use crate::store::{Durability, open_lock_file, read_existing, write_atomically};
+use crate::store::{Durability, lock_briefly, open_lock_file, read_existing, write_atomically};
 
 const RUNS_TOTAL: &str = "report_collector_runs_total";
 
@@ -34,9 +34,10 @@ pub fn record(
     run: &RunReport,
     last_collection: Option<&Collection>,
 ) -> io::Result<()> {
-    let guard = open_lock_file(&lock_path(path))?;
+    let lock = lock_path(path);
+    let guard = open_lock_file(&lock)?;
     // Held for a few file operations only; released when `guard` closes.
-    fs2::FileExt::lock_exclusive(&guard)?;
+    lock_briefly(&guard, &lock)?;
     // Never through a symbolic link nor from a FIFO (see `store`): a textfile that is not a
     // regular file is refused with its path, not replaced.
     let mut counts = match read_existing(path)? {
@@ -216,5 +217,18 @@ mod tests {
         });
         let counts = parse_counts(&std::fs::read_to_string(&path).unwrap());
         assert_eq!(counts["failed"], 80);
+    }
+
+    #[test]
+    fn a_lock_held_by_a_stranger_fails_the_update_instead_of_hanging_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.prom");
+        let stranger = open_lock_file(&lock_path(&path)).unwrap();
+        fs2::FileExt::lock_exclusive(&stranger).unwrap();
+        let err = record(&path, &run(skipped()), None).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("m.prom.lock stayed locked"), "{message}");
+        assert!(message.contains("fuser -v"), "{message}");
+        assert!(!path.exists());
     }
 }

@@ -30,7 +30,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Write};
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
@@ -372,11 +372,45 @@ fn write_order(order: &Path, names: &[String]) -> io::Result<()> {
     write_atomically(order, text.as_bytes(), Durability::Renamed)
 }
 
+/// How long a short critical section (the order file, the metrics file) waits for its flock.
+/// Other runs hold it for a few file operations; a process holding it longer is not a
+/// collector, and a run must not hang on it past its deadline.
+pub const SHORT_LOCK_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Takes an exclusive flock on `file` within [`SHORT_LOCK_PATIENCE`]; `what` names it in the
+/// error.
+pub fn lock_briefly(file: &File, what: &Path) -> io::Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        match fs2::FileExt::try_lock_exclusive(file) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.raw_os_error() == fs2::lock_contended_error().raw_os_error() =>
+            {
+                if start.elapsed() >= SHORT_LOCK_PATIENCE {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!(
+                            "{} stayed locked by another process for {}; find it with `fuser -v {}`",
+                            what.display(),
+                            humantime::format_duration(SHORT_LOCK_PATIENCE),
+                            what.display()
+                        ),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// An exclusive flock on the directory itself, serialising the order file's updates.
 fn lock_dir(dir: &Path) -> io::Result<File> {
-    let dir = File::open(dir)?;
-    fs2::FileExt::lock_exclusive(&dir)?;
-    Ok(dir)
+    let file = File::open(dir)?;
+    lock_briefly(&file, dir)?;
+    Ok(file)
 }
 
 /// Puts `name` at the end of the order of collections.
@@ -469,7 +503,7 @@ pub fn prune(dir: &Path, order: &Path, keep: usize, protect: &[&Path]) -> io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::UNIX_EPOCH;
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)

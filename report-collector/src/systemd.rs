@@ -165,7 +165,7 @@ fn first_time_this_boot(dir: &Path) -> bool {
     let marker = dir.join("no-bus.boot-id");
     // Read as every file the collector keeps: a FIFO or link there is refused, never waited on.
     if crate::store::read_existing(&marker)
-        .is_ok_and(|noted| noted == Some(boot_id.clone().into_bytes()))
+        .is_ok_and(|noted| noted.as_deref() == Some(boot_id.as_bytes()))
     {
         return false;
     }
