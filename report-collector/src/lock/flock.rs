@@ -218,10 +218,19 @@ impl Contest for Contender {
     }
 
     fn holds_lock(&self, pid: u32) -> bool {
-        self.0
-            .as_ref()
-            .and_then(|lock| lock.file.metadata().ok())
-            .is_some_and(|m| proc_locks::holds_flock(pid, m.dev(), m.ino()))
+        let Some(meta) = self.0.as_ref().and_then(|lock| lock.file.metadata().ok()) else {
+            return false;
+        };
+        match proc_locks::holds_flock(pid, meta.dev(), meta.ino()) {
+            Ok(holds) => holds,
+            Err(e) => {
+                tracing::warn!(
+                    HOLDER_PID = pid,
+                    "cannot look at the descriptors of pid {pid} (/proc/{pid}/fd: {e}), so it cannot be confirmed as the holder; run every collector as the same user"
+                );
+                false
+            }
+        }
     }
 
     fn signal(&mut self, pid: u32, signal: Signal) -> Result<(), SignalError> {

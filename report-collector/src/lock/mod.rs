@@ -163,7 +163,7 @@ impl fmt::Display for NotAcquired {
             ),
             Refusal::HolderHoldsNoDescriptor(holder) => write!(
                 f,
-                "the lock {lock} is held, but {holder}, whom /proc/locks and the lock file's record name, holds no open descriptor of it (a process that inherited the descriptor holds the lock), so policy replace signalled nothing; find the holder with `fuser -v {lock}`"
+                "the lock {lock} is held, but {holder}, whom /proc/locks and the lock file's record name, was not seen holding an open descriptor of it (it exited while a process that inherited the descriptor holds the lock, or this user may not look at its descriptors), so policy replace signalled nothing; find the holder with `fuser -v {lock}`"
             ),
             Refusal::DeadlinePassed(holder) => write!(
                 f,

@@ -67,13 +67,16 @@ pub fn parse(text: &str, major: u64, minor: u64, ino: u64) -> Option<u32> {
 
 /// Whether process `pid` has an open descriptor of the file `dev:ino` that carries an FLOCK:
 /// a descriptor whose target stats as that file and whose `/proc/PID/fdinfo/N` lists a
-/// `lock:` line for an FLOCK on that inode. `false` when that cannot be read (the process is
-/// gone, or belongs to another user and this one may not look).
-pub fn holds_flock(pid: u32, dev: u64, ino: u64) -> bool {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
+/// `lock:` line for an FLOCK on that inode. `Ok(false)` when the process is gone; `Err` when
+/// its descriptors may not be looked at (another user's, or one that changed its user and is
+/// no longer dumpable), which a caller must take as "not confirmed".
+pub fn holds_flock(pid: u32, dev: u64, ino: u64) -> io::Result<bool> {
+    let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(fds) => fds,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
     };
-    fds.flatten().any(|fd| {
+    Ok(fds.flatten().any(|fd| {
         // stat follows the magic link to the open file itself, whatever its path now is.
         let same_file =
             std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino);
@@ -83,7 +86,7 @@ pub fn holds_flock(pid: u32, dev: u64, ino: u64) -> bool {
                 fd.file_name().to_string_lossy()
             ))
             .is_ok_and(|info| fdinfo_has_flock(&info, ino))
-    })
+    }))
 }
 
 /// Whether an fdinfo text has a `lock:` line for an FLOCK on inode `ino` (the device is not
