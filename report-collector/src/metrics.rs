@@ -10,6 +10,8 @@
 //! That read-modify-write is serialised with an flock on a sibling `<metrics-file>.lock` (never
 //! the run lock: a skipped run must not wait for the run it skipped), so no count is lost when
 //! many runs end at once; the file is replaced by rename, so the collector never reads half.
+//! The flock is waited for at most `store::SHORT_LOCK_PATIENCE`: runs hold it for a few file
+//! operations, and a stranger holding it must not hang a run past its deadline.
 
 use std::collections::BTreeMap;
 use std::io;
