@@ -262,7 +262,7 @@ pub fn write_atomically(target: &Path, bytes: &[u8], durability: Durability) -> 
     }
     replace_by_rename(temp, target)?;
     if durability == Durability::Synced {
-        File::open(dir)?.sync_all()?;
+        open_dir(dir)?.sync_all()?;
     }
     Ok(())
 }
@@ -406,9 +406,18 @@ pub fn lock_briefly(file: &File, what: &Path) -> io::Result<()> {
     }
 }
 
+/// Opens a directory (through symbolic links: only files are held to [`open_regular`]);
+/// `O_DIRECTORY` makes anything else, a FIFO included, fail at once instead of blocking.
+fn open_dir(dir: &Path) -> io::Result<File> {
+    File::options()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY)
+        .open(dir)
+}
+
 /// An exclusive flock on the directory itself, serialising the order file's updates.
 fn lock_dir(dir: &Path) -> io::Result<File> {
-    let file = File::open(dir)?;
+    let file = open_dir(dir)?;
     lock_briefly(&file, dir)?;
     Ok(file)
 }
