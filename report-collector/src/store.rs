@@ -375,7 +375,7 @@ fn write_order(order: &Path, names: &[String]) -> io::Result<()> {
 /// How long a short critical section (the order file, the metrics file) waits for its flock.
 /// Other runs hold it for a few file operations; a process holding it longer is not a
 /// collector, and a run must not hang on it past its deadline.
-pub const SHORT_LOCK_PATIENCE: Duration = Duration::from_secs(2);
+pub const SHORT_LOCK_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Takes an exclusive flock on `file` within [`SHORT_LOCK_PATIENCE`]; `what` names it in the
 /// error.
