@@ -324,3 +324,113 @@ fn status_as_a_user_who_cannot_read_the_lock_file_never_says_free() {
     signal(&holder, nix::sys::signal::Signal::SIGTERM);
     let _ = finish(holder);
 }
+
+/// What a hostile file system can put where a file should be.
+#[derive(Debug, Clone, Copy)]
+enum Planted {
+    Symlink,
+    Dangling,
+    Fifo,
+    Directory,
+    Socket,
+    Device,
+}
+
+impl Planted {
+    const ALL: [Planted; 6] = [
+        Planted::Symlink,
+        Planted::Dangling,
+        Planted::Fifo,
+        Planted::Directory,
+        Planted::Socket,
+        Planted::Device,
+    ];
+
+    /// How the collector names it.
+    fn words(self) -> &'static str {
+        match self {
+            Planted::Symlink | Planted::Dangling => "a symbolic link",
+            Planted::Fifo => "a FIFO",
+            Planted::Directory => "a directory",
+            Planted::Socket => "a socket",
+            Planted::Device => "a device",
+        }
+    }
+
+    /// Puts it at `path`; `victim` is what a link points to, `nowhere` what a dangling one
+    /// does. The socket's listener is returned to keep it open.
+    fn plant(
+        self,
+        path: &Path,
+        victim: &Path,
+        nowhere: &Path,
+    ) -> Option<std::os::unix::net::UnixListener> {
+        use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        match self {
+            Planted::Symlink => symlink(victim, path).unwrap(),
+            Planted::Dangling => symlink(nowhere, path).unwrap(),
+            Planted::Fifo => nix::unistd::mkfifo(path, Mode::S_IRWXU).unwrap(),
+            Planted::Directory => std::fs::create_dir(path).unwrap(),
+            Planted::Socket => return Some(std::os::unix::net::UnixListener::bind(path).unwrap()),
+            // The null device's numbers: writing to it would lose the file silently.
+            Planted::Device => {
+                mknod(path, SFlag::S_IFCHR, Mode::S_IRWXU, makedev(1, 3)).unwrap();
+            }
+        }
+        None
+    }
+}
+
+#[test]
+fn anything_but_a_regular_file_at_any_of_the_collectors_paths_is_refused_by_name() {
+    let server = fixed_report_server(CSV);
+    let mut probes = 0;
+    for planted in Planted::ALL {
+        for which in ["lock", "state", "metrics", "metrics lock", "order"] {
+            let setup = Setup::new(
+                &server.url,
+                &[("metrics-file", "\"{dir}/metrics/report-collector.prom\"")],
+            );
+            let path = match which {
+                "lock" => setup.lock.clone(),
+                "state" => setup.state.clone(),
+                "metrics" => setup.metrics.clone(),
+                "metrics lock" => report_collector::metrics::lock_path(&setup.metrics),
+                _ => store::order_path(&setup.state),
+            };
+            let victim = setup.dir.path().join("victim");
+            std::fs::write(&victim, "precious").unwrap();
+            let nowhere = setup.dir.path().join("nowhere");
+            let _socket = planted.plant(&path, &victim, &nowhere);
+            let at = format!("{planted:?} as the {which} file");
+
+            let run = finish_within(setup.spawn(&[]), Duration::from_secs(10));
+            let expected = if which == "lock" { 1 } else { 0 };
+            assert_eq!(run.code, Some(expected), "{at}: {}", run.stderr);
+            let named = run.stderr.lines().any(|line| {
+                line.contains(&path.display().to_string()) && line.contains(planted.words())
+            });
+            assert!(named, "{at}: {}", run.stderr);
+            assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "{at}");
+            assert!(
+                !nowhere.exists(),
+                "{at}: a dangling link's target is never created"
+            );
+            let still = std::fs::symlink_metadata(&path).unwrap();
+            assert!(!still.is_file(), "{at}: left as it was, not replaced");
+
+            let status = finish_within(setup.spawn(&["status"]), Duration::from_secs(10));
+            if matches!(which, "lock" | "state") {
+                assert_eq!(status.code, Some(74), "{at}: {}", status.stdout);
+                assert!(
+                    status.stdout.contains(&path.display().to_string()),
+                    "{at}: {}",
+                    status.stdout
+                );
+            }
+            probes += 1;
+        }
+    }
+    eprintln!("{probes} planted files refused by name");
+}
