@@ -189,7 +189,8 @@ pub struct Status {
 pub struct LockStatus {
     pub path: PathBuf,
     pub policy: String,
-    /// `null` when the lock file could not be inspected.
+    /// `true` whenever `/proc/locks` shows the lock held, even when the lock file could not
+    /// be read; `null` when whether it is held cannot be told.
     pub held: Option<bool>,
     pub pid: Option<u32>,
     pub since: Option<String>,
