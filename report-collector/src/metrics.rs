@@ -10,6 +10,8 @@
 //! That read-modify-write is serialised with an flock on a sibling `<metrics-file>.lock` (never
 //! the run lock: a skipped run must not wait for the run it skipped), so no count is lost when
 //! many runs end at once; the file is replaced by rename, so the collector never reads half.
+//! The flock is waited for at most `store::SHORT_LOCK_PATIENCE`: runs hold it for a few file
+//! operations, and a stranger holding it must not hang a run past its deadline.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use crate::outcome::{KINDS, RunReport, unix_seconds};
 use crate::state::Collection;
-use crate::store::{Durability, open_lock_file, write_atomically};
+use crate::store::{Durability, lock_briefly, open_lock_file, read_existing, write_atomically};
 
 const RUNS_TOTAL: &str = "report_collector_runs_total";
 
@@ -34,13 +36,15 @@ pub fn record(
     run: &RunReport,
     last_collection: Option<&Collection>,
 ) -> io::Result<()> {
-    let guard = open_lock_file(&lock_path(path))?;
+    let lock = lock_path(path);
+    let guard = open_lock_file(&lock)?;
     // Held for a few file operations only; released when `guard` closes.
-    fs2::FileExt::lock_exclusive(&guard)?;
-    let mut counts = match std::fs::read_to_string(path) {
-        Ok(text) => parse_counts(&text),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => return Err(e),
+    lock_briefly(&guard, &lock)?;
+    // Never through a symbolic link nor from a FIFO (see `store`): a textfile that is not a
+    // regular file is refused with its path, not replaced.
+    let mut counts = match read_existing(path)? {
+        Some(bytes) => parse_counts(&String::from_utf8_lossy(&bytes)),
+        None => BTreeMap::new(),
     };
     *counts.entry(run.outcome.kind().to_owned()).or_insert(0) += 1;
     let text = render(run, last_collection, &counts);
@@ -215,5 +219,18 @@ mod tests {
         });
         let counts = parse_counts(&std::fs::read_to_string(&path).unwrap());
         assert_eq!(counts["failed"], 80);
+    }
+
+    #[test]
+    fn a_lock_held_by_a_stranger_fails_the_update_instead_of_hanging_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.prom");
+        let stranger = open_lock_file(&lock_path(&path)).unwrap();
+        fs2::FileExt::lock_exclusive(&stranger).unwrap();
+        let err = record(&path, &run(skipped()), None).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("m.prom.lock stayed locked"), "{message}");
+        assert!(message.contains("fuser -v"), "{message}");
+        assert!(!path.exists());
     }
 }

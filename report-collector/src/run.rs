@@ -234,13 +234,25 @@ fn save(config: &Config, collected: &Collected) -> Result<PathBuf, RunError> {
             .write_all(collected.csv.as_bytes())
             .and_then(|()| stdout.flush());
     }
+    let order = store::order_path(&config.state_file);
     let report = store::save(
         &config.report_dir,
+        &order,
         SystemTime::now(),
         &collected.ticket,
         collected.csv.as_bytes(),
     )?;
-    match store::prune(&config.report_dir, config.keep_reports) {
+    // Never pruned, whatever retention's order says: this report and the state file's last
+    // collection (what `status` shows).
+    let last = state::State::load(&config.state_file)
+        .ok()
+        .flatten()
+        .and_then(|s| s.last_collection)
+        .map(|c| c.report);
+    let protect: Vec<&std::path::Path> = std::iter::once(report.as_path())
+        .chain(last.as_deref())
+        .collect();
+    match store::prune(&config.report_dir, &order, config.keep_reports, &protect) {
         Ok(removed) if !removed.is_empty() => tracing::info!(
             "removed {} old report(s) beyond keep-reports = {}",
             removed.len(),
@@ -324,7 +336,7 @@ mod tests {
     }
 
     fn reports(config: &Config) -> Vec<String> {
-        store::list(&config.report_dir).unwrap()
+        store::list(&config.report_dir, &store::order_path(&config.state_file)).unwrap()
     }
 
     async fn cancelled_after(after: Duration) -> CancelSignal {

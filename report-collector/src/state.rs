@@ -10,7 +10,6 @@
 
 use std::fs::File;
 use std::io::{self, Read as _};
-use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -148,47 +147,22 @@ impl StateError {
     }
 }
 
-/// What a file that is not a regular file is, in words.
-pub fn file_kind(file_type: std::fs::FileType) -> &'static str {
-    if file_type.is_dir() {
-        "a directory"
-    } else if file_type.is_fifo() {
-        "a FIFO"
-    } else if file_type.is_socket() {
-        "a socket"
-    } else if file_type.is_block_device() || file_type.is_char_device() {
-        "a device"
-    } else if file_type.is_symlink() {
-        "a symbolic link"
-    } else {
-        "not a regular file"
-    }
-}
+pub use crate::store::file_kind;
 
-/// Opens `path` for reading without ever blocking (a FIFO would block a plain open) and makes
-/// sure it is a regular file; `Ok(None)` when it does not exist.
+/// Opens `path` for reading without ever blocking (a FIFO would block a plain open) and
+/// without following a final symbolic link, and makes sure it is a regular file; `Ok(None)`
+/// when it does not exist.
 pub fn open_regular(path: &Path) -> Result<Option<File>, StateError> {
-    let io = |source| StateError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(e)),
-    };
-    let file_type = file.metadata().map_err(io)?.file_type();
-    if !file_type.is_file() {
-        return Err(StateError::NotAFile {
+    store::open_to_read(path).map_err(|source| match store::not_regular(&source) {
+        Some(not) => StateError::NotAFile {
             path: path.to_owned(),
-            kind: file_kind(file_type),
-        });
-    }
-    Ok(Some(file))
+            kind: not.kind,
+        },
+        None => StateError::Io {
+            path: path.to_owned(),
+            source,
+        },
+    })
 }
 
 impl State {
@@ -280,6 +254,12 @@ pub fn record(path: &Path, run: &RunReport) -> State {
                     );
                 }
             }
+            None
+        }
+        Err(e @ StateError::NotAFile { .. }) => {
+            // Replacing it would silently undo what someone put there; say so instead.
+            may_save = false;
+            tracing::warn!("{e}; this run is not on record there");
             None
         }
         Err(e) => {

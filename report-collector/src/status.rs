@@ -6,8 +6,11 @@
 //! Every path it reads is checked before it is read: a path it cannot inspect (no
 //! permission, not a regular file, a missing directory, a state file that is not one) is
 //! reported with the path and the reason and makes the exit code non-zero, because a health
-//! check that cannot see must not say "healthy". Files are opened with `O_NONBLOCK` after
-//! their type is known, so a FIFO in place of a file never blocks `status`.
+//! check that cannot see must not say "healthy". Files are opened with `O_NONBLOCK` and
+//! `O_NOFOLLOW` and their type checked on the open descriptor, so a FIFO in place of a file
+//! never blocks `status`, and nothing here ever waits for a lock. Whether the lock is held
+//! comes from a stat of the lock file and `/proc/locks`, so a user who may not read the lock
+//! file sees "held" (with the permission problem listed), never a wrong "free".
 
 use std::fmt::Write as _;
 use std::io::{self, Write as _};
@@ -186,7 +189,8 @@ pub struct Status {
 pub struct LockStatus {
     pub path: PathBuf,
     pub policy: String,
-    /// `null` when the lock file could not be inspected.
+    /// `true` whenever `/proc/locks` shows the lock held, even when the lock file could not
+    /// be read; `null` when whether it is held cannot be told.
     pub held: Option<bool>,
     pub pid: Option<u32>,
     pub since: Option<String>,
@@ -223,25 +227,34 @@ pub fn print(config: &Config, lock: &impl RunLock, json: bool) -> ExitCode {
     ExitCode::from(status.verdict.exit_code)
 }
 
-/// Whether `path` can be looked at as a file of the expected kind, without opening it;
-/// `Ok(false)` when it does not exist but its directory does.
+/// Whether `path` can be looked at as a file of the expected kind; `Ok(false)` when it does
+/// not exist but its directory does. A directory is looked at through a symbolic link (a report
+/// directory moved to another disk); a file is opened for reading as the collector opens it,
+/// never through a final symbolic link and never blocking, so a file this user cannot read is
+/// a permission problem here too.
 fn inspect(path: &Path, what: &str, want_dir: bool) -> Result<bool, Problem> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() == want_dir && (want_dir || m.is_file()) => Ok(true),
-        Ok(m) => Err(Problem {
-            path: path.to_owned(),
-            reason: format!(
-                "cannot inspect the {what} {}: it is {}, not a {}",
-                path.display(),
-                file_kind(m.file_type()),
-                if want_dir {
-                    "directory"
-                } else {
-                    "regular file"
-                }
-            ),
-            exit_code: code::CANNOT_INSPECT,
-        }),
+    let found = if want_dir {
+        std::fs::metadata(path).and_then(|m| {
+            if m.is_dir() {
+                Ok(true)
+            } else {
+                Err(io::Error::other(format!(
+                    "it is {}, not a directory",
+                    match file_kind(m.file_type()) {
+                        "not a regular file" => "a regular file",
+                        kind => kind,
+                    }
+                )))
+            }
+        })
+    } else {
+        store::open_to_read(path).and_then(|file| match file {
+            Some(_) => Ok(true),
+            None => Err(io::ErrorKind::NotFound.into()),
+        })
+    };
+    match found {
+        Ok(_) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => Err(Problem {
                 path: path.to_owned(),
@@ -254,7 +267,19 @@ fn inspect(path: &Path, what: &str, want_dir: bool) -> Result<bool, Problem> {
             }),
             _ => Ok(false),
         },
-        Err(e) => Err(Problem::io(path, what, &e)),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(Problem::io(path, what, &e)),
+        Err(e) => Err(Problem {
+            path: path.to_owned(),
+            reason: match store::not_regular(&e) {
+                Some(not) => format!(
+                    "cannot inspect the {what} {}: it is {}, not a regular file; remove it, or set the configuration to a regular file's path",
+                    path.display(),
+                    not.kind
+                ),
+                None => format!("cannot inspect the {what} {}: {e}", path.display()),
+            },
+            exit_code: code::CANNOT_INSPECT,
+        }),
     }
 }
 
@@ -270,36 +295,31 @@ pub fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> Status {
             Err(())
         }
     };
-    let lock_status = match inspect(&config.lock_file, "lock file", false) {
-        Ok(exists) => {
-            let holder = if exists {
-                lock.holder().ok().flatten()
-            } else {
-                None
-            };
-            LockStatus {
-                path: config.lock_file.clone(),
-                policy: config.policy.as_str().to_owned(),
-                held: Some(holder.is_some()),
-                pid: holder.as_ref().and_then(|h| h.pid),
-                since: holder.as_ref().and_then(|h| h.since.clone()),
-                ticket: holder.as_ref().and_then(|h| h.ticket.clone()),
-            }
-        }
-        Err(problem) => {
-            problems.push(problem);
-            LockStatus {
-                path: config.lock_file.clone(),
-                policy: config.policy.as_str().to_owned(),
-                held: None,
-                pid: None,
-                since: None,
-                ticket: None,
-            }
-        }
+    // Whether the lock is held comes from a stat and /proc/locks, not from reading the file:
+    // a user who cannot read it still learns that a run holds it (and the problem is listed).
+    let lock_problem = inspect(&config.lock_file, "lock file", false).err();
+    let holder = match &lock_problem {
+        Some(problem) if problem.exit_code != code::NO_PERMISSION => Err(()),
+        _ => lock.holder().map_err(|_| ()),
+    };
+    let held = match (&holder, &lock_problem) {
+        (Ok(Some(_)), _) => Some(true),
+        (Ok(None), None) => Some(false),
+        // Free as far as /proc/locks tells, but the file could not be inspected: unknown.
+        _ => None,
+    };
+    let holder = holder.ok().flatten();
+    problems.extend(lock_problem);
+    let lock_status = LockStatus {
+        path: config.lock_file.clone(),
+        policy: config.policy.as_str().to_owned(),
+        held,
+        pid: holder.as_ref().and_then(|h| h.pid),
+        since: holder.as_ref().and_then(|h| h.since.clone()),
+        ticket: holder.as_ref().and_then(|h| h.ticket.clone()),
     };
     let names = match inspect(&config.report_dir, "report directory", true) {
-        Ok(true) => store::list(&config.report_dir)
+        Ok(true) => store::list(&config.report_dir, &store::order_path(&config.state_file))
             .map_err(|e| Problem::io(&config.report_dir, "report directory", &e)),
         Ok(false) => Ok(Vec::new()),
         Err(problem) => Err(problem),

@@ -1,20 +1,51 @@
-//! Files on disk. Reports: each saved atomically (temp file in the same directory, fsync,
-//! rename, fsync of the directory) as `<UTC timestamp>_<ticket>.csv`, the newest
-//! `keep-reports` kept. The state and metrics files go through the same atomic write, without
-//! the fsyncs. A write that fails (disk full, unwritable directory) leaves nothing behind: the
-//! temp file is removed, and no reader ever sees a half-written file under its final name.
+//! Files on disk, and how the collector opens every file it creates or writes.
+//!
+//! Reports: each saved atomically (temp file in the same directory, fsync, rename, fsync of the
+//! directory) as `<UTC timestamp>_<ticket>.csv`. The state and metrics files go through the
+//! same atomic write, without the fsyncs. A write that fails (disk full, unwritable directory)
+//! leaves nothing behind: the temp file is removed, and no reader ever sees a half-written file
+//! under its final name.
+//!
+//! A hostile or careless file system: every file the collector opens for writing is opened
+//! with `O_NOFOLLOW` (a symbolic link in place of the lock file must not get its target
+//! truncated) and `O_NONBLOCK` (a FIFO must not hang a run), then checked with fstat and
+//! refused unless it is a regular file, with a message that names the path and what it is.
+//! Only the final component is not followed: a report directory or state directory the
+//! operator chose to symlink elsewhere keeps working. Temp files are created with `O_EXCL` (by
+//! `tempfile`), so a link planted at a temp name cannot redirect a write, and the rename onto
+//! the final name replaces whatever is there (a link included) without writing through it.
+//! A writer holds a shared flock on its temp file until the rename, so the next run tells the
+//! temp file of a killed run (unlocked: removed at once) from one still being written.
+//!
+//! Retention keeps the `keep-reports` most recently *collected* reports, whatever their names
+//! or mtimes say (both come from the clock, and a clock moved back makes a new report look
+//! old). The collector records the order it saved reports in, in `<state-file>.order` (one
+//! name per line, oldest first, rewritten atomically under an flock on the report directory),
+//! and prunes by that order: reports it has no record of (saved before this
+//! record existed, or put there by hand) count as older than every recorded one and are
+//! ordered among themselves by name. Two reports are never deleted, whatever the order says:
+//! the one just saved and the one the state file names as the last collection.
 
-use std::fs::File;
-use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read as _, Write};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
 /// Temp files are `.<final name>.<random>.tmp`, hidden and never taken for a report.
 const TEMP_SUFFIX: &str = ".tmp";
 /// What collectors before 0.1.1 named a report's temp file; still cleaned up.
 const OLD_TEMP_PREFIX: &str = ".report-";
 const OLD_TEMP_SUFFIX: &str = ".csv.tmp";
+/// The record of the order reports were collected in, beside the state file (see the module
+/// doc).
+pub fn order_path(state_file: &Path) -> PathBuf {
+    let mut name = state_file.as_os_str().to_owned();
+    name.push(".order");
+    PathBuf::from(name)
+}
 
 /// Why a report could not be saved; the message says where and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +68,105 @@ pub enum StoreError {
     },
 }
 
-/// `20240101T120000Z_<ticket>.csv`: names sort by time.
+/// A path that is not a regular file where the collector expects one. Carried inside an
+/// [`io::Error`] (see [`not_regular`]) so every caller's error path takes it as it is.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} is {kind}, not a regular file, and the collector writes only regular files: remove it, or set the configuration to a regular file's path",
+    path.display()
+)]
+pub struct NotRegular {
+    pub path: PathBuf,
+    pub kind: &'static str,
+}
+
+/// The [`NotRegular`] in `e`, if that is what `e` is.
+pub fn not_regular(e: &io::Error) -> Option<&NotRegular> {
+    e.get_ref().and_then(|inner| inner.downcast_ref())
+}
+
+/// What a file that is not a regular file is, in words.
+pub fn file_kind(file_type: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_block_device() || file_type.is_char_device() {
+        "a device"
+    } else if file_type.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
+}
+
+fn refused(path: &Path, kind: &'static str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        NotRegular {
+            path: path.to_owned(),
+            kind,
+        },
+    )
+}
+
+/// Opens `path` as `options` say, but never through a final symbolic link and never blocking,
+/// and only if it is a regular file (see the module doc). `O_NONBLOCK` is cleared again on the
+/// descriptor returned.
+pub fn open_regular(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    let opened = options
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        // ELOOP: a final symlink under O_NOFOLLOW; ENXIO: a FIFO without a reader opened
+        // write-only; EISDIR: a directory opened for writing. Say what is there instead.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(nix::libc::ELOOP | nix::libc::ENXIO | nix::libc::EISDIR)
+            ) =>
+        {
+            return Err(match std::fs::symlink_metadata(path) {
+                Ok(m) if !m.is_file() => refused(path, file_kind(m.file_type())),
+                _ => e,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let file_type = file.metadata()?.file_type();
+    if !file_type.is_file() {
+        return Err(refused(path, file_kind(file_type)));
+    }
+    let flags = fcntl(&file, FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = OFlag::from_bits_retain(flags) - OFlag::O_NONBLOCK;
+    fcntl(&file, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    Ok(file)
+}
+
+/// Opens an existing `path` for reading (see [`open_regular`]); `Ok(None)` when there is none.
+pub fn open_to_read(path: &Path) -> io::Result<Option<File>> {
+    match open_regular(path, File::options().read(true)) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The whole of an existing `path` (see [`open_regular`]); `Ok(None)` when there is none.
+pub fn read_existing(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let Some(mut file) = open_to_read(path)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
+/// `20240101T120000Z_<ticket>.csv`: names sort by time (by the clock's word for it).
 pub fn file_name(at: SystemTime, ticket: &str) -> String {
     let stamp: String = humantime::format_rfc3339_seconds(at)
         .to_string()
@@ -59,17 +188,33 @@ pub fn is_report_name(name: &str) -> bool {
         && b[16] == b'_'
 }
 
-/// Saves `csv` under `dir`; returns the final path.
-pub fn save(dir: &Path, at: SystemTime, ticket: &str, csv: &[u8]) -> Result<PathBuf, StoreError> {
+/// Saves `csv` under `dir` and records it as the newest collection; returns the final path.
+/// `order` is the record of the order of collections ([`order_path`]).
+pub fn save(
+    dir: &Path,
+    order: &Path,
+    at: SystemTime,
+    ticket: &str,
+    csv: &[u8],
+) -> Result<PathBuf, StoreError> {
     std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
         dir: dir.to_owned(),
         source,
     })?;
-    let target = dir.join(file_name(at, ticket));
+    let name = file_name(at, ticket);
+    let target = dir.join(&name);
     write_atomically(&target, csv, Durability::Synced).map_err(|source| StoreError::Write {
         dir: dir.to_owned(),
         source,
     })?;
+    // The report is saved either way; without its place in the order, retention falls back
+    // to its name for it.
+    if let Err(e) = note_collected(dir, order, &name) {
+        tracing::warn!(
+            "cannot record the order of collections in {}: {e}; retention orders this report by its name",
+            order.display()
+        );
+    }
     Ok(target)
 }
 
@@ -83,48 +228,123 @@ pub enum Durability {
     Renamed,
 }
 
-/// Replaces `target` with `bytes` through a temp file in the same directory and a rename, so
-/// readers see the old or the new file, never a mix; the directory is created if needed.
-pub fn write_atomically(target: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
-    let dir = match target.parent() {
+fn parent_dir(target: &Path) -> &Path {
+    match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
-    };
+    }
+}
+
+/// Replaces `target` with `bytes` through a temp file in the same directory and a rename, so
+/// readers see the old or the new file, never a mix; the directory is created if needed. A
+/// final name that is not a regular file is refused (see [`NotRegular`]); temp files of the
+/// same target that a killed run left are removed first.
+pub fn write_atomically(target: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
+    let dir = parent_dir(target);
     std::fs::create_dir_all(dir)?;
+    match std::fs::symlink_metadata(target) {
+        Ok(m) if !m.is_file() => return Err(refused(target, file_kind(m.file_type()))),
+        _ => {}
+    }
     let name = target
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("file");
-    // Dropped on any error before `persist`, which deletes the temp file.
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(TEMP_SUFFIX)
-        .tempfile_in(dir)?;
+    let prefix = format!(".{name}.");
+    remove_abandoned_temps(dir, |n| n.starts_with(&prefix) && n.ends_with(TEMP_SUFFIX));
+    // Dropped on any error before the rename, which deletes the temp file.
+    let mut temp = locked_temp(dir, &prefix)?;
     temp.write_all(bytes)?;
     temp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o644))?;
     if durability == Durability::Synced {
         temp.as_file().sync_all()?;
     }
-    temp.persist(target).map_err(|e| e.error)?;
+    replace_by_rename(temp, target)?;
     if durability == Durability::Synced {
-        File::open(dir)?.sync_all()?;
+        open_dir(dir)?.sync_all()?;
     }
     Ok(())
 }
 
+/// A new temp file (`O_EXCL`, a random name) in `dir`, share-locked for as long as it is open,
+/// which tells a pruning run it is still being written.
+fn locked_temp(dir: &Path, prefix: &str) -> io::Result<tempfile::NamedTempFile> {
+    for _ in 0..3 {
+        let temp = tempfile::Builder::new()
+            .prefix(prefix)
+            .suffix(TEMP_SUFFIX)
+            .tempfile_in(dir)?;
+        fs2::FileExt::lock_shared(temp.as_file())?;
+        // A concurrent run may have taken it for abandoned between its creation and the lock.
+        if names_file(temp.path(), temp.as_file()) {
+            return Ok(temp);
+        }
+    }
+    Err(io::Error::other(format!(
+        "temp files in {} keep disappearing before they are written",
+        dir.display()
+    )))
+}
+
+/// Whether `path` (not followed) is the file open as `file`.
+fn names_file(path: &Path, file: &File) -> bool {
+    match (std::fs::symlink_metadata(path), file.metadata()) {
+        (Ok(at_path), Ok(open)) => at_path.dev() == open.dev() && at_path.ino() == open.ino(),
+        _ => false,
+    }
+}
+
+/// rename(2): whatever is at `target`, a symbolic link included, is replaced, never written
+/// through.
+fn replace_by_rename(temp: tempfile::NamedTempFile, target: &Path) -> io::Result<()> {
+    temp.persist(target).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Removes the temp files in `dir` whose names `matches` says are temp files and that no
+/// process is writing (unlocked: their writer was killed). Best effort; returns what it
+/// removed.
+fn remove_abandoned_temps(dir: &Path, matches: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(&matches) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = open_regular(&path, File::options().read(true)) else {
+            continue;
+        };
+        // Held while removing, so a writer that locks it now sees its name gone and starts over.
+        if fs2::FileExt::try_lock_exclusive(&file).is_ok()
+            && names_file(&path, &file)
+            && std::fs::remove_file(&path).is_ok()
+        {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
 /// Opens `path` for reading and writing, creating it (and its directory) if needed and never
-/// truncating it: a file whose inode is a lock must stay the same file for every process.
+/// truncating it: a file whose inode is a lock must stay the same file for every process. Not
+/// through a symbolic link, and only a regular file (see [`open_regular`]).
 pub fn open_lock_file(path: &Path) -> io::Result<File> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
+    open_regular(
+        path,
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false),
+    )
 }
 
 /// Whether `name` is the temp file of a report write that never finished.
@@ -137,8 +357,97 @@ fn is_report_temp(name: &str) -> bool {
     current || (name.starts_with(OLD_TEMP_PREFIX) && name.ends_with(OLD_TEMP_SUFFIX))
 }
 
-/// Names of the saved reports in `dir`, oldest first; an absent directory has none.
-pub fn list(dir: &Path) -> io::Result<Vec<String>> {
+/// The recorded order of collections, oldest first (unreadable or absent: none).
+fn read_order(order: &Path) -> Vec<String> {
+    let bytes = read_existing(order).ok().flatten().unwrap_or_default();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter(|n| is_report_name(n))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write_order(order: &Path, names: &[String]) -> io::Result<()> {
+    let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+    write_atomically(order, text.as_bytes(), Durability::Renamed)
+}
+
+/// How long a short critical section (the order file, the metrics file) waits for its flock.
+/// Other runs hold it for a few file operations; a process holding it longer is not a
+/// collector, and a run must not hang on it past its deadline.
+pub const SHORT_LOCK_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Takes an exclusive flock on `file` within [`SHORT_LOCK_PATIENCE`]; `what` names it in the
+/// error.
+pub fn lock_briefly(file: &File, what: &Path) -> io::Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        match fs2::FileExt::try_lock_exclusive(file) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.raw_os_error() == fs2::lock_contended_error().raw_os_error() =>
+            {
+                if start.elapsed() >= SHORT_LOCK_PATIENCE {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!(
+                            "{} stayed locked by another process for {}; find it with `fuser -v {}`",
+                            what.display(),
+                            humantime::format_duration(SHORT_LOCK_PATIENCE),
+                            what.display()
+                        ),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Opens a directory (through symbolic links: only files are held to [`open_regular`]);
+/// `O_DIRECTORY` makes anything else, a FIFO included, fail at once instead of blocking.
+fn open_dir(dir: &Path) -> io::Result<File> {
+    File::options()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY)
+        .open(dir)
+}
+
+/// An exclusive flock on the directory itself, serialising the order file's updates.
+fn lock_dir(dir: &Path) -> io::Result<File> {
+    let file = open_dir(dir)?;
+    lock_briefly(&file, dir)?;
+    Ok(file)
+}
+
+/// Puts `name` at the end of the order of collections.
+fn note_collected(dir: &Path, order: &Path, name: &str) -> io::Result<()> {
+    let _lock = lock_dir(dir)?;
+    let mut names = read_order(order);
+    names.retain(|n| n != name);
+    names.push(name.to_owned());
+    write_order(order, &names)
+}
+
+/// `names` (sorted by name) in the order they were collected, oldest first: those without a
+/// record first, by name, then the recorded ones in their recorded order.
+fn by_collection(names: Vec<String>, order: &[String]) -> Vec<String> {
+    let rank: std::collections::HashMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let mut names = names;
+    // Stable: the unrecorded keep their order by name.
+    names.sort_by_key(|n| rank.get(n.as_str()).map(|&i| i + 1).unwrap_or(0));
+    names
+}
+
+/// Names of the saved reports in `dir`, oldest collection first (see the module doc); an
+/// absent directory has none. `order` is the record of the order of collections.
+pub fn list(dir: &Path, order: &Path) -> io::Result<Vec<String>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -152,16 +461,34 @@ pub fn list(dir: &Path) -> io::Result<Vec<String>> {
         }
     }
     names.sort();
-    Ok(names)
+    Ok(by_collection(names, &read_order(order)))
 }
 
-/// Deletes all but the newest `keep` reports, and temp files a killed run left (older than a
-/// day, so a concurrent `allow` run's file in progress is never touched). Returns what it
-/// deleted.
-pub fn prune(dir: &Path, keep: usize) -> io::Result<Vec<PathBuf>> {
-    let names = list(dir)?;
+/// Deletes all but the `keep` most recently collected reports, never one of `protect` (the
+/// report just saved, the state file's last collection), and the temp files of killed runs.
+/// Returns what it deleted.
+pub fn prune(dir: &Path, order: &Path, keep: usize, protect: &[&Path]) -> io::Result<Vec<PathBuf>> {
+    let _lock = match lock_dir(dir) {
+        Ok(lock) => lock,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let recorded = read_order(order);
+    let names = list(dir, order)?;
+    let protected = |name: &str| {
+        protect
+            .iter()
+            .any(|p| p.file_name().is_some_and(|n| n == name))
+    };
+    let mut excess = names.len().saturating_sub(keep);
     let mut removed = Vec::new();
-    for name in names.iter().take(names.len().saturating_sub(keep)) {
+    for name in &names {
+        if excess == 0 {
+            break;
+        }
+        if protected(name) {
+            continue;
+        }
         let path = dir.join(name);
         match std::fs::remove_file(&path) {
             Ok(()) => removed.push(path),
@@ -169,25 +496,19 @@ pub fn prune(dir: &Path, keep: usize) -> io::Result<Vec<PathBuf>> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
+        excess -= 1;
     }
-    let day_ago = SystemTime::now() - Duration::from_secs(24 * 3600);
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if is_report_temp(name) {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|m| m < day_ago);
-            if old && std::fs::remove_file(entry.path()).is_ok() {
-                removed.push(entry.path());
-            }
-        }
+    let kept: Vec<String> = recorded
+        .iter()
+        .filter(|n| dir.join(n).exists())
+        .cloned()
+        .collect();
+    if kept != recorded {
+        write_order(order, &kept)?;
     }
+    removed.extend(remove_abandoned_temps(dir, is_report_temp));
     Ok(removed)
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,41 +546,158 @@ mod tests {
     }
 
     #[test]
-    fn old_temp_files_are_pruned_and_fresh_ones_kept() {
+    fn temp_files_of_killed_writes_are_pruned_and_ones_being_written_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let old = dir.path().join(".20240101T120000Z_abc_0.csv.a1B2c3.tmp");
-        let fresh = dir.path().join(".20240101T120100Z_abc_1.csv.d4E5f6.tmp");
-        std::fs::write(&old, "x").unwrap();
-        std::fs::write(&fresh, "x").unwrap();
-        let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
-        File::options()
-            .write(true)
-            .open(&old)
-            .unwrap()
-            .set_modified(two_days_ago)
-            .unwrap();
-        assert_eq!(prune(dir.path(), 10).unwrap(), std::slice::from_ref(&old));
-        assert!(!old.exists());
-        assert!(fresh.exists(), "a write in progress is never touched");
+        let killed = dir.path().join(".20240101T120000Z_abc_0.csv.a1B2c3.tmp");
+        let old_style = dir.path().join(".report-a1B2c3.csv.tmp");
+        std::fs::write(&killed, "x").unwrap();
+        std::fs::write(&old_style, "x").unwrap();
+        // A write in progress holds its temp file share-locked, whatever its age.
+        let writing = locked_temp(dir.path(), ".20240101T120100Z_abc_1.csv.").unwrap();
+        let mut removed = prune(dir.path(), &dir.path().join("o"), 10, &[]).unwrap();
+        removed.sort();
+        assert_eq!(removed, [killed.clone(), old_style.clone()]);
+        assert!(
+            writing.path().exists(),
+            "a write in progress is never touched"
+        );
+        drop(writing);
+    }
+
+    #[test]
+    fn a_state_or_metrics_write_removes_its_own_abandoned_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("last-run.json");
+        let killed = dir.path().join(".last-run.json.a1B2c3.tmp");
+        let other = dir.path().join(".other.json.a1B2c3.tmp");
+        std::fs::write(&killed, "{\"half").unwrap();
+        std::fs::write(&other, "x").unwrap();
+        write_atomically(&target, b"{}", Durability::Renamed).unwrap();
+        assert_eq!(
+            all_files(dir.path()),
+            [".other.json.a1B2c3.tmp", "last-run.json"]
+        );
+    }
+
+    #[test]
+    fn a_symlink_or_fifo_as_lock_file_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let lock = dir.path().join("collector.lock");
+        std::os::unix::fs::symlink(&victim, &lock).unwrap();
+        let err = open_lock_file(&lock).unwrap_err();
+        assert_eq!(not_regular(&err).unwrap().kind, "a symbolic link", "{err}");
+        let message = err.to_string();
+        assert!(message.contains(&lock.display().to_string()), "{message}");
+        assert!(message.contains("remove it"), "{message}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+
+        // A dangling link is not followed to create its target.
+        let dangling = dir.path().join("dangling.lock");
+        let nowhere = dir.path().join("nowhere");
+        std::os::unix::fs::symlink(&nowhere, &dangling).unwrap();
+        assert!(open_lock_file(&dangling).is_err());
+        assert!(!nowhere.exists());
+
+        // A FIFO (no reader, no writer) is refused at once; a blocking open would hang here.
+        let fifo = dir.path().join("fifo.lock");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = open_lock_file(&fifo).unwrap_err();
+        assert_eq!(not_regular(&err).unwrap().kind, "a FIFO", "{err}");
+        let err = open_regular(&fifo, File::options().write(true)).unwrap_err();
+        assert_eq!(not_regular(&err).unwrap().kind, "a FIFO", "{err}");
+        let err = open_lock_file(dir.path()).unwrap_err();
+        assert_eq!(not_regular(&err).unwrap().kind, "a directory", "{err}");
+        let err = open_lock_file(Path::new("/dev/null")).unwrap_err();
+        assert_eq!(not_regular(&err).unwrap().kind, "a device", "{err}");
+    }
+
+    #[test]
+    fn an_opened_file_blocks_again_once_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = open_lock_file(&dir.path().join("collector.lock")).unwrap();
+        let flags = OFlag::from_bits_retain(fcntl(&file, FcntlArg::F_GETFL).unwrap());
+        assert!(!flags.contains(OFlag::O_NONBLOCK));
+    }
+
+    #[test]
+    fn a_symlinked_directory_keeps_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("other-disk");
+        std::fs::create_dir(&real).unwrap();
+        let linked = dir.path().join("reports");
+        std::os::unix::fs::symlink(&real, &linked).unwrap();
+        let path = save(
+            &linked,
+            &dir.path().join("o"),
+            at(1_704_110_400),
+            "abc_0",
+            b"x",
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"x");
+        assert!(real.join("20240101T120000Z_abc_0.csv").is_file());
+        open_lock_file(&linked.join("collector.lock")).unwrap();
+        assert!(real.join("collector.lock").is_file());
+    }
+
+    #[test]
+    fn a_final_name_that_is_a_symlink_is_refused_and_a_rename_never_writes_through_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let state = dir.path().join("last-run.json");
+        std::os::unix::fs::symlink(&victim, &state).unwrap();
+        let err = write_atomically(&state, b"{}", Durability::Renamed).unwrap_err();
+        assert_eq!(not_regular(&err).unwrap().kind, "a symbolic link", "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(std::fs::symlink_metadata(&state).unwrap().is_symlink());
+
+        // A link planted after that check: the rename replaces the link itself.
+        let mut temp = locked_temp(dir.path(), ".last-run.json.").unwrap();
+        temp.write_all(b"{}").unwrap();
+        replace_by_rename(temp, &state).unwrap();
+        assert!(std::fs::symlink_metadata(&state).unwrap().is_file());
+        assert_eq!(std::fs::read(&state).unwrap(), b"{}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }
 
     #[test]
     fn save_writes_the_whole_report_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let reports = dir.path().join("reports");
-        let path = save(&reports, at(1_704_110_400), "abc_0", b"timestamp,data\n").unwrap();
+        let path = save(
+            &reports,
+            &dir.path().join("o"),
+            at(1_704_110_400),
+            "abc_0",
+            b"timestamp,data\n",
+        )
+        .unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"timestamp,data\n");
         assert_eq!(all_files(&reports), ["20240101T120000Z_abc_0.csv"]);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("o")).unwrap(),
+            "20240101T120000Z_abc_0.csv\n"
+        );
     }
 
     #[test]
     fn a_failed_save_leaves_nothing_partial() {
         let dir = tempfile::tempdir().unwrap();
-        // The rename cannot replace a non-empty directory: the write fails at the last step.
+        // A directory at the final name is refused before anything is written.
         let blocker = dir.path().join(file_name(at(1_704_110_400), "abc_0"));
         std::fs::create_dir(&blocker).unwrap();
         std::fs::write(blocker.join("x"), "x").unwrap();
-        let err = save(dir.path(), at(1_704_110_400), "abc_0", b"timestamp,data\n").unwrap_err();
+        let err = save(
+            dir.path(),
+            &dir.path().join("o"),
+            at(1_704_110_400),
+            "abc_0",
+            b"timestamp,data\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("nothing was saved"), "{err}");
         assert_eq!(all_files(dir.path()), ["20240101T120000Z_abc_0.csv"]);
         assert!(blocker.is_dir());
@@ -270,7 +708,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("plain-file");
         std::fs::write(&file, "").unwrap();
-        let err = save(&file.join("reports"), at(0), "a_0", b"x").unwrap_err();
+        let err = save(
+            &file.join("reports"),
+            &dir.path().join("o"),
+            at(0),
+            "a_0",
+            b"x",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("report-dir"), "{err}");
     }
 
@@ -280,6 +725,7 @@ mod tests {
         for i in 0..5 {
             save(
                 dir.path(),
+                &dir.path().join("o"),
                 at(1_704_110_400 + i * 60),
                 &format!("t{i}_0"),
                 b"x",
@@ -287,12 +733,96 @@ mod tests {
             .unwrap();
         }
         std::fs::write(dir.path().join("README"), "not a report").unwrap();
-        let removed = prune(dir.path(), 2).unwrap();
+        let removed = prune(dir.path(), &dir.path().join("o"), 2, &[]).unwrap();
         assert_eq!(removed.len(), 3);
         assert_eq!(
-            list(dir.path()).unwrap(),
+            list(dir.path(), &dir.path().join("o")).unwrap(),
             ["20240101T120300Z_t3_0.csv", "20240101T120400Z_t4_0.csv"]
         );
         assert!(dir.path().join("README").exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("o")).unwrap(),
+            "20240101T120300Z_t3_0.csv\n20240101T120400Z_t4_0.csv\n",
+            "the record of the order lists only what is kept"
+        );
+    }
+
+    fn set_mtime(path: &Path, to: SystemTime) {
+        File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(to)
+            .unwrap();
+    }
+
+    #[test]
+    fn after_the_clock_moved_back_retention_keeps_what_was_collected_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let order = dir.path().join("o");
+        // Collected while the clock was a year ahead: names and mtimes in the future.
+        let future = SystemTime::now() + Duration::from_secs(365 * 24 * 3600);
+        for i in 0..3 {
+            let when = future + Duration::from_secs(i * 60);
+            let path = save(dir.path(), &order, when, &format!("f{i}_0"), b"x").unwrap();
+            set_mtime(&path, when);
+        }
+        // The clock is put right; two more collections, their names older than all the rest.
+        let mut newest = Vec::new();
+        for i in 0..2 {
+            let path = save(
+                dir.path(),
+                &order,
+                at(1_704_110_400 + i * 60),
+                &format!("n{i}_0"),
+                b"x",
+            )
+            .unwrap();
+            newest.push(path.file_name().unwrap().to_str().unwrap().to_owned());
+            let removed = prune(dir.path(), &dir.path().join("o"), 2, &[&path]).unwrap();
+            assert!(!removed.contains(&path), "the report just saved is kept");
+        }
+        assert_eq!(list(dir.path(), &dir.path().join("o")).unwrap(), newest);
+    }
+
+    #[test]
+    fn reports_without_a_record_count_as_older_and_protected_ones_are_never_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        // Saved by a collector that kept no record of the order (names in the future).
+        for name in ["29990101T000000Z_old1_0.csv", "29990101T000100Z_old2_0.csv"] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        let recorded = save(
+            dir.path(),
+            &dir.path().join("o"),
+            at(1_704_110_400),
+            "new_0",
+            b"x",
+        )
+        .unwrap();
+        let last_collection = dir.path().join("29990101T000000Z_old1_0.csv");
+        let removed = prune(
+            dir.path(),
+            &dir.path().join("o"),
+            2,
+            &[&recorded, &last_collection],
+        )
+        .unwrap();
+        assert_eq!(removed, [dir.path().join("29990101T000100Z_old2_0.csv")]);
+        assert_eq!(
+            list(dir.path(), &dir.path().join("o")).unwrap(),
+            ["29990101T000000Z_old1_0.csv", "20240101T120000Z_new_0.csv"]
+        );
+        // Even with keep 1, neither protected report goes.
+        assert!(
+            prune(
+                dir.path(),
+                &dir.path().join("o"),
+                1,
+                &[&recorded, &last_collection]
+            )
+            .unwrap()
+            .is_empty()
+        );
     }
 }

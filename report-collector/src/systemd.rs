@@ -163,7 +163,10 @@ fn first_time_this_boot(dir: &Path) -> bool {
         return true;
     };
     let marker = dir.join("no-bus.boot-id");
-    if std::fs::read_to_string(&marker).is_ok_and(|noted| noted == boot_id) {
+    // Read as every file the collector keeps: a FIFO or link there is refused, never waited on.
+    if crate::store::read_existing(&marker)
+        .is_ok_and(|noted| noted.as_deref() == Some(boot_id.as_bytes()))
+    {
         return false;
     }
     let _ = crate::store::write_atomically(

@@ -4,7 +4,13 @@
 //! The lock file is created once and never deleted or re-created: two processes would then
 //! lock two different inodes. The kernel drops an flock when its holder dies, so a crash never
 //! leaves a stale lock; a stale *record* may remain, which is why the holder's pid is always
-//! checked against `/proc/locks` before it is believed.
+//! checked against `/proc/locks` before it is believed. `/proc/locks` in turn names the process
+//! that *took* the lock, which may be gone while a child that inherited the descriptor keeps
+//! the lock alive (and the pid may be reused), so before a signal the process itself is checked
+//! for an open descriptor of this file carrying the flock (`/proc/PID/fd`, `/proc/PID/fdinfo`).
+//!
+//! The lock file is opened without following a final symbolic link and refused unless it is a
+//! regular file (`store::open_lock_file`): a link there must not get its target truncated.
 
 use std::fs::File;
 use std::io;
@@ -140,26 +146,42 @@ impl Drop for HeldFlock {
     }
 }
 
-/// Reads the holder of `path` without taking the lock (what `status` uses).
+/// Reads the holder of `path` without taking the lock and without opening it for writing (what
+/// `status` uses): the kernel's word from a stat of the path and `/proc/locks`, so a user who
+/// cannot read the file still learns whether it is held; the record only if it can be read.
+/// Never blocks, never follows a final symbolic link; a path that is not a regular file is an
+/// error naming what it is.
 pub fn holder_at(path: &Path) -> io::Result<Option<Holder>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let holder = holder_of(&file);
-    Ok(holder.pid.is_some().then_some(holder))
+    if !meta.is_file() {
+        // Opening it is what says so, in the words every other file's refusal uses.
+        store::open_to_read(path)?;
+    }
+    let Some(pid) = kernel_pid(&meta) else {
+        return Ok(None);
+    };
+    let record = store::open_to_read(path)
+        .ok()
+        .flatten()
+        .and_then(|file| read_record(&file));
+    Ok(Some(Holder::from_lock(Some(pid), record)))
+}
+
+fn kernel_pid(meta: &std::fs::Metadata) -> Option<u32> {
+    let dev = meta.dev();
+    proc_locks::locking_pid(
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev),
+        meta.ino(),
+    )
 }
 
 fn holder_of(file: &File) -> Holder {
-    let kernel_pid = file.metadata().ok().and_then(|m| {
-        let dev = m.dev();
-        proc_locks::locking_pid(
-            nix::sys::stat::major(dev),
-            nix::sys::stat::minor(dev),
-            m.ino(),
-        )
-    });
+    let kernel_pid = file.metadata().ok().and_then(|m| kernel_pid(&m));
     Holder::from_lock(kernel_pid, kernel_pid.and_then(|_| read_record(file)))
 }
 
@@ -193,6 +215,22 @@ impl Contest for Contender {
         self.0
             .as_ref()
             .map_or_else(|| Holder::from_lock(None, None), LockFile::holder)
+    }
+
+    fn holds_lock(&self, pid: u32) -> bool {
+        let Some(meta) = self.0.as_ref().and_then(|lock| lock.file.metadata().ok()) else {
+            return false;
+        };
+        match proc_locks::holds_flock(pid, meta.dev(), meta.ino()) {
+            Ok(holds) => holds,
+            Err(e) => {
+                tracing::warn!(
+                    HOLDER_PID = pid,
+                    "cannot look at the descriptors of pid {pid} (/proc/{pid}/fd: {e}), so it cannot be confirmed as the holder; run every collector as the same user"
+                );
+                false
+            }
+        }
     }
 
     fn signal(&mut self, pid: u32, signal: Signal) -> Result<(), SignalError> {

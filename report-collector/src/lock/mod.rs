@@ -104,6 +104,9 @@ pub enum Refusal {
     WaitTimedOut { holder: Holder, waited: Duration },
     /// Under `replace`, the holder could not be confirmed, so nothing was signalled.
     HolderUnconfirmed(Holder),
+    /// Under `replace`, the pid the lock and its record name holds no descriptor of the lock
+    /// (another process inherited it), so nothing was signalled.
+    HolderHoldsNoDescriptor(Holder),
     /// The run deadline passed while ending the holder.
     DeadlinePassed(Holder),
     /// The lock could not be used at all.
@@ -118,7 +121,10 @@ impl NotAcquired {
     pub fn is_skip(&self) -> bool {
         matches!(
             self.refusal,
-            Refusal::Busy(_) | Refusal::WaitTimedOut { .. } | Refusal::HolderUnconfirmed(_)
+            Refusal::Busy(_)
+                | Refusal::WaitTimedOut { .. }
+                | Refusal::HolderUnconfirmed(_)
+                | Refusal::HolderHoldsNoDescriptor(_)
         )
     }
 
@@ -128,6 +134,7 @@ impl NotAcquired {
             Refusal::Busy(holder)
             | Refusal::WaitTimedOut { holder, .. }
             | Refusal::HolderUnconfirmed(holder)
+            | Refusal::HolderHoldsNoDescriptor(holder)
             | Refusal::DeadlinePassed(holder) => holder.pid,
             Refusal::Signal { pid, .. } => Some(*pid),
             Refusal::Io(_) => None,
@@ -154,10 +161,18 @@ impl fmt::Display for NotAcquired {
                 f,
                 "the lock {lock} is held by {holder}, but the lock file's record does not name that process, so policy replace signalled nothing"
             ),
+            Refusal::HolderHoldsNoDescriptor(holder) => write!(
+                f,
+                "the lock {lock} is held, but {holder}, whom /proc/locks and the lock file's record name, was not seen holding an open descriptor of it (it exited while a process that inherited the descriptor holds the lock, or this user may not look at its descriptors), so policy replace signalled nothing; find the holder with `fuser -v {lock}`"
+            ),
             Refusal::DeadlinePassed(holder) => write!(
                 f,
                 "the run deadline ({deadline}) passed while ending the holder of {lock}, {holder}"
             ),
+            // A path that is not a regular file: its message says what to do.
+            Refusal::Io(e) if crate::store::not_regular(e).is_some() => {
+                write!(f, "cannot use the lock file {lock}: {e}")
+            }
             Refusal::Io(e) => write!(
                 f,
                 "cannot use the lock file {lock}: {e}; check that its directory exists and this user may write it"

@@ -2,8 +2,10 @@
 //! every backend shares them and the tests can script a holder on tokio's paused clock.
 //!
 //! The one rule that matters here: a process is signalled only right after the lock itself
-//! confirmed that the pid in the holder record is the pid holding the lock. Pids are reused,
-//! and a stale record must never get an unrelated process killed.
+//! confirmed that the pid in the holder record is the pid holding the lock, and the process
+//! itself was seen holding it ([`Contest::holds_lock`]). Pids are reused, and a stale record,
+//! or a lock that outlived the process that took it, must never get an unrelated process
+//! killed.
 
 use std::io;
 use std::time::Duration;
@@ -40,6 +42,9 @@ pub trait Contest {
     fn try_take(&mut self) -> io::Result<Option<Self::Held>>;
     /// Who holds the lock now.
     fn holder(&self) -> Holder;
+    /// Whether process `pid` itself holds the lock now (for the flock: an open descriptor of
+    /// the lock file carrying it), asked right before every signal.
+    fn holds_lock(&self, pid: u32) -> bool;
     fn signal(&mut self, pid: u32, signal: Signal) -> Result<(), SignalError>;
 }
 
@@ -81,8 +86,16 @@ pub async fn replace<C: Contest>(
         if now >= deadline {
             return Err(Refusal::DeadlinePassed(holder));
         }
+        let me = std::process::id();
         match (holder.confirmed, holder.pid) {
-            (true, Some(pid)) if pid != std::process::id() => {
+            (true, Some(pid)) if pid != me && !contest.holds_lock(pid) => {
+                // Named by the lock and the record, yet holding nothing: the lock lives on in
+                // a process that inherited its descriptor, and the pid may be anyone's now.
+                if signalled.is_none() && now >= started + grace {
+                    return Err(Refusal::HolderHoldsNoDescriptor(holder));
+                }
+            }
+            (true, Some(pid)) if pid != me => {
                 first_holder.get_or_insert(pid);
                 match signalled {
                     Some((p, at, killed)) if p == pid => {
@@ -157,6 +170,8 @@ mod tests {
     struct ScriptedHolder {
         pid: u32,
         confirmed: bool,
+        /// Whether the process itself holds the lock (not a pid the lock outlived).
+        holds: bool,
         exits_after: Option<Duration>,
         term_at: Option<Instant>,
         killed: bool,
@@ -169,6 +184,7 @@ mod tests {
             ScriptedHolder {
                 pid: 4242,
                 confirmed,
+                holds: true,
                 exits_after,
                 term_at: None,
                 killed: false,
@@ -192,6 +208,10 @@ mod tests {
                 confirmed: self.confirmed,
                 ..Holder::from_lock(Some(self.pid), None)
             }
+        }
+
+        fn holds_lock(&self, pid: u32) -> bool {
+            pid == self.pid && self.holds
         }
 
         fn signal(&mut self, pid: u32, signal: Signal) -> Result<(), SignalError> {
@@ -254,5 +274,19 @@ mod tests {
         assert!(matches!(err, Refusal::DeadlinePassed(_)), "{err:?}");
         assert_eq!(holder.signals, [(4242, Signal::SIGTERM, Duration::ZERO)]);
         assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replace_never_signals_a_pid_the_lock_outlived() {
+        let mut holder = ScriptedHolder::new(true, Some(Duration::ZERO));
+        holder.holds = false;
+        let start = Instant::now();
+        let err = replace(&mut holder, GRACE, far()).await.unwrap_err();
+        assert!(
+            matches!(err, Refusal::HolderHoldsNoDescriptor(_)),
+            "{err:?}"
+        );
+        assert!(holder.signals.is_empty());
+        assert_eq!(start.elapsed(), GRACE);
     }
 }

@@ -495,3 +495,57 @@ pub fn stderr_until(child: &mut Child, needle: &str) -> String {
         }
     }
 }
+
+// Hostile file systems and crash points (tests/files.rs, tests/crash_points.rs).
+
+impl Setup {
+    /// The collector binary with this config, run by `wrapper` (its program and arguments
+    /// before the binary: `strace ...`, `setpriv ...`), with the same clean environment.
+    pub fn command_wrapped(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_report-collector"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args);
+        clean(&mut cmd);
+        cmd
+    }
+}
+
+/// A report server that hands out a new ticket per request and answers every report request
+/// with `csv` at once.
+pub fn fixed_report_server(csv: &'static str) -> FakeServer {
+    let tickets = std::sync::atomic::AtomicU32::new(0);
+    FakeServer::start(move |path| {
+        if path.starts_with("/request_report") {
+            (
+                200,
+                format!("t{}_0", tickets.fetch_add(1, Ordering::SeqCst)),
+            )
+        } else {
+            (200, csv.to_owned())
+        }
+    })
+}
+
+/// Every file under `dir`, recursively, as paths relative to it.
+pub fn all_files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(path);
+            } else {
+                found.push(path.strip_prefix(dir).unwrap().to_owned());
+            }
+        }
+    }
+    found.sort();
+    found
+}

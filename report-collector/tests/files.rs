@@ -1,0 +1,436 @@
+//! A hostile or careless file system, through the real binary: symbolic links, FIFOs and
+//! unreadable files where the collector's files should be, a clock that moved back under the
+//! report directory, a lock that outlived the process that took it, and `status` run by a user
+//! who may not read what it inspects.
+
+mod util;
+
+use std::io::BufRead as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, symlink};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use report_collector::lock::proc_locks::holds_flock;
+use report_collector::state::State;
+use report_collector::store;
+use util::*;
+
+const CSV: &str = "timestamp,data\n2026-01-01T00:00:00Z,42\n";
+
+#[test]
+fn a_symlink_as_lock_file_is_refused_and_its_target_never_touched() {
+    let server = fixed_report_server(CSV);
+    let setup = Setup::new(&server.url, &[]);
+    let victim = setup.dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    symlink(&victim, &setup.lock).unwrap();
+    let run = setup.run(&[]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let expected = format!(
+        "{} is a symbolic link, not a regular file",
+        setup.lock.display()
+    );
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    assert!(run.stderr.contains("remove it"), "{}", run.stderr);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(setup.report_files().is_empty());
+
+    // A dangling link: its target is never created.
+    let nowhere = setup.dir.path().join("nowhere");
+    std::fs::remove_file(&setup.lock).unwrap();
+    symlink(&nowhere, &setup.lock).unwrap();
+    let run = setup.run(&[]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(!nowhere.exists());
+}
+
+#[test]
+fn a_fifo_as_lock_file_is_refused_without_blocking() {
+    let server = fixed_report_server(CSV);
+    let setup = Setup::new(&server.url, &[]);
+    nix::unistd::mkfifo(&setup.lock, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let run = finish_within(setup.spawn(&[]), Duration::from_secs(10));
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("is a FIFO, not a regular file"),
+        "{}",
+        run.stderr
+    );
+    let status = finish_within(setup.spawn(&["status"]), Duration::from_secs(10));
+    assert_eq!(status.code, Some(74), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("lock:     unknown"),
+        "{}",
+        status.stdout
+    );
+    assert!(status.stdout.contains("it is a FIFO"), "{}", status.stdout);
+}
+
+#[test]
+fn a_symlinked_state_or_metrics_file_is_refused_not_written_through() {
+    let server = fixed_report_server(CSV);
+    let setup = Setup::new(
+        &server.url,
+        &[("metrics-file", "\"{dir}/metrics/report-collector.prom\"")],
+    );
+    let victim = setup.dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    symlink(&victim, &setup.state).unwrap();
+    std::fs::create_dir_all(setup.metrics.parent().unwrap()).unwrap();
+    symlink(&victim, &setup.metrics).unwrap();
+    let run = setup.run(&[]);
+    // The report is collected and saved; what cannot be recorded is said, with the path.
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    for path in [&setup.state, &setup.metrics] {
+        let named = run
+            .stderr
+            .lines()
+            .any(|l| l.contains(&path.display().to_string()) && l.contains("a symbolic link"));
+        assert!(named, "{}: {}", path.display(), run.stderr);
+        assert!(std::fs::symlink_metadata(path).unwrap().is_symlink());
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(setup.report_files().len(), 1);
+}
+
+#[test]
+fn symlinked_report_and_state_directories_keep_working() {
+    let server = fixed_report_server(CSV);
+    let other_disk = tempfile::tempdir().unwrap();
+    let setup = Setup::new(
+        &server.url,
+        &[
+            ("report-dir", "\"{dir}/linked-reports\""),
+            ("state-file", "\"{dir}/linked-state/last-run.json\""),
+        ],
+    );
+    let reports = other_disk.path().join("reports");
+    let state = other_disk.path().join("state");
+    std::fs::create_dir(&reports).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    symlink(&reports, setup.dir.path().join("linked-reports")).unwrap();
+    symlink(&state, setup.dir.path().join("linked-state")).unwrap();
+    let run = setup.run(&[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(files_in(&reports).len(), 1);
+    assert!(State::load(&state.join("last-run.json")).unwrap().is_some());
+}
+
+/// A report name `secs` from now, as the collector would have named it then.
+fn report_at(dir: &Path, secs_from_now: u64, ticket: &str) -> std::path::PathBuf {
+    let when = SystemTime::now() + Duration::from_secs(secs_from_now);
+    let path = dir.join(store::file_name(when, ticket));
+    std::fs::write(&path, CSV).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    path
+}
+
+#[test]
+fn after_the_clock_moved_back_retention_keeps_the_reports_just_collected() {
+    let server = fixed_report_server(CSV);
+    let setup = Setup::new(&server.url, &[("keep-reports", "2")]);
+    std::fs::create_dir_all(&setup.reports).unwrap();
+    // Saved while the clock ran a day ahead: names and mtimes in the future.
+    let year = 365 * 24 * 3600;
+    let future: Vec<_> = (0..3)
+        .map(|i| report_at(&setup.reports, year + i * 60, &format!("future{i}_0")))
+        .collect();
+    for round in 1..=3 {
+        let run = setup.run(&[]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let state = State::load(&setup.state).unwrap().unwrap();
+        let last = state.last_collection.unwrap().report;
+        assert!(
+            last.exists(),
+            "round {round}: the state file's report is kept"
+        );
+        assert_eq!(setup.report_files().len(), 2, "round {round}");
+    }
+    assert!(
+        future.iter().all(|p| !p.exists()),
+        "{:?}",
+        setup.report_files()
+    );
+    let status = setup.run(&["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let state = State::load(&setup.state).unwrap().unwrap();
+    let last = state.last_collection.unwrap().report;
+    assert_eq!(
+        json["reports"]["newest"].as_str(),
+        last.file_name().unwrap().to_str(),
+        "the newest is the last collected, whatever its name"
+    );
+}
+
+/// A process that takes the lock and writes its record, then forks a child that inherits the
+/// descriptor and exits: the lock lives on in the child, and /proc/locks goes on naming the
+/// parent. Returns (parent pid, child).
+fn lock_outliving_its_taker(lock: &Path) -> (u32, u32) {
+    let script = r#"use Fcntl qw(:flock); use POSIX ();
+open(my $fh, '+>>', $ARGV[0]) or die "open: $!";
+flock($fh, LOCK_EX | LOCK_NB) or die "busy";
+truncate($fh, 0); print $fh qq({"pid":$$,"since":"2024-01-01T00:00:00Z","ticket":null}\n);
+$fh->flush;
+my $child = fork(); die "fork: $!" unless defined $child;
+if ($child == 0) { close(STDOUT); POSIX::setsid(); sleep 60; exit 0; }
+print STDOUT "$$ $child\n"; exit 0;"#;
+    let mut parent = Command::new("perl")
+        .arg("-e")
+        .arg(script)
+        .arg(lock)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(parent.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(parent.wait().unwrap().success());
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    (pids[0], pids[1])
+}
+
+fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        None,
+    )
+    .is_ok()
+}
+
+#[test]
+fn replace_signals_nothing_when_the_lock_outlived_the_process_that_took_it() {
+    let server = fixed_report_server(CSV);
+    let setup = Setup::new(&server.url, &[("replace-grace", "\"300ms\"")]);
+    std::fs::write(&setup.lock, "").unwrap();
+    let (parent, child) = lock_outliving_its_taker(&setup.lock);
+    // The kernel still names the parent, the record too: what a reused pid would inherit.
+    let holder = setup.holder().expect("the lock is held");
+    assert_eq!(holder.pid, Some(parent));
+    assert!(holder.confirmed);
+
+    let meta = std::fs::metadata(&setup.lock).unwrap();
+    assert!(
+        holds_flock(child, meta.dev(), meta.ino()).unwrap(),
+        "the real holder"
+    );
+    assert!(
+        !holds_flock(parent, meta.dev(), meta.ino()).unwrap(),
+        "gone"
+    );
+    let mut unrelated = Command::new("sleep").arg("60").spawn().unwrap();
+    assert!(!holds_flock(unrelated.id(), meta.dev(), meta.ino()).unwrap());
+    // Holding the same file open without the lock is not holding it.
+    let open = std::fs::File::open(&setup.lock).unwrap();
+    assert!(!holds_flock(std::process::id(), meta.dev(), meta.ino()).unwrap());
+    drop(open);
+
+    let run = setup.run(&["--policy", "replace"]);
+    assert_eq!(run.code, Some(75), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("was not seen holding an open descriptor"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("signalled nothing"), "{}", run.stderr);
+    assert!(alive(child), "the child holding the lock was not signalled");
+    assert!(running(&mut unrelated));
+    unrelated.kill().unwrap();
+    let _ = unrelated.wait();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+/// `report-collector status` as the unprivileged user nobody.
+fn status_as_nobody(setup: &Setup, args: &[&str]) -> Finished {
+    let mut all = vec!["status"];
+    all.extend_from_slice(args);
+    finish_within(
+        setup
+            .command_wrapped(
+                &[
+                    "setpriv",
+                    "--reuid=nobody",
+                    "--regid=nogroup",
+                    "--clear-groups",
+                ],
+                &all,
+            )
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(10),
+    )
+}
+
+#[test]
+fn status_as_a_user_who_cannot_read_the_lock_file_never_says_free() {
+    let probe = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "true",
+        ])
+        .output();
+    if !probe.as_ref().is_ok_and(|out| out.status.success()) {
+        eprintln!("SKIPPED: cannot run a process as nobody here (setpriv, as root): {probe:?}");
+        return;
+    }
+    let busy = ApiServer::in_heavy_load();
+    let setup = Setup::new(&busy.url, &[]);
+    std::fs::set_permissions(setup.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let holder = setup.spawn(&[]);
+    setup.wait_for_holder(holder.id(), true);
+    std::fs::set_permissions(&setup.lock, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let out = status_as_nobody(&setup, &[]);
+    assert_eq!(out.code, Some(77), "{}{}", out.stdout, out.stderr);
+    let held = format!("lock:     held by pid {}", holder.id());
+    assert!(out.stdout.contains(&held), "{}", out.stdout);
+    assert!(out.stdout.contains("Permission denied"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&setup.lock.display().to_string()),
+        "{}",
+        out.stdout
+    );
+    let json = status_as_nobody(&setup, &["--json"]);
+    assert_eq!(json.code, Some(77));
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(json["lock"]["held"], true);
+    assert_eq!(json["lock"]["pid"], holder.id());
+    assert_eq!(json["problems"][0]["exit_code"], 77);
+
+    // Its directory not even searchable: nothing can be said of the lock, and it says so.
+    let locked_dir = setup.dir.path();
+    std::fs::set_permissions(locked_dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&setup.lock, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let out = status_as_nobody(&setup, &["--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_ne!(json["lock"]["held"], false, "{}", out.stdout);
+
+    signal(&holder, nix::sys::signal::Signal::SIGTERM);
+    let _ = finish(holder);
+}
+
+/// What a hostile file system can put where a file should be.
+#[derive(Debug, Clone, Copy)]
+enum Planted {
+    Symlink,
+    Dangling,
+    Fifo,
+    Directory,
+    Socket,
+    Device,
+}
+
+impl Planted {
+    const ALL: [Planted; 6] = [
+        Planted::Symlink,
+        Planted::Dangling,
+        Planted::Fifo,
+        Planted::Directory,
+        Planted::Socket,
+        Planted::Device,
+    ];
+
+    /// How the collector names it.
+    fn words(self) -> &'static str {
+        match self {
+            Planted::Symlink | Planted::Dangling => "a symbolic link",
+            Planted::Fifo => "a FIFO",
+            Planted::Directory => "a directory",
+            Planted::Socket => "a socket",
+            Planted::Device => "a device",
+        }
+    }
+
+    /// Puts it at `path`; `victim` is what a link points to, `nowhere` what a dangling one
+    /// does. The socket's listener is returned to keep it open.
+    fn plant(
+        self,
+        path: &Path,
+        victim: &Path,
+        nowhere: &Path,
+    ) -> Option<std::os::unix::net::UnixListener> {
+        use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        match self {
+            Planted::Symlink => symlink(victim, path).unwrap(),
+            Planted::Dangling => symlink(nowhere, path).unwrap(),
+            Planted::Fifo => nix::unistd::mkfifo(path, Mode::S_IRWXU).unwrap(),
+            Planted::Directory => std::fs::create_dir(path).unwrap(),
+            Planted::Socket => return Some(std::os::unix::net::UnixListener::bind(path).unwrap()),
+            // The null device's numbers: writing to it would lose the file silently.
+            Planted::Device => {
+                mknod(path, SFlag::S_IFCHR, Mode::S_IRWXU, makedev(1, 3)).unwrap();
+            }
+        }
+        None
+    }
+}
+
+#[test]
+fn anything_but_a_regular_file_at_any_of_the_collectors_paths_is_refused_by_name() {
+    let server = fixed_report_server(CSV);
+    let mut probes = 0;
+    for planted in Planted::ALL {
+        for which in ["lock", "state", "metrics", "metrics lock", "order"] {
+            let setup = Setup::new(
+                &server.url,
+                &[("metrics-file", "\"{dir}/metrics/report-collector.prom\"")],
+            );
+            let path = match which {
+                "lock" => setup.lock.clone(),
+                "state" => setup.state.clone(),
+                "metrics" => setup.metrics.clone(),
+                "metrics lock" => report_collector::metrics::lock_path(&setup.metrics),
+                _ => store::order_path(&setup.state),
+            };
+            let victim = setup.dir.path().join("victim");
+            std::fs::write(&victim, "precious").unwrap();
+            let nowhere = setup.dir.path().join("nowhere");
+            let _socket = planted.plant(&path, &victim, &nowhere);
+            let at = format!("{planted:?} as the {which} file");
+
+            let run = finish_within(setup.spawn(&[]), Duration::from_secs(10));
+            let expected = if which == "lock" { 1 } else { 0 };
+            assert_eq!(run.code, Some(expected), "{at}: {}", run.stderr);
+            let named = run.stderr.lines().any(|line| {
+                line.contains(&path.display().to_string()) && line.contains(planted.words())
+            });
+            assert!(named, "{at}: {}", run.stderr);
+            assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "{at}");
+            assert!(
+                !nowhere.exists(),
+                "{at}: a dangling link's target is never created"
+            );
+            let still = std::fs::symlink_metadata(&path).unwrap();
+            assert!(!still.is_file(), "{at}: left as it was, not replaced");
+
+            let status = finish_within(setup.spawn(&["status"]), Duration::from_secs(10));
+            if matches!(which, "lock" | "state") {
+                assert_eq!(status.code, Some(74), "{at}: {}", status.stdout);
+                assert!(
+                    status.stdout.contains(&path.display().to_string()),
+                    "{at}: {}",
+                    status.stdout
+                );
+            }
+            probes += 1;
+        }
+    }
+    eprintln!("{probes} planted files refused by name");
+}
