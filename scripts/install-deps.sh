@@ -25,6 +25,7 @@ APT_PACKAGES=(
     systemd-container debootstrap # the boxes
     lintian shellcheck
     jq # the box tests read `report-collector status --json`
+    strace # the collector's crash-point test kills it at each file operation
     wrk hyperfine time # the benchmarks
 )
 

@@ -75,5 +75,10 @@ fn switch_to(user: &User) -> nix::Result<()> {
     {
         return Err(nix::Error::EPERM);
     }
+    // Changing user cleared the dumpable flag, which hands /proc/PID/fd to root: the timer's
+    // runs (as this user) could then not confirm this run as the lock's holder, and `replace`
+    // would refuse to signal it. Every privilege is gone by now, so the process may be the
+    // user's own again, as a run started by runuser is.
+    nix::sys::prctl::set_dumpable(true)?;
     Ok(())
 }

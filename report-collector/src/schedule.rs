@@ -99,9 +99,26 @@ pub fn format_time(at: SystemTime) -> String {
     humantime::format_rfc3339_seconds(at.clamp(UNIX_EPOCH, last)).to_string()
 }
 
+/// `start + wait` without the panic `Instant + Duration` has on overflow: a wait too long to
+/// represent ends a century on, which no run outlives.
+pub fn instant_after(start: tokio::time::Instant, wait: Duration) -> tokio::time::Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    start
+        .checked_add(wait)
+        .or_else(|| start.checked_add(CENTURY))
+        .unwrap_or(start)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instants_saturate_instead_of_panicking() {
+        let now = tokio::time::Instant::now();
+        assert_eq!(instant_after(now, MINUTE), now + MINUTE);
+        assert!(instant_after(now, Duration::MAX) > now + MINUTE);
+    }
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)

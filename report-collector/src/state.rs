@@ -39,8 +39,11 @@ pub struct Moment {
 
 impl Moment {
     pub fn from_unix(unix: f64) -> Moment {
-        let time = std::time::SystemTime::UNIX_EPOCH
-            + std::time::Duration::try_from_secs_f64(unix.max(0.0)).unwrap_or_default();
+        // A corrupt file may hold any number: saturate rather than overflow.
+        let time = std::time::Duration::try_from_secs_f64(unix.max(0.0))
+            .ok()
+            .and_then(|since| std::time::SystemTime::UNIX_EPOCH.checked_add(since))
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
         Moment {
             at: format_time(time),
             unix,

@@ -80,7 +80,9 @@ pub struct Verdict {
 pub fn judge(state: Option<&State>, now: f64, stale_after: Duration) -> Verdict {
     let limit = stale_after.as_secs_f64();
     let ago = |unix: f64| {
-        humantime::format_duration(Duration::from_secs_f64((now - unix).max(0.0).round()))
+        humantime::format_duration(
+            Duration::try_from_secs_f64((now - unix).max(0.0).round()).unwrap_or(Duration::MAX),
+        )
     };
     let stale_after_text = humantime::format_duration(stale_after);
     let Some(state) = state else {

@@ -168,8 +168,8 @@ pub fn read_existing(path: &Path) -> io::Result<Option<Vec<u8>>> {
 
 /// `20240101T120000Z_<ticket>.csv`: names sort by time (by the clock's word for it).
 pub fn file_name(at: SystemTime, ticket: &str) -> String {
-    let stamp: String = humantime::format_rfc3339_seconds(at)
-        .to_string()
+    // format_time clamps to 1970..=9999: a clock outside it never panics a save.
+    let stamp: String = crate::schedule::format_time(at)
         .chars()
         .filter(|c| !matches!(c, '-' | ':'))
         .collect();

@@ -46,7 +46,7 @@ impl Request {
             policy: config.policy,
             lock_wait: config.lock_wait,
             replace_grace: config.replace_grace,
-            deadline: started + config.deadline,
+            deadline: crate::schedule::instant_after(started, config.deadline),
             deadline_setting: config.deadline,
         }
     }
@@ -216,7 +216,9 @@ pub async fn by_policy<C: Contest>(
         Policy::Forbid | Policy::Allow => Err(refused(Refusal::Busy(holder))),
         Policy::Wait => {
             let started = Instant::now();
-            let until = request.deadline.min(started + request.lock_wait);
+            let until = request
+                .deadline
+                .min(crate::schedule::instant_after(started, request.lock_wait));
             tracing::info!(
                 "lock {lock} is held by {holder}; waiting up to {} for it",
                 humantime::format_duration(until - started)
