@@ -153,12 +153,12 @@ full_hwm=$(kib "$pid" VmHWM)
 full_rss=$(kib "$pid" VmRSS)
 
 # Memory with FLOOD connections held: idle, then each with half a request head. The header
-# timeout is raised so that the server holds them while measured, and max-open leaves room for
+# timeout is raised so that the server holds them while measured, and max-connections leaves room for
 # the scrape of /metrics.
 # flooded KIND BYTES: starts a server and the flood; sets ${KIND}_before and ${KIND}_held (KiB).
 flooded() {
-    cfg=$(config "flood-$1" "[connections]
-max-open = $((FLOOD + 8))
+    cfg=$(config "flood-$1" "[limits]
+max-connections = $((FLOOD + 8))
 header-timeout = \"5m\"")
     start "flood-$1" "$bin" --config "$cfg" --listen 127.0.0.1:0
     server=$pid
@@ -216,6 +216,6 @@ echo "tickets issued by the /request_report runs: ${issued:-?}, none refused (ma
 echo "hello-world memory: peak RSS $((hello_hwm / 1024)) MiB (VmHWM $hello_hwm KiB)"
 echo "report-apis memory with ${held:-?} tickets held (max-pending 10000; ${rejected:-?} requests refused with 503 past the cap):"
 echo "  peak RSS $((full_hwm / 1024)) MiB (VmHWM $full_hwm KiB), RSS now $((full_rss / 1024)) MiB (target <= 32 MiB)"
-echo "report-apis memory under a flood of $FLOOD connections (max-open $((FLOOD + 8)), header-timeout 5m):"
+echo "report-apis memory under a flood of $FLOOD connections (max-connections $((FLOOD + 8)), header-timeout 5m):"
 echo "  idle:              RSS $((idle_before / 1024)) MiB before, $((idle_held / 1024)) MiB with them held ($idle_open open)"
 echo "  half request head: RSS $((half_before / 1024)) MiB before, $((half_held / 1024)) MiB with 8 KiB each held ($half_open open)"

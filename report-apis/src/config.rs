@@ -25,7 +25,6 @@ pub struct Config {
     pub heavy_load: HeavyLoad,
     pub report: Report,
     pub limits: Limits,
-    pub connections: Connections,
     pub shutdown: Shutdown,
 }
 
@@ -65,18 +64,12 @@ pub struct Limits {
         deserialize_with = "positive_duration"
     )]
     pub ticket_ttl: Duration,
-}
-
-/// What one client can hold of the server: open connections and the time to send a request.
-/// Applies from a start on: a reload that changes it is refused.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
-pub struct Connections {
     /// Most connections served at once; further ones wait in the listen backlog. Lowered at
-    /// start to what the open-file limit leaves room for.
-    pub max_open: usize,
+    /// start to what the open-file limit leaves room for. Needs a restart.
+    pub max_connections: usize,
     /// A connection that has not sent a complete request head this long after it was opened,
     /// or after its previous response, is closed: slow senders and idle keep-alive alike.
+    /// Needs a restart.
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
 }
@@ -97,7 +90,6 @@ impl Default for Config {
             heavy_load: HeavyLoad::default(),
             report: Report::default(),
             limits: Limits::default(),
-            connections: Connections::default(),
             shutdown: Shutdown::default(),
         }
     }
@@ -126,14 +118,7 @@ impl Default for Limits {
         Self {
             max_pending: 10_000,
             ticket_ttl: Duration::from_secs(600),
-        }
-    }
-}
-
-impl Default for Connections {
-    fn default() -> Self {
-        Self {
-            max_open: 512,
+            max_connections: 512,
             header_timeout: Duration::from_secs(10),
         }
     }
@@ -194,14 +179,14 @@ impl ConfigFile for Config {
             &ranges::TICKET_TTL,
         )?;
         number_within(
-            "connections.max-open",
-            self.connections.max_open,
-            *ranges::MAX_OPEN.start(),
-            *ranges::MAX_OPEN.end(),
+            "limits.max-connections",
+            self.limits.max_connections,
+            *ranges::MAX_CONNECTIONS.start(),
+            *ranges::MAX_CONNECTIONS.end(),
         )?;
         within(
-            "connections.header-timeout",
-            self.connections.header_timeout,
+            "limits.header-timeout",
+            self.limits.header_timeout,
             &ranges::HEADER_TIMEOUT,
         )?;
         within(
@@ -228,7 +213,7 @@ pub mod ranges {
     pub const MAX_PENDING: RangeInclusive<usize> = 1..=1_000_000;
     pub const TICKET_TTL: RangeInclusive<Duration> =
         Duration::from_millis(100)..=Duration::from_secs(7 * DAY);
-    pub const MAX_OPEN: RangeInclusive<usize> = 1..=65_536;
+    pub const MAX_CONNECTIONS: RangeInclusive<usize> = 1..=65_536;
     pub const HEADER_TIMEOUT: RangeInclusive<Duration> =
         Duration::from_millis(100)..=Duration::from_secs(300);
     pub const DRAIN_TIMEOUT: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(600);
@@ -307,9 +292,7 @@ mod tests {
             limits: Limits {
                 max_pending: 3,
                 ticket_ttl: Duration::from_secs(5400),
-            },
-            connections: Connections {
-                max_open: 7,
+                max_connections: 7,
                 header_timeout: Duration::from_millis(1500),
             },
             shutdown: Shutdown {
@@ -415,20 +398,10 @@ mod tests {
         ("limits", "max-pending", "1000001", "from 1 to 1000000"),
         ("limits", "ticket-ttl", "\"99ms\"", "from 100ms to 7days"),
         ("limits", "ticket-ttl", "\"8days\"", "from 100ms to 7days"),
-        ("connections", "max-open", "0", "from 1 to 65536"),
-        ("connections", "max-open", "65537", "from 1 to 65536"),
-        (
-            "connections",
-            "header-timeout",
-            "\"99ms\"",
-            "from 100ms to 5m",
-        ),
-        (
-            "connections",
-            "header-timeout",
-            "\"5m 1s\"",
-            "from 100ms to 5m",
-        ),
+        ("limits", "max-connections", "0", "from 1 to 65536"),
+        ("limits", "max-connections", "65537", "from 1 to 65536"),
+        ("limits", "header-timeout", "\"99ms\"", "from 100ms to 5m"),
+        ("limits", "header-timeout", "\"5m 1s\"", "from 100ms to 5m"),
         ("shutdown", "drain-timeout", "\"10m 1s\"", "from 0s to 10m"),
         (
             "shutdown",
@@ -468,8 +441,8 @@ mod tests {
             "[report]\ngeneration-time = \"1h\"\nslowdown = 0\n",
             "[limits]\nmax-pending = 1\nticket-ttl = \"100ms\"\n",
             "[limits]\nmax-pending = 1000000\nticket-ttl = \"7days\"\n",
-            "[connections]\nmax-open = 1\nheader-timeout = \"100ms\"\n",
-            "[connections]\nmax-open = 65536\nheader-timeout = \"5m\"\n",
+            "[limits]\nmax-connections = 1\nheader-timeout = \"100ms\"\n",
+            "[limits]\nmax-connections = 65536\nheader-timeout = \"5m\"\n",
             "[shutdown]\ndrain-timeout = \"0s\"\n",
             "[shutdown]\ndrain-timeout = \"10m\"\n",
         ] {

@@ -86,10 +86,15 @@ fn reload_changes(running: &Config, new: &Config) -> Result<String, String> {
             running.listen, new.listen
         ));
     }
-    if new.connections != running.connections {
+    if (new.limits.max_connections, new.limits.header_timeout)
+        != (
+            running.limits.max_connections,
+            running.limits.header_timeout,
+        )
+    {
         return Err(
-            "the [connections] table changed: that needs a restart (systemctl restart report-apis); \
-             nothing was changed"
+            "`limits.max-connections` or `limits.header-timeout` changed: that needs a restart \
+             (systemctl restart report-apis); nothing was changed"
                 .to_owned(),
         );
     }
@@ -120,7 +125,7 @@ fn reload_changes(running: &Config, new: &Config) -> Result<String, String> {
 /// then on: pending tickets are kept and served; tickets issued afterwards use the new
 /// generation settings; the heavy-load phase under way continues; a lower `max-pending`
 /// refuses new tickets but evicts none; the drain timeout is the one in force at shutdown. A
-/// different `listen` or `[connections]` table is refused: it needs a restart.
+/// different `listen`, `max-connections` or `header-timeout` is refused: it needs a restart.
 pub async fn run_with_reloads(
     listener: TcpListener,
     config: Config,
@@ -153,7 +158,7 @@ pub async fn run_with_reloads(
     );
     notify::ready(&status_line(&tickets.snapshot(Instant::now())));
 
-    let connections = config.connections.clone();
+    let limits = config.limits.clone();
     let in_force = Arc::new(Mutex::new(config));
     let reloading = tokio::spawn(apply_reloads(reloads, tickets.clone(), in_force.clone()));
     // Read at shutdown, so that the value of the last reload counts.
@@ -163,15 +168,7 @@ pub async fn run_with_reloads(
             .lock()
             .map_or(Duration::ZERO, |config| config.shutdown.drain_timeout)
     };
-    let drained = serve::serve(
-        listener,
-        app,
-        &connections,
-        rejections,
-        shutdown,
-        drain_timeout,
-    )
-    .await;
+    let drained = serve::serve(listener, app, &limits, rejections, shutdown, drain_timeout).await;
     if !drained {
         tracing::warn!("connections still open after the drain timeout; closing them");
     }

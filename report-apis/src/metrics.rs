@@ -114,7 +114,7 @@ impl Metrics {
         registry.register(
             "rejections",
             "Requests refused and connections held back or closed early, by the limit that did it: \
-             max-pending (503), max-open (waited in the backlog), header-timeout (closed, slow \
+             max-pending (503), max-connections (waited in the backlog), header-timeout (closed, slow \
              or idle), head-too-large (431)",
             metrics.rejections.clone(),
         );

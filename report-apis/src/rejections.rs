@@ -22,9 +22,9 @@ pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 pub enum Reason {
     /// `/request_report` answered 503: `limits.max-pending` tickets were held.
     MaxPending,
-    /// `connections.max-open` connections were open: the next one waited in the backlog.
-    MaxOpen,
-    /// A connection sent no complete request head within `connections.header-timeout` (a slow
+    /// `limits.max-connections` connections were open: the next one waited in the backlog.
+    MaxConnections,
+    /// A connection sent no complete request head within `limits.header-timeout` (a slow
     /// sender, or an idle keep-alive connection) and was closed.
     HeaderTimeout,
     /// A request head over the size or header-count limit: answered 431 and closed.
@@ -34,7 +34,7 @@ pub enum Reason {
 impl Reason {
     const ALL: [Reason; 4] = [
         Reason::MaxPending,
-        Reason::MaxOpen,
+        Reason::MaxConnections,
         Reason::HeaderTimeout,
         Reason::HeadTooLarge,
     ];
@@ -43,7 +43,7 @@ impl Reason {
     pub fn label(self) -> &'static str {
         match self {
             Reason::MaxPending => "max-pending",
-            Reason::MaxOpen => "max-open",
+            Reason::MaxConnections => "max-connections",
             Reason::HeaderTimeout => "header-timeout",
             Reason::HeadTooLarge => "head-too-large",
         }
@@ -52,7 +52,7 @@ impl Reason {
     fn index(self) -> usize {
         match self {
             Reason::MaxPending => 0,
-            Reason::MaxOpen => 1,
+            Reason::MaxConnections => 1,
             Reason::HeaderTimeout => 2,
             Reason::HeadTooLarge => 3,
         }
@@ -64,11 +64,11 @@ impl Reason {
             Reason::MaxPending => {
                 format!("{count} ticket requests refused with 503 at limits.max-pending")
             }
-            Reason::MaxOpen => {
-                format!("{count} connections held in the backlog at connections.max-open")
+            Reason::MaxConnections => {
+                format!("{count} connections held in the backlog at limits.max-connections")
             }
             Reason::HeaderTimeout => {
-                format!("{count} connections closed at connections.header-timeout (slow or idle)")
+                format!("{count} connections closed at limits.header-timeout (slow or idle)")
             }
             Reason::HeadTooLarge => {
                 format!("{count} requests refused with 431 (request head too large)")

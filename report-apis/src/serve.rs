@@ -6,12 +6,12 @@
 //! to hyper's default of about 400 KiB (1000 such connections: 423 MB resident). Here hyper's
 //! HTTP/1 connection is driven directly, so that:
 //!
-//! - a connection must send a complete request head within `connections.header-timeout` of
+//! - a connection must send a complete request head within `limits.header-timeout` of
 //!   being accepted or of its previous response, else it is closed: this one timer ends
 //!   slowloris senders and idle keep-alive connections alike;
 //! - a request head may be at most [`MAX_HEAD_BYTES`] with at most [`MAX_HEADERS`] headers;
 //!   past either hyper answers 431 and closes, so one connection holds at most that buffer;
-//! - at most `connections.max-open` connections are served at once, lowered at start to what
+//! - at most `limits.max-connections` connections are served at once, lowered at start to what
 //!   the open-file limit leaves room for ([`FD_RESERVE`] descriptors kept for everything else).
 //!
 //! At the cap the server stops accepting and the excess waits in the kernel's listen backlog,
@@ -36,7 +36,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::config::Connections;
+use crate::config::Limits;
 use crate::rejections::{Reason, Rejections};
 
 /// Largest request head (request line and headers) a connection may send, in bytes; also what
@@ -55,11 +55,11 @@ pub const FD_RESERVE: u64 = 64;
 /// that the failure does not turn into a busy loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// `max_open`, lowered so that the connections and [`FD_RESERVE`] fit in `fd_limit` (the soft
+/// `max_connections`, lowered so that the connections and [`FD_RESERVE`] fit in `fd_limit` (the soft
 /// RLIMIT_NOFILE); at least 1.
-pub fn connection_cap(max_open: usize, fd_limit: u64) -> usize {
+pub fn connection_cap(max_connections: usize, fd_limit: u64) -> usize {
     let room = usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
-    max_open.min(room).max(1)
+    max_connections.min(room).max(1)
 }
 
 /// The soft open-file limit of this process, `None` when unlimited or unknown.
@@ -76,17 +76,17 @@ pub fn fd_limit() -> Option<u64> {
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    limits: &Connections,
+    limits: &Limits,
     rejections: Arc<Rejections>,
     shutdown: impl Future<Output = ()>,
     drain_timeout: impl FnOnce() -> Duration,
 ) -> bool {
-    let cap = connection_cap(limits.max_open, fd_limit().unwrap_or(u64::MAX));
-    if cap < limits.max_open {
+    let cap = connection_cap(limits.max_connections, fd_limit().unwrap_or(u64::MAX));
+    if cap < limits.max_connections {
         tracing::warn!(
-            "connections.max-open is {} but the open-file limit leaves room for {cap}; serving \
-             at most {cap} at once (raise LimitNOFILE= in the unit, or lower max-open)",
-            limits.max_open
+            "limits.max-connections is {} but the open-file limit leaves room for {cap}; serving \
+             at most {cap} at once (raise LimitNOFILE= in the unit, or lower max-connections)",
+            limits.max_connections
         );
     }
     let places = Arc::new(Semaphore::new(cap));
@@ -103,7 +103,7 @@ pub async fn serve(
         let place = match places.clone().try_acquire_owned() {
             Ok(place) => place,
             Err(_) => {
-                rejections.record(Reason::MaxOpen);
+                rejections.record(Reason::MaxConnections);
                 tokio::select! {
                     () = &mut shutdown => break,
                     place = places.clone().acquire_owned() => match place {

@@ -28,13 +28,13 @@ struct Hostile {
 }
 
 impl Hostile {
-    fn start(max_open: usize, header_timeout: &str, max_pending: usize) -> Hostile {
-        Self::start_under(max_open, header_timeout, max_pending, None)
+    fn start(max_connections: usize, header_timeout: &str, max_pending: usize) -> Hostile {
+        Self::start_under(max_connections, header_timeout, max_pending, None)
     }
 
     /// [`Hostile::start`], under an open-file limit of `fd_limit` when given.
     fn start_under(
-        max_open: usize,
+        max_connections: usize,
         header_timeout: &str,
         max_pending: usize,
         fd_limit: Option<u32>,
@@ -47,7 +47,7 @@ impl Hostile {
                  [heavy-load]\nperiod = \"0s\"\n\
                  [report]\ngeneration-time = \"100ms\"\n\
                  [limits]\nmax-pending = {max_pending}\nticket-ttl = \"10m\"\n\
-                 [connections]\nmax-open = {max_open}\nheader-timeout = \"{header_timeout}\"\n\
+                 max-connections = {max_connections}\nheader-timeout = \"{header_timeout}\"\n\
                  [shutdown]\ndrain-timeout = \"1s\"\n"
             ),
         );
@@ -298,11 +298,10 @@ async fn a_flood_above_the_connection_cap_cannot_lock_out_a_new_client() {
                 // Held until the server closes it.
                 let mut sink = [0_u8; 64];
                 while !stop.load(Ordering::Relaxed) {
-                    match tokio::time::timeout(Duration::from_millis(100), stream.read(&mut sink))
-                        .await
-                    {
-                        Ok(Ok(0) | Err(_)) => break,
-                        Ok(Ok(_)) | Err(_) => {}
+                    let read =
+                        tokio::time::timeout(Duration::from_millis(100), stream.read(&mut sink));
+                    if let Ok(Ok(0) | Err(_)) = read.await {
+                        break;
                     }
                 }
             }
@@ -329,7 +328,7 @@ async fn a_flood_above_the_connection_cap_cannot_lock_out_a_new_client() {
         opened > 4 * u32::try_from(CAP).unwrap(),
         "the flood went on"
     );
-    assert!(server.rejections("max-open").await > 0.0);
+    assert!(server.rejections("max-connections").await > 0.0);
     assert!(
         during < before + 32 * 1024,
         "resident memory grew from {before} KiB to {during} KiB under the flood"
@@ -341,7 +340,7 @@ async fn the_cap_stays_below_the_open_file_limit_so_accept_never_runs_out() {
     // 200 idle connections against a server allowed 128 descriptors and configured for 512
     // connections: without the cap lowered to fit, accept fails (EMFILE) and nobody is served.
     let mut server = Hostile::start_under(512, "1s", 100, Some(128));
-    let warning = tokio::task::block_in_place(|| server.run.wait_for("connections.max-open"));
+    let warning = tokio::task::block_in_place(|| server.run.wait_for("limits.max-connections"));
     assert!(warning.contains("leaves room for 64"), "{warning}");
     let mut idle = Vec::new();
     for _ in 0..200 {
@@ -492,19 +491,9 @@ const OUT_OF_RANGE: [(&str, &str, &str, &str); 11] = [
         "\"1000years\"",
         "from 100ms to 7days",
     ),
-    ("connections", "max-open", "0", "from 1 to 65536"),
-    (
-        "connections",
-        "header-timeout",
-        "\"1ms\"",
-        "from 100ms to 5m",
-    ),
-    (
-        "connections",
-        "header-timeout",
-        "\"1day\"",
-        "from 100ms to 5m",
-    ),
+    ("limits", "max-connections", "0", "from 1 to 65536"),
+    ("limits", "header-timeout", "\"1ms\"", "from 100ms to 5m"),
+    ("limits", "header-timeout", "\"1day\"", "from 100ms to 5m"),
     ("shutdown", "drain-timeout", "\"1h\"", "from 0s to 10m"),
 ];
 
