@@ -1,8 +1,8 @@
 //! What the server refused or cut short, counted for `/metrics` and summarised in the journal at
 //! a bounded rate.
 //!
-//! A flood against a limit is exactly when a line per refusal would hurt: an adversarial pass
-//! wrote a million journal lines in 15 s, one per 503. Each refusal is counted (the
+//! A flood against a limit is exactly when a line per refusal would hurt: logging each 503 at
+//! `max-pending` wrote a million journal lines in 15 s. Each refusal is counted (the
 //! `report_apis_rejections_total` counter, by reason) and the journal gets at most one summary
 //! line per [`SUMMARY_INTERVAL`], written by the housekeeping task.
 

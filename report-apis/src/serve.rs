@@ -1,7 +1,7 @@
 //! Accepting and serving connections, bounded so that no client can hold the server.
 //!
-//! `axum::serve` times nothing out: an adversarial pass held idle and slowly-sent connections
-//! until the process ran out of file descriptors (1024), after which `accept` failed and
+//! `axum::serve` times nothing out. Measured against it: idle and slowly-sent connections were
+//! held until the process ran out of file descriptors (1024), after which `accept` failed and
 //! nobody was answered, `/healthz` included; and every unfinished request head was buffered up
 //! to hyper's default of about 400 KiB (1000 such connections: 423 MB resident). Here hyper's
 //! HTTP/1 connection is driven directly, so that:
@@ -14,12 +14,15 @@
 //! - at most `limits.max-connections` connections are served at once, lowered at start to what
 //!   the open-file limit leaves room for ([`FD_RESERVE`] descriptors kept for everything else).
 //!
-//! At the cap the server stops accepting and the excess waits in the kernel's listen backlog,
-//! rather than being accepted and dropped: a legitimate client is then never refused, only
-//! delayed, and for at most the header timeout, since every connection ahead of it either
-//! sends a request in time (and is answered within milliseconds) or is closed by that timeout.
-//! Closing idle connections first when at the cap would shorten that wait but cannot bound it
-//! any better, since a flood of slow senders holds the cap all the same.
+//! At the cap the server stops accepting and the excess waits in the kernel's listen backlog
+//! (first come, first accepted), rather than being accepted and dropped: a legitimate client is
+//! then never refused, only delayed. Every connection being served either sends a request in
+//! time (answered within milliseconds) or is closed by the header timeout, so the whole cap
+//! turns over within one header timeout; a new client waits one header timeout for each
+//! `max-connections` connections queued ahead of it, which is one when a flood holds the cap and
+//! reconnects, and at most a few with tokio's backlog of 1024 (the SYNs past a full backlog are
+//! retried by the client's kernel). Closing idle connections first when at the cap was the
+//! alternative; it does nothing against slow senders, which look the same until their timeout.
 //!
 //! No body is read by any route, so none is buffered: hyper discards an unread body by closing
 //! the connection after the response.
