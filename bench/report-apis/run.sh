@@ -7,7 +7,7 @@
 #   /get_report, ready         (the same ready ticket fetched again and again)
 # then the peak resident memory with max-pending (10000) tickets held, and the resident memory
 # with FLOOD connections held open, idle or each with half a request head (8 KiB of the 16 KiB
-# allowed) sent and never finished.
+# allowed) sent and never finished, or each sending 400 KiB of one (refused with 431).
 # Each endpoint is measured right after a hello-world run, and its ratio is taken against that
 # run: on a machine shared with other work, adjacent runs see the same background load. The
 # rounds repeat this, and the median ratio is reported, so one disturbed pair does not decide.
@@ -195,9 +195,10 @@ header-timeout = \"5m\"")
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((FLOOD * 2 + 200)) ]; then
     ulimit -n $((FLOOD * 2 + 200)) 2>/dev/null || true
 fi
-echo "flooding with $FLOOD idle connections, then $FLOOD half request heads" >&2
+echo "flooding with $FLOOD idle connections, $FLOOD half request heads, $FLOOD oversized ones" >&2
 flooded idle 0
 flooded half 8192
+flooded huge 409600
 
 echo
 echo "report-apis benchmark: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, loopback, $(nproc) cores"
@@ -230,5 +231,7 @@ echo "hello-world memory: peak RSS $((hello_hwm / 1024)) MiB (VmHWM $hello_hwm K
 echo "report-apis memory with ${held:-?} tickets held (max-pending 10000; ${rejected:-?} requests refused with 503 past the cap):"
 echo "  peak RSS $((full_hwm / 1024)) MiB (VmHWM $full_hwm KiB), RSS now $((full_rss / 1024)) MiB (target <= 32 MiB)"
 echo "report-apis memory under a flood of $FLOOD connections (max-connections $((FLOOD + 8)), header-timeout 5m):"
-echo "  idle:              RSS $((idle_before / 1024)) MiB before, $((idle_held / 1024)) MiB with them held ($idle_open open)"
-echo "  half request head: RSS $((half_before / 1024)) MiB before, $((half_held / 1024)) MiB with 8 KiB each held ($half_open open)"
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
+echo "  idle:                   RSS $(mib "$idle_before") before, $(mib "$idle_held") with them held ($idle_open open)"
+echo "  half request head each: RSS $(mib "$half_before") before, $(mib "$half_held") with 8 KiB each held ($half_open open)"
+echo "  400 KiB head each:      RSS $(mib "$huge_before") before, $(mib "$huge_held") after ($huge_open open: 431, closed)"
