@@ -119,7 +119,7 @@ impl Default for Limits {
             max_pending: 10_000,
             ticket_ttl: Duration::from_secs(600),
             max_connections: 512,
-            header_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
         }
     }
 }
