@@ -5,19 +5,23 @@
 #   /request_report            (max-pending raised so that no answer is a 503)
 #   /get_report, not ready     (heavy load on for the whole run)
 #   /get_report, ready         (the same ready ticket fetched again and again)
-# then the peak resident memory with max-pending (10000) tickets held.
+# then the peak resident memory with max-pending (10000) tickets held, and the resident memory
+# with FLOOD connections held open, idle or each with half a request head (8 KiB of the 16 KiB
+# allowed) sent and never finished, or each sending 400 KiB of one (refused with 431).
 # Each endpoint is measured right after a hello-world run, and its ratio is taken against that
 # run: on a machine shared with other work, adjacent runs see the same background load. The
 # rounds repeat this, and the median ratio is reported, so one disturbed pair does not decide.
 #
 # Usage: bench/report-apis/run.sh            (from anywhere; about 100 s plus the build)
-# Environment: DURATION (default 5s per run), ROUNDS (3), CONNECTIONS (32), THREADS (1).
+# Environment: DURATION (default 5s per run), ROUNDS (3), CONNECTIONS (32), THREADS (1),
+# FLOOD (500).
 set -eu
 
 DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-1}
+FLOOD=${FLOOD:-500}
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -38,9 +42,10 @@ need wrk wrk
 need curl curl
 
 echo "building release binaries..." >&2
-cargo build --release --quiet -p report-apis --bin report-apis --example hello
+cargo build --release --quiet -p report-apis --bin report-apis --example hello --example flood
 bin=$root/target/release/report-apis
 hello=$root/target/release/examples/hello
+flood=$root/target/release/examples/flood
 
 # start NAME COMMAND...: runs a server on a free loopback port; sets $url and $pid.
 start() {
@@ -97,12 +102,24 @@ start hello "$hello" 127.0.0.1:0
 hello_url=$url
 hello_pid=$pid
 
-# /request_report with room for every ticket the runs can issue.
-cfg=$(config issue '[limits]
-max-pending = 50000000
+# /request_report with room for every ticket a run can issue: a fresh server for each round,
+# with max-pending at the top of its range and tickets that outlive the run (so that no run
+# also pays for expiring them).
+issue_cfg=$(config issue '[limits]
+max-pending = 1000000
 ticket-ttl = "1h"')
-start issue "$bin" --config "$cfg" --listen 127.0.0.1:0
-issue_url=$url
+issued=0
+issue_pid=""
+# fresh_issue_server ROUND: stops the previous one (counting what it issued), starts another.
+fresh_issue_server() {
+    if [ -n "$issue_pid" ]; then
+        issued=$((issued + $(metric "$issue_url" report_apis_tickets_issued_total)))
+        stop "$issue_pid"
+    fi
+    start "issue$1" "$bin" --config "$issue_cfg" --listen 127.0.0.1:0
+    issue_url=$url
+    issue_pid=$pid
+}
 
 # /get_report while heavy load is on: "report is not ready" every time.
 cfg=$(config heavy '[heavy-load]
@@ -125,6 +142,7 @@ echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS rounds, $(npr
 round=1
 while [ "$round" -le "$ROUNDS" ]; do
     echo "round $round of $ROUNDS" >&2
+    fresh_issue_server "$round"
     measure hello "$hello_url/"
     measure request_report "$issue_url/request_report"
     measure hello "$hello_url/"
@@ -133,7 +151,8 @@ while [ "$round" -le "$ROUNDS" ]; do
     measure get_report_ready "$ready_url"
     round=$((round + 1))
 done
-issued=$(metric "$issue_url" report_apis_tickets_issued_total)
+issued=$((issued + $(metric "$issue_url" report_apis_tickets_issued_total)))
+stop "$issue_pid"
 hello_hwm=$(kib "$hello_pid" VmHWM)
 
 # Memory with the default max-pending (10000) tickets held: fill to the cap, and keep
@@ -145,6 +164,41 @@ held=$(metric "$url" report_apis_tickets_pending)
 rejected=$(metric "$url" report_apis_tickets_rejected_total)
 full_hwm=$(kib "$pid" VmHWM)
 full_rss=$(kib "$pid" VmRSS)
+
+# Memory with FLOOD connections held: idle, then each with half a request head. The header
+# timeout is raised so that the server holds them while measured, and max-connections leaves room for
+# the scrape of /metrics.
+# flooded KIND BYTES: starts a server and the flood; sets ${KIND}_before and ${KIND}_held (KiB).
+flooded() {
+    cfg=$(config "flood-$1" "[limits]
+max-connections = $((FLOOD + 8))
+header-timeout = \"5m\"")
+    start "flood-$1" "$bin" --config "$cfg" --listen 127.0.0.1:0
+    server=$pid
+    eval "$1_before=$(kib "$server" VmRSS)"
+    "$flood" "${url#http://}" "$FLOOD" "$2" >"$work/flood-$1.out" &
+    flooder=$!
+    pids="$pids $flooder"
+    tries=0
+    until grep -q holding "$work/flood-$1.out" 2>/dev/null; do
+        tries=$((tries + 1))
+        if [ "$tries" -gt 400 ]; then echo "the $1 flood did not start" >&2; exit 1; fi
+        sleep 0.05
+    done
+    sleep 1
+    open=$(metric "$url" report_apis_connections_open)
+    eval "$1_held=$(kib "$server" VmRSS)"
+    eval "$1_open=\${open:-?}"
+    stop "$flooder"
+    stop "$server"
+}
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((FLOOD * 2 + 200)) ]; then
+    ulimit -n $((FLOOD * 2 + 200)) 2>/dev/null || true
+fi
+echo "flooding with $FLOOD idle connections, $FLOOD half request heads, $FLOOD oversized ones" >&2
+flooded idle 0
+flooded half 8192
+flooded huge 409600
 
 echo
 echo "report-apis benchmark: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds, loopback, $(nproc) cores"
@@ -172,7 +226,12 @@ awk '
         }
     }
 ' "$work/results"
-echo "tickets issued by the /request_report runs: ${issued:-?}, none refused (max-pending 50000000)"
+echo "tickets issued by the /request_report runs: ${issued:-?}, none refused (a fresh server per round, max-pending 1000000)"
 echo "hello-world memory: peak RSS $((hello_hwm / 1024)) MiB (VmHWM $hello_hwm KiB)"
 echo "report-apis memory with ${held:-?} tickets held (max-pending 10000; ${rejected:-?} requests refused with 503 past the cap):"
 echo "  peak RSS $((full_hwm / 1024)) MiB (VmHWM $full_hwm KiB), RSS now $((full_rss / 1024)) MiB (target <= 32 MiB)"
+echo "report-apis memory under a flood of $FLOOD connections (max-connections $((FLOOD + 8)), header-timeout 5m):"
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
+echo "  idle:                   RSS $(mib "$idle_before") before, $(mib "$idle_held") with them held ($idle_open open)"
+echo "  half request head each: RSS $(mib "$half_before") before, $(mib "$half_held") with 8 KiB each held ($half_open open)"
+echo "  400 KiB head each:      RSS $(mib "$huge_before") before, $(mib "$huge_held") after ($huge_open open: 431, closed)"

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::metrics::{Metrics, RequestLabels};
+use crate::rejections::{Reason, Rejections};
 use crate::report;
 use crate::tickets::{Fetch, Tickets};
 
@@ -31,6 +32,7 @@ use crate::tickets::{Fetch, Tickets};
 pub struct AppState {
     pub tickets: Arc<Tickets>,
     pub metrics: Arc<Metrics>,
+    pub rejections: Arc<Rejections>,
 }
 
 /// The whole HTTP application. The route patterns are also the `route` label of the request
@@ -125,8 +127,11 @@ async fn request_report(
     let id = state
         .tickets
         .issue(offset, Instant::now())
-        .map_err(|full| ApiError::Full {
-            retry_after: full.retry_after,
+        .map_err(|full| {
+            state.rejections.record(Reason::MaxPending);
+            ApiError::Full {
+                retry_after: full.retry_after,
+            }
         })?;
     Ok(ticket::format(id, offset))
 }
@@ -180,7 +185,8 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Counts every answer by route pattern, method and status; also logs any 5xx once.
+/// Counts every answer by route pattern, method and status; also logs any 5xx once, but the
+/// 503 of `max-pending`, an expected refusal that [`Rejections`] summarises instead.
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = match request
         .extensions()
@@ -207,7 +213,7 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
     };
     let response = next.run(request).await;
     let status = response.status();
-    if status.is_server_error() {
+    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
         tracing::error!(
             ROUTE = route,
             STATUS = status.as_u16(),

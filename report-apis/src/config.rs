@@ -6,9 +6,10 @@
 //! configuration built in code (the experiment's) is a file this loader reads back.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use report_common::config::ConfigFile;
+use report_common::config::{ConfigFile, Refusal, duration_within, number_within};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Where the packaged configuration lives; when this default path is absent the built-in
@@ -63,6 +64,14 @@ pub struct Limits {
         deserialize_with = "positive_duration"
     )]
     pub ticket_ttl: Duration,
+    /// Most connections served at once; further ones wait in the listen backlog. Lowered at
+    /// start to what the open-file limit leaves room for. Needs a restart.
+    pub max_connections: usize,
+    /// A connection that has not sent a complete request head this long after it was opened,
+    /// or after its previous response, is closed: slow senders and idle keep-alive alike.
+    /// Needs a restart.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
 }
 
 /// Graceful shutdown on SIGTERM/SIGINT.
@@ -109,6 +118,8 @@ impl Default for Limits {
         Self {
             max_pending: 10_000,
             ticket_ttl: Duration::from_secs(600),
+            max_connections: 512,
+            header_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -123,6 +134,89 @@ impl Default for Shutdown {
 
 impl ConfigFile for Config {
     const DEFAULT_PATH: &'static str = DEFAULT_PATH;
+
+    /// The documented ranges (README, report-apis(8), the packaged file): wide enough for the
+    /// experiment's compressed time and for tests, narrow enough that no value makes the
+    /// server spin (a heavy-load period of 1 ns toggles in a busy loop) or its time arithmetic
+    /// reach the ends of its types.
+    fn check(&self) -> Result<(), Refusal> {
+        let period = self.heavy_load.period;
+        if !period.is_zero() && !(ranges::HEAVY_LOAD_PERIOD.contains(&period)) {
+            return Err(Refusal::new(
+                "heavy-load.period",
+                format!(
+                    "{} is outside the allowed range; write \"0s\" (never toggle) or a duration \
+                     from {} to {}",
+                    humantime::format_duration(period),
+                    humantime::format_duration(*ranges::HEAVY_LOAD_PERIOD.start()),
+                    humantime::format_duration(*ranges::HEAVY_LOAD_PERIOD.end()),
+                ),
+            ));
+        }
+        let within = |key, value, range: &RangeInclusive<Duration>| {
+            duration_within(key, value, *range.start(), *range.end())
+        };
+        within(
+            "report.generation-time",
+            self.report.generation_time,
+            &ranges::GENERATION_TIME,
+        )?;
+        number_within(
+            "report.slowdown",
+            self.report.slowdown,
+            *ranges::SLOWDOWN.start(),
+            *ranges::SLOWDOWN.end(),
+        )?;
+        number_within(
+            "limits.max-pending",
+            self.limits.max_pending,
+            *ranges::MAX_PENDING.start(),
+            *ranges::MAX_PENDING.end(),
+        )?;
+        within(
+            "limits.ticket-ttl",
+            self.limits.ticket_ttl,
+            &ranges::TICKET_TTL,
+        )?;
+        number_within(
+            "limits.max-connections",
+            self.limits.max_connections,
+            *ranges::MAX_CONNECTIONS.start(),
+            *ranges::MAX_CONNECTIONS.end(),
+        )?;
+        within(
+            "limits.header-timeout",
+            self.limits.header_timeout,
+            &ranges::HEADER_TIMEOUT,
+        )?;
+        within(
+            "shutdown.drain-timeout",
+            self.shutdown.drain_timeout,
+            &ranges::DRAIN_TIMEOUT,
+        )
+    }
+}
+
+/// The allowed range of every ranged key, in one place; the documentation repeats this table.
+pub mod ranges {
+    use std::ops::RangeInclusive;
+    use std::time::Duration;
+
+    const DAY: u64 = 86_400;
+
+    /// Besides 0 (never toggle).
+    pub const HEAVY_LOAD_PERIOD: RangeInclusive<Duration> =
+        Duration::from_millis(100)..=Duration::from_secs(7 * DAY);
+    pub const GENERATION_TIME: RangeInclusive<Duration> =
+        Duration::ZERO..=Duration::from_secs(3600);
+    pub const SLOWDOWN: RangeInclusive<f64> = 0.0..=100.0;
+    pub const MAX_PENDING: RangeInclusive<usize> = 1..=1_000_000;
+    pub const TICKET_TTL: RangeInclusive<Duration> =
+        Duration::from_millis(100)..=Duration::from_secs(7 * DAY);
+    pub const MAX_CONNECTIONS: RangeInclusive<usize> = 1..=65_536;
+    pub const HEADER_TIMEOUT: RangeInclusive<Duration> =
+        Duration::from_millis(100)..=Duration::from_secs(300);
+    pub const DRAIN_TIMEOUT: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(600);
 }
 
 fn non_negative_finite<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
@@ -198,6 +292,8 @@ mod tests {
             limits: Limits {
                 max_pending: 3,
                 ticket_ttl: Duration::from_secs(5400),
+                max_connections: 7,
+                header_timeout: Duration::from_millis(1500),
             },
             shutdown: Shutdown {
                 drain_timeout: Duration::ZERO,
@@ -285,6 +381,73 @@ mod tests {
         assert_eq!(key, "limits.ticket-ttl");
         let (line, key, _) = invalid("listen = \"localhost\"\n");
         assert_eq!((line, key.as_str()), (1, "listen"));
+    }
+
+    /// Each ranged key, a value just outside its range and the range as the message words it.
+    pub(crate) const OUT_OF_RANGE: [(&str, &str, &str, &str); 14] = [
+        (
+            "heavy-load",
+            "period",
+            "\"1ns\"",
+            "\"0s\" (never toggle) or a duration from 100ms to 7days",
+        ),
+        ("heavy-load", "period", "\"99ms\"", "from 100ms to 7days"),
+        ("heavy-load", "period", "\"8days\"", "from 100ms to 7days"),
+        ("report", "generation-time", "\"1h 1s\"", "from 0s to 1h"),
+        ("report", "slowdown", "100.5", "from 0 to 100"),
+        ("limits", "max-pending", "1000001", "from 1 to 1000000"),
+        ("limits", "ticket-ttl", "\"99ms\"", "from 100ms to 7days"),
+        ("limits", "ticket-ttl", "\"8days\"", "from 100ms to 7days"),
+        ("limits", "max-connections", "0", "from 1 to 65536"),
+        ("limits", "max-connections", "65537", "from 1 to 65536"),
+        ("limits", "header-timeout", "\"99ms\"", "from 100ms to 5m"),
+        ("limits", "header-timeout", "\"5m 1s\"", "from 100ms to 5m"),
+        ("shutdown", "drain-timeout", "\"10m 1s\"", "from 0s to 10m"),
+        (
+            "shutdown",
+            "drain-timeout",
+            "\"100years\"",
+            "from 0s to 10m",
+        ),
+    ];
+
+    #[test]
+    fn values_outside_the_documented_ranges_are_refused_naming_key_line_and_range() {
+        for (table, key, value, range) in OUT_OF_RANGE {
+            let text = format!("listen = \"127.0.0.1:1\"\n\n[{table}]\n{key} = {value}\n");
+            match parse(&text) {
+                Err(ConfigError::Rejected {
+                    place: Some((line, _)),
+                    key: refused,
+                    message,
+                    ..
+                }) => {
+                    assert_eq!(line, 4, "{text}");
+                    assert_eq!(refused, format!("{table}.{key}"));
+                    assert!(message.contains(range), "{text}: {message}");
+                }
+                other => panic!("{text}: expected a refusal, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_ends_of_every_range_are_accepted() {
+        for text in [
+            "[heavy-load]\nperiod = \"0s\"\n",
+            "[heavy-load]\nperiod = \"100ms\"\n",
+            "[heavy-load]\nperiod = \"7days\"\n",
+            "[report]\ngeneration-time = \"0s\"\nslowdown = 100\n",
+            "[report]\ngeneration-time = \"1h\"\nslowdown = 0\n",
+            "[limits]\nmax-pending = 1\nticket-ttl = \"100ms\"\n",
+            "[limits]\nmax-pending = 1000000\nticket-ttl = \"7days\"\n",
+            "[limits]\nmax-connections = 1\nheader-timeout = \"100ms\"\n",
+            "[limits]\nmax-connections = 65536\nheader-timeout = \"5m\"\n",
+            "[shutdown]\ndrain-timeout = \"0s\"\n",
+            "[shutdown]\ndrain-timeout = \"10m\"\n",
+        ] {
+            assert!(parse(text).is_ok(), "{text}: {:?}", parse(text));
+        }
     }
 
     #[test]

@@ -10,7 +10,9 @@ pub mod config;
 pub mod load;
 pub mod metrics;
 pub mod notify;
+pub mod rejections;
 pub mod report;
+pub mod serve;
 pub mod tickets;
 
 use std::future::Future;
@@ -28,6 +30,7 @@ pub use config::Config;
 use crate::api::AppState;
 use crate::load::LoadClock;
 use crate::metrics::Metrics;
+use crate::rejections::{Rejections, Summariser};
 use crate::tickets::{Snapshot, Tickets};
 
 /// How often the housekeeping task expires tickets and refreshes the status line.
@@ -83,6 +86,18 @@ fn reload_changes(running: &Config, new: &Config) -> Result<String, String> {
             running.listen, new.listen
         ));
     }
+    if (new.limits.max_connections, new.limits.header_timeout)
+        != (
+            running.limits.max_connections,
+            running.limits.header_timeout,
+        )
+    {
+        return Err(
+            "`limits.max-connections` or `limits.header-timeout` changed: that needs a restart \
+             (systemctl restart report-apis); nothing was changed"
+                .to_owned(),
+        );
+    }
     let running = toml::Table::try_from(running).map_err(|e| e.to_string())?;
     let new = toml::Table::try_from(new).map_err(|e| e.to_string())?;
     let mut changed = Vec::new();
@@ -110,7 +125,7 @@ fn reload_changes(running: &Config, new: &Config) -> Result<String, String> {
 /// then on: pending tickets are kept and served; tickets issued afterwards use the new
 /// generation settings; the heavy-load phase under way continues; a lower `max-pending`
 /// refuses new tickets but evicts none; the drain timeout is the one in force at shutdown. A
-/// different `listen` is refused: it needs a restart.
+/// different `listen`, `max-connections` or `header-timeout` is refused: it needs a restart.
 pub async fn run_with_reloads(
     listener: TcpListener,
     config: Config,
@@ -124,12 +139,14 @@ pub async fn run_with_reloads(
     let metrics = Arc::new(Metrics::new());
     let clock = LoadClock::new(&config.heavy_load, start);
     let tickets = Arc::new(Tickets::new(&config, clock, metrics.clone(), start));
+    let rejections = Arc::new(Rejections::new(metrics.clone()));
     let app = api::app(AppState {
         tickets: tickets.clone(),
         metrics,
+        rejections: rejections.clone(),
     });
 
-    let housekeeping = tokio::spawn(housekeeping(tickets.clone()));
+    let housekeeping = tokio::spawn(housekeeping(tickets.clone(), rejections.clone()));
     tracing::info!(
         MESSAGE_ID = message_id::SERVER_READY,
         LISTEN = %address,
@@ -141,51 +158,24 @@ pub async fn run_with_reloads(
     );
     notify::ready(&status_line(&tickets.snapshot(Instant::now())));
 
+    let limits = config.limits.clone();
     let in_force = Arc::new(Mutex::new(config));
     let reloading = tokio::spawn(apply_reloads(reloads, tickets.clone(), in_force.clone()));
+    // Read at shutdown, so that the value of the last reload counts.
     let drain_timeout = move || {
+        notify::stopping();
         in_force
             .lock()
             .map_or(Duration::ZERO, |config| config.shutdown.drain_timeout)
     };
-    let (began_tx, began_rx) = tokio::sync::oneshot::channel();
-    let graceful = async move {
-        shutdown.await;
-        notify::stopping();
-        let drain_timeout = drain_timeout();
-        tracing::info!(
-            "shutting down: no new connections, waiting at most {} for open ones",
-            humantime::format_duration(drain_timeout)
-        );
-        let _ = began_tx.send(drain_timeout);
-    };
-    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
-    let deadline = async move {
-        match began_rx.await {
-            Ok(drain_timeout) => {
-                tokio::time::sleep(drain_timeout).await;
-                drain_timeout
-            }
-            // The server ended on its own; the other branch has the result.
-            Err(_) => std::future::pending().await,
-        }
-    };
-    let result = tokio::select! {
-        result = server => result.context("the HTTP server failed"),
-        drain_timeout = deadline => {
-            tracing::warn!(
-                "connections still open after the drain timeout of {}; closing them",
-                humantime::format_duration(drain_timeout)
-            );
-            Ok(())
-        }
-    };
+    let drained = serve::serve(listener, app, &limits, rejections, shutdown, drain_timeout).await;
+    if !drained {
+        tracing::warn!("connections still open after the drain timeout; closing them");
+    }
     housekeeping.abort();
     reloading.abort();
-    if result.is_ok() {
-        tracing::info!("stopped");
-    }
-    result
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// Applies each reloaded configuration to the ticket store and records it as the one in force,
@@ -209,13 +199,14 @@ async fn apply_reloads(mut reloads: Reloads, tickets: Arc<Tickets>, in_force: Ar
 /// A toggle is logged when the state differs from the last one seen, whichever branch woke
 /// the loop: the 1 s tick and a toggle can be due in the same millisecond, and `select!` then
 /// runs only one of them.
-async fn housekeeping(tickets: Arc<Tickets>) {
+async fn housekeeping(tickets: Arc<Tickets>, rejections: Arc<Rejections>) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let watchdog_every = notify::watchdog_interval();
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
     watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_status = String::new();
+    let mut summariser = Summariser::new();
     let mut heavy = tickets.snapshot(Instant::now()).heavy;
     loop {
         let toggle = tickets.next_toggle(Instant::now());
@@ -246,6 +237,7 @@ async fn housekeeping(tickets: Arc<Tickets>) {
                 );
             }
         }
+        summariser.tick(&rejections, Instant::now());
         let status = status_line(&snapshot);
         if status != last_status {
             notify::status(&status);
@@ -292,7 +284,8 @@ mod tests {
             Arc::new(Metrics::new()),
             start,
         ));
-        let task = tokio::spawn(housekeeping(tickets));
+        let rejections = Arc::new(Rejections::new(Arc::new(Metrics::new())));
+        let task = tokio::spawn(housekeeping(tickets, rejections));
         tokio::time::sleep(HOUSEKEEPING_INTERVAL * 10 + HOUSEKEEPING_INTERVAL / 2).await;
         task.abort();
 

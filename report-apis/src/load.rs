@@ -23,7 +23,7 @@ pub struct LoadClock {
 impl LoadClock {
     pub fn new(config: &HeavyLoad, start: Instant) -> Self {
         Self {
-            first_toggle: start + config.period,
+            first_toggle: later(start, config.period),
             period: config.period,
             initially_on: config.initially_on,
         }
@@ -33,7 +33,9 @@ impl LoadClock {
     /// ends when it would have (or, when no toggle was due, one new period from now); the
     /// phases after it last the new period. `initially-on` only matters at start.
     pub fn reloaded(&self, config: &HeavyLoad, now: Instant) -> Self {
-        let first_toggle = self.next_toggle(now).unwrap_or_else(|| now + config.period);
+        let first_toggle = self
+            .next_toggle(now)
+            .unwrap_or_else(|| later(now, config.period));
         Self {
             first_toggle,
             period: config.period,
@@ -43,7 +45,7 @@ impl LoadClock {
 
     /// Toggles done by `at`.
     fn phase(&self, at: Instant) -> u128 {
-        if at < self.first_toggle {
+        if at < self.first_toggle || self.period.is_zero() {
             return 0;
         }
         1 + (at - self.first_toggle).as_nanos() / self.period.as_nanos()
@@ -62,10 +64,19 @@ impl LoadClock {
         if self.period.is_zero() {
             return None;
         }
+        // A toggle past the ends of `Instant` never comes.
         let nanos = self.phase(at).checked_mul(self.period.as_nanos())?;
         self.first_toggle
             .checked_add(Duration::from_nanos(u64::try_from(nanos).ok()?))
     }
+}
+
+/// `at + by`, saturating a century ahead (or at `at`) instead of overflowing: a time that far
+/// off never comes in a server's life, and `Instant + Duration` would panic past its range.
+pub fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(at)
 }
 
 #[cfg(test)]
@@ -110,6 +121,41 @@ mod tests {
         assert_eq!(off.next_toggle(later), None);
         let (on, start) = clock(0, true);
         assert!(on.is_heavy(start + Duration::from_secs(86_400)));
+    }
+
+    #[test]
+    fn extreme_periods_neither_panic_nor_wrap() {
+        let start = Instant::now();
+        for period in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX / 2),
+            Duration::from_nanos(1),
+        ] {
+            for initially_on in [false, true] {
+                let config = HeavyLoad {
+                    period,
+                    initially_on,
+                };
+                let clock = LoadClock::new(&config, start);
+                let far = later(start, Duration::MAX);
+                for at in [start, start + Duration::from_secs(86_400), far] {
+                    let heavy = clock.is_heavy(at);
+                    if let Some(next) = clock.next_toggle(at) {
+                        assert!(next > at, "{period:?} at {at:?}");
+                    }
+                    let reloaded = clock.reloaded(&config, at);
+                    assert_eq!(reloaded.is_heavy(at), heavy, "a reload keeps the phase");
+                }
+            }
+        }
+        let clock = LoadClock::new(
+            &HeavyLoad {
+                period: Duration::MAX,
+                initially_on: false,
+            },
+            start,
+        );
+        assert!(!clock.is_heavy(start + Duration::from_secs(10 * 365 * 86_400)));
     }
 
     #[test]

@@ -18,7 +18,8 @@ Exit codes:
        reload: the new configuration is in force
   1    any other failure (the address cannot be bound; reload: the server did not answer)
   64   command-line mistake (unknown option or subcommand, bad value)
-  78   configuration error, naming file, line and key (reload: refused, the old one stays)";
+  78   configuration error (an unknown key, a bad value, a value outside its allowed range),
+       naming file, line and key (reload: refused, the old one stays)";
 
 /// Report server: issues tickets and serves CSV reports, slower the more are outstanding.
 #[derive(Debug, Parser)]

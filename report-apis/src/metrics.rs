@@ -19,6 +19,12 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Labels of `report_apis_rejections_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectionLabels {
+    pub reason: &'static str,
+}
+
 /// Every metric the server exports, cheap to update from any thread.
 #[derive(Debug)]
 pub struct Metrics {
@@ -32,6 +38,8 @@ pub struct Metrics {
     pub heavy_load: Gauge,
     pub http_requests: Family<RequestLabels, Counter>,
     pub report_generation_seconds: Histogram,
+    pub rejections: Family<RejectionLabels, Counter>,
+    pub connections_open: Gauge,
 }
 
 impl Default for Metrics {
@@ -55,6 +63,8 @@ impl Metrics {
             http_requests: Family::default(),
             // 50 ms to about 14 h: from a lone report to one stuck behind thousands of others.
             report_generation_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 21)),
+            rejections: Family::default(),
+            connections_open: Gauge::default(),
         };
         registry.register(
             "tickets_issued",
@@ -101,6 +111,18 @@ impl Metrics {
             "Wall time from a ticket's request until its report was ready",
             metrics.report_generation_seconds.clone(),
         );
+        registry.register(
+            "rejections",
+            "Requests refused and connections held back or closed early, by the limit that did it: \
+             max-pending (503), max-connections (waited in the backlog), header-timeout (closed, slow \
+             or idle), head-too-large (431)",
+            metrics.rejections.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "HTTP connections being served",
+            metrics.connections_open.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -145,6 +167,7 @@ mod tests {
             "report_apis_http_requests_total{route=\"/get_report/{ticket}\",method=\"GET\",status=\"200\"} 1",
             "report_apis_report_generation_seconds_sum 1.5",
             "report_apis_report_generation_seconds_count 1",
+            "report_apis_connections_open 0",
         ] {
             assert!(text.contains(name), "missing {name:?} in\n{text}");
         }

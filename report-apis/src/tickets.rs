@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::load::LoadClock;
+use crate::load::{LoadClock, later};
 use crate::metrics::Metrics;
 
 /// A ticket still being generated expires this many ticket-ttls after its request.
@@ -133,17 +133,16 @@ pub struct Tickets {
     metrics: Arc<Metrics>,
 }
 
-/// `at + by`, saturating far in the future instead of overflowing.
-fn later(at: Instant, by: Duration) -> Instant {
-    at.checked_add(by)
-        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 86_400)))
-        .unwrap_or(at)
-}
+/// The longest Retry-After the server sends: a week, as long as a ticket lives or a heavy-load
+/// phase lasts at the most the configuration allows, and far inside what any client parses.
+const MAX_RETRY_AFTER: u64 = 7 * 86_400;
 
-/// Whole seconds for Retry-After, rounded up, at least 1.
+/// Whole seconds for Retry-After, rounded up, from 1 to [`MAX_RETRY_AFTER`].
 fn whole_seconds(wait: Duration) -> u64 {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    secs.max(1)
+    let secs = wait
+        .as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0));
+    secs.clamp(1, MAX_RETRY_AFTER)
 }
 
 impl Tickets {
@@ -340,7 +339,7 @@ impl Tickets {
             let Some(entry) = inner.entries.get_mut(&id) else {
                 continue;
             };
-            let took = now - entry.issued_at;
+            let took = now.saturating_duration_since(entry.issued_at);
             let unready_until = entry.expires_at;
             entry.ready_at = Some(now);
             entry.expires_at = later(now, entry.ttl);
@@ -401,7 +400,9 @@ impl Settings {
     fn heavy_left(&self, now: Instant) -> Duration {
         self.clock
             .next_toggle(now)
-            .map_or(HEAVY_FOREVER_RETRY, |toggle| toggle - now)
+            .map_or(HEAVY_FOREVER_RETRY, |toggle| {
+                toggle.saturating_duration_since(now)
+            })
     }
 }
 
@@ -712,6 +713,70 @@ mod tests {
             tickets.fetch(b, 2, at(19_999_999_700)),
             Fetch::Ready { offset: 2 }
         );
+    }
+
+    #[test]
+    fn retry_after_saturates_at_extreme_durations_and_factors() {
+        assert_eq!(whole_seconds(Duration::MAX), MAX_RETRY_AFTER);
+        assert_eq!(whole_seconds(Duration::ZERO), 1);
+        assert_eq!(whole_seconds(Duration::from_millis(1500)), 2);
+        for (generation, ttl, slowdown, period) in [
+            (Duration::MAX, Duration::MAX, f64::MAX, Duration::MAX),
+            (
+                Duration::MAX,
+                Duration::from_millis(1),
+                1e300,
+                Duration::from_nanos(1),
+            ),
+            (
+                Duration::from_nanos(1),
+                Duration::MAX,
+                1e300,
+                Duration::ZERO,
+            ),
+            (
+                Duration::from_secs(3600),
+                Duration::from_secs(7 * 86_400),
+                100.0,
+                Duration::MAX,
+            ),
+        ] {
+            let mut config = Config::default();
+            config.report.generation_time = generation;
+            config.report.slowdown = slowdown;
+            config.limits.ticket_ttl = ttl;
+            config.limits.max_pending = 1000;
+            config.heavy_load = HeavyLoad {
+                period,
+                initially_on: true,
+            };
+            let start = Instant::now();
+            let clock = LoadClock::new(&config.heavy_load, start);
+            let tickets = Tickets::new(&config, clock, Arc::new(Metrics::new()), start);
+            let ids: Vec<Uuid> = (0..1000)
+                .map(|n| tickets.issue(n, start).unwrap())
+                .collect();
+            let Err(full) = tickets.issue(0, start) else {
+                panic!("the cap holds");
+            };
+            assert!((1..=MAX_RETRY_AFTER).contains(&full.retry_after));
+            for at in [
+                start,
+                start + Duration::from_secs(1),
+                start + Duration::from_secs(30 * 86_400),
+            ] {
+                match tickets.fetch(ids[0], 0, at) {
+                    Fetch::NotReady { retry_after } => {
+                        assert!(
+                            (1..=MAX_RETRY_AFTER).contains(&retry_after),
+                            "{generation:?} {slowdown}: {retry_after}"
+                        );
+                    }
+                    Fetch::Ready { .. } | Fetch::Unknown => {}
+                }
+                tickets.snapshot(at);
+            }
+        }
     }
 
     #[test]

@@ -11,27 +11,31 @@ use nix::unistd::Pid;
 
 use crate::util::client;
 
-const BIN: &str = env!("CARGO_BIN_EXE_report-apis");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_report-apis");
 
 fn shipped_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/report-apis.toml")
 }
 
 /// The binary as a manual run would start it (not under systemd), stderr captured.
-struct Running {
-    child: Child,
+pub(crate) struct Running {
+    pub(crate) child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Running {
-    fn start(args: &[&str]) -> Running {
+    pub(crate) fn start(args: &[&str]) -> Running {
         Self::start_with_env(args, &[])
     }
 
-    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut child = Command::new(BIN)
-            .args(args)
+    pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
+        Self::start_command(Command::new(BIN).args(args), env)
+    }
+
+    /// `command` (the binary, or a shell that execs it) with the environment of a manual run.
+    pub(crate) fn start_command(command: &mut Command, env: &[(&str, &str)]) -> Running {
+        let mut child = command
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
@@ -60,7 +64,7 @@ impl Running {
     }
 
     /// The first stderr line containing `needle`, waiting at most 10 s.
-    fn wait_for(&mut self, needle: &str) -> String {
+    pub(crate) fn wait_for(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
             return line.clone();
@@ -82,13 +86,13 @@ impl Running {
         );
     }
 
-    fn address(&mut self) -> String {
+    pub(crate) fn address(&mut self) -> String {
         let line = self.wait_for("listening on http://");
         let rest = &line[line.find("http://").unwrap()..];
         rest.split_whitespace().next().unwrap().to_owned()
     }
 
-    fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         kill(
             Pid::from_raw(i32::try_from(self.child.id()).unwrap()),
             signal,
@@ -97,7 +101,7 @@ impl Running {
     }
 
     /// Exit status, waiting at most 15 s; also drains the rest of stderr into `seen`.
-    fn wait(&mut self) -> ExitStatus {
+    pub(crate) fn wait(&mut self) -> ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -117,7 +121,14 @@ impl Running {
         }
     }
 
-    fn stderr(&self) -> String {
+    /// Moves the lines written so far into `seen`, without waiting.
+    pub(crate) fn collect(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
+    pub(crate) fn stderr(&self) -> String {
         self.seen.join("\n")
     }
 }
@@ -129,7 +140,7 @@ impl Drop for Running {
     }
 }
 
-fn write_config(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+pub(crate) fn write_config(dir: &tempfile::TempDir, text: &str) -> PathBuf {
     let path = dir.path().join("config.toml");
     std::fs::write(&path, text).unwrap();
     path

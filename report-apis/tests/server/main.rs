@@ -2,6 +2,7 @@
 //! behaviour. One test binary, so everything links once.
 
 mod cli;
+mod hostile;
 mod http;
 mod journal;
 mod load;

@@ -1,0 +1,185 @@
+//! What the server refused or cut short, counted for `/metrics` and summarised in the journal at
+//! a bounded rate.
+//!
+//! A flood against a limit is exactly when a line per refusal would hurt: logging each 503 at
+//! `max-pending` wrote a million journal lines in 15 s. Each refusal is counted (the
+//! `report_apis_rejections_total` counter, by reason) and the journal gets at most one summary
+//! line per [`SUMMARY_INTERVAL`], written by the housekeeping task.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::metrics::{Metrics, RejectionLabels};
+
+/// Shortest time between two summary lines.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Why a request or connection was refused or closed early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// `/request_report` answered 503: `limits.max-pending` tickets were held.
+    MaxPending,
+    /// `limits.max-connections` connections were open: the next one waited in the backlog.
+    MaxConnections,
+    /// A connection sent no complete request head within `limits.header-timeout` (a slow
+    /// sender, or an idle keep-alive connection) and was closed.
+    HeaderTimeout,
+    /// A request head over the size or header-count limit: answered 431 and closed.
+    HeadTooLarge,
+}
+
+impl Reason {
+    const ALL: [Reason; 4] = [
+        Reason::MaxPending,
+        Reason::MaxConnections,
+        Reason::HeaderTimeout,
+        Reason::HeadTooLarge,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::MaxPending => "max-pending",
+            Reason::MaxConnections => "max-connections",
+            Reason::HeaderTimeout => "header-timeout",
+            Reason::HeadTooLarge => "head-too-large",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Reason::MaxPending => 0,
+            Reason::MaxConnections => 1,
+            Reason::HeaderTimeout => 2,
+            Reason::HeadTooLarge => 3,
+        }
+    }
+
+    /// How `count` of them read in the summary line.
+    fn describe(self, count: u64) -> String {
+        match self {
+            Reason::MaxPending => {
+                format!("{count} ticket requests refused with 503 at limits.max-pending")
+            }
+            Reason::MaxConnections => {
+                format!("{count} connections held in the backlog at limits.max-connections")
+            }
+            Reason::HeaderTimeout => {
+                format!("{count} connections closed at limits.header-timeout (slow or idle)")
+            }
+            Reason::HeadTooLarge => {
+                format!("{count} requests refused with 431 (request head too large)")
+            }
+        }
+    }
+}
+
+/// The counters, and what has not been summarised yet.
+#[derive(Debug)]
+pub struct Rejections {
+    metrics: Arc<Metrics>,
+    unreported: [AtomicU64; 4],
+    accept_errors: AtomicU64,
+}
+
+impl Rejections {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        for reason in Reason::ALL {
+            // Present from the start at 0, so that a rate over them is defined.
+            drop(metrics.rejections.get_or_create(&RejectionLabels {
+                reason: reason.label(),
+            }));
+        }
+        Self {
+            metrics,
+            unreported: Default::default(),
+            accept_errors: AtomicU64::new(0),
+        }
+    }
+
+    pub fn record(&self, reason: Reason) {
+        self.metrics
+            .rejections
+            .get_or_create(&RejectionLabels {
+                reason: reason.label(),
+            })
+            .inc();
+        self.unreported[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `accept` failed; the first error of a summary interval is kept for its line.
+    pub fn accept_failed(&self, err: &std::io::Error) {
+        if self.accept_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!("cannot accept a connection: {err}");
+        }
+    }
+
+    pub fn opened(&self) {
+        self.metrics.connections_open.inc();
+    }
+
+    pub fn closed(&self) {
+        self.metrics.connections_open.dec();
+    }
+
+    /// The summary of everything since the previous one, or `None` when there was nothing.
+    pub fn take_summary(&self) -> Option<String> {
+        let parts: Vec<String> = Reason::ALL
+            .into_iter()
+            .filter_map(|reason| {
+                let count = self.unreported[reason.index()].swap(0, Ordering::Relaxed);
+                (count > 0).then(|| reason.describe(count))
+            })
+            .chain({
+                let errors = self.accept_errors.swap(0, Ordering::Relaxed);
+                (errors > 0).then(|| format!("{errors} failed accepts"))
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
+/// Writes [`Rejections::take_summary`] to the journal at most once per [`SUMMARY_INTERVAL`];
+/// called by the housekeeping task on each tick.
+#[derive(Debug)]
+pub struct Summariser {
+    last: Option<Instant>,
+}
+
+impl Summariser {
+    pub fn new() -> Self {
+        Self { last: None }
+    }
+
+    pub fn tick(&mut self, rejections: &Rejections, now: Instant) {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < SUMMARY_INTERVAL)
+        {
+            return;
+        }
+        let Some(summary) = rejections.take_summary() else {
+            return;
+        };
+        let over = match self.last {
+            Some(last) => format!(
+                "in the last {}",
+                humantime::format_duration(Duration::from_secs(
+                    now.saturating_duration_since(last).as_secs(),
+                ))
+            ),
+            None => "since start".to_owned(),
+        };
+        tracing::warn!("rejected {over}: {summary}");
+        self.last = Some(now);
+    }
+}
+
+impl Default for Summariser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
