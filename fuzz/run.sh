@@ -10,8 +10,8 @@
 #                                    never less than FUZZ_MIN_SECONDS (10)
 #
 # Each target starts from its committed seeds (fuzz/seeds/TARGET/), copied into a scratch
-# corpus (fuzz/target/corpus/TARGET/) that keeps what earlier runs found; crashing inputs go to
-# fuzz/artifacts/TARGET/. Neither is committed.
+# corpus (fuzz/target/corpus/TARGET/) that keeps what earlier runs found; with FUZZ_BUDGET, into
+# a fresh one each time. Crashing inputs go to fuzz/artifacts/TARGET/. None of it is committed.
 set -euo pipefail
 
 FUZZ_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -67,9 +67,16 @@ info "$seconds s a target"
 mkdir -p target/logs
 for target in "${targets[@]}"; do
     corpus=target/corpus/$target
+    if [[ -n $FUZZ_BUDGET ]]; then
+        # From the seeds alone: reading back a corpus grown by long runs (ten thousand inputs
+        # for a configuration file) would take most of a short run.
+        corpus=target/corpus-bounded/$target
+        rm -rf "$corpus"
+    fi
     log=target/logs/$target.log
     mkdir -p "$corpus"
-    cp -n seeds/"$target"/* "$corpus"/ 2>/dev/null || true
+    # Again each run: a seed that links to a shipped file follows its changes.
+    cp seeds/"$target"/* "$corpus"/
     if cargo fuzz run "${BUILD_FLAGS[@]}" "$target" "$corpus" -- \
         -max_total_time="$seconds" -timeout="$FUZZ_TIMEOUT" >"$log" 2>&1; then
         # "Done 10862332 runs in 9 second(s)"
