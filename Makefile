@@ -1,19 +1,20 @@
 # The two commands a newcomer needs (see README.md), and the steps they are made of.
 #   make demo        build, boot a Debian 12 box, install the packages, follow the journal
 #   make test        every test: fmt, clippy, the alerting rules, unit and integration tests,
-#                    the booted boxes
+#                    about 3 minutes of fuzzing, the booted boxes
 #   make deb         target/debian/report-apis_*.deb and report-collector_*.deb
 #   make experiment  measure the concurrency policies against an overloaded server
 #   make bench       the benchmarks (they print figures)
+#   make fuzz        every fuzz target for FUZZ_SECONDS each (300), crashes reported
 #   make docker-demo the same demo in a Docker systemd box; make docker-down removes it
 #   make long-run    the experiment in real time in a booted box; LONG_RUN=1 make test adds it
-# demo, test and deb install what they need first (scripts/install-deps.sh; run as root); deb
-# installs only what building needs.
+# demo, test, fuzz and deb install what they need first (scripts/install-deps.sh; run as root);
+# deb installs only what building needs.
 
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo test deb experiment bench deps deps-build deps-docker lint rules-test unit-test box-test docker-test docker-demo docker-down long-run
+.PHONY: demo test deb experiment bench fuzz deps deps-build deps-docker lint rules-test unit-test fuzz-test box-test docker-test docker-demo docker-down long-run
 
 deps:
 	scripts/install-deps.sh
@@ -35,6 +36,7 @@ demo: deps
 
 lint:
 	cargo fmt --all -- --check
+	cd fuzz && cargo fmt -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
 # The example alerting rules shipped in report-collector's package: valid, and doing what
@@ -46,6 +48,16 @@ rules-test:
 
 unit-test:
 	cargo test --workspace
+
+# Hostile input against every parser (fuzz/README.md): all targets in about FUZZ_BUDGET
+# seconds, their build included; a cold build takes longer, and each target then still gets
+# FUZZ_MIN_SECONDS (10).
+FUZZ_BUDGET ?= 180
+fuzz-test:
+	FUZZ_BUDGET=$(FUZZ_BUDGET) fuzz/run.sh
+
+fuzz: deps
+	fuzz/run.sh
 
 box-test:
 	tests/run.sh
@@ -68,6 +80,7 @@ test: deps-docker
 	$(MAKE) lint
 	$(MAKE) rules-test
 	$(MAKE) unit-test
+	$(MAKE) fuzz-test
 	tests/host-state.sh $(MAKE) box-test docker-test
 	@if [[ -n "$${LONG_RUN:-}" ]]; then scripts/long-run.sh; fi
 

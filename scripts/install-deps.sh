@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs what `make test`, `make demo` and `make bench` need on a fresh Debian 12 or 13
-# machine, and nothing when it is all there already: the Debian packages, a Rust toolchain
-# (through rustup when cargo is missing or too old) and cargo-deb. With --docker, also what
-# the Docker box needs (`make test`, `make docker-demo`): Debian's docker.io, installed without
-# starting or enabling the host's Docker services, and it undoes what earlier versions of
-# tests/docker.sh left on the host (tests/box/docker-engine.sh says what). With --build, only
-# what building the packages needs (`make deb`): a C toolchain, curl for rustup, Rust, cargo-deb.
+# Installs what `make test`, `make demo`, `make fuzz` and `make bench` need on a fresh Debian 12
+# or 13 machine, and nothing when it is all there already: the Debian packages, a Rust toolchain
+# (through rustup when cargo is missing or too old), cargo-deb and cargo-fuzz. With --docker,
+# also what the Docker box needs (`make test`, `make docker-demo`): Debian's docker.io,
+# installed without starting or enabling the host's Docker services, and it undoes what earlier
+# versions of tests/docker.sh left on the host (tests/box/docker-engine.sh says what). With
+# --build, only what building the packages needs (`make deb`): a C toolchain, curl for rustup,
+# Rust, cargo-deb.
 # promtool, which `make test` uses to check the example alerting rules, comes from Debian's
 # prometheus package, installed without starting or enabling the Prometheus server.
 # Run as root.
@@ -111,6 +112,14 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 
 cargo_deb_ready
+
+# cargo-fuzz, for `make fuzz` and the fuzz step of `make test` (fuzz/README.md); it builds
+# libFuzzer with the C++ compiler of build-essential.
+CARGO_FUZZ_VERSION=0.13.2
+if [[ ${1:-} != --build && $(cargo fuzz --version 2>/dev/null) != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
+    echo "installing cargo-fuzz $CARGO_FUZZ_VERSION" >&2
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
+fi
 
 if [[ ${1:-} == --docker ]]; then
     # shellcheck source=../tests/box/docker-engine.sh

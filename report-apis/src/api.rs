@@ -109,7 +109,9 @@ impl IntoResponse for ApiError {
 }
 
 /// Offsets are Go `int`s in the original; negative ones make no sense for a report.
-fn parse_offset(text: &str) -> Option<u64> {
+/// Public for the fuzz targets only.
+#[doc(hidden)]
+pub fn parse_offset(text: &str) -> Option<u64> {
     text.parse::<i64>().ok().and_then(|n| u64::try_from(n).ok())
 }
 
