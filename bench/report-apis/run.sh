@@ -186,12 +186,14 @@ header-timeout = \"5m\"")
         sleep 0.05
     done
     sleep 1
+    # shellcheck disable=SC2034 # read by the eval below
     open=$(metric "$url" report_apis_connections_open)
     eval "$1_held=$(kib "$server" VmRSS)"
     eval "$1_open=\${open:-?}"
     stop "$flooder"
     stop "$server"
 }
+# shellcheck disable=SC3045 # dash, /bin/sh here, has ulimit -n
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((FLOOD * 2 + 200)) ]; then
     ulimit -n $((FLOOD * 2 + 200)) 2>/dev/null || true
 fi
@@ -232,6 +234,9 @@ echo "report-apis memory with ${held:-?} tickets held (max-pending 10000; ${reje
 echo "  peak RSS $((full_hwm / 1024)) MiB (VmHWM $full_hwm KiB), RSS now $((full_rss / 1024)) MiB (target <= 32 MiB)"
 echo "report-apis memory under a flood of $FLOOD connections (max-connections $((FLOOD + 8)), header-timeout 5m):"
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
+# shellcheck disable=SC2154 # idle_*, half_* and huge_* are set by flooded's eval
 echo "  idle:                   RSS $(mib "$idle_before") before, $(mib "$idle_held") with them held ($idle_open open)"
+# shellcheck disable=SC2154
 echo "  half request head each: RSS $(mib "$half_before") before, $(mib "$half_held") with 8 KiB each held ($half_open open)"
+# shellcheck disable=SC2154
 echo "  400 KiB head each:      RSS $(mib "$huge_before") before, $(mib "$huge_held") after ($huge_open open: 431, closed)"

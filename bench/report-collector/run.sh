@@ -39,9 +39,9 @@ SERVER_PID=
 HOLDER_PID=
 BUS_PID=
 cleanup() {
-    [ -n "$HOLDER_PID" ] && kill "$HOLDER_PID" 2>/dev/null || true
-    [ -n "$BUS_PID" ] && kill "$BUS_PID" 2>/dev/null || true
-    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+    if [ -n "$HOLDER_PID" ]; then kill "$HOLDER_PID" 2>/dev/null || true; fi
+    if [ -n "$BUS_PID" ]; then kill "$BUS_PID" 2>/dev/null || true; fi
+    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; fi
     wait 2>/dev/null || true
     rm -rf "$WORK"
 }
@@ -112,7 +112,7 @@ RATIO=$(echo "$C $S" | awk '{ printf "%.2f", $1 / $2 }')
 echo "== peak RSS of a whole run (max of 20) =="
 RSS=0
 for _ in $(seq 20); do
-    kb=$(/usr/bin/time -f %M $RUN_COLLECTOR 2>&1 >/dev/null | tail -1)
+    kb=$(/usr/bin/time -f %M "$COLLECTOR" --config "$WORK/collector/config.toml" 2>&1 >/dev/null | tail -1)
     [ "$kb" -gt "$RSS" ] && RSS=$kb
 done
 CURL_RSS=$(/usr/bin/time -f %M curl -sf "http://127.0.0.1:$PORT/healthz" 2>&1 >/dev/null | tail -1)
@@ -130,7 +130,7 @@ done
 BUS_RSS=0
 for _ in $(seq 20); do
     kb=$(DBUS_SYSTEM_BUS_ADDRESS="unix:path=$WORK/bus" TRIGGER_UNIT=report-collector.timer \
-        /usr/bin/time -f %M $RUN_COLLECTOR 2>&1 >/dev/null | tail -1)
+        /usr/bin/time -f %M "$COLLECTOR" --config "$WORK/collector/config.toml" 2>&1 >/dev/null | tail -1)
     [ "$kb" -gt "$BUS_RSS" ] && BUS_RSS=$kb
 done
 # The bus was asked (and, without systemd on it, said so): the once-per-boot note is there.

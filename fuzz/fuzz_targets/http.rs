@@ -17,6 +17,7 @@ use report_apis::api::{self, AppState};
 use report_apis::config::Config;
 use report_apis::load::LoadClock;
 use report_apis::metrics::Metrics;
+use report_apis::rejections::Rejections;
 use report_apis::tickets::Tickets;
 use report_common::ticket;
 use tokio::time::Instant;
@@ -44,7 +45,12 @@ fuzz_target!(|data: &[u8]| {
     let metrics = Arc::new(Metrics::new());
     let clock = LoadClock::new(&config.heavy_load, start);
     let tickets = Arc::new(Tickets::new(&config, clock, metrics.clone(), start));
-    let app = api::app(AppState { tickets, metrics });
+    let rejections = Arc::new(Rejections::new(metrics.clone()));
+    let app = api::app(AppState {
+        tickets,
+        metrics,
+        rejections,
+    });
     let mut issued: Option<String> = None;
     RUNTIME.block_on(async {
         for line in text.lines().take(MAX_REQUESTS) {

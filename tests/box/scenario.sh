@@ -272,6 +272,11 @@ phase_installed() {
     check "system user report-collector exists (sysusers.d): $(box_exec "$box" getent passwd report-collector)" \
         box_exec "$box" getent passwd report-collector
     check "man pages installed" box_exec "$box" test -f /usr/share/man/man8/report-apis.8.gz -a -f /usr/share/man/man8/report-collector.8.gz
+    # LimitNOFILE= in the unit: the server's connection cap (512 by default) stays below the
+    # limit its process really runs with, so accept() never fails for want of a descriptor.
+    local nofile
+    nofile=$(box_exec "$box" sh -c "awk '/^Max open files/ { print \$4 }' /proc/\$(systemctl show -p MainPID --value report-apis.service)/limits")
+    check "report-apis runs with the unit's open-file limit (LimitNOFILE=2048): $nofile" test "$nofile" = 2048
 
     if verify=$(box_exec "$box" systemd-analyze verify --man=no report-apis.service report-collector.service report-collector.timer 2>&1) &&
         [[ -z $verify ]]; then
