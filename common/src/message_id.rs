@@ -33,6 +33,8 @@ pub const APIS_CONFIG_REJECTED: &str = "a06e84b8259840a3b62c5bc06938a4f5";
 pub const RELOADED: &str = "be4bf0bd5bee48408c470f6f71744f23";
 /// report-apis: `systemctl reload` found the new configuration invalid; the old one stays.
 pub const RELOAD_REJECTED: &str = "66790bed26e3495b9abd3456fc8e9b06";
+/// report-apis: requests and connections refused at a limit, summed up at most every 10 s.
+pub const REJECTIONS: &str = "1d630918afd14a3fbe62e71418599577";
 
 /// Test support (feature `test-util`): the `@FIELD@` placeholders of `id`'s entry in `catalog`
 /// (the text of a catalog file), which `journalctl -x` fills from the line's fields.

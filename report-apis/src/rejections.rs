@@ -173,7 +173,10 @@ impl Summariser {
             ),
             None => "since start".to_owned(),
         };
-        tracing::warn!("rejected {over}: {summary}");
+        tracing::warn!(
+            MESSAGE_ID = report_common::message_id::REJECTIONS,
+            "rejected {over}: {summary}"
+        );
         self.last = Some(now);
     }
 }
