@@ -4,13 +4,13 @@
 # crashed and how to run it again. `make fuzz` and `make test` call it (fuzz/README.md says why
 # it builds with `--sanitizer none` on stable Rust).
 #
-#   fuzz/run.sh [TARGET...]          every target (or those named), FUZZ_SECONDS each (300)
-#   FUZZ_BUDGET=180 fuzz/run.sh      at most about 180 s in all, the build included: each
-#                                    target gets an equal share of what the build left, but
-#                                    never less than FUZZ_MIN_SECONDS (10)
+#   fuzz/run.sh [TARGET...]               every target (or those named), FUZZ_SECONDS each (300)
+#   FUZZ_PROFILE=dev FUZZ_SECONDS=45 FUZZ_FRESH=1 fuzz/run.sh
+#                                         `make fuzz-test`: unoptimised, 45 s each, each
+#                                         target from its seeds alone
 #
 # Each target starts from its committed seeds (fuzz/seeds/TARGET/), copied into a scratch
-# corpus (fuzz/target/corpus/TARGET/) that keeps what earlier runs found; with FUZZ_BUDGET, into
+# corpus (fuzz/target/corpus/TARGET/) that keeps what earlier runs found; with FUZZ_FRESH=1, into
 # a fresh one each time. Crashing inputs go to fuzz/artifacts/TARGET/. None of it is committed.
 set -euo pipefail
 
@@ -20,13 +20,24 @@ source "$FUZZ_DIR/../tests/lib.sh"
 TEST_LABEL=fuzz
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-300}
-FUZZ_BUDGET=${FUZZ_BUDGET:-}
-FUZZ_MIN_SECONDS=${FUZZ_MIN_SECONDS:-10}
+FUZZ_FRESH=${FUZZ_FRESH:-}
 # An input that takes longer than this is a hang, reported like a crash: every parser here
 # answers in microseconds.
 FUZZ_TIMEOUT=10
 # Coverage-guided without a sanitizer: stable rustc has no -Zsanitizer (README.md).
 BUILD_FLAGS=(--sanitizer none)
+# release (optimised, debug assertions on: cargo-fuzz's default) for long runs; dev
+# (unoptimised) builds in about half the time and runs fewer inputs a second: `make test`'s
+# bounded step uses it.
+FUZZ_PROFILE=${FUZZ_PROFILE:-release}
+case $FUZZ_PROFILE in
+release) ;;
+dev) BUILD_FLAGS+=(--dev) ;;
+*)
+    echo "FUZZ_PROFILE is release or dev, not $FUZZ_PROFILE" >&2
+    exit 2
+    ;;
+esac
 
 export PATH=$HOME/.cargo/bin:$PATH
 # The targets build with their own flags into fuzz/target; a shared target dir would rebuild
@@ -49,7 +60,7 @@ RESULTS=$(mktemp)
 on_exit rm -f "$RESULTS"
 
 t0=$(now)
-echo "building ${#targets[@]} fuzz targets (fuzz/target)"
+echo "building ${#targets[@]} fuzz targets (fuzz/target, $FUZZ_PROFILE)"
 if ! cargo fuzz build "${BUILD_FLAGS[@]}" 2>&1 | grep -E '^(warning|error)|Finished'; then
     fail "the fuzz targets build"
     summary_and_exit
@@ -58,19 +69,15 @@ build_seconds=$(elapsed "$t0" "$(now)")
 info "built in $build_seconds s"
 
 seconds=$FUZZ_SECONDS
-if [[ -n $FUZZ_BUDGET ]]; then
-    seconds=$(((FUZZ_BUDGET - build_seconds) / ${#targets[@]}))
-    seconds=$((seconds < FUZZ_MIN_SECONDS ? FUZZ_MIN_SECONDS : seconds))
-fi
 info "$seconds s a target"
 
 mkdir -p target/logs
 for target in "${targets[@]}"; do
     corpus=target/corpus/$target
-    if [[ -n $FUZZ_BUDGET ]]; then
+    if [[ -n $FUZZ_FRESH ]]; then
         # From the seeds alone: reading back a corpus grown by long runs (ten thousand inputs
         # for a configuration file) would take most of a short run.
-        corpus=target/corpus-bounded/$target
+        corpus=target/corpus-fresh/$target
         rm -rf "$corpus"
     fi
     log=target/logs/$target.log
