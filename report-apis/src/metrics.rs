@@ -33,6 +33,7 @@ pub struct Metrics {
     pub tickets_pending: Gauge,
     pub tickets_ready: Gauge,
     pub tickets_expired: Counter,
+    pub tickets_cancelled: Counter,
     pub tickets_rejected: Counter,
     pub tickets_pending_peak: Gauge,
     pub heavy_load: Gauge,
@@ -57,6 +58,7 @@ impl Metrics {
             tickets_pending: Gauge::default(),
             tickets_ready: Gauge::default(),
             tickets_expired: Counter::default(),
+            tickets_cancelled: Counter::default(),
             tickets_rejected: Counter::default(),
             tickets_pending_peak: Gauge::default(),
             heavy_load: Gauge::default(),
@@ -85,6 +87,11 @@ impl Metrics {
             "tickets_expired",
             "Tickets dropped after their time to live",
             metrics.tickets_expired.clone(),
+        );
+        registry.register(
+            "tickets_cancelled",
+            "Held tickets dropped by DELETE /get_report/{ticket} before they expired",
+            metrics.tickets_cancelled.clone(),
         );
         registry.register(
             "tickets_rejected",
@@ -161,6 +168,7 @@ mod tests {
             "report_apis_tickets_pending 0",
             "report_apis_tickets_ready 0",
             "report_apis_tickets_expired_total 0",
+            "report_apis_tickets_cancelled_total 0",
             "report_apis_tickets_rejected_total 0",
             "report_apis_tickets_pending_peak 0",
             "report_apis_heavy_load 0",

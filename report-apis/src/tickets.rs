@@ -1,8 +1,8 @@
 //! Issued tickets, their states, expiry, the cap, and the load model that decides when each
 //! report is ready.
 //!
-//! The load model: a ticket is *pending* from its request until its report is fetched or it
-//! expires. A report needs `generation-time x (1 + slowdown x other pending tickets)`,
+//! The load model: a ticket is *pending* from its request until its report is fetched, it
+//! expires or it is cancelled. A report needs `generation-time x (1 + slowdown x other pending tickets)`,
 //! re-evaluated whenever the count changes, and makes no progress during heavy load.
 //!
 //! Every report being generated advances at the same rate, so one shared "work clock" (seconds
@@ -266,6 +266,43 @@ impl Tickets {
             self.publish(&inner);
         }
         Fetch::Ready { offset }
+    }
+
+    /// Drops a ticket at the client's request, in whatever state, and says whether the store
+    /// held it. Work done up to `now` is kept at the old rate; from `now` on the ticket no longer
+    /// slows the others, and a later fetch finds nothing.
+    pub fn cancel(&self, id: Uuid, offset: u64, now: Instant) -> bool {
+        let mut inner = self.lock();
+        self.advance(&mut inner, now);
+        // Like a fetch, the ticket is the id with its offset: another offset names nothing.
+        if inner
+            .entries
+            .get(&id)
+            .is_none_or(|entry| entry.offset != offset)
+        {
+            return false;
+        }
+        let Some(entry) = inner.entries.remove(&id) else {
+            return false;
+        };
+        if entry.ready_at.is_none() {
+            inner
+                .generating
+                .remove(&(entry.target.to_bits(), entry.seq));
+            inner.expiring_unready.remove(&(entry.expires_at, id));
+            inner.pending -= 1;
+        } else {
+            inner.expiring_ready.remove(&(entry.expires_at, id));
+            if !entry.fetched {
+                inner.pending -= 1;
+                inner.ready_unfetched -= 1;
+            }
+        }
+        // Restarts the work clock if nothing generates any more, as every other removal does.
+        self.settle(&mut inner);
+        self.metrics.tickets_cancelled.inc();
+        self.publish(&inner);
+        true
     }
 
     /// Brings the store up to `now` (expiring what is due) and returns its counts; also
@@ -639,6 +676,77 @@ mod tests {
         // 0.5 s of work. At 2 s A expires; C runs alone and needs 0.5 s more: ready at 2.5 s.
         assert!(!f.peek_ready(c, 2 * G + G / 2 - 1));
         assert!(f.peek_ready(c, 2 * G + G / 2));
+    }
+
+    #[test]
+    fn a_cancelled_pending_ticket_stops_slowing_the_others_at_once() {
+        let f = Fixture::calm();
+        let a = f.issue(0);
+        let b = f.issue(0);
+        // At 0.5 s each has done 0.25 s of work at half speed: B's estimate is 0.75 s x 2.
+        assert_eq!(f.fetch(b, G / 2), Fetch::NotReady { retry_after: 2 });
+        assert!(f.tickets.cancel(a, 7, f.at(G / 2)));
+        assert_eq!(f.metrics.tickets_pending.get(), 1);
+        // Alone from 0.5 s, B needs 0.75 s more: ready at 1.25 s instead of 2 s.
+        assert_eq!(f.fetch(b, G / 2), Fetch::NotReady { retry_after: 1 });
+        assert!(!f.peek_ready(b, 5 * G / 4 - 1));
+        assert!(f.peek_ready(b, 5 * G / 4));
+        assert_eq!(f.fetch(a, 5 * G / 4), Fetch::Unknown);
+        assert_eq!(f.metrics.tickets_pending_peak.get(), 2);
+        assert_eq!(f.metrics.tickets_cancelled.get(), 1);
+        assert_eq!(f.metrics.tickets_expired.get(), 0);
+    }
+
+    #[test]
+    fn cancelling_the_only_generating_ticket_leaves_a_fresh_start() {
+        let f = Fixture::calm();
+        let a = f.issue(0);
+        assert!(f.tickets.cancel(a, 7, f.at(G / 2)));
+        let b = f.issue(G / 2);
+        assert!(!f.peek_ready(b, 3 * G / 2 - 1));
+        assert!(f.peek_ready(b, 3 * G / 2));
+    }
+
+    #[test]
+    fn cancelling_twice_or_an_unheld_ticket_drops_nothing_more() {
+        let f = Fixture::calm();
+        let a = f.issue(0);
+        assert!(
+            !f.tickets.cancel(a, 8, f.at(0)),
+            "another offset is another ticket"
+        );
+        assert!(!f.tickets.cancel(Uuid::new_v4(), 7, f.at(0)));
+        assert_eq!(f.tickets.snapshot(f.at(0)).pending, 1);
+        assert!(f.tickets.cancel(a, 7, f.at(0)));
+        assert!(!f.tickets.cancel(a, 7, f.at(0)));
+        assert_eq!(f.metrics.tickets_cancelled.get(), 1);
+        let snap = f.tickets.snapshot(f.at(0));
+        assert_eq!((snap.pending, snap.ready, snap.held), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_cancelled_ready_ticket_is_gone_and_frees_its_place() {
+        let f = Fixture::new(no_heavy_load(), 1.0, 2, 10 * G);
+        let unfetched = f.issue(0);
+        let fetched = f.issue(0);
+        assert!(f.ready(fetched, 2 * G));
+        let snap = f.tickets.snapshot(f.at(2 * G));
+        assert_eq!((snap.pending, snap.ready, snap.held), (1, 1, 2));
+        assert!(f.tickets.issue(7, f.at(2 * G)).is_err());
+
+        assert!(f.tickets.cancel(unfetched, 7, f.at(2 * G)));
+        let snap = f.tickets.snapshot(f.at(2 * G));
+        assert_eq!((snap.pending, snap.ready, snap.held), (0, 0, 1));
+        assert_eq!(f.fetch(unfetched, 2 * G), Fetch::Unknown);
+        // A fetched ticket is no longer pending, but still held: cancelling frees its place.
+        assert!(f.tickets.cancel(fetched, 7, f.at(2 * G)));
+        assert_eq!(f.tickets.snapshot(f.at(2 * G)).held, 0);
+        assert_eq!(f.fetch(fetched, 2 * G), Fetch::Unknown);
+        assert!(f.tickets.issue(7, f.at(2 * G)).is_ok());
+        // Of the three, only the ticket issued last is left to expire.
+        f.tickets.snapshot(f.at(100 * G));
+        assert_eq!(f.metrics.tickets_expired.get(), 1);
+        assert_eq!(f.metrics.tickets_cancelled.get(), 2);
     }
 
     #[test]
