@@ -223,7 +223,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
     for (method, path) in [
         (reqwest::Method::POST, "/request_report".to_owned()),
         (reqwest::Method::PUT, format!("/get_report/{ticket}")),
-        (reqwest::Method::DELETE, format!("/get_report/{ticket}")),
+        (reqwest::Method::DELETE, "/request_report".to_owned()),
         (reqwest::Method::POST, "/metrics".to_owned()),
         (reqwest::Method::PATCH, "/healthz".to_owned()),
     ] {

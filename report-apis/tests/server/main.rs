@@ -1,6 +1,7 @@
 //! Integration tests: the real server over HTTP on loopback, and the real binary for CLI
 //! behaviour. One test binary, so everything links once.
 
+mod cancel;
 mod cli;
 mod hostile;
 mod http;

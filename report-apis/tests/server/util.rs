@@ -63,6 +63,10 @@ impl Server {
         self.client.get(self.url(path)).send().await.unwrap()
     }
 
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client.delete(self.url(path)).send().await.unwrap()
+    }
+
     /// Status and body of a GET.
     pub async fn get_text(&self, path: &str) -> (u16, String) {
         let response = self.get(path).await;
