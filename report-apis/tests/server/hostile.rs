@@ -125,22 +125,29 @@ async fn read_until_closed(stream: &mut TcpStream) -> Option<Vec<u8>> {
     }
 }
 
+/// Appends what the server sends next to `buffer`; `None` if it closed or sent nothing within
+/// [`NEVER`].
+async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0_u8; 4096];
+    let n = tokio::time::timeout(NEVER, stream.read(&mut chunk))
+        .await
+        .ok()?
+        .ok()?;
+    if n == 0 {
+        return None;
+    }
+    buffer.extend_from_slice(&chunk[..n]);
+    Some(())
+}
+
 /// One response read off a keep-alive connection: status and body (`Content-Length` only).
 async fn read_response(stream: &mut TcpStream) -> Option<(u16, Vec<u8>)> {
     let mut buffer = Vec::new();
-    let mut chunk = [0_u8; 4096];
     let head_end = loop {
         if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
             break at + 4;
         }
-        let n = tokio::time::timeout(NEVER, stream.read(&mut chunk))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..n]);
+        read_more(stream, &mut buffer).await?;
     };
     let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
     let status = head.get(9..12)?.parse().ok()?;
@@ -150,14 +157,7 @@ async fn read_response(stream: &mut TcpStream) -> Option<(u16, Vec<u8>)> {
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0);
     while buffer.len() < head_end + length {
-        let n = tokio::time::timeout(NEVER, stream.read(&mut chunk))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..n]);
+        read_more(stream, &mut buffer).await?;
     }
     Some((status, buffer[head_end..head_end + length].to_vec()))
 }
