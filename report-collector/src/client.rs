@@ -46,10 +46,34 @@ pub enum FetchError {
     Permanent(String),
 }
 
-/// The two calls the collector makes.
+/// What the server made of a request to cancel a ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancel {
+    /// The server holds the ticket no longer (204; also for a ticket it never knew).
+    Done,
+    /// The server has no route for it (405 or 501: the original server, an older report-apis);
+    /// the ticket is left to expire there.
+    Unsupported(String),
+}
+
+/// The calls the collector makes: the original's two, and the cancel route of report-apis.
 pub trait ReportServer {
     fn request_ticket(&self) -> impl Future<Output = Result<String, FetchError>>;
     fn get_report(&self, ticket: &str) -> impl Future<Output = Result<Poll, FetchError>>;
+    fn cancel_ticket(&self, ticket: &str) -> impl Future<Output = Result<Cancel, FetchError>>;
+}
+
+/// A server borrowed: what the run is handed when the caller keeps the server.
+impl<S: ReportServer> ReportServer for &S {
+    fn request_ticket(&self) -> impl Future<Output = Result<String, FetchError>> {
+        (**self).request_ticket()
+    }
+    fn get_report(&self, ticket: &str) -> impl Future<Output = Result<Poll, FetchError>> {
+        (**self).get_report(ticket)
+    }
+    fn cancel_ticket(&self, ticket: &str) -> impl Future<Output = Result<Cancel, FetchError>> {
+        (**self).cancel_ticket(ticket)
+    }
 }
 
 /// Exponential backoff for transient failures.
@@ -99,53 +123,71 @@ pub struct Collected {
 pub enum CollectError {
     #[error("gave up {while_doing} within the run deadline: {last}")]
     DeadlinePassed { while_doing: String, last: String },
-    #[error("{0}")]
-    Rejected(String),
+    /// A permanent refusal: of the ticket request (`ticket` is `None`), or of `ticket`'s poll
+    /// (a 4xx, or a body that is not a report), which no later poll would change.
+    #[error("{message}")]
+    Rejected {
+        message: String,
+        ticket: Option<String>,
+    },
     #[error(
         "the server forgot this run's ticket again after {renewals} renewal(s) (404; is report-apis restarting over and over?); giving up until the next run (max-ticket-renewals)"
     )]
     RenewalsExhausted { renewals: u32 },
 }
 
-/// Requests a ticket and polls for its report until it is ready or `deadline` passes.
-/// Polls at once after the request, then every `poll_interval`, sooner if `Retry-After` says.
-/// `on_ticket` hears every ticket as soon as it is issued.
+/// Polls for the report of `resume`, a ticket an earlier run left, or else requests a ticket,
+/// until the report is ready or `deadline` passes. Polls at once, then every `poll_interval`,
+/// sooner if `Retry-After` says. `on_ticket` hears every ticket this call requests as soon as
+/// it is issued. A resumed ticket the server no longer knows (404) falls back to a new ticket
+/// without counting as a renewal: it was never this run's.
 pub async fn collect<S: ReportServer>(
     server: &S,
     poll_interval: Duration,
     deadline: Instant,
     max_renewals: u32,
+    mut resume: Option<String>,
     mut on_ticket: impl FnMut(&str),
 ) -> Result<Collected, CollectError> {
     let mut backoff = Backoff::default();
     let mut renewals = 0;
     loop {
-        let ticket = loop {
-            let answer = tokio::time::timeout_at(deadline, server.request_ticket()).await;
-            match answer {
-                Err(_) => return Err(deadline_passed("requesting a ticket", "no answer yet")),
-                Ok(Ok(ticket)) => break ticket,
-                Ok(Err(FetchError::Permanent(message))) => {
-                    return Err(CollectError::Rejected(message));
-                }
-                Ok(Err(FetchError::Transient {
-                    message,
-                    retry_after,
-                })) => {
-                    retry_later(
-                        "requesting a ticket",
+        let resuming = resume.is_some();
+        let ticket = if let Some(ticket) = resume.take() {
+            ticket
+        } else {
+            loop {
+                let answer = tokio::time::timeout_at(deadline, server.request_ticket()).await;
+                match answer {
+                    Err(_) => return Err(deadline_passed("requesting a ticket", "no answer yet")),
+                    Ok(Ok(ticket)) => break ticket,
+                    Ok(Err(FetchError::Permanent(message))) => {
+                        return Err(CollectError::Rejected {
+                            message,
+                            ticket: None,
+                        });
+                    }
+                    Ok(Err(FetchError::Transient {
                         message,
                         retry_after,
-                        &mut backoff,
-                        deadline,
-                    )
-                    .await?
+                    })) => {
+                        retry_later(
+                            "requesting a ticket",
+                            message,
+                            retry_after,
+                            &mut backoff,
+                            deadline,
+                        )
+                        .await?
+                    }
                 }
             }
         };
         backoff.reset();
-        tracing::info!(TICKET = %ticket, "got ticket {ticket}; polling for its report");
-        on_ticket(&ticket);
+        if !resuming {
+            tracing::info!(TICKET = %ticket, "got ticket {ticket}; polling for its report");
+            on_ticket(&ticket);
+        }
         let while_doing = format!("waiting for the report of ticket {ticket}");
         loop {
             let answer = tokio::time::timeout_at(deadline, server.get_report(&ticket)).await;
@@ -164,6 +206,13 @@ pub async fn collect<S: ReportServer>(
                     tracing::debug!(TICKET = %ticket, "report not ready; polling again in {}", humantime::format_duration(wait));
                     tokio::time::sleep(wait).await;
                 }
+                Ok(Ok(Poll::UnknownTicket)) if resuming => {
+                    tracing::warn!(
+                        TICKET = %ticket,
+                        "the server no longer knows ticket {ticket}, left by an earlier run (404: it expired, or the server restarted); requesting a new one"
+                    );
+                    break;
+                }
                 Ok(Ok(Poll::UnknownTicket)) => {
                     renewals += 1;
                     if renewals > max_renewals {
@@ -178,7 +227,10 @@ pub async fn collect<S: ReportServer>(
                     break;
                 }
                 Ok(Err(FetchError::Permanent(message))) => {
-                    return Err(CollectError::Rejected(message));
+                    return Err(CollectError::Rejected {
+                        message,
+                        ticket: Some(ticket),
+                    });
                 }
                 Ok(Err(FetchError::Transient {
                     message,
@@ -288,8 +340,17 @@ impl HttpServer {
     /// Sends a GET and reads the body: up to `limit` bytes of a 200, or the start of any other
     /// answer (for its excerpt). `Err(TooLarge)` and `Err(Broken)` only come from a 200.
     async fn get(&self, path: &str, limit: u64) -> Result<Result<Answer, BodyError>, FetchError> {
+        self.send(reqwest::Method::GET, path, limit).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        limit: u64,
+    ) -> Result<Result<Answer, BodyError>, FetchError> {
         let url = format!("{}{path}", self.base);
-        let response = self.client.get(&url).send().await.map_err(|e| {
+        let response = self.client.request(method, &url).send().await.map_err(|e| {
             let base = &self.base;
             let chain = error_chain(&e);
             transient(if e.is_connect() {
@@ -572,6 +633,33 @@ impl ReportServer for HttpServer {
             )),
         }
     }
+
+    async fn cancel_ticket(&self, ticket: &str) -> Result<Cancel, FetchError> {
+        let answer = self
+            .send(
+                reqwest::Method::DELETE,
+                &wire::get_report_path(ticket),
+                SMALL_BODY,
+            )
+            .await?
+            .map_err(|e| self.body_error("the answer to a cancel", e, ""))?;
+        match answer.status {
+            // 404: not held (any more); what a cancel asks for.
+            status if status.is_success() || status == StatusCode::NOT_FOUND => Ok(Cancel::Done),
+            status
+                if status == StatusCode::METHOD_NOT_ALLOWED
+                    || status == StatusCode::NOT_IMPLEMENTED =>
+            {
+                Ok(Cancel::Unsupported(status.to_string()))
+            }
+            status => Err(status_error(
+                &format!("the cancel of ticket {ticket}"),
+                status,
+                answer.retry_after,
+                &answer.body,
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -628,6 +716,13 @@ mod tests {
                 .pop_front()
                 .unwrap_or(Ok(Poll::NotReady { retry_after: None }))
         }
+
+        async fn cancel_ticket(&self, _ticket: &str) -> Result<Cancel, FetchError> {
+            self.calls
+                .borrow_mut()
+                .push(("cancel", self.start.elapsed()));
+            Ok(Cancel::Done)
+        }
     }
 
     const CSV: &str = "timestamp,data\n0,data-0\n1,data-1\n";
@@ -657,7 +752,7 @@ mod tests {
             ],
         );
         let deadline = Instant::now() + 600 * SEC;
-        let got = collect(&server, 10 * SEC, deadline, 3, |_| {})
+        let got = collect(&server, 10 * SEC, deadline, 3, None, |_| {})
             .await
             .unwrap();
         assert_eq!(got.csv, CSV);
@@ -683,7 +778,7 @@ mod tests {
             ],
         );
         let deadline = Instant::now() + 600 * SEC;
-        collect(&server, 10 * SEC, deadline, 3, |_| {})
+        collect(&server, 10 * SEC, deadline, 3, None, |_| {})
             .await
             .unwrap();
         assert_eq!(
@@ -701,7 +796,7 @@ mod tests {
     async fn unreachable_server_is_retried_with_backoff_until_the_deadline() {
         let server = Scripted::new(vec![Err(down()); 20], vec![]);
         let start = Instant::now();
-        let err = collect(&server, 10 * SEC, start + 5 * SEC, 3, |_| {})
+        let err = collect(&server, 10 * SEC, start + 5 * SEC, 3, None, |_| {})
             .await
             .unwrap_err();
         // 0, +0.5, +1, +2: the next wait (4 s) would end after the 5 s deadline.
@@ -722,6 +817,43 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_resumed_ticket_is_polled_first_and_never_requested_again() {
+        let server = Scripted::new(vec![], vec![not_ready(None), Ok(Poll::Ready(CSV.into()))]);
+        let deadline = Instant::now() + 600 * SEC;
+        let mut heard = Vec::new();
+        let got = collect(&server, 10 * SEC, deadline, 0, Some("left_7".into()), |t| {
+            heard.push(t.to_owned())
+        })
+        .await
+        .unwrap();
+        assert_eq!(got.ticket, "left_7");
+        assert_eq!(server.calls(), vec![("poll", 0), ("poll", 10_000)]);
+        assert!(heard.is_empty(), "a resumed ticket is not a new one");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resumed_ticket_the_server_forgot_falls_back_to_a_new_one_without_a_renewal() {
+        let server = Scripted::new(
+            vec![Ok("new_0".into())],
+            vec![Ok(Poll::UnknownTicket), Ok(Poll::Ready(CSV.into()))],
+        );
+        let deadline = Instant::now() + 600 * SEC;
+        let mut heard = Vec::new();
+        // No renewal allowed: the resumed ticket's 404 does not use one up.
+        let got = collect(&server, 10 * SEC, deadline, 0, Some("left_7".into()), |t| {
+            heard.push(t.to_owned())
+        })
+        .await
+        .unwrap();
+        assert_eq!(got.ticket, "new_0");
+        assert_eq!(heard, vec!["new_0".to_owned()]);
+        assert_eq!(
+            server.calls(),
+            vec![("poll", 0), ("request", 0), ("poll", 0)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn server_errors_while_polling_back_off_then_recover() {
         let server = Scripted::new(
             vec![],
@@ -733,7 +865,7 @@ mod tests {
             ],
         );
         let deadline = Instant::now() + 600 * SEC;
-        collect(&server, 10 * SEC, deadline, 3, |_| {})
+        collect(&server, 10 * SEC, deadline, 3, None, |_| {})
             .await
             .unwrap();
         assert_eq!(
@@ -760,14 +892,16 @@ mod tests {
         );
         let mut seen = Vec::new();
         let deadline = Instant::now() + 600 * SEC;
-        let got = collect(&server, 10 * SEC, deadline, 2, |t| seen.push(t.to_owned()))
-            .await
-            .unwrap();
+        let got = collect(&server, 10 * SEC, deadline, 2, None, |t| {
+            seen.push(t.to_owned())
+        })
+        .await
+        .unwrap();
         assert_eq!(got.ticket, "c_0");
         assert_eq!(seen, ["a_0", "b_0", "c_0"]);
 
         let server = Scripted::new(vec![], vec![Ok(Poll::UnknownTicket); 5]);
-        let err = collect(&server, 10 * SEC, deadline, 2, |_| {})
+        let err = collect(&server, 10 * SEC, deadline, 2, None, |_| {})
             .await
             .unwrap_err();
         assert_eq!(err, CollectError::RenewalsExhausted { renewals: 2 });
@@ -777,7 +911,7 @@ mod tests {
     async fn the_deadline_bounds_slow_polling() {
         let server = Scripted::new(vec![], vec![]);
         let start = Instant::now();
-        let err = collect(&server, 10 * SEC, start + 25 * SEC, 3, |_| {})
+        let err = collect(&server, 10 * SEC, start + 25 * SEC, 3, None, |_| {})
             .await
             .unwrap_err();
         assert!(matches!(err, CollectError::DeadlinePassed { .. }));
@@ -791,10 +925,16 @@ mod tests {
             vec![Err(FetchError::Permanent("not a report".into()))],
         );
         let deadline = Instant::now() + 600 * SEC;
-        let err = collect(&server, 10 * SEC, deadline, 3, |_| {})
+        let err = collect(&server, 10 * SEC, deadline, 3, None, |_| {})
             .await
             .unwrap_err();
-        assert_eq!(err, CollectError::Rejected("not a report".into()));
+        assert_eq!(
+            err,
+            CollectError::Rejected {
+                message: "not a report".into(),
+                ticket: Some("t_0".into())
+            }
+        );
     }
 
     #[test]
@@ -864,7 +1004,7 @@ mod tests {
                 vec![],
             );
             let start = Instant::now();
-            let err = collect(&server, 10 * SEC, start + 60 * SEC, 3, |_| {})
+            let err = collect(&server, 10 * SEC, start + 60 * SEC, 3, None, |_| {})
                 .await
                 .unwrap_err();
             assert!(
@@ -888,7 +1028,7 @@ mod tests {
                 ],
             );
             let deadline = Instant::now() + 600 * SEC;
-            collect(&server, 10 * SEC, deadline, 3, |_| {})
+            collect(&server, 10 * SEC, deadline, 3, None, |_| {})
                 .await
                 .unwrap();
             assert_eq!(
@@ -902,7 +1042,7 @@ mod tests {
     async fn the_longest_poll_interval_and_a_passed_deadline_do_not_overflow() {
         let server = Scripted::new(vec![], vec![]);
         let start = Instant::now();
-        let err = collect(&server, Duration::MAX, start + SEC, u32::MAX, |_| {})
+        let err = collect(&server, Duration::MAX, start + SEC, u32::MAX, None, |_| {})
             .await
             .unwrap_err();
         assert!(
@@ -913,7 +1053,9 @@ mod tests {
         tokio::time::advance(5 * SEC).await;
         assert_eq!(remaining(start), Duration::ZERO);
         let server = Scripted::new(vec![Err(down())], vec![]);
-        let err = collect(&server, SEC, start, 0, |_| {}).await.unwrap_err();
+        let err = collect(&server, SEC, start, 0, None, |_| {})
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, CollectError::DeadlinePassed { .. }),
             "{err:?}"

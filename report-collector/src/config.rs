@@ -101,6 +101,10 @@ pub struct Config {
     pub metrics_file: Option<PathBuf>,
     /// How many times a ticket the server no longer knows (404) is replaced by a new one.
     pub max_ticket_renewals: u32,
+    /// A ticket the previous run left unfinished is resumed if it was requested less than this
+    /// long ago, and cancelled on the server otherwise; zero turns resuming off.
+    #[serde(with = "humantime_serde")]
+    pub resume_within: Duration,
     /// The largest report the collector takes; a larger answer fails the run unread.
     pub max_report_size: ByteSize,
 }
@@ -124,6 +128,7 @@ impl Default for Config {
             stale_after: None,
             metrics_file: None,
             max_ticket_renewals: 3,
+            resume_within: Duration::from_secs(30 * 60),
             max_report_size: ByteSize(64 * MIB),
         }
     }
@@ -219,7 +224,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 /// table). Wide enough for any real schedule and for the tests' sub-second ones; narrow enough
 /// that no deadline computed from them can overflow a clock, and that a typo (`10h` for `10s`)
 /// is caught rather than obeyed.
-pub const DURATION_RANGES: [(&str, Duration, Duration); 8] = [
+pub const DURATION_RANGES: [(&str, Duration, Duration); 9] = [
     ("poll-interval", Duration::from_millis(10), HOUR),
     ("request-timeout", Duration::from_millis(100), HOUR),
     ("deadline", Duration::from_millis(100), DAY),
@@ -228,6 +233,7 @@ pub const DURATION_RANGES: [(&str, Duration, Duration); 8] = [
     ("starting-deadline", Duration::from_millis(1), DAY),
     ("schedule-period", Duration::from_millis(100), WEEK),
     ("stale-after", Duration::from_millis(100), YEAR),
+    ("resume-within", Duration::ZERO, WEEK),
 ];
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -329,6 +335,7 @@ impl Config {
             "starting-deadline" => self.starting_deadline,
             "schedule-period" => Some(self.schedule_period),
             "stale-after" => self.stale_after,
+            "resume-within" => Some(self.resume_within),
             _ => None,
         }
     }

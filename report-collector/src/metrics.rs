@@ -22,6 +22,8 @@ use crate::state::Collection;
 use crate::store::{Durability, lock_briefly, open_lock_file, read_existing, write_atomically};
 
 const RUNS_TOTAL: &str = "report_collector_runs_total";
+const RESUMED_TOTAL: &str = "report_collector_resumed_collections_total";
+const CANCELLED_TOTAL: &str = "report_collector_tickets_cancelled_total";
 
 /// The sibling file whose flock serialises updates.
 pub fn lock_path(metrics_file: &Path) -> PathBuf {
@@ -42,12 +44,17 @@ pub fn record(
     lock_briefly(&guard, &lock)?;
     // Never through a symbolic link nor from a FIFO (see `store`): a textfile that is not a
     // regular file is refused with its path, not replaced.
-    let mut counts = match read_existing(path)? {
-        Some(bytes) => parse_counts(&String::from_utf8_lossy(&bytes)),
-        None => BTreeMap::new(),
-    };
+    let previous = read_existing(path)?.map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+    let previous = previous.as_deref().unwrap_or("");
+    let mut counts = parse_counts(previous);
     *counts.entry(run.outcome.kind().to_owned()).or_insert(0) += 1;
-    let text = render(run, last_collection, &counts);
+    let tickets = TicketCounts {
+        resumed: parse_counter(previous, RESUMED_TOTAL)
+            .saturating_add(u64::from(run.resumed_collection())),
+        cancelled: parse_counter(previous, CANCELLED_TOTAL)
+            .saturating_add(u64::from(run.tickets.cancelled)),
+    };
+    let text = render(run, last_collection, &counts, &tickets);
     write_atomically(path, text.as_bytes(), Durability::Renamed)?;
     drop(guard);
     Ok(())
@@ -73,11 +80,27 @@ pub fn parse_counts(text: &str) -> BTreeMap<String, u64> {
     counts
 }
 
+/// Reads an unlabelled counter (`name N`) back; 0 when it is not there.
+pub fn parse_counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The ticket counters, summed over every run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TicketCounts {
+    pub resumed: u64,
+    pub cancelled: u64,
+}
+
 /// The whole textfile.
 pub fn render(
     run: &RunReport,
     last_collection: Option<&Collection>,
     counts: &BTreeMap<String, u64>,
+    tickets: &TicketCounts,
 ) -> String {
     let mut out = String::new();
     if let Some(collection) = last_collection {
@@ -123,6 +146,14 @@ pub fn render(
         let n = counts.get(kind).copied().unwrap_or(0);
         out.push_str(&format!("{RUNS_TOTAL}{{outcome=\"{kind}\"}} {n}\n"));
     }
+    out.push_str(&format!(
+        "# HELP {RESUMED_TOTAL} Collections of a ticket an earlier run left unfinished (also counted in {RUNS_TOTAL}{{outcome=\"collected\"}}).\n# TYPE {RESUMED_TOTAL} counter\n{RESUMED_TOTAL} {}\n",
+        tickets.resumed
+    ));
+    out.push_str(&format!(
+        "# HELP {CANCELLED_TOTAL} Tickets the server cancelled at the collector's request because no run would fetch them.\n# TYPE {CANCELLED_TOTAL} counter\n{CANCELLED_TOTAL} {}\n",
+        tickets.cancelled
+    ));
     out
 }
 
@@ -143,6 +174,7 @@ mod tests {
             trigger: "manual".into(),
             started: SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_110_400),
             duration: Duration::from_millis(2500),
+            tickets: Default::default(),
         }
     }
 
@@ -201,6 +233,26 @@ mod tests {
         );
         assert!(text.contains("# TYPE report_collector_last_success_timestamp_seconds gauge\n"));
         assert!(text.contains("report_collector_last_run_outcome{outcome=\"skipped\"} 1\n"));
+    }
+
+    #[test]
+    fn resumed_collections_and_cancelled_tickets_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.prom");
+        let mut resumed = run(Outcome::Collected { report: "r".into() });
+        resumed.tickets.resumed_from = Some(7);
+        resumed.tickets.cancelled = 1;
+        let mut failed_resume = run(Outcome::Failed { error: "x".into() });
+        failed_resume.tickets.resumed_from = Some(8);
+        failed_resume.tickets.cancelled = 2;
+        for run in [&resumed, &failed_resume, &resumed] {
+            record(&path, run, None).unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(parse_counter(&text, RESUMED_TOTAL), 2, "{text}");
+        assert_eq!(parse_counter(&text, CANCELLED_TOTAL), 4, "{text}");
+        assert!(text.contains("# TYPE report_collector_tickets_cancelled_total counter\n"));
+        assert_eq!(parse_counts(&text)["collected"], 2);
     }
 
     #[test]

@@ -106,6 +106,18 @@ impl Outcome {
 /// Every outcome kind, in the order metrics list them.
 pub const KINDS: [&str; 4] = ["collected", "skipped", "failed", "cancelled"];
 
+/// What a run did with tickets besides asking for one: resumed one an earlier run left, had
+/// the server cancel some.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TicketNotes {
+    /// When the run's ticket was requested: by this run, or by the run that left it.
+    pub requested: Option<SystemTime>,
+    /// The run that left the ticket this run took over, when it took one over.
+    pub resumed_from: Option<u32>,
+    /// Tickets this run had the server cancel (confirmed by the server).
+    pub cancelled: u32,
+}
+
 /// A finished run with everything the journal, the state file and the metrics need.
 #[derive(Debug, Clone)]
 pub struct RunReport {
@@ -119,9 +131,28 @@ pub struct RunReport {
     pub trigger: String,
     pub started: SystemTime,
     pub duration: Duration,
+    pub tickets: TicketNotes,
 }
 
 impl RunReport {
+    /// When the run ended.
+    pub fn ended(&self) -> SystemTime {
+        self.started
+            .checked_add(self.duration)
+            .unwrap_or(self.started)
+    }
+
+    /// How old the run's ticket was when the run ended (from its request, by whichever run).
+    pub fn ticket_age(&self) -> Option<Duration> {
+        let requested = self.tickets.requested?;
+        Some(self.ended().duration_since(requested).unwrap_or_default())
+    }
+
+    /// Whether the run collected a ticket an earlier run left.
+    pub fn resumed_collection(&self) -> bool {
+        matches!(self.outcome, Outcome::Collected { .. }) && self.tickets.resumed_from.is_some()
+    }
+
     pub fn exit_code(&self) -> u8 {
         self.outcome.exit_code()
     }
@@ -140,12 +171,20 @@ impl RunReport {
         let took = format!("{:.3}s", self.duration.as_secs_f64());
         match &self.outcome {
             Outcome::Collected { report } => format!(
-                "collected the report for ticket {} in {took}, saved as {}{}",
+                "collected the report for ticket {} in {took}, saved as {}{}{}",
                 self.ticket.as_deref().unwrap_or("?"),
                 report.display(),
                 match (self.policy, self.holder_pid) {
                     (Policy::Replace, Some(pid)) => format!(" (after ending pid {pid})"),
                     (Policy::Wait, Some(pid)) => format!(" (after waiting for pid {pid})"),
+                    _ => String::new(),
+                },
+                match (self.tickets.resumed_from, self.ticket_age()) {
+                    (Some(pid), Some(age)) => format!(
+                        ", resuming the ticket pid {pid} left, requested {} before",
+                        humantime::format_duration(crate::lock::round_ms(age))
+                    ),
+                    (Some(pid), None) => format!(", resuming the ticket pid {pid} left"),
                     _ => String::new(),
                 }
             ),
@@ -164,7 +203,8 @@ impl RunReport {
 
     /// Logs the decision line with the journal fields MESSAGE_ID (one per kind, see
     /// [`Outcome::message_id`]), OUTCOME, SKIP, TICKET, POLICY, HOLDER_PID, SLOT, DURATION
-    /// (seconds, millisecond precision) and TRIGGER. Every field is always there, empty when it
+    /// (seconds, millisecond precision), TRIGGER, RESUMED_FROM_PID (the run whose ticket this
+    /// one took over) and TICKET_AGE (seconds from the ticket's request to the run's end). Every field is always there, empty when it
     /// does not apply: the journal catalog's explanation substitutes them (`@TICKET@`), and
     /// `journalctl -x` prints a missing field's bare name instead.
     pub fn log(&self) {
@@ -177,6 +217,15 @@ impl RunReport {
         let slot = format_time(self.slot);
         let duration = format!("{:.3}", self.duration.as_secs_f64());
         let trigger = self.trigger.as_str();
+        let resumed_from = self
+            .tickets
+            .resumed_from
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let ticket_age = self
+            .ticket_age()
+            .map(|age| format!("{:.3}", age.as_secs_f64()))
+            .unwrap_or_default();
         let message = self.message();
         macro_rules! decision {
             ($level:ident) => {
@@ -190,6 +239,8 @@ impl RunReport {
                     SLOT = %slot,
                     DURATION = %duration,
                     TRIGGER = trigger,
+                    RESUMED_FROM_PID = %resumed_from,
+                    TICKET_AGE = %ticket_age,
                     "{message}"
                 )
             };
@@ -222,6 +273,7 @@ mod tests {
             trigger: "manual".into(),
             started: SystemTime::UNIX_EPOCH,
             duration: Duration::from_millis(1500),
+            tickets: TicketNotes::default(),
         }
     }
 
@@ -322,9 +374,11 @@ mod tests {
                     "MESSAGE_ID",
                     "OUTCOME",
                     "POLICY",
+                    "RESUMED_FROM_PID",
                     "SKIP",
                     "SLOT",
                     "TICKET",
+                    "TICKET_AGE",
                     "TRIGGER"
                 ]
             );

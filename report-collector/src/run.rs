@@ -16,11 +16,11 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::client::{self, CollectError, Collected, ReportServer};
+use crate::client::{self, Cancel, CollectError, Collected, ReportServer};
 use crate::config::{Config, Policy};
-use crate::lock::{LockGuard, NotAcquired, Request, RunLock, round_ms};
+use crate::lock::{LeftTicket, LockGuard, NotAcquired, Request, RunLock, round_ms};
 use crate::metrics;
-use crate::outcome::{CancelSignal, Outcome, RunReport, Skip};
+use crate::outcome::{CancelSignal, Outcome, RunReport, Skip, TicketNotes};
 use crate::schedule::{Placement, Trigger, format_time};
 use crate::state;
 use crate::store::{self, StoreError};
@@ -87,9 +87,37 @@ impl RunError {
 #[derive(Debug)]
 struct Progress<G> {
     ticket: Option<String>,
+    tickets: TicketNotes,
     /// The other run that held the lock (skipped for it, waited for it, or replaced it).
     holder_pid: Option<u32>,
     guard: Option<G>,
+}
+
+impl<G: LockGuard> Progress<G> {
+    /// Takes `ticket` as the run's, requested at `requested` (by this run or another), and
+    /// puts it in the lock's record: from now on, if this run does not finish it, the next
+    /// holder will find it.
+    fn set_ticket(&mut self, ticket: &str, requested: Option<SystemTime>) {
+        self.ticket = Some(ticket.to_owned());
+        self.tickets.requested = requested;
+        if let Some(guard) = self.guard.as_mut() {
+            let at = requested.unwrap_or_else(SystemTime::now);
+            if let Err(e) = guard.set_ticket(ticket, at) {
+                tracing::warn!("cannot write the ticket into the lock file: {e}");
+            }
+        }
+    }
+
+    /// The run's ticket is done with (saved, or cancelled): nobody is to resume it.
+    fn finish_ticket(&mut self) {
+        if let Some(guard) = self.guard.as_mut() {
+            if let Err(e) = guard.finish_ticket() {
+                tracing::warn!(
+                    "cannot clear the finished ticket from the lock file: {e}; the next run will find it and see it done"
+                );
+            }
+        }
+    }
 }
 
 /// One run: the steps, cancelled when `cancel` completes first, then the decision line, the
@@ -107,6 +135,7 @@ pub async fn run<L: RunLock, S: ReportServer>(
     let placement = Placement::of(&trigger, started, config.schedule_period);
     let progress = RefCell::new(Progress {
         ticket: None,
+        tickets: TicketNotes::default(),
         holder_pid: None,
         guard: None,
     });
@@ -129,6 +158,7 @@ pub async fn run<L: RunLock, S: ReportServer>(
         trigger: trigger.describe(),
         started,
         duration: t0.elapsed(),
+        tickets: progress.tickets,
     };
     record(config, &report);
     // Held until the run is fully on record, so `status` never sees a free lock with an older
@@ -148,25 +178,36 @@ async fn steps<L: RunLock, S: ReportServer>(
     progress: &RefCell<Progress<L::Guard>>,
 ) -> Result<PathBuf, RunError> {
     let request = Request::of(config, t0);
-    acquire(lock, request, progress).await?;
-    // Lock first, then lateness: a skip for the lock always names the holder.
+    let left = acquire(lock, request, progress).await?;
+    // Lock first, then lateness: a skip for the lock always names the holder. A ticket left
+    // by the run before stays in the lock's record for the next run.
     check_slot(config, placement)?;
+    if let Some(report) = left
+        .as_ref()
+        .and_then(|left| already_saved(config, left, progress))
+    {
+        return Ok(report);
+    }
     let server = connect().map_err(RunError::Connect)?;
-    let collected = collect(config, &server, request.deadline, progress).await?;
-    save(config, &collected)
+    let resume = match left {
+        Some(left) => take_over(config, &server, left, request.deadline, progress).await,
+        None => None,
+    };
+    let collected = collect(config, &server, request.deadline, resume, progress).await?;
+    save(config, &collected, progress)
 }
 
 async fn acquire<L: RunLock>(
     lock: &L,
     request: Request,
     progress: &RefCell<Progress<L::Guard>>,
-) -> Result<(), RunError> {
+) -> Result<Option<LeftTicket>, RunError> {
     match lock.acquire(request).await {
         Ok(acquired) => {
             let mut progress = progress.borrow_mut();
             progress.holder_pid = acquired.previous_holder;
             progress.guard = acquired.guard;
-            Ok(())
+            Ok(acquired.left)
         }
         Err(not) => {
             progress.borrow_mut().holder_pid = not.holder_pid();
@@ -193,41 +234,187 @@ fn check_slot(config: &Config, placement: &Placement) -> Result<(), RunError> {
     }
 }
 
+/// The report of a left ticket that is already on disk: the run that left it was ended between
+/// saving it and putting it on record. It is this run's collection, not saved a second time.
+fn already_saved<G: LockGuard>(
+    config: &Config,
+    left: &LeftTicket,
+    progress: &RefCell<Progress<G>>,
+) -> Option<PathBuf> {
+    let report = match store::find_ticket(&config.report_dir, &left.ticket) {
+        Ok(found) => found?,
+        Err(e) => {
+            tracing::warn!(
+                "cannot look in {} for the report of ticket {}: {e}",
+                config.report_dir.display(),
+                left.ticket
+            );
+            return None;
+        }
+    };
+    tracing::info!(
+        TICKET = %left.ticket,
+        "the report of ticket {}, which pid {} left unfinished, is already saved as {}: that run was ended after saving it",
+        left.ticket,
+        left.by_pid,
+        report.display()
+    );
+    let mut progress = progress.borrow_mut();
+    progress.set_ticket(&left.ticket, left.requested);
+    progress.tickets.resumed_from = Some(left.by_pid);
+    progress.finish_ticket();
+    Some(report)
+}
+
+/// Decides what becomes of the ticket the previous holder left: resumed (returned) when
+/// resuming is on and it is younger than `resume-within`, else cancelled on the server, since
+/// no run will fetch it.
+async fn take_over<S: ReportServer, G: LockGuard>(
+    config: &Config,
+    server: &S,
+    left: LeftTicket,
+    deadline: Instant,
+    progress: &RefCell<Progress<G>>,
+) -> Option<String> {
+    let within = humantime::format_duration(config.resume_within);
+    // A request time ahead of the clock (the clock was set back) counts as just now.
+    let age = left
+        .requested
+        .map(|at| SystemTime::now().duration_since(at).unwrap_or_default());
+    let refusal = match age {
+        _ if config.resume_within.is_zero() => {
+            Some("resuming is off (resume-within = 0s)".to_owned())
+        }
+        None => Some("its request time is not on record".to_owned()),
+        Some(age) if age > config.resume_within => Some(format!(
+            "it was requested {} ago, longer than resume-within ({within})",
+            humantime::format_duration(round_ms(age))
+        )),
+        Some(_) => None,
+    };
+    let ticket = left.ticket;
+    if let Some(why) = refusal {
+        tracing::info!(
+            TICKET = %ticket,
+            "not resuming ticket {ticket}, which pid {} left unfinished: {why}",
+            left.by_pid
+        );
+        cancel(server, &ticket, &why, deadline, progress).await;
+        return None;
+    }
+    tracing::info!(
+        TICKET = %ticket,
+        RESUMED_FROM_PID = left.by_pid,
+        "resuming ticket {ticket}, which pid {} left unfinished (requested {} ago, resume-within {within})",
+        left.by_pid,
+        humantime::format_duration(round_ms(age.unwrap_or_default()))
+    );
+    let mut progress = progress.borrow_mut();
+    progress.set_ticket(&ticket, left.requested);
+    progress.tickets.resumed_from = Some(left.by_pid);
+    Some(ticket)
+}
+
+/// How long a cancel may take at most (less if the run deadline is nearer): it is a courtesy to
+/// the server, never worth holding a run.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asks the server to drop `ticket`, which no run will fetch (`why`), and clears it from the
+/// lock's record whatever the answer. Best effort: nothing here fails the run.
+async fn cancel<S: ReportServer, G: LockGuard>(
+    server: &S,
+    ticket: &str,
+    why: &str,
+    deadline: Instant,
+    progress: &RefCell<Progress<G>>,
+) {
+    let bound = CANCEL_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+    match tokio::time::timeout(bound, server.cancel_ticket(ticket)).await {
+        Ok(Ok(Cancel::Done)) => {
+            progress.borrow_mut().tickets.cancelled += 1;
+            tracing::info!(TICKET = %ticket, "cancelled ticket {ticket} on the server: {why}");
+        }
+        Ok(Ok(Cancel::Unsupported(status))) => tracing::info!(
+            TICKET = %ticket,
+            "the server cannot cancel tickets (it answered {status}: the original server or an older report-apis); ticket {ticket} is left to expire there ({why})"
+        ),
+        Ok(Err(e)) => tracing::warn!(
+            TICKET = %ticket,
+            "cannot cancel ticket {ticket} on the server ({why}): {}; it is left to expire there",
+            match e {
+                client::FetchError::Transient { message, .. } | client::FetchError::Permanent(message) => message,
+            }
+        ),
+        Err(_) => tracing::warn!(
+            TICKET = %ticket,
+            "the server did not answer the cancel of ticket {ticket} within {} ({why}); it is left to expire there",
+            humantime::format_duration(bound)
+        ),
+    }
+    progress.borrow_mut().finish_ticket();
+}
+
 async fn collect<S: ReportServer, G: LockGuard>(
     config: &Config,
     server: &S,
     deadline: Instant,
+    resume: Option<String>,
     progress: &RefCell<Progress<G>>,
 ) -> Result<Collected, RunError> {
     let on_ticket = |ticket: &str| {
         let mut progress = progress.borrow_mut();
-        progress.ticket = Some(ticket.to_owned());
-        if let Some(guard) = progress.guard.as_mut() {
-            if let Err(e) = guard.set_ticket(ticket, SystemTime::now()) {
-                tracing::warn!("cannot write the ticket into the lock file: {e}");
-            }
-        }
+        // A new ticket: the one resumed (if any) is gone.
+        progress.tickets.resumed_from = None;
+        progress.set_ticket(ticket, Some(SystemTime::now()));
     };
-    client::collect(
+    let result = client::collect(
         server,
         config.poll_interval,
         deadline,
         config.max_ticket_renewals,
+        resume,
         on_ticket,
     )
-    .await
-    .map_err(|e| match e {
+    .await;
+    let error = match result {
+        Ok(collected) => return Ok(collected),
+        Err(e) => e,
+    };
+    // A ticket no later poll would get a report for: nobody will fetch it. A ticket that ran
+    // out of the deadline is left for the next run.
+    let hopeless = match &error {
+        CollectError::Rejected {
+            ticket: Some(ticket),
+            ..
+        } => Some((ticket.clone(), "the server refused it")),
+        CollectError::RenewalsExhausted { .. } => progress
+            .borrow()
+            .ticket
+            .clone()
+            .map(|t| (t, "max-ticket-renewals is used up")),
+        _ => None,
+    };
+    if let Some((ticket, why)) = hopeless {
+        cancel(server, &ticket, why, deadline, progress).await;
+    }
+    Err(match error {
         CollectError::DeadlinePassed { .. } => RunError::DeadlinePassed {
-            source: e,
+            source: error,
             deadline: config.deadline,
         },
-        _ => RunError::Collect(e),
+        _ => RunError::Collect(error),
     })
 }
 
-/// Echoes the report to stdout (into the journal, as the original did), saves it, and prunes
-/// the reports beyond `keep-reports`.
-fn save(config: &Config, collected: &Collected) -> Result<PathBuf, RunError> {
+/// Echoes the report to stdout (into the journal, as the original did), saves it, finishes its
+/// ticket in the lock's record, and prunes the reports beyond `keep-reports`. Until the ticket
+/// is finished, a run ended here leaves it to the next, which finds the report saved (or, if
+/// the save did not complete, fetches it again: the server keeps a ready report `ticket-ttl`).
+fn save<G: LockGuard>(
+    config: &Config,
+    collected: &Collected,
+    progress: &RefCell<Progress<G>>,
+) -> Result<PathBuf, RunError> {
     {
         let mut stdout = std::io::stdout().lock();
         let _ = stdout
@@ -242,6 +429,7 @@ fn save(config: &Config, collected: &Collected) -> Result<PathBuf, RunError> {
         &collected.ticket,
         collected.csv.as_bytes(),
     )?;
+    progress.borrow_mut().finish_ticket();
     // Never pruned, whatever retention's order says: this report and the state file's last
     // collection (what `status` shows).
     let last = state::State::load(&config.state_file)
@@ -293,11 +481,18 @@ mod tests {
 
     const CSV: &str = "timestamp,data\n2026-01-01T00:00:00Z,42\n";
 
-    /// A server on the paused clock: one ticket, ready at the `ready_at`-th poll (never if
-    /// `None`).
+    /// A server on the paused clock: issues `abc_0`, then `abc_1`, ...; every ticket it knows
+    /// is ready at the `ready_at`-th poll (never if `None`); it records every call.
     struct Scripted {
         ready_at: Option<u32>,
         polls: Cell<u32>,
+        issued: Cell<u32>,
+        /// Tickets it answers with 404.
+        unknown: Vec<&'static str>,
+        /// What a poll of a known ticket gets instead, if set.
+        poll_error: Option<FetchError>,
+        cancel: Result<Cancel, FetchError>,
+        calls: RefCell<Vec<String>>,
     }
 
     impl Scripted {
@@ -305,16 +500,35 @@ mod tests {
             Scripted {
                 ready_at: polls,
                 polls: Cell::new(0),
+                issued: Cell::new(0),
+                unknown: Vec::new(),
+                poll_error: None,
+                cancel: Ok(Cancel::Done),
+                calls: RefCell::new(Vec::new()),
             }
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.borrow().clone()
         }
     }
 
     impl ReportServer for Scripted {
         async fn request_ticket(&self) -> Result<String, FetchError> {
-            Ok("abc_0".to_owned())
+            let n = self.issued.get();
+            self.issued.set(n + 1);
+            self.calls.borrow_mut().push("request".to_owned());
+            Ok(format!("abc_{n}"))
         }
 
-        async fn get_report(&self, _ticket: &str) -> Result<Poll, FetchError> {
+        async fn get_report(&self, ticket: &str) -> Result<Poll, FetchError> {
+            self.calls.borrow_mut().push(format!("poll {ticket}"));
+            if self.unknown.contains(&ticket) {
+                return Ok(Poll::UnknownTicket);
+            }
+            if let Some(e) = &self.poll_error {
+                return Err(e.clone());
+            }
             let n = self.polls.get() + 1;
             self.polls.set(n);
             Ok(match self.ready_at {
@@ -322,6 +536,252 @@ mod tests {
                 _ => Poll::NotReady { retry_after: None },
             })
         }
+
+        async fn cancel_ticket(&self, ticket: &str) -> Result<Cancel, FetchError> {
+            self.calls.borrow_mut().push(format!("cancel {ticket}"));
+            self.cancel.clone()
+        }
+    }
+
+    /// Leaves `ticket`, requested `age` ago, in the lock's record, as a run killed while
+    /// collecting it would.
+    fn leave_ticket(config: &Config, ticket: &str, age: Duration) {
+        let (mut held, _) = LockFile::open(&config.lock_file)
+            .unwrap()
+            .try_lock()
+            .unwrap()
+            .unwrap();
+        held.set_ticket(ticket, SystemTime::now() - age).unwrap();
+        held.release();
+    }
+
+    fn record_ticket(config: &Config) -> Option<String> {
+        let text = std::fs::read_to_string(&config.lock_file).unwrap_or_default();
+        serde_json::from_str::<crate::lock::HolderRecord>(&text)
+            .ok()
+            .and_then(|r| r.ticket)
+    }
+
+    async fn run_once(config: &Config, server: Scripted) -> (RunReport, Scripted) {
+        let lock = FlockLock::new(&config.lock_file);
+        let report = run(
+            config,
+            &lock,
+            || Ok(&server),
+            Trigger::Manual,
+            std::future::pending(),
+        )
+        .await;
+        (report, server)
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ticket_left_by_a_killed_run_is_resumed_instead_of_requesting_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        leave_ticket(&config, "left_0", 2 * MINUTE);
+        let (report, server) = run_once(&config, Scripted::ready_at(Some(2))).await;
+
+        assert!(
+            matches!(report.outcome, Outcome::Collected { .. }),
+            "{report:?}"
+        );
+        assert_eq!(server.calls(), ["poll left_0", "poll left_0"]);
+        assert_eq!(report.ticket.as_deref(), Some("left_0"));
+        assert_eq!(report.tickets.resumed_from, Some(std::process::id()));
+        assert!(report.ticket_age().unwrap() >= 2 * MINUTE);
+        assert!(
+            report.message().contains("resuming the ticket pid"),
+            "{}",
+            report.message()
+        );
+        assert_eq!(
+            record_ticket(&config),
+            None,
+            "finished: nothing is handed on"
+        );
+        let saved = reports(&config);
+        assert_eq!(saved.len(), 1);
+        assert!(saved[0].ends_with("_left_0.csv"), "{saved:?}");
+        let state = State::load(&config.state_file).unwrap().unwrap();
+        assert_eq!(state.last_run.resumed_from_pid, Some(std::process::id()));
+        let collection = state.last_collection.unwrap();
+        assert_eq!(collection.ticket.as_deref(), Some("left_0"));
+        assert!(collection.ticket_requested.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_left_ticket_past_resume_within_or_with_resuming_off_is_cancelled() {
+        for (resume_within, age) in [(30 * MINUTE, 31 * MINUTE), (Duration::ZERO, MINUTE)] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = Config {
+                resume_within,
+                ..config(dir.path())
+            };
+            leave_ticket(&config, "left_0", age);
+            let (report, server) = run_once(&config, Scripted::ready_at(Some(1))).await;
+
+            assert!(
+                matches!(report.outcome, Outcome::Collected { .. }),
+                "{report:?}"
+            );
+            assert_eq!(
+                server.calls(),
+                ["cancel left_0", "request", "poll abc_0"],
+                "{resume_within:?}"
+            );
+            assert_eq!(report.tickets.cancelled, 1);
+            assert_eq!(report.tickets.resumed_from, None);
+            assert_eq!(report.ticket.as_deref(), Some("abc_0"));
+            assert_eq!(record_ticket(&config), None);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_without_the_cancel_route_changes_nothing_but_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            resume_within: Duration::ZERO,
+            ..config(dir.path())
+        };
+        leave_ticket(&config, "left_0", MINUTE);
+        let server = Scripted {
+            cancel: Ok(Cancel::Unsupported("405 Method Not Allowed".into())),
+            ..Scripted::ready_at(Some(1))
+        };
+        let (report, server) = run_once(&config, server).await;
+        assert!(
+            matches!(report.outcome, Outcome::Collected { .. }),
+            "{report:?}"
+        );
+        assert_eq!(server.calls(), ["cancel left_0", "request", "poll abc_0"]);
+        assert_eq!(report.tickets.cancelled, 0);
+        assert_eq!(record_ticket(&config), None, "nobody is to fetch it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_left_ticket_the_server_forgot_falls_back_to_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            max_ticket_renewals: 0,
+            ..config(dir.path())
+        };
+        leave_ticket(&config, "left_0", MINUTE);
+        let server = Scripted {
+            unknown: vec!["left_0"],
+            ..Scripted::ready_at(Some(1))
+        };
+        let (report, server) = run_once(&config, server).await;
+        assert!(
+            matches!(report.outcome, Outcome::Collected { .. }),
+            "{report:?}"
+        );
+        assert_eq!(server.calls(), ["poll left_0", "request", "poll abc_0"]);
+        assert_eq!(
+            report.tickets.resumed_from, None,
+            "what it collected is its own"
+        );
+        assert_eq!(report.ticket.as_deref(), Some("abc_0"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_left_ticket_whose_report_is_already_saved_is_not_fetched_nor_saved_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let order = store::order_path(&config.state_file);
+        let saved = store::save(
+            &config.report_dir,
+            &order,
+            SystemTime::now(),
+            "left_0",
+            CSV.as_bytes(),
+        )
+        .unwrap();
+        leave_ticket(&config, "left_0", MINUTE);
+        let lock = FlockLock::new(&config.lock_file);
+        let report = run(
+            &config,
+            &lock,
+            || -> Result<Scripted, String> { panic!("nothing to ask the server") },
+            Trigger::Manual,
+            std::future::pending(),
+        )
+        .await;
+        assert_eq!(report.outcome, Outcome::Collected { report: saved });
+        assert_eq!(report.tickets.resumed_from, Some(std::process::id()));
+        assert_eq!(reports(&config).len(), 1, "on disk once");
+        assert_eq!(record_ticket(&config), None);
+        let state = State::load(&config.state_file).unwrap().unwrap();
+        assert_eq!(
+            state.last_collection.unwrap().ticket.as_deref(),
+            Some("left_0")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_ended_by_its_deadline_or_a_signal_leaves_its_ticket_and_cancels_nothing() {
+        // Out of deadline (never ready), then cancelled by SIGTERM, then collected: the same
+        // ticket all along, requested once.
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            deadline: Duration::from_secs(5),
+            ..config(dir.path())
+        };
+        let (report, server) = run_once(&config, Scripted::ready_at(None)).await;
+        assert!(
+            matches!(report.outcome, Outcome::Failed { .. }),
+            "{report:?}"
+        );
+        assert_eq!(server.calls()[0], "request");
+        assert!(!server.calls().iter().any(|c| c.starts_with("cancel")));
+        assert_eq!(record_ticket(&config).as_deref(), Some("abc_0"));
+
+        let lock = FlockLock::new(&config.lock_file);
+        let server = Scripted::ready_at(None);
+        let report = run(
+            &config,
+            &lock,
+            || Ok(&server),
+            Trigger::Manual,
+            cancelled_after(Duration::from_secs(2)),
+        )
+        .await;
+        assert_eq!(report.outcome, Outcome::Cancelled(CancelSignal::Term));
+        assert_eq!(report.tickets.resumed_from, Some(std::process::id()));
+        assert!(
+            server.calls().iter().all(|c| c == "poll abc_0"),
+            "{:?}",
+            server.calls()
+        );
+        assert_eq!(record_ticket(&config).as_deref(), Some("abc_0"));
+
+        let (report, server) = run_once(&config, Scripted::ready_at(Some(1))).await;
+        assert!(
+            matches!(report.outcome, Outcome::Collected { .. }),
+            "{report:?}"
+        );
+        assert_eq!(server.calls(), ["poll abc_0"]);
+        assert_eq!(reports(&config).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ticket_the_server_refuses_is_cancelled_and_not_handed_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let server = Scripted {
+            poll_error: Some(FetchError::Permanent("400 Bad Request".into())),
+            ..Scripted::ready_at(Some(1))
+        };
+        let (report, server) = run_once(&config, server).await;
+        assert!(
+            matches!(report.outcome, Outcome::Failed { .. }),
+            "{report:?}"
+        );
+        assert_eq!(server.calls(), ["request", "poll abc_0", "cancel abc_0"]);
+        assert_eq!(report.tickets.cancelled, 1);
+        assert_eq!(record_ticket(&config), None);
     }
 
     fn config(dir: &Path) -> Config {

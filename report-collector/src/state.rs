@@ -57,6 +57,12 @@ pub struct Collection {
     /// When the run that collected ended (the report was saved just before).
     pub finished: Moment,
     pub ticket: Option<String>,
+    /// When the ticket was requested (by this run, or by the run that left it), RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_requested: Option<String>,
+    /// The run that left the ticket, when it was resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from_pid: Option<u32>,
     pub report: PathBuf,
 }
 
@@ -77,6 +83,19 @@ pub struct LastRun {
     pub report: Option<PathBuf>,
     pub message: String,
     pub pid: u32,
+    /// When the ticket was requested (by this run, or by the run that left it), RFC 3339 UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_requested: Option<String>,
+    /// The run whose unfinished ticket this run took over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from_pid: Option<u32>,
+    /// Tickets this run had the server cancel.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tickets_cancelled: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl LastRun {
@@ -98,6 +117,9 @@ impl LastRun {
             },
             message: run.message(),
             pid: std::process::id(),
+            ticket_requested: run.tickets.requested.map(format_time),
+            resumed_from_pid: run.tickets.resumed_from,
+            tickets_cancelled: run.tickets.cancelled,
         }
     }
 
@@ -114,6 +136,8 @@ impl LastRun {
         Some(Collection {
             finished: self.finished(),
             ticket: self.ticket.clone(),
+            ticket_requested: self.ticket_requested.clone(),
+            resumed_from_pid: self.resumed_from_pid,
             report,
         })
     }
@@ -300,6 +324,7 @@ mod tests {
             trigger: "manual".into(),
             started: SystemTime::UNIX_EPOCH + Duration::from_secs(started_unix),
             duration: Duration::from_millis(1500),
+            tickets: Default::default(),
         }
     }
 

@@ -471,6 +471,7 @@ mod tests {
             trigger: "manual".into(),
             started: SystemTime::UNIX_EPOCH + Duration::from_secs(started_unix),
             duration: Duration::ZERO,
+            tickets: Default::default(),
         }
     }
 

@@ -445,6 +445,31 @@ fn by_collection(names: Vec<String>, order: &[String]) -> Vec<String> {
     names
 }
 
+/// The saved report of `ticket` in `dir`, if there is one: how a run that resumes a ticket
+/// finds that the run before it saved the report and was ended before it could say so.
+pub fn find_ticket(dir: &Path, ticket: &str) -> io::Result<Option<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let suffix = format!("_{ticket}.csv");
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        // The ticket follows the 16-character time stamp and its `_`.
+        if is_report_name(name)
+            && name.len() == 16 + suffix.len()
+            && name.ends_with(&suffix)
+            && entry.file_type()?.is_file()
+        {
+            return Ok(Some(dir.join(name)));
+        }
+    }
+    Ok(None)
+}
+
 /// Names of the saved reports in `dir`, oldest collection first (see the module doc); an
 /// absent directory has none. `order` is the record of the order of collections.
 pub fn list(dir: &Path, order: &Path) -> io::Result<Vec<String>> {

@@ -22,8 +22,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::{
-    Acquired, Contest, Holder, HolderRecord, LockGuard, NotAcquired, Refusal, Request, RunLock,
-    proc_locks,
+    Acquired, Contest, Holder, HolderRecord, LeftTicket, LockGuard, NotAcquired, Refusal, Request,
+    RunLock, Taken, proc_locks,
 };
 use crate::config::Policy;
 use crate::lock::replace::SignalError;
@@ -49,6 +49,7 @@ impl RunLock for FlockLock {
             return Ok(Acquired {
                 guard: None,
                 previous_holder: None,
+                left: None,
             });
         }
         let name = self.path.display().to_string();
@@ -71,8 +72,10 @@ pub struct LockFile {
     file: File,
 }
 
-/// The flock, held until this is dropped (or the process exits); dropping it also clears the
-/// holder record, on every path out of a run.
+/// The flock, held until this is dropped (or the process exits). Dropping it cuts the holder
+/// record to nothing, on every path out of a run, unless the record names a ticket that was
+/// not finished: then the record stays, for the next holder to find ([`LeftTicket`]). A
+/// process killed outright leaves its whole record, which comes to the same.
 #[derive(Debug)]
 pub struct HeldFlock {
     lock: LockFile,
@@ -87,16 +90,21 @@ impl LockFile {
         })
     }
 
-    /// Takes the lock if it is free; `Err` hands `self` back when it is busy.
-    pub fn try_lock(self) -> io::Result<Result<HeldFlock, LockFile>> {
+    /// Takes the lock if it is free, with the ticket the previous holder left in the record;
+    /// `Err` hands `self` back when it is busy. The new record carries the left ticket on, so
+    /// a run killed before it decides what to do with it leaves it to the next one in turn.
+    pub fn try_lock(self) -> io::Result<Result<Taken<HeldFlock>, LockFile>> {
         match fs2::FileExt::try_lock_exclusive(&self.file) {
             Ok(()) => {
-                let held = HeldFlock {
-                    lock: self,
-                    record: HolderRecord::of_this_process(SystemTime::now()),
-                };
+                let left = read_record(&self.file).and_then(LeftTicket::from_record);
+                let mut record = HolderRecord::of_this_process(SystemTime::now());
+                if let Some(left) = &left {
+                    record.ticket = Some(left.ticket.clone());
+                    record.ticket_requested = left.requested.map(crate::schedule::format_time);
+                }
+                let held = HeldFlock { lock: self, record };
                 held.write_record()?;
-                Ok(Ok(held))
+                Ok(Ok((held, left)))
             }
             Err(e) if is_contention(&e) => Ok(Err(self)),
             Err(e) => Err(e),
@@ -133,6 +141,12 @@ impl LockGuard for HeldFlock {
         self.write_record()
     }
 
+    fn finish_ticket(&mut self) -> io::Result<()> {
+        self.record.ticket = None;
+        self.record.ticket_requested = None;
+        self.write_record()
+    }
+
     fn release(self) {
         drop(self);
     }
@@ -142,7 +156,9 @@ impl Drop for HeldFlock {
     fn drop(&mut self) {
         // Cut in place, never removed: the file (its inode) is the lock. Best effort: a stale
         // record is harmless because readers check /proc/locks.
-        let _ = self.lock.file.set_len(0);
+        if self.record.ticket.is_none() {
+            let _ = self.lock.file.set_len(0);
+        }
     }
 }
 
@@ -196,9 +212,9 @@ fn read_record(file: &File) -> Option<HolderRecord> {
 struct Contender(Option<LockFile>);
 
 impl Contest for Contender {
-    type Held = HeldFlock;
+    type Held = Taken<HeldFlock>;
 
-    fn try_take(&mut self) -> io::Result<Option<HeldFlock>> {
+    fn try_take(&mut self) -> io::Result<Option<Taken<HeldFlock>>> {
         let Some(lock) = self.0.take() else {
             return Err(io::Error::other("the lock was already taken"));
         };
@@ -258,7 +274,8 @@ mod tests {
     fn the_holder_record_is_written_into_the_lock_file_and_seen_without_locking() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/collector.lock");
-        let mut held = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
+        let (mut held, left) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
+        assert_eq!(left, None);
         held.set_ticket("abc_0", SystemTime::UNIX_EPOCH).unwrap();
         let inode = std::fs::metadata(&path).unwrap().ino();
 
@@ -280,6 +297,7 @@ mod tests {
             assert_eq!(other.holder().ticket.as_deref(), Some("abc_0"));
         }
 
+        held.finish_ticket().unwrap();
         held.release();
         assert_eq!(holder_at(&path).unwrap(), None);
         assert_eq!(std::fs::read(&path).unwrap(), b"", "the record is cleared");
@@ -289,5 +307,40 @@ mod tests {
             "the lock file is cut in place, never re-created"
         );
         assert!(other.try_lock().unwrap().is_ok());
+    }
+
+    #[test]
+    fn an_unfinished_ticket_outlives_its_holder_and_is_handed_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collector.lock");
+        let requested = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let (mut first, _) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
+        first.set_ticket("left_1", requested).unwrap();
+        // Released (or killed) without finishing it: the record stays, the lock is free.
+        first.release();
+        assert_eq!(holder_at(&path).unwrap(), None);
+
+        let (second, left) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
+        let left = left.expect("the ticket is handed on");
+        assert_eq!(left.ticket, "left_1");
+        assert_eq!(left.requested, Some(requested));
+        assert_eq!(left.by_pid, std::process::id());
+        // The new holder's record carries it on, in case this holder is killed in turn.
+        let holder = holder_at(&path).unwrap().unwrap();
+        assert_eq!(holder.ticket.as_deref(), Some("left_1"));
+        assert_eq!(
+            holder.ticket_requested.as_deref(),
+            Some("2023-11-14T22:13:20Z")
+        );
+        second.release();
+        let (mut third, left) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
+        assert_eq!(left.map(|l| l.ticket).as_deref(), Some("left_1"));
+
+        // Finished: nothing is handed on, and the record is cut on release.
+        third.finish_ticket().unwrap();
+        third.release();
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
+        let (_fourth, left) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
+        assert_eq!(left, None);
     }
 }

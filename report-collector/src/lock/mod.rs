@@ -52,6 +52,38 @@ impl Request {
     }
 }
 
+/// A ticket a run requested and did not see through (it was killed, cancelled, replaced, ran
+/// out of its deadline, or the host went down), found in the lock's record by the next run
+/// that takes the lock, so that run can resume it instead of requesting another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftTicket {
+    pub ticket: String,
+    /// When it was requested; `None` if the record does not say (or says something unreadable).
+    pub requested: Option<SystemTime>,
+    /// The run that left it.
+    pub by_pid: u32,
+    pub host: Option<String>,
+}
+
+impl LeftTicket {
+    /// What the record of a holder that is gone says about its unfinished ticket.
+    pub fn from_record(record: HolderRecord) -> Option<LeftTicket> {
+        let ticket = record.ticket?;
+        Some(LeftTicket {
+            ticket,
+            requested: record
+                .ticket_requested
+                .as_deref()
+                .and_then(|t| humantime::parse_rfc3339(t).ok()),
+            by_pid: record.pid,
+            host: record.host,
+        })
+    }
+}
+
+/// A lock just taken, with the ticket its previous holder left.
+pub type Taken<G> = (G, Option<LeftTicket>);
+
 /// A lock a run holds for its whole length.
 pub trait RunLock {
     type Guard: LockGuard;
@@ -67,12 +99,19 @@ pub trait RunLock {
     fn holder(&self) -> io::Result<Option<Holder>>;
 }
 
-/// The lock while a run holds it. Dropping it releases the lock and clears the record.
+/// The lock while a run holds it. Dropping it releases the lock; the record's ticket stays
+/// behind for the next holder unless the ticket was finished.
 pub trait LockGuard {
-    /// Records the ticket so a skipped run can name what the holder is waiting for.
+    /// Records the ticket this holder is collecting and when it was requested: a skipped run
+    /// names it, and if this holder never finishes it, the next holder finds it
+    /// ([`Acquired::left`]).
     fn set_ticket(&mut self, ticket: &str, requested: SystemTime) -> io::Result<()>;
 
-    /// Clears the record and releases the lock.
+    /// Clears the ticket from the record: its report is saved, or it was cancelled, so nobody
+    /// is to resume it.
+    fn finish_ticket(&mut self) -> io::Result<()>;
+
+    /// Releases the lock; the record keeps an unfinished ticket and nothing else.
     fn release(self);
 }
 
@@ -83,6 +122,9 @@ pub struct Acquired<G> {
     pub guard: Option<G>,
     /// The other run this one waited for or ended, if any.
     pub previous_holder: Option<u32>,
+    /// The ticket the previous holder left unfinished, if any; the new holder's record carries
+    /// it on until the new holder finishes it or records another.
+    pub left: Option<LeftTicket>,
 }
 
 /// Why the lock could not be had: which lock, what was asked, and what stood in the way. Its
@@ -195,20 +237,21 @@ pub fn round_ms(d: Duration) -> Duration {
 /// Takes a lock as `request.policy` says, once a backend has it open as a [`Contest`]: at
 /// once if it is free, else skip (`forbid`), wait (`wait`) or end its holder (`replace`).
 /// `allow` is the backend's to answer before it opens anything.
-pub async fn by_policy<C: Contest>(
+pub async fn by_policy<G, C: Contest<Held = Taken<G>>>(
     mut contest: C,
     lock: &str,
     request: Request,
-) -> Result<Acquired<C::Held>, NotAcquired> {
+) -> Result<Acquired<G>, NotAcquired> {
     let refused = |refusal| NotAcquired {
         lock: lock.to_owned(),
         request,
         refusal,
     };
-    if let Some(guard) = contest.try_take().map_err(|e| refused(Refusal::Io(e)))? {
+    if let Some((guard, left)) = contest.try_take().map_err(|e| refused(Refusal::Io(e)))? {
         return Ok(Acquired {
             guard: Some(guard),
             previous_holder: None,
+            left,
         });
     }
     let holder = contest.holder();
@@ -227,9 +270,10 @@ pub async fn by_policy<C: Contest>(
                 .await
                 .map_err(|e| refused(Refusal::Io(e)))?;
             match got {
-                Some(guard) => Ok(Acquired {
+                Some((guard, left)) => Ok(Acquired {
                     guard: Some(guard),
                     previous_holder: holder.pid,
+                    left,
                 }),
                 None => Err(refused(Refusal::WaitTimedOut {
                     holder: contest.holder(),
@@ -238,13 +282,14 @@ pub async fn by_policy<C: Contest>(
             }
         }
         Policy::Replace => {
-            let (guard, previous_holder) =
+            let ((guard, left), previous_holder) =
                 replace::replace(contest, request.replace_grace, request.deadline)
                     .await
                     .map_err(refused)?;
             Ok(Acquired {
                 guard: Some(guard),
                 previous_holder,
+                left,
             })
         }
     }
