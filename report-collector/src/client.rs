@@ -185,8 +185,10 @@ pub async fn collect<S: ReportServer>(
         };
         backoff.reset();
         if !resuming {
-            tracing::info!(TICKET = %ticket, "got ticket {ticket}; polling for its report");
+            // Into the lock's record first, before anything else can be interrupted: a run
+            // killed from here on hands the ticket on.
             on_ticket(&ticket);
+            tracing::info!(TICKET = %ticket, "got ticket {ticket}; polling for its report");
         }
         let while_doing = format!("waiting for the report of ticket {ticket}");
         loop {

@@ -263,6 +263,9 @@ fn already_saved<G: LockGuard>(
     progress.set_ticket(&left.ticket, left.requested);
     progress.tickets.resumed_from = Some(left.by_pid);
     progress.finish_ticket();
+    drop(progress);
+    // What the run that saved it did not get to.
+    prune(config, &report);
     Some(report)
 }
 
@@ -422,22 +425,35 @@ fn save<G: LockGuard>(
             .and_then(|()| stdout.flush());
     }
     let order = store::order_path(&config.state_file);
+    // Named by when its ticket was requested: a ticket saved again (by a run that resumed it)
+    // lands on the same name, never beside it.
+    let requested = progress
+        .borrow()
+        .tickets
+        .requested
+        .unwrap_or_else(SystemTime::now);
     let report = store::save(
         &config.report_dir,
         &order,
-        SystemTime::now(),
+        requested,
         &collected.ticket,
         collected.csv.as_bytes(),
     )?;
     progress.borrow_mut().finish_ticket();
-    // Never pruned, whatever retention's order says: this report and the state file's last
-    // collection (what `status` shows).
+    prune(config, &report);
+    Ok(report)
+}
+
+/// Deletes the reports beyond `keep-reports`, never `report` (the one just collected) nor the
+/// state file's last collection, whatever retention's order says.
+fn prune(config: &Config, report: &std::path::Path) {
+    let order = store::order_path(&config.state_file);
     let last = state::State::load(&config.state_file)
         .ok()
         .flatten()
         .and_then(|s| s.last_collection)
         .map(|c| c.report);
-    let protect: Vec<&std::path::Path> = std::iter::once(report.as_path())
+    let protect: Vec<&std::path::Path> = std::iter::once(report)
         .chain(last.as_deref())
         .collect();
     match store::prune(&config.report_dir, &order, config.keep_reports, &protect) {
@@ -452,7 +468,6 @@ fn save<G: LockGuard>(
             config.report_dir.display()
         ),
     }
-    Ok(report)
 }
 
 /// Puts the run on record: the decision line, the state file, the metrics file.

@@ -1,8 +1,9 @@
 //! Files on disk, and how the collector opens every file it creates or writes.
 //!
 //! Reports: each saved atomically (temp file in the same directory, fsync, rename, fsync of the
-//! directory) as `<UTC timestamp>_<ticket>.csv`. The state and metrics files go through the
-//! same atomic write, without the fsyncs. A write that fails (disk full, unwritable directory)
+//! directory) as `<UTC time of the ticket's request>_<ticket>.csv`, so a ticket saved again
+//! lands on its own name. The state and metrics files go through the same atomic write,
+//! without the fsyncs. A write that fails (disk full, unwritable directory)
 //! leaves nothing behind: the temp file is removed, and no reader ever sees a half-written file
 //! under its final name.
 //!

@@ -603,26 +603,38 @@ fn a_ticket_the_server_forgot_is_replaced_by_a_new_one() {
 }
 
 #[test]
-fn sigterm_while_polling_exits_143_frees_the_lock_and_saves_nothing() {
+fn sigterm_while_polling_exits_143_frees_the_lock_saves_nothing_and_leaves_the_ticket() {
     let server = ApiServer::in_heavy_load();
     let setup = Setup::new(&server.url, &[]);
+    let mut first_ticket: Option<String> = None;
     for (sig, code) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
         let child = setup.spawn(&[]);
         let holder = setup.wait_for_holder(child.id(), true);
+        let ticket = holder.ticket.clone().unwrap();
         signal(&child, sig);
         let run = finish(child);
         assert_code(&run, code);
         assert!(run.stderr.contains("cancelled"), "{}", run.stderr);
+        assert!(run.stderr.contains(&ticket), "{}", run.stderr);
         assert!(
-            run.stderr.contains(holder.ticket.as_deref().unwrap()),
-            "{}",
+            !run.stderr.contains("cancelled ticket"),
+            "a signal never cancels the ticket on the server: {}",
             run.stderr
         );
+        match &first_ticket {
+            None => first_ticket = Some(ticket.clone()),
+            Some(first) => {
+                // The second run took over the ticket the first one left.
+                assert_eq!(&ticket, first);
+                assert!(run.stderr.contains("resuming ticket"), "{}", run.stderr);
+            }
+        }
         assert!(setup.holder().is_none());
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&setup.lock).unwrap()).unwrap();
         assert_eq!(
-            std::fs::read(&setup.lock).unwrap(),
-            b"",
-            "the cancelled run cleared its holder record"
+            record["ticket"], ticket,
+            "the unfinished ticket stays in the record for the next run"
         );
         let lock = LockFile::open(&setup.lock).unwrap();
         assert!(lock.try_lock().unwrap().is_ok(), "the lock is free");

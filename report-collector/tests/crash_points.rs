@@ -4,13 +4,23 @@
 //! renames or removes a file. After each kill, and after the run that follows it, what a user
 //! relies on must hold: no partial file under a final name, the lock free with its stale
 //! record recognised as stale, the state file readable, the temp files of the killed run
-//! removed by the next one, every run counted once.
+//! removed by the next one, every run counted once, and no ticket thrown away: every ticket
+//! the server issued during a round (the killed run and the next) is saved exactly once by
+//! the round's end, the killed run's either by itself or, resumed or found saved, by the next.
+//! The one window where a kill loses a ticket is between the server's answer and the write
+//! of the lock's record; it holds no file operation but that write itself.
+//!
+//! Then `replace` with its SIGTERM or SIGKILL landing in the old holder's save, before and
+//! after the report's rename: the report is on disk once.
 
 mod util;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use report_collector::metrics::parse_counts;
 use report_collector::outcome::KINDS;
@@ -96,13 +106,50 @@ fn temp_files(dir: &Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// A report server that issues `t<N>_0` and answers every poll with the report at once (it
+/// keeps every report, as report-apis keeps a ready one for `ticket-ttl`), and lists what it
+/// issued.
+fn ticket_server() -> (FakeServer, Arc<Mutex<Vec<String>>>) {
+    let issued = Arc::new(Mutex::new(Vec::new()));
+    let next = AtomicU32::new(0);
+    let list = Arc::clone(&issued);
+    let server = FakeServer::start(move |path| {
+        if path.starts_with("/request_report") {
+            let ticket = format!("t{}_0", next.fetch_add(1, Ordering::SeqCst));
+            list.lock().unwrap().push(ticket.clone());
+            (200, ticket)
+        } else {
+            (200, CSV.to_owned())
+        }
+    });
+    (server, issued)
+}
+
+/// The saved reports of `ticket`.
+fn reports_of(setup: &Setup, ticket: &str) -> usize {
+    let suffix = format!("_{ticket}.csv");
+    setup
+        .report_files()
+        .iter()
+        .filter(|n| is_report_name(n) && n.ends_with(&suffix))
+        .count()
+}
+
+fn record_ticket(setup: &Setup) -> Option<String> {
+    let bytes = std::fs::read(&setup.lock).ok()?;
+    let record: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    record["ticket"].as_str().map(str::to_owned)
+}
+
 #[test]
 fn a_kill_at_any_file_operation_leaves_nothing_partial_and_the_next_run_works() {
     // Not skipped: a crash-point test that quietly does nothing would pass for ever.
     if let Err(why) = strace_works() {
         panic!("strace cannot trace here ({why}); install it (scripts/install-deps.sh does)");
     }
-    let server = fixed_report_server(CSV);
+    let (server, issued) = ticket_server();
+    let mut lost = Vec::new();
+    let mut handed_on = 0;
     let setup = Setup::new(
         &server.url,
         &[
@@ -115,6 +162,7 @@ fn a_kill_at_any_file_operation_leaves_nothing_partial_and_the_next_run_works() 
     for syscall in SYSCALLS {
         let mut n = 1;
         loop {
+            let issued_before = issued.lock().unwrap().len();
             assert!(
                 n <= MAX_CALLS,
                 "more than {MAX_CALLS} calls of {syscall} in one run"
@@ -131,6 +179,7 @@ fn a_kill_at_any_file_operation_leaves_nothing_partial_and_the_next_run_works() 
             );
             let at = format!("killed at {syscall} #{n}");
             let killed = traced.signal == Some(9) || traced.code == Some(128 + 9);
+            let round_start = issued_before;
             if !killed {
                 // Fewer than n such calls: the run went through.
                 assert_eq!(traced.code, Some(0), "{at}: {}", traced.stderr);
@@ -139,6 +188,7 @@ fn a_kill_at_any_file_operation_leaves_nothing_partial_and_the_next_run_works() 
             }
             points += 1;
             assert_whole(&setup, &at);
+            let left = record_ticket(&setup);
 
             let before = counts(&setup).get("collected").copied().unwrap_or(0);
             let next = setup.run(&[]);
@@ -170,15 +220,122 @@ fn a_kill_at_any_file_operation_leaves_nothing_partial_and_the_next_run_works() 
                 b"",
                 "{at}: record cleared"
             );
+            // No ticket of the round thrown away, none saved twice.
+            if let Some(left) = &left {
+                handed_on += 1;
+                assert!(
+                    next.stderr.contains("resuming ticket") || next.stderr.contains("already saved"),
+                    "{at}: the next run took over {left}: {}",
+                    next.stderr
+                );
+            }
+            let round: Vec<String> = issued.lock().unwrap()[round_start..].to_vec();
+            for ticket in &round {
+                match reports_of(&setup, ticket) {
+                    1 => {}
+                    0 => lost.push(format!("{at}: {ticket}")),
+                    saved => panic!("{at}: ticket {ticket} saved {saved} times"),
+                }
+            }
             n += 1;
         }
     }
     eprintln!(
-        "crash points: {points} kills; calls per run: {}",
+        "crash points: {points} kills, {handed_on} tickets handed on to the next run, lost: {lost:?}; calls per run: {}",
         per_call.join(", ")
     );
+    // Only a kill at the write of the record itself may lose the ticket the run just got.
+    assert!(
+        lost.iter().all(|l| l.contains("at pwrite64 #")) && lost.len() <= 1,
+        "tickets thrown away: {lost:?}"
+    );
+    assert!(handed_on > 10, "only {handed_on} tickets handed on");
     assert!(
         points > 20,
         "only {points} crash points: is strace injecting?"
     );
+}
+
+/// Waits until `ready` holds, polling; panics after `limit`.
+fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < limit, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_replace_landing_in_the_holders_save_leaves_its_report_on_disk_once() {
+    if let Err(why) = strace_works() {
+        panic!("strace cannot trace here ({why}); install it (scripts/install-deps.sh does)");
+    }
+    // The holder's save is held for 3 s by strace at the report's rename: before it (only the
+    // temp file exists) or after it (the report is under its final name, its ticket not yet
+    // finished in the lock's record). A replacing run starts then; its SIGTERM lands in the
+    // save and, with a short grace, its SIGKILL too.
+    for (stop, in_place) in [("delay_enter", "only the temp file"), ("delay_exit", "the report")] {
+        for grace in ["200ms", "10s"] {
+            let case = format!("{stop} at the rename, replace-grace {grace}");
+            let (server, issued) = ticket_server();
+            let setup = Setup::new(
+                &server.url,
+                &[
+                    ("policy", "\"replace\""),
+                    ("replace-grace", &format!("{grace:?}")),
+                ],
+            );
+            let inject = format!("inject=renameat:{stop}=3000000:when=1");
+            let mut holder = setup
+                .command_wrapped(
+                    &["strace", "-f", "-qq", "-o", "/dev/null", "-e", &inject],
+                    &[],
+                )
+                .spawn()
+                .unwrap();
+            wait_until(Duration::from_secs(10), &format!("{case}: {in_place}"), || {
+                let files = all_files_under(&setup.reports);
+                if stop == "delay_enter" {
+                    files.iter().any(|f| f.to_string_lossy().ends_with(".tmp"))
+                } else {
+                    files
+                        .iter()
+                        .any(|f| is_report_name(&f.to_string_lossy()))
+                }
+            });
+            let replacing = setup.run(&[]);
+            let _ = holder.wait();
+            assert_eq!(replacing.code, Some(0), "{case}: {}", replacing.stderr);
+            assert!(
+                replacing.stderr.contains("after ending pid"),
+                "{case}: {}",
+                replacing.stderr
+            );
+
+            let issued = issued.lock().unwrap().clone();
+            for ticket in &issued {
+                assert_eq!(reports_of(&setup, ticket), 1, "{case}: {ticket}, of {issued:?}");
+            }
+            if grace == "10s" {
+                // SIGTERM waits for the save: the holder collected and finished its ticket,
+                // the replacing run collected a ticket of its own.
+                assert_eq!(issued.len(), 2, "{case}: {}", replacing.stderr);
+            } else {
+                // SIGKILL in the save: the replacing run took the holder's ticket over.
+                assert_eq!(issued.len(), 1, "{case}: {}", replacing.stderr);
+                let expect = if stop == "delay_enter" {
+                    "resuming ticket t0_0"
+                } else {
+                    "already saved"
+                };
+                assert!(replacing.stderr.contains(expect), "{case}: {}", replacing.stderr);
+            }
+            assert_eq!(
+                temp_files(setup.dir.path()),
+                Vec::<std::path::PathBuf>::new(),
+                "{case}"
+            );
+            assert_eq!(std::fs::read(&setup.lock).unwrap(), b"", "{case}");
+        }
+    }
 }
