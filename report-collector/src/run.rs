@@ -453,9 +453,7 @@ fn prune(config: &Config, report: &std::path::Path) {
         .flatten()
         .and_then(|s| s.last_collection)
         .map(|c| c.report);
-    let protect: Vec<&std::path::Path> = std::iter::once(report)
-        .chain(last.as_deref())
-        .collect();
+    let protect: Vec<&std::path::Path> = std::iter::once(report).chain(last.as_deref()).collect();
     match store::prune(&config.report_dir, &order, config.keep_reports, &protect) {
         Ok(removed) if !removed.is_empty() => tracing::info!(
             "removed {} old report(s) beyond keep-reports = {}",

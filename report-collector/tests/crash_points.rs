@@ -224,7 +224,8 @@ fn a_kill_at_any_file_operation_leaves_nothing_partial_and_the_next_run_works() 
             if let Some(left) = &left {
                 handed_on += 1;
                 assert!(
-                    next.stderr.contains("resuming ticket") || next.stderr.contains("already saved"),
+                    next.stderr.contains("resuming ticket")
+                        || next.stderr.contains("already saved"),
                     "{at}: the next run took over {left}: {}",
                     next.stderr
                 );
@@ -274,7 +275,10 @@ fn a_replace_landing_in_the_holders_save_leaves_its_report_on_disk_once() {
     // temp file exists) or after it (the report is under its final name, its ticket not yet
     // finished in the lock's record). A replacing run starts then; its SIGTERM lands in the
     // save and, with a short grace, its SIGKILL too.
-    for (stop, in_place) in [("delay_enter", "only the temp file"), ("delay_exit", "the report")] {
+    for (stop, in_place) in [
+        ("delay_enter", "only the temp file"),
+        ("delay_exit", "the report"),
+    ] {
         for grace in ["200ms", "10s"] {
             let case = format!("{stop} at the rename, replace-grace {grace}");
             let (server, issued) = ticket_server();
@@ -293,16 +297,18 @@ fn a_replace_landing_in_the_holders_save_leaves_its_report_on_disk_once() {
                 )
                 .spawn()
                 .unwrap();
-            wait_until(Duration::from_secs(10), &format!("{case}: {in_place}"), || {
-                let files = all_files_under(&setup.reports);
-                if stop == "delay_enter" {
-                    files.iter().any(|f| f.to_string_lossy().ends_with(".tmp"))
-                } else {
-                    files
-                        .iter()
-                        .any(|f| is_report_name(&f.to_string_lossy()))
-                }
-            });
+            wait_until(
+                Duration::from_secs(10),
+                &format!("{case}: {in_place}"),
+                || {
+                    let files = all_files_under(&setup.reports);
+                    if stop == "delay_enter" {
+                        files.iter().any(|f| f.to_string_lossy().ends_with(".tmp"))
+                    } else {
+                        files.iter().any(|f| is_report_name(&f.to_string_lossy()))
+                    }
+                },
+            );
             let replacing = setup.run(&[]);
             let _ = holder.wait();
             assert_eq!(replacing.code, Some(0), "{case}: {}", replacing.stderr);
@@ -314,7 +320,11 @@ fn a_replace_landing_in_the_holders_save_leaves_its_report_on_disk_once() {
 
             let issued = issued.lock().unwrap().clone();
             for ticket in &issued {
-                assert_eq!(reports_of(&setup, ticket), 1, "{case}: {ticket}, of {issued:?}");
+                assert_eq!(
+                    reports_of(&setup, ticket),
+                    1,
+                    "{case}: {ticket}, of {issued:?}"
+                );
             }
             if grace == "10s" {
                 // SIGTERM waits for the save: the holder collected and finished its ticket,
@@ -328,7 +338,11 @@ fn a_replace_landing_in_the_holders_save_leaves_its_report_on_disk_once() {
                 } else {
                     "already saved"
                 };
-                assert!(replacing.stderr.contains(expect), "{case}: {}", replacing.stderr);
+                assert!(
+                    replacing.stderr.contains(expect),
+                    "{case}: {}",
+                    replacing.stderr
+                );
             }
             assert_eq!(
                 temp_files(setup.dir.path()),
