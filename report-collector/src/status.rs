@@ -197,6 +197,16 @@ pub struct LockStatus {
     pub pid: Option<u32>,
     pub since: Option<String>,
     pub ticket: Option<String>,
+    /// While the lock is free: the ticket a run left unfinished, for the next run to resume.
+    pub left_ticket: Option<LeftTicketStatus>,
+}
+
+/// A ticket left in the lock's record, as `status` shows it.
+#[derive(Debug, Serialize)]
+pub struct LeftTicketStatus {
+    pub ticket: String,
+    pub requested: Option<String>,
+    pub by_pid: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -319,6 +329,18 @@ pub fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> Status {
         pid: holder.as_ref().and_then(|h| h.pid),
         since: holder.as_ref().and_then(|h| h.since.clone()),
         ticket: holder.as_ref().and_then(|h| h.ticket.clone()),
+        left_ticket: match held {
+            Some(false) => lock
+                .left_ticket()
+                .ok()
+                .flatten()
+                .map(|left| LeftTicketStatus {
+                    ticket: left.ticket,
+                    requested: left.requested.map(crate::schedule::format_time),
+                    by_pid: left.by_pid,
+                }),
+            _ => None,
+        },
     };
     let names = match inspect(&config.report_dir, "report directory", true) {
         Ok(true) => store::list(&config.report_dir, &store::order_path(&config.state_file))
@@ -394,6 +416,15 @@ impl Status {
             }
             Some(false) => {
                 let _ = writeln!(out, "lock:     free ({})", lock.path.display());
+                if let Some(left) = &lock.left_ticket {
+                    let _ = writeln!(
+                        out,
+                        "left:     ticket {} requested {}, left unfinished by pid {}; the next run resumes it (resume-within) or cancels it",
+                        left.ticket,
+                        left.requested.as_deref().unwrap_or("at an unknown time"),
+                        left.by_pid
+                    );
+                }
             }
             None => {
                 let _ = writeln!(out, "lock:     unknown ({})", lock.path.display());
@@ -538,6 +569,35 @@ mod tests {
             &FlockLock::new(&config.lock_file),
             SystemTime::now(),
         )
+    }
+
+    #[test]
+    fn a_ticket_left_for_the_next_run_is_shown_while_the_lock_is_free() {
+        use crate::lock::LockGuard as _;
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let (mut held, _) = crate::lock::flock::LockFile::open(&config.lock_file)
+            .unwrap()
+            .try_lock()
+            .unwrap()
+            .unwrap();
+        held.set_ticket("left_0", SystemTime::UNIX_EPOCH).unwrap();
+        let while_held = status(&config);
+        assert!(
+            while_held.lock.left_ticket.is_none(),
+            "a holder's ticket is its own"
+        );
+        held.release();
+
+        let status = status(&config);
+        let left = status.lock.left_ticket.as_ref().unwrap();
+        assert_eq!(left.ticket, "left_0");
+        assert_eq!(left.by_pid, std::process::id());
+        let text = status.render();
+        assert!(
+            text.contains("left:     ticket left_0 requested 1970-01-01T00:00:00Z"),
+            "{text}"
+        );
     }
 
     #[test]

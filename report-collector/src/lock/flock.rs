@@ -64,6 +64,15 @@ impl RunLock for FlockLock {
     fn holder(&self) -> io::Result<Option<Holder>> {
         holder_at(&self.path)
     }
+
+    fn left_ticket(&self) -> io::Result<Option<LeftTicket>> {
+        if holder_at(&self.path)?.is_some() {
+            return Ok(None);
+        }
+        Ok(store::open_to_read(&self.path)?
+            .and_then(|file| read_record(&file))
+            .and_then(LeftTicket::from_record))
+    }
 }
 
 /// An open lock file, not necessarily locked.

@@ -97,6 +97,10 @@ pub trait RunLock {
 
     /// Who holds the lock now, without taking it; `None` when it is free.
     fn holder(&self) -> io::Result<Option<Holder>>;
+
+    /// The ticket a run that ended without finishing it left for the next holder, while the
+    /// lock is free; `None` when there is none (or the lock is held).
+    fn left_ticket(&self) -> io::Result<Option<LeftTicket>>;
 }
 
 /// The lock while a run holds it. Dropping it releases the lock; the record's ticket stays
