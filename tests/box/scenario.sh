@@ -29,6 +29,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/phases-trigger.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/phases-catalog.sh"
 # shellcheck source=phases-health.sh
 source "$(dirname "${BASH_SOURCE[0]}")/phases-health.sh"
+# shellcheck source=phases-resume.sh
+source "$(dirname "${BASH_SOURCE[0]}")/phases-resume.sh"
 
 UNIT_STARTING_ID=7d4958e842da4a758f6c1cdc7b36dcc5
 UNIT_STARTED_ID=39f53479d3a045ac8e11786248231fbf
@@ -101,19 +103,25 @@ scenario_packages() {
 }
 
 # From installed packages to their upgrade: what every box runs, whoever installed them.
-# Slot A's run is killed, B's outlasts its minute (C is swallowed), D is normal, E is upgraded
+# Slot A's run is killed (a run started by hand follows), K's is killed under heavy load, B's
+# resumes K's ticket and outlasts its minute (C is swallowed), D is normal, E is upgraded
 # under.
 scenario_minutes() {
     local box=$1 apis_next=$2 collector_next=$3
-    local slot_a='' inv_a='' slot_b inv_b='' spawn_failure='' retry_b='' slot_d
+    local slot_a='' inv_a='' slot_k inv_k='' pid_k='' ticket_k='' slot_b inv_b=''
+    local spawn_failure='' retry_b='' slot_d
     phase timer_listed "$box" slot_a || return
     phase compress_time "$box"
     phase kill_run "$box" "$slot_a" inv_a || return
     phase hand_after "$box" "right after the timer's run was killed with kill -9"
-    slot_b=$((slot_a + 60))
+    slot_k=$((slot_a + 60))
+    slot_b=$((slot_k + 60))
+    # Heavy load from before slot K until 15 s after slot C, the server never restarted.
     phase heavy_load "$box" "$slot_b"
-    phase slot_b "$box" "$slot_b" "$inv_a" "the killed run" inv_b || return
+    phase kill_under_load "$box" "$slot_k" "$inv_a" inv_k pid_k ticket_k || return
+    phase slot_b "$box" "$slot_b" "$inv_k" "the run killed under heavy load" inv_b || return
     phase late_start "$box" "$slot_b" "$inv_b" spawn_failure
+    phase resumed "$box" "$slot_b" "$pid_k" "$ticket_k"
     if [[ -n $spawn_failure ]]; then
         # systemd could not start the late run (its own race, see tests/README.md), so there
         # was no skip to see: the long run is played once more, two slots later, and the rest
@@ -130,7 +138,7 @@ scenario_minutes() {
     fi
     slot_d=$((${retry_b:-$slot_b} + 120))
     phase slot_d "$box" "$slot_d"
-    phase on_time "$box" "$slot_a" "$slot_b" ${retry_b:+"$retry_b"} "$slot_d"
+    phase on_time "$box" "$slot_a" "$slot_k" "$slot_b" ${retry_b:+"$retry_b"} "$slot_d"
     phase server_crashes "$box"
     phase upgrade "$box" $((slot_d + 60)) "$apis_next" "$collector_next"
 }
@@ -354,7 +362,8 @@ phase_kill_run() {
 
 # phase_heavy_load BOX SLOT_B: from now until 15 s after slot C (= SLOT_B + 60) the server is
 # under heavy load: slot B's run polls past slot C, the elapse of C is swallowed, and the run
-# systemd then starts at once is late.
+# systemd then starts at once is late. Started before slot K (SLOT_B - 60), it also holds the
+# run of K that is killed.
 phase_heavy_load() {
     local box=$1 slot_b=$2 heavy_end period
     heavy_end=$((slot_b + 75))
