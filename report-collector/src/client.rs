@@ -818,16 +818,23 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_resumed_ticket_is_polled_first_and_never_requested_again() {
-        let server = Scripted::new(vec![], vec![not_ready(None), Ok(Poll::Ready(CSV.into()))]);
+    /// Collects resuming ticket `left_7`, with no renewal allowed; returns what was collected
+    /// and the new tickets `on_ticket` heard of.
+    async fn resume_left_7(server: &Scripted) -> (Collected, Vec<String>) {
         let deadline = Instant::now() + 600 * SEC;
         let mut heard = Vec::new();
-        let got = collect(&server, 10 * SEC, deadline, 0, Some("left_7".into()), |t| {
+        let got = collect(server, 10 * SEC, deadline, 0, Some("left_7".into()), |t| {
             heard.push(t.to_owned())
         })
         .await
         .unwrap();
+        (got, heard)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resumed_ticket_is_polled_first_and_never_requested_again() {
+        let server = Scripted::new(vec![], vec![not_ready(None), Ok(Poll::Ready(CSV.into()))]);
+        let (got, heard) = resume_left_7(&server).await;
         assert_eq!(got.ticket, "left_7");
         assert_eq!(server.calls(), vec![("poll", 0), ("poll", 10_000)]);
         assert!(heard.is_empty(), "a resumed ticket is not a new one");
@@ -839,14 +846,8 @@ mod tests {
             vec![Ok("new_0".into())],
             vec![Ok(Poll::UnknownTicket), Ok(Poll::Ready(CSV.into()))],
         );
-        let deadline = Instant::now() + 600 * SEC;
-        let mut heard = Vec::new();
-        // No renewal allowed: the resumed ticket's 404 does not use one up.
-        let got = collect(&server, 10 * SEC, deadline, 0, Some("left_7".into()), |t| {
-            heard.push(t.to_owned())
-        })
-        .await
-        .unwrap();
+        // No renewal allowed (see resume_left_7): the resumed ticket's 404 does not use one up.
+        let (got, heard) = resume_left_7(&server).await;
         assert_eq!(got.ticket, "new_0");
         assert_eq!(heard, vec!["new_0".to_owned()]);
         assert_eq!(

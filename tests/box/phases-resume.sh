@@ -15,12 +15,7 @@ lock_record_ticket() {
 # variables named INV, PID and TICKET.
 phase_kill_under_load() {
     local box=$1 slot_k=$2 previous=$3 out_inv=$4 out_pid=$5 out_ticket=$6 pid ticket='' left status
-    info "waiting for slot K ($(hhmmss "$slot_k"))"
-    sleep_until "$slot_k"
-    if ! wait_new_run "$box" "$previous" 10; then
-        fail "no run of report-collector.service started at slot K"
-        return 1
-    fi
+    timer_run_at "$box" "$slot_k" K "$previous" || return 1
     hand_back "$out_inv" "$(prop "$box" report-collector.service InvocationID)"
     pid=$(prop "$box" report-collector.service MainPID)
     _has_ticket() { ticket=$(lock_record_ticket "$box") && [[ -n $ticket ]]; }

@@ -205,6 +205,18 @@ wait_new_run() {
     wait_until "$timeout" _new_run_running
 }
 
+# timer_run_at BOX SLOT NAME PREVIOUS: waits for SLOT (called NAME in messages) and for the
+# timer's run of it, a run other than invocation PREVIOUS, to be going.
+timer_run_at() {
+    local box=$1 slot=$2 name=$3 previous=$4
+    info "waiting for slot $name ($(hhmmss "$slot"))"
+    sleep_until "$slot"
+    if ! wait_new_run "$box" "$previous" 10; then
+        fail "no run of report-collector.service started at slot $name"
+        return 1
+    fi
+}
+
 # How late after its slot a timer's run may start: AccuracySec=1s lets systemd fire anywhere in
 # the first second, and on a busy 2-core host a start 1.023 s after :00 has been measured (the
 # event loop's own delay); half a second is allowed for that, and every offset is printed.
@@ -341,12 +353,7 @@ EOF
 # holds the lock; its invocation id goes to the variable named INV_A.
 phase_kill_run() {
     local box=$1 slot_a=$2 out_inv_a=$3 pid
-    info "waiting for slot A ($(hhmmss "$slot_a"))"
-    sleep_until "$slot_a"
-    if ! wait_new_run "$box" "" 10; then
-        fail "no run of report-collector.service started at slot A"
-        return 1
-    fi
+    timer_run_at "$box" "$slot_a" A "" || return 1
     hand_back "$out_inv_a" "$(prop "$box" report-collector.service InvocationID)"
     sleep 1.5
     pid=$(prop "$box" report-collector.service MainPID)
