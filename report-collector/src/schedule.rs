@@ -95,8 +95,18 @@ impl Placement {
 /// A clock outside the years 1970 to 9999 (which RFC 3339 and humantime cannot write, and would
 /// panic on) shows as the nearest end of that range.
 pub fn format_time(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(clamped(at)).to_string()
+}
+
+/// [`format_time`] with milliseconds: for times read back to compute with (a ticket's age).
+pub fn format_time_ms(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(clamped(at)).to_string()
+}
+
+/// `at` within what RFC 3339 can write (1970 to 9999).
+fn clamped(at: SystemTime) -> SystemTime {
     let last = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
-    humantime::format_rfc3339_seconds(at.clamp(UNIX_EPOCH, last)).to_string()
+    at.clamp(UNIX_EPOCH, last)
 }
 
 /// `start + wait` without the panic `Instant + Duration` has on overflow: a wait too long to

@@ -109,7 +109,7 @@ impl LockFile {
                 let mut record = HolderRecord::of_this_process(SystemTime::now());
                 if let Some(left) = &left {
                     record.ticket = Some(left.ticket.clone());
-                    record.ticket_requested = left.requested.map(crate::schedule::format_time);
+                    record.ticket_requested = left.requested.map(crate::schedule::format_time_ms);
                 }
                 let held = HeldFlock { lock: self, record };
                 held.write_record()?;
@@ -294,7 +294,7 @@ mod tests {
         assert_eq!(holder.ticket.as_deref(), Some("abc_0"));
         assert_eq!(
             holder.ticket_requested.as_deref(),
-            Some("1970-01-01T00:00:00Z")
+            Some("1970-01-01T00:00:00.000Z")
         );
         assert_eq!(holder.host, super::super::holder::this_host());
 
@@ -339,7 +339,7 @@ mod tests {
         assert_eq!(holder.ticket.as_deref(), Some("left_1"));
         assert_eq!(
             holder.ticket_requested.as_deref(),
-            Some("2023-11-14T22:13:20Z")
+            Some("2023-11-14T22:13:20.000Z")
         );
         second.release();
         let (mut third, left) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();

@@ -21,7 +21,8 @@ pub struct HolderRecord {
     #[serde(default)]
     pub host: Option<String>,
     pub ticket: Option<String>,
-    /// When the ticket was requested, RFC 3339 UTC.
+    /// When the ticket was requested, RFC 3339 UTC with milliseconds (the next holder computes
+    /// the ticket's age from it).
     #[serde(default)]
     pub ticket_requested: Option<String>,
 }
@@ -41,7 +42,7 @@ impl HolderRecord {
     /// Notes the ticket this holder is collecting and when it asked for it.
     pub fn set_ticket(&mut self, ticket: &str, requested: SystemTime) {
         self.ticket = Some(ticket.to_owned());
-        self.ticket_requested = Some(format_time(requested));
+        self.ticket_requested = Some(crate::schedule::format_time_ms(requested));
     }
 }
 
@@ -119,7 +120,7 @@ mod tests {
         assert_eq!(holder.ticket.as_deref(), Some("abc_0"));
         assert_eq!(
             holder.ticket_requested.as_deref(),
-            Some("1970-01-01T00:00:00Z")
+            Some("1970-01-01T00:00:00.000Z")
         );
         assert_eq!(
             holder.to_string(),
