@@ -3,6 +3,8 @@
 //! Cron fires a process at every slot whatever is running; that is where the collector's own
 //! policy does all the work. systemd 252 never starts a second run and fires a swallowed slot the
 //! moment the run ends; that is where `forbid` with and without a starting deadline differ.
+//! One more arm is `forbid` under cron with every other run killed (`kill -9`) while it holds a
+//! ticket: what the next run makes of the ticket a dead run left behind.
 
 use report_collector::config::Policy;
 
@@ -34,6 +36,7 @@ pub enum ArmId {
     ForbidNoDeadline,
     Replace,
     Wait,
+    ForbidKilled,
 }
 
 /// One arm: a policy, a launcher and whether the collector has a starting deadline.
@@ -43,46 +46,62 @@ pub struct Arm {
     pub policy: Policy,
     pub launcher: Launcher,
     pub starting_deadline: bool,
+    /// The experiment `kill -9`s every other run it fires (the 2nd, 4th, ...) once that run
+    /// holds a ticket (see [`crate::launcher`]).
+    pub kill_every_other: bool,
 }
 
 impl Arm {
     /// Every arm, in table order.
-    pub const ALL: [Arm; 6] = [
+    pub const ALL: [Arm; 7] = [
         Arm {
             id: ArmId::Allow,
             policy: Policy::Allow,
             launcher: Launcher::Cron,
             starting_deadline: false,
+            kill_every_other: false,
         },
         Arm {
             id: ArmId::Forbid,
             policy: Policy::Forbid,
             launcher: Launcher::Cron,
             starting_deadline: false,
+            kill_every_other: false,
         },
         Arm {
             id: ArmId::ForbidDeadline,
             policy: Policy::Forbid,
             launcher: Launcher::Systemd252,
             starting_deadline: true,
+            kill_every_other: false,
         },
         Arm {
             id: ArmId::ForbidNoDeadline,
             policy: Policy::Forbid,
             launcher: Launcher::Systemd252,
             starting_deadline: false,
+            kill_every_other: false,
         },
         Arm {
             id: ArmId::Replace,
             policy: Policy::Replace,
             launcher: Launcher::Cron,
             starting_deadline: false,
+            kill_every_other: false,
         },
         Arm {
             id: ArmId::Wait,
             policy: Policy::Wait,
             launcher: Launcher::Cron,
             starting_deadline: false,
+            kill_every_other: false,
+        },
+        Arm {
+            id: ArmId::ForbidKilled,
+            policy: Policy::Forbid,
+            launcher: Launcher::Cron,
+            starting_deadline: false,
+            kill_every_other: true,
         },
     ];
 
@@ -95,6 +114,7 @@ impl Arm {
             ArmId::ForbidNoDeadline => "forbid, no starting deadline",
             ArmId::Replace => "replace",
             ArmId::Wait => "wait",
+            ArmId::ForbidKilled => "forbid, killed",
         }
     }
 
@@ -107,6 +127,7 @@ impl Arm {
             ArmId::ForbidNoDeadline => "forbid-no-deadline",
             ArmId::Replace => "replace",
             ArmId::Wait => "wait",
+            ArmId::ForbidKilled => "forbid-killed",
         }
     }
 }

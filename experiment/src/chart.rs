@@ -16,6 +16,7 @@ fn colour(id: ArmId) -> RGBColor {
         ArmId::ForbidNoDeadline => RGBColor(255, 127, 14),
         ArmId::Replace => RGBColor(148, 103, 189),
         ArmId::Wait => RGBColor(140, 86, 75),
+        ArmId::ForbidKilled => RGBColor(23, 190, 207),
     }
 }
 

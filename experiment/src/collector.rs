@@ -3,6 +3,10 @@
 //! Every run of an arm shares one config file, one lock file and one state directory, exactly as
 //! the timer's runs share them on a real host. The file is the collector's own `Config`
 //! serialised (see [`crate::server::config_file`]).
+//!
+//! What the runs leave behind is read back here, by the collector's own rules: the tickets of
+//! the saved reports (`<UTC time>_<ticket>.csv`), the ticket the lock's record still names, the
+//! counters of the metrics textfile, and the ticket a run's output says it took.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -11,10 +15,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use report_collector::config::{Config, Policy};
+use report_collector::lock::HolderRecord;
+use report_collector::store::is_report_name;
 use tokio::process::Command;
 
 use crate::arm::Arm;
 use crate::params::Params;
+use crate::scrape::parse;
 use crate::server::config_file;
 
 /// One arm's collector setup on disk.
@@ -23,6 +30,56 @@ pub struct CollectorSetup {
     binary: PathBuf,
     config: PathBuf,
     logs: PathBuf,
+    /// The lock file, when the arm's policy takes the lock (not under `allow`).
+    lock_file: Option<PathBuf>,
+    report_dir: PathBuf,
+    metrics_file: PathBuf,
+}
+
+/// What an arm's runs left on disk once they had all ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// The ticket of every saved report, one per file (a ticket saved twice appears twice).
+    pub saved_tickets: Vec<String>,
+    /// The ticket the lock's record still names: the one the next run would resume.
+    pub record_ticket: Option<String>,
+    /// `report_collector_resumed_collections_total`: collections of a ticket a run left.
+    pub resumed: u64,
+}
+
+/// The ticket a run's output last says it took (`got ticket T; ...` for a ticket it requested,
+/// `resuming ticket T, ...` for one an earlier run left), if any.
+pub fn ticket_in_output(output: &str) -> Option<String> {
+    let mut last = None;
+    for line in output.lines() {
+        for (marker, refused) in [("got ticket ", None), ("resuming ticket ", Some("not "))] {
+            let Some(at) = line.find(marker) else {
+                continue;
+            };
+            if refused.is_some_and(|not| line[..at].ends_with(not)) {
+                continue;
+            }
+            let ticket: String = line[at + marker.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+                .collect();
+            if !ticket.is_empty() {
+                last = Some(ticket);
+            }
+        }
+    }
+    last
+}
+
+/// The ticket of a saved report's file name, `<YYYYMMDDTHHMMSSZ>_<ticket>.csv`.
+pub fn ticket_of_report(name: &str) -> Option<&str> {
+    is_report_name(name).then(|| &name[17..name.len() - ".csv".len()])
+}
+
+/// The lock's record, if the file holds one (an empty or half-written file holds none).
+pub fn read_record(lock_file: &Path) -> Option<HolderRecord> {
+    let text = fs::read_to_string(lock_file).ok()?;
+    serde_json::from_str(text.trim()).ok()
 }
 
 /// The policy the arm's collectors really run with: `allow` everywhere when the lock is switched
@@ -53,6 +110,7 @@ pub fn config(arm: &Arm, params: &Params, server_url: &str, dir: &Path) -> Confi
         replace_grace: params.replace_grace(),
         starting_deadline: arm.starting_deadline.then(|| params.starting_deadline()),
         schedule_period: params.slot,
+        resume_within: params.resume_within(),
         ..Config::default()
     }
 }
@@ -69,13 +127,74 @@ impl CollectorSetup {
         let logs = dir.join("runs");
         fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
         fs::create_dir_all(dir.join("reports")).context("cannot create the report directory")?;
+        let config = config(arm, params, server_url, dir);
         let path = dir.join("report-collector.toml");
-        fs::write(&path, config_file(&config(arm, params, server_url, dir))?)
+        fs::write(&path, config_file(&config)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(CollectorSetup {
             binary: binary.to_path_buf(),
             config: path,
             logs,
+            lock_file: (config.policy != Policy::Allow).then_some(config.lock_file),
+            report_dir: config.report_dir,
+            metrics_file: config
+                .metrics_file
+                .unwrap_or_else(|| dir.join("collector.prom")),
+        })
+    }
+
+    /// The file run number `seq` writes its stderr to.
+    pub fn stderr_path(&self, seq: usize) -> PathBuf {
+        self.logs.join(format!("{seq:03}.err"))
+    }
+
+    /// Whether process `pid`, run number `seq`, holds a ticket now: its output says it took
+    /// ticket T and, when the arm takes the lock, the lock's record names T under `pid` (so
+    /// the next run will find it). Returns T.
+    pub fn holds_ticket(&self, seq: usize, pid: u32) -> Option<String> {
+        let ticket = ticket_in_output(&fs::read_to_string(self.stderr_path(seq)).ok()?)?;
+        match &self.lock_file {
+            None => Some(ticket),
+            Some(lock) => read_record(lock)
+                .filter(|r| r.pid == pid && r.ticket.as_deref() == Some(ticket.as_str()))
+                .map(|_| ticket),
+        }
+    }
+
+    /// What the runs left on disk; read once they have all ended.
+    pub fn leftovers(&self) -> anyhow::Result<Leftovers> {
+        let mut saved_tickets = Vec::new();
+        let entries = fs::read_dir(&self.report_dir)
+            .with_context(|| format!("cannot list {}", self.report_dir.display()))?;
+        for entry in entries {
+            let name = entry
+                .with_context(|| format!("cannot list {}", self.report_dir.display()))?
+                .file_name();
+            if let Some(ticket) = name.to_str().and_then(ticket_of_report) {
+                saved_tickets.push(ticket.to_owned());
+            }
+        }
+        saved_tickets.sort();
+        let metrics = fs::read_to_string(&self.metrics_file).unwrap_or_default();
+        let resumed = parse(&metrics)
+            .get("report_collector_resumed_collections_total")
+            .copied()
+            .unwrap_or(0.0);
+        // A counter written by the collector as a whole number.
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a whole, non-negative count"
+        )]
+        let resumed = resumed.max(0.0) as u64;
+        Ok(Leftovers {
+            saved_tickets,
+            record_ticket: self
+                .lock_file
+                .as_deref()
+                .and_then(read_record)
+                .and_then(|r| r.ticket),
+            resumed,
         })
     }
 
@@ -84,8 +203,7 @@ impl CollectorSetup {
     pub fn command(&self, seq: usize, timer_started: bool) -> anyhow::Result<Command> {
         let out = File::create(self.logs.join(format!("{seq:03}.out")))
             .context("cannot create a run's log file")?;
-        let err = File::create(self.logs.join(format!("{seq:03}.err")))
-            .context("cannot create a run's log file")?;
+        let err = File::create(self.stderr_path(seq)).context("cannot create a run's log file")?;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--config")
             .arg(&self.config)
@@ -106,7 +224,7 @@ impl CollectorSetup {
 
     /// What run number `seq` wrote on stderr, for a failure message.
     pub fn stderr_of(&self, seq: usize) -> String {
-        fs::read_to_string(self.logs.join(format!("{seq:03}.err"))).unwrap_or_default()
+        fs::read_to_string(self.stderr_path(seq)).unwrap_or_default()
     }
 }
 
@@ -154,5 +272,49 @@ mod tests {
             Path::new("/x"),
         );
         assert!(text.contains("policy = \"allow\""), "{text}");
+    }
+
+    #[test]
+    fn resume_within_is_passed_to_every_arm() {
+        let dir = Path::new("/x");
+        let text = config_text(&arm(ArmId::Replace), &Params::default(), "http://h:1", dir);
+        assert!(text.contains("resume-within = \"1m 30s\""), "{text}");
+        let off = Params {
+            resume_within: Some(Duration::ZERO),
+            ..Params::default()
+        };
+        let text = config_text(&arm(ArmId::ForbidKilled), &off, "http://h:1", dir);
+        assert!(text.contains("resume-within = \"0s\""), "{text}");
+        assert!(text.contains("policy = \"forbid\""), "{text}");
+    }
+
+    #[test]
+    fn the_ticket_a_run_took_is_read_from_its_output() {
+        let output = "\
+2026-12-02T04:09:33.011032Z  INFO not resuming ticket a-1_0, which pid 7 left unfinished: resuming is off (resume-within = 0s) TICKET=a-1_0
+2026-12-02T04:09:33.012000Z  INFO cancelled ticket a-1_0 on the server: resuming is off TICKET=a-1_0
+2026-12-02T04:09:33.013000Z  INFO got ticket b-2_0; polling for its report TICKET=b-2_0
+";
+        assert_eq!(ticket_in_output(output).as_deref(), Some("b-2_0"));
+        let resumed = "2026-12-02T04:09:33.011032Z  INFO resuming ticket c-3_1, which pid 7 left unfinished (requested 3s ago, resume-within 1m 30s) TICKET=c-3_1\n";
+        assert_eq!(ticket_in_output(resumed).as_deref(), Some("c-3_1"));
+        assert_eq!(
+            ticket_in_output(&output[..output.find("got").unwrap()]),
+            None
+        );
+        assert_eq!(
+            ticket_in_output("WARN skipped this run: ... with ticket d_0"),
+            None
+        );
+    }
+
+    #[test]
+    fn saved_reports_name_their_ticket() {
+        assert_eq!(
+            ticket_of_report("20261202T040928Z_8f902e31-b2b2-4ad5-b3f9-8e5b4e695797_0.csv"),
+            Some("8f902e31-b2b2-4ad5-b3f9-8e5b4e695797_0")
+        );
+        assert_eq!(ticket_of_report(".20261202T040928Z_a_0.csv.x1.tmp"), None);
+        assert_eq!(ticket_of_report("notes.csv"), None);
     }
 }

@@ -2,7 +2,7 @@
 //! measurements gathered.
 //!
 //! The arms run concurrently, each against its own server on its own loopback port, so the whole
-//! comparison takes one span instead of six, and every arm sees the same heavy-load phases.
+//! comparison takes one span instead of seven, and every arm sees the same heavy-load phases.
 
 use std::path::Path;
 use std::time::Duration;
@@ -95,6 +95,7 @@ pub async fn run(params: &Params, binaries: &Binaries, work_dir: &Path) -> anyho
             let runs =
                 runs.with_context(|| format!("the {} arm could not start its runs", arm.label()))?;
             let last = scrape(&client, &url).await?;
+            let leftovers = setup.leftovers()?;
             anyhow::Ok((
                 index,
                 ArmResult {
@@ -102,6 +103,7 @@ pub async fn run(params: &Params, binaries: &Binaries, work_dir: &Path) -> anyho
                     runs,
                     samples,
                     last,
+                    leftovers,
                 },
             ))
         });

@@ -4,6 +4,12 @@
 //! These belong to the experiment, not to the product: they reproduce what each scheduler does
 //! when a run outlasts its slot (systemd 252 as measured on Debian 12), so the collector's
 //! policies can be compared under each.
+//!
+//! In an arm that kills every other run (see [`Arm::kill_every_other`]), the 2nd, 4th, ... run
+//! fired (odd `seq`) is SIGKILLed at the first check, every [`KILL_CHECK_EVERY`], at which it
+//! holds a ticket: its own output says it took ticket T (requested or resumed) and the lock's
+//! record names T under its pid. A run that never gets that far (it skips, or collects an
+//! already saved report) is not killed.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::process::ExitStatusExt;
@@ -20,8 +26,11 @@ use tokio::time::sleep_until;
 
 use crate::arm::{Arm, Launcher};
 use crate::clock::Clock;
-use crate::collector::{CollectorSetup, effective_policy};
+use crate::collector::{CollectorSetup, effective_policy, ticket_in_output};
 use crate::params::Params;
+
+/// How often a run due to be killed is checked for holding a ticket.
+pub const KILL_CHECK_EVERY: Duration = Duration::from_millis(20);
 
 /// How a run ended, from its exit status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +41,8 @@ pub enum ExitKind {
     Skipped,
     /// SIGTERMed (exit 143) or killed by a newer run under `replace`.
     Replaced,
+    /// SIGKILLed by the experiment while it held a ticket (the arm that kills every other run).
+    Killed,
     /// Still going when the experiment ended; stopped by the experiment.
     CutOff,
     /// Anything else, with the status and the last line the run wrote on stderr.
@@ -54,6 +65,8 @@ pub struct RunRecord {
     /// Process exit, seconds after slot 0.
     pub ended: f64,
     pub exit: ExitKind,
+    /// The ticket its output last says it took (requested or resumed), if any.
+    pub ticket: Option<String>,
 }
 
 impl RunRecord {
@@ -83,7 +96,7 @@ pub async fn launch(
     let drain_end = clock.instant(span_end) + params.drain;
     let policy = effective_policy(arm, params);
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, std::io::Result<ExitStatus>, Instant)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Ended>();
     let mut live: HashMap<usize, Live> = HashMap::new();
     let mut cut_off: HashSet<usize> = HashSet::new();
     let mut records = Vec::new();
@@ -104,10 +117,26 @@ pub async fn launch(
             let pid = child.id().unwrap_or(0);
             let tx = tx.clone();
             let this = seq;
+            let to_kill = (arm.kill_every_other && seq % 2 == 1).then(|| setup.clone());
             tokio::spawn(async move {
-                let status = child.wait().await;
+                let (status, killed) = match to_kill {
+                    None => (child.wait().await, false),
+                    Some(setup) => tokio::select! {
+                        status = child.wait() => (status, false),
+                        () = holding_a_ticket(&setup, this, pid) => {
+                            // Already gone if it exited meanwhile; the wait says how it ended.
+                            let _ = child.start_kill();
+                            (child.wait().await, true)
+                        }
+                    },
+                };
                 // The receiver outlives every child; a send error only means the launcher gave up.
-                let _ = tx.send((this, status, Instant::now()));
+                let _ = tx.send(Ended {
+                    seq: this,
+                    status,
+                    at: Instant::now(),
+                    killed,
+                });
             });
             live.insert(
                 seq,
@@ -143,9 +172,12 @@ pub async fn launch(
                     Launcher::Systemd252 => fire(slot, false, &mut live)?,
                 }
             }
-            Some((id, status, at)) = rx.recv() => {
+            Some(Ended { seq: id, status, at, killed }) = rx.recv() => {
                 let Some(run) = live.remove(&id) else { continue };
-                let exit = classify(status, cut_off.contains(&id), policy, || setup.stderr_of(id));
+                let output = setup.stderr_of(id);
+                let ticket = ticket_in_output(&output);
+                let end = End { cut_off: cut_off.contains(&id), killed };
+                let exit = classify(status, end, policy, || output);
                 records.push(RunRecord {
                     seq: id,
                     slot: run.slot,
@@ -154,6 +186,7 @@ pub async fn launch(
                     started: run.started,
                     ended: clock.secs(at),
                     exit,
+                    ticket,
                 });
                 if arm.launcher == Launcher::Systemd252
                     && live.is_empty()
@@ -182,6 +215,35 @@ pub async fn launch(
     Ok(records)
 }
 
+/// A process that ended, as its waiter reports it.
+struct Ended {
+    seq: usize,
+    status: std::io::Result<ExitStatus>,
+    at: Instant,
+    /// The experiment SIGKILLed it while it held a ticket.
+    killed: bool,
+}
+
+/// Who ended a run other than itself, as far as the launcher knows.
+#[derive(Debug, Clone, Copy, Default)]
+struct End {
+    /// Stopped by the launcher after the drain.
+    cut_off: bool,
+    /// SIGKILLed by the launcher while it held a ticket.
+    killed: bool,
+}
+
+/// Returns once run `seq` (process `pid`) holds a ticket; see the module's note.
+async fn holding_a_ticket(setup: &CollectorSetup, seq: usize, pid: u32) {
+    let mut ticker = tokio::time::interval(KILL_CHECK_EVERY);
+    loop {
+        ticker.tick().await;
+        if setup.holds_ticket(seq, pid).is_some() {
+            return;
+        }
+    }
+}
+
 fn signal(pid: u32, signal: Signal) {
     if let Ok(raw) = i32::try_from(pid)
         && raw > 0
@@ -193,7 +255,7 @@ fn signal(pid: u32, signal: Signal) {
 
 fn classify(
     status: std::io::Result<ExitStatus>,
-    cut_off: bool,
+    end: End,
     policy: Policy,
     stderr: impl FnOnce() -> String,
 ) -> ExitKind {
@@ -204,7 +266,8 @@ fn classify(
     let code = status.code().and_then(|code| u8::try_from(code).ok());
     let terminated = code == Some(exit::SIGTERM) || matches!(status.signal(), Some(15) | Some(9));
     match code {
-        _ if terminated && cut_off => ExitKind::CutOff,
+        _ if end.killed && status.signal() == Some(9) => ExitKind::Killed,
+        _ if terminated && end.cut_off => ExitKind::CutOff,
         _ if terminated && policy == Policy::Replace => ExitKind::Replaced,
         Some(exit::SUCCESS) => ExitKind::Collected,
         Some(exit::TEMPFAIL) => ExitKind::Skipped,
@@ -230,32 +293,64 @@ mod tests {
 
     #[test]
     fn exit_codes_map_to_outcomes() {
+        const CUT_OFF: End = End {
+            cut_off: true,
+            killed: false,
+        };
         let none = String::new;
         assert_eq!(
-            classify(code(0), false, Policy::Forbid, none),
+            classify(code(0), End::default(), Policy::Forbid, none),
             ExitKind::Collected
         );
         assert_eq!(
-            classify(code(75), false, Policy::Forbid, none),
+            classify(code(75), End::default(), Policy::Forbid, none),
             ExitKind::Skipped
         );
         assert_eq!(
-            classify(code(143), false, Policy::Replace, none),
+            classify(code(143), End::default(), Policy::Replace, none),
             ExitKind::Replaced
         );
         assert_eq!(
-            classify(code(143), true, Policy::Replace, none),
+            classify(code(143), CUT_OFF, Policy::Replace, none),
             ExitKind::CutOff
         );
         assert_eq!(
-            classify(Ok(ExitStatus::from_raw(9)), false, Policy::Replace, none),
+            classify(
+                Ok(ExitStatus::from_raw(9)),
+                End::default(),
+                Policy::Replace,
+                none
+            ),
             ExitKind::Replaced
         );
         assert!(matches!(
-            classify(code(143), false, Policy::Forbid, none),
+            classify(code(143), End::default(), Policy::Forbid, none),
             ExitKind::Failed(_)
         ));
-        let failed = classify(code(1), false, Policy::Allow, || {
+        let killed = End {
+            cut_off: false,
+            killed: true,
+        };
+        let sigkill = || Ok(ExitStatus::from_raw(9));
+        assert_eq!(
+            classify(sigkill(), killed, Policy::Forbid, none),
+            ExitKind::Killed
+        );
+        // Killed at the drain's end is still the experiment's kill, not a cut-off.
+        let both = End {
+            cut_off: true,
+            killed: true,
+        };
+        assert_eq!(
+            classify(sigkill(), both, Policy::Forbid, none),
+            ExitKind::Killed
+        );
+        // A run that exited on its own before the kill landed ended as it did.
+        assert_eq!(
+            classify(code(0), killed, Policy::Forbid, none),
+            ExitKind::Collected
+        );
+        let failed = classify(code(1), End::default(), Policy::Allow, || {
             "error: server down\n".into()
         });
         assert_eq!(

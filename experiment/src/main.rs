@@ -64,7 +64,8 @@ fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
         .context("cannot create a temporary folder")?;
     let work_dir = cli.work_dir.unwrap_or_else(|| temp.path().to_path_buf());
     eprintln!(
-        "experiment: six arms side by side for {} s (plus up to {} s for the last runs to end)...",
+        "experiment: {} arms side by side for {} s (plus up to {} s for the last runs to end)...",
+        experiment::Arm::ALL.len(),
         params.span.as_secs_f64(),
         params.drain.as_secs_f64()
     );

@@ -3,7 +3,10 @@
 //! Each figure is defined here once, so the table, the chart and the shape checks agree on what
 //! "runs at once" or "pending" mean.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::arm::Arm;
+use crate::collector::Leftovers;
 use crate::launcher::{ExitKind, RunRecord};
 use crate::scrape::{Sample, Scrape};
 
@@ -21,6 +24,8 @@ pub struct ArmResult {
     pub samples: Vec<Sample>,
     /// The server's figures after the last run ended.
     pub last: Scrape,
+    /// What the arm's runs left on disk after the last one ended.
+    pub leftovers: Leftovers,
 }
 
 /// The table row of one arm.
@@ -31,6 +36,8 @@ pub struct Summary {
     pub skipped: usize,
     pub failed: usize,
     pub replaced: usize,
+    /// SIGKILLed by the experiment while holding a ticket (the arm that kills every other run).
+    pub killed: usize,
     pub cut_off: usize,
     /// Most collector processes alive together for at least [`OVERLAP_IGNORED`].
     pub peak_runs: usize,
@@ -41,6 +48,68 @@ pub struct Summary {
     pub to_csv_max: Option<f64>,
     /// The server's mean time from request to ready, seconds.
     pub generation_mean: Option<f64>,
+    pub tickets: Tickets,
+}
+
+/// What became of every ticket the arm's server issued.
+///
+/// Every issued ticket should end one of three ways: **collected** (a saved report carries it),
+/// **cancelled** on the server at a collector's request (nobody would fetch it), or **in hand**
+/// when the experiment ended (the ticket of a run cut off at the end, from its output, or the
+/// ticket the lock's record names after the last run, which the next run would resume). Any
+/// other ticket is **wasted**: the server generated it, or kept it pending, for nobody.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tickets {
+    /// `report_apis_tickets_issued_total`.
+    pub issued: u64,
+    /// Distinct tickets among the saved reports' file names.
+    pub collected: usize,
+    /// Tickets with more than one saved report (should never happen).
+    pub saved_twice: usize,
+    /// `report_apis_tickets_cancelled_total`.
+    pub cancelled: u64,
+    /// Tickets not collected but still in hand at the end (see above).
+    pub in_hand: usize,
+    /// `report_collector_resumed_collections_total` in the arm's metrics textfile: collections
+    /// of a ticket a run left unfinished.
+    pub resumed: u64,
+    /// `issued - collected - cancelled - in hand`, never below 0.
+    pub wasted: u64,
+}
+
+/// A count from a Prometheus sample (a float), as a whole number.
+fn whole(value: f64) -> u64 {
+    // Clamped first, so the cast can neither wrap nor cut.
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "clamped to the range of u64 just before"
+    )]
+    let n = value.round().clamp(0.0, u64::MAX as f64) as u64;
+    n
+}
+
+impl Tickets {
+    /// The accounting of one arm: the server's counters after the last run, what the runs left
+    /// on disk, and the runs cut off at the end.
+    pub fn of(arm: &ArmResult) -> Tickets {
+        let saved = arm.saved_tickets();
+        let in_hand = arm.in_hand();
+        let issued = whole(arm.last.issued);
+        let cancelled = whole(arm.last.cancelled);
+        let accounted = (saved.len() as u64)
+            .saturating_add(cancelled)
+            .saturating_add(in_hand.len() as u64);
+        Tickets {
+            issued,
+            collected: saved.len(),
+            saved_twice: saved.values().filter(|n| **n > 1).count(),
+            cancelled,
+            in_hand: in_hand.len(),
+            resumed: arm.leftovers.resumed,
+            wasted: issued.saturating_sub(accounted),
+        }
+    }
 }
 
 impl ArmResult {
@@ -64,6 +133,7 @@ impl ArmResult {
             skipped: count(|e| *e == ExitKind::Skipped),
             failed: count(|e| matches!(e, ExitKind::Failed(_))),
             replaced: count(|e| *e == ExitKind::Replaced),
+            killed: count(|e| *e == ExitKind::Killed),
             cut_off: count(|e| *e == ExitKind::CutOff),
             peak_runs: peak_at_once(&self.runs, OVERLAP_IGNORED),
             peak_pending: self.last.pending_peak.max(sampled_peak),
@@ -71,7 +141,31 @@ impl ArmResult {
                 .then(|| to_csv.iter().sum::<f64>() / to_csv.len() as f64),
             to_csv_max: to_csv.iter().copied().reduce(f64::max),
             generation_mean: self.last.mean_generation(),
+            tickets: Tickets::of(self),
         }
+    }
+
+    /// Every ticket a saved report carries, with how many reports carry it.
+    pub fn saved_tickets(&self) -> BTreeMap<&str, usize> {
+        let mut saved: BTreeMap<&str, usize> = BTreeMap::new();
+        for ticket in &self.leftovers.saved_tickets {
+            *saved.entry(ticket.as_str()).or_default() += 1;
+        }
+        saved
+    }
+
+    /// Tickets not collected but in hand when the experiment ended: the ticket of every run cut
+    /// off at the end (from its output), and the ticket the lock's record names after the last
+    /// run (which the next run would resume).
+    pub fn in_hand(&self) -> BTreeSet<&str> {
+        let saved = self.saved_tickets();
+        self.runs
+            .iter()
+            .filter(|r| r.exit == ExitKind::CutOff)
+            .filter_map(|r| r.ticket.as_deref())
+            .chain(self.leftovers.record_ticket.as_deref())
+            .filter(|t| !saved.contains_key(t))
+            .collect()
     }
 
     /// Collected runs that outlasted their slot: the runs after which the schedulers differ.
@@ -167,6 +261,7 @@ mod tests {
             started,
             ended,
             exit,
+            ticket: None,
         }
     }
 
@@ -223,6 +318,7 @@ mod tests {
                 generation_count: 4.0,
                 ..Scrape::default()
             },
+            leftovers: Leftovers::default(),
         };
         let s = result.summary();
         assert_eq!(
@@ -260,5 +356,46 @@ mod tests {
             sample(4.0, true),
         ];
         assert_eq!(heavy_phases(&samples), vec![(1.0, 3.0), (4.0, 4.0)]);
+    }
+
+    #[test]
+    fn every_issued_ticket_is_collected_cancelled_in_hand_or_wasted() {
+        let mut cut = run(40.0, 48.0, ExitKind::CutOff);
+        cut.ticket = Some("d".into());
+        let mut result = ArmResult {
+            arm: crate::arm::Arm::ALL[0],
+            runs: vec![run(0.0, 1.0, ExitKind::Collected), cut],
+            samples: Vec::new(),
+            last: Scrape {
+                issued: 7.0,
+                cancelled: 1.0,
+                ..Scrape::default()
+            },
+            leftovers: Leftovers {
+                // "a" saved twice; "c" left in the lock's record, "d" by the run cut off.
+                saved_tickets: vec!["a".into(), "a".into(), "b".into()],
+                record_ticket: Some("c".into()),
+                resumed: 1,
+            },
+        };
+        let t = result.summary().tickets;
+        assert_eq!(
+            t,
+            Tickets {
+                issued: 7,
+                collected: 2,
+                saved_twice: 1,
+                cancelled: 1,
+                in_hand: 2,
+                resumed: 1,
+                wasted: 2,
+            }
+        );
+        // A ticket in hand that was saved anyway counts once, as collected.
+        result.leftovers.record_ticket = Some("b".into());
+        assert_eq!(result.summary().tickets.in_hand, 1);
+        // Never below zero.
+        result.last.issued = 1.0;
+        assert_eq!(result.summary().tickets.wasted, 0);
     }
 }

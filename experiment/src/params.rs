@@ -38,6 +38,10 @@ pub struct Params {
     /// How long runs still going after the span may take before they are stopped.
     #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
+    /// The collector's `resume-within` in every arm (0s = resuming off: a ticket a run left
+    /// is cancelled and a new one requested). Default: the shipped 30 min, scaled by slot / 1 min.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub resume_within: Option<Duration>,
 }
 
 impl Default for Params {
@@ -89,6 +93,14 @@ impl Params {
     /// The collector's `deadline`: 10 min of a real minute.
     pub fn run_deadline(&self) -> Duration {
         self.scaled(Duration::from_secs(10 * 60))
+    }
+
+    /// The collector's `resume-within`: `--resume-within` as given, else the shipped default
+    /// (30 min) scaled like every other duration.
+    pub fn resume_within(&self) -> Duration {
+        self.resume_within.unwrap_or_else(|| {
+            self.scaled(report_collector::config::Config::default().resume_within)
+        })
     }
 
     /// The server's `limits.ticket-ttl`: 10 min of a real minute.
@@ -152,6 +164,12 @@ mod tests {
         assert_eq!(p.lock_wait(), Duration::from_secs(15));
         assert_eq!(p.run_deadline(), Duration::from_secs(30));
         assert_eq!(p.slot_count(), 14);
+        assert_eq!(p.resume_within(), Duration::from_secs(90));
+        let off = Params {
+            resume_within: Some(Duration::ZERO),
+            ..Params::default()
+        };
+        assert_eq!(off.resume_within(), Duration::ZERO);
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub struct Scrape {
     pub generation_sum: f64,
     pub generation_count: f64,
     pub issued: f64,
+    /// `report_apis_tickets_cancelled_total`: tickets dropped at a collector's request.
+    pub cancelled: f64,
+    /// `report_apis_tickets_expired_total`: tickets dropped after their ttl.
+    pub expired: f64,
 }
 
 /// A scrape placed on the time line.
@@ -71,6 +75,8 @@ impl Scrape {
             generation_sum: get("report_apis_report_generation_seconds_sum"),
             generation_count: get("report_apis_report_generation_seconds_count"),
             issued: get("report_apis_tickets_issued_total"),
+            cancelled: get("report_apis_tickets_cancelled_total"),
+            expired: get("report_apis_tickets_expired_total"),
         }
     }
 
@@ -134,6 +140,8 @@ report_apis_tickets_pending 3
 report_apis_tickets_pending_peak 4
 report_apis_heavy_load 1
 report_apis_tickets_issued_total 7
+report_apis_tickets_cancelled_total 2
+report_apis_tickets_expired_total 1
 report_apis_http_requests_total{route=\"/get_report/{ticket}\",method=\"GET\",status=\"200\"} 12
 report_apis_report_generation_seconds_sum 9.0
 report_apis_report_generation_seconds_count 3
@@ -148,6 +156,7 @@ report_apis_report_generation_seconds_bucket{le=\"+Inf\"} 3
         assert_eq!(s.pending_peak, 4.0);
         assert!(s.heavy_load);
         assert_eq!(s.issued, 7.0);
+        assert_eq!((s.cancelled, s.expired), (2.0, 1.0));
         assert_eq!(s.mean_generation(), Some(3.0));
     }
 

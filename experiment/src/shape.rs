@@ -1,14 +1,15 @@
 //! The conclusions the experiment exists to show, each with its tolerance fixed before any run.
 //!
 //! The tolerances are loose enough for scheduling noise on a busy two-core machine and tight
-//! enough that a server without the slowdown (`slowdown = 0`) or a collector without its lock
-//! (every arm on `allow`) fails at least one claim; the integration tests run both controls.
+//! enough that a server without the slowdown (`slowdown = 0`), a collector without its lock
+//! (every arm on `allow`) or a collector that never resumes a ticket (`resume-within = 0s`)
+//! fails at least one claim; the integration tests run the three controls.
 
 use std::fmt;
 
-use crate::arm::ArmId;
+use crate::arm::{Arm, ArmId};
 use crate::experiment::Outcome;
-use crate::launcher::ExitKind;
+use crate::launcher::{ExitKind, RunRecord};
 use crate::measure::{ArmResult, Summary};
 
 /// `allow` must reach at least this many runs at once under heavy load.
@@ -29,6 +30,17 @@ pub const CATCH_UP_WITHIN: f64 = 0.5;
 /// With the deadline, no collecting run may start within this many seconds after a long run ends
 /// (the catch-up it would have been is skipped within [`CATCH_UP_WITHIN`]).
 pub const REST_AT_LEAST: f64 = 1.0;
+/// `replace` may have at most this many tickets pending at once on its server. A hand-over
+/// adopts the holder's ticket, so one is the rule; two leaves room for a ticket issued in the
+/// instant of a hand-over. Before tickets were handed over, `replace` reached 12 over 42 s.
+pub const REPLACE_MAX_PENDING: f64 = 2.0;
+/// `replace` must collect at least as many reports as `forbid` (both fired by cron) minus this:
+/// none, it must not collect fewer.
+pub const REPLACE_COLLECTS_NO_FEWER_BY: usize = 0;
+/// No arm may waste more tickets than this (see [`crate::measure::Tickets`]), nor save one twice.
+pub const MAX_WASTED: u64 = 0;
+/// The killed arm: at least this many collections of a ticket a killed run left.
+pub const KILLED_MIN_RESUMED: u64 = 1;
 
 /// One claim about the shape of the result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +52,11 @@ pub enum Claim {
     ReplaceNeverOverlaps,
     DeadlineRests,
     NoDeadlineCatchesUp,
+    ReplaceFewPending,
+    ReplaceCollectsAsMuch,
+    NoTicketWasted,
+    KilledTicketsResumed,
+    ReplaceHandsTicketOver,
 }
 
 impl fmt::Display for Claim {
@@ -61,6 +78,25 @@ impl fmt::Display for Claim {
             }
             Claim::NoDeadlineCatchesUp => {
                 "forbid, no starting deadline: a catch-up run starts at once after a long run"
+            }
+            Claim::ReplaceFewPending => {
+                return write!(
+                    f,
+                    "replace: at most {REPLACE_MAX_PENDING} tickets pending at once"
+                );
+            }
+            Claim::ReplaceCollectsAsMuch => {
+                "replace: collects at least as many reports as forbid (both fired by cron)"
+            }
+            Claim::NoTicketWasted => {
+                "every arm: no ticket wasted (each collected, cancelled or in hand), none saved twice"
+            }
+            Claim::KilledTicketsResumed => {
+                "forbid, killed: the ticket of every killed run is collected by a later run \
+                 (or still in hand at the end)"
+            }
+            Claim::ReplaceHandsTicketOver => {
+                "replace: a run that ends another adopts its ticket (resumed, none cancelled)"
             }
         })
     }
@@ -205,7 +241,116 @@ pub fn judge(outcome: &Outcome) -> Verdict {
     };
     push(Claim::NoDeadlineCatchesUp, holds, evidence);
 
+    let replace = outcome.arm(ArmId::Replace).map(ArmResult::summary);
+    push(
+        Claim::ReplaceFewPending,
+        replace
+            .as_ref()
+            .is_some_and(|r| r.peak_pending <= REPLACE_MAX_PENDING),
+        replace
+            .as_ref()
+            .map_or("the replace arm is missing".into(), |r| {
+                format!("peak {} pending", r.peak_pending)
+            }),
+    );
+    let (holds, evidence) = match (&replace, &forbid) {
+        (Some(r), Some(f)) => (
+            r.collected + REPLACE_COLLECTS_NO_FEWER_BY >= f.collected,
+            format!("replace {}, forbid {} collected", r.collected, f.collected),
+        ),
+        _ => (false, "the replace or forbid arm is missing".into()),
+    };
+    push(Claim::ReplaceCollectsAsMuch, holds, evidence);
+
+    let wasteful: Vec<String> = outcome
+        .arms
+        .iter()
+        .filter_map(|arm| {
+            let t = arm.summary().tickets;
+            (t.wasted > MAX_WASTED || t.saved_twice > 0).then(|| {
+                format!(
+                    "{}: {} of {} issued wasted, {} saved twice",
+                    arm.arm.label(),
+                    t.wasted,
+                    t.issued,
+                    t.saved_twice
+                )
+            })
+        })
+        .collect();
+    let issued: u64 = outcome
+        .arms
+        .iter()
+        .map(|a| a.summary().tickets.issued)
+        .sum();
+    push(
+        Claim::NoTicketWasted,
+        wasteful.is_empty() && outcome.arms.len() == Arm::ALL.len(),
+        if wasteful.is_empty() {
+            format!(
+                "{issued} tickets issued over {} arms, none wasted",
+                outcome.arms.len()
+            )
+        } else {
+            wasteful.join("; ")
+        },
+    );
+
+    let (holds, evidence) = match outcome.arm(ArmId::ForbidKilled) {
+        Some(arm) => judge_killed(arm),
+        None => (false, "the arm is missing".into()),
+    };
+    push(Claim::KilledTicketsResumed, holds, evidence);
+
+    let (holds, evidence) = match &replace {
+        Some(r) => (
+            r.tickets.resumed >= 1 && r.tickets.cancelled == 0,
+            format!(
+                "{} resumed collections, {} tickets cancelled",
+                r.tickets.resumed, r.tickets.cancelled
+            ),
+        ),
+        None => (false, "the replace arm is missing".into()),
+    };
+    push(Claim::ReplaceHandsTicketOver, holds, evidence);
+
     Verdict { checks }
+}
+
+/// Every killed run held a ticket; each must be collected by a later run (a saved report
+/// carries it) or be still in hand at the end, and the collector must count at least
+/// [`KILLED_MIN_RESUMED`] resumed collections. Without a killed run there is nothing to show.
+fn judge_killed(arm: &ArmResult) -> (bool, String) {
+    let killed: Vec<&RunRecord> = arm
+        .runs
+        .iter()
+        .filter(|r| r.exit == ExitKind::Killed)
+        .collect();
+    if killed.is_empty() {
+        return (
+            false,
+            "no run was killed: none was seen holding a ticket".into(),
+        );
+    }
+    let saved = arm.saved_tickets();
+    let in_hand = arm.in_hand();
+    let (mut collected, mut kept, mut lost) = (0, 0, 0);
+    for run in &killed {
+        match run.ticket.as_deref() {
+            Some(t) if saved.contains_key(t) => collected += 1,
+            Some(t) if in_hand.contains(t) => kept += 1,
+            _ => lost += 1,
+        }
+    }
+    let resumed = arm.leftovers.resumed;
+    (
+        lost == 0 && resumed >= KILLED_MIN_RESUMED,
+        format!(
+            "{} runs killed holding a ticket: {collected} of those tickets collected later, \
+             {kept} in hand at the end, {lost} lost; {resumed} resumed collections",
+            killed.len()
+        ),
+    )
 }
 
 /// Checks `after` at the end of every run that outlasted its slot and ended while the scheduler
@@ -274,13 +419,13 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::arm::Arm;
-    use crate::launcher::RunRecord;
+    use crate::collector::Leftovers;
     use crate::params::Params;
     use crate::scrape::Scrape;
 
-    use ExitKind::{Collected, Skipped};
+    use ExitKind::{Collected, Killed, Skipped};
 
+    /// Runs in order; every run that gets as far as a ticket holds its own, `t<seq>`.
     fn runs(spans: &[(f64, f64, ExitKind)]) -> Vec<RunRecord> {
         spans
             .iter()
@@ -293,8 +438,41 @@ mod tests {
                 started: *started,
                 ended: *ended,
                 exit: exit.clone(),
+                ticket: (*exit != Skipped).then(|| format!("t{seq}")),
             })
             .collect()
+    }
+
+    /// What the runs leave on disk when every collected run saved its own ticket.
+    fn saved(runs: &[RunRecord]) -> Leftovers {
+        Leftovers {
+            saved_tickets: runs
+                .iter()
+                .filter(|r| r.exit == Collected)
+                .filter_map(|r| r.ticket.clone())
+                .collect(),
+            ..Leftovers::default()
+        }
+    }
+
+    /// The killed arm over 18 s: the 2nd run killed holding t1, which the 3rd resumes and
+    /// collects; the 4th skips; the 6th is killed holding t5, left in the lock's record.
+    fn killed_arm() -> (Vec<RunRecord>, Leftovers) {
+        let mut records = runs(&[
+            (0.0, 1.0, Collected),
+            (3.0, 3.05, Killed),
+            (6.0, 12.5, Collected),
+            (9.0, 9.01, Skipped),
+            (12.0, 12.01, Skipped),
+            (15.0, 15.05, Killed),
+        ]);
+        records[2].ticket = Some("t1".into());
+        let leftovers = Leftovers {
+            saved_tickets: vec!["t0".into(), "t1".into()],
+            record_ticket: Some("t5".into()),
+            resumed: 1,
+        };
+        (records, leftovers)
     }
 
     /// An 18 s outcome (slot 3 s, 1 s reports) shaped as the conclusions say: a long run from
@@ -305,6 +483,11 @@ mod tests {
             generation_sum: mean * 4.0,
             generation_count: 4.0,
             ..Scrape::default()
+        };
+        let issued = |mut last: Scrape, leftovers: &Leftovers| {
+            last.issued = (leftovers.saved_tickets.len()
+                + usize::from(leftovers.record_ticket.is_some())) as f64;
+            last
         };
         let arms = Arm::ALL
             .iter()
@@ -345,11 +528,23 @@ mod tests {
                         server(1.0, 3.0),
                     ),
                 };
+                let (records, mut leftovers) = match arm.id {
+                    ArmId::ForbidKilled => killed_arm(),
+                    _ => {
+                        let leftovers = saved(&records);
+                        (records, leftovers)
+                    }
+                };
+                if arm.id == ArmId::Replace {
+                    // The run of 9 s replaced the run of 6 s and collected its ticket.
+                    leftovers.resumed = 1;
+                }
                 ArmResult {
                     arm: *arm,
                     runs: records,
                     samples: Vec::new(),
-                    last,
+                    last: issued(last, &leftovers),
+                    leftovers,
                 }
             })
             .collect();
@@ -376,7 +571,7 @@ mod tests {
     fn the_expected_shape_holds() {
         let verdict = judge(&good());
         assert!(verdict.holds(), "{verdict}");
-        assert_eq!(verdict.checks.len(), 7);
+        assert_eq!(verdict.checks.len(), 12);
     }
 
     #[test]
@@ -407,7 +602,11 @@ mod tests {
 
     #[test]
     fn two_runs_at_once_break_forbid_and_replace() {
-        let overlapping = [(6.0, 12.5, Collected), (9.0, 12.6, Collected)];
+        let overlapping = [
+            (0.0, 1.0, Collected),
+            (6.0, 12.5, Collected),
+            (9.0, 12.6, Collected),
+        ];
         let outcome = with_runs(good(), ArmId::Forbid, &overlapping);
         assert_eq!(failed(&outcome), vec![Claim::ForbidNeverOverlaps]);
         let outcome = with_runs(good(), ArmId::Replace, &overlapping);
@@ -426,5 +625,87 @@ mod tests {
         assert_eq!(failed(&outcome), vec![Claim::AllowSlowsServer]);
         outcome.arms[0].last.generation_sum = 3.45 * 4.0;
         assert!(judge(&outcome).holds());
+    }
+
+    fn arm_mut(outcome: &mut Outcome, id: ArmId) -> &mut ArmResult {
+        outcome.arms.iter_mut().find(|a| a.arm.id == id).unwrap()
+    }
+
+    #[test]
+    fn replace_must_keep_pending_low_and_collect_as_much_as_forbid() {
+        let mut outcome = good();
+        arm_mut(&mut outcome, ArmId::Replace).last.pending_peak = 2.0;
+        assert!(judge(&outcome).holds(), "2 pending is within the bound");
+        arm_mut(&mut outcome, ArmId::Replace).last.pending_peak = 3.0;
+        assert_eq!(failed(&outcome), vec![Claim::ReplaceFewPending]);
+
+        let mut outcome = good();
+        let replace = arm_mut(&mut outcome, ArmId::Replace);
+        replace.runs[3].exit = ExitKind::Replaced;
+        // The ticket of the replaced run is in the lock's record at the end: not wasted.
+        replace.leftovers.record_ticket = Some("t3".into());
+        replace.leftovers.saved_tickets.retain(|t| t != "t3");
+        assert_eq!(failed(&outcome), vec![Claim::ReplaceCollectsAsMuch]);
+    }
+
+    #[test]
+    fn a_ticket_neither_collected_cancelled_nor_in_hand_is_wasted() {
+        let mut outcome = good();
+        arm_mut(&mut outcome, ArmId::Wait).last.issued += 1.0;
+        assert_eq!(failed(&outcome), vec![Claim::NoTicketWasted]);
+        // Cancelled on the server at a collector's request: accounted for.
+        arm_mut(&mut outcome, ArmId::Wait).last.cancelled = 1.0;
+        assert!(judge(&outcome).holds());
+
+        // Still in hand: a run cut off at the end with a ticket, named by its output.
+        let mut outcome = good();
+        let wait = arm_mut(&mut outcome, ArmId::Wait);
+        wait.last.issued += 1.0;
+        wait.runs.push(RunRecord {
+            seq: 4,
+            slot: 5,
+            slot_time: 15.0,
+            catch_up: false,
+            started: 16.0,
+            ended: 24.0,
+            exit: ExitKind::CutOff,
+            ticket: Some("t4".into()),
+        });
+        assert!(judge(&outcome).holds(), "{}", judge(&outcome));
+
+        let mut outcome = good();
+        let allow = arm_mut(&mut outcome, ArmId::Allow);
+        allow.leftovers.saved_tickets.push("t0".into());
+        let s = allow.summary();
+        assert_eq!((s.tickets.saved_twice, s.tickets.wasted), (1, 0));
+        assert_eq!(failed(&outcome), vec![Claim::NoTicketWasted]);
+    }
+
+    #[test]
+    fn a_killed_run_whose_ticket_is_cancelled_breaks_the_killed_claim() {
+        let mut outcome = good();
+        let killed = arm_mut(&mut outcome, ArmId::ForbidKilled);
+        let s = killed.summary();
+        assert_eq!((s.killed, s.tickets.wasted, s.tickets.in_hand), (2, 0, 1));
+        // As with resuming off: the next run cancels t1 and collects a ticket of its own.
+        killed.runs[2].ticket = Some("t2".into());
+        killed.leftovers.saved_tickets = vec!["t0".into(), "t2".into()];
+        killed.leftovers.resumed = 0;
+        killed.last.issued += 1.0;
+        killed.last.cancelled = 1.0;
+        assert_eq!(failed(&outcome), vec![Claim::KilledTicketsResumed]);
+
+        let outcome = with_runs(good(), ArmId::ForbidKilled, &[(0.0, 1.0, Collected)]);
+        assert!(failed(&outcome).contains(&Claim::KilledTicketsResumed));
+    }
+
+    #[test]
+    fn a_replace_that_cancels_the_holder_s_ticket_does_not_hand_it_over() {
+        let mut outcome = good();
+        let replace = arm_mut(&mut outcome, ArmId::Replace);
+        replace.leftovers.resumed = 0;
+        replace.last.cancelled = 1.0;
+        replace.last.issued += 1.0;
+        assert_eq!(failed(&outcome), vec![Claim::ReplaceHandsTicketOver]);
     }
 }

@@ -3,15 +3,25 @@
 use std::fmt::Write;
 
 use crate::experiment::Outcome;
-use crate::measure::OVERLAP_IGNORED;
+use crate::measure::{OVERLAP_IGNORED, Tickets};
 use crate::shape::Verdict;
 
-const HEADER: &str = "| policy | scheduler | runs fired | collected | skipped | failed | replaced | cut off at end \
-| peak runs at once | peak pending tickets | run to CSV, mean (s) | run to CSV, max (s) | server mean generation (s) |\n\
-|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
+const HEADER: &str = "| policy | scheduler | runs fired | collected | skipped | failed | replaced | killed | cut off at end \
+| peak runs at once | peak pending tickets | run to CSV, mean (s) | run to CSV, max (s) | server mean generation (s) \
+| tickets issued | tickets resumed | tickets cancelled | tickets wasted |\n\
+|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
 
 fn secs(v: Option<f64>) -> String {
     v.map_or("-".to_string(), |v| format!("{v:.2}"))
+}
+
+/// Wasted tickets, and any ticket saved twice flagged beside them.
+fn wasted(t: &Tickets) -> String {
+    if t.saved_twice == 0 {
+        t.wasted.to_string()
+    } else {
+        format!("{} ({} saved twice)", t.wasted, t.saved_twice)
+    }
 }
 
 /// One row per arm.
@@ -22,7 +32,7 @@ pub fn markdown_table(outcome: &Outcome) -> String {
         // Writing into a String cannot fail.
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             arm.arm.label(),
             arm.arm.launcher.as_str(),
             s.fired,
@@ -30,12 +40,17 @@ pub fn markdown_table(outcome: &Outcome) -> String {
             s.skipped,
             s.failed,
             s.replaced,
+            s.killed,
             s.cut_off,
             s.peak_runs,
             s.peak_pending,
             secs(s.to_csv_mean),
             secs(s.to_csv_max),
             secs(s.generation_mean),
+            s.tickets.issued,
+            s.tickets.resumed,
+            s.tickets.cancelled,
+            wasted(&s.tickets),
         );
     }
     out
@@ -48,7 +63,7 @@ pub fn parameters(outcome: &Outcome) -> String {
     format!(
         "Span {} ({} slots of {}), heavy load toggling every {}, poll every {}, generation time {}, \
          slowdown {}{}. Collector durations are the shipped ones scaled by slot / 1 min: starting deadline {}, \
-         replace grace {}, lock wait {}, run deadline {}; server ticket TTL {}.",
+         replace grace {}, lock wait {}, run deadline {}, resume within {}{}; server ticket TTL {}.",
         s(p.span),
         p.slot_count(),
         s(p.slot),
@@ -65,6 +80,12 @@ pub fn parameters(outcome: &Outcome) -> String {
         s(p.replace_grace()),
         s(p.lock_wait()),
         s(p.run_deadline()),
+        s(p.resume_within()),
+        if p.resume_within().is_zero() {
+            " (resuming off)"
+        } else {
+            ""
+        },
         s(p.ticket_ttl()),
     )
 }
@@ -73,7 +94,11 @@ pub fn parameters(outcome: &Outcome) -> String {
 pub fn results_page(outcome: &Outcome, verdict: &Verdict) -> String {
     format!(
         "# Experiment results\n\n{}\n\n{}\n\"Peak runs at once\" counts collector processes alive together for at least {} s \
-         (waiting for the lock included). \"Run to CSV\" is from a collected run's start to its exit.\n\n\
+         (waiting for the lock included). \"Run to CSV\" is from a collected run's start to its exit. \
+         \"Killed\": runs the experiment SIGKILLed while they held a ticket (every other run of the killed arm). \
+         Tickets: issued and cancelled are the server's counts; resumed, collections of a ticket an earlier run \
+         left (the collector's metrics file); wasted, tickets issued that were neither collected (a saved report \
+         carries them), cancelled, nor still in hand at the end (a cut-off run's, or the one the lock's record names).\n\n\
          ![Pending tickets over time](pending.svg)\n\n## Conclusions\n\n{}",
         parameters(outcome),
         markdown_table(outcome),

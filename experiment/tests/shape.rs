@@ -1,5 +1,6 @@
 //! The experiment against the real binaries, over a short span: the conclusions hold, twice in a
-//! row, and a server without slowdown or a collector without its lock does not pass them.
+//! row, and a server without slowdown, a collector without its lock or a collector that never
+//! resumes a ticket does not pass them.
 //!
 //! Tolerances (fixed in `experiment::shape` before any run, restated here):
 //! - `allow` reaches at least 2 runs at once and at least 2 pending tickets, and its server's mean
@@ -9,7 +10,15 @@
 //!   0.25 s or more (a skip decision or a `replace` hand-over takes milliseconds);
 //! - after every run that outlasted its slot, `forbid` with the starting deadline skips the
 //!   catch-up (a skipped run within 0.5 s) and collects nothing for at least 1 s, while `forbid`
-//!   without it starts a run that collects within 0.5 s.
+//!   without it starts a run that collects within 0.5 s;
+//! - `replace` has at most 2 tickets pending at once and collects no fewer reports than `forbid`
+//!   (cron), and the run that ends another adopts its ticket (at least 1 resumed collection, no
+//!   ticket cancelled);
+//! - no arm wastes a ticket: every ticket its server issued is collected (a saved report carries
+//!   it), cancelled, or in hand at the end; none is saved twice;
+//! - `forbid, killed` (every other run SIGKILLed once it holds a ticket): the ticket of every
+//!   killed run is collected by a later run or still in hand at the end, with at least 1 resumed
+//!   collection.
 //!
 //! The span is 18 s: two calm slots, then a heavy-load phase over the third and fourth slots and a
 //! calm fifth and sixth, which is one whole cycle of what the default 42 s span repeats.
@@ -103,21 +112,44 @@ fn a_server_that_never_slows_down_fails_the_generation_claim() {
 }
 
 #[test]
-fn a_collector_without_its_lock_fails_the_overlap_and_rest_claims() {
+fn a_collector_without_its_lock_fails_the_overlap_rest_and_ticket_claims() {
     let _serial = serial();
     let (_, verdict) = experiment(Params {
         without_lock: true,
         ..short()
     });
     let failed = failed(&verdict);
+    // Without a lock there is no record to hand a ticket on in: the killed runs' tickets are
+    // lost, and replace (running as allow) never adopts one.
     for claim in [
         Claim::ForbidNeverOverlaps,
         Claim::ReplaceNeverOverlaps,
         Claim::DeadlineRests,
+        Claim::NoTicketWasted,
+        Claim::KilledTicketsResumed,
+        Claim::ReplaceHandsTicketOver,
     ] {
         assert!(
             failed.contains(&claim),
             "without the lock, {claim} still held:\n{verdict}"
+        );
+    }
+}
+
+#[test]
+fn a_collector_that_never_resumes_fails_the_hand_over_claims() {
+    let _serial = serial();
+    let (_, verdict) = experiment(Params {
+        resume_within: Some(Duration::ZERO),
+        ..short()
+    });
+    let failed = failed(&verdict);
+    // Each left ticket is cancelled on the server and a new one requested: nothing is wasted,
+    // but nothing a killed or replaced run held is collected either.
+    for claim in [Claim::KilledTicketsResumed, Claim::ReplaceHandsTicketOver] {
+        assert!(
+            failed.contains(&claim),
+            "with resuming off, {claim} still held:\n{verdict}"
         );
     }
 }
