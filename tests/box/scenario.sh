@@ -213,15 +213,13 @@ wait_new_run() {
 }
 
 # timer_run_at BOX SLOT NAME PREVIOUS: waits for SLOT (called NAME in messages) and for the
-# timer's run of it, a run other than invocation PREVIOUS, to be going.
+# timer's run of it, a run other than invocation PREVIOUS, to be going; fails (quietly: the
+# caller judges) when none is within 10 s.
 timer_run_at() {
     local box=$1 slot=$2 name=$3 previous=$4
     info "waiting for slot $name ($(hhmmss "$slot"))"
     sleep_until "$slot"
-    if ! wait_new_run "$box" "$previous" 10; then
-        fail "no run of report-collector.service started at slot $name"
-        return 1
-    fi
+    wait_new_run "$box" "$previous" 10
 }
 
 # How late after its slot a timer's run may start: AccuracySec=1s lets systemd fire anywhere in
@@ -360,7 +358,10 @@ EOF
 # holds the lock; its invocation id goes to the variable named INV_A.
 phase_kill_run() {
     local box=$1 slot_a=$2 out_inv_a=$3 pid
-    timer_run_at "$box" "$slot_a" A "" || return 1
+    if ! timer_run_at "$box" "$slot_a" A ""; then
+        fail "no run of report-collector.service started at slot A"
+        return 1
+    fi
     hand_back "$out_inv_a" "$(prop "$box" report-collector.service InvocationID)"
     sleep 1.5
     pid=$(prop "$box" report-collector.service MainPID)
