@@ -15,24 +15,7 @@ lock_record_ticket() {
 # variables named INV, PID and TICKET.
 phase_kill_under_load() {
     local box=$1 slot_k=$2 previous=$3 out_inv=$4 out_pid=$5 out_ticket=$6 pid ticket='' left status
-    local spawn_failure
-    if ! timer_run_at "$box" "$slot_k" K "$previous"; then
-        spawn_failure=$(spawn_failure_since "$box" "$slot_k")
-        if [[ -z $spawn_failure ]]; then
-            fail "no run of report-collector.service started at slot K; the journal since:"
-            journal_text "$box" -u report-collector.service --since "@$slot_k" | show
-            return 1
-        fi
-        # The timer fired; systemd could not spawn the run (its cgroup race, see
-        # tests/README.md). Whoever started the run to be killed, the next timer run is to
-        # resume its ticket: this one is started by hand.
-        note "systemd failed to spawn slot K's run (its cgroup race, not the collector): ${spawn_failure#* }; starting the run to kill by hand instead"
-        hand_start "$box" --no-block || true
-        if ! wait_new_run "$box" "$previous" 10; then
-            fail "no run of report-collector.service started by hand after slot K's spawn failure"
-            return 1
-        fi
-    fi
+    run_to_kill "$box" "$slot_k" K "$previous" || return 1
     hand_back "$out_inv" "$(prop "$box" report-collector.service InvocationID)"
     pid=$(prop "$box" report-collector.service MainPID)
     _has_ticket() { ticket=$(lock_record_ticket "$box") && [[ -n $ticket ]]; }
