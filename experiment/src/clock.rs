@@ -57,6 +57,15 @@ impl Clock {
         UNIX_EPOCH + self.t0_epoch
     }
 
+    /// Seconds since slot 0 of a wall-clock time (a collector's log line), on the assumption
+    /// that the wall clock does not step during the experiment.
+    pub fn secs_of_wall(&self, at: SystemTime) -> f64 {
+        match at.duration_since(self.slot_zero()) {
+            Ok(after) => after.as_secs_f64(),
+            Err(before) => -before.duration().as_secs_f64(),
+        }
+    }
+
     /// Seconds since slot 0, now.
     pub fn now(&self) -> f64 {
         self.secs(Instant::now())
@@ -80,5 +89,8 @@ mod tests {
         assert_eq!(since_epoch.as_micros() % 3_000_000, 0);
         assert!(clock.now() < 0.0);
         assert!(clock.now() > -3.1);
+        let zero = clock.slot_zero();
+        assert_eq!(clock.secs_of_wall(zero + Duration::from_millis(1500)), 1.5);
+        assert_eq!(clock.secs_of_wall(zero - Duration::from_millis(250)), -0.25);
     }
 }

@@ -11,7 +11,7 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use report_collector::config::{Config, Policy};
@@ -50,8 +50,21 @@ pub struct Leftovers {
 /// The ticket a run's output last says it took (`got ticket T; ...` for a ticket it requested,
 /// `resuming ticket T, ...` for one an earlier run left), if any.
 pub fn ticket_in_output(output: &str) -> Option<String> {
-    let mut last = None;
-    for line in output.lines() {
+    ticket_lines(output).last().map(|(_, ticket)| ticket)
+}
+
+/// When a run's output first says it took a ticket: the wall-clock time its log line starts
+/// with (`2026-12-02T06:39:25.933562Z ...`), if any line says so.
+pub fn ticket_taken_at(output: &str) -> Option<SystemTime> {
+    let (line, _) = ticket_lines(output).next()?;
+    let stamp = line.split_whitespace().next()?;
+    humantime::parse_rfc3339(stamp).ok()
+}
+
+/// Every line of `output` that says the run took a ticket, with that ticket.
+fn ticket_lines(output: &str) -> impl Iterator<Item = (&str, String)> {
+    output.lines().filter_map(|line| {
+        let mut took = None;
         for (marker, refused) in [("got ticket ", None), ("resuming ticket ", Some("not "))] {
             let Some(at) = line.find(marker) else {
                 continue;
@@ -64,11 +77,11 @@ pub fn ticket_in_output(output: &str) -> Option<String> {
                 .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
                 .collect();
             if !ticket.is_empty() {
-                last = Some(ticket);
+                took = Some(ticket);
             }
         }
-    }
-    last
+        took.map(|ticket| (line, ticket))
+    })
 }
 
 /// The ticket of a saved report's file name, `<YYYYMMDDTHHMMSSZ>_<ticket>.csv`.
@@ -306,6 +319,24 @@ mod tests {
             ticket_in_output("WARN skipped this run: ... with ticket d_0"),
             None
         );
+    }
+
+    #[test]
+    fn when_a_run_took_its_ticket_is_read_from_its_output() {
+        let output = "\
+2026-12-02T04:09:33.011032Z  INFO not resuming ticket a-1_0, which pid 7 left unfinished: resuming is off (resume-within = 0s) TICKET=a-1_0
+2026-12-02T04:09:33.250000Z  INFO got ticket b-2_0; polling for its report TICKET=b-2_0
+2026-12-02T04:09:35.000000Z  INFO got ticket b-3_0; polling for its report TICKET=b-3_0
+";
+        assert_eq!(
+            ticket_taken_at(output),
+            Some(humantime::parse_rfc3339("2026-12-02T04:09:33.250Z").unwrap())
+        );
+        assert_eq!(
+            ticket_taken_at(&output[..output.find("2026-12-02T04:09:33.25").unwrap()]),
+            None
+        );
+        assert_eq!(ticket_taken_at("got ticket b-2_0 without a time"), None);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tokio::time::sleep_until;
 
 use crate::arm::{Arm, Launcher};
 use crate::clock::Clock;
-use crate::collector::{CollectorSetup, effective_policy, ticket_in_output};
+use crate::collector::{CollectorSetup, effective_policy, ticket_in_output, ticket_taken_at};
 use crate::params::Params;
 
 /// How often a run due to be killed is checked for holding a ticket.
@@ -67,6 +67,9 @@ pub struct RunRecord {
     pub exit: ExitKind,
     /// The ticket its output last says it took (requested or resumed), if any.
     pub ticket: Option<String>,
+    /// When its output first says it took a ticket, seconds after slot 0: from then on it is
+    /// collecting (a skip, or a run still waiting for the lock, never gets there).
+    pub ticket_at: Option<f64>,
 }
 
 impl RunRecord {
@@ -176,6 +179,7 @@ pub async fn launch(
                 let Some(run) = live.remove(&id) else { continue };
                 let output = setup.stderr_of(id);
                 let ticket = ticket_in_output(&output);
+                let ticket_at = ticket_taken_at(&output).map(|at| clock.secs_of_wall(at));
                 let end = End { cut_off: cut_off.contains(&id), killed };
                 let exit = classify(status, end, policy, || output);
                 records.push(RunRecord {
@@ -187,6 +191,7 @@ pub async fn launch(
                     ended: clock.secs(at),
                     exit,
                     ticket,
+                    ticket_at,
                 });
                 if arm.launcher == Launcher::Systemd252
                     && live.is_empty()

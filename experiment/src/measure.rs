@@ -41,6 +41,9 @@ pub struct Summary {
     pub cut_off: usize,
     /// Most collector processes alive together for at least [`OVERLAP_IGNORED`].
     pub peak_runs: usize,
+    /// Most runs collecting together (from the ticket they took to their exit) for at least
+    /// [`OVERLAP_IGNORED`]; 0 when no run took a ticket.
+    pub peak_collecting: usize,
     /// Most tickets pending on the server (its own peak gauge, or the highest sample).
     pub peak_pending: f64,
     /// From a collected run's start to its CSV (its exit), seconds.
@@ -136,6 +139,7 @@ impl ArmResult {
             killed: count(|e| *e == ExitKind::Killed),
             cut_off: count(|e| *e == ExitKind::CutOff),
             peak_runs: peak_at_once(&self.runs, OVERLAP_IGNORED),
+            peak_collecting: peak_collecting(&self.runs, OVERLAP_IGNORED),
             peak_pending: self.last.pending_peak.max(sampled_peak),
             to_csv_mean: (!to_csv.is_empty())
                 .then(|| to_csv.iter().sum::<f64>() / to_csv.len() as f64),
@@ -195,12 +199,29 @@ impl ArmResult {
 /// The highest number of processes alive together for at least `min_overlap` seconds; a single
 /// process counts as one however short it lived.
 pub fn peak_at_once(runs: &[RunRecord], min_overlap: f64) -> usize {
-    if runs.is_empty() {
+    let spans: Vec<(f64, f64)> = runs.iter().map(|r| (r.started, r.ended)).collect();
+    peak_of(&spans, min_overlap)
+}
+
+/// The highest number of runs collecting together for at least `min_overlap` seconds: each
+/// from the moment its output says it took a ticket to its exit. A skip, or the time a run
+/// waits for the lock or a replaced holder takes to exit, does not count.
+pub fn peak_collecting(runs: &[RunRecord], min_overlap: f64) -> usize {
+    let spans: Vec<(f64, f64)> = runs
+        .iter()
+        .filter_map(|r| r.ticket_at.map(|at| (at.min(r.ended), r.ended)))
+        .collect();
+    peak_of(&spans, min_overlap)
+}
+
+/// The highest number of `(start, end)` spans that overlap for at least `min_overlap` seconds.
+fn peak_of(spans: &[(f64, f64)], min_overlap: f64) -> usize {
+    if spans.is_empty() {
         return 0;
     }
-    let mut events: Vec<(f64, i32)> = runs
+    let mut events: Vec<(f64, i32)> = spans
         .iter()
-        .flat_map(|r| [(r.started, 1), (r.ended, -1)])
+        .flat_map(|&(start, end)| [(start, 1), (end, -1)])
         .collect();
     // At equal times an exit comes first: a run that starts as another ends is not an overlap.
     events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -262,6 +283,7 @@ mod tests {
             ended,
             exit,
             ticket: None,
+            ticket_at: None,
         }
     }
 
@@ -282,6 +304,33 @@ mod tests {
             run(6.0, 6.01, ExitKind::Skipped),
         ];
         assert_eq!(peak_at_once(&runs, OVERLAP_IGNORED), 2);
+    }
+
+    #[test]
+    fn collecting_counts_from_the_ticket_to_the_exit() {
+        let took = |mut r: RunRecord, at: f64| {
+            r.ticket_at = Some(at);
+            r
+        };
+        // A replaced holder slow to exit, a skip slow to decide: processes overlap for 0.6 s,
+        // collections never do.
+        let runs = [
+            took(run(0.0, 3.6, ExitKind::Replaced), 0.1),
+            took(run(3.0, 6.0, ExitKind::Collected), 3.6),
+            run(4.0, 4.6, ExitKind::Skipped),
+        ];
+        assert_eq!(peak_at_once(&runs, OVERLAP_IGNORED), 2);
+        assert_eq!(peak_collecting(&runs, OVERLAP_IGNORED), 1);
+        // Two runs polling at once for seconds.
+        let runs = [
+            took(run(0.0, 8.0, ExitKind::Collected), 0.1),
+            took(run(3.0, 8.0, ExitKind::Collected), 3.1),
+        ];
+        assert_eq!(peak_collecting(&runs, OVERLAP_IGNORED), 2);
+        assert_eq!(
+            peak_collecting(&[run(0.0, 1.0, ExitKind::Skipped)], OVERLAP_IGNORED),
+            0
+        );
     }
 
     #[test]

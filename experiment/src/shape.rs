@@ -12,7 +12,7 @@ use crate::experiment::Outcome;
 use crate::launcher::{ExitKind, RunRecord};
 use crate::measure::{ArmResult, Summary};
 
-/// `allow` must reach at least this many runs at once under heavy load.
+/// `allow` must reach at least this many runs collecting at once under heavy load.
 pub const ALLOW_MIN_RUNS_AT_ONCE: usize = 2;
 /// `allow` must leave at least this many tickets pending at once.
 pub const ALLOW_MIN_PENDING: f64 = 2.0;
@@ -62,7 +62,7 @@ pub enum Claim {
 impl fmt::Display for Claim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Claim::AllowOverlaps => "allow: more than one run at once under heavy load",
+            Claim::AllowOverlaps => "allow: more than one run collecting at once under heavy load",
             Claim::AllowPilesUpTickets => "allow: more than one ticket pending at once",
             Claim::AllowSlowsServer => {
                 return write!(
@@ -71,8 +71,8 @@ impl fmt::Display for Claim {
                      {GENERATION_EXCESS} generation times"
                 );
             }
-            Claim::ForbidNeverOverlaps => "forbid (all three): never two runs at once",
-            Claim::ReplaceNeverOverlaps => "replace: never two runs at once",
+            Claim::ForbidNeverOverlaps => "forbid (all three): never two runs collecting at once",
+            Claim::ReplaceNeverOverlaps => "replace: never two runs collecting at once",
             Claim::DeadlineRests => {
                 "forbid + starting deadline: the slot after a long run is skipped, the server rests"
             }
@@ -166,8 +166,8 @@ pub fn judge(outcome: &Outcome) -> Verdict {
         Some(a) => {
             push(
                 Claim::AllowOverlaps,
-                a.peak_runs >= ALLOW_MIN_RUNS_AT_ONCE,
-                format!("peak {} runs at once", a.peak_runs),
+                a.peak_collecting >= ALLOW_MIN_RUNS_AT_ONCE,
+                format!("peak {} runs collecting at once", a.peak_collecting),
             );
             push(
                 Claim::AllowPilesUpTickets,
@@ -207,13 +207,13 @@ pub fn judge(outcome: &Outcome) -> Verdict {
     ];
     let peaks: Vec<Option<usize>> = forbids
         .iter()
-        .map(|id| summary(*id).map(|s| s.peak_runs))
+        .map(|id| summary(*id).map(|s| s.peak_collecting))
         .collect();
     push(
         Claim::ForbidNeverOverlaps,
         peaks.iter().all(|p| *p == Some(1)),
         format!(
-            "peak runs at once: {}",
+            "peak runs collecting at once: {}",
             peaks
                 .iter()
                 .map(|p| p.map_or("missing".into(), |n| n.to_string()))
@@ -221,12 +221,12 @@ pub fn judge(outcome: &Outcome) -> Verdict {
                 .join(", ")
         ),
     );
-    let replace = summary(ArmId::Replace).map(|s: Summary| s.peak_runs);
+    let replace = summary(ArmId::Replace).map(|s: Summary| s.peak_collecting);
     push(
         Claim::ReplaceNeverOverlaps,
         replace == Some(1),
         replace.map_or("the replace arm is missing".into(), |n| {
-            format!("peak {n} runs at once")
+            format!("peak {n} runs collecting at once")
         }),
     );
 
@@ -439,6 +439,7 @@ mod tests {
                 ended: *ended,
                 exit: exit.clone(),
                 ticket: (*exit != Skipped).then(|| format!("t{seq}")),
+                ticket_at: (*exit != Skipped).then_some(*started),
             })
             .collect()
     }
@@ -670,6 +671,7 @@ mod tests {
             ended: 24.0,
             exit: ExitKind::CutOff,
             ticket: Some("t4".into()),
+            ticket_at: Some(16.0),
         });
         assert!(judge(&outcome).holds(), "{}", judge(&outcome));
 

@@ -7,9 +7,9 @@ use crate::measure::{OVERLAP_IGNORED, Tickets};
 use crate::shape::Verdict;
 
 const HEADER: &str = "| policy | scheduler | runs fired | collected | skipped | failed | replaced | killed | cut off at end \
-| peak runs at once | peak pending tickets | run to CSV, mean (s) | run to CSV, max (s) | server mean generation (s) \
+| peak runs at once | peak collecting at once | peak pending tickets | run to CSV, mean (s) | run to CSV, max (s) | server mean generation (s) \
 | tickets issued | tickets resumed | tickets cancelled | tickets wasted |\n\
-|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
+|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
 
 fn secs(v: Option<f64>) -> String {
     v.map_or("-".to_string(), |v| format!("{v:.2}"))
@@ -32,7 +32,7 @@ pub fn markdown_table(outcome: &Outcome) -> String {
         // Writing into a String cannot fail.
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             arm.arm.label(),
             arm.arm.launcher.as_str(),
             s.fired,
@@ -43,6 +43,7 @@ pub fn markdown_table(outcome: &Outcome) -> String {
             s.killed,
             s.cut_off,
             s.peak_runs,
+            s.peak_collecting,
             s.peak_pending,
             secs(s.to_csv_mean),
             secs(s.to_csv_max),
@@ -94,7 +95,8 @@ pub fn parameters(outcome: &Outcome) -> String {
 pub fn results_page(outcome: &Outcome, verdict: &Verdict) -> String {
     format!(
         "# Experiment results\n\n{}\n\n{}\n\"Peak runs at once\" counts collector processes alive together for at least {} s \
-         (waiting for the lock included). \"Run to CSV\" is from a collected run's start to its exit. \
+         (waiting for the lock included); \"peak collecting at once\" counts runs from the ticket they took (requested \
+         or resumed, as their log line says) to their exit, together for as long. \"Run to CSV\" is from a collected run's start to its exit. \
          \"Killed\": runs the experiment SIGKILLed while they held a ticket (every other run of the killed arm). \
          Tickets: issued and cancelled are the server's counts; resumed, collections of a ticket an earlier run \
          left (the collector's metrics file); wasted, tickets issued that were neither collected (a saved report \
