@@ -3,11 +3,12 @@
 //! resumes a ticket does not pass them.
 //!
 //! Tolerances (fixed in `experiment::shape` before any run, restated here):
-//! - `allow` reaches at least 2 runs at once and at least 2 pending tickets, and its server's mean
-//!   generation time exceeds that of `forbid` (both fired by cron) by at least 0.4 s (0.4 base
-//!   generation times);
-//! - `forbid` (all three) and `replace` never have two collector processes alive together for
-//!   0.25 s or more (a skip decision or a `replace` hand-over takes milliseconds);
+//! - `allow` reaches at least 2 runs collecting at once and at least 2 pending tickets, and its
+//!   server's mean generation time exceeds that of `forbid` (both fired by cron) by at least
+//!   0.4 s (0.4 base generation times);
+//! - `forbid` (all three) and `replace` never have two runs collecting at once (each from the
+//!   ticket its log line says it took, requested or resumed, to its exit) for 0.25 s or more; a
+//!   skip, a run waiting for the lock or a replaced holder slow to exit does not count;
 //! - after every run that outlasted its slot, `forbid` with the starting deadline skips the
 //!   catch-up (a skipped run within 0.5 s) and collects nothing for at least 1 s, while `forbid`
 //!   without it starts a run that collects within 0.5 s;
