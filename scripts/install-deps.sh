@@ -8,7 +8,9 @@
 # --build, only what building the packages needs (`make deb`): a C toolchain, curl for rustup,
 # Rust, cargo-deb.
 # promtool, which `make test` uses to check the example alerting rules, comes from Debian's
-# prometheus package, installed without starting or enabling the Prometheus server.
+# prometheus package, installed without starting or enabling the Prometheus server; the
+# PostgreSQL server the fleet tests start clusters of, from Debian's postgresql package, with
+# no cluster left running.
 # Run as root.
 set -euo pipefail
 
@@ -28,6 +30,7 @@ APT_PACKAGES=(
     jq # the box tests read `report-collector status --json`
     strace # the collector's crash-point test kills it at each file operation
     wrk hyperfine time # the benchmarks
+    iproute2 iptables openssl # the fleet tests: network namespaces, cut links, the database's TLS
 )
 
 require_root "installs Debian packages"
@@ -49,40 +52,68 @@ if ((${#missing[@]})); then
     apt-get install -y -q -o DPkg::Lock::Timeout=600 "${missing[@]}" >/dev/null
 fi
 
-# promtool_installed: Debian's prometheus package (promtool is part of it), without its
-# Recommends and without starting or enabling prometheus.service: a policy-rc.d forbids every
-# start during the install (deb-systemd-invoke asks it), and the unit is disabled again when
-# this call installed the package.
-promtool_installed() {
+# install_without_starting PACKAGE...: apt-get install without Recommends and without
+# starting any service: a policy-rc.d forbids every start during the install
+# (deb-systemd-invoke asks it); an existing policy-rc.d is kept as it is.
+install_without_starting() {
     local policy=/usr/sbin/policy-rc.d mark="# report-collector install-deps: no service starts"
-    if command -v promtool >/dev/null 2>&1; then
-        return 0
-    fi
     if [[ -e $policy ]]; then
         echo "keeping the existing $policy" >&2
     else
         printf '#!/bin/sh\n%s\nexit 101\n' "$mark" >"$policy"
         chmod 0755 "$policy"
     fi
-    echo "installing prometheus for promtool (its server neither started nor enabled)" >&2
     export DEBIAN_FRONTEND=noninteractive
     local rc=0
-    if ! apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600 prometheus >/dev/null; then
+    if ! apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600 "$@" >/dev/null; then
         apt-get update -q -o DPkg::Lock::Timeout=600 >/dev/null &&
-            apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600 prometheus >/dev/null ||
+            apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600 "$@" >/dev/null ||
             rc=1
     fi
     if grep -qsF "$mark" "$policy"; then
         rm -f "$policy"
     fi
     if ((rc)); then
-        echo "could not install prometheus (for promtool); see the apt-get output above" >&2
-        return 1
+        echo "could not install $*; see the apt-get output above" >&2
     fi
+    return "$rc"
+}
+
+# promtool_installed: Debian's prometheus package (promtool is part of it), without starting
+# or enabling prometheus.service (disabled again when this call installed the package).
+promtool_installed() {
+    if command -v promtool >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "installing prometheus for promtool (its server neither started nor enabled)" >&2
+    install_without_starting prometheus || return 1
     systemctl --root=/ --quiet disable prometheus.service 2>/dev/null || true
+}
+
+# postgres_installed: Debian's PostgreSQL server binaries, for the tests' own throw-away
+# clusters (initdb and pg_ctl in a temporary folder, tests/box/fleet.sh and tests/fleet/).
+# Debian's package creates a cluster "main" and starts it: nothing is started during the
+# install, and a cluster the install created is dropped, so the host runs no PostgreSQL
+# afterwards (and none at the next boot).
+postgres_installed() {
+    local before after cluster
+    if compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+        return 0
+    fi
+    before=$(pg_lsclusters -h 2>/dev/null | awk '{ print $1 "/" $2 }') || true
+    echo "installing postgresql (no cluster left running)" >&2
+    install_without_starting postgresql || return 1
+    after=$(pg_lsclusters -h 2>/dev/null | awk '{ print $1 "/" $2 }') || true
+    for cluster in $after; do
+        if ! grep -qxF "$cluster" <<<"$before"; then
+            echo "dropping the cluster $cluster the package created" >&2
+            pg_dropcluster --stop "${cluster%/*}" "${cluster#*/}"
+        fi
+    done
 }
 if [[ ${1:-} != --build ]]; then
     promtool_installed
+    postgres_installed
 fi
 
 export PATH=$HOME/.cargo/bin:$PATH

@@ -7,6 +7,8 @@
 # "N passed, M failed"; exits 1 when anything failed.
 # Environment:
 #   BOX_RELEASES   Debian releases to boot (default "bookworm trixie"; empty: no boxes)
+#   BOX_FLEET      two bookworm boxes sharing one lock in PostgreSQL, beside the others
+#                  (tests/box/fleet.sh; default 1, empty: not run)
 #   EXPOSURE_MAX   highest `systemd-analyze security` exposure accepted (default 2.0)
 set -euo pipefail
 
@@ -21,10 +23,13 @@ source "$REPO/tests/box/rootfs.sh"
 source "$REPO/tests/box/driver-nspawn.sh"
 # shellcheck source=box/scenario.sh
 source "$REPO/tests/box/scenario.sh"
+# shellcheck source=box/fleet.sh
+source "$REPO/tests/box/fleet.sh"
 
 require_root "boots containers and installs packages in them"
 
 BOX_RELEASES=${BOX_RELEASES-bookworm trixie}
+BOX_FLEET=${BOX_FLEET-1}
 EXPOSURE_MAX=${EXPOSURE_MAX:-2.0}
 workdir_init run
 results_init
@@ -155,6 +160,13 @@ run_boxes() {
         BOX_PIDS+=($!)
         BOX_RELEASE_OF[$!]=$release
     done
+    if [[ -n $BOX_FLEET ]]; then
+        on_exit fleet_cleanup
+        rootfs_cached bookworm >/dev/null
+        fleet_run "$DEB_APIS" "$DEB_COLLECTOR" > >(tee "$BOX_WORKDIR/fleet.log") 2>&1 &
+        BOX_PIDS+=($!)
+        BOX_RELEASE_OF[$!]=fleet
+    fi
     # A box process that died (a bug in the scenario: an unset variable, say) has left the
     # checks after that point unmade: that is a failure of its own.
     for pid in "${BOX_PIDS[@]}"; do
@@ -163,7 +175,7 @@ run_boxes() {
         fi
     done
     BOX_PIDS=()
-    for release in $BOX_RELEASES; do
+    for release in $BOX_RELEASES ${BOX_FLEET:+fleet}; do
         TIMINGS+=("$(sed -n 's/^TIME \[\(.*\)\] /\1 /p' "$BOX_WORKDIR/$release.log" 2>/dev/null)")
     done
     timing "all boxes" "$t0"
@@ -176,7 +188,7 @@ main() {
     build_debs || summary_and_exit
     check_lintian
     check_units
-    if [[ -n $BOX_RELEASES ]]; then
+    if [[ -n $BOX_RELEASES || -n $BOX_FLEET ]]; then
         run_boxes
     fi
     timing tests/run.sh "$t0"

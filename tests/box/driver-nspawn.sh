@@ -4,6 +4,7 @@
 # The scenario only ever calls box_exec, so another driver (Docker, a VM) can run the same
 # scenario by defining these four functions:
 #   box_start NAME RELEASE   boot a fresh box from a cached root; returns once systemd is up
+#                            (BOX_NETNS=NS: in network namespace NS instead of a private one)
 #   box_exec NAME CMD...     run CMD as root inside the box; stdin, stdout, exit status pass through
 #   box_stop NAME            power the box off (kill it if it does not stop), delete its root
 #   box_log NAME             path of the box's console log
@@ -38,7 +39,13 @@ box_start() {
     # The boxes must not start collections the moment they boot: nothing of ours is installed
     # yet, so nothing to do here but keep the hostname recognisable in journal lines.
     echo "$name" >"$root/etc/hostname"
-    setsid systemd-nspawn --quiet --keep-unit --register=no --private-network \
+    # A box of its own network, or, with BOX_NETNS set, in that network namespace (a host of
+    # tests/box/fleet.sh, wired to the database's namespace).
+    local network=--private-network
+    if [[ -n ${BOX_NETNS:-} ]]; then
+        network=--network-namespace-path=/run/netns/$BOX_NETNS
+    fi
+    setsid systemd-nspawn --quiet --keep-unit --register=no "$network" \
         -D "$root" -M "$name" -b </dev/null >"$(box_log "$name")" 2>&1 &
     nspawn_pid=$!
     echo "$nspawn_pid" >"$BOX_WORKDIR/$name.nspawn"
