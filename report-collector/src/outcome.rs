@@ -388,6 +388,7 @@ mod tests {
                 names,
                 [
                     "DURATION",
+                    "HOLDER_HOST",
                     "HOLDER_PID",
                     "MESSAGE",
                     "MESSAGE_ID",
