@@ -646,6 +646,15 @@ max-ticket-renewals = 5
             "metrics-file",
             "max-ticket-renewals",
             "max-report-size",
+            "lock-backend",
+            "connect",
+            "password-file",
+            "lock-name",
+            "host-name",
+            "lease",
+            "connect-timeout",
+            "tls",
+            "tls-ca-file",
         ] {
             assert!(
                 text.contains(&format!("\n{key} = ")) || text.contains(&format!("# {key} = ")),
@@ -676,6 +685,12 @@ max-ticket-renewals = 5
             "max-report-size",
             format!("{} to {}", MAX_REPORT_SIZE_RANGE.0, MAX_REPORT_SIZE_RANGE.1),
         ));
+        for (key, (min, max)) in [
+            ("lease", LEASE_RANGE),
+            ("connect-timeout", CONNECT_TIMEOUT_RANGE),
+        ] {
+            ranges.push((key, format!("{} to {}", d(min), d(max))));
+        }
         ranges
     }
 
@@ -868,6 +883,81 @@ max-ticket-renewals = 5
         assert!(err.contains("write a size from 1KiB to 1GiB"), "{err}");
         assert_eq!(ByteSize(64 << 20).to_string(), "64MiB");
         assert_eq!(ByteSize(1000).to_string(), "1000B");
+    }
+
+    fn postgres(table: &str) -> Result<Config, String> {
+        Config::parse(
+            Path::new("c.toml"),
+            &format!("lock-backend = \"postgres\"\n[postgres]\n{table}"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_postgres_table_is_read_checked_and_named_in_errors() {
+        let config = postgres("connect = \"host=/run/postgresql user=rc dbname=rc\"\n").unwrap();
+        assert_eq!(config.lock_backend, LockBackend::Postgres);
+        let pg = config.postgres.unwrap();
+        assert_eq!(pg.lock_name, "report-collector");
+        assert_eq!(pg.lease, Duration::from_secs(15));
+        assert_eq!(pg.connect_timeout, Duration::from_secs(5));
+        assert_eq!(pg.tls, Tls::VerifyFull);
+
+        let err = Config::parse(Path::new("c.toml"), "lock-backend = \"postgres\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `lock-backend`"), "{err}");
+        let err = postgres("connect = \"host=/tmp\"\nleese = \"5s\"\n").unwrap_err();
+        assert!(err.starts_with("c.toml:4:1: key `postgres.leese`"), "{err}");
+        let err = postgres("connect = \"host=/tmp password=hunter2\"\n").unwrap_err();
+        assert!(
+            err.starts_with("c.toml:3:1: key `postgres.connect`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("password-file") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = postgres("connect = \"postgresql://u:hunter2@db/x\"\n").unwrap_err();
+        assert!(
+            err.contains("password-file") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = postgres("connect = \"dbname=x\"\n").unwrap_err();
+        assert!(err.contains("names no host"), "{err}");
+        let err = postgres("connect = \"host=/tmp,db.example\"\n").unwrap_err();
+        assert!(err.contains("both Unix-socket"), "{err}");
+        let err =
+            postgres("connect = \"host=db.example\"\ntls-ca-file = \"/nonexistent/ca.pem\"\n")
+                .unwrap_err();
+        assert!(err.contains("key `postgres.tls-ca-file`"), "{err}");
+    }
+
+    #[test]
+    fn each_postgres_duration_is_taken_at_its_bounds_and_refused_past_them() {
+        let nanosecond = Duration::from_nanos(1);
+        for (key, (min, max)) in [
+            ("lease", LEASE_RANGE),
+            ("connect-timeout", CONNECT_TIMEOUT_RANGE),
+        ] {
+            let set = |d: Duration| {
+                format!(
+                    "connect = \"host=/tmp\"\n{key} = \"{}\"\n",
+                    humantime::format_duration(d)
+                )
+            };
+            for within in [min, max] {
+                postgres(&set(within)).unwrap_or_else(|e| panic!("{key} = {within:?}: {e}"));
+            }
+            for outside in [min - nanosecond, max + nanosecond] {
+                let err = postgres(&set(outside)).unwrap_err();
+                assert!(
+                    err.starts_with(&format!("c.toml:4:1: key `postgres.{key}`: ")),
+                    "{err}"
+                );
+                assert!(err.contains("outside the allowed range"), "{err}");
+            }
+        }
     }
 
     #[test]

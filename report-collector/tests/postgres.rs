@@ -27,6 +27,12 @@ struct Cluster {
 impl Cluster {
     /// `None` (with a notice) where a cluster cannot be started here.
     fn start() -> Option<Cluster> {
+        Cluster::start_with("", |_| {})
+    }
+
+    /// A cluster started with the server options `options`, after `prepare` has put what
+    /// they name into its directory (owned by postgres).
+    fn start_with(options: &str, prepare: impl FnOnce(&Path)) -> Option<Cluster> {
         if !nix::unistd::Uid::effective().is_root() {
             eprintln!(
                 "SKIPPED: the PostgreSQL tests need root (the cluster runs as user postgres)"
@@ -45,7 +51,8 @@ impl Cluster {
             .prefix("rc-pg")
             .tempdir_in("/tmp")
             .unwrap();
-        nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+        prepare(dir.path());
+        chown_tree(dir.path(), &user);
         // A port of its own per test process, for the socket's name only.
         let port = 20_000 + u16::try_from(std::process::id() % 20_000).unwrap();
         let cluster = Cluster { dir, port };
@@ -66,9 +73,10 @@ impl Cluster {
             &data,
             "-o",
             &format!(
-                "-k {} -c listen_addresses='' -p {} -c fsync=off",
+                "-k {} -c listen_addresses='' -p {} -c fsync=off {}",
                 cluster.socket_dir(),
-                cluster.port
+                cluster.port,
+                options.replace("{dir}", &cluster.socket_dir())
             ),
             "-l",
             &format!("{}/log", cluster.socket_dir()),
@@ -137,6 +145,15 @@ impl Drop for Cluster {
             .args(["-u", "postgres", "--", &format!("{BIN}/pg_ctl")])
             .args(["-D", &self.data(), "-m", "immediate", "-w", "stop"])
             .output();
+    }
+}
+
+fn chown_tree(path: &Path, user: &nix::unistd::User) {
+    nix::unistd::chown(path, Some(user.uid), Some(user.gid)).unwrap();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), user);
+        }
     }
 }
 
@@ -521,4 +538,144 @@ fn passwords_stay_out_of_the_config_and_out_of_readable_files() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("secret"));
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`NAME.pem`, `NAME.key`) that signs `server.pem` for DNS name `localhost` only.
+fn make_ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}
+
+/// TLS as `tls = "verify-full"` promises: the chain checked against `tls-ca-file`, and the
+/// server's name against the host in `connect`; a failure of either is exit 69.
+#[test]
+fn verify_full_checks_the_chain_and_the_host_name() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("SKIPPED: no openssl to make certificates");
+        return;
+    }
+    let Some(cluster) = Cluster::start_with(
+        "-c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file={dir}/server.pem -c ssl_key_file={dir}/server.key",
+        |dir| {
+            make_ca(dir, "ca");
+            make_ca(dir, "other-ca");
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=localhost",
+                ],
+            );
+            std::fs::write(
+                dir.join("server.ext"),
+                "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            )
+            .unwrap();
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    "server.csr",
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-out",
+                    "server.pem",
+                    "-extfile",
+                    "server.ext",
+                ],
+            );
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(
+                dir.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+        },
+    ) else {
+        return;
+    };
+    let fast = ApiServer::fast();
+    let dir = cluster.socket_dir();
+    let port = cluster.port;
+    let run = |host: &str, ca: &str| {
+        let setup = Setup::new(&fast.url, &[("lock-backend", "\"postgres\"")]);
+        let mut text = std::fs::read_to_string(&setup.config).unwrap();
+        text.push_str(&format!(
+            "\n[postgres]\nconnect = \"host={host} port={port} user=postgres dbname=postgres\"\ntls-ca-file = \"{dir}/{ca}.pem\"\nconnect-timeout = \"3s\"\n"
+        ));
+        std::fs::write(&setup.config, text).unwrap();
+        setup.run(&["--trigger", "manual"])
+    };
+    let verified = run("localhost", "ca");
+    assert_eq!(verified.code, Some(0), "{}", verified.stderr);
+    let wrong_name = run("127.0.0.1", "ca");
+    assert_eq!(wrong_name.code, Some(69), "{}", wrong_name.stderr);
+    assert!(
+        wrong_name.stderr.contains("certificate"),
+        "{}",
+        wrong_name.stderr
+    );
+    let wrong_ca = run("localhost", "other-ca");
+    assert_eq!(wrong_ca.code, Some(69), "{}", wrong_ca.stderr);
+    assert!(
+        wrong_ca.stderr.contains("certificate"),
+        "{}",
+        wrong_ca.stderr
+    );
+    eprintln!(
+        "verify-full: name mismatch -> {}",
+        wrong_name
+            .stderr
+            .lines()
+            .find(|l| l.contains("certificate"))
+            .unwrap_or("")
+    );
 }
