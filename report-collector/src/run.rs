@@ -214,7 +214,7 @@ pub async fn run<L: RunLock, S: ReportServer>(
     record(config, &report);
     // Held until the run is fully on record, so `status` never sees a free lock with an older
     // last run.
-    if let Some(guard) = progress.guard.and_then(|g| Rc::into_inner(g)) {
+    if let Some(guard) = progress.guard.and_then(Rc::into_inner) {
         let collected = match (&report.outcome, progress.collected_at) {
             (Outcome::Collected { report }, Some(at)) => Some(Collection { at, report }),
             _ => None,
