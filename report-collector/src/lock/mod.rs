@@ -259,6 +259,7 @@ impl NotAcquired {
                 | Refusal::HolderUnconfirmed(_)
                 | Refusal::HolderHoldsNoDescriptor(_)
                 | Refusal::NotEarlier(_)
+                | Refusal::LeaseOutlastsDeadline { .. }
         )
     }
 

@@ -246,9 +246,12 @@ impl PostgresLock {
              slot, ticket, ticket_requested, ticket_host, ticket_pid, \
              last_collected_at, last_collected_host, last_report, \
              COALESCE({HOLDS} l.session), false), \
-             (SELECT k.pid FROM pg_locks k WHERE k.locktype = 'advisory' AND k.granted \
-               AND k.classid::int8 = $2 AND k.objid::int8 = $3 AND k.objsubid = 2 LIMIT 1) \
-             FROM report_collector_lock l WHERE name = $1"
+             h.pid, a.application_name \
+             FROM report_collector_lock l \
+             LEFT JOIN (SELECT k.pid FROM pg_locks k WHERE k.locktype = 'advisory' AND k.granted \
+               AND k.classid::int8 = $2 AND k.objid::int8 = $3 AND k.objsubid = 2 LIMIT 1) h ON true \
+             LEFT JOIN pg_stat_activity a ON a.pid = h.pid \
+             WHERE name = $1"
         );
         let (k1, k2) = self.keys();
         let row = client.query_opt(&sql, &[&self.lock_name, &k1, &k2]).await?;
@@ -270,6 +273,7 @@ impl PostgresLock {
                 last_report: r.get(14),
                 session_holds: r.get(15),
                 lock_pid: r.get(16),
+                lock_application: r.get(17),
             },
             None => Row::default(),
         })
@@ -434,10 +438,33 @@ struct Row {
     session_holds: bool,
     /// Whichever session holds the advisory lock now.
     lock_pid: Option<i32>,
+    /// Its `application_name`: `report-collector HOST:PID` for a collector.
+    lock_application: Option<String>,
 }
 
 impl Row {
     fn holder(&self) -> Holder {
+        if !self.session_holds && self.lock_pid.is_some() {
+            // Taken, not yet written into the row (its taker is waiting out the previous
+            // lease): the session's application_name says who.
+            let (host, pid) = self
+                .lock_application
+                .as_deref()
+                .and_then(|name| name.strip_prefix("report-collector "))
+                .and_then(|who| who.rsplit_once(':'))
+                .map_or((None, None), |(host, pid)| {
+                    (Some(host.to_owned()), pid.parse().ok())
+                });
+            return Holder {
+                pid,
+                since: None,
+                host,
+                ticket: None,
+                ticket_requested: None,
+                confirmed: false,
+                show_host: true,
+            };
+        }
         Holder {
             pid: self.pid.and_then(|p| u32::try_from(p).ok()),
             since: self.since.map(format_time),
@@ -523,7 +550,7 @@ impl RunLock for PostgresLock {
             }
             let row = self.read_row(client).await.map_err(db)?;
             let holder = row.holder();
-            if !row.live && row.session_holds {
+            if !row.live && row.session_holds && Instant::now() < request.deadline {
                 // A holder whose lease ran out by the database's clock but whose session the
                 // server still keeps: a host cut off before the keepalives gave up. Its run
                 // has stopped itself (the lease is over); its session is ended so the lock
@@ -752,7 +779,9 @@ impl Shared {
             return Err(LeaseLost { why });
         }
         if Instant::now() >= self.valid_until() {
-            return Err(LeaseLost {
+            // Lost for good: a renewal confirmed later does not make this run the holder
+            // again, since another host may have waited the lease out meanwhile.
+            let lost = LeaseLost {
                 why: format!(
                     "the lease of host {} on the lock \"{}\" was not confirmed for {} (lease {} less margin {}): this process was paused or cut off from the database, and another host may have taken the lock",
                     self.host,
@@ -761,17 +790,23 @@ impl Shared {
                     humantime::format_duration(self.lease),
                     humantime::format_duration(self.margin),
                 ),
-            });
+            };
+            self.lose(lost.why.clone());
+            return Err(lost);
         }
         Ok(())
     }
 
     /// One renewal round trip; a confirmed one moves `valid_until` on.
     async fn renew(&self) {
+        if self.check().is_err() {
+            return;
+        }
         let sent = Instant::now();
         let sql = format!(
             "UPDATE report_collector_lock SET lease_until = clock_timestamp() + make_interval(secs => $4) \
              WHERE name = $1 AND generation = $5 AND session = pg_backend_pid() \
+             AND lease_until > clock_timestamp() \
              AND {HOLDS} pg_backend_pid()) RETURNING pg_backend_pid()"
         );
         let lease = self.lease.as_secs_f64();
@@ -791,11 +826,13 @@ impl Shared {
         .await;
         match answer {
             Ok(Ok(Some(_))) => {
-                let mut until = self
-                    .valid_until
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                *until = (*until).max(sent + self.lease - self.margin);
+                if self.check().is_ok() {
+                    let mut until = self
+                        .valid_until
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    *until = (*until).max(sent + self.lease - self.margin);
+                }
             }
             Ok(Ok(None)) => {
                 let why = match self
@@ -809,7 +846,7 @@ impl Shared {
                         self.backend
                     ),
                     _ => format!(
-                        "the lock \"{}\" no longer names this run (generation {}): its lease ran out and another host took the lock",
+                        "the lock \"{}\" no longer gives this run (generation {}) a live lease: it ran out by the database's clock, or another host took the lock",
                         self.lock_name, self.generation
                     ),
                 };
@@ -852,7 +889,7 @@ async fn renew_every(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(shared.lease / 3).await;
         shared.renew().await;
-        if shared.check().is_err() && shared.lost.lock().is_ok_and(|l| l.is_some()) {
+        if shared.check().is_err() {
             return;
         }
     }
@@ -1054,7 +1091,38 @@ mod tests {
     }
 
     #[test]
-    fn a_password_in_the_connect_string_is_refused_before_anything_connects() {
+    fn a_taker_not_yet_in_the_row_is_named_by_its_session() {
+        let row = Row {
+            host: Some("old-host".into()),
+            pid: Some(7),
+            session: Some(100),
+            session_holds: false,
+            lock_pid: Some(200),
+            lock_application: Some("report-collector host-b:4242".into()),
+            ..Row::default()
+        };
+        let holder = row.holder();
+        assert_eq!(holder.host.as_deref(), Some("host-b"));
+        assert_eq!(holder.pid, Some(4242));
+        assert!(row.held());
+        assert_eq!(
+            holder.to_string(),
+            "pid 4242 on host host-b since an unknown time with ticket (none yet)"
+        );
+
+        let free = Row {
+            ticket: Some("left_0".into()),
+            ticket_pid: Some(9),
+            ticket_host: Some("host-a".into()),
+            ..Row::default()
+        };
+        assert!(!free.held());
+        let left = free.left_ticket().unwrap();
+        assert_eq!((left.by_pid, left.host.as_deref()), (9, Some("host-a")));
+    }
+
+    #[test]
+    fn a_socket_host_is_named_by_its_socket_path() {
         let config = PostgresConfig {
             connect: "host=/tmp user=x dbname=y".to_owned(),
             tls: Tls::Disable,
