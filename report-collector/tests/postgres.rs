@@ -373,6 +373,11 @@ fn the_postgres_lock_against_a_real_server() {
         "the lease was not waited out: {:?}",
         started.elapsed()
     );
+    eprintln!(
+        "replace: the later slot's run collected {:.3}s after it started (lease {}s)",
+        started.elapsed().as_secs_f64(),
+        LEASE.as_secs()
+    );
     let ended = finish(holder);
     assert_eq!(ended.code, Some(79), "{}", ended.stderr);
     assert!(reports(&a).is_empty(), "{:?}", reports(&a));
@@ -391,14 +396,24 @@ fn the_postgres_lock_against_a_real_server() {
         "fleet",
         "SELECT pg_terminate_backend(session) FROM report_collector.report_collector_lock WHERE name = 'paused'",
     );
+    let freed = SystemTime::now();
     let next = b.run(&["--trigger", "manual"]);
     assert_eq!(next.code, Some(0), "{}", next.stderr);
     assert!(next.stderr.contains("waits it out"), "{}", next.stderr);
     let saved = reports(&b);
     assert_eq!(saved.len(), 1);
+    let saved_at = modified(&b.reports, &saved[0]);
     assert!(
-        modified(&b.reports, &saved[0]) > lease_until,
+        saved_at > lease_until,
         "collected before the paused holder's lease ended"
+    );
+    eprintln!(
+        "paused holder: its session ended {:.3}s before its lease end; the next host saved {:.3}s after the lease end",
+        lease_until
+            .duration_since(freed)
+            .unwrap_or_default()
+            .as_secs_f64(),
+        saved_at.duration_since(lease_until).unwrap().as_secs_f64()
     );
     signal(&paused, Signal::SIGCONT);
     let continued = finish(paused);
@@ -453,7 +468,13 @@ fn the_postgres_lock_against_a_real_server() {
     let ticket = cluster.row("resume", "ticket");
     signal(&killed, Signal::SIGKILL);
     let _ = finish(killed);
+    let started = Instant::now();
     let resumed = b.run(&["--trigger", "manual"]);
+    eprintln!(
+        "killed holder: the other host's run took {:.3}s (lease {}s, then the report's generation)",
+        started.elapsed().as_secs_f64(),
+        LEASE.as_secs()
+    );
     assert_eq!(resumed.code, Some(0), "{}", resumed.stderr);
     assert!(
         resumed
@@ -641,20 +662,44 @@ fn verify_full_checks_the_chain_and_the_host_name() {
     ) else {
         return;
     };
+    // Over TCP the role logs in with a password (SCRAM), as in production.
+    cluster.psql("postgres", "CREATE ROLE rc LOGIN PASSWORD 'pw-secret'");
+    cluster.psql("postgres", "CREATE DATABASE rc OWNER rc");
+    std::fs::write(
+        format!("{}/pg_hba.conf", cluster.data()),
+        "local all postgres trust\nhostssl rc rc 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    cluster.psql("postgres", "SELECT pg_reload_conf()");
     let fast = ApiServer::fast();
     let dir = cluster.socket_dir();
     let port = cluster.port;
-    let run = |host: &str, ca: &str| {
+    let run_with = |host: &str, ca: &str, password: &str| {
+        use std::os::unix::fs::PermissionsExt as _;
         let setup = Setup::new(&fast.url, &[("lock-backend", "\"postgres\"")]);
+        let secret = setup.dir.path().join("password");
+        std::fs::write(&secret, format!("{password}\n")).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
         let mut text = std::fs::read_to_string(&setup.config).unwrap();
         text.push_str(&format!(
-            "\n[postgres]\nconnect = \"host={host} port={port} user=postgres dbname=postgres\"\ntls-ca-file = \"{dir}/{ca}.pem\"\nconnect-timeout = \"3s\"\n"
+            "\n[postgres]\nconnect = \"host={host} port={port} user=rc dbname=rc\"\ntls-ca-file = \"{dir}/{ca}.pem\"\nconnect-timeout = \"3s\"\npassword-file = {:?}\n",
+            secret.display().to_string()
         ));
         std::fs::write(&setup.config, text).unwrap();
         setup.run(&["--trigger", "manual"])
     };
+    let run = |host: &str, ca: &str| run_with(host, ca, "pw-secret");
     let verified = run("localhost", "ca");
     assert_eq!(verified.code, Some(0), "{}", verified.stderr);
+    let wrong_password = run_with("localhost", "ca", "not-it");
+    assert_eq!(wrong_password.code, Some(69), "{}", wrong_password.stderr);
+    assert!(
+        wrong_password
+            .stderr
+            .contains("password authentication failed"),
+        "{}",
+        wrong_password.stderr
+    );
     let wrong_name = run("127.0.0.1", "ca");
     assert_eq!(wrong_name.code, Some(69), "{}", wrong_name.stderr);
     assert!(
