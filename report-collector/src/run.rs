@@ -1066,4 +1066,133 @@ mod tests {
         assert_eq!(report.exit_code(), 1);
         assert_eq!(lock.holder().await.unwrap(), None);
     }
+
+    /// A shared lock on the paused clock: its lease is lost `lost_after` the take, and its
+    /// confirmation before the save fails when `confirm_fails`.
+    struct Leased {
+        lost_after: Duration,
+        confirm_fails: bool,
+    }
+
+    struct LeasedGuard {
+        lost_at: Instant,
+        confirm_fails: bool,
+    }
+
+    impl LockGuard for LeasedGuard {
+        async fn set_ticket(&self, _: &str, _: SystemTime) -> std::io::Result<()> {
+            Ok(())
+        }
+        async fn finish_ticket(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        async fn lease_lost(&self) -> LeaseLost {
+            tokio::time::sleep_until(self.lost_at).await;
+            LeaseLost {
+                why: "the lease ran out".to_owned(),
+            }
+        }
+        async fn confirm(&self) -> Result<(), LeaseLost> {
+            if self.confirm_fails {
+                return Err(LeaseLost {
+                    why: "another host took the lock".to_owned(),
+                });
+            }
+            Ok(())
+        }
+        async fn release(self, _: Option<Collection<'_>>) {}
+    }
+
+    impl RunLock for Leased {
+        type Guard = LeasedGuard;
+        async fn acquire(
+            &self,
+            _: Request,
+        ) -> Result<crate::lock::Acquired<LeasedGuard>, NotAcquired> {
+            Ok(crate::lock::Acquired {
+                guard: Some(LeasedGuard {
+                    lost_at: Instant::now() + self.lost_after,
+                    confirm_fails: self.confirm_fails,
+                }),
+                previous_holder: None,
+                previous_host: None,
+                left: None,
+            })
+        }
+        async fn holder(&self) -> std::io::Result<Option<crate::lock::Holder>> {
+            Ok(None)
+        }
+        async fn left_ticket(&self) -> std::io::Result<Option<LeftTicket>> {
+            Ok(None)
+        }
+        fn describe(&self) -> String {
+            "leased".to_owned()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_whose_lease_runs_out_stops_at_once_and_asks_the_server_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let server = Scripted::ready_at(None);
+        let lock = Leased {
+            lost_after: Duration::from_millis(3500),
+            confirm_fails: false,
+        };
+        let report = run(
+            &config,
+            &lock,
+            || Ok(&server),
+            Trigger::Manual,
+            std::future::pending(),
+        )
+        .await;
+        assert_eq!(report.exit_code(), report_common::exit::LEASE_LOST);
+        assert!(
+            report
+                .message()
+                .contains("stopped without saving anything: the lease ran out"),
+            "{}",
+            report.message()
+        );
+        assert_eq!(report.duration, Duration::from_millis(3500));
+        // Polls at 0, 1, 2 and 3 s; none at 4 s.
+        assert_eq!(
+            server.calls(),
+            [
+                "request",
+                "poll abc_0",
+                "poll abc_0",
+                "poll abc_0",
+                "poll abc_0"
+            ]
+        );
+        assert!(reports(&config).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_fetched_after_the_lease_was_lost_is_not_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let server = Scripted::ready_at(Some(1));
+        let lock = Leased {
+            lost_after: Duration::from_secs(600),
+            confirm_fails: true,
+        };
+        let report = run(
+            &config,
+            &lock,
+            || Ok(&server),
+            Trigger::Manual,
+            std::future::pending(),
+        )
+        .await;
+        assert_eq!(report.exit_code(), 79);
+        assert!(
+            report.message().contains("another host took the lock"),
+            "{}",
+            report.message()
+        );
+        assert!(reports(&config).is_empty());
+    }
 }

@@ -685,8 +685,7 @@ impl RunLock for PostgresLock {
             lease: self.lease,
             margin: self.margin(),
             keys: self.keys(),
-            valid_until: Mutex::new(sent + self.lease - self.margin()),
-            lost: Mutex::new(None),
+            validity: Validity::new(sent + self.lease - self.margin()),
             slot: Mutex::new(None),
         });
         let renewer = tokio::spawn(renew_every(Arc::clone(&shared)));
@@ -745,56 +744,105 @@ struct Shared {
     lease: Duration,
     margin: Duration,
     keys: (i64, i64),
-    /// Until when this holder may act: when the last confirmed renewal was sent, plus the
-    /// lease, less the margin; on this process's monotonic clock.
-    valid_until: Mutex<Instant>,
-    /// Set when the database said the lease is gone (not merely unconfirmed).
-    lost: Mutex<Option<String>>,
+    validity: Validity,
     slot: Mutex<Option<SystemTime>>,
+}
+
+/// How long a holder may still act, on this process's monotonic clock: until the instant the
+/// last confirmed renewal was *sent*, plus the lease, less the margin. Once that passes, or
+/// the database says the lease is gone, it is lost for good: a renewal confirmed later does
+/// not make the run the holder again, since another host may have waited the lease out
+/// meanwhile.
+#[derive(Debug)]
+struct Validity {
+    until: Mutex<Instant>,
+    lost: Mutex<Option<String>>,
+}
+
+impl Validity {
+    fn new(until: Instant) -> Validity {
+        Validity {
+            until: Mutex::new(until),
+            lost: Mutex::new(None),
+        }
+    }
+
+    fn until(&self) -> Instant {
+        *self
+            .until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lose(&self, why: String) {
+        self.lost
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert(why);
+    }
+
+    /// `expired` words the loss when validity simply ran out.
+    fn check(&self, expired: impl FnOnce() -> String) -> Result<(), LeaseLost> {
+        let lost = self
+            .lost
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(why) = lost {
+            return Err(LeaseLost { why });
+        }
+        if Instant::now() >= self.until() {
+            let why = expired();
+            self.lose(why.clone());
+            return Err(LeaseLost { why });
+        }
+        Ok(())
+    }
+
+    /// A renewal sent at `sent` was confirmed: valid until `sent + span`, unless already lost.
+    fn confirmed(&self, sent: Instant, span: Duration, expired: impl FnOnce() -> String) {
+        if self.check(expired).is_ok() {
+            let mut until = self
+                .until
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *until = (*until).max(sent + span);
+        }
+    }
+
+    /// Completes once the lease is lost; `expired` as in [`Validity::check`].
+    async fn lost(&self, expired: impl Fn() -> String) -> LeaseLost {
+        loop {
+            if let Err(lost) = self.check(&expired) {
+                return lost;
+            }
+            // Woken at the end of validity, and between, to see a loss the database reported.
+            let next = self
+                .until()
+                .min(Instant::now() + Duration::from_millis(100));
+            tokio::time::sleep_until(next).await;
+        }
+    }
 }
 
 impl Shared {
     fn lose(&self, why: String) {
-        let mut lost = self
-            .lost
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        lost.get_or_insert(why);
+        self.validity.lose(why);
     }
 
-    fn valid_until(&self) -> Instant {
-        *self
-            .valid_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn expired(&self) -> String {
+        format!(
+            "the lease of host {} on the lock \"{}\" was not confirmed for {} (lease {} less margin {}): this process was paused or cut off from the database, and another host may have taken the lock",
+            self.host,
+            self.lock_name,
+            humantime::format_duration(self.lease - self.margin),
+            humantime::format_duration(self.lease),
+            humantime::format_duration(self.margin),
+        )
     }
 
     fn check(&self) -> Result<(), LeaseLost> {
-        if let Some(why) = self
-            .lost
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-        {
-            return Err(LeaseLost { why });
-        }
-        if Instant::now() >= self.valid_until() {
-            // Lost for good: a renewal confirmed later does not make this run the holder
-            // again, since another host may have waited the lease out meanwhile.
-            let lost = LeaseLost {
-                why: format!(
-                    "the lease of host {} on the lock \"{}\" was not confirmed for {} (lease {} less margin {}): this process was paused or cut off from the database, and another host may have taken the lock",
-                    self.host,
-                    self.lock_name,
-                    humantime::format_duration(self.lease - self.margin),
-                    humantime::format_duration(self.lease),
-                    humantime::format_duration(self.margin),
-                ),
-            };
-            self.lose(lost.why.clone());
-            return Err(lost);
-        }
-        Ok(())
+        self.validity.check(|| self.expired())
     }
 
     /// One renewal round trip; a confirmed one moves `valid_until` on.
@@ -826,13 +874,8 @@ impl Shared {
         .await;
         match answer {
             Ok(Ok(Some(_))) => {
-                if self.check().is_ok() {
-                    let mut until = self
-                        .valid_until
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    *until = (*until).max(sent + self.lease - self.margin);
-                }
+                self.validity
+                    .confirmed(sent, self.lease - self.margin, || self.expired());
             }
             Ok(Ok(None)) => {
                 let why = match self
@@ -995,17 +1038,7 @@ impl LockGuard for HeldPostgres {
     }
 
     async fn lease_lost(&self) -> LeaseLost {
-        loop {
-            if let Err(lost) = self.shared.check() {
-                return lost;
-            }
-            // Woken at the end of validity, and between, to see a loss the database reported.
-            let next = self
-                .shared
-                .valid_until()
-                .min(Instant::now() + Duration::from_millis(100));
-            tokio::time::sleep_until(next).await;
-        }
+        self.shared.validity.lost(|| self.shared.expired()).await
     }
 
     async fn confirm(&self) -> Result<(), LeaseLost> {
@@ -1088,6 +1121,43 @@ mod tests {
         for name in ["", "a", "report-collector", "ünïcode"] {
             assert!(lock_key(name) >= 0);
         }
+    }
+
+    fn expired() -> String {
+        "expired".to_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn validity_runs_from_when_the_renewal_was_sent_and_once_lost_stays_lost() {
+        let lease = Duration::from_secs(15);
+        let span = lease - lease / 5;
+        let start = Instant::now();
+        let validity = Validity::new(start + span);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // A renewal sent at 5 s and confirmed 3 s later counts from 5 s, not 8 s.
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        validity.confirmed(sent, span, expired);
+        assert_eq!(validity.until(), sent + span);
+        // The run stops exactly when that validity ends, not a lease after the confirmation.
+        let lost = validity.lost(expired).await;
+        assert_eq!(lost.why, "expired");
+        assert_eq!(start.elapsed(), Duration::from_secs(5) + span);
+        // A renewal confirmed now (a paused process, continued) does not revive it.
+        validity.confirmed(Instant::now(), span, expired);
+        assert!(validity.check(expired).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_loss_the_database_reports_stops_the_run_within_a_tick() {
+        let validity = Validity::new(Instant::now() + Duration::from_secs(12));
+        let start = Instant::now();
+        let (lost, ()) = tokio::join!(validity.lost(expired), async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            validity.lose("session ended".to_owned());
+        });
+        assert_eq!(lost.why, "session ended");
+        assert!(start.elapsed() <= Duration::from_millis(2100));
     }
 
     #[test]
