@@ -236,6 +236,22 @@ fn unix(at: &str) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs)
 }
 
+/// One series of report-apis' `/metrics`, over a plain HTTP/1.0 request.
+fn metric(url: &str, name: &str) -> f64 {
+    use std::io::{Read as _, Write as _};
+    let addr = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn spawn_manual(setup: &Setup) -> Child {
     setup.spawn(&["--trigger", "manual"])
 }
@@ -424,6 +440,56 @@ fn the_postgres_lock_against_a_real_server() {
         continued.stderr
     );
     assert!(reports(&a).is_empty());
+
+    // A holder cut off (here: stopped) whose session the server keeps: once its lease has
+    // ended by the database's clock, the next host ends that session itself and collects.
+    let a = host(&cluster, &very_slow.url, "host-a", "stale", &[]);
+    let b = host(&cluster, &fast.url, "host-b", "stale", &[]);
+    let stale = spawn_manual(&a);
+    wait_for_row(&cluster, "stale", "host-a", true);
+    signal(&stale, Signal::SIGSTOP);
+    let session = cluster.row("stale", "session");
+    std::thread::sleep(LEASE + Duration::from_millis(200));
+    let next = b.run(&["--trigger", "manual"]);
+    assert_eq!(next.code, Some(0), "{}", next.stderr);
+    assert!(
+        next.stderr.contains(&format!(
+            "its database session {session} still holds the lock; ending that session"
+        )),
+        "{}",
+        next.stderr
+    );
+    signal(&stale, Signal::SIGCONT);
+    let continued = finish(stale);
+    assert_eq!(continued.code, Some(79), "{}", continued.stderr);
+    assert!(reports(&a).is_empty());
+
+    // Never two collections at once: four hosts under `wait`, started together, collect one
+    // after the other; the server never sees two of their tickets pending.
+    let paced = ApiServer::slow(Duration::from_millis(300));
+    let runs: Vec<(Setup, Child)> = (0..4)
+        .map(|i| {
+            let setup = host(
+                &cluster,
+                &paced.url,
+                &format!("host-{i}"),
+                "overlap",
+                &[("policy", "\"wait\"")],
+            );
+            let child = spawn_manual(&setup);
+            (setup, child)
+        })
+        .collect();
+    for (_setup, child) in runs {
+        let done = finish(child);
+        assert_eq!(done.code, Some(0), "{}", done.stderr);
+    }
+    assert_eq!(metric(&paced.url, "report_apis_tickets_issued_total"), 4.0);
+    assert_eq!(
+        metric(&paced.url, "report_apis_tickets_pending_peak"),
+        1.0,
+        "two hosts collected at once"
+    );
 
     // Each slot once across hosts: host-b's timer run of the slot host-a collected skips,
     // naming host-a.
