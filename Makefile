@@ -89,3 +89,4 @@ experiment:
 bench: deps
 	bench/report-apis/run.sh
 	bench/report-collector/run.sh
+	bench/report-collector/lock.sh

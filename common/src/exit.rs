@@ -7,11 +7,18 @@ pub const SUCCESS: u8 = 0;
 pub const FAILURE: u8 = 1;
 /// EX_USAGE: the command line is wrong.
 pub const USAGE: u8 = 64;
+/// EX_UNAVAILABLE: a service the run depends on cannot be reached (the collector: the
+/// PostgreSQL lock's database at start); nothing was collected. systemd counts it as a failure.
+pub const UNAVAILABLE: u8 = 69;
 /// EX_TEMPFAIL: nothing went wrong, but nothing was done; the next run may do it (the
 /// collector's skips).
 pub const TEMPFAIL: u8 = 75;
 /// EX_CONFIG: the configuration is unusable; restarting will not help.
 pub const CONFIG: u8 = 78;
+/// The collector's PostgreSQL lease ran out while it ran (paused, partitioned, or its session
+/// ended by another host): it saved nothing and stopped. Outside the sysexits range on purpose,
+/// so no other failure shares it.
+pub const LEASE_LOST: u8 = 79;
 /// Ended by SIGINT, as a shell reports it (128 + 2).
 pub const SIGINT: u8 = 130;
 /// Ended by SIGTERM, as a shell reports it (128 + 15).

@@ -147,7 +147,7 @@ pub async fn collect<S: ReportServer>(
     deadline: Instant,
     max_renewals: u32,
     mut resume: Option<String>,
-    mut on_ticket: impl FnMut(&str),
+    mut on_ticket: impl AsyncFnMut(&str),
 ) -> Result<Collected, CollectError> {
     let mut backoff = Backoff::default();
     let mut renewals = 0;
@@ -187,7 +187,7 @@ pub async fn collect<S: ReportServer>(
         if !resuming {
             // Into the lock's record first, before anything else can be interrupted: a run
             // killed from here on hands the ticket on.
-            on_ticket(&ticket);
+            on_ticket(&ticket).await;
             tracing::info!(TICKET = %ticket, "got ticket {ticket}; polling for its report");
         }
         let while_doing = format!("waiting for the report of ticket {ticket}");
@@ -754,7 +754,7 @@ mod tests {
             ],
         );
         let deadline = Instant::now() + 600 * SEC;
-        let got = collect(&server, 10 * SEC, deadline, 3, None, |_| {})
+        let got = collect(&server, 10 * SEC, deadline, 3, None, async |_: &str| {})
             .await
             .unwrap();
         assert_eq!(got.csv, CSV);
@@ -780,7 +780,7 @@ mod tests {
             ],
         );
         let deadline = Instant::now() + 600 * SEC;
-        collect(&server, 10 * SEC, deadline, 3, None, |_| {})
+        collect(&server, 10 * SEC, deadline, 3, None, async |_: &str| {})
             .await
             .unwrap();
         assert_eq!(
@@ -798,9 +798,16 @@ mod tests {
     async fn unreachable_server_is_retried_with_backoff_until_the_deadline() {
         let server = Scripted::new(vec![Err(down()); 20], vec![]);
         let start = Instant::now();
-        let err = collect(&server, 10 * SEC, start + 5 * SEC, 3, None, |_| {})
-            .await
-            .unwrap_err();
+        let err = collect(
+            &server,
+            10 * SEC,
+            start + 5 * SEC,
+            3,
+            None,
+            async |_: &str| {},
+        )
+        .await
+        .unwrap_err();
         // 0, +0.5, +1, +2: the next wait (4 s) would end after the 5 s deadline.
         assert_eq!(
             server.calls(),
@@ -823,9 +830,14 @@ mod tests {
     async fn resume_left_7(server: &Scripted) -> (Collected, Vec<String>) {
         let deadline = Instant::now() + 600 * SEC;
         let mut heard = Vec::new();
-        let got = collect(server, 10 * SEC, deadline, 0, Some("left_7".into()), |t| {
-            heard.push(t.to_owned())
-        })
+        let got = collect(
+            server,
+            10 * SEC,
+            deadline,
+            0,
+            Some("left_7".into()),
+            async |t: &str| heard.push(t.to_owned()),
+        )
         .await
         .unwrap();
         (got, heard)
@@ -868,7 +880,7 @@ mod tests {
             ],
         );
         let deadline = Instant::now() + 600 * SEC;
-        collect(&server, 10 * SEC, deadline, 3, None, |_| {})
+        collect(&server, 10 * SEC, deadline, 3, None, async |_: &str| {})
             .await
             .unwrap();
         assert_eq!(
@@ -895,7 +907,7 @@ mod tests {
         );
         let mut seen = Vec::new();
         let deadline = Instant::now() + 600 * SEC;
-        let got = collect(&server, 10 * SEC, deadline, 2, None, |t| {
+        let got = collect(&server, 10 * SEC, deadline, 2, None, async |t: &str| {
             seen.push(t.to_owned())
         })
         .await
@@ -904,7 +916,7 @@ mod tests {
         assert_eq!(seen, ["a_0", "b_0", "c_0"]);
 
         let server = Scripted::new(vec![], vec![Ok(Poll::UnknownTicket); 5]);
-        let err = collect(&server, 10 * SEC, deadline, 2, None, |_| {})
+        let err = collect(&server, 10 * SEC, deadline, 2, None, async |_: &str| {})
             .await
             .unwrap_err();
         assert_eq!(err, CollectError::RenewalsExhausted { renewals: 2 });
@@ -914,9 +926,16 @@ mod tests {
     async fn the_deadline_bounds_slow_polling() {
         let server = Scripted::new(vec![], vec![]);
         let start = Instant::now();
-        let err = collect(&server, 10 * SEC, start + 25 * SEC, 3, None, |_| {})
-            .await
-            .unwrap_err();
+        let err = collect(
+            &server,
+            10 * SEC,
+            start + 25 * SEC,
+            3,
+            None,
+            async |_: &str| {},
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, CollectError::DeadlinePassed { .. }));
         assert_eq!(start.elapsed(), 20 * SEC);
     }
@@ -928,7 +947,7 @@ mod tests {
             vec![Err(FetchError::Permanent("not a report".into()))],
         );
         let deadline = Instant::now() + 600 * SEC;
-        let err = collect(&server, 10 * SEC, deadline, 3, None, |_| {})
+        let err = collect(&server, 10 * SEC, deadline, 3, None, async |_: &str| {})
             .await
             .unwrap_err();
         assert_eq!(
@@ -1007,9 +1026,16 @@ mod tests {
                 vec![],
             );
             let start = Instant::now();
-            let err = collect(&server, 10 * SEC, start + 60 * SEC, 3, None, |_| {})
-                .await
-                .unwrap_err();
+            let err = collect(
+                &server,
+                10 * SEC,
+                start + 60 * SEC,
+                3,
+                None,
+                async |_: &str| {},
+            )
+            .await
+            .unwrap_err();
             assert!(
                 matches!(err, CollectError::DeadlinePassed { .. }),
                 "{err:?}"
@@ -1031,7 +1057,7 @@ mod tests {
                 ],
             );
             let deadline = Instant::now() + 600 * SEC;
-            collect(&server, 10 * SEC, deadline, 3, None, |_| {})
+            collect(&server, 10 * SEC, deadline, 3, None, async |_: &str| {})
                 .await
                 .unwrap();
             assert_eq!(
@@ -1045,9 +1071,16 @@ mod tests {
     async fn the_longest_poll_interval_and_a_passed_deadline_do_not_overflow() {
         let server = Scripted::new(vec![], vec![]);
         let start = Instant::now();
-        let err = collect(&server, Duration::MAX, start + SEC, u32::MAX, None, |_| {})
-            .await
-            .unwrap_err();
+        let err = collect(
+            &server,
+            Duration::MAX,
+            start + SEC,
+            u32::MAX,
+            None,
+            async |_: &str| {},
+        )
+        .await
+        .unwrap_err();
         assert!(
             matches!(err, CollectError::DeadlinePassed { .. }),
             "{err:?}"
@@ -1056,7 +1089,7 @@ mod tests {
         tokio::time::advance(5 * SEC).await;
         assert_eq!(remaining(start), Duration::ZERO);
         let server = Scripted::new(vec![Err(down())], vec![]);
-        let err = collect(&server, SEC, start, 0, None, |_| {})
+        let err = collect(&server, SEC, start, 0, None, async |_: &str| {})
             .await
             .unwrap_err();
         assert!(

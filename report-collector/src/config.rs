@@ -61,6 +61,192 @@ impl FromStr for Policy {
     }
 }
 
+/// Which lock keeps runs apart: this host's `flock`, or a PostgreSQL lease shared by every host
+/// that names the same database and `lock-name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LockBackend {
+    #[default]
+    Flock,
+    Postgres,
+}
+
+/// Whether a TCP connection to the database is TLS with the chain and the host name verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tls {
+    #[default]
+    VerifyFull,
+    Disable,
+}
+
+/// Where systemd's `LoadCredential=postgres-password:...` puts the password.
+pub const CREDENTIAL_NAME: &str = "postgres-password";
+/// The roots `tls-ca-file` defaults to (Debian's ca-certificates bundle).
+pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The `[postgres]` table: the shared lock's database and lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// A libpq `key=value` string or a `postgresql://` URL, without a password.
+    pub connect: String,
+    /// Unset: `$CREDENTIALS_DIRECTORY/postgres-password` when that file exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Fleets sharing one database keep apart by this name.
+    pub lock_name: String,
+    /// Unset: this machine's host name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_name: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    pub tls: Tls,
+    /// Unset: [`SYSTEM_CA_FILE`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            connect: String::new(),
+            password_file: None,
+            lock_name: "report-collector".to_owned(),
+            host_name: None,
+            lease: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+            tls: Tls::VerifyFull,
+            tls_ca_file: None,
+        }
+    }
+}
+
+impl PostgresConfig {
+    /// The password file in effect: the configured one, else systemd's credential if present.
+    pub fn password_file(&self) -> Option<PathBuf> {
+        self.password_file.clone().or_else(|| {
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+            let path = PathBuf::from(dir).join(CREDENTIAL_NAME);
+            path.is_file().then_some(path)
+        })
+    }
+
+    /// The host name the lock's row, the journal and `status` show for this host.
+    pub fn host_name(&self) -> String {
+        self.host_name
+            .clone()
+            .or_else(crate::lock::holder::this_host)
+            .unwrap_or_else(|| "unknown-host".to_owned())
+    }
+
+    pub fn tls_ca_file(&self) -> PathBuf {
+        self.tls_ca_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_FILE))
+    }
+
+    /// The checks serde cannot do; keys are named as `locate_key` finds them.
+    fn check(&self) -> Result<(), Refusal> {
+        for (key, value, min, max) in [
+            ("postgres.lease", self.lease, LEASE_RANGE.0, LEASE_RANGE.1),
+            (
+                "postgres.connect-timeout",
+                self.connect_timeout,
+                CONNECT_TIMEOUT_RANGE.0,
+                CONNECT_TIMEOUT_RANGE.1,
+            ),
+        ] {
+            duration_within(key, value, min, max)?;
+        }
+        if self.lock_name.is_empty() || self.lock_name.len() > 200 {
+            return Err(Refusal::new(
+                "postgres.lock-name",
+                "write a name of 1 to 200 characters",
+            ));
+        }
+        if let Some(host) = &self.host_name {
+            if host.is_empty() || host.len() > 255 {
+                return Err(Refusal::new(
+                    "postgres.host-name",
+                    "write a name of 1 to 255 characters, or leave it out for this machine's host name",
+                ));
+            }
+        }
+        let parsed: tokio_postgres::Config = self.connect.parse().map_err(|e| {
+            Refusal::new(
+                "postgres.connect",
+                format!(
+                    "cannot read it ({e}); write it like \"host=db.example port=5432 user=report_collector dbname=report_collector\" or postgresql://report_collector@db.example/report_collector"
+                ),
+            )
+        })?;
+        if parsed.get_password().is_some() {
+            return Err(Refusal::new(
+                "postgres.connect",
+                "it holds a password, which a configuration file readable by others must not; put the password in a file of its own (chmod 600) named by postgres.password-file, or load it as the systemd credential postgres-password",
+            ));
+        }
+        if parsed.get_hosts().is_empty() {
+            return Err(Refusal::new(
+                "postgres.connect",
+                "it names no host; add host=NAME (or host=/run/postgresql for a local server)",
+            ));
+        }
+        let unix = parsed
+            .get_hosts()
+            .iter()
+            .filter(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+            .count();
+        if unix != 0 && unix != parsed.get_hosts().len() {
+            return Err(Refusal::new(
+                "postgres.connect",
+                "it names both Unix-socket directories and TCP hosts; name one kind only (TLS applies to TCP hosts, never to sockets)",
+            ));
+        }
+        if let Some(path) = &self.password_file {
+            check_password_file(path).map_err(|m| Refusal::new("postgres.password-file", m))?;
+        }
+        if self.tls == Tls::VerifyFull && unix == 0 {
+            let ca = self.tls_ca_file();
+            if let Err(e) = std::fs::metadata(&ca) {
+                return Err(Refusal::new(
+                    "postgres.tls-ca-file",
+                    format!(
+                        "cannot read {} ({e}); name the CA that signed the server's certificate, or install ca-certificates",
+                        ca.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a password file others may read: the password would be theirs too.
+pub fn check_password_file(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "the password file {} may be read by group or others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            meta.permissions().mode() & 0o777,
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The allowed range of `postgres.lease`.
+pub const LEASE_RANGE: (Duration, Duration) = (Duration::from_secs(1), HOUR);
+/// The allowed range of `postgres.connect-timeout`.
+pub const CONNECT_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(60));
+
 /// Every setting of the collector. `Default` gives the documented defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
@@ -107,6 +293,11 @@ pub struct Config {
     pub resume_within: Duration,
     /// The largest report the collector takes; a larger answer fails the run unread.
     pub max_report_size: ByteSize,
+    /// `flock` (this host only) or `postgres` (every host naming the same database).
+    pub lock_backend: LockBackend,
+    /// Only read when `lock-backend = "postgres"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresConfig>,
 }
 
 impl Default for Config {
@@ -130,6 +321,8 @@ impl Default for Config {
             max_ticket_renewals: 3,
             resume_within: Duration::from_secs(30 * 60),
             max_report_size: ByteSize(64 * MIB),
+            lock_backend: LockBackend::Flock,
+            postgres: None,
         }
     }
 }
@@ -307,6 +500,16 @@ impl ConfigFile for Config {
                 ),
             ));
         }
+        match (self.lock_backend, &self.postgres) {
+            (LockBackend::Postgres, None) => {
+                return Err(Refusal::new(
+                    "lock-backend",
+                    "\"postgres\" needs a [postgres] table with at least connect = \"host=... user=... dbname=...\"",
+                ));
+            }
+            (LockBackend::Postgres, Some(pg)) => pg.check()?,
+            (LockBackend::Flock, _) => {}
+        }
         if let Some(stale_after) = self.stale_after {
             if stale_after < self.schedule_period {
                 return Err(Refusal::new(
@@ -443,6 +646,15 @@ max-ticket-renewals = 5
             "metrics-file",
             "max-ticket-renewals",
             "max-report-size",
+            "lock-backend",
+            "connect",
+            "password-file",
+            "lock-name",
+            "host-name",
+            "lease",
+            "connect-timeout",
+            "tls",
+            "tls-ca-file",
         ] {
             assert!(
                 text.contains(&format!("\n{key} = ")) || text.contains(&format!("# {key} = ")),
@@ -473,6 +685,12 @@ max-ticket-renewals = 5
             "max-report-size",
             format!("{} to {}", MAX_REPORT_SIZE_RANGE.0, MAX_REPORT_SIZE_RANGE.1),
         ));
+        for (key, (min, max)) in [
+            ("lease", LEASE_RANGE),
+            ("connect-timeout", CONNECT_TIMEOUT_RANGE),
+        ] {
+            ranges.push((key, format!("{} to {}", d(min), d(max))));
+        }
         ranges
     }
 
@@ -665,6 +883,81 @@ max-ticket-renewals = 5
         assert!(err.contains("write a size from 1KiB to 1GiB"), "{err}");
         assert_eq!(ByteSize(64 << 20).to_string(), "64MiB");
         assert_eq!(ByteSize(1000).to_string(), "1000B");
+    }
+
+    fn postgres(table: &str) -> Result<Config, String> {
+        Config::parse(
+            Path::new("c.toml"),
+            &format!("lock-backend = \"postgres\"\n[postgres]\n{table}"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_postgres_table_is_read_checked_and_named_in_errors() {
+        let config = postgres("connect = \"host=/run/postgresql user=rc dbname=rc\"\n").unwrap();
+        assert_eq!(config.lock_backend, LockBackend::Postgres);
+        let pg = config.postgres.unwrap();
+        assert_eq!(pg.lock_name, "report-collector");
+        assert_eq!(pg.lease, Duration::from_secs(15));
+        assert_eq!(pg.connect_timeout, Duration::from_secs(5));
+        assert_eq!(pg.tls, Tls::VerifyFull);
+
+        let err = Config::parse(Path::new("c.toml"), "lock-backend = \"postgres\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `lock-backend`"), "{err}");
+        let err = postgres("connect = \"host=/tmp\"\nleese = \"5s\"\n").unwrap_err();
+        assert!(err.starts_with("c.toml:4:1: key `postgres.leese`"), "{err}");
+        let err = postgres("connect = \"host=/tmp password=hunter2\"\n").unwrap_err();
+        assert!(
+            err.starts_with("c.toml:3:1: key `postgres.connect`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("password-file") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = postgres("connect = \"postgresql://u:hunter2@db/x\"\n").unwrap_err();
+        assert!(
+            err.contains("password-file") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = postgres("connect = \"dbname=x\"\n").unwrap_err();
+        assert!(err.contains("names no host"), "{err}");
+        let err = postgres("connect = \"host=/tmp,db.example\"\n").unwrap_err();
+        assert!(err.contains("both Unix-socket"), "{err}");
+        let err =
+            postgres("connect = \"host=db.example\"\ntls-ca-file = \"/nonexistent/ca.pem\"\n")
+                .unwrap_err();
+        assert!(err.contains("key `postgres.tls-ca-file`"), "{err}");
+    }
+
+    #[test]
+    fn each_postgres_duration_is_taken_at_its_bounds_and_refused_past_them() {
+        let nanosecond = Duration::from_nanos(1);
+        for (key, (min, max)) in [
+            ("lease", LEASE_RANGE),
+            ("connect-timeout", CONNECT_TIMEOUT_RANGE),
+        ] {
+            let set = |d: Duration| {
+                format!(
+                    "connect = \"host=/tmp\"\n{key} = \"{}\"\n",
+                    humantime::format_duration(d)
+                )
+            };
+            for within in [min, max] {
+                postgres(&set(within)).unwrap_or_else(|e| panic!("{key} = {within:?}: {e}"));
+            }
+            for outside in [min - nanosecond, max + nanosecond] {
+                let err = postgres(&set(outside)).unwrap_err();
+                assert!(
+                    err.starts_with(&format!("c.toml:4:1: key `postgres.{key}`: ")),
+                    "{err}"
+                );
+                assert!(err.contains("outside the allowed range"), "{err}");
+            }
+        }
     }
 
     #[test]

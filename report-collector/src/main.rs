@@ -7,8 +7,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use report_collector::client::HttpServer;
-use report_collector::config::{Config, Policy};
+use report_collector::config::{Config, LockBackend, Policy};
+use report_collector::lock::RunLock;
 use report_collector::lock::flock::FlockLock;
+use report_collector::lock::postgres::PostgresLock;
 use report_collector::outcome::CancelSignal;
 use report_collector::schedule::DeclaredTrigger;
 use report_common::config::ConfigFile;
@@ -24,6 +26,10 @@ Exit codes:
        (check-config: the same)
   1    any other failure (server unreachable or failing until the deadline; an answer that is
        an error page or a truncated, malformed or too large report; disk)
+  69   lock-backend = \"postgres\": the lock's database cannot be reached or refused this
+       collector; nothing was collected
+  79   lock-backend = \"postgres\": the lease ran out while the run held it (paused, cut off,
+       or its session ended by another host); nothing was saved
   130  cancelled by SIGINT
   143  cancelled by SIGTERM
 
@@ -33,7 +39,8 @@ Exit codes of `status`:
   1    stale: no collection within stale-after (default: 5 periods of the timer)
   74   a path could not be inspected (not a regular file or directory, missing directory,
        a state file that is not one)
-  77   a path could not be inspected for lack of permission";
+  77   a path could not be inspected for lack of permission
+  69   lock-backend = \"postgres\": the lock's database cannot be reached";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -130,14 +137,37 @@ fn main() -> ExitCode {
         );
     }
 
-    let lock = FlockLock::new(&config.lock_file);
-    match cli.command {
+    if matches!(cli.command, Some(Command::CheckConfig)) {
+        return check_config(&config, cli.config.as_deref());
+    }
+    match config.lock_backend {
+        LockBackend::Flock => {
+            let lock = FlockLock::new(&config.lock_file);
+            command(cli.command, cli.trigger, config, &lock)
+        }
+        LockBackend::Postgres => {
+            let pg = config.postgres.clone().unwrap_or_default();
+            match PostgresLock::from_config(&pg) {
+                Ok(lock) => command(cli.command, cli.trigger, config, &lock),
+                Err(e) => config_rejected(false, &format!("configuration error: {e}")),
+            }
+        }
+    }
+}
+
+fn command<L: RunLock>(
+    command: Option<Command>,
+    trigger: DeclaredTrigger,
+    mut config: Config,
+    lock: &L,
+) -> ExitCode {
+    match command {
         None | Some(Command::Run) => {
             if let Err(e) = report_collector::identity::become_owner_of(&config) {
                 tracing::error!("{e}");
                 return ExitCode::from(exit::FAILURE);
             }
-            run(&config, &lock, cli.trigger)
+            run(&config, lock, trigger)
         }
         Some(Command::Status { json }) => {
             if config.stale_after.is_none()
@@ -146,9 +176,9 @@ fn main() -> ExitCode {
                 // The default stale-after follows the timer's own schedule.
                 config.schedule_period = interval;
             }
-            report_collector::status::print(&config, &lock, json)
+            report_collector::status::print(&config, lock, json)
         }
-        Some(Command::CheckConfig) => check_config(&config, cli.config.as_deref()),
+        Some(Command::CheckConfig) => ExitCode::SUCCESS,
     }
 }
 
@@ -188,7 +218,7 @@ fn check_config(config: &Config, path: Option<&std::path::Path>) -> ExitCode {
 
 /// One run on a current-thread runtime (a periodic job needs no more), cancelled by SIGTERM
 /// or SIGINT, its outcome mapped to the exit code.
-fn run(config: &Config, lock: &FlockLock, declared: DeclaredTrigger) -> ExitCode {
+fn run(config: &Config, lock: &impl RunLock, declared: DeclaredTrigger) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

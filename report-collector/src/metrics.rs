@@ -170,6 +170,7 @@ mod tests {
             policy: Policy::Forbid,
             ticket: None,
             holder_pid: None,
+            holder_host: None,
             slot: SystemTime::UNIX_EPOCH,
             trigger: "manual".into(),
             started: SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_110_400),
@@ -218,7 +219,10 @@ mod tests {
         collected.started -= Duration::from_secs(60);
         let later = [
             run(skipped()),
-            run(Outcome::Failed { error: "x".into() }),
+            run(Outcome::Failed {
+                error: "x".into(),
+                exit: 1,
+            }),
             run(skipped()),
         ];
         for run in std::iter::once(&collected).chain(&later) {
@@ -242,7 +246,10 @@ mod tests {
         let mut resumed = run(Outcome::Collected { report: "r".into() });
         resumed.tickets.resumed_from = Some(7);
         resumed.tickets.cancelled = 1;
-        let mut failed_resume = run(Outcome::Failed { error: "x".into() });
+        let mut failed_resume = run(Outcome::Failed {
+            error: "x".into(),
+            exit: 1,
+        });
         failed_resume.tickets.resumed_from = Some(8);
         failed_resume.tickets.cancelled = 2;
         for run in [&resumed, &failed_resume, &resumed] {
@@ -263,7 +270,10 @@ mod tests {
             for _ in 0..8 {
                 s.spawn(|| {
                     for _ in 0..10 {
-                        let failed = run(Outcome::Failed { error: "x".into() });
+                        let failed = run(Outcome::Failed {
+                            error: "x".into(),
+                            exit: 1,
+                        });
                         record(&path, &failed, None).unwrap();
                     }
                 });

@@ -34,6 +34,8 @@ pub enum Skip {
     LockHeld,
     /// A timer start later than `starting-deadline` after its slot.
     Late,
+    /// Another host sharing the PostgreSQL lock claimed this slot first.
+    SlotTaken,
 }
 
 impl Skip {
@@ -42,6 +44,7 @@ impl Skip {
         match self {
             Skip::LockHeld => "lock-held",
             Skip::Late => "late",
+            Skip::SlotTaken => "slot-taken",
         }
     }
 }
@@ -49,9 +52,18 @@ impl Skip {
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Collected { report: PathBuf },
-    Skipped { skip: Skip, reason: String },
-    Failed { error: String },
+    Collected {
+        report: PathBuf,
+    },
+    Skipped {
+        skip: Skip,
+        reason: String,
+    },
+    /// `exit`: 1, or 69 (the lock's database out of reach) or 79 (the lease lost).
+    Failed {
+        error: String,
+        exit: u8,
+    },
     Cancelled(CancelSignal),
 }
 
@@ -71,7 +83,7 @@ impl Outcome {
         match self {
             Outcome::Collected { .. } => message_id::COLLECTED,
             Outcome::Skipped {
-                skip: Skip::LockHeld,
+                skip: Skip::LockHeld | Skip::SlotTaken,
                 ..
             } => message_id::SKIPPED_LOCK_HELD,
             Outcome::Skipped {
@@ -96,7 +108,7 @@ impl Outcome {
         match self {
             Outcome::Collected { .. } => exit::SUCCESS,
             Outcome::Skipped { .. } => exit::TEMPFAIL,
-            Outcome::Failed { .. } => exit::FAILURE,
+            Outcome::Failed { exit, .. } => *exit,
             Outcome::Cancelled(CancelSignal::Int) => exit::SIGINT,
             Outcome::Cancelled(CancelSignal::Term) => exit::SIGTERM,
         }
@@ -126,6 +138,8 @@ pub struct RunReport {
     pub ticket: Option<String>,
     /// The other run that held the lock (skipped for it, waited for it, or replaced it).
     pub holder_pid: Option<u32>,
+    /// Its host, when the lock is shared by several hosts (or the host that took the slot).
+    pub holder_host: Option<String>,
     pub slot: SystemTime,
     /// `manual` or the timer unit.
     pub trigger: String,
@@ -189,7 +203,7 @@ impl RunReport {
                 }
             ),
             Outcome::Skipped { reason, .. } => format!("skipped this run: {reason}"),
-            Outcome::Failed { error } => format!("run failed after {took}: {error}"),
+            Outcome::Failed { error, .. } => format!("run failed after {took}: {error}"),
             Outcome::Cancelled(signal) => format!(
                 "run cancelled by {} after {took}{}; nothing partial was saved",
                 signal.name(),
@@ -202,7 +216,7 @@ impl RunReport {
     }
 
     /// Logs the decision line with the journal fields MESSAGE_ID (one per kind, see
-    /// [`Outcome::message_id`]), OUTCOME, SKIP, TICKET, POLICY, HOLDER_PID, SLOT, DURATION
+    /// [`Outcome::message_id`]), OUTCOME, SKIP, TICKET, POLICY, HOLDER_PID, HOLDER_HOST (the holder's host, for the PostgreSQL lock; or the host that took the slot), SLOT, DURATION
     /// (seconds, millisecond precision), TRIGGER, RESUMED_FROM_PID (the run whose ticket this
     /// one took over) and TICKET_AGE (seconds from the ticket's request to the run's end). Every field is always there, empty when it
     /// does not apply: the journal catalog's explanation substitutes them (`@TICKET@`), and
@@ -214,6 +228,7 @@ impl RunReport {
         let ticket = self.ticket.as_deref().unwrap_or("");
         let policy = self.policy.as_str();
         let holder_pid = self.holder_pid.map(|p| p.to_string()).unwrap_or_default();
+        let holder_host = self.holder_host.as_deref().unwrap_or("");
         let slot = format_time(self.slot);
         let duration = format!("{:.3}", self.duration.as_secs_f64());
         let trigger = self.trigger.as_str();
@@ -236,6 +251,7 @@ impl RunReport {
                     TICKET = ticket,
                     POLICY = policy,
                     HOLDER_PID = %holder_pid,
+                    HOLDER_HOST = holder_host,
                     SLOT = %slot,
                     DURATION = %duration,
                     TRIGGER = trigger,
@@ -269,6 +285,7 @@ mod tests {
             policy: Policy::Forbid,
             ticket: Some("abc_0".into()),
             holder_pid: None,
+            holder_host: None,
             slot: SystemTime::UNIX_EPOCH,
             trigger: "manual".into(),
             started: SystemTime::UNIX_EPOCH,
@@ -292,6 +309,7 @@ mod tests {
             (
                 Outcome::Failed {
                     error: "down".into(),
+                    exit: 1,
                 },
                 1,
                 "failed",
@@ -339,6 +357,7 @@ mod tests {
             (
                 Outcome::Failed {
                     error: "down".into(),
+                    exit: 1,
                 },
                 message_id::FAILED,
                 "",
@@ -369,6 +388,7 @@ mod tests {
                 names,
                 [
                     "DURATION",
+                    "HOLDER_HOST",
                     "HOLDER_PID",
                     "MESSAGE",
                     "MESSAGE_ID",

@@ -12,13 +12,17 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
 use crate::client::{self, Cancel, CollectError, Collected, ReportServer};
 use crate::config::{Config, Policy};
-use crate::lock::{LeftTicket, LockGuard, NotAcquired, Request, RunLock, round_ms};
+use crate::lock::{
+    Collection, LeaseLost, LeftTicket, LockGuard, NotAcquired, Request, RunLock, SlotTaken,
+    round_ms,
+};
 use crate::metrics;
 use crate::outcome::{CancelSignal, Outcome, RunReport, Skip, TicketNotes};
 use crate::schedule::{Placement, Trigger, format_time};
@@ -55,6 +59,18 @@ pub enum RunError {
     Collect(CollectError),
     #[error(transparent)]
     Save(#[from] StoreError),
+    /// Another host sharing the lock claimed this slot first.
+    #[error(
+        "slot {} was already taken by host {} (pid {}); each slot is collected once across the hosts sharing the lock",
+        format_time(*.slot), .by.host, .by.pid
+    )]
+    SlotTaken { slot: SystemTime, by: SlotTaken },
+    /// The shared lock's lease ran out while the run held it: it stopped, saving nothing.
+    #[error("stopped without saving anything: {}", .0.why)]
+    LeaseLost(LeaseLost),
+    /// The shared lock's database failed while claiming the slot.
+    #[error("cannot claim the slot in the lock's database: {0}")]
+    Claim(std::io::Error),
 }
 
 impl From<NotAcquired> for RunError {
@@ -69,6 +85,7 @@ impl RunError {
         let skip = match self {
             RunError::Lock(not) if not.is_skip() => Some(Skip::LockHeld),
             RunError::MissedSlot { .. } => Some(Skip::Late),
+            RunError::SlotTaken { .. } => Some(Skip::SlotTaken),
             _ => None,
         };
         match skip {
@@ -78,7 +95,19 @@ impl RunError {
             },
             None => Outcome::Failed {
                 error: self.to_string(),
+                exit: self.failure_code(),
             },
+        }
+    }
+
+    /// The exit code of a failure: the lock's database out of reach (69) and a lost lease
+    /// (79) have their own, so systemd and scripts can tell them from a failed collection.
+    fn failure_code(&self) -> u8 {
+        match self {
+            RunError::Lock(not) => not.failure_code(),
+            RunError::LeaseLost(_) => report_common::exit::LEASE_LOST,
+            RunError::Claim(_) => report_common::exit::UNAVAILABLE,
+            _ => report_common::exit::FAILURE,
         }
     }
 }
@@ -90,32 +119,51 @@ struct Progress<G> {
     tickets: TicketNotes,
     /// The other run that held the lock (skipped for it, waited for it, or replaced it).
     holder_pid: Option<u32>,
-    guard: Option<G>,
+    /// Its host, when the lock is shared by several hosts.
+    holder_host: Option<String>,
+    /// Shared with the steps, which may be dropped at any await; the run releases it once
+    /// they are gone.
+    guard: Option<Rc<G>>,
+    /// When the run saved its report, for a lock that keeps the fleet's last collection.
+    collected_at: Option<SystemTime>,
 }
 
-impl<G: LockGuard> Progress<G> {
-    /// Takes `ticket` as the run's, requested at `requested` (by this run or another), and
-    /// puts it in the lock's record: from now on, if this run does not finish it, the next
-    /// holder will find it.
-    fn set_ticket(&mut self, ticket: &str, requested: Option<SystemTime>) {
-        self.ticket = Some(ticket.to_owned());
-        self.tickets.requested = requested;
-        if let Some(guard) = self.guard.as_mut() {
-            let at = requested.unwrap_or_else(SystemTime::now);
-            if let Err(e) = guard.set_ticket(ticket, at) {
-                tracing::warn!("cannot write the ticket into the lock file: {e}");
-            }
+impl<G> Progress<G> {
+    fn guard(&self) -> Option<Rc<G>> {
+        self.guard.clone()
+    }
+}
+
+/// Takes `ticket` as the run's, requested at `requested` (by this run or another), and puts it
+/// in the lock's record: from now on, if this run does not finish it, the next holder will
+/// find it.
+async fn set_ticket<G: LockGuard>(
+    progress: &RefCell<Progress<G>>,
+    ticket: &str,
+    requested: Option<SystemTime>,
+) {
+    let guard = {
+        let mut progress = progress.borrow_mut();
+        progress.ticket = Some(ticket.to_owned());
+        progress.tickets.requested = requested;
+        progress.guard()
+    };
+    if let Some(guard) = guard {
+        let at = requested.unwrap_or_else(SystemTime::now);
+        if let Err(e) = guard.set_ticket(ticket, at).await {
+            tracing::warn!("cannot write the ticket into the lock's record: {e}");
         }
     }
+}
 
-    /// The run's ticket is done with (saved, or cancelled): nobody is to resume it.
-    fn finish_ticket(&mut self) {
-        if let Some(guard) = self.guard.as_mut() {
-            if let Err(e) = guard.finish_ticket() {
-                tracing::warn!(
-                    "cannot clear the finished ticket from the lock file: {e}; the next run will find it and see it done"
-                );
-            }
+/// The run's ticket is done with (saved, or cancelled): nobody is to resume it.
+async fn finish_ticket<G: LockGuard>(progress: &RefCell<Progress<G>>) {
+    let guard = progress.borrow().guard();
+    if let Some(guard) = guard {
+        if let Err(e) = guard.finish_ticket().await {
+            tracing::warn!(
+                "cannot clear the finished ticket from the lock's record: {e}; the next run will find it and see it done"
+            );
         }
     }
 }
@@ -137,7 +185,9 @@ pub async fn run<L: RunLock, S: ReportServer>(
         ticket: None,
         tickets: TicketNotes::default(),
         holder_pid: None,
+        holder_host: None,
         guard: None,
+        collected_at: None,
     });
 
     let outcome = tokio::select! {
@@ -154,6 +204,7 @@ pub async fn run<L: RunLock, S: ReportServer>(
         policy: config.policy,
         ticket: progress.ticket,
         holder_pid: progress.holder_pid,
+        holder_host: progress.holder_host,
         slot: placement.slot,
         trigger: trigger.describe(),
         started,
@@ -163,8 +214,12 @@ pub async fn run<L: RunLock, S: ReportServer>(
     record(config, &report);
     // Held until the run is fully on record, so `status` never sees a free lock with an older
     // last run.
-    if let Some(guard) = progress.guard {
-        guard.release();
+    if let Some(guard) = progress.guard.and_then(Rc::into_inner) {
+        let collected = match (&report.outcome, progress.collected_at) {
+            (Outcome::Collected { report }, Some(at)) => Some(Collection { at, report }),
+            _ => None,
+        };
+        guard.release(collected).await;
     }
     report
 }
@@ -177,16 +232,50 @@ async fn steps<L: RunLock, S: ReportServer>(
     t0: Instant,
     progress: &RefCell<Progress<L::Guard>>,
 ) -> Result<PathBuf, RunError> {
-    let request = Request::of(config, t0);
+    let request = Request {
+        slot: Some(placement.slot),
+        ..Request::of(config, t0)
+    };
     let left = acquire(lock, request, progress).await?;
     // Lock first, then lateness: a skip for the lock always names the holder. A ticket left
     // by the run before stays in the lock's record for the next run.
     check_slot(config, placement)?;
-    if let Some(report) = left
-        .as_ref()
-        .and_then(|left| already_saved(config, left, progress))
-    {
-        return Ok(report);
+    let guard = progress.borrow().guard();
+    let Some(guard) = guard else {
+        return collect_and_save(config, connect, request, left, progress).await;
+    };
+    if placement.timer_started {
+        match guard.claim_slot(placement.slot).await {
+            Ok(Ok(())) => {}
+            Ok(Err(by)) => {
+                progress.borrow_mut().holder_host = Some(by.host.clone());
+                return Err(RunError::SlotTaken {
+                    slot: placement.slot,
+                    by,
+                });
+            }
+            Err(e) => return Err(RunError::Claim(e)),
+        }
+    }
+    // The lease first: a run whose lease ran out sends the report server nothing more.
+    tokio::select! {
+        biased;
+        lost = guard.lease_lost() => Err(RunError::LeaseLost(lost)),
+        result = collect_and_save(config, connect, request, left, progress) => result,
+    }
+}
+
+async fn collect_and_save<G: LockGuard, S: ReportServer>(
+    config: &Config,
+    connect: impl FnOnce() -> Result<S, String>,
+    request: Request,
+    left: Option<LeftTicket>,
+    progress: &RefCell<Progress<G>>,
+) -> Result<PathBuf, RunError> {
+    if let Some(left) = &left {
+        if let Some(report) = already_saved(config, left, progress).await {
+            return Ok(report);
+        }
     }
     let server = connect().map_err(RunError::Connect)?;
     let resume = match left {
@@ -194,7 +283,7 @@ async fn steps<L: RunLock, S: ReportServer>(
         None => None,
     };
     let collected = collect(config, &server, request.deadline, resume, progress).await?;
-    save(config, &collected, progress)
+    save(config, &collected, progress).await
 }
 
 async fn acquire<L: RunLock>(
@@ -206,11 +295,14 @@ async fn acquire<L: RunLock>(
         Ok(acquired) => {
             let mut progress = progress.borrow_mut();
             progress.holder_pid = acquired.previous_holder;
-            progress.guard = acquired.guard;
+            progress.holder_host = acquired.previous_host;
+            progress.guard = acquired.guard.map(Rc::new);
             Ok(acquired.left)
         }
         Err(not) => {
-            progress.borrow_mut().holder_pid = not.holder_pid();
+            let mut progress = progress.borrow_mut();
+            progress.holder_pid = not.holder_pid();
+            progress.holder_host = not.holder_host();
             Err(not.into())
         }
     }
@@ -236,7 +328,7 @@ fn check_slot(config: &Config, placement: &Placement) -> Result<(), RunError> {
 
 /// The report of a left ticket that is already on disk: the run that left it was ended between
 /// saving it and putting it on record. It is this run's collection, not saved a second time.
-fn already_saved<G: LockGuard>(
+async fn already_saved<G: LockGuard>(
     config: &Config,
     left: &LeftTicket,
     progress: &RefCell<Progress<G>>,
@@ -259,11 +351,9 @@ fn already_saved<G: LockGuard>(
         left.by_pid,
         report.display()
     );
-    let mut progress = progress.borrow_mut();
-    progress.set_ticket(&left.ticket, left.requested);
-    progress.tickets.resumed_from = Some(left.by_pid);
-    progress.finish_ticket();
-    drop(progress);
+    set_ticket(progress, &left.ticket, left.requested).await;
+    progress.borrow_mut().tickets.resumed_from = Some(left.by_pid);
+    finish_ticket(progress).await;
     // What the run that saved it did not get to.
     prune(config, &report);
     Some(report)
@@ -312,9 +402,8 @@ async fn take_over<S: ReportServer, G: LockGuard>(
         left.by_pid,
         humantime::format_duration(round_ms(age.unwrap_or_default()))
     );
-    let mut progress = progress.borrow_mut();
-    progress.set_ticket(&ticket, left.requested);
-    progress.tickets.resumed_from = Some(left.by_pid);
+    set_ticket(progress, &ticket, left.requested).await;
+    progress.borrow_mut().tickets.resumed_from = Some(left.by_pid);
     Some(ticket)
 }
 
@@ -354,7 +443,7 @@ async fn cancel<S: ReportServer, G: LockGuard>(
             humantime::format_duration(bound)
         ),
     }
-    progress.borrow_mut().finish_ticket();
+    finish_ticket(progress).await;
 }
 
 async fn collect<S: ReportServer, G: LockGuard>(
@@ -364,11 +453,10 @@ async fn collect<S: ReportServer, G: LockGuard>(
     resume: Option<String>,
     progress: &RefCell<Progress<G>>,
 ) -> Result<Collected, RunError> {
-    let on_ticket = |ticket: &str| {
-        let mut progress = progress.borrow_mut();
+    let on_ticket = async |ticket: &str| {
         // A new ticket: the one resumed (if any) is gone.
-        progress.tickets.resumed_from = None;
-        progress.set_ticket(ticket, Some(SystemTime::now()));
+        progress.borrow_mut().tickets.resumed_from = None;
+        set_ticket(progress, ticket, Some(SystemTime::now())).await;
     };
     let result = client::collect(
         server,
@@ -413,11 +501,22 @@ async fn collect<S: ReportServer, G: LockGuard>(
 /// ticket in the lock's record, and prunes the reports beyond `keep-reports`. Until the ticket
 /// is finished, a run ended here leaves it to the next, which finds the report saved (or, if
 /// the save did not complete, fetches it again: the server keeps a ready report `ticket-ttl`).
-fn save<G: LockGuard>(
+async fn save<G: LockGuard>(
     config: &Config,
     collected: &Collected,
     progress: &RefCell<Progress<G>>,
 ) -> Result<PathBuf, RunError> {
+    // A shared lock is confirmed with a round trip first, and its validity checked again right
+    // before each write: a run that was paused past its lease must not save what it fetched.
+    let guard = progress.borrow().guard();
+    if let Some(guard) = &guard {
+        guard.confirm().await.map_err(RunError::LeaseLost)?;
+    }
+    let still_valid = || match &guard {
+        Some(guard) => guard.still_valid().map_err(RunError::LeaseLost),
+        None => Ok(()),
+    };
+    still_valid()?;
     {
         let mut stdout = std::io::stdout().lock();
         let _ = stdout
@@ -432,6 +531,7 @@ fn save<G: LockGuard>(
         .tickets
         .requested
         .unwrap_or_else(SystemTime::now);
+    still_valid()?;
     let report = store::save(
         &config.report_dir,
         &order,
@@ -439,7 +539,8 @@ fn save<G: LockGuard>(
         &collected.ticket,
         collected.csv.as_bytes(),
     )?;
-    progress.borrow_mut().finish_ticket();
+    progress.borrow_mut().collected_at = Some(SystemTime::now());
+    finish_ticket(progress).await;
     prune(config, &report);
     Ok(report)
 }
@@ -559,13 +660,14 @@ mod tests {
     /// Leaves `ticket`, requested `age` ago, in the lock's record, as a run killed while
     /// collecting it would.
     fn leave_ticket(config: &Config, ticket: &str, age: Duration) {
-        let (mut held, _) = LockFile::open(&config.lock_file)
+        let (held, _) = LockFile::open(&config.lock_file)
             .unwrap()
             .try_lock()
             .unwrap()
             .unwrap();
-        held.set_ticket(ticket, SystemTime::now() - age).unwrap();
-        held.release();
+        held.set_ticket_now(ticket, SystemTime::now() - age)
+            .unwrap();
+        drop(held);
     }
 
     fn record_ticket(config: &Config) -> Option<String> {
@@ -825,7 +927,11 @@ mod tests {
         let cancel = async {
             tokio::time::sleep(Duration::from_millis(3500)).await;
             // Mid-run: the lock is held by this run, and its record names the ticket.
-            let holder = lock.holder().unwrap().expect("the run holds the lock");
+            let holder = lock
+                .holder()
+                .await
+                .unwrap()
+                .expect("the run holds the lock");
             assert!(holder.confirmed);
             assert_eq!(holder.ticket.as_deref(), Some("abc_0"));
             CancelSignal::Term
@@ -843,7 +949,7 @@ mod tests {
         assert_eq!(report.exit_code(), 143);
         assert_eq!(report.ticket.as_deref(), Some("abc_0"));
         assert_eq!(report.duration, Duration::from_millis(3500));
-        assert_eq!(lock.holder().unwrap(), None, "the lock is free again");
+        assert_eq!(lock.holder().await.unwrap(), None, "the lock is free again");
         let last = State::load(&config.state_file).unwrap().unwrap().last_run;
         assert_eq!(last.outcome, "cancelled");
         assert_eq!(last.ticket.as_deref(), Some("abc_0"));
@@ -874,7 +980,11 @@ mod tests {
 
             let last = State::load(&config.state_file).unwrap().unwrap().last_run;
             assert_eq!(last.outcome, report.outcome.kind(), "at {at:?}");
-            assert_eq!(lock.holder().unwrap(), None, "at {at:?}: the lock is free");
+            assert_eq!(
+                lock.holder().await.unwrap(),
+                None,
+                "at {at:?}: the lock is free"
+            );
             // The cancel wins a tie: it is polled first.
             if at >= ready + Duration::from_millis(1) {
                 assert!(
@@ -949,10 +1059,140 @@ mod tests {
         assert_eq!(
             report.outcome,
             Outcome::Failed {
-                error: "cannot set up the HTTP client: no TLS backend".to_owned()
+                error: "cannot set up the HTTP client: no TLS backend".to_owned(),
+                exit: 1,
             }
         );
         assert_eq!(report.exit_code(), 1);
-        assert_eq!(lock.holder().unwrap(), None);
+        assert_eq!(lock.holder().await.unwrap(), None);
+    }
+
+    /// A shared lock on the paused clock: its lease is lost `lost_after` the take, and its
+    /// confirmation before the save fails when `confirm_fails`.
+    struct Leased {
+        lost_after: Duration,
+        confirm_fails: bool,
+    }
+
+    struct LeasedGuard {
+        lost_at: Instant,
+        confirm_fails: bool,
+    }
+
+    impl LockGuard for LeasedGuard {
+        async fn set_ticket(&self, _: &str, _: SystemTime) -> std::io::Result<()> {
+            Ok(())
+        }
+        async fn finish_ticket(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        async fn lease_lost(&self) -> LeaseLost {
+            tokio::time::sleep_until(self.lost_at).await;
+            LeaseLost {
+                why: "the lease ran out".to_owned(),
+            }
+        }
+        async fn confirm(&self) -> Result<(), LeaseLost> {
+            if self.confirm_fails {
+                return Err(LeaseLost {
+                    why: "another host took the lock".to_owned(),
+                });
+            }
+            Ok(())
+        }
+        async fn release(self, _: Option<Collection<'_>>) {}
+    }
+
+    impl RunLock for Leased {
+        type Guard = LeasedGuard;
+        async fn acquire(
+            &self,
+            _: Request,
+        ) -> Result<crate::lock::Acquired<LeasedGuard>, NotAcquired> {
+            Ok(crate::lock::Acquired {
+                guard: Some(LeasedGuard {
+                    lost_at: Instant::now() + self.lost_after,
+                    confirm_fails: self.confirm_fails,
+                }),
+                previous_holder: None,
+                previous_host: None,
+                left: None,
+            })
+        }
+        async fn holder(&self) -> std::io::Result<Option<crate::lock::Holder>> {
+            Ok(None)
+        }
+        async fn left_ticket(&self) -> std::io::Result<Option<LeftTicket>> {
+            Ok(None)
+        }
+        fn describe(&self) -> String {
+            "leased".to_owned()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_whose_lease_runs_out_stops_at_once_and_asks_the_server_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let server = Scripted::ready_at(None);
+        let lock = Leased {
+            lost_after: Duration::from_millis(3500),
+            confirm_fails: false,
+        };
+        let report = run(
+            &config,
+            &lock,
+            || Ok(&server),
+            Trigger::Manual,
+            std::future::pending(),
+        )
+        .await;
+        assert_eq!(report.exit_code(), report_common::exit::LEASE_LOST);
+        assert!(
+            report
+                .message()
+                .contains("stopped without saving anything: the lease ran out"),
+            "{}",
+            report.message()
+        );
+        assert_eq!(report.duration, Duration::from_millis(3500));
+        // Polls at 0, 1, 2 and 3 s; none at 4 s.
+        assert_eq!(
+            server.calls(),
+            [
+                "request",
+                "poll abc_0",
+                "poll abc_0",
+                "poll abc_0",
+                "poll abc_0"
+            ]
+        );
+        assert!(reports(&config).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_fetched_after_the_lease_was_lost_is_not_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let server = Scripted::ready_at(Some(1));
+        let lock = Leased {
+            lost_after: Duration::from_secs(600),
+            confirm_fails: true,
+        };
+        let report = run(
+            &config,
+            &lock,
+            || Ok(&server),
+            Trigger::Manual,
+            std::future::pending(),
+        )
+        .await;
+        assert_eq!(report.exit_code(), 79);
+        assert!(
+            report.message().contains("another host took the lock"),
+            "{}",
+            report.message()
+        );
+        assert!(reports(&config).is_empty());
     }
 }

@@ -320,6 +320,7 @@ mod tests {
             policy: Policy::Forbid,
             ticket: Some("abc_0".into()),
             holder_pid: None,
+            holder_host: None,
             slot: SystemTime::UNIX_EPOCH + Duration::from_secs(started_unix / 60 * 60),
             trigger: "manual".into(),
             started: SystemTime::UNIX_EPOCH + Duration::from_secs(started_unix),

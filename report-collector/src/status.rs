@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, LockBackend};
 use crate::lock::RunLock;
 use crate::outcome::unix_seconds;
 use crate::state::{Collection, LastRun, Moment, State, StateError, file_kind};
@@ -199,6 +199,14 @@ pub struct LockStatus {
     pub ticket: Option<String>,
     /// While the lock is free: the ticket a run left unfinished, for the next run to resume.
     pub left_ticket: Option<LeftTicketStatus>,
+    /// `flock` or `postgres`.
+    pub backend: String,
+    /// How the lock is named: the lock file, or the lock name and the database.
+    pub name: String,
+    /// The holder's host (always shown for the PostgreSQL lock).
+    pub host: Option<String>,
+    /// The last collection of any host sharing the lock (PostgreSQL only).
+    pub fleet_last_collection: Option<crate::lock::FleetCollection>,
 }
 
 /// A ticket left in the lock's record, as `status` shows it.
@@ -220,7 +228,17 @@ pub struct Reports {
 
 /// `report-collector status [--json]`: prints what [`gather`] found; exits with its verdict.
 pub fn print(config: &Config, lock: &impl RunLock, json: bool) -> ExitCode {
-    let status = gather(config, lock, SystemTime::now());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::from(report_common::exit::FAILURE);
+        }
+    };
+    let status = runtime.block_on(gather(config, lock, SystemTime::now()));
     let text = if json {
         match serde_json::to_string_pretty(&status) {
             Ok(mut text) => {
@@ -296,7 +314,7 @@ fn inspect(path: &Path, what: &str, want_dir: bool) -> Result<bool, Problem> {
 }
 
 /// Looks at the state file, the lock and the report directory, and judges at `now`.
-pub fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> Status {
+pub async fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> Status {
     let mut problems = Vec::new();
     let stale_after = config.stale_after();
 
@@ -309,10 +327,24 @@ pub fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> Status {
     };
     // Whether the lock is held comes from a stat and /proc/locks, not from reading the file:
     // a user who cannot read it still learns that a run holds it (and the problem is listed).
-    let lock_problem = inspect(&config.lock_file, "lock file", false).err();
+    let shared = config.lock_backend == LockBackend::Postgres;
+    let lock_problem = if shared {
+        None
+    } else {
+        inspect(&config.lock_file, "lock file", false).err()
+    };
     let holder = match &lock_problem {
-        Some(problem) if problem.exit_code != code::NO_PERMISSION => Err(()),
-        _ => lock.holder().map_err(|_| ()),
+        Some(problem) if problem.exit_code != code::NO_PERMISSION => Err(None),
+        _ => lock.holder().await.map_err(Some),
+    };
+    // The shared lock's database out of reach is a problem of its own, with its own exit.
+    let lock_problem = match (&holder, lock_problem) {
+        (Err(Some(e)), None) if shared => Some(Problem {
+            path: PathBuf::from(lock.describe()),
+            reason: format!("cannot read the lock {}: {e}", lock.describe()),
+            exit_code: report_common::exit::UNAVAILABLE,
+        }),
+        (_, problem) => problem,
     };
     let held = match (&holder, &lock_problem) {
         (Ok(Some(_)), _) => Some(true),
@@ -329,9 +361,25 @@ pub fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> Status {
         pid: holder.as_ref().and_then(|h| h.pid),
         since: holder.as_ref().and_then(|h| h.since.clone()),
         ticket: holder.as_ref().and_then(|h| h.ticket.clone()),
+        backend: match config.lock_backend {
+            LockBackend::Flock => "flock",
+            LockBackend::Postgres => "postgres",
+        }
+        .to_owned(),
+        name: lock.describe(),
+        host: holder
+            .as_ref()
+            .filter(|h| h.show_host)
+            .and_then(|h| h.host.clone()),
+        fleet_last_collection: if held.is_some() {
+            lock.fleet_last_collection().await.ok().flatten()
+        } else {
+            None
+        },
         left_ticket: match held {
             Some(false) => lock
                 .left_ticket()
+                .await
                 .ok()
                 .flatten()
                 .map(|left| LeftTicketStatus {
@@ -405,17 +453,21 @@ impl Status {
             Some(true) => {
                 let _ = writeln!(
                     out,
-                    "lock:     held by pid {} since {}, ticket {} ({})",
+                    "lock:     held by pid {}{} since {}, ticket {} ({})",
                     lock.pid
                         .map(|p| p.to_string())
                         .unwrap_or_else(|| "?".into()),
+                    lock.host
+                        .as_deref()
+                        .map(|h| format!(" on host {h}"))
+                        .unwrap_or_default(),
                     lock.since.as_deref().unwrap_or("an unknown time"),
                     lock.ticket.as_deref().unwrap_or("(none yet)"),
-                    lock.path.display()
+                    lock.name
                 );
             }
             Some(false) => {
-                let _ = writeln!(out, "lock:     free ({})", lock.path.display());
+                let _ = writeln!(out, "lock:     free ({})", lock.name);
                 if let Some(left) = &lock.left_ticket {
                     let _ = writeln!(
                         out,
@@ -427,8 +479,15 @@ impl Status {
                 }
             }
             None => {
-                let _ = writeln!(out, "lock:     unknown ({})", lock.path.display());
+                let _ = writeln!(out, "lock:     unknown ({})", lock.name);
             }
+        }
+        if let Some(fleet) = &lock.fleet_last_collection {
+            let _ = writeln!(
+                out,
+                "fleet:    last collection {} by host {}, {}",
+                fleet.at, fleet.host, fleet.report
+            );
         }
         let _ = writeln!(out, "policy:   {}", lock.policy);
         match &self.last_run {
@@ -498,6 +557,7 @@ mod tests {
             policy: Policy::Forbid,
             ticket: Some("abc_0".into()),
             holder_pid: None,
+            holder_host: None,
             slot: SystemTime::UNIX_EPOCH + Duration::from_secs(started_unix / 60 * 60),
             trigger: "manual".into(),
             started: SystemTime::UNIX_EPOCH + Duration::from_secs(started_unix),
@@ -564,30 +624,34 @@ mod tests {
     }
 
     fn status(config: &Config) -> Status {
-        gather(
-            config,
-            &FlockLock::new(&config.lock_file),
-            SystemTime::now(),
-        )
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(gather(
+                config,
+                &FlockLock::new(&config.lock_file),
+                SystemTime::now(),
+            ))
     }
 
     #[test]
     fn a_ticket_left_for_the_next_run_is_shown_while_the_lock_is_free() {
-        use crate::lock::LockGuard as _;
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
-        let (mut held, _) = crate::lock::flock::LockFile::open(&config.lock_file)
+        let (held, _) = crate::lock::flock::LockFile::open(&config.lock_file)
             .unwrap()
             .try_lock()
             .unwrap()
             .unwrap();
-        held.set_ticket("left_0", SystemTime::UNIX_EPOCH).unwrap();
+        held.set_ticket_now("left_0", SystemTime::UNIX_EPOCH)
+            .unwrap();
         let while_held = status(&config);
         assert!(
             while_held.lock.left_ticket.is_none(),
             "a holder's ticket is its own"
         );
-        held.release();
+        drop(held);
 
         let status = status(&config);
         let left = status.lock.left_ticket.as_ref().unwrap();

@@ -49,6 +49,7 @@ impl RunLock for FlockLock {
             return Ok(Acquired {
                 guard: None,
                 previous_holder: None,
+                previous_host: None,
                 left: None,
             });
         }
@@ -61,11 +62,22 @@ impl RunLock for FlockLock {
         super::by_policy(Contender(Some(file)), &name, request).await
     }
 
-    fn holder(&self) -> io::Result<Option<Holder>> {
+    async fn holder(&self) -> io::Result<Option<Holder>> {
         holder_at(&self.path)
     }
 
-    fn left_ticket(&self) -> io::Result<Option<LeftTicket>> {
+    async fn left_ticket(&self) -> io::Result<Option<LeftTicket>> {
+        self.left_ticket_now()
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+impl FlockLock {
+    /// [`RunLock::left_ticket`] without a runtime: nothing here waits.
+    pub fn left_ticket_now(&self) -> io::Result<Option<LeftTicket>> {
         if holder_at(&self.path)?.is_some() {
             return Ok(None);
         }
@@ -88,7 +100,8 @@ pub struct LockFile {
 #[derive(Debug)]
 pub struct HeldFlock {
     lock: LockFile,
-    record: HolderRecord,
+    /// In a cell: the run shares the guard between its steps (see [`LockGuard`]).
+    record: std::cell::RefCell<HolderRecord>,
 }
 
 impl LockFile {
@@ -111,7 +124,10 @@ impl LockFile {
                     record.ticket = Some(left.ticket.clone());
                     record.ticket_requested = left.requested.map(crate::schedule::format_time_ms);
                 }
-                let held = HeldFlock { lock: self, record };
+                let held = HeldFlock {
+                    lock: self,
+                    record: std::cell::RefCell::new(record),
+                };
                 held.write_record()?;
                 Ok(Ok((held, left)))
             }
@@ -135,7 +151,7 @@ impl HeldFlock {
     /// Writes in place (write, then cut to length) on the locked descriptor: the file is never
     /// replaced, and a reader catching it mid-write gets invalid JSON, which it discards.
     fn write_record(&self) -> io::Result<()> {
-        let mut text = serde_json::to_vec(&self.record).map_err(io::Error::other)?;
+        let mut text = serde_json::to_vec(&*self.record.borrow()).map_err(io::Error::other)?;
         text.push(b'\n');
         self.lock.file.write_all_at(&text, 0)?;
         self.lock
@@ -144,19 +160,34 @@ impl HeldFlock {
     }
 }
 
+impl HeldFlock {
+    /// [`LockGuard::set_ticket`] without a runtime: nothing here waits.
+    pub fn set_ticket_now(&self, ticket: &str, requested: SystemTime) -> io::Result<()> {
+        self.record.borrow_mut().set_ticket(ticket, requested);
+        self.write_record()
+    }
+
+    /// [`LockGuard::finish_ticket`] without a runtime.
+    pub fn finish_ticket_now(&self) -> io::Result<()> {
+        {
+            let mut record = self.record.borrow_mut();
+            record.ticket = None;
+            record.ticket_requested = None;
+        }
+        self.write_record()
+    }
+}
+
 impl LockGuard for HeldFlock {
-    fn set_ticket(&mut self, ticket: &str, requested: SystemTime) -> io::Result<()> {
-        self.record.set_ticket(ticket, requested);
-        self.write_record()
+    async fn set_ticket(&self, ticket: &str, requested: SystemTime) -> io::Result<()> {
+        self.set_ticket_now(ticket, requested)
     }
 
-    fn finish_ticket(&mut self) -> io::Result<()> {
-        self.record.ticket = None;
-        self.record.ticket_requested = None;
-        self.write_record()
+    async fn finish_ticket(&self) -> io::Result<()> {
+        self.finish_ticket_now()
     }
 
-    fn release(self) {
+    async fn release(self, _collected: Option<super::Collection<'_>>) {
         drop(self);
     }
 }
@@ -165,7 +196,7 @@ impl Drop for HeldFlock {
     fn drop(&mut self) {
         // Cut in place, never removed: the file (its inode) is the lock. Best effort: a stale
         // record is harmless because readers check /proc/locks.
-        if self.record.ticket.is_none() {
+        if self.record.borrow().ticket.is_none() {
             let _ = self.lock.file.set_len(0);
         }
     }
@@ -283,9 +314,10 @@ mod tests {
     fn the_holder_record_is_written_into_the_lock_file_and_seen_without_locking() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/collector.lock");
-        let (mut held, left) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
+        let (held, left) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
         assert_eq!(left, None);
-        held.set_ticket("abc_0", SystemTime::UNIX_EPOCH).unwrap();
+        held.set_ticket_now("abc_0", SystemTime::UNIX_EPOCH)
+            .unwrap();
         let inode = std::fs::metadata(&path).unwrap().ino();
 
         let holder = holder_at(&path).unwrap().expect("lock is held");
@@ -306,8 +338,8 @@ mod tests {
             assert_eq!(other.holder().ticket.as_deref(), Some("abc_0"));
         }
 
-        held.finish_ticket().unwrap();
-        held.release();
+        held.finish_ticket_now().unwrap();
+        drop(held);
         assert_eq!(holder_at(&path).unwrap(), None);
         assert_eq!(std::fs::read(&path).unwrap(), b"", "the record is cleared");
         assert_eq!(
@@ -323,10 +355,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("collector.lock");
         let requested = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-        let (mut first, _) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
-        first.set_ticket("left_1", requested).unwrap();
+        let (first, _) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
+        first.set_ticket_now("left_1", requested).unwrap();
         // Released (or killed) without finishing it: the record stays, the lock is free.
-        first.release();
+        drop(first);
         assert_eq!(holder_at(&path).unwrap(), None);
 
         let (second, left) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
@@ -341,13 +373,13 @@ mod tests {
             holder.ticket_requested.as_deref(),
             Some("2023-11-14T22:13:20.000Z")
         );
-        second.release();
-        let (mut third, left) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
+        drop(second);
+        let (third, left) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
         assert_eq!(left.map(|l| l.ticket).as_deref(), Some("left_1"));
 
         // Finished: nothing is handed on, and the record is cut on release.
-        third.finish_ticket().unwrap();
-        third.release();
+        third.finish_ticket_now().unwrap();
+        drop(third);
         assert_eq!(std::fs::read(&path).unwrap(), b"");
         let (_fourth, left) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
         assert_eq!(left, None);

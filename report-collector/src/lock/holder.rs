@@ -64,6 +64,9 @@ pub struct Holder {
     pub ticket_requested: Option<String>,
     /// True when the record's pid is the pid the lock itself shows holding it.
     pub confirmed: bool,
+    /// Whether messages name the host: a lock shared by several hosts says which one.
+    #[serde(skip)]
+    pub show_host: bool,
 }
 
 impl Holder {
@@ -77,6 +80,7 @@ impl Holder {
                 ticket: r.ticket,
                 ticket_requested: r.ticket_requested,
                 confirmed: true,
+                show_host: false,
             },
             (pid, _) => Holder {
                 pid,
@@ -85,6 +89,7 @@ impl Holder {
                 ticket: None,
                 ticket_requested: None,
                 confirmed: false,
+                show_host: false,
             },
         }
     }
@@ -95,6 +100,13 @@ impl fmt::Display for Holder {
         match self.pid {
             Some(pid) => write!(f, "pid {pid}")?,
             None => write!(f, "an unknown process")?,
+        }
+        if self.show_host {
+            write!(
+                f,
+                " on host {}",
+                self.host.as_deref().unwrap_or("(unknown)")
+            )?;
         }
         write!(
             f,

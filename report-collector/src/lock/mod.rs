@@ -3,6 +3,8 @@
 //! a backend is one more module.
 //!
 //! - [`flock`]: the local backend, an `flock` on `lock-file` (the default).
+//! - [`postgres`]: the shared backend, a lease in a PostgreSQL row behind a session advisory
+//!   lock, for collectors on several hosts.
 //! - [`holder`]: the holder record every backend carries (pid, since, host, ticket and when it
 //!   was requested).
 //! - [`proc_locks`]: who holds an flock, read from `/proc/locks`.
@@ -11,6 +13,7 @@
 
 pub mod flock;
 pub mod holder;
+pub mod postgres;
 pub mod proc_locks;
 pub mod replace;
 
@@ -37,6 +40,9 @@ pub struct Request {
     pub deadline: Instant,
     /// The `deadline` setting that deadline came from, for messages.
     pub deadline_setting: Duration,
+    /// The slot the run belongs to: under `replace`, a shared lock is taken from a holder of
+    /// an earlier slot only.
+    pub slot: Option<SystemTime>,
 }
 
 impl Request {
@@ -48,6 +54,7 @@ impl Request {
             replace_grace: config.replace_grace,
             deadline: crate::schedule::instant_after(started, config.deadline),
             deadline_setting: config.deadline,
+            slot: None,
         }
     }
 }
@@ -96,27 +103,97 @@ pub trait RunLock {
     ) -> impl Future<Output = Result<Acquired<Self::Guard>, NotAcquired>>;
 
     /// Who holds the lock now, without taking it; `None` when it is free.
-    fn holder(&self) -> io::Result<Option<Holder>>;
+    fn holder(&self) -> impl Future<Output = io::Result<Option<Holder>>>;
 
     /// The ticket a run that ended without finishing it left for the next holder, while the
     /// lock is free; `None` when there is none (or the lock is held).
-    fn left_ticket(&self) -> io::Result<Option<LeftTicket>>;
+    fn left_ticket(&self) -> impl Future<Output = io::Result<Option<LeftTicket>>>;
+
+    /// The last collection of any host sharing the lock, when the lock keeps one (the flock
+    /// does not: the state file says it).
+    fn fleet_last_collection(&self) -> impl Future<Output = io::Result<Option<FleetCollection>>> {
+        async { Ok(None) }
+    }
+
+    /// What `status` names the lock by: the lock file, or the database and lock name.
+    fn describe(&self) -> String;
 }
 
-/// The lock while a run holds it. Dropping it releases the lock; the record's ticket stays
-/// behind for the next holder unless the ticket was finished.
+/// The last collection a shared lock keeps for the whole fleet.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FleetCollection {
+    /// RFC 3339 UTC.
+    pub at: String,
+    pub host: String,
+    pub report: String,
+}
+
+/// What the run collected, for a lock that keeps the fleet's last collection.
+#[derive(Debug, Clone)]
+pub struct Collection<'a> {
+    pub at: SystemTime,
+    pub report: &'a std::path::Path,
+}
+
+/// Why a run may not go on holding the lock: its lease ran out (the PostgreSQL lock only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseLost {
+    /// The sentence the journal shows.
+    pub why: String,
+}
+
+/// The slot this run belongs to was already collected (or is being collected) by another host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotTaken {
+    pub host: String,
+    pub pid: u32,
+}
+
+/// The lock while a run holds it. Releasing (or dropping) it frees the lock; the record's
+/// ticket stays behind for the next holder unless the ticket was finished. Its methods take
+/// `&self`: the run shares the guard between its steps, which may be cancelled at any await.
 pub trait LockGuard {
     /// Records the ticket this holder is collecting and when it was requested: a skipped run
     /// names it, and if this holder never finishes it, the next holder finds it
     /// ([`Acquired::left`]).
-    fn set_ticket(&mut self, ticket: &str, requested: SystemTime) -> io::Result<()>;
+    fn set_ticket(
+        &self,
+        ticket: &str,
+        requested: SystemTime,
+    ) -> impl Future<Output = io::Result<()>>;
 
     /// Clears the ticket from the record: its report is saved, or it was cancelled, so nobody
     /// is to resume it.
-    fn finish_ticket(&mut self) -> io::Result<()>;
+    fn finish_ticket(&self) -> impl Future<Output = io::Result<()>>;
 
-    /// Releases the lock; the record keeps an unfinished ticket and nothing else.
-    fn release(self);
+    /// Claims `slot` for this run among every host sharing the lock; `Err` names the host that
+    /// claimed it first. A lock of one host has nothing to claim.
+    fn claim_slot(
+        &self,
+        _slot: SystemTime,
+    ) -> impl Future<Output = Result<Result<(), SlotTaken>, io::Error>> {
+        async { Ok(Ok(())) }
+    }
+
+    /// Completes when the holder may no longer trust that it holds the lock. Never, for a
+    /// lock the kernel holds for the process.
+    fn lease_lost(&self) -> impl Future<Output = LeaseLost> {
+        std::future::pending()
+    }
+
+    /// Makes sure, with a round trip, that the lock is still held right now.
+    fn confirm(&self) -> impl Future<Output = Result<(), LeaseLost>> {
+        async { Ok(()) }
+    }
+
+    /// Whether the holder may still act as the holder at this instant (no round trip).
+    fn still_valid(&self) -> Result<(), LeaseLost> {
+        Ok(())
+    }
+
+    /// Releases the lock; the record keeps an unfinished ticket and nothing else (and, for a
+    /// shared lock, `collected` as the fleet's last collection).
+    fn release(self, collected: Option<Collection<'_>>) -> impl Future<Output = ()>;
 }
 
 /// The result of taking the lock per policy.
@@ -126,6 +203,8 @@ pub struct Acquired<G> {
     pub guard: Option<G>,
     /// The other run this one waited for or ended, if any.
     pub previous_holder: Option<u32>,
+    /// The host of that run, when the lock is shared by several hosts.
+    pub previous_host: Option<String>,
     /// The ticket the previous holder left unfinished, if any; the new holder's record carries
     /// it on until the new holder finishes it or records another.
     pub left: Option<LeftTicket>,
@@ -155,6 +234,14 @@ pub enum Refusal {
     HolderHoldsNoDescriptor(Holder),
     /// The run deadline passed while ending the holder.
     DeadlinePassed(Holder),
+    /// Under `replace` on a shared lock: the holder's slot is not earlier than this run's,
+    /// so it is left to finish.
+    NotEarlier(Holder),
+    /// The lock's previous holder may still be running (its lease is live) and the run
+    /// deadline would pass before the lease ends.
+    LeaseOutlastsDeadline { holder: Holder, remaining: Duration },
+    /// The shared lock's database cannot be reached or refused this collector.
+    Unavailable(String),
     /// The lock could not be used at all.
     Io(io::Error),
     /// The holder could not be signalled.
@@ -171,7 +258,32 @@ impl NotAcquired {
                 | Refusal::WaitTimedOut { .. }
                 | Refusal::HolderUnconfirmed(_)
                 | Refusal::HolderHoldsNoDescriptor(_)
+                | Refusal::NotEarlier(_)
+                | Refusal::LeaseOutlastsDeadline { .. }
         )
+    }
+
+    /// The exit code when this is a failure, not a skip: the database out of reach is
+    /// EX_UNAVAILABLE, the rest a plain failure.
+    pub fn failure_code(&self) -> u8 {
+        match self.refusal {
+            Refusal::Unavailable(_) => report_common::exit::UNAVAILABLE,
+            _ => report_common::exit::FAILURE,
+        }
+    }
+
+    /// The host of the run that stood in the way, for a shared lock.
+    pub fn holder_host(&self) -> Option<String> {
+        match &self.refusal {
+            Refusal::Busy(holder)
+            | Refusal::WaitTimedOut { holder, .. }
+            | Refusal::HolderUnconfirmed(holder)
+            | Refusal::HolderHoldsNoDescriptor(holder)
+            | Refusal::DeadlinePassed(holder)
+            | Refusal::NotEarlier(holder)
+            | Refusal::LeaseOutlastsDeadline { holder, .. } => holder.host.clone(),
+            Refusal::Signal { .. } | Refusal::Io(_) | Refusal::Unavailable(_) => None,
+        }
     }
 
     /// The other run that stood in the way, if it is known.
@@ -181,9 +293,11 @@ impl NotAcquired {
             | Refusal::WaitTimedOut { holder, .. }
             | Refusal::HolderUnconfirmed(holder)
             | Refusal::HolderHoldsNoDescriptor(holder)
-            | Refusal::DeadlinePassed(holder) => holder.pid,
+            | Refusal::DeadlinePassed(holder)
+            | Refusal::NotEarlier(holder)
+            | Refusal::LeaseOutlastsDeadline { holder, .. } => holder.pid,
             Refusal::Signal { pid, .. } => Some(*pid),
-            Refusal::Io(_) => None,
+            Refusal::Io(_) | Refusal::Unavailable(_) => None,
         }
     }
 }
@@ -215,6 +329,16 @@ impl fmt::Display for NotAcquired {
                 f,
                 "the run deadline ({deadline}) passed while ending the holder of {lock}, {holder}"
             ),
+            Refusal::NotEarlier(holder) => write!(
+                f,
+                "the lock {lock} is held by {holder}, whose slot is not earlier than this run's, so policy replace left it to finish"
+            ),
+            Refusal::LeaseOutlastsDeadline { holder, remaining } => write!(
+                f,
+                "the lock {lock} was last held by {holder}, whose lease runs {} more, past this run's deadline ({deadline}); that run may still be collecting, so this one does not",
+                humantime::format_duration(round_ms(*remaining))
+            ),
+            Refusal::Unavailable(why) => write!(f, "cannot use the lock {lock}: {why}"),
             // A path that is not a regular file: its message says what to do.
             Refusal::Io(e) if crate::store::not_regular(e).is_some() => {
                 write!(f, "cannot use the lock file {lock}: {e}")
@@ -255,6 +379,7 @@ pub async fn by_policy<G, C: Contest<Held = Taken<G>>>(
         return Ok(Acquired {
             guard: Some(guard),
             previous_holder: None,
+            previous_host: None,
             left,
         });
     }
@@ -277,6 +402,7 @@ pub async fn by_policy<G, C: Contest<Held = Taken<G>>>(
                 Some((guard, left)) => Ok(Acquired {
                     guard: Some(guard),
                     previous_holder: holder.pid,
+                    previous_host: None,
                     left,
                 }),
                 None => Err(refused(Refusal::WaitTimedOut {
@@ -293,6 +419,7 @@ pub async fn by_policy<G, C: Contest<Held = Taken<G>>>(
             Ok(Acquired {
                 guard: Some(guard),
                 previous_holder,
+                previous_host: None,
                 left,
             })
         }

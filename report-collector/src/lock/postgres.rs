@@ -1,0 +1,1205 @@
+//! The shared lock: collectors on several hosts keep apart through one PostgreSQL database.
+//!
+//! The lease in the lock's row is the truth; the session advisory lock is the fast path. An
+//! advisory lock alone is not enough: the server frees it when it drops the holder's session,
+//! which it does when the host is partitioned away only after keepalives give up (or at once,
+//! when another host ends that session), while the holder itself, paused or cut off, may still
+//! be collecting. So a holder also keeps a lease, renewed every lease/3 by one guarded
+//! statement, and trusts it only until *the instant it sent the last confirmed renewal* plus
+//! the lease minus a margin, on its own monotonic clock; past that it stops at once
+//! ([`LockGuard::lease_lost`]). A new holder that got the advisory lock waits until the row's
+//! lease has ended by the database's clock before it collects. Every holder takes a new
+//! `generation` (a fencing token), and every write of the row names it.
+//!
+//! Tables (created on first use, under a transaction-scoped advisory lock, so several hosts
+//! starting at once do not race): `report_collector_lock` (one row per `lock-name`) and
+//! `report_collector_slot` (one row per slot collected, so each slot is collected once across
+//! hosts).
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_postgres::Client;
+use tokio_postgres::config::Host;
+
+use super::{
+    Acquired, Collection, FleetCollection, Holder, LeaseLost, LeftTicket, LockGuard, NotAcquired,
+    Refusal, Request, RunLock, SlotTaken, round_ms,
+};
+use crate::config::{Policy, PostgresConfig, Tls};
+use crate::schedule::format_time;
+
+/// The first key of every advisory lock this program takes ('RC'), so that other programs'
+/// advisory locks in the same database do not collide with ours.
+pub const ADVISORY_CLASS: i32 = 0x5243;
+/// The transaction-scoped advisory lock that serialises schema creation.
+const SCHEMA_LOCK: i64 = 0x5243_0000_5343_4845;
+/// How often a run that wants a busy lock looks again.
+const POLL: Duration = Duration::from_millis(200);
+/// Beyond the end of a live lease by the database's clock, before a new holder collects:
+/// statements take time to travel.
+const WAIT_MARGIN: Duration = Duration::from_millis(250);
+/// Bound on `status` and on releasing: the database must not hold them up.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Slot claims older than this are deleted when a run takes the lock.
+const SLOT_RETENTION_DAYS: i32 = 7;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS report_collector_lock (
+    name text PRIMARY KEY,
+    holder_host text,
+    holder_pid integer,
+    since timestamptz,
+    session integer,
+    generation bigint NOT NULL DEFAULT 0,
+    lease_until timestamptz,
+    slot timestamptz,
+    ticket text,
+    ticket_requested timestamptz,
+    ticket_host text,
+    ticket_pid integer,
+    last_collected_at timestamptz,
+    last_collected_host text,
+    last_report text
+);
+CREATE TABLE IF NOT EXISTS report_collector_slot (
+    name text NOT NULL,
+    slot timestamptz NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    generation bigint NOT NULL,
+    claimed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    collected_at timestamptz,
+    PRIMARY KEY (name, slot)
+);
+";
+
+/// Whether `session` holds this lock's advisory lock, by `pg_locks` ($2, $3: the keys).
+const HOLDS: &str = "EXISTS (SELECT 1 FROM pg_locks k WHERE k.locktype = 'advisory' AND k.granted \
+     AND k.classid::int8 = $2 AND k.objid::int8 = $3 AND k.objsubid = 2 AND k.pid = ";
+
+/// The PostgreSQL backend: where the database is, and this host's part in the lock.
+#[derive(Debug, Clone)]
+pub struct PostgresLock {
+    pg: tokio_postgres::Config,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    lock_name: String,
+    host: String,
+    lease: Duration,
+    connect_timeout: Duration,
+    /// How messages name the server: `host:port` or the socket directory.
+    target: String,
+    key: i32,
+}
+
+impl PostgresLock {
+    /// Reads the password file and the CA file `config` names; an error is a sentence for an
+    /// operator (a configuration problem, exit 78).
+    pub fn from_config(config: &PostgresConfig) -> Result<PostgresLock, String> {
+        let mut pg: tokio_postgres::Config = config
+            .connect
+            .parse()
+            .map_err(|e| format!("postgres.connect: {e}"))?;
+        if let Some(path) = config.password_file() {
+            crate::config::check_password_file(&path)?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
+            pg.password(text.trim_end_matches(['\n', '\r']));
+        }
+        let host = config.host_name();
+        pg.application_name(format!("report-collector {host}:{}", std::process::id()));
+        let tcp = pg.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_)));
+        // Failures of a partitioned peer are noticed by TCP within about the lease, not the
+        // kernel's default of hours.
+        let lease = config.lease;
+        pg.connect_timeout(config.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(lease.div_f64(3.0).max(Duration::from_secs(1)))
+            .keepalives_interval(lease.div_f64(9.0).max(Duration::from_secs(1)))
+            .keepalives_retries(3)
+            .tcp_user_timeout(lease);
+        let tls = if tcp && config.tls == Tls::VerifyFull {
+            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            Some(Arc::new(tls_config(&config.tls_ca_file())?))
+        } else {
+            pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            None
+        };
+        let target = describe_target(&pg);
+        Ok(PostgresLock {
+            pg,
+            tls,
+            lock_name: config.lock_name.clone(),
+            host,
+            lease,
+            connect_timeout: config.connect_timeout,
+            target,
+            key: lock_key(&config.lock_name),
+        })
+    }
+
+    /// The host name this collector writes into the row.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn margin(&self) -> Duration {
+        self.lease / 5
+    }
+
+    /// Connects and makes sure the tables and this lock's row exist.
+    async fn open(&self) -> Result<Session, String> {
+        let session = tokio::time::timeout(self.connect_timeout + Duration::from_secs(1), self.connect())
+            .await
+            .map_err(|_| {
+                format!(
+                    "no answer from the PostgreSQL server at {} within connect-timeout ({}); check that it runs and that this host reaches it",
+                    self.target,
+                    humantime::format_duration(self.connect_timeout)
+                )
+            })??;
+        let prepare = async {
+            let exists = session
+                .client
+                .query_one(
+                    "SELECT to_regclass('report_collector_lock') IS NOT NULL \
+                     AND to_regclass('report_collector_slot') IS NOT NULL",
+                    &[],
+                )
+                .await?
+                .get::<_, bool>(0);
+            if !exists {
+                session
+                    .client
+                    .batch_execute(&format!(
+                        "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA} COMMIT;"
+                    ))
+                    .await?;
+            }
+            session
+                .client
+                .execute(
+                    "INSERT INTO report_collector_lock (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+                    &[&self.lock_name],
+                )
+                .await
+        };
+        match tokio::time::timeout(STATUS_TIMEOUT, prepare).await {
+            Ok(Ok(_)) => Ok(session),
+            Ok(Err(e)) => Err(format!(
+                "cannot create or use the tables report_collector_lock and report_collector_slot on {}: {}; grant this role CREATE on the schema (see the README, \"Several hosts\") or create them as the owner",
+                self.target,
+                describe(&e)
+            )),
+            Err(_) => Err(format!(
+                "the PostgreSQL server at {} did not answer within {} while preparing the lock's tables",
+                self.target,
+                humantime::format_duration(STATUS_TIMEOUT)
+            )),
+        }
+    }
+
+    async fn connect(&self) -> Result<Session, String> {
+        let failed = |e: tokio_postgres::Error| {
+            format!(
+                "cannot connect to the PostgreSQL server at {} as user {}: {}; check that the server is up and reachable from this host, postgres.connect, pg_hba.conf and the password file",
+                self.target,
+                self.pg.get_user().unwrap_or("(unset)"),
+                describe(&e)
+            )
+        };
+        let (client, task) = match &self.tls {
+            Some(tls) => {
+                let make = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+                let (client, connection) = self.pg.connect(make).await.map_err(failed)?;
+                (client, tokio::spawn(drive(connection)))
+            }
+            None => {
+                let (client, connection) = self
+                    .pg
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(failed)?;
+                (client, tokio::spawn(drive(connection)))
+            }
+        };
+        let backend = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map_err(failed)?
+            .get::<_, i32>(0);
+        Ok(Session {
+            client: Arc::new(client),
+            backend,
+            task,
+        })
+    }
+
+    async fn read_row(&self, client: &Client) -> Result<Row, tokio_postgres::Error> {
+        let sql = format!(
+            "SELECT holder_host, holder_pid, since, session, generation, \
+             COALESCE(lease_until > clock_timestamp(), false), \
+             COALESCE(EXTRACT(EPOCH FROM (lease_until - clock_timestamp()))::float8, 0), \
+             slot, ticket, ticket_requested, ticket_host, ticket_pid, \
+             last_collected_at, last_collected_host, last_report, \
+             COALESCE({HOLDS} l.session), false), \
+             h.pid, a.application_name \
+             FROM report_collector_lock l \
+             LEFT JOIN (SELECT k.pid FROM pg_locks k WHERE k.locktype = 'advisory' AND k.granted \
+               AND k.classid::int8 = $2 AND k.objid::int8 = $3 AND k.objsubid = 2 LIMIT 1) h ON true \
+             LEFT JOIN pg_stat_activity a ON a.pid = h.pid \
+             WHERE name = $1"
+        );
+        let (k1, k2) = self.keys();
+        let row = client.query_opt(&sql, &[&self.lock_name, &k1, &k2]).await?;
+        Ok(match row {
+            Some(r) => Row {
+                host: r.get(0),
+                pid: r.get(1),
+                since: r.get(2),
+                session: r.get(3),
+                live: r.get(5),
+                remaining: r.get(6),
+                slot: r.get(7),
+                ticket: r.get(8),
+                ticket_requested: r.get(9),
+                ticket_host: r.get(10),
+                ticket_pid: r.get(11),
+                last_at: r.get(12),
+                last_host: r.get(13),
+                last_report: r.get(14),
+                session_holds: r.get(15),
+                lock_pid: r.get(16),
+                lock_application: r.get(17),
+            },
+            None => Row::default(),
+        })
+    }
+
+    fn keys(&self) -> (i64, i64) {
+        (i64::from(ADVISORY_CLASS), i64::from(self.key))
+    }
+
+    fn unavailable(&self, request: Request, why: String) -> NotAcquired {
+        NotAcquired {
+            lock: self.describe(),
+            request,
+            refusal: Refusal::Unavailable(why),
+        }
+    }
+
+    /// Status' view of the row, bounded by [`STATUS_TIMEOUT`].
+    async fn status_row(&self) -> io::Result<Row> {
+        let read = async {
+            let session = tokio::time::timeout(self.connect_timeout, self.connect())
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no answer from the PostgreSQL server at {} within connect-timeout",
+                        self.target
+                    )
+                })??;
+            let row = self.read_row(&session.client).await;
+            drop(session);
+            row.map_err(|e| {
+                format!(
+                    "cannot read the lock's row on {} ({}); has a run created the tables yet?",
+                    self.target,
+                    describe(&e)
+                )
+            })
+        };
+        match tokio::time::timeout(STATUS_TIMEOUT, read).await {
+            Ok(Ok(row)) => Ok(row),
+            Ok(Err(why)) => Err(io::Error::other(why)),
+            Err(_) => Err(io::Error::other(format!(
+                "the PostgreSQL server at {} did not answer within {}",
+                self.target,
+                humantime::format_duration(STATUS_TIMEOUT)
+            ))),
+        }
+    }
+}
+
+/// The connection's I/O, driven until the server or the client closes it.
+async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::debug!("the connection to the lock's database ended: {e}");
+    }
+}
+
+/// A rustls configuration that verifies the server's chain against `ca_file` and its name
+/// against the host in `postgres.connect` (rustls' WebPKI verifier does both).
+fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| format!("cannot read tls-ca-file {}: {e}", ca_file.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("tls-ca-file {}: {e}", ca_file.display()))?;
+        // A bundle may hold a certificate rustls cannot use; the others still serve.
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "tls-ca-file {} holds no usable CA certificate (PEM)",
+            ca_file.display()
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn describe_target(pg: &tokio_postgres::Config) -> String {
+    let ports = pg.get_ports();
+    pg.get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                Host::Unix(dir) => format!("{}/.s.PGSQL.{port}", dir.display()),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An error of the client, with the server's own words when it sent some.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    match std::error::Error::source(e) {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
+    }
+}
+
+/// FNV-1a of the lock name, kept to 31 bits: stable across builds and hosts (unlike std's
+/// hasher), and the same number wherever `pg_locks` shows it.
+pub fn lock_key(name: &str) -> i32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in name.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    i32::try_from(hash & 0x7fff_ffff).unwrap_or(0)
+}
+
+/// One connection to the database; the server frees the session's advisory lock when it ends.
+#[derive(Debug)]
+struct Session {
+    client: Arc<Client>,
+    /// `pg_backend_pid()` when connected: the session the row names.
+    backend: i32,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The lock's row as a reader sees it.
+#[derive(Debug, Default, Clone)]
+struct Row {
+    host: Option<String>,
+    pid: Option<i32>,
+    since: Option<SystemTime>,
+    session: Option<i32>,
+    /// The lease is still running by the database's clock.
+    live: bool,
+    /// Seconds left of the lease by the database's clock (negative once over).
+    remaining: f64,
+    slot: Option<SystemTime>,
+    ticket: Option<String>,
+    ticket_requested: Option<SystemTime>,
+    ticket_host: Option<String>,
+    ticket_pid: Option<i32>,
+    last_at: Option<SystemTime>,
+    last_host: Option<String>,
+    last_report: Option<String>,
+    /// The session the row names holds the advisory lock.
+    session_holds: bool,
+    /// Whichever session holds the advisory lock now.
+    lock_pid: Option<i32>,
+    /// Its `application_name`: `report-collector HOST:PID` for a collector.
+    lock_application: Option<String>,
+}
+
+impl Row {
+    fn holder(&self) -> Holder {
+        if !self.session_holds && self.lock_pid.is_some() {
+            // Taken, not yet written into the row (its taker is waiting out the previous
+            // lease): the session's application_name says who.
+            let (host, pid) = self
+                .lock_application
+                .as_deref()
+                .and_then(|name| name.strip_prefix("report-collector "))
+                .and_then(|who| who.rsplit_once(':'))
+                .map_or((None, None), |(host, pid)| {
+                    (Some(host.to_owned()), pid.parse().ok())
+                });
+            return Holder {
+                pid,
+                since: None,
+                host,
+                ticket: None,
+                ticket_requested: None,
+                confirmed: false,
+                show_host: true,
+            };
+        }
+        Holder {
+            pid: self.pid.and_then(|p| u32::try_from(p).ok()),
+            since: self.since.map(format_time),
+            host: self.host.clone(),
+            ticket: self.ticket.clone(),
+            ticket_requested: self.ticket_requested.map(crate::schedule::format_time_ms),
+            confirmed: self.session_holds && self.live,
+            show_host: true,
+        }
+    }
+
+    fn held(&self) -> bool {
+        self.lock_pid.is_some() || (self.live && self.session.is_some())
+    }
+
+    fn left_ticket(&self) -> Option<LeftTicket> {
+        Some(LeftTicket {
+            ticket: self.ticket.clone()?,
+            requested: self.ticket_requested,
+            by_pid: self
+                .ticket_pid
+                .or(self.pid)
+                .and_then(|p| u32::try_from(p).ok())
+                .unwrap_or(0),
+            host: self.ticket_host.clone().or_else(|| self.host.clone()),
+        })
+    }
+
+    fn remaining(&self) -> Duration {
+        Duration::try_from_secs_f64(self.remaining.max(0.0)).unwrap_or(Duration::ZERO)
+    }
+}
+
+impl RunLock for PostgresLock {
+    type Guard = HeldPostgres;
+
+    async fn acquire(&self, request: Request) -> Result<Acquired<HeldPostgres>, NotAcquired> {
+        if request.policy == Policy::Allow {
+            return Ok(Acquired {
+                guard: None,
+                previous_holder: None,
+                previous_host: None,
+                left: None,
+            });
+        }
+        let session = self
+            .open()
+            .await
+            .map_err(|why| self.unavailable(request, why))?;
+        let refused = |refusal| NotAcquired {
+            lock: self.describe(),
+            request,
+            refusal,
+        };
+        let db = |e: tokio_postgres::Error| {
+            refused(Refusal::Unavailable(format!(
+                "the PostgreSQL server at {} failed a statement: {}",
+                self.target,
+                describe(&e)
+            )))
+        };
+        let client = &session.client;
+        let started = Instant::now();
+        let wait_until = match request.policy {
+            Policy::Wait => request
+                .deadline
+                .min(crate::schedule::instant_after(started, request.lock_wait)),
+            _ => request.deadline,
+        };
+        let mut previous: Option<Holder> = None;
+        let mut ended: Option<i32> = None;
+        loop {
+            let got: bool = client
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1::int4, $2::int4)",
+                    &[&ADVISORY_CLASS, &self.key],
+                )
+                .await
+                .map_err(db)?
+                .get(0);
+            if got {
+                break;
+            }
+            let row = self.read_row(client).await.map_err(db)?;
+            let holder = row.holder();
+            if !row.live && row.session_holds && Instant::now() < request.deadline {
+                // A holder whose lease ran out by the database's clock but whose session the
+                // server still keeps: a host cut off before the keepalives gave up. Its run
+                // has stopped itself (the lease is over); its session is ended so the lock
+                // can move on.
+                if let Some(stale) = row.session {
+                    tracing::warn!(
+                        HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+                        "the lease of {holder} ran out {} ago but its database session {stale} still holds the lock; ending that session",
+                        humantime::format_duration(round_ms(
+                            Duration::try_from_secs_f64(-row.remaining).unwrap_or_default()
+                        ))
+                    );
+                    terminate(client, stale).await.map_err(db)?;
+                    previous.get_or_insert(holder);
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+            }
+            let now = Instant::now();
+            match request.policy {
+                Policy::Forbid | Policy::Allow => return Err(refused(Refusal::Busy(holder))),
+                Policy::Wait => {
+                    if previous.is_none() {
+                        tracing::info!(
+                            HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+                            "lock {} is held by {holder}; waiting up to {} for it",
+                            self.describe(),
+                            humantime::format_duration(wait_until.saturating_duration_since(now))
+                        );
+                    }
+                    previous.get_or_insert_with(|| holder.clone());
+                    if now >= wait_until {
+                        return Err(refused(Refusal::WaitTimedOut {
+                            holder,
+                            waited: started.elapsed(),
+                        }));
+                    }
+                }
+                Policy::Replace => {
+                    let earlier = matches!((row.slot, request.slot), (Some(theirs), Some(ours)) if theirs < ours);
+                    if !earlier && ended.is_none() {
+                        return Err(refused(Refusal::NotEarlier(holder)));
+                    }
+                    match row.session {
+                        Some(s) if row.session_holds && ended != Some(s) => {
+                            tracing::info!(
+                                HOLDER_PID = holder.pid.unwrap_or(0),
+                                HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+                                "policy replace: ending the run holding the lock, {holder}, by ending its database session {s}; its lease is then waited out"
+                            );
+                            terminate(client, s).await.map_err(db)?;
+                            ended = Some(s);
+                            previous.get_or_insert_with(|| holder.clone());
+                        }
+                        _ => {}
+                    }
+                    if now >= request.deadline {
+                        return Err(refused(Refusal::DeadlinePassed(holder)));
+                    }
+                }
+            }
+            tokio::time::sleep_until((now + POLL).min(wait_until.max(now))).await;
+        }
+
+        // The advisory lock is ours; the previous holder's lease may still run.
+        let taken = loop {
+            let row = self.read_row(client).await.map_err(db)?;
+            if row.live && row.session != Some(session.backend) {
+                let wait = row.remaining() + WAIT_MARGIN;
+                let holder = row.holder();
+                if Instant::now() + wait > request.deadline {
+                    let _ = client
+                        .query(
+                            "SELECT pg_advisory_unlock($1::int4, $2::int4)",
+                            &[&ADVISORY_CLASS, &self.key],
+                        )
+                        .await;
+                    return Err(refused(Refusal::LeaseOutlastsDeadline {
+                        holder,
+                        remaining: row.remaining(),
+                    }));
+                }
+                tracing::info!(
+                    HOLDER_PID = holder.pid.unwrap_or(0),
+                    HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+                    "the lock {} is free, but the lease of its last holder, {holder}, runs {} more by the database's clock: that run may still be collecting, so this one waits it out",
+                    self.describe(),
+                    humantime::format_duration(round_ms(wait))
+                );
+                previous.get_or_insert(holder);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            let sent = Instant::now();
+            let lease = self.lease.as_secs_f64();
+            let slot: Option<SystemTime> = request.slot;
+            let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+            let updated = client
+                .query_opt(
+                    "UPDATE report_collector_lock SET holder_host = $2, holder_pid = $3, \
+                     since = clock_timestamp(), session = pg_backend_pid(), \
+                     generation = generation + 1, \
+                     lease_until = clock_timestamp() + make_interval(secs => $4), slot = $5 \
+                     WHERE name = $1 AND (lease_until IS NULL OR lease_until <= clock_timestamp() \
+                       OR session = pg_backend_pid()) \
+                     RETURNING generation",
+                    &[&self.lock_name, &self.host, &pid, &lease, &slot],
+                )
+                .await
+                .map_err(db)?;
+            if let Some(r) = updated {
+                break (r.get::<_, i64>(0), sent, row);
+            }
+        };
+        let (generation, sent, row) = taken;
+        let _ = client
+            .execute(
+                "DELETE FROM report_collector_slot WHERE name = $1 \
+                 AND slot < clock_timestamp() - make_interval(days => $2)",
+                &[&self.lock_name, &SLOT_RETENTION_DAYS],
+            )
+            .await;
+        let left = row.left_ticket();
+        let previous_holder = previous.as_ref().and_then(|h| h.pid);
+        let previous_host = previous.and_then(|h| h.host);
+        let shared = Arc::new(Shared {
+            client: Arc::clone(&session.client),
+            backend: session.backend,
+            generation,
+            lock_name: self.lock_name.clone(),
+            host: self.host.clone(),
+            lease: self.lease,
+            margin: self.margin(),
+            keys: self.keys(),
+            validity: Validity::new(sent + self.lease - self.margin()),
+            slot: Mutex::new(None),
+        });
+        let renewer = tokio::spawn(renew_every(Arc::clone(&shared)));
+        Ok(Acquired {
+            guard: Some(HeldPostgres {
+                shared,
+                renewer,
+                session: Some(session),
+            }),
+            previous_holder,
+            previous_host,
+            left,
+        })
+    }
+
+    async fn holder(&self) -> io::Result<Option<Holder>> {
+        let row = self.status_row().await?;
+        Ok(row.held().then(|| row.holder()))
+    }
+
+    async fn left_ticket(&self) -> io::Result<Option<LeftTicket>> {
+        let row = self.status_row().await?;
+        Ok(if row.held() { None } else { row.left_ticket() })
+    }
+
+    async fn fleet_last_collection(&self) -> io::Result<Option<FleetCollection>> {
+        let row = self.status_row().await?;
+        Ok(row.last_at.map(|at| FleetCollection {
+            at: format_time(at),
+            host: row.last_host.unwrap_or_default(),
+            report: row.last_report.unwrap_or_default(),
+        }))
+    }
+
+    fn describe(&self) -> String {
+        format!("\"{}\" (PostgreSQL at {})", self.lock_name, self.target)
+    }
+}
+
+/// Ends a database session by its backend pid; the server checks that this role may.
+async fn terminate(client: &Client, backend: i32) -> Result<(), tokio_postgres::Error> {
+    client
+        .query("SELECT pg_terminate_backend($1)", &[&backend])
+        .await
+        .map(drop)
+}
+
+/// What the guard and its renewing task share.
+#[derive(Debug)]
+struct Shared {
+    client: Arc<Client>,
+    backend: i32,
+    generation: i64,
+    lock_name: String,
+    host: String,
+    lease: Duration,
+    margin: Duration,
+    keys: (i64, i64),
+    validity: Validity,
+    slot: Mutex<Option<SystemTime>>,
+}
+
+/// How long a holder may still act, on this process's monotonic clock: until the instant the
+/// last confirmed renewal was *sent*, plus the lease, less the margin. Once that passes, or
+/// the database says the lease is gone, it is lost for good: a renewal confirmed later does
+/// not make the run the holder again, since another host may have waited the lease out
+/// meanwhile.
+#[derive(Debug)]
+struct Validity {
+    until: Mutex<Instant>,
+    lost: Mutex<Option<String>>,
+}
+
+impl Validity {
+    fn new(until: Instant) -> Validity {
+        Validity {
+            until: Mutex::new(until),
+            lost: Mutex::new(None),
+        }
+    }
+
+    fn until(&self) -> Instant {
+        *self
+            .until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lose(&self, why: String) {
+        self.lost
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert(why);
+    }
+
+    /// `expired` words the loss when validity simply ran out.
+    fn check(&self, expired: impl FnOnce() -> String) -> Result<(), LeaseLost> {
+        let lost = self
+            .lost
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(why) = lost {
+            return Err(LeaseLost { why });
+        }
+        if Instant::now() >= self.until() {
+            let why = expired();
+            self.lose(why.clone());
+            return Err(LeaseLost { why });
+        }
+        Ok(())
+    }
+
+    /// A renewal sent at `sent` was confirmed: valid until `sent + span`, unless already lost.
+    fn confirmed(&self, sent: Instant, span: Duration, expired: impl FnOnce() -> String) {
+        if self.check(expired).is_ok() {
+            let mut until = self
+                .until
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *until = (*until).max(sent + span);
+        }
+    }
+
+    /// Completes once the lease is lost; `expired` as in [`Validity::check`].
+    async fn lost(&self, expired: impl Fn() -> String) -> LeaseLost {
+        loop {
+            if let Err(lost) = self.check(&expired) {
+                return lost;
+            }
+            // Woken at the end of validity, and between, to see a loss the database reported.
+            let next = self
+                .until()
+                .min(Instant::now() + Duration::from_millis(100));
+            tokio::time::sleep_until(next).await;
+        }
+    }
+}
+
+impl Shared {
+    fn lose(&self, why: String) {
+        self.validity.lose(why);
+    }
+
+    fn expired(&self) -> String {
+        format!(
+            "the lease of host {} on the lock \"{}\" was not confirmed for {} (lease {} less margin {}): this process was paused or cut off from the database, and another host may have taken the lock",
+            self.host,
+            self.lock_name,
+            humantime::format_duration(self.lease - self.margin),
+            humantime::format_duration(self.lease),
+            humantime::format_duration(self.margin),
+        )
+    }
+
+    fn check(&self) -> Result<(), LeaseLost> {
+        self.validity.check(|| self.expired())
+    }
+
+    /// One renewal round trip; a confirmed one moves `valid_until` on.
+    async fn renew(&self) {
+        if self.check().is_err() {
+            return;
+        }
+        let sent = Instant::now();
+        let sql = format!(
+            "UPDATE report_collector_lock SET lease_until = clock_timestamp() + make_interval(secs => $4) \
+             WHERE name = $1 AND generation = $5 AND session = pg_backend_pid() \
+             AND lease_until > clock_timestamp() \
+             AND {HOLDS} pg_backend_pid()) RETURNING pg_backend_pid()"
+        );
+        let lease = self.lease.as_secs_f64();
+        let answer = tokio::time::timeout(
+            self.lease - self.margin,
+            self.client.query_opt(
+                &sql,
+                &[
+                    &self.lock_name,
+                    &self.keys.0,
+                    &self.keys.1,
+                    &lease,
+                    &self.generation,
+                ],
+            ),
+        )
+        .await;
+        match answer {
+            Ok(Ok(Some(_))) => {
+                self.validity
+                    .confirmed(sent, self.lease - self.margin, || self.expired());
+            }
+            Ok(Ok(None)) => {
+                let why = match self
+                    .client
+                    .query_one("SELECT pg_backend_pid()", &[])
+                    .await
+                    .map(|r| r.get::<_, i32>(0))
+                {
+                    Ok(now) if now != self.backend => format!(
+                        "the database session changed under this run (backend {} became {now}): the connection goes through a pooler in transaction mode, which cannot keep a session's advisory lock; point postgres.connect at the server or at a PgBouncer pool with pool_mode = session",
+                        self.backend
+                    ),
+                    _ => format!(
+                        "the lock \"{}\" no longer gives this run (generation {}) a live lease: it ran out by the database's clock, or another host took the lock",
+                        self.lock_name, self.generation
+                    ),
+                };
+                self.lose(why);
+            }
+            Ok(Err(e)) if self.client.is_closed() => self.lose(format!(
+                "the database session of this run ended ({}): another host or an operator ended it, or the server went away",
+                describe(&e)
+            )),
+            Ok(Err(e)) => {
+                tracing::warn!("cannot renew the lease of the lock \"{}\": {}", self.lock_name, describe(&e));
+            }
+            Err(_) => tracing::warn!(
+                "the database did not confirm the lease of the lock \"{}\" in time",
+                self.lock_name
+            ),
+        }
+    }
+
+    /// A guarded write of the row: only while this run is still the holder.
+    async fn write(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> io::Result<()> {
+        let done = tokio::time::timeout(STATUS_TIMEOUT, self.client.execute(sql, params))
+            .await
+            .map_err(|_| io::Error::other("the database did not answer in time"))?
+            .map_err(|e| io::Error::other(describe(&e)))?;
+        if done == 0 {
+            return Err(io::Error::other(
+                "the lock's row no longer names this run (its lease was lost)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+async fn renew_every(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(shared.lease / 3).await;
+        shared.renew().await;
+        if shared.check().is_err() {
+            return;
+        }
+    }
+}
+
+/// The shared lock while this run holds it.
+#[derive(Debug)]
+pub struct HeldPostgres {
+    shared: Arc<Shared>,
+    renewer: JoinHandle<()>,
+    session: Option<Session>,
+}
+
+impl HeldPostgres {
+    /// The fencing token this holder took.
+    pub fn generation(&self) -> i64 {
+        self.shared.generation
+    }
+}
+
+impl Drop for HeldPostgres {
+    fn drop(&mut self) {
+        // Dropped without `release` (a panic): the session's end frees the advisory lock, and
+        // the lease runs out by itself.
+        self.renewer.abort();
+    }
+}
+
+impl LockGuard for HeldPostgres {
+    async fn set_ticket(&self, ticket: &str, requested: SystemTime) -> io::Result<()> {
+        let s = &self.shared;
+        let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        s.write(
+            "UPDATE report_collector_lock SET ticket = $3, ticket_requested = $4, \
+             ticket_host = $5, ticket_pid = $6 \
+             WHERE name = $1 AND generation = $2 AND session = pg_backend_pid()",
+            &[
+                &s.lock_name,
+                &s.generation,
+                &ticket,
+                &requested,
+                &s.host,
+                &pid,
+            ],
+        )
+        .await
+    }
+
+    async fn finish_ticket(&self) -> io::Result<()> {
+        let s = &self.shared;
+        s.write(
+            "UPDATE report_collector_lock SET ticket = NULL, ticket_requested = NULL, \
+             ticket_host = NULL, ticket_pid = NULL \
+             WHERE name = $1 AND generation = $2 AND session = pg_backend_pid()",
+            &[&s.lock_name, &s.generation],
+        )
+        .await
+    }
+
+    async fn claim_slot(&self, slot: SystemTime) -> io::Result<Result<(), SlotTaken>> {
+        let s = &self.shared;
+        let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        let claim = async {
+            let claimed = s
+                .client
+                .query_opt(
+                    "INSERT INTO report_collector_slot (name, slot, host, pid, generation) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, slot) DO NOTHING RETURNING 1",
+                    &[&s.lock_name, &slot, &s.host, &pid, &s.generation],
+                )
+                .await?;
+            if claimed.is_some() {
+                return Ok(Ok(()));
+            }
+            let by = s
+                .client
+                .query_opt(
+                    "SELECT host, pid FROM report_collector_slot WHERE name = $1 AND slot = $2",
+                    &[&s.lock_name, &slot],
+                )
+                .await?;
+            Ok(Err(match by {
+                Some(r) => SlotTaken {
+                    host: r.get(0),
+                    pid: u32::try_from(r.get::<_, i32>(1)).unwrap_or(0),
+                },
+                None => SlotTaken {
+                    host: "(unknown)".to_owned(),
+                    pid: 0,
+                },
+            }))
+        };
+        let result = tokio::time::timeout(STATUS_TIMEOUT, claim)
+            .await
+            .map_err(|_| io::Error::other("the database did not answer in time"))?
+            .map_err(|e: tokio_postgres::Error| io::Error::other(describe(&e)))?;
+        if result.is_ok() {
+            *s.slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(slot);
+        }
+        Ok(result)
+    }
+
+    async fn lease_lost(&self) -> LeaseLost {
+        self.shared.validity.lost(|| self.shared.expired()).await
+    }
+
+    async fn confirm(&self) -> Result<(), LeaseLost> {
+        self.shared.check()?;
+        self.shared.renew().await;
+        self.shared.check()
+    }
+
+    fn still_valid(&self) -> Result<(), LeaseLost> {
+        self.shared.check()
+    }
+
+    async fn release(mut self, collected: Option<Collection<'_>>) {
+        self.renewer.abort();
+        let s = Arc::clone(&self.shared);
+        let report = collected.as_ref().map(|c| {
+            c.report
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        let at = collected.as_ref().map(|c| c.at);
+        let slot = *s
+            .slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let release = async {
+            if let (Some(at), Some(slot)) = (at, slot) {
+                s.client
+                    .execute(
+                        "UPDATE report_collector_slot SET collected_at = $4 \
+                         WHERE name = $1 AND slot = $2 AND generation = $3",
+                        &[&s.lock_name, &slot, &s.generation, &at],
+                    )
+                    .await?;
+            }
+            s.client
+                .execute(
+                    "UPDATE report_collector_lock SET holder_host = NULL, holder_pid = NULL, \
+                     since = NULL, session = NULL, lease_until = NULL, slot = NULL, \
+                     last_collected_at = COALESCE($3, last_collected_at), \
+                     last_collected_host = CASE WHEN $3::timestamptz IS NULL THEN last_collected_host ELSE $4 END, \
+                     last_report = COALESCE($5, last_report) \
+                     WHERE name = $1 AND generation = $2 AND session = pg_backend_pid()",
+                    &[&s.lock_name, &s.generation, &at, &s.host, &report],
+                )
+                .await?;
+            s.client
+                .query(
+                    "SELECT pg_advisory_unlock($1::int4, $2::int4)",
+                    &[&ADVISORY_CLASS, &i32::try_from(s.keys.1).unwrap_or(0)],
+                )
+                .await
+                .map(drop)
+        };
+        match tokio::time::timeout(STATUS_TIMEOUT, release).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(
+                "cannot release the lock \"{}\" cleanly: {}; its lease runs out by itself",
+                s.lock_name,
+                describe(&e)
+            ),
+            Err(_) => tracing::warn!(
+                "the database did not answer the release of the lock \"{}\"; its lease runs out by itself",
+                s.lock_name
+            ),
+        }
+        drop(self.session.take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_key_is_stable_and_positive() {
+        assert_eq!(lock_key("report-collector"), lock_key("report-collector"));
+        assert_ne!(lock_key("report-collector"), lock_key("other-fleet"));
+        for name in ["", "a", "report-collector", "ünïcode"] {
+            assert!(lock_key(name) >= 0);
+        }
+    }
+
+    fn expired() -> String {
+        "expired".to_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn validity_runs_from_when_the_renewal_was_sent_and_once_lost_stays_lost() {
+        let lease = Duration::from_secs(15);
+        let span = lease - lease / 5;
+        let start = Instant::now();
+        let validity = Validity::new(start + span);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // A renewal sent at 5 s and confirmed 3 s later counts from 5 s, not 8 s.
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        validity.confirmed(sent, span, expired);
+        assert_eq!(validity.until(), sent + span);
+        // The run stops exactly when that validity ends, not a lease after the confirmation.
+        let lost = validity.lost(expired).await;
+        assert_eq!(lost.why, "expired");
+        assert_eq!(start.elapsed(), Duration::from_secs(5) + span);
+        // A renewal confirmed now (a paused process, continued) does not revive it.
+        validity.confirmed(Instant::now(), span, expired);
+        assert!(validity.check(expired).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_loss_the_database_reports_stops_the_run_within_a_tick() {
+        let validity = Validity::new(Instant::now() + Duration::from_secs(12));
+        let start = Instant::now();
+        let (lost, ()) = tokio::join!(validity.lost(expired), async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            validity.lose("session ended".to_owned());
+        });
+        assert_eq!(lost.why, "session ended");
+        assert!(start.elapsed() <= Duration::from_millis(2100));
+    }
+
+    #[test]
+    fn a_taker_not_yet_in_the_row_is_named_by_its_session() {
+        let row = Row {
+            host: Some("old-host".into()),
+            pid: Some(7),
+            session: Some(100),
+            session_holds: false,
+            lock_pid: Some(200),
+            lock_application: Some("report-collector host-b:4242".into()),
+            ..Row::default()
+        };
+        let holder = row.holder();
+        assert_eq!(holder.host.as_deref(), Some("host-b"));
+        assert_eq!(holder.pid, Some(4242));
+        assert!(row.held());
+        assert_eq!(
+            holder.to_string(),
+            "pid 4242 on host host-b since an unknown time with ticket (none yet)"
+        );
+
+        let free = Row {
+            ticket: Some("left_0".into()),
+            ticket_pid: Some(9),
+            ticket_host: Some("host-a".into()),
+            ..Row::default()
+        };
+        assert!(!free.held());
+        let left = free.left_ticket().unwrap();
+        assert_eq!((left.by_pid, left.host.as_deref()), (9, Some("host-a")));
+    }
+
+    #[test]
+    fn a_socket_host_is_named_by_its_socket_path() {
+        let config = PostgresConfig {
+            connect: "host=/tmp user=x dbname=y".to_owned(),
+            tls: Tls::Disable,
+            ..PostgresConfig::default()
+        };
+        let lock = PostgresLock::from_config(&config).unwrap();
+        assert_eq!(lock.target, "/tmp/.s.PGSQL.5432");
+        assert!(lock.describe().contains("report-collector"));
+    }
+}

@@ -1,0 +1,791 @@
+//! The PostgreSQL lock against a real server: a throw-away cluster in a temp directory (Unix
+//! socket only), the role and schema created as the README tells an operator to, and the real
+//! collector binary as several "hosts" (each its own `host-name`, state and report directory).
+//!
+//! Needs root (the cluster runs as user postgres, through runuser) and the PostgreSQL 15
+//! binaries; without them the cluster tests print why and pass. CI runs as root.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+use util::*;
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Short, so the tests wait out leases in seconds.
+const LEASE: Duration = Duration::from_secs(3);
+
+/// A cluster of its own, stopped and deleted however the test ends.
+struct Cluster {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Cluster {
+    /// `None` (with a notice) where a cluster cannot be started here.
+    fn start() -> Option<Cluster> {
+        Cluster::start_with("", |_| {})
+    }
+
+    /// A cluster started with the server options `options`, after `prepare` has put what
+    /// they name into its directory (owned by postgres).
+    fn start_with(options: &str, prepare: impl FnOnce(&Path)) -> Option<Cluster> {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!(
+                "SKIPPED: the PostgreSQL tests need root (the cluster runs as user postgres)"
+            );
+            return None;
+        }
+        if !Path::new(BIN).join("postgres").exists() {
+            eprintln!("SKIPPED: no PostgreSQL 15 binaries in {BIN}");
+            return None;
+        }
+        let Ok(Some(user)) = nix::unistd::User::from_name("postgres") else {
+            eprintln!("SKIPPED: no user postgres");
+            return None;
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("rc-pg")
+            .tempdir_in("/tmp")
+            .unwrap();
+        prepare(dir.path());
+        chown_tree(dir.path(), &user);
+        // A port of its own per test process, for the socket's name only.
+        let port = 20_000 + u16::try_from(std::process::id() % 20_000).unwrap();
+        let cluster = Cluster { dir, port };
+        let data = cluster.data();
+        as_postgres(&[
+            &format!("{BIN}/initdb"),
+            "-D",
+            &data,
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ]);
+        as_postgres(&[
+            &format!("{BIN}/pg_ctl"),
+            "-D",
+            &data,
+            "-o",
+            &format!(
+                "-k {} -c listen_addresses='' -p {} -c fsync=off {}",
+                cluster.socket_dir(),
+                cluster.port,
+                options.replace("{dir}", &cluster.socket_dir())
+            ),
+            "-l",
+            &format!("{}/log", cluster.socket_dir()),
+            "-w",
+            "start",
+        ]);
+        // What the README tells an operator to run (PostgreSQL 15: no role creates in
+        // public by default, so the collector gets a schema of its own).
+        cluster.psql("postgres", "CREATE ROLE report_collector LOGIN");
+        cluster.psql("postgres", "CREATE DATABASE fleet");
+        cluster.psql(
+            "fleet",
+            "CREATE SCHEMA report_collector AUTHORIZATION report_collector; \
+             ALTER ROLE report_collector IN DATABASE fleet SET search_path = report_collector;",
+        );
+        Some(cluster)
+    }
+
+    fn socket_dir(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    fn data(&self) -> String {
+        format!("{}/data", self.socket_dir())
+    }
+
+    fn connect(&self) -> String {
+        format!(
+            "host={} port={} user=report_collector dbname=fleet",
+            self.socket_dir(),
+            self.port
+        )
+    }
+
+    /// Runs `sql` as the superuser; returns the rows, `|`-separated.
+    fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--", "psql", "-X", "-A", "-t", "-q"])
+            .args(["-v", "ON_ERROR_STOP=1", "-h", &self.socket_dir()])
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db])
+            .args(["-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// One column of the lock's row `name`.
+    fn row(&self, name: &str, column: &str) -> String {
+        self.psql(
+            "fleet",
+            &format!(
+                "SELECT {column} FROM report_collector.report_collector_lock WHERE name = '{name}'"
+            ),
+        )
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--", &format!("{BIN}/pg_ctl")])
+            .args(["-D", &self.data(), "-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+fn chown_tree(path: &Path, user: &nix::unistd::User) {
+    nix::unistd::chown(path, Some(user.uid), Some(user.gid)).unwrap();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), user);
+        }
+    }
+}
+
+fn as_postgres(args: &[&str]) {
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A collector on "host" `host`: its own directory, sharing the lock `lock_name`.
+fn host(
+    cluster: &Cluster,
+    server_url: &str,
+    host: &str,
+    lock_name: &str,
+    extra: &[(&str, &str)],
+) -> Setup {
+    let mut keys = vec![
+        ("lock-backend", "\"postgres\""),
+        ("deadline", "\"40s\""),
+        ("poll-interval", "\"100ms\""),
+    ];
+    keys.extend_from_slice(extra);
+    let setup = Setup::new(server_url, &keys);
+    let table = format!(
+        "\n[postgres]\nconnect = {:?}\nhost-name = {host:?}\nlock-name = {lock_name:?}\nlease = \"{}s\"\ntls = \"disable\"\n",
+        cluster.connect(),
+        LEASE.as_secs()
+    );
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(&table);
+    std::fs::write(&setup.config, text).unwrap();
+    setup
+}
+
+/// Waits until the row `lock_name` names `host` as holder (with a ticket, if asked).
+fn wait_for_row(cluster: &Cluster, lock_name: &str, host: &str, with_ticket: bool) {
+    let start = Instant::now();
+    loop {
+        let row = cluster.row(lock_name, "holder_host || '|' || COALESCE(ticket, '')");
+        let mut parts = row.split('|');
+        if parts.next() == Some(host)
+            && (!with_ticket || parts.next().is_some_and(|t| !t.is_empty()))
+        {
+            return;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "{host} never held {lock_name}: {row:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn reports(setup: &Setup) -> Vec<String> {
+    setup
+        .report_files()
+        .into_iter()
+        .filter(|n| report_collector::store::is_report_name(n))
+        .collect()
+}
+
+fn modified(dir: &Path, name: &str) -> SystemTime {
+    std::fs::metadata(PathBuf::from(dir).join(name))
+        .unwrap()
+        .modified()
+        .unwrap()
+}
+
+fn unix(at: &str) -> SystemTime {
+    let secs: f64 = at.parse().unwrap();
+    SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs)
+}
+
+/// One series of report-apis' `/metrics`, over a plain HTTP/1.0 request.
+fn metric(url: &str, name: &str) -> f64 {
+    use std::io::{Read as _, Write as _};
+    let addr = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn spawn_manual(setup: &Setup) -> Child {
+    setup.spawn(&["--trigger", "manual"])
+}
+
+/// One cluster for every scenario (a cluster takes seconds to start); each scenario uses a
+/// lock name of its own, as separate fleets sharing one database do.
+#[test]
+fn the_postgres_lock_against_a_real_server() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let fast = ApiServer::fast();
+
+    // First use: four hosts at once, no tables yet. Each run either collects or skips for
+    // the lock; none fails creating the schema.
+    let runs: Vec<(Setup, Child)> = (0..4)
+        .map(|i| {
+            let setup = host(&cluster, &fast.url, &format!("host-{i}"), "first-use", &[]);
+            let child = spawn_manual(&setup);
+            (setup, child)
+        })
+        .collect();
+    let mut collected = 0;
+    for (setup, child) in runs {
+        let done = finish(child);
+        assert!(
+            matches!(done.code, Some(0 | 75)),
+            "first use: {:?} {}",
+            done.code,
+            done.stderr
+        );
+        if done.code == Some(0) {
+            collected += 1;
+            assert_eq!(reports(&setup).len(), 1);
+        }
+    }
+    assert!(collected >= 1, "no run collected on first use");
+    assert_eq!(
+        cluster.psql(
+            "fleet",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'report_collector'"
+        ),
+        "2"
+    );
+
+    // forbid: a run on host-b skips, naming host-a; status names it too.
+    let slow = ApiServer::slow(Duration::from_secs(3));
+    let a = host(&cluster, &slow.url, "host-a", "forbid", &[]);
+    let b = host(&cluster, &slow.url, "host-b", "forbid", &[]);
+    let holder = spawn_manual(&a);
+    wait_for_row(&cluster, "forbid", "host-a", true);
+    let skipped = b.run(&["--trigger", "manual"]);
+    assert_eq!(skipped.code, Some(75), "{}", skipped.stderr);
+    assert!(
+        skipped
+            .stderr
+            .contains(&format!("pid {} on host host-a", holder.id())),
+        "{}",
+        skipped.stderr
+    );
+    assert!(
+        skipped.stderr.contains("HOLDER_HOST=\"host-a\""),
+        "{}",
+        skipped.stderr
+    );
+    let status = Command::new(env!("CARGO_BIN_EXE_report-collector"))
+        .args(["--config", b.config.to_str().unwrap(), "status"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains(&format!("held by pid {} on host host-a", holder.id())),
+        "{text}"
+    );
+    let json = Command::new(env!("CARGO_BIN_EXE_report-collector"))
+        .args(["--config", b.config.to_str().unwrap(), "status", "--json"])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["lock"]["host"], "host-a", "{json}");
+    assert_eq!(json["lock"]["backend"], "postgres", "{json}");
+
+    // wait: host-b waits for host-a's run and then collects.
+    let waiting = host(
+        &cluster,
+        &slow.url,
+        "host-b",
+        "forbid",
+        &[("policy", "\"wait\"")],
+    );
+    let waited = waiting.run(&["--trigger", "manual"]);
+    assert_eq!(waited.code, Some(0), "{}", waited.stderr);
+    assert!(waited.stderr.contains("waiting up to"), "{}", waited.stderr);
+    let first = finish(holder);
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    // The fleet's last collection is in the row, for status on any host.
+    let status = Command::new(env!("CARGO_BIN_EXE_report-collector"))
+        .args(["--config", a.config.to_str().unwrap(), "status"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("fleet:    last collection"), "{text}");
+    assert!(text.contains("by host host-b"), "{text}");
+
+    // replace: a run of a later slot ends the holder through the database and waits out its
+    // lease; the ended holder saves nothing and exits 79.
+    let very_slow = ApiServer::slow(Duration::from_secs(30));
+    let a = host(
+        &cluster,
+        &very_slow.url,
+        "host-a",
+        "replace",
+        &[("schedule-period", "\"1s\"")],
+    );
+    let b = host(
+        &cluster,
+        &fast.url,
+        "host-b",
+        "replace",
+        &[("schedule-period", "\"1s\""), ("policy", "\"replace\"")],
+    );
+    let holder = spawn_manual(&a);
+    wait_for_row(&cluster, "replace", "host-a", true);
+    std::thread::sleep(Duration::from_millis(1100));
+    let started = Instant::now();
+    let replaced = b.run(&["--trigger", "manual"]);
+    assert_eq!(replaced.code, Some(0), "{}", replaced.stderr);
+    assert!(
+        replaced.stderr.contains("by ending its database session"),
+        "{}",
+        replaced.stderr
+    );
+    assert!(
+        started.elapsed() >= LEASE / 2,
+        "the lease was not waited out: {:?}",
+        started.elapsed()
+    );
+    eprintln!(
+        "replace: the later slot's run collected {:.3}s after it started (lease {}s)",
+        started.elapsed().as_secs_f64(),
+        LEASE.as_secs()
+    );
+    let ended = finish(holder);
+    assert_eq!(ended.code, Some(79), "{}", ended.stderr);
+    assert!(reports(&a).is_empty(), "{:?}", reports(&a));
+    assert_eq!(reports(&b).len(), 1);
+
+    // A paused holder whose session the server dropped: the advisory lock is free at once,
+    // but the next holder waits out the lease by the database's clock, and the paused one,
+    // continued, saves nothing and exits 79.
+    let a = host(&cluster, &very_slow.url, "host-a", "paused", &[]);
+    let b = host(&cluster, &fast.url, "host-b", "paused", &[]);
+    let paused = spawn_manual(&a);
+    wait_for_row(&cluster, "paused", "host-a", true);
+    signal(&paused, Signal::SIGSTOP);
+    let lease_until = unix(&cluster.row("paused", "extract(epoch from lease_until)"));
+    cluster.psql(
+        "fleet",
+        "SELECT pg_terminate_backend(session) FROM report_collector.report_collector_lock WHERE name = 'paused'",
+    );
+    let freed = SystemTime::now();
+    let next = b.run(&["--trigger", "manual"]);
+    assert_eq!(next.code, Some(0), "{}", next.stderr);
+    assert!(next.stderr.contains("waits it out"), "{}", next.stderr);
+    let saved = reports(&b);
+    assert_eq!(saved.len(), 1);
+    let saved_at = modified(&b.reports, &saved[0]);
+    assert!(
+        saved_at > lease_until,
+        "collected before the paused holder's lease ended"
+    );
+    eprintln!(
+        "paused holder: its session ended {:.3}s before its lease end; the next host saved {:.3}s after the lease end",
+        lease_until
+            .duration_since(freed)
+            .unwrap_or_default()
+            .as_secs_f64(),
+        saved_at.duration_since(lease_until).unwrap().as_secs_f64()
+    );
+    signal(&paused, Signal::SIGCONT);
+    let continued = finish(paused);
+    assert_eq!(continued.code, Some(79), "{}", continued.stderr);
+    assert!(
+        continued.stderr.contains("stopped without saving anything"),
+        "{}",
+        continued.stderr
+    );
+    assert!(reports(&a).is_empty());
+
+    // A holder cut off (here: stopped) whose session the server keeps: once its lease has
+    // ended by the database's clock, the next host ends that session itself and collects.
+    let a = host(&cluster, &very_slow.url, "host-a", "stale", &[]);
+    let b = host(&cluster, &fast.url, "host-b", "stale", &[]);
+    let stale = spawn_manual(&a);
+    wait_for_row(&cluster, "stale", "host-a", true);
+    signal(&stale, Signal::SIGSTOP);
+    let session = cluster.row("stale", "session");
+    std::thread::sleep(LEASE + Duration::from_millis(200));
+    let next = b.run(&["--trigger", "manual"]);
+    assert_eq!(next.code, Some(0), "{}", next.stderr);
+    assert!(
+        next.stderr.contains(&format!(
+            "its database session {session} still holds the lock; ending that session"
+        )),
+        "{}",
+        next.stderr
+    );
+    signal(&stale, Signal::SIGCONT);
+    let continued = finish(stale);
+    assert_eq!(continued.code, Some(79), "{}", continued.stderr);
+    assert!(reports(&a).is_empty());
+
+    // Never two collections at once: four hosts under `wait`, started together, collect one
+    // after the other; the server never sees two of their tickets pending.
+    let paced = ApiServer::slow(Duration::from_millis(300));
+    let runs: Vec<(Setup, Child)> = (0..4)
+        .map(|i| {
+            let setup = host(
+                &cluster,
+                &paced.url,
+                &format!("host-{i}"),
+                "overlap",
+                &[("policy", "\"wait\"")],
+            );
+            let child = spawn_manual(&setup);
+            (setup, child)
+        })
+        .collect();
+    for (_setup, child) in runs {
+        let done = finish(child);
+        assert_eq!(done.code, Some(0), "{}", done.stderr);
+    }
+    assert_eq!(metric(&paced.url, "report_apis_tickets_issued_total"), 4.0);
+    assert_eq!(
+        metric(&paced.url, "report_apis_tickets_pending_peak"),
+        1.0,
+        "two hosts collected at once"
+    );
+
+    // Each slot once across hosts: host-b's timer run of the slot host-a collected skips,
+    // naming host-a.
+    let a = host(
+        &cluster,
+        &fast.url,
+        "host-a",
+        "slots",
+        &[("schedule-period", "\"1h\"")],
+    );
+    let b = host(
+        &cluster,
+        &fast.url,
+        "host-b",
+        "slots",
+        &[("schedule-period", "\"1h\"")],
+    );
+    let first = a.run(&["--trigger", "timer"]);
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    let second = b.run(&["--trigger", "timer"]);
+    assert_eq!(second.code, Some(75), "{}", second.stderr);
+    assert!(
+        second.stderr.contains("already taken by host host-a"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second.stderr.contains("SKIP=\"slot-taken\""),
+        "{}",
+        second.stderr
+    );
+    // A run started by hand claims nothing.
+    let by_hand = b.run(&["--trigger", "manual"]);
+    assert_eq!(by_hand.code, Some(0), "{}", by_hand.stderr);
+
+    // A ticket left by a holder killed on host-a is resumed on host-b, after its lease.
+    let generating = ApiServer::slow(Duration::from_secs(4));
+    let a = host(&cluster, &generating.url, "host-a", "resume", &[]);
+    let b = host(&cluster, &generating.url, "host-b", "resume", &[]);
+    let killed = spawn_manual(&a);
+    wait_for_row(&cluster, "resume", "host-a", true);
+    let ticket = cluster.row("resume", "ticket");
+    signal(&killed, Signal::SIGKILL);
+    let _ = finish(killed);
+    let started = Instant::now();
+    let resumed = b.run(&["--trigger", "manual"]);
+    eprintln!(
+        "killed holder: the other host's run took {:.3}s (lease {}s, then the report's generation)",
+        started.elapsed().as_secs_f64(),
+        LEASE.as_secs()
+    );
+    assert_eq!(resumed.code, Some(0), "{}", resumed.stderr);
+    assert!(
+        resumed
+            .stderr
+            .contains(&format!("resuming ticket {ticket}")),
+        "{}",
+        resumed.stderr
+    );
+    assert!(reports(&b)[0].contains(&ticket), "{:?}", reports(&b));
+    assert_eq!(cluster.row("resume", "COALESCE(ticket, '')"), "");
+}
+
+/// Fail closed: no database, no collection, exit 69, and a line naming where it looked.
+#[test]
+fn an_unreachable_database_fails_closed_with_exit_69() {
+    let fast = ApiServer::fast();
+    let setup = Setup::new(&fast.url, &[("lock-backend", "\"postgres\"")]);
+    let dir = setup.dir.path().display().to_string();
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(&format!(
+        "\n[postgres]\nconnect = \"host={dir} port=1 user=report_collector dbname=fleet\"\nconnect-timeout = \"1s\"\n"
+    ));
+    std::fs::write(&setup.config, text).unwrap();
+    let run = setup.run(&["--trigger", "manual"]);
+    assert_eq!(run.code, Some(69), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "cannot connect to the PostgreSQL server at {dir}/.s.PGSQL.1"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(reports(&setup).is_empty());
+    let status = setup.command(&["status"]).output().unwrap();
+    assert_eq!(status.status.code(), Some(69));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("cannot read the lock"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+}
+
+/// Secrets: never in the configuration file, never in a file others may read.
+#[test]
+fn passwords_stay_out_of_the_config_and_out_of_readable_files() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let setup = Setup::new("http://127.0.0.1:1", &[("lock-backend", "\"postgres\"")]);
+    let base = std::fs::read_to_string(&setup.config).unwrap();
+    let write = |table: &str| {
+        std::fs::write(&setup.config, format!("{base}\n[postgres]\n{table}")).unwrap()
+    };
+
+    write("connect = \"host=/tmp user=u password=secret dbname=d\"\n");
+    let out = setup.command(&["check-config"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("key `postgres.connect`") && err.contains("password"),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "{err}");
+
+    let file = setup.dir.path().join("pw");
+    std::fs::write(&file, "secret\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    write(&format!(
+        "connect = \"host=/tmp user=u dbname=d\"\npassword-file = {:?}\n",
+        file.display().to_string()
+    ));
+    let out = setup.command(&["check-config"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("chmod 600"), "{err}");
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = setup.command(&["check-config"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("secret"));
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`NAME.pem`, `NAME.key`) that signs `server.pem` for DNS name `localhost` only.
+fn make_ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}
+
+/// TLS as `tls = "verify-full"` promises: the chain checked against `tls-ca-file`, and the
+/// server's name against the host in `connect`; a failure of either is exit 69.
+#[test]
+fn verify_full_checks_the_chain_and_the_host_name() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("SKIPPED: no openssl to make certificates");
+        return;
+    }
+    let Some(cluster) = Cluster::start_with(
+        "-c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file={dir}/server.pem -c ssl_key_file={dir}/server.key",
+        |dir| {
+            make_ca(dir, "ca");
+            make_ca(dir, "other-ca");
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=localhost",
+                ],
+            );
+            std::fs::write(
+                dir.join("server.ext"),
+                "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            )
+            .unwrap();
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    "server.csr",
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-out",
+                    "server.pem",
+                    "-extfile",
+                    "server.ext",
+                ],
+            );
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(
+                dir.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+        },
+    ) else {
+        return;
+    };
+    // Over TCP the role logs in with a password (SCRAM), as in production.
+    cluster.psql("postgres", "CREATE ROLE rc LOGIN PASSWORD 'pw-secret'");
+    cluster.psql("postgres", "CREATE DATABASE rc OWNER rc");
+    std::fs::write(
+        format!("{}/pg_hba.conf", cluster.data()),
+        "local all postgres trust\nhostssl rc rc 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    cluster.psql("postgres", "SELECT pg_reload_conf()");
+    let fast = ApiServer::fast();
+    let dir = cluster.socket_dir();
+    let port = cluster.port;
+    let run_with = |host: &str, ca: &str, password: &str| {
+        use std::os::unix::fs::PermissionsExt as _;
+        let setup = Setup::new(&fast.url, &[("lock-backend", "\"postgres\"")]);
+        let secret = setup.dir.path().join("password");
+        std::fs::write(&secret, format!("{password}\n")).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut text = std::fs::read_to_string(&setup.config).unwrap();
+        text.push_str(&format!(
+            "\n[postgres]\nconnect = \"host={host} port={port} user=rc dbname=rc\"\ntls-ca-file = \"{dir}/{ca}.pem\"\nconnect-timeout = \"3s\"\npassword-file = {:?}\n",
+            secret.display().to_string()
+        ));
+        std::fs::write(&setup.config, text).unwrap();
+        setup.run(&["--trigger", "manual"])
+    };
+    let run = |host: &str, ca: &str| run_with(host, ca, "pw-secret");
+    let verified = run("localhost", "ca");
+    assert_eq!(verified.code, Some(0), "{}", verified.stderr);
+    let wrong_password = run_with("localhost", "ca", "not-it");
+    assert_eq!(wrong_password.code, Some(69), "{}", wrong_password.stderr);
+    assert!(
+        wrong_password
+            .stderr
+            .contains("password authentication failed"),
+        "{}",
+        wrong_password.stderr
+    );
+    let wrong_name = run("127.0.0.1", "ca");
+    assert_eq!(wrong_name.code, Some(69), "{}", wrong_name.stderr);
+    assert!(
+        wrong_name.stderr.contains("certificate"),
+        "{}",
+        wrong_name.stderr
+    );
+    let wrong_ca = run("localhost", "other-ca");
+    assert_eq!(wrong_ca.code, Some(69), "{}", wrong_ca.stderr);
+    assert!(
+        wrong_ca.stderr.contains("certificate"),
+        "{}",
+        wrong_ca.stderr
+    );
+    eprintln!(
+        "verify-full: name mismatch -> {}",
+        wrong_name
+            .stderr
+            .lines()
+            .find(|l| l.contains("certificate"))
+            .unwrap_or("")
+    );
+}
