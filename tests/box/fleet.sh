@@ -258,6 +258,18 @@ fleet_kill_holder() {
         fail "slot after the kill: want $survivor to collect; its decision: ${out:-none}"
         journal_text "$survivor" -t report-collector --since "@$next" | show
     fi
+    # The dead holder's session outlived its lease (no keepalive answer yet): the survivor
+    # ended it, saying so.
+    local ended
+    ended=$(journal_text "$survivor" -t report-collector --since "@$next" \
+        --grep "lease of .*$holder.* ran out .* ending that session" | head -n 1)
+    if [[ -n $ended ]]; then
+        pass "slot after the kill: $survivor ended the dead holder's database session once its lease had run out"
+        echo "$ended" | show
+    else
+        fail "slot after the kill: no journal line of $survivor ending $holder's session"
+        journal_text "$survivor" -t report-collector --since "@$next" | show
+    fi
 }
 
 # fleet_ns_of BOX: the host namespace BOX was booted in.
