@@ -1,0 +1,227 @@
+//! The checks over every round, and the figures printed at the end.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use crate::evidence::{self, Activity, RunFacts, TakeOver};
+use crate::faults::Fault;
+use crate::logline::Kind;
+use crate::round::RoundResult;
+use crate::runs::{Exit, RunResult};
+
+#[derive(Debug, Default)]
+pub struct Figures {
+    pub rounds: usize,
+    pub faults: BTreeMap<Fault, usize>,
+    /// Faults that found the holder already gone (not counted above).
+    pub missed: usize,
+    pub collections: usize,
+    pub skips: usize,
+    pub other_exits: BTreeMap<String, usize>,
+    pub overlaps: usize,
+    pub slots_twice: usize,
+    pub tickets_twice: usize,
+    pub take_overs: Vec<Duration>,
+    pub by_holder: usize,
+    /// Every failed check, naming its round and evidence.
+    pub failures: Vec<String>,
+}
+
+fn name(r: &RoundResult, run: &RunResult) -> String {
+    format!("round {} h{}", r.index, run.host + 1)
+}
+
+fn collected(run: &RunResult) -> bool {
+    run.lines
+        .iter()
+        .any(|l| matches!(&l.kind, Kind::Decision(d) if d.collected()))
+}
+
+fn decision_slot(run: &RunResult) -> Option<String> {
+    run.lines.iter().find_map(|l| match &l.kind {
+        Kind::Decision(d) if d.collected() => d.slot.clone(),
+        _ => None,
+    })
+}
+
+/// The run's actions against the report server: its start and action lines, and the decision
+/// line of a collection (the save came just before it).
+fn activity(r: &RoundResult, run: &RunResult) -> Activity {
+    let actions = run
+        .lines
+        .iter()
+        .filter(|l| match &l.kind {
+            Kind::Start | Kind::Action => true,
+            Kind::Decision(d) => d.collected(),
+            Kind::Other => false,
+        })
+        .map(|l| l.at)
+        .collect();
+    let stopped = r
+        .injected
+        .iter()
+        .filter(|i| i.host == run.host)
+        .filter_map(|i| i.stopped)
+        .collect();
+    Activity {
+        run: name(r, run),
+        actions,
+        stopped,
+    }
+}
+
+pub fn stamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// The one-line account of a round.
+pub fn describe(r: &RoundResult) -> String {
+    let mut s = format!(
+        "round {} slot {} fault {}",
+        r.index,
+        humantime::format_rfc3339_seconds(r.slot),
+        r.plan.fault.name()
+    );
+    match &r.injected {
+        Some(i) => {
+            let _ = write!(s, " on h{} at {}", i.host + 1, stamp(i.at));
+            if matches!(i.fault, Fault::Stop | Fault::Partition) {
+                let _ = write!(s, " for {}", humantime::format_duration(r.plan.hold));
+            }
+            if !i.note.is_empty() {
+                let _ = write!(s, " ({})", i.note);
+            }
+        }
+        None => s.push_str(" (no holder: nobody collected)"),
+    }
+    s.push_str(" |");
+    for run in &r.runs {
+        let what = if collected(run) {
+            "collected"
+        } else {
+            match run.exit {
+                Exit::Code(75) => "skipped",
+                _ => "",
+            }
+        };
+        let _ = write!(s, " h{} {} {};", run.host + 1, run.exit, what);
+    }
+    s.trim_end_matches(';').to_owned()
+}
+
+pub fn judge(rounds: &[RoundResult], bound: Duration) -> Figures {
+    let mut f = Figures {
+        rounds: rounds.len(),
+        ..Figures::default()
+    };
+    let mut activities = Vec::new();
+    let mut slots: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut files = Vec::new();
+    for r in rounds {
+        for run in &r.runs {
+            activities.push(activity(r, run));
+            if collected(run) {
+                f.collections += 1;
+                let slot = decision_slot(run).unwrap_or_else(|| format!("round {}", r.index));
+                slots.entry(slot).or_default().push(name(r, run));
+            }
+            match &run.exit {
+                Exit::Code(75) => f.skips += 1,
+                Exit::Code(0) => {}
+                other => *f.other_exits.entry(other.to_string()).or_default() += 1,
+            }
+        }
+        files.extend(r.new_files.iter().cloned());
+        if r.new_files.len() > 1 {
+            f.failures.push(format!(
+                "round {}: {} report files saved for one slot: {:?}",
+                r.index,
+                r.new_files.len(),
+                r.new_files
+            ));
+        }
+        judge_fault(r, bound, &mut f);
+    }
+    for o in evidence::overlaps(&activities) {
+        f.overlaps += 1;
+        f.failures.push(format!(
+            "overlap: {} collected from {} to {} while {} collected from {} to {}",
+            o.a,
+            stamp(o.a_span.from),
+            stamp(o.a_span.to),
+            o.b,
+            stamp(o.b_span.from),
+            stamp(o.b_span.to)
+        ));
+    }
+    for (slot, runs) in slots.iter().filter(|(_, runs)| runs.len() > 1) {
+        f.slots_twice += 1;
+        f.failures.push(format!(
+            "slot {slot} collected {} times: {runs:?}",
+            runs.len()
+        ));
+    }
+    for (ticket, at) in evidence::tickets_saved_twice(&files) {
+        f.tickets_twice += 1;
+        f.failures
+            .push(format!("ticket {ticket} saved more than once: {at:?}"));
+    }
+    f
+}
+
+fn judge_fault(r: &RoundResult, bound: Duration, f: &mut Figures) {
+    let Some(injected) = &r.injected else {
+        f.failures.push(format!(
+            "round {}: no run started collecting slot {}",
+            r.index,
+            humantime::format_rfc3339_seconds(r.slot)
+        ));
+        return;
+    };
+    if injected.note.contains("already exited") {
+        f.missed += 1;
+        return;
+    }
+    *f.faults.entry(injected.fault).or_default() += 1;
+    let facts = |run: &RunResult| RunFacts {
+        run: name(r, run),
+        first_action: activity(r, run).first_action(),
+        collected: collected(run),
+    };
+    let Some(holder) = r.runs.iter().find(|run| run.host == injected.host) else {
+        return;
+    };
+    let others: Vec<RunFacts> = r
+        .runs
+        .iter()
+        .filter(|run| run.host != injected.host)
+        .map(facts)
+        .collect();
+    match evidence::take_over(injected.at, &facts(holder), &others) {
+        TakeOver::ByHolder => f.by_holder += 1,
+        TakeOver::By { run, after } => {
+            f.take_overs.push(after);
+            if after > bound {
+                f.failures.push(format!(
+                    "round {}: {} took over {} after the {} at {}, later than the bound {}",
+                    r.index,
+                    run,
+                    humantime::format_duration(after),
+                    injected.fault.name(),
+                    stamp(injected.at),
+                    humantime::format_duration(bound)
+                ));
+            }
+        }
+        TakeOver::Nobody => f.failures.push(format!(
+            "round {}: after the {} of h{} at {}, nobody collected slot {} ({})",
+            r.index,
+            injected.fault.name(),
+            injected.host + 1,
+            stamp(injected.at),
+            humantime::format_rfc3339_seconds(r.slot),
+            describe(r)
+        )),
+    }
+}
