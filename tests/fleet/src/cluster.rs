@@ -187,7 +187,9 @@ impl Cluster {
             let rows = self
                 .psql(
                     "reports",
-                    &format!("SELECT coalesce(json_agg(t), '[]') FROM {table} t"),
+                    &format!(
+                        "SET TIME ZONE 'UTC'; SELECT coalesce(json_agg(t), '[]') FROM {table} t"
+                    ),
                 )
                 .await?;
             let rows = serde_json::from_str(rows.trim()).unwrap_or(serde_json::Value::Null);

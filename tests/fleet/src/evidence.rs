@@ -173,6 +173,50 @@ pub fn tickets_saved_twice(files: &[(String, String)]) -> Vec<(String, Vec<Strin
         .collect()
 }
 
+/// The slot-claim table of the PostgreSQL backend, as the database snapshot names it.
+pub const SLOT_TABLE: &str = "public.report_collector_slot";
+
+/// What the database says of one slot, against the hosts whose runs said they collected it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbSlot {
+    /// No slot table (another backend, or one that names it otherwise): nothing to compare.
+    NoTable,
+    Agrees,
+    Disagrees(String),
+}
+
+/// Compares the rows of the slot table for `slot` (as PostgreSQL writes a `timestamptz` in
+/// UTC: `2026-12-02T06:57:30+00:00`) with the hosts that collected it by their own lines: at
+/// most one row, marked collected exactly when one host collected, by that host.
+pub fn db_slot(db: &serde_json::Value, slot: &str, collected_by: &[String]) -> DbSlot {
+    let Some(rows) = db.get(SLOT_TABLE).and_then(|t| t.as_array()) else {
+        return DbSlot::NoTable;
+    };
+    let rows: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| r.get("slot").and_then(|s| s.as_str()) == Some(slot))
+        .collect();
+    let text =
+        |r: &serde_json::Value, k: &str| r.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let collected: Vec<(Option<String>, Option<String>)> = rows
+        .iter()
+        .filter(|r| !r.get("collected_at").is_none_or(|v| v.is_null()))
+        .map(|r| (text(r, "host"), text(r, "collected_at")))
+        .collect();
+    let shown = || serde_json::to_string(&rows).unwrap_or_default();
+    match (collected.as_slice(), collected_by) {
+        _ if rows.len() > 1 => {
+            DbSlot::Disagrees(format!("{} rows claim it: {}", rows.len(), shown()))
+        }
+        ([], []) => DbSlot::Agrees,
+        ([(host, _)], [by]) if host.as_deref() == Some(by.as_str()) => DbSlot::Agrees,
+        _ => DbSlot::Disagrees(format!(
+            "the runs' lines say collected by {collected_by:?}, the slot table says {}",
+            shown()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::UNIX_EPOCH;
@@ -324,5 +368,32 @@ mod tests {
         assert_eq!(twice.len(), 1);
         assert_eq!(twice[0].0, "abc_0");
         assert_eq!(twice[0].1.len(), 2);
+    }
+
+    #[test]
+    fn the_slot_table_must_name_the_host_that_collected() {
+        let slot = "2026-12-02T06:57:30+00:00";
+        let db = serde_json::json!({
+            "public.report_collector_slot": [
+                {"slot": slot, "host": "h2", "collected_at": "2026-12-02T06:57:32+00:00"},
+                {"slot": "2026-12-02T06:57:40+00:00", "host": "h1", "collected_at": null},
+            ]
+        });
+        assert_eq!(db_slot(&db, slot, &["h2".into()]), DbSlot::Agrees);
+        assert!(matches!(
+            db_slot(&db, slot, &["h1".into()]),
+            DbSlot::Disagrees(_)
+        ));
+        assert!(matches!(db_slot(&db, slot, &[]), DbSlot::Disagrees(_)));
+        assert!(matches!(
+            db_slot(&db, slot, &["h1".into(), "h2".into()]),
+            DbSlot::Disagrees(_)
+        ));
+        // Claimed, never collected, and no run says it collected: they agree.
+        assert_eq!(
+            db_slot(&db, "2026-12-02T06:57:40+00:00", &[]),
+            DbSlot::Agrees
+        );
+        assert_eq!(db_slot(&serde_json::json!({}), slot, &[]), DbSlot::NoTable);
     }
 }

@@ -248,6 +248,10 @@ fn print_figures(f: &verdict::Figures, seed: u64, bound: Duration, took: Duratio
     println!("overlaps: {} (must be 0)", f.overlaps);
     println!("slots collected twice: {} (must be 0)", f.slots_twice);
     println!("tickets saved twice: {} (must be 0)", f.tickets_twice);
+    println!(
+        "rounds checked against the database's slot table: {}",
+        f.db_checked
+    );
     match evidence::worst_and_median(&f.take_overs) {
         Some((worst, median)) => println!(
             "take-overs: {}, worst {:.2} s, median {:.2} s (bound {:.2} s); slot kept by the holder after a fault: {}",

@@ -46,7 +46,6 @@ pub struct Settings {
 pub struct HostFiles {
     pub config: PathBuf,
     pub report_dir: PathBuf,
-    pub dir: PathBuf,
 }
 
 fn d(duration: Duration) -> String {
@@ -102,11 +101,7 @@ pub fn prepare(host: &Host, work: &Path, s: &Settings) -> anyhow::Result<HostFil
     let config = dir.join("report-collector.toml");
     std::fs::write(&config, config_text(host, &dir, s))
         .with_context(|| format!("cannot write {}", config.display()))?;
-    Ok(HostFiles {
-        config,
-        report_dir,
-        dir,
-    })
+    Ok(HostFiles { config, report_dir })
 }
 
 /// How a run ended.
@@ -136,7 +131,6 @@ pub struct RunResult {
     pub lines: Vec<Line>,
     pub exit: Exit,
     pub pid: Option<i32>,
-    pub log: PathBuf,
 }
 
 /// The real pids of the runs going on, by host, for the faults.
@@ -163,7 +157,6 @@ pub async fn run(spec: Spec, events: UnboundedSender<(usize, Line)>, pids: Pids)
         lines: Vec::new(),
         exit: Exit::NotStarted(String::new()),
         pid: None,
-        log: spec.log.clone(),
     };
     let mut log = match File::create(&spec.log) {
         Ok(f) => f,
@@ -215,11 +208,13 @@ pub async fn run(spec: Spec, events: UnboundedSender<(usize, Line)>, pids: Pids)
     }
     let stderr = child.stderr.take();
     let until = spec.start + spec.bound;
+    let mut unshare_complained = false;
     let read_all = async {
         if let Some(stderr) = stderr {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(raw)) = lines.next_line().await {
                 let _ = writeln!(log, "{raw}");
+                unshare_complained |= raw.starts_with("unshare: ");
                 if let Some(line) = logline::parse(&raw) {
                     let _ = events.send((spec.host, line.clone()));
                     result.lines.push(line);
@@ -233,6 +228,9 @@ pub async fn run(spec: Spec, events: UnboundedSender<(usize, Line)>, pids: Pids)
         Ok(Ok(status)) => {
             use std::os::unix::process::ExitStatusExt as _;
             match (status.code(), status.signal()) {
+                // unshare passes a child's signal on by raising it again, which it cannot do
+                // with SIGKILL: it says so and exits 1.
+                (Some(1), _) if unshare_complained => Exit::Signal(9),
                 (Some(c), _) => Exit::Code(c),
                 (None, Some(s)) => Exit::Signal(s),
                 _ => Exit::Code(-1),

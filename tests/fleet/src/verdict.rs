@@ -24,6 +24,8 @@ pub struct Figures {
     pub tickets_twice: usize,
     pub take_overs: Vec<Duration>,
     pub by_holder: usize,
+    /// Rounds whose slot was compared with the database's slot table.
+    pub db_checked: usize,
     /// Every failed check, naming its round and evidence.
     pub failures: Vec<String>,
 }
@@ -142,6 +144,7 @@ pub fn judge(rounds: &[RoundResult], bound: Duration) -> Figures {
             ));
         }
         judge_fault(r, bound, &mut f);
+        judge_db(r, &mut f);
     }
     for o in evidence::overlaps(&activities) {
         f.overlaps += 1;
@@ -168,6 +171,28 @@ pub fn judge(rounds: &[RoundResult], bound: Duration) -> Figures {
             .push(format!("ticket {ticket} saved more than once: {at:?}"));
     }
     f
+}
+
+/// The database's record of the round's slot against the runs' own lines.
+fn judge_db(r: &RoundResult, f: &mut Figures) {
+    let slot = humantime::format_rfc3339_seconds(r.slot)
+        .to_string()
+        .replace('Z', "+00:00");
+    let by: Vec<String> = r
+        .runs
+        .iter()
+        .filter(|run| collected(run))
+        .map(|run| format!("h{}", run.host + 1))
+        .collect();
+    match evidence::db_slot(&r.db, &slot, &by) {
+        evidence::DbSlot::NoTable => {}
+        evidence::DbSlot::Agrees => f.db_checked += 1,
+        evidence::DbSlot::Disagrees(why) => {
+            f.db_checked += 1;
+            f.failures
+                .push(format!("round {}: slot {slot}: {why}", r.index));
+        }
+    }
 }
 
 fn judge_fault(r: &RoundResult, bound: Duration, f: &mut Figures) {
