@@ -206,7 +206,9 @@ async fn harness(cli: &Cli) -> anyhow::Result<bool> {
         humantime::format_duration(cli.lease),
         humantime::format_duration(bound)
     );
-    let plans = faults::plan(seed, cli.rounds, cli.lease, cli.generation_time);
+    // Faults may also land around the save, just after the report is ready, or just miss.
+    let collecting = cli.generation_time + cli.poll_interval * 2;
+    let plans = faults::plan(seed, cli.rounds, cli.lease, collecting);
     let fleet = round::Fleet {
         net: net.clone(),
         cluster: cluster.clone(),

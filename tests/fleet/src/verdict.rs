@@ -104,12 +104,26 @@ pub fn describe(r: &RoundResult) -> String {
         } else {
             match run.exit {
                 Exit::Code(75) => "skipped",
+                Exit::Code(69) => "database unavailable",
                 _ => "",
             }
         };
         let _ = write!(s, " h{} {} {};", run.host + 1, run.exit, what);
     }
-    s.trim_end_matches(';').to_owned()
+    let mut s = s.trim_end_matches(';').to_owned();
+    match round_take_over(r) {
+        Some(TakeOver::By { run, after }) => {
+            let _ = write!(
+                s,
+                " | taken over by {run} after {:.2} s",
+                after.as_secs_f64()
+            );
+        }
+        Some(TakeOver::ByHolder) => s.push_str(" | kept by the holder"),
+        Some(TakeOver::Nobody) => s.push_str(" | nobody collected"),
+        None => {}
+    }
+    s
 }
 
 pub fn judge(rounds: &[RoundResult], bound: Duration) -> Figures {
@@ -144,6 +158,13 @@ pub fn judge(rounds: &[RoundResult], bound: Duration) -> Figures {
             ));
         }
         judge_fault(r, bound, &mut f);
+        if r.injected.is_some() && !r.runs.iter().any(collected) {
+            f.failures.push(format!(
+                "round {}: nobody collected the slot: {}",
+                r.index,
+                describe(r)
+            ));
+        }
         judge_db(r, &mut f);
     }
     for o in evidence::overlaps(&activities) {
@@ -195,6 +216,27 @@ fn judge_db(r: &RoundResult, f: &mut Figures) {
     }
 }
 
+/// The take-over after the round's fault, when a fault hit a holder still running.
+fn round_take_over(r: &RoundResult) -> Option<TakeOver> {
+    let injected = r.injected.as_ref()?;
+    if injected.fault == Fault::None || injected.note.contains("already exited") {
+        return None;
+    }
+    let facts = |run: &RunResult| RunFacts {
+        run: name(r, run),
+        first_action: activity(r, run).first_action(),
+        collected: collected(run),
+    };
+    let holder = r.runs.iter().find(|run| run.host == injected.host)?;
+    let others: Vec<RunFacts> = r
+        .runs
+        .iter()
+        .filter(|run| run.host != injected.host)
+        .map(facts)
+        .collect();
+    Some(evidence::take_over(injected.at, &facts(holder), &others))
+}
+
 fn judge_fault(r: &RoundResult, bound: Duration, f: &mut Figures) {
     let Some(injected) = &r.injected else {
         f.failures.push(format!(
@@ -209,21 +251,10 @@ fn judge_fault(r: &RoundResult, bound: Duration, f: &mut Figures) {
         return;
     }
     *f.faults.entry(injected.fault).or_default() += 1;
-    let facts = |run: &RunResult| RunFacts {
-        run: name(r, run),
-        first_action: activity(r, run).first_action(),
-        collected: collected(run),
-    };
-    let Some(holder) = r.runs.iter().find(|run| run.host == injected.host) else {
+    let Some(take_over) = round_take_over(r) else {
         return;
     };
-    let others: Vec<RunFacts> = r
-        .runs
-        .iter()
-        .filter(|run| run.host != injected.host)
-        .map(facts)
-        .collect();
-    match evidence::take_over(injected.at, &facts(holder), &others) {
+    match take_over {
         TakeOver::ByHolder => f.by_holder += 1,
         TakeOver::By { run, after } => {
             f.take_overs.push(after);
@@ -239,14 +270,7 @@ fn judge_fault(r: &RoundResult, bound: Duration, f: &mut Figures) {
                 ));
             }
         }
-        TakeOver::Nobody => f.failures.push(format!(
-            "round {}: after the {} of h{} at {}, nobody collected slot {} ({})",
-            r.index,
-            injected.fault.name(),
-            injected.host + 1,
-            stamp(injected.at),
-            humantime::format_rfc3339_seconds(r.slot),
-            describe(r)
-        )),
+        // Judged with every round: the slot was not collected.
+        TakeOver::Nobody => {}
     }
 }
