@@ -156,14 +156,16 @@ impl Cluster {
         .await
     }
 
-    /// Ends every session of the `reports` database coming from `addr`; how many there were.
-    pub async fn terminate_from(&self, addr: &str) -> anyhow::Result<u32> {
+    /// Ends every session of the `reports` database coming from `addr` or naming `host` in
+    /// its application_name (`report-collector HOST:PID`); how many there were.
+    pub async fn terminate_from(&self, addr: &str, host: &str) -> anyhow::Result<u32> {
         let out = self
             .psql(
                 "postgres",
                 &format!(
                     "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
-                     WHERE datname = 'reports' AND client_addr = '{addr}'"
+                     WHERE datname = 'reports' AND (client_addr = '{addr}' \
+                     OR application_name LIKE 'report-collector {host}:%')"
                 ),
             )
             .await?;

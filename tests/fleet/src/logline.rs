@@ -33,6 +33,8 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub outcome: String,
+    /// Why a run skipped (`lock-held`, `late`, `slot-taken`, ...).
+    pub skip: Option<String>,
     pub slot: Option<String>,
     pub ticket: Option<String>,
 }
@@ -80,6 +82,7 @@ fn classify(text: &str) -> Kind {
     if let Some(outcome) = field(text, "OUTCOME") {
         return Kind::Decision(Decision {
             outcome,
+            skip: field(text, "SKIP").filter(|s| !s.is_empty()),
             slot: field(text, "SLOT").filter(|s| !s.is_empty()),
             ticket: field(text, "TICKET").filter(|s| !s.is_empty()),
         });
@@ -167,6 +170,7 @@ mod tests {
             line.kind,
             Kind::Decision(Decision {
                 outcome: "collected".into(),
+                skip: None,
                 slot: Some("2026-12-02T06:50:00Z".into()),
                 ticket: Some("a_0".into()),
             })

@@ -207,7 +207,7 @@ async fn harness(cli: &Cli) -> anyhow::Result<bool> {
         humantime::format_duration(bound)
     );
     // Faults may also land around the save, just after the report is ready, or just miss.
-    let collecting = cli.generation_time + cli.poll_interval * 2;
+    let collecting = cli.generation_time + cli.poll_interval;
     let plans = faults::plan(seed, cli.rounds, cli.lease, collecting);
     let fleet = round::Fleet {
         net: net.clone(),
@@ -267,6 +267,12 @@ fn print_figures(f: &verdict::Figures, seed: u64, bound: Duration, took: Duratio
             "take-overs: none; slot kept by the holder after a fault: {}",
             f.by_holder
         ),
+    }
+    for (fault, [kept, taken, nobody]) in &f.outcomes {
+        println!(
+            "  after {}: kept by the holder {kept}, taken over {taken}, nobody collected {nobody}",
+            fault.name()
+        );
     }
     println!("time: {:.0} s", took.as_secs_f64());
     if f.failures.is_empty() {

@@ -217,7 +217,11 @@ async fn inject(fleet: &Fleet, plan: &RoundPlan, host: usize, pids: &Pids) -> In
                 note.push_str(&format!("{e}; "));
             }
         }
-        Fault::Terminate => match fleet.cluster.terminate_from(&h.addr.to_string()).await {
+        Fault::Terminate => match fleet
+            .cluster
+            .terminate_from(&h.addr.to_string(), &h.name)
+            .await
+        {
             Ok(n) => note.push_str(&format!("{n} session(s) terminated; ")),
             Err(e) => note.push_str(&format!("{e}; ")),
         },

@@ -24,6 +24,9 @@ pub struct Figures {
     pub tickets_twice: usize,
     pub take_overs: Vec<Duration>,
     pub by_holder: usize,
+    /// By fault: how many rounds the holder kept its slot, another host took it over, or
+    /// nobody collected it.
+    pub outcomes: BTreeMap<Fault, [usize; 3]>,
     /// Rounds whose slot was compared with the database's slot table.
     pub db_checked: usize,
     /// Every failed check, naming its round and evidence.
@@ -38,6 +41,13 @@ fn collected(run: &RunResult) -> bool {
     run.lines
         .iter()
         .any(|l| matches!(&l.kind, Kind::Decision(d) if d.collected()))
+}
+
+fn skip_reason(run: &RunResult) -> Option<String> {
+    run.lines.iter().find_map(|l| match &l.kind {
+        Kind::Decision(d) => d.skip.clone(),
+        _ => None,
+    })
 }
 
 fn decision_slot(run: &RunResult) -> Option<String> {
@@ -100,15 +110,19 @@ pub fn describe(r: &RoundResult) -> String {
     s.push_str(" |");
     for run in &r.runs {
         let what = if collected(run) {
-            "collected"
+            "collected".to_owned()
         } else {
             match run.exit {
-                Exit::Code(75) => "skipped",
-                Exit::Code(69) => "database unavailable",
-                _ => "",
+                Exit::Code(75) => match skip_reason(run) {
+                    Some(why) => format!("skipped ({why})"),
+                    None => "skipped".to_owned(),
+                },
+                Exit::Code(69) => "database unavailable".to_owned(),
+                Exit::Code(79) => "lease lost".to_owned(),
+                _ => String::new(),
             }
         };
-        let _ = write!(s, " h{} {} {};", run.host + 1, run.exit, what);
+        let _ = write!(s, " h{} {} {what};", run.host + 1, run.exit);
     }
     let mut s = s.trim_end_matches(';').to_owned();
     match round_take_over(r) {
@@ -254,6 +268,12 @@ fn judge_fault(r: &RoundResult, bound: Duration, f: &mut Figures) {
     let Some(take_over) = round_take_over(r) else {
         return;
     };
+    let outcome = f.outcomes.entry(injected.fault).or_default();
+    match &take_over {
+        TakeOver::ByHolder => outcome[0] += 1,
+        TakeOver::By { .. } => outcome[1] += 1,
+        TakeOver::Nobody => outcome[2] += 1,
+    }
     match take_over {
         TakeOver::ByHolder => f.by_holder += 1,
         TakeOver::By { run, after } => {
