@@ -100,9 +100,14 @@ pub fn overlaps(runs: &[Activity]) -> Vec<Overlap> {
 pub enum TakeOver {
     /// The holder collected the slot itself (the fault only delayed it).
     ByHolder,
-    /// Another run started collecting `after` the fault.
-    By { run: String, after: Duration },
-    /// Nobody collected the slot.
+    /// Another run took the lock `after` the fault; `collected` says whether it collected
+    /// the slot or found it claimed by the faulted holder and skipped it.
+    By {
+        run: String,
+        after: Duration,
+        collected: bool,
+    },
+    /// The lock never moved on and the slot was not collected.
     Nobody,
 }
 
@@ -110,7 +115,9 @@ pub enum TakeOver {
 #[derive(Debug, Clone)]
 pub struct RunFacts {
     pub run: String,
-    pub first_action: Option<SystemTime>,
+    /// When its lines first show it holding the lock: its first action against the report
+    /// server, or its skip of a slot already claimed (checked once the lock is held).
+    pub took_lock: Option<SystemTime>,
     pub collected: bool,
 }
 
@@ -123,7 +130,7 @@ pub fn take_over(fault_at: SystemTime, holder: &RunFacts, others: &[RunFacts]) -
     others
         .iter()
         .filter_map(|r| {
-            let first = r.first_action?;
+            let first = r.took_lock?;
             let after = first.duration_since(fault_at).ok()?;
             Some((after, r))
         })
@@ -131,6 +138,7 @@ pub fn take_over(fault_at: SystemTime, holder: &RunFacts, others: &[RunFacts]) -
         .map_or(TakeOver::Nobody, |(after, r)| TakeOver::By {
             run: r.run.clone(),
             after,
+            collected: r.collected,
         })
 }
 
@@ -295,7 +303,7 @@ mod tests {
     fn facts(name: &str, first: Option<u64>, collected: bool) -> RunFacts {
         RunFacts {
             run: name.into(),
-            first_action: first.map(t),
+            took_lock: first.map(t),
             collected,
         }
     }
@@ -312,7 +320,8 @@ mod tests {
             take_over(t(1500), &holder, &others),
             TakeOver::By {
                 run: "h2".into(),
-                after: Duration::from_millis(2700)
+                after: Duration::from_millis(2700),
+                collected: true,
             }
         );
     }
@@ -325,6 +334,15 @@ mod tests {
         assert_eq!(
             take_over(t(1500), &holder, &[facts("h2", None, false)]),
             TakeOver::Nobody
+        );
+        // A host that took the lock and skipped the slot the holder had claimed.
+        assert_eq!(
+            take_over(t(1500), &holder, &[facts("h2", Some(3600), false)]),
+            TakeOver::By {
+                run: "h2".into(),
+                after: Duration::from_millis(2100),
+                collected: false,
+            }
         );
     }
 

@@ -239,7 +239,7 @@ fn print_figures(f: &verdict::Figures, seed: u64, bound: Duration, took: Duratio
         .map(|k| format!("{} {}", k.name(), f.faults.get(k).copied().unwrap_or(0)))
         .collect();
     println!(
-        "faults: {} (missed, holder already done: {})",
+        "faults: {} (missed, the holder done or without a session: {})",
         faults.join(", "),
         f.missed
     );
@@ -268,9 +268,16 @@ fn print_figures(f: &verdict::Figures, seed: u64, bound: Duration, took: Duratio
             f.by_holder
         ),
     }
-    for (fault, [kept, taken, nobody]) in &f.outcomes {
+    if !f.slots_lost.is_empty() {
         println!(
-            "  after {}: kept by the holder {kept}, taken over {taken}, nobody collected {nobody}",
+            "slots lost: {} (another host took the lock in time but skipped the slot the ended holder had claimed: rounds {:?})",
+            f.slots_lost.len(),
+            f.slots_lost
+        );
+    }
+    for (fault, [kept, collected, skipped, stuck]) in &f.outcomes {
+        println!(
+            "  after {}: holder collected {kept}, another host took over and collected {collected}, took over and skipped {skipped}, nobody took over {stuck}",
             fault.name()
         );
     }

@@ -42,9 +42,12 @@ pub struct Injected {
     pub at: SystemTime,
     /// SIGSTOP to SIGCONT.
     pub stopped: Option<Span>,
-    /// What happened that the verdict should mention (a holder already gone, sessions
-    /// terminated, an error of the tool).
+    /// What happened that the verdict should mention (sessions terminated, an error of the
+    /// tool).
     pub note: String,
+    /// Why the fault did not hit a holder still collecting (it had exited, or had no database
+    /// session left to end): such a round shows nothing about take-overs.
+    pub missed: Option<String>,
 }
 
 #[derive(Debug)]
@@ -181,9 +184,8 @@ async fn inject(fleet: &Fleet, plan: &RoundPlan, host: usize, pids: &Pids) -> In
     tokio::time::sleep(plan.after).await;
     let pid = pids.lock().ok().and_then(|p| p[host]);
     let mut note = String::new();
-    if plan.fault.targets_holder() && pid.is_none() {
-        note.push_str("the holder had already exited; ");
-    }
+    let mut missed = (plan.fault.targets_holder() && pid.is_none())
+        .then(|| "the holder had already exited".to_owned());
     let h = &fleet.net.hosts[host];
     let at = SystemTime::now();
     let mut stopped = None;
@@ -222,6 +224,9 @@ async fn inject(fleet: &Fleet, plan: &RoundPlan, host: usize, pids: &Pids) -> In
             .terminate_from(&h.addr.to_string(), &h.name)
             .await
         {
+            Ok(0) => {
+                missed.get_or_insert_with(|| "the holder had no database session".to_owned());
+            }
             Ok(n) => note.push_str(&format!("{n} session(s) terminated; ")),
             Err(e) => note.push_str(&format!("{e}; ")),
         },
@@ -237,6 +242,7 @@ async fn inject(fleet: &Fleet, plan: &RoundPlan, host: usize, pids: &Pids) -> In
         at,
         stopped,
         note: note.trim_end_matches("; ").to_owned(),
+        missed,
     }
 }
 

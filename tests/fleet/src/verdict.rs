@@ -14,7 +14,7 @@ use crate::runs::{Exit, RunResult};
 pub struct Figures {
     pub rounds: usize,
     pub faults: BTreeMap<Fault, usize>,
-    /// Faults that found the holder already gone (not counted above).
+    /// Faults that found the holder already gone or without a session (not counted above).
     pub missed: usize,
     pub collections: usize,
     pub skips: usize,
@@ -24,9 +24,13 @@ pub struct Figures {
     pub tickets_twice: usize,
     pub take_overs: Vec<Duration>,
     pub by_holder: usize,
-    /// By fault: how many rounds the holder kept its slot, another host took it over, or
-    /// nobody collected it.
-    pub outcomes: BTreeMap<Fault, [usize; 3]>,
+    /// Rounds whose slot another host took the lock for but skipped, finding it claimed by
+    /// the holder the fault had ended.
+    pub slots_lost: Vec<usize>,
+    /// By fault: how many rounds the holder kept its slot, another host took the lock and
+    /// collected, another host took the lock and skipped the claimed slot, the lock never
+    /// moved on.
+    pub outcomes: BTreeMap<Fault, [usize; 4]>,
     /// Rounds whose slot was compared with the database's slot table.
     pub db_checked: usize,
     /// Every failed check, naming its round and evidence.
@@ -41,6 +45,19 @@ fn collected(run: &RunResult) -> bool {
     run.lines
         .iter()
         .any(|l| matches!(&l.kind, Kind::Decision(d) if d.collected()))
+}
+
+/// When the run's lines first show it holding the lock: its first action, or its skip of a
+/// slot another host had claimed (the claim is checked only by a run holding the lock).
+fn took_lock(r: &RoundResult, run: &RunResult) -> Option<SystemTime> {
+    let skipped = run.lines.iter().find_map(|l| match &l.kind {
+        Kind::Decision(d) if d.skip.as_deref() == Some("slot-taken") => Some(l.at),
+        _ => None,
+    });
+    [activity(r, run).first_action(), skipped]
+        .into_iter()
+        .flatten()
+        .min()
 }
 
 fn skip_reason(run: &RunResult) -> Option<String> {
@@ -104,6 +121,9 @@ pub fn describe(r: &RoundResult) -> String {
             if !i.note.is_empty() {
                 let _ = write!(s, " ({})", i.note);
             }
+            if let Some(why) = &i.missed {
+                let _ = write!(s, " (missed: {why})");
+            }
         }
         None => s.push_str(" (no holder: nobody collected)"),
     }
@@ -126,11 +146,20 @@ pub fn describe(r: &RoundResult) -> String {
     }
     let mut s = s.trim_end_matches(';').to_owned();
     match round_take_over(r) {
-        Some(TakeOver::By { run, after }) => {
+        Some(TakeOver::By {
+            run,
+            after,
+            collected,
+        }) => {
             let _ = write!(
                 s,
-                " | taken over by {run} after {:.2} s",
-                after.as_secs_f64()
+                " | lock taken over by {run} after {:.2} s{}",
+                after.as_secs_f64(),
+                if collected {
+                    ""
+                } else {
+                    ", slot not collected"
+                }
             );
         }
         Some(TakeOver::ByHolder) => s.push_str(" | kept by the holder"),
@@ -172,7 +201,8 @@ pub fn judge(rounds: &[RoundResult], bound: Duration) -> Figures {
             ));
         }
         judge_fault(r, bound, &mut f);
-        if r.injected.is_some() && !r.runs.iter().any(collected) {
+        let lock_moved = matches!(round_take_over(r), Some(TakeOver::By { .. }));
+        if r.injected.is_some() && !lock_moved && !r.runs.iter().any(collected) {
             f.failures.push(format!(
                 "round {}: nobody collected the slot: {}",
                 r.index,
@@ -233,12 +263,12 @@ fn judge_db(r: &RoundResult, f: &mut Figures) {
 /// The take-over after the round's fault, when a fault hit a holder still running.
 fn round_take_over(r: &RoundResult) -> Option<TakeOver> {
     let injected = r.injected.as_ref()?;
-    if injected.fault == Fault::None || injected.note.contains("already exited") {
+    if injected.fault == Fault::None || injected.missed.is_some() {
         return None;
     }
     let facts = |run: &RunResult| RunFacts {
         run: name(r, run),
-        first_action: activity(r, run).first_action(),
+        took_lock: took_lock(r, run),
         collected: collected(run),
     };
     let holder = r.runs.iter().find(|run| run.host == injected.host)?;
@@ -260,7 +290,7 @@ fn judge_fault(r: &RoundResult, bound: Duration, f: &mut Figures) {
         ));
         return;
     };
-    if injected.note.contains("already exited") {
+    if injected.missed.is_some() {
         f.missed += 1;
         return;
     }
@@ -271,13 +301,23 @@ fn judge_fault(r: &RoundResult, bound: Duration, f: &mut Figures) {
     let outcome = f.outcomes.entry(injected.fault).or_default();
     match &take_over {
         TakeOver::ByHolder => outcome[0] += 1,
-        TakeOver::By { .. } => outcome[1] += 1,
-        TakeOver::Nobody => outcome[2] += 1,
+        TakeOver::By {
+            collected: true, ..
+        } => outcome[1] += 1,
+        TakeOver::By { .. } => outcome[2] += 1,
+        TakeOver::Nobody => outcome[3] += 1,
     }
     match take_over {
         TakeOver::ByHolder => f.by_holder += 1,
-        TakeOver::By { run, after } => {
+        TakeOver::By {
+            run,
+            after,
+            collected,
+        } => {
             f.take_overs.push(after);
+            if !collected {
+                f.slots_lost.push(r.index);
+            }
             if after > bound {
                 f.failures.push(format!(
                     "round {}: {} took over {} after the {} at {}, later than the bound {}",
