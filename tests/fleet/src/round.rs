@@ -187,7 +187,7 @@ async fn inject(fleet: &Fleet, plan: &RoundPlan, host: usize, pids: &Pids) -> In
     let mut missed = (plan.fault.targets_holder() && pid.is_none())
         .then(|| "the holder had already exited".to_owned());
     let h = &fleet.net.hosts[host];
-    let at = SystemTime::now();
+    let mut at = SystemTime::now();
     let mut stopped = None;
     match plan.fault {
         Fault::None => {}
@@ -209,6 +209,9 @@ async fn inject(fleet: &Fleet, plan: &RoundPlan, host: usize, pids: &Pids) -> In
             if let Err(e) = netns::partition(h, true).await {
                 note.push_str(&format!("{e}; "));
             }
+            // The fault begins once both rules are in force: each iptables call takes tens
+            // to hundreds of milliseconds, during which the host still talks.
+            at = SystemTime::now();
             tokio::time::sleep(plan.hold).await;
             if let Err(e) = netns::partition(h, false).await {
                 note.push_str(&format!("{e}; "));
@@ -234,6 +237,7 @@ async fn inject(fleet: &Fleet, plan: &RoundPlan, host: usize, pids: &Pids) -> In
             if let Err(e) = netns::slow(&fleet.net, h, true).await {
                 note.push_str(&format!("{e}; "));
             }
+            at = SystemTime::now();
         }
     }
     Injected {

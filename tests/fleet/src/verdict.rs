@@ -142,7 +142,14 @@ pub fn describe(r: &RoundResult) -> String {
                 _ => String::new(),
             }
         };
-        let _ = write!(s, " h{} {} {what};", run.host + 1, run.exit);
+        let host = format!("h{}", run.host + 1);
+        let saved = r.new_files.iter().filter(|(h, _)| *h == host).count();
+        let _ = write!(s, " {host} {} {what}", run.exit);
+        // Files are evidence of their own: a run may save and then say it saved nothing.
+        if saved > 0 {
+            let _ = write!(s, " [{saved} report file(s) saved]");
+        }
+        s.push(';');
     }
     let mut s = s.trim_end_matches(';').to_owned();
     match round_take_over(r) {
