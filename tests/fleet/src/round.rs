@@ -60,6 +60,9 @@ pub struct RoundResult {
     pub injected: Option<Injected>,
     /// (host name, report file name) of the files this round added.
     pub new_files: Vec<(String, String)>,
+    /// When each of those was written (its mtime), by host index: a save is an action of the
+    /// run even when no line of the run says so.
+    pub saved_at: Vec<(usize, SystemTime)>,
     pub db: serde_json::Value,
 }
 
@@ -142,7 +145,7 @@ pub async fn play(fleet: &Fleet, index: usize, plan: &RoundPlan) -> anyhow::Resu
         dir.join("db.json"),
         serde_json::to_string_pretty(&db).unwrap_or_default(),
     );
-    let new_files = new_reports(fleet);
+    let (new_files, saved_at) = new_reports(fleet);
     Ok(RoundResult {
         index,
         plan: plan.clone(),
@@ -150,12 +153,16 @@ pub async fn play(fleet: &Fleet, index: usize, plan: &RoundPlan) -> anyhow::Resu
         runs: results,
         injected,
         new_files,
+        saved_at,
         db,
     })
 }
 
-fn new_reports(fleet: &Fleet) -> Vec<(String, String)> {
+type NewReports = (Vec<(String, String)>, Vec<(usize, SystemTime)>);
+
+fn new_reports(fleet: &Fleet) -> NewReports {
     let mut out = Vec::new();
+    let mut saved_at = Vec::new();
     let mut seen = fleet.seen.lock().unwrap_or_else(|e| e.into_inner());
     for (i, files) in fleet.hosts.iter().enumerate() {
         let Ok(entries) = std::fs::read_dir(&files.report_dir) else {
@@ -164,11 +171,14 @@ fn new_reports(fleet: &Fleet) -> Vec<(String, String)> {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if crate::evidence::ticket_of_report(&name).is_some() && seen[i].insert(name.clone()) {
+                if let Ok(mtime) = entry.metadata().and_then(|m| m.modified()) {
+                    saved_at.push((i, mtime));
+                }
                 out.push((fleet.net.hosts[i].name.clone(), name));
             }
         }
     }
-    out
+    (out, saved_at)
 }
 
 fn signal(pid: i32, sig: Signal) -> String {

@@ -74,8 +74,8 @@ fn decision_slot(run: &RunResult) -> Option<String> {
     })
 }
 
-/// The run's actions against the report server: its start and action lines, and the decision
-/// line of a collection (the save came just before it).
+/// The run's actions: its start and action lines, the decision line of a collection (the
+/// save came just before it), and the writing of any report file its host gained this round.
 fn activity(r: &RoundResult, run: &RunResult) -> Activity {
     let actions = run
         .lines
@@ -86,6 +86,12 @@ fn activity(r: &RoundResult, run: &RunResult) -> Activity {
             Kind::Other => false,
         })
         .map(|l| l.at)
+        .chain(
+            r.saved_at
+                .iter()
+                .filter(|(host, _)| *host == run.host)
+                .map(|(_, at)| *at),
+        )
         .collect();
     let stopped = r
         .injected
