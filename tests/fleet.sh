@@ -33,11 +33,20 @@ for bin in "$FLEET_FAULTS" "$COLLECTOR" "$APIS"; do
     fi
 done
 
+# The newest PostgreSQL installed (15 on Debian 12, 17 on Debian 13), unless --pg-bin is given.
+pg_bin=()
+if [[ " $* " != *" --pg-bin "* ]]; then
+    initdb=$(find /usr/lib/postgresql -maxdepth 3 -path '*/bin/initdb' 2>/dev/null | sort -V | tail -n 1)
+    if [[ -n $initdb ]]; then
+        pg_bin=(--pg-bin "$(dirname "$initdb")")
+    fi
+fi
+
 # fleet-faults cleans up after itself however it ends (its namespaces, processes, cluster and
 # work directory); what it printed is the result, its exit status the verdict.
 t0=$(now)
 status=0
-"$FLEET_FAULTS" --collector "$COLLECTOR" --apis "$APIS" "$@" || status=$?
+"$FLEET_FAULTS" --collector "$COLLECTOR" --apis "$APIS" "${pg_bin[@]}" "$@" || status=$?
 timing fleet-faults "$t0"
 timings_print
 exit "$status"

@@ -9,6 +9,8 @@
 #   BOX_RELEASES   Debian releases to boot (default "bookworm trixie"; empty: no boxes)
 #   BOX_FLEET      two bookworm boxes sharing one lock in PostgreSQL, beside the others
 #                  (tests/box/fleet.sh; default 1, empty: not run)
+#   FLEET_ROUNDS   rounds of fault injection across hosts run beside the boxes (tests/fleet.sh;
+#                  default 50, empty: not run)
 #   EXPOSURE_MAX   highest `systemd-analyze security` exposure accepted (default 2.0)
 set -euo pipefail
 
@@ -30,6 +32,7 @@ require_root "boots containers and installs packages in them"
 
 BOX_RELEASES=${BOX_RELEASES-bookworm trixie}
 BOX_FLEET=${BOX_FLEET-1}
+FLEET_ROUNDS=${FLEET_ROUNDS-50}
 EXPOSURE_MAX=${EXPOSURE_MAX:-2.0}
 workdir_init run
 results_init
@@ -147,6 +150,47 @@ run_box() {
     echo "TIME [$release] box: $(elapsed "$t0" "$(now)") s"
 }
 
+# The fault-injection rounds across hosts (tests/fleet.sh), on the release binaries cargo deb
+# built: network namespaces and a cluster of their own, mostly waiting on leases, so they run
+# beside the boxes. One PASS or FAIL line on their verdict, their figures shown under it.
+run_faults() {
+    local t0 out=$BOX_WORKDIR/faults.log pid
+    TEST_LABEL=faults
+    t0=$(now)
+    if ! (cd "$REPO" && cargo build --release -q -p fleet) >"$out" 2>&1; then
+        fail "fault injection across hosts: cargo build -p fleet failed"
+        show <"$out"
+        return 0
+    fi
+    # A session of its own, so that an interrupted run.sh can end it (stop_faults): fleet-faults
+    # then removes its namespaces and cluster before it exits.
+    FLEET_FAULTS=$REPO/target/release/fleet-faults COLLECTOR=$REPO/target/release/report-collector \
+        APIS=$REPO/target/release/report-apis setsid tests/fleet.sh --rounds "$FLEET_ROUNDS" \
+        >>"$out" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$BOX_WORKDIR/faults.pid"
+    if wait "$pid"; then
+        pass "fault injection across hosts: $FLEET_ROUNDS rounds, no overlap, no slot or ticket collected twice, every take-over within the bound"
+    else
+        fail "fault injection across hosts (tests/fleet.sh --rounds $FLEET_ROUNDS): a check failed or it could not run"
+    fi
+    rm -f "$BOX_WORKDIR/faults.pid"
+    show <"$out"
+    echo "TIME [faults] $(elapsed "$t0" "$(now)") s"
+}
+
+# stop_faults: ends an interrupted fault run (SIGTERM to its session) and waits up to 30 s for
+# its clean-up.
+stop_faults() {
+    local pid i
+    pid=$(cat "$BOX_WORKDIR/faults.pid" 2>/dev/null) || return 0
+    kill -TERM -- "-$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 150; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.2
+    done
+}
+
 run_boxes() {
     local release name t0 pid
     t0=$(now)
@@ -167,6 +211,12 @@ run_boxes() {
         BOX_PIDS+=($!)
         BOX_RELEASE_OF[$!]=fleet
     fi
+    if [[ -n $FLEET_ROUNDS ]]; then
+        on_exit stop_faults
+        run_faults > >(tee "$BOX_WORKDIR/faults.log.shown") 2>&1 &
+        BOX_PIDS+=($!)
+        BOX_RELEASE_OF[$!]=faults
+    fi
     # A box process that died (a bug in the scenario: an unset variable, say) has left the
     # checks after that point unmade: that is a failure of its own.
     for pid in "${BOX_PIDS[@]}"; do
@@ -178,6 +228,9 @@ run_boxes() {
     for release in $BOX_RELEASES ${BOX_FLEET:+fleet}; do
         TIMINGS+=("$(sed -n 's/^TIME \[\(.*\)\] /\1 /p' "$BOX_WORKDIR/$release.log" 2>/dev/null)")
     done
+    if [[ -n $FLEET_ROUNDS ]]; then
+        TIMINGS+=("$(sed -n 's/^TIME \[\(.*\)\] /\1 /p' "$BOX_WORKDIR/faults.log.shown" 2>/dev/null)")
+    fi
     timing "all boxes" "$t0"
 }
 
@@ -188,7 +241,7 @@ main() {
     build_debs || summary_and_exit
     check_lintian
     check_units
-    if [[ -n $BOX_RELEASES || -n $BOX_FLEET ]]; then
+    if [[ -n $BOX_RELEASES || -n $BOX_FLEET || -n $FLEET_ROUNDS ]]; then
         run_boxes
     fi
     timing tests/run.sh "$t0"
