@@ -8,13 +8,15 @@
 #   make fuzz        every fuzz target for FUZZ_SECONDS each (300), crashes reported
 #   make docker-demo the same demo in a Docker systemd box; make docker-down removes it
 #   make long-run    the experiment in real time in a booted box; LONG_RUN=1 make test adds it
+#   make fleet-soak  fault injection across hosts on the PostgreSQL lock for FLEET_SOAK_ROUNDS
+#                    rounds (500, about 90 minutes); make test runs 50 beside the boxes
 # demo, test, fuzz and deb install what they need first (scripts/install-deps.sh; run as root);
 # deb installs only what building needs.
 
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo test deb experiment bench fuzz deps deps-build deps-docker lint rules-test unit-test fuzz-test box-test docker-test docker-demo docker-down long-run
+.PHONY: demo test deb experiment bench fuzz deps deps-build deps-docker lint rules-test unit-test fuzz-test box-test docker-test docker-demo docker-down long-run fleet-soak
 
 deps:
 	scripts/install-deps.sh
@@ -74,6 +76,10 @@ docker-down:
 
 long-run: deps
 	scripts/long-run.sh
+
+FLEET_SOAK_ROUNDS ?= 500
+fleet-soak: deps
+	tests/fleet.sh --rounds $(FLEET_SOAK_ROUNDS)
 
 # The box tests run under tests/host-state.sh, which proves they left the host as it was.
 test: deps-docker
