@@ -126,6 +126,8 @@ struct Progress<G> {
     guard: Option<Rc<G>>,
     /// When the run saved its report, for a lock that keeps the fleet's last collection.
     collected_at: Option<SystemTime>,
+    /// The report, once written: a lease lost after that does not undo the collection.
+    saved: Option<PathBuf>,
 }
 
 impl<G> Progress<G> {
@@ -188,6 +190,7 @@ pub async fn run<L: RunLock, S: ReportServer>(
         holder_host: None,
         guard: None,
         collected_at: None,
+        saved: None,
     });
 
     let outcome = tokio::select! {
@@ -258,10 +261,25 @@ async fn steps<L: RunLock, S: ReportServer>(
         }
     }
     // The lease first: a run whose lease ran out sends the report server nothing more.
-    tokio::select! {
+    let lost = tokio::select! {
         biased;
-        lost = guard.lease_lost() => Err(RunError::LeaseLost(lost)),
-        result = collect_and_save(config, connect, request, left, progress) => result,
+        lost = guard.lease_lost() => lost,
+        result = collect_and_save(config, connect, request, left, progress) => return result,
+    };
+    let saved = progress.borrow().saved.clone();
+    match saved {
+        // The ticket was marked as being saved in the lock's row before the report was
+        // written, so no other host fetches it again: the slot is collected, only its
+        // bookkeeping in the row is missing.
+        Some(report) => {
+            tracing::warn!(
+                "saved the report as {}, but then lost the lease before finishing its ticket in the lock's row ({}); the row marks the ticket as being saved by this host, so the next holder takes it as collected and fetches it not again",
+                report.display(),
+                lost.why
+            );
+            Ok(report)
+        }
+        None => Err(RunError::LeaseLost(lost)),
     }
 }
 
@@ -277,6 +295,25 @@ async fn collect_and_save<G: LockGuard, S: ReportServer>(
             return Ok(report);
         }
     }
+    let left = match left {
+        Some(LeftTicket {
+            ticket,
+            saving: Some((generation, host)),
+            ..
+        }) => {
+            // Its holder marked it right before writing the report, then stopped before it
+            // could finish the ticket: across hosts a report is saved at most once, so it is
+            // not fetched again.
+            tracing::warn!(
+                TICKET = %ticket,
+                HOLDER_HOST = host.as_str(),
+                "ticket {ticket} was marked as being saved by host {host} (generation {generation}), which stopped before finishing it: taken as collected by host {host}, not fetched again"
+            );
+            finish_ticket(progress).await;
+            None
+        }
+        left => left,
+    };
     let server = connect().map_err(RunError::Connect)?;
     let resume = match left {
         Some(left) => take_over(config, &server, left, request.deadline, progress).await,
@@ -532,14 +569,39 @@ async fn save<G: LockGuard>(
         .requested
         .unwrap_or_else(SystemTime::now);
     still_valid()?;
-    let report = store::save(
+    // The commit point across hosts: once the lock's row marks the ticket as being saved by
+    // this run, no later holder fetches it again, so the report is written only after that,
+    // and nothing between the mark and the write may stop the run.
+    if let Some(guard) = &guard {
+        guard.mark_saving(&collected.ticket).await.map_err(|e| {
+            RunError::LeaseLost(LeaseLost {
+                why: format!(
+                    "the lock's row did not take the mark that this run saves ticket {}: {e}",
+                    collected.ticket
+                ),
+            })
+        })?;
+    }
+    let report = match store::save(
         &config.report_dir,
         &order,
         requested,
         &collected.ticket,
         collected.csv.as_bytes(),
-    )?;
-    progress.borrow_mut().collected_at = Some(SystemTime::now());
+    ) {
+        Ok(report) => report,
+        Err(e) => {
+            // Not written after all: the ticket goes back on record unmarked, so the next
+            // holder resumes it.
+            set_ticket(progress, &collected.ticket, Some(requested)).await;
+            return Err(e.into());
+        }
+    };
+    {
+        let mut progress = progress.borrow_mut();
+        progress.collected_at = Some(SystemTime::now());
+        progress.saved = Some(report.clone());
+    }
     finish_ticket(progress).await;
     prune(config, &report);
     Ok(report)

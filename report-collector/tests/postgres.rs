@@ -416,6 +416,15 @@ fn the_postgres_lock_against_a_real_server() {
     let next = b.run(&["--trigger", "manual"]);
     assert_eq!(next.code, Some(0), "{}", next.stderr);
     assert!(next.stderr.contains("waits it out"), "{}", next.stderr);
+    // The waiting run names the holder it waits out, not itself.
+    assert!(
+        next.stderr.contains(&format!(
+            "its last holder, pid {} on host host-a",
+            paused.id()
+        )),
+        "{}",
+        next.stderr
+    );
     let saved = reports(&b);
     assert_eq!(saved.len(), 1);
     let saved_at = modified(&b.reports, &saved[0]);
@@ -551,6 +560,107 @@ fn the_postgres_lock_against_a_real_server() {
     );
     assert!(reports(&b)[0].contains(&ticket), "{:?}", reports(&b));
     assert_eq!(cluster.row("resume", "COALESCE(ticket, '')"), "");
+
+    // A holder killed in its slot: a waiting host of the same slot takes the claim over and
+    // collects the slot, resuming the ticket.
+    let a = host(
+        &cluster,
+        &generating.url,
+        "host-a",
+        "takeover",
+        &[("schedule-period", "\"1h\"")],
+    );
+    let b = host(
+        &cluster,
+        &generating.url,
+        "host-b",
+        "takeover",
+        &[("schedule-period", "\"1h\""), ("policy", "\"wait\"")],
+    );
+    let killed = a.spawn(&["--trigger", "timer"]);
+    wait_for_row(&cluster, "takeover", "host-a", true);
+    let ticket = cluster.row("takeover", "ticket");
+    signal(&killed, Signal::SIGKILL);
+    let _ = finish(killed);
+    let took = b.run(&["--trigger", "timer"]);
+    assert_eq!(took.code, Some(0), "{}", took.stderr);
+    assert!(
+        took.stderr.contains(
+            "on host host-a, which stopped before saving its report: this run takes the slot over"
+        ),
+        "{}",
+        took.stderr
+    );
+    assert!(
+        took.stderr.contains(&format!("resuming ticket {ticket}")),
+        "{}",
+        took.stderr
+    );
+    assert_eq!(reports(&b).len(), 1);
+    assert_eq!(
+        cluster.psql(
+            "fleet",
+            "SELECT host || '|' || (collected_at IS NOT NULL) FROM report_collector.report_collector_slot WHERE name = 'takeover'"
+        ),
+        "host-b|true"
+    );
+
+    // A holder cut off right after it saved its report, before it could finish the ticket in
+    // the row (the database takes the mark, then fails the finish for longer than the lease):
+    // it says it collected, and the next holder, on another host, takes the ticket as
+    // collected by it instead of fetching and saving it again.
+    cluster.psql(
+        "fleet",
+        "CREATE FUNCTION report_collector.cut_off() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_sleep(5); RAISE EXCEPTION 'cut off'; END $$; \
+         CREATE TRIGGER cut_off BEFORE UPDATE ON report_collector.report_collector_lock \
+         FOR EACH ROW WHEN (NEW.name = 'saved-once' AND OLD.ticket_saving_generation IS NOT NULL \
+           AND NEW.ticket IS NULL) EXECUTE FUNCTION report_collector.cut_off()",
+    );
+    let a = host(&cluster, &fast.url, "host-a", "saved-once", &[]);
+    let b = host(&cluster, &fast.url, "host-b", "saved-once", &[]);
+    let cut = a.run(&["--trigger", "manual"]);
+    assert_eq!(cut.code, Some(0), "{}", cut.stderr);
+    assert!(
+        cut.stderr
+            .contains("but then lost the lease before finishing its ticket"),
+        "{}",
+        cut.stderr
+    );
+    assert!(
+        !cut.stderr.contains("stopped without saving anything"),
+        "{}",
+        cut.stderr
+    );
+    let saved = reports(&a);
+    assert_eq!(saved.len(), 1);
+    let ticket = cluster.row("saved-once", "ticket");
+    assert!(saved[0].contains(&ticket), "{saved:?} {ticket}");
+    assert_eq!(cluster.row("saved-once", "ticket_saved_by_host"), "host-a");
+    cluster.psql(
+        "fleet",
+        "DROP TRIGGER cut_off ON report_collector.report_collector_lock",
+    );
+    let next = b.run(&["--trigger", "manual"]);
+    assert_eq!(next.code, Some(0), "{}", next.stderr);
+    assert!(
+        next.stderr.contains(&format!(
+            "ticket {ticket} was marked as being saved by host host-a"
+        )) && next.stderr.contains("taken as collected by host host-a"),
+        "{}",
+        next.stderr
+    );
+    assert!(
+        !next.stderr.contains(&format!("resuming ticket {ticket}")),
+        "{}",
+        next.stderr
+    );
+    assert!(
+        reports(&b).iter().all(|r| !r.contains(&ticket)),
+        "{:?}",
+        reports(&b)
+    );
+    assert_eq!(cluster.row("saved-once", "COALESCE(ticket, '')"), "");
 }
 
 /// Fail closed: no database, no collection, exit 69, and a line naming where it looked.

@@ -70,6 +70,10 @@ pub struct LeftTicket {
     /// The run that left it.
     pub by_pid: u32,
     pub host: Option<String>,
+    /// The generation and host that marked it as being saved (the shared lock only): that
+    /// holder was about to write its report, so the ticket counts as collected by it and is
+    /// not fetched again.
+    pub saving: Option<(i64, String)>,
 }
 
 impl LeftTicket {
@@ -84,6 +88,7 @@ impl LeftTicket {
                 .and_then(|t| humantime::parse_rfc3339(t).ok()),
             by_pid: record.pid,
             host: record.host,
+            saving: None,
         })
     }
 }
@@ -166,8 +171,17 @@ pub trait LockGuard {
     /// is to resume it.
     fn finish_ticket(&self) -> impl Future<Output = io::Result<()>>;
 
+    /// Marks, in one statement guarded by this holder's live lease, that it is about to write
+    /// the report of `ticket`: the commit point of a collection across hosts. Only once it
+    /// succeeded may the report be written; from then on no later holder fetches the ticket
+    /// again (nor collects this run's slot), even if this run dies before it could finish the
+    /// ticket. A lock of one host has nothing to mark.
+    fn mark_saving(&self, _ticket: &str) -> impl Future<Output = io::Result<()>> {
+        async { Ok(()) }
+    }
     /// Claims `slot` for this run among every host sharing the lock; `Err` names the host that
-    /// claimed it first. A lock of one host has nothing to claim.
+    /// claimed it first and collected it (or is saving it). A claim of an earlier holder that
+    /// stopped before saving anything is taken over. A lock of one host has nothing to claim.
     fn claim_slot(
         &self,
         _slot: SystemTime,

@@ -75,6 +75,8 @@ CREATE TABLE IF NOT EXISTS report_collector_slot (
     collected_at timestamptz,
     PRIMARY KEY (name, slot)
 );
+ALTER TABLE report_collector_lock ADD COLUMN IF NOT EXISTS ticket_saving_generation bigint;
+ALTER TABLE report_collector_lock ADD COLUMN IF NOT EXISTS ticket_saved_by_host text;
 ";
 
 /// Whether `session` holds this lock's advisory lock, by `pg_locks` ($2, $3: the keys).
@@ -166,7 +168,11 @@ impl PostgresLock {
                 .client
                 .query_one(
                     "SELECT to_regclass('report_collector_lock') IS NOT NULL \
-                     AND to_regclass('report_collector_slot') IS NOT NULL",
+                     AND to_regclass('report_collector_slot') IS NOT NULL \
+                     AND EXISTS (SELECT 1 FROM information_schema.columns \
+                       WHERE table_name = 'report_collector_lock' \
+                       AND column_name = 'ticket_saved_by_host' \
+                       AND table_schema = ANY (current_schemas(false)))",
                     &[],
                 )
                 .await?
@@ -246,7 +252,7 @@ impl PostgresLock {
              slot, ticket, ticket_requested, ticket_host, ticket_pid, \
              last_collected_at, last_collected_host, last_report, \
              COALESCE({HOLDS} l.session), false), \
-             h.pid, a.application_name \
+             h.pid, a.application_name, ticket_saving_generation, ticket_saved_by_host \
              FROM report_collector_lock l \
              LEFT JOIN (SELECT k.pid FROM pg_locks k WHERE k.locktype = 'advisory' AND k.granted \
                AND k.classid::int8 = $2 AND k.objid::int8 = $3 AND k.objsubid = 2 LIMIT 1) h ON true \
@@ -274,9 +280,39 @@ impl PostgresLock {
                 session_holds: r.get(15),
                 lock_pid: r.get(16),
                 lock_application: r.get(17),
+                saving_generation: r.get(18),
+                saved_by_host: r.get(19),
             },
             None => Row::default(),
         })
+    }
+
+    /// Connects again after the connection of a waiting run dropped (`why`), with a short
+    /// back-off, until `bound`; past it the run fails as unable to reach the database.
+    async fn reconnect(&self, why: &str, bound: Instant) -> Result<Session, String> {
+        tracing::info!(
+            "the connection to the PostgreSQL server at {} dropped while this run waited for the lock ({why}); connecting again for up to {}",
+            self.target,
+            humantime::format_duration(round_ms(bound.saturating_duration_since(Instant::now())))
+        );
+        let mut backoff = Duration::from_millis(200);
+        let mut last = why.to_owned();
+        loop {
+            let now = Instant::now();
+            if now >= bound {
+                return Err(format!(
+                    "the connection dropped while this run waited for the lock, and no new one could be made within the wait's bound: {last}"
+                ));
+            }
+            tokio::time::sleep(backoff.min(bound - now)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            let left = bound.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.open()).await {
+                Ok(Ok(session)) => return Ok(session),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = "no answer in time".to_owned(),
+            }
+        }
     }
 
     fn keys(&self) -> (i64, i64) {
@@ -440,6 +476,10 @@ struct Row {
     lock_pid: Option<i32>,
     /// Its `application_name`: `report-collector HOST:PID` for a collector.
     lock_application: Option<String>,
+    /// The generation that marked the ticket as being saved, right before writing its report.
+    saving_generation: Option<i64>,
+    /// The host of that generation.
+    saved_by_host: Option<String>,
 }
 
 impl Row {
@@ -476,6 +516,16 @@ impl Row {
         }
     }
 
+    /// The holder the row names, whoever holds the advisory lock now: once a waiting run has
+    /// the advisory lock itself, the row still names the run whose lease it waits out.
+    fn recorded_holder(&self) -> Holder {
+        Row {
+            lock_pid: None,
+            ..self.clone()
+        }
+        .holder()
+    }
+
     fn held(&self) -> bool {
         self.lock_pid.is_some() || (self.live && self.session.is_some())
     }
@@ -490,6 +540,9 @@ impl Row {
                 .and_then(|p| u32::try_from(p).ok())
                 .unwrap_or(0),
             host: self.ticket_host.clone().or_else(|| self.host.clone()),
+            saving: self
+                .saving_generation
+                .map(|generation| (generation, self.saved_by_host.clone().unwrap_or_default())),
         })
     }
 
@@ -510,7 +563,7 @@ impl RunLock for PostgresLock {
                 left: None,
             });
         }
-        let session = self
+        let mut session = self
             .open()
             .await
             .map_err(|why| self.unavailable(request, why))?;
@@ -526,7 +579,6 @@ impl RunLock for PostgresLock {
                 describe(&e)
             )))
         };
-        let client = &session.client;
         let started = Instant::now();
         let wait_until = match request.policy {
             Policy::Wait => request
@@ -536,119 +588,156 @@ impl RunLock for PostgresLock {
         };
         let mut previous: Option<Holder> = None;
         let mut ended: Option<i32> = None;
-        loop {
-            let got: bool = client
-                .query_one(
-                    "SELECT pg_try_advisory_lock($1::int4, $2::int4)",
-                    &[&ADVISORY_CLASS, &self.key],
-                )
-                .await
-                .map_err(db)?
-                .get(0);
-            if got {
-                break;
-            }
-            let row = self.read_row(client).await.map_err(db)?;
-            let holder = row.holder();
-            if !row.live && row.session_holds && Instant::now() < request.deadline {
-                // A holder whose lease ran out by the database's clock but whose session the
-                // server still keeps: a host cut off before the keepalives gave up. Its run
-                // has stopped itself (the lease is over); its session is ended so the lock
-                // can move on.
-                if let Some(stale) = row.session {
-                    tracing::warn!(
-                        HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
-                        "the lease of {holder} ran out {} ago but its database session {stale} still holds the lock; ending that session",
-                        humantime::format_duration(round_ms(
-                            Duration::try_from_secs_f64(-row.remaining).unwrap_or_default()
-                        ))
-                    );
-                    terminate(client, stale).await.map_err(db)?;
-                    previous.get_or_insert(holder);
-                    tokio::time::sleep(POLL).await;
-                    continue;
+        // A run that is waiting (policy wait, or waiting out a lease) and loses its connection
+        // (the database restarted) connects again within its bound: giving up would leave the
+        // slot to nobody. The holder's own advisory lock went with the session, so it contends
+        // again from the start.
+        let mut dropped: Option<String> = None;
+        macro_rules! db_try {
+            ($label:lifetime, $e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e)
+                        if connection_lost(&e, &session.client)
+                            && (request.policy == Policy::Wait || previous.is_some()) =>
+                    {
+                        dropped = Some(describe(&e));
+                        continue $label;
+                    }
+                    Err(e) => return Err(db(e)),
                 }
-            }
-            let now = Instant::now();
-            match request.policy {
-                Policy::Forbid | Policy::Allow => return Err(refused(Refusal::Busy(holder))),
-                Policy::Wait => {
-                    if previous.is_none() {
-                        tracing::info!(
-                            HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
-                            "lock {} is held by {holder}; waiting up to {} for it",
-                            self.describe(),
-                            humantime::format_duration(wait_until.saturating_duration_since(now))
-                        );
-                    }
-                    previous.get_or_insert_with(|| holder.clone());
-                    if now >= wait_until {
-                        return Err(refused(Refusal::WaitTimedOut {
-                            holder,
-                            waited: started.elapsed(),
-                        }));
-                    }
-                }
-                Policy::Replace => {
-                    let earlier = matches!((row.slot, request.slot), (Some(theirs), Some(ours)) if theirs < ours);
-                    if !earlier && ended.is_none() {
-                        return Err(refused(Refusal::NotEarlier(holder)));
-                    }
-                    match row.session {
-                        Some(s) if row.session_holds && ended != Some(s) => {
-                            tracing::info!(
-                                HOLDER_PID = holder.pid.unwrap_or(0),
-                                HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
-                                "policy replace: ending the run holding the lock, {holder}, by ending its database session {s}; its lease is then waited out"
-                            );
-                            terminate(client, s).await.map_err(db)?;
-                            ended = Some(s);
-                            previous.get_or_insert_with(|| holder.clone());
-                        }
-                        _ => {}
-                    }
-                    if now >= request.deadline {
-                        return Err(refused(Refusal::DeadlinePassed(holder)));
-                    }
-                }
-            }
-            tokio::time::sleep_until((now + POLL).min(wait_until.max(now))).await;
+            };
         }
-
-        // The advisory lock is ours; the previous holder's lease may still run.
-        let taken = loop {
-            let row = self.read_row(client).await.map_err(db)?;
-            if row.live && row.session != Some(session.backend) {
-                let wait = row.remaining() + WAIT_MARGIN;
-                let holder = row.holder();
-                if Instant::now() + wait > request.deadline {
-                    let _ = client
-                        .query(
-                            "SELECT pg_advisory_unlock($1::int4, $2::int4)",
+        let taken = 'connect: loop {
+            if let Some(why) = dropped.take() {
+                let bound = if request.policy == Policy::Wait {
+                    wait_until
+                } else {
+                    request.deadline
+                };
+                session = self
+                    .reconnect(&why, bound)
+                    .await
+                    .map_err(|why| self.unavailable(request, why))?;
+            }
+            let client = &session.client;
+            loop {
+                let got: bool = db_try!('connect,
+                    client
+                        .query_one(
+                            "SELECT pg_try_advisory_lock($1::int4, $2::int4)",
                             &[&ADVISORY_CLASS, &self.key],
                         )
-                        .await;
-                    return Err(refused(Refusal::LeaseOutlastsDeadline {
-                        holder,
-                        remaining: row.remaining(),
-                    }));
+                        .await
+                )
+                .get(0);
+                if got {
+                    break;
                 }
-                tracing::info!(
-                    HOLDER_PID = holder.pid.unwrap_or(0),
-                    HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
-                    "the lock {} is free, but the lease of its last holder, {holder}, runs {} more by the database's clock: that run may still be collecting, so this one waits it out",
-                    self.describe(),
-                    humantime::format_duration(round_ms(wait))
-                );
-                previous.get_or_insert(holder);
-                tokio::time::sleep(wait).await;
-                continue;
+                let row = db_try!('connect, self.read_row(client).await);
+                let holder = row.holder();
+                if !row.live && row.session_holds && Instant::now() < request.deadline {
+                    // A holder whose lease ran out by the database's clock but whose session the
+                    // server still keeps: a host cut off before the keepalives gave up. Its run
+                    // has stopped itself (the lease is over); its session is ended so the lock
+                    // can move on.
+                    if let Some(stale) = row.session {
+                        tracing::warn!(
+                            HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+                            "the lease of {holder} ran out {} ago but its database session {stale} still holds the lock; ending that session",
+                            humantime::format_duration(round_ms(
+                                Duration::try_from_secs_f64(-row.remaining).unwrap_or_default()
+                            ))
+                        );
+                        db_try!('connect, terminate(client, stale).await);
+                        previous.get_or_insert(holder);
+                        tokio::time::sleep(POLL).await;
+                        continue;
+                    }
+                }
+                let now = Instant::now();
+                match request.policy {
+                    Policy::Forbid | Policy::Allow => return Err(refused(Refusal::Busy(holder))),
+                    Policy::Wait => {
+                        if previous.is_none() {
+                            tracing::info!(
+                                HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+                                "lock {} is held by {holder}; waiting up to {} for it",
+                                self.describe(),
+                                humantime::format_duration(
+                                    wait_until.saturating_duration_since(now)
+                                )
+                            );
+                        }
+                        previous.get_or_insert_with(|| holder.clone());
+                        if now >= wait_until {
+                            return Err(refused(Refusal::WaitTimedOut {
+                                holder,
+                                waited: started.elapsed(),
+                            }));
+                        }
+                    }
+                    Policy::Replace => {
+                        let earlier = matches!((row.slot, request.slot), (Some(theirs), Some(ours)) if theirs < ours);
+                        if !earlier && ended.is_none() {
+                            return Err(refused(Refusal::NotEarlier(holder)));
+                        }
+                        match row.session {
+                            Some(s) if row.session_holds && ended != Some(s) => {
+                                tracing::info!(
+                                    HOLDER_PID = holder.pid.unwrap_or(0),
+                                    HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+                                    "policy replace: ending the run holding the lock, {holder}, by ending its database session {s}; its lease is then waited out"
+                                );
+                                db_try!('connect, terminate(client, s).await);
+                                ended = Some(s);
+                                previous.get_or_insert_with(|| holder.clone());
+                            }
+                            _ => {}
+                        }
+                        if now >= request.deadline {
+                            return Err(refused(Refusal::DeadlinePassed(holder)));
+                        }
+                    }
+                }
+                tokio::time::sleep_until((now + POLL).min(wait_until.max(now))).await;
             }
-            let sent = Instant::now();
-            let lease = self.lease.as_secs_f64();
-            let slot: Option<SystemTime> = request.slot;
-            let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
-            let updated = client
+
+            // The advisory lock is ours; the previous holder's lease may still run.
+            loop {
+                let row = db_try!('connect, self.read_row(client).await);
+                if row.live && row.session != Some(session.backend) {
+                    let wait = row.remaining() + WAIT_MARGIN;
+                    // The advisory lock is this run's own now: the row names the one waited out.
+                    let holder = row.recorded_holder();
+                    if Instant::now() + wait > request.deadline {
+                        let _ = client
+                            .query(
+                                "SELECT pg_advisory_unlock($1::int4, $2::int4)",
+                                &[&ADVISORY_CLASS, &self.key],
+                            )
+                            .await;
+                        return Err(refused(Refusal::LeaseOutlastsDeadline {
+                            holder,
+                            remaining: row.remaining(),
+                        }));
+                    }
+                    tracing::info!(
+                        HOLDER_PID = holder.pid.unwrap_or(0),
+                        HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+                        "the lock {} is free, but the lease of its last holder, {holder}, runs {} more by the database's clock: that run may still be collecting, so this one waits it out",
+                        self.describe(),
+                        humantime::format_duration(round_ms(wait))
+                    );
+                    previous.get_or_insert(holder);
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                let sent = Instant::now();
+                let lease = self.lease.as_secs_f64();
+                let slot: Option<SystemTime> = request.slot;
+                let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+                let updated = db_try!('connect, client
                 .query_opt(
                     "UPDATE report_collector_lock SET holder_host = $2, holder_pid = $3, \
                      since = clock_timestamp(), session = pg_backend_pid(), \
@@ -659,13 +748,14 @@ impl RunLock for PostgresLock {
                      RETURNING generation",
                     &[&self.lock_name, &self.host, &pid, &lease, &slot],
                 )
-                .await
-                .map_err(db)?;
-            if let Some(r) = updated {
-                break (r.get::<_, i64>(0), sent, row);
+                .await);
+                if let Some(r) = updated {
+                    break 'connect (r.get::<_, i64>(0), sent, row);
+                }
             }
         };
         let (generation, sent, row) = taken;
+        let client = &session.client;
         let _ = client
             .execute(
                 "DELETE FROM report_collector_slot WHERE name = $1 \
@@ -723,6 +813,13 @@ impl RunLock for PostgresLock {
     fn describe(&self) -> String {
         format!("\"{}\" (PostgreSQL at {})", self.lock_name, self.target)
     }
+}
+
+/// Whether a failed statement means the connection itself is gone (the server restarted or
+/// ended the session), not a statement the server refused.
+fn connection_lost(e: &tokio_postgres::Error, client: &Client) -> bool {
+    let class = e.code().map(|c| &c.code()[..2]);
+    client.is_closed() || e.is_closed() || matches!(class, Some("08" | "57"))
 }
 
 /// Ends a database session by its backend pid; the server checks that this role may.
@@ -967,7 +1064,8 @@ impl LockGuard for HeldPostgres {
         let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
         s.write(
             "UPDATE report_collector_lock SET ticket = $3, ticket_requested = $4, \
-             ticket_host = $5, ticket_pid = $6 \
+             ticket_host = $5, ticket_pid = $6, \
+             ticket_saving_generation = NULL, ticket_saved_by_host = NULL \
              WHERE name = $1 AND generation = $2 AND session = pg_backend_pid()",
             &[
                 &s.lock_name,
@@ -985,26 +1083,84 @@ impl LockGuard for HeldPostgres {
         let s = &self.shared;
         s.write(
             "UPDATE report_collector_lock SET ticket = NULL, ticket_requested = NULL, \
-             ticket_host = NULL, ticket_pid = NULL \
+             ticket_host = NULL, ticket_pid = NULL, \
+             ticket_saving_generation = NULL, ticket_saved_by_host = NULL \
              WHERE name = $1 AND generation = $2 AND session = pg_backend_pid()",
             &[&s.lock_name, &s.generation],
         )
         .await
     }
 
+    async fn mark_saving(&self, ticket: &str) -> io::Result<()> {
+        let s = &self.shared;
+        let slot = *s
+            .slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // One statement: the ticket is marked in the row, and the slot's claim counted as
+        // collected, together or not at all, and only while the lease is live by the
+        // database's clock. A later holder can take the lock only once this lease has run out,
+        // so it sees the mark.
+        let sql = "WITH mark AS ( \
+               UPDATE report_collector_lock SET ticket = $3, \
+                 ticket_saving_generation = generation, ticket_saved_by_host = $4 \
+               WHERE name = $1 AND generation = $2 AND session = pg_backend_pid() \
+                 AND lease_until > clock_timestamp() RETURNING 1), \
+             claim AS ( \
+               UPDATE report_collector_slot SET collected_at = clock_timestamp() \
+               WHERE name = $1 AND slot = $5 AND generation = $2 AND collected_at IS NULL \
+                 AND EXISTS (SELECT 1 FROM mark) RETURNING 1) \
+             SELECT count(*) FROM mark";
+        let marked = tokio::time::timeout(
+            STATUS_TIMEOUT,
+            s.client
+                .query_one(sql, &[&s.lock_name, &s.generation, &ticket, &s.host, &slot]),
+        )
+        .await
+        .map_err(|_| io::Error::other("the database did not answer in time"))?
+        .map_err(|e| io::Error::other(describe(&e)))?
+        .get::<_, i64>(0);
+        if marked == 0 {
+            return Err(io::Error::other(
+                "the lock's row no longer gives this run a live lease",
+            ));
+        }
+        Ok(())
+    }
+
     async fn claim_slot(&self, slot: SystemTime) -> io::Result<Result<(), SlotTaken>> {
         let s = &self.shared;
         let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
         let claim = async {
+            // A claim of an earlier generation that was neither collected nor marked as being
+            // saved (the mark counts the claim as collected) was abandoned: this run holds the
+            // lock and a live lease, so that holder has stopped, or will stop before it writes
+            // anything. It is taken over, so the slot is still collected.
             let claimed = s
                 .client
                 .query_opt(
-                    "INSERT INTO report_collector_slot (name, slot, host, pid, generation) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, slot) DO NOTHING RETURNING 1",
+                    "WITH before AS (SELECT host, pid FROM report_collector_slot \
+                       WHERE name = $1 AND slot = $2) \
+                     INSERT INTO report_collector_slot AS c (name, slot, host, pid, generation) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, slot) DO UPDATE \
+                     SET host = EXCLUDED.host, pid = EXCLUDED.pid, \
+                       generation = EXCLUDED.generation, claimed_at = clock_timestamp() \
+                     WHERE c.generation < EXCLUDED.generation AND c.collected_at IS NULL \
+                     RETURNING (SELECT host FROM before), (SELECT pid FROM before)",
                     &[&s.lock_name, &slot, &s.host, &pid, &s.generation],
                 )
                 .await?;
-            if claimed.is_some() {
+            if let Some(r) = claimed {
+                if let (Some(host), Some(pid)) =
+                    (r.get::<_, Option<String>>(0), r.get::<_, Option<i32>>(1))
+                {
+                    tracing::warn!(
+                        HOLDER_HOST = host.as_str(),
+                        HOLDER_PID = pid,
+                        "slot {} was claimed by pid {pid} on host {host}, which stopped before saving its report: this run takes the slot over",
+                        format_time(slot)
+                    );
+                }
                 return Ok(Ok(()));
             }
             let by = s
