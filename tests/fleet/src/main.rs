@@ -268,6 +268,12 @@ fn print_figures(f: &verdict::Figures, seed: u64, bound: Duration, took: Duratio
             f.by_holder
         ),
     }
+    if !f.failed_closed.is_empty() {
+        println!(
+            "database restarts the other hosts met as they started (exit 69, failed closed, nobody collected): rounds {:?}",
+            f.failed_closed
+        );
+    }
     if !f.slots_lost.is_empty() {
         println!(
             "slots lost: {} (another host took the lock in time but skipped the slot the ended holder had claimed: rounds {:?})",

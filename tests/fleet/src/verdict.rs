@@ -33,6 +33,9 @@ pub struct Figures {
     pub outcomes: BTreeMap<Fault, [usize; 4]>,
     /// Rounds whose slot was compared with the database's slot table.
     pub db_checked: usize,
+    /// Rounds of a database restart in which the other hosts' runs failed closed (exit 69, the
+    /// database unreachable as they started) and nobody collected: what the lock promises.
+    pub failed_closed: Vec<usize>,
     /// Every failed check, naming its round and evidence.
     pub failures: Vec<String>,
 }
@@ -215,7 +218,17 @@ pub fn judge(rounds: &[RoundResult], bound: Duration) -> Figures {
         }
         judge_fault(r, bound, &mut f);
         let lock_moved = matches!(round_take_over(r), Some(TakeOver::By { .. }));
-        if r.injected.is_some() && !lock_moved && !r.runs.iter().any(collected) {
+        // A restart that strikes while the other hosts are still connecting makes them fail
+        // closed (exit 69): nobody may collect then, and nobody did.
+        let failed_closed = r.injected.as_ref().is_some_and(|i| {
+            i.fault == Fault::DbRestart
+                && r.runs
+                    .iter()
+                    .any(|run| run.host != i.host && run.exit == Exit::Code(69))
+        });
+        if r.injected.is_some() && !lock_moved && !r.runs.iter().any(collected) && failed_closed {
+            f.failed_closed.push(r.index);
+        } else if r.injected.is_some() && !lock_moved && !r.runs.iter().any(collected) {
             f.failures.push(format!(
                 "round {}: nobody collected the slot: {}",
                 r.index,
