@@ -103,10 +103,12 @@ phase_catalog_skip() {
     local box=$1 t0 holder="" explained
     t0=$(date +%s)
     # A transient unit, so the holder is stopped by name; StateDirectory= makes the directory
-    # as the collector's own unit would, should no run have made it yet.
+    # as the collector's own unit would, should no run have made it yet. --no-fork: the unit's
+    # main process is the one holding the lock, so stopping the unit frees it (a forked sleep
+    # kept the descriptor when systemd 252 in nspawn could not kill the rest of the cgroup).
     box_exec "$box" systemd-run --quiet --unit=catalog-lock-holder -p User=report-collector \
         -p Group=report-collector -p StateDirectory=report-collector -p StateDirectoryMode=0750 \
-        -p UMask=0027 flock "$LOCK_FILE" sleep 60
+        -p UMask=0027 flock --no-fork "$LOCK_FILE" sleep 60
     # flock -n exits 99 only when the lock is taken; any other failure (runuser, the open) is
     # neither "held" nor "free" and is shown should the wait fail.
     _try_lock() {

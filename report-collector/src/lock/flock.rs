@@ -46,12 +46,7 @@ impl RunLock for FlockLock {
 
     async fn acquire(&self, request: Request) -> Result<Acquired<HeldFlock>, NotAcquired> {
         if request.policy == Policy::Allow {
-            return Ok(Acquired {
-                guard: None,
-                previous_holder: None,
-                previous_host: None,
-                left: None,
-            });
+            return Ok(Acquired::unlocked());
         }
         let name = self.path.display().to_string();
         let file = LockFile::open(&self.path).map_err(|e| NotAcquired {

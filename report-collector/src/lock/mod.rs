@@ -224,6 +224,18 @@ pub struct Acquired<G> {
     pub left: Option<LeftTicket>,
 }
 
+impl<G> Acquired<G> {
+    /// What `allow` gets from any backend: no lock, nobody before it.
+    pub fn unlocked() -> Acquired<G> {
+        Acquired {
+            guard: None,
+            previous_holder: None,
+            previous_host: None,
+            left: None,
+        }
+    }
+}
+
 /// Why the lock could not be had: which lock, what was asked, and what stood in the way. Its
 /// `Display` is the sentence the journal and `status` show.
 #[derive(Debug)]
@@ -286,8 +298,8 @@ impl NotAcquired {
         }
     }
 
-    /// The host of the run that stood in the way, for a shared lock.
-    pub fn holder_host(&self) -> Option<String> {
+    /// The run that stood in the way, when the refusal names one.
+    fn holder(&self) -> Option<&Holder> {
         match &self.refusal {
             Refusal::Busy(holder)
             | Refusal::WaitTimedOut { holder, .. }
@@ -295,23 +307,21 @@ impl NotAcquired {
             | Refusal::HolderHoldsNoDescriptor(holder)
             | Refusal::DeadlinePassed(holder)
             | Refusal::NotEarlier(holder)
-            | Refusal::LeaseOutlastsDeadline { holder, .. } => holder.host.clone(),
+            | Refusal::LeaseOutlastsDeadline { holder, .. } => Some(holder),
             Refusal::Signal { .. } | Refusal::Io(_) | Refusal::Unavailable(_) => None,
         }
+    }
+
+    /// The host of the run that stood in the way, for a shared lock.
+    pub fn holder_host(&self) -> Option<String> {
+        self.holder().and_then(|holder| holder.host.clone())
     }
 
     /// The other run that stood in the way, if it is known.
     pub fn holder_pid(&self) -> Option<u32> {
         match &self.refusal {
-            Refusal::Busy(holder)
-            | Refusal::WaitTimedOut { holder, .. }
-            | Refusal::HolderUnconfirmed(holder)
-            | Refusal::HolderHoldsNoDescriptor(holder)
-            | Refusal::DeadlinePassed(holder)
-            | Refusal::NotEarlier(holder)
-            | Refusal::LeaseOutlastsDeadline { holder, .. } => holder.pid,
             Refusal::Signal { pid, .. } => Some(*pid),
-            Refusal::Io(_) | Refusal::Unavailable(_) => None,
+            _ => self.holder().and_then(|holder| holder.pid),
         }
     }
 }

@@ -556,12 +556,7 @@ impl RunLock for PostgresLock {
 
     async fn acquire(&self, request: Request) -> Result<Acquired<HeldPostgres>, NotAcquired> {
         if request.policy == Policy::Allow {
-            return Ok(Acquired {
-                guard: None,
-                previous_holder: None,
-                previous_host: None,
-                left: None,
-            });
+            return Ok(Acquired::unlocked());
         }
         let mut session = self
             .open()
