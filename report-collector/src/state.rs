@@ -3,10 +3,13 @@
 //! on record, from which a fresh install's grace period counts.
 //!
 //! Every run reads the file, puts itself on it and writes it back (atomically, by rename). The
-//! file written by collectors up to 0.1.x held only the last run (the [`LastRun`] fields at the
-//! top level); it is read as such, and when that run collected, it is the last collection. A
-//! file that is neither (cut short, garbage) is never silently replaced: the run that finds it
-//! moves it aside to `<state-file>.unreadable` and says so, so nothing in it is lost.
+//! file written by the first release (package 0.1.0-1, before the last collection was kept
+//! apart) held only the last run (the [`LastRun`] fields at the top level); it is read as such,
+//! and when that run collected, it is the last collection. A file that is neither (cut short,
+//! garbage) is never silently replaced: the run that finds it moves it aside to
+//! `<state-file>.unreadable` and says so, so nothing in it is lost. A file that cannot be read
+//! at all (no permission, an I/O error) is left exactly as it is: the run still collects and
+//! saves its report, and says that it is not on record and why; `status` reports the file.
 
 use std::fs::File;
 use std::io::{self, Read as _};
@@ -66,8 +69,8 @@ pub struct Collection {
     pub report: PathBuf,
 }
 
-/// The last run, whatever its outcome. Also, exactly, the whole state file of collectors up
-/// to 0.1.x.
+/// The last run, whatever its outcome. Also, exactly, the whole state file of the first
+/// release (0.1.0-1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastRun {
     pub outcome: String,
@@ -261,9 +264,15 @@ pub fn unreadable_path(path: &Path) -> PathBuf {
 /// be written (the metrics file needs it either way). Problems are logged, never fatal: a run
 /// is over by now.
 pub fn record(path: &Path, run: &RunReport) -> State {
+    record_over(path, State::load(path), run)
+}
+
+/// [`record`] once the state file at `path` has been read (or could not be): what each way of
+/// failing to read it means for the file.
+fn record_over(path: &Path, loaded: Result<Option<State>, StateError>, run: &RunReport) -> State {
     // `false` once saving would overwrite a file that could not be read nor moved aside.
     let mut may_save = true;
-    let previous = match State::load(path) {
+    let previous = match loaded {
         Ok(previous) => previous,
         Err(StateError::Unreadable { reason, .. }) => {
             let aside = unreadable_path(path);
@@ -289,8 +298,23 @@ pub fn record(path: &Path, run: &RunReport) -> State {
             tracing::warn!("{e}; this run is not on record there");
             None
         }
-        Err(e) => {
-            tracing::warn!("{e}; this run's state starts afresh");
+        Err(StateError::Io { source, .. }) => {
+            // The file may well hold the last collection and the first run, and the error may
+            // pass (a wrong owner, a failing disk): saving over it would lose them for good.
+            // The report is saved already; only this run's record waits.
+            may_save = false;
+            let fix = if source.kind() == io::ErrorKind::PermissionDenied {
+                format!(
+                    "give it to the user the collector runs as (the package's: chown report-collector:report-collector {})",
+                    path.display()
+                )
+            } else {
+                "check the disk (journalctl -k)".to_owned()
+            };
+            tracing::warn!(
+                "cannot read the state file {}: {source}; it is left as it is, so its last collection and first run are kept, and this run is not on record there: {fix}; the next run records again",
+                path.display()
+            );
             None
         }
     };
@@ -342,7 +366,7 @@ mod tests {
         }
     }
 
-    /// Byte for byte what collectors up to 0.1.x wrote after a collection.
+    /// Byte for byte what the first release (0.1.0-1) wrote after a collection.
     const OLD_FORMAT: &str = r#"{
   "outcome": "collected",
   "exit_code": 0,
@@ -433,6 +457,27 @@ mod tests {
             "nothing lost"
         );
         assert_eq!(State::load(&path).unwrap().unwrap(), state);
+    }
+
+    #[test]
+    fn a_state_file_that_fails_to_read_is_never_saved_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("last-run.json");
+        record(&path, &run_at(skipped(), 1000));
+        record(&path, &run_at(collected(), 1060));
+        let before = std::fs::read(&path).unwrap();
+        for error in [nix::libc::EIO, nix::libc::EACCES] {
+            let failed = Err(StateError::Io {
+                path: path.clone(),
+                source: io::Error::from_raw_os_error(error),
+            });
+            let state = record_over(&path, failed, &run_at(skipped(), 1120));
+            assert_eq!(state.last_run.outcome, "skipped", "the run is still told");
+            assert_eq!(std::fs::read(&path).unwrap(), before, "os error {error}");
+        }
+        let kept = State::load(&path).unwrap().unwrap();
+        assert_eq!(kept.first_run.unix, 1000.0);
+        assert_eq!(kept.last_collection.unwrap().finished.unix, 1061.5);
     }
 
     #[test]
