@@ -206,30 +206,32 @@ impl PostgresConfig {
                 "it names both Unix-socket directories and TCP hosts; name one kind only (TLS applies to TCP hosts, never to sockets)",
             ));
         }
-        if let Some(path) = &self.password_file {
-            check_password_file(path).map_err(|m| Refusal::new("postgres.password-file", m))?;
+        // What a start reads from files, read here too, so that `check-config` finds what
+        // would make a start fail (the lock's `from_config` reads them again).
+        if let Some(path) = self.password_file() {
+            read_password_file(&path).map_err(|m| Refusal::new("postgres.password-file", m))?;
         }
         if self.tls == Tls::VerifyFull && unix == 0 {
-            let ca = self.tls_ca_file();
-            if let Err(e) = std::fs::metadata(&ca) {
-                return Err(Refusal::new(
+            crate::lock::postgres::ca_roots(&self.tls_ca_file()).map_err(|m| {
+                Refusal::new(
                     "postgres.tls-ca-file",
                     format!(
-                        "cannot read {} ({e}); name the CA that signed the server's certificate, or install ca-certificates",
-                        ca.display()
+                        "{m}; name a PEM file of the CA that signed the server's certificate, or install ca-certificates"
                     ),
-                ));
-            }
+                )
+            })?;
         }
         Ok(())
     }
 }
 
-/// Refuses a password file others may read: the password would be theirs too.
-pub fn check_password_file(path: &std::path::Path) -> Result<(), String> {
+/// The password in `path`, without its final line break. Refuses a file others may read:
+/// the password would be theirs too.
+pub fn read_password_file(path: &std::path::Path) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
+    let cannot =
+        |e: std::io::Error| format!("cannot read the password file {}: {e}", path.display());
+    let meta = std::fs::metadata(path).map_err(cannot)?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(format!(
             "the password file {} may be read by group or others (mode {:o}); run `chmod 600 {}`",
@@ -238,7 +240,8 @@ pub fn check_password_file(path: &std::path::Path) -> Result<(), String> {
             path.display()
         ));
     }
-    Ok(())
+    let text = std::fs::read_to_string(path).map_err(cannot)?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 /// The allowed range of `postgres.lease`.
@@ -931,6 +934,36 @@ max-ticket-renewals = 5
             postgres("connect = \"host=db.example\"\ntls-ca-file = \"/nonexistent/ca.pem\"\n")
                 .unwrap_err();
         assert!(err.contains("key `postgres.tls-ca-file`"), "{err}");
+
+        // What a start reads, read here: a CA file that holds no certificate, a password file
+        // that is a directory.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let err = postgres(&format!(
+            "connect = \"host=db.example\"\ntls-ca-file = {:?}\n",
+            ca.display().to_string()
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("c.toml:4:1: key `postgres.tls-ca-file`"),
+            "{err}"
+        );
+        assert!(err.contains("holds no usable CA certificate"), "{err}");
+        let not_a_file = dir.path().join("password");
+        std::fs::create_dir(&not_a_file).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&not_a_file, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let err = postgres(&format!(
+            "connect = \"host=/tmp\"\npassword-file = {:?}\n",
+            not_a_file.display().to_string()
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("c.toml:4:1: key `postgres.password-file`"),
+            "{err}"
+        );
+        assert!(err.contains("cannot read the password file"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use report_collector::client::HttpServer;
-use report_collector::config::{Config, LockBackend, Policy};
+use report_collector::config::{CREDENTIAL_NAME, Config, LockBackend, Policy};
 use report_collector::lock::RunLock;
 use report_collector::lock::flock::FlockLock;
 use report_collector::lock::postgres::PostgresLock;
@@ -84,7 +84,9 @@ enum Command {
     /// Check the configuration as a run would and print it as TOML (exit 0), or the error
     /// naming file, line and key (exit 78)
     ///
-    /// Command-line overrides apply as they would to a run. No lock is taken, no server asked.
+    /// Command-line overrides apply as they would to a run. With lock-backend = "postgres",
+    /// the password file and tls-ca-file are read as a start reads them. No lock is taken, no
+    /// server asked, no database connected.
     CheckConfig,
     /// Judge whether the collector is healthy (last collection within stale-after) and show
     /// the lock, the last run, the last collection and the reports kept
@@ -137,19 +139,30 @@ fn main() -> ExitCode {
         );
     }
 
-    if matches!(cli.command, Some(Command::CheckConfig)) {
-        return check_config(&config, cli.config.as_deref());
-    }
+    // The lock is made here for `check-config` too: what it reads at start (the password
+    // file, the CA file) is then checked as a run would check it. Making it connects nowhere.
     match config.lock_backend {
         LockBackend::Flock => {
             let lock = FlockLock::new(&config.lock_file);
-            command(cli.command, cli.trigger, config, &lock)
+            command(
+                cli.command,
+                cli.trigger,
+                config,
+                cli.config.as_deref(),
+                &lock,
+            )
         }
         LockBackend::Postgres => {
             let pg = config.postgres.clone().unwrap_or_default();
             match PostgresLock::from_config(&pg) {
-                Ok(lock) => command(cli.command, cli.trigger, config, &lock),
-                Err(e) => config_rejected(false, &format!("configuration error: {e}")),
+                Ok(lock) => command(
+                    cli.command,
+                    cli.trigger,
+                    config,
+                    cli.config.as_deref(),
+                    &lock,
+                ),
+                Err(e) => config_rejected(checking, &format!("configuration error: {e}")),
             }
         }
     }
@@ -159,6 +172,7 @@ fn command<L: RunLock>(
     command: Option<Command>,
     trigger: DeclaredTrigger,
     mut config: Config,
+    config_path: Option<&std::path::Path>,
     lock: &L,
 ) -> ExitCode {
     match command {
@@ -178,7 +192,7 @@ fn command<L: RunLock>(
             }
             report_collector::status::print(&config, lock, json)
         }
-        Some(Command::CheckConfig) => ExitCode::SUCCESS,
+        Some(Command::CheckConfig) => check_config(&config, config_path),
     }
 }
 
@@ -206,6 +220,15 @@ fn check_config(config: &Config, path: Option<&std::path::Path>) -> ExitCode {
     match toml::to_string(config) {
         Ok(text) => {
             println!("# report-collector: the configuration is valid; in effect, from {from}:");
+            if let Some(pg) = &config.postgres
+                && config.lock_backend == LockBackend::Postgres
+                && pg.password_file().is_none()
+            {
+                // Said, because a run in the unit may well have one this check never saw.
+                println!(
+                    "# no password file checked: postgres.password-file is unset and there is no $CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME} here (LoadCredential= shows it to the service only); to check the file the unit loads, run CREDENTIALS_DIRECTORY=<its directory> report-collector check-config"
+                );
+            }
             print!("{text}");
             ExitCode::SUCCESS
         }

@@ -918,3 +918,74 @@ fn check_config_prints_the_effective_configuration_or_the_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_config_reads_the_files_a_start_of_the_postgres_lock_reads() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // Hosts that do not resolve: nothing may try to connect.
+    let setup = Setup::new("http://127.0.0.1:1", &[("lock-backend", "\"postgres\"")]);
+    let base = std::fs::read_to_string(&setup.config).unwrap();
+    let write = |table: String| {
+        std::fs::write(&setup.config, format!("{base}\n[postgres]\n{table}")).unwrap()
+    };
+    // The error check-config prints, and the same sentence from a run, both exit 78.
+    let refused = |env: &[(&str, &std::path::Path)], key: &str| -> String {
+        let mut check = setup.command(&["check-config"]);
+        let mut run = setup.command(&["run", "--trigger", "manual"]);
+        for (name, value) in env {
+            check.env(name, value);
+            run.env(name, value);
+        }
+        let check = check.output().unwrap();
+        let stderr = String::from_utf8(check.stderr).unwrap();
+        assert_eq!(check.status.code(), Some(78), "{stderr}");
+        assert!(check.stdout.is_empty());
+        assert!(stderr.contains(&format!("key `{key}`")), "{stderr}");
+        let sentence = stderr
+            .trim_end()
+            .split_once("configuration error: ")
+            .unwrap()
+            .1
+            .to_owned();
+        let run = run.output().unwrap();
+        let run_stderr = String::from_utf8(run.stderr).unwrap();
+        assert_eq!(run.status.code(), Some(78), "{run_stderr}");
+        assert!(run_stderr.contains(&sentence), "{sentence}\n{run_stderr}");
+        sentence
+    };
+
+    let ca = setup.dir.path().join("ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    write(format!(
+        "connect = \"host=db.invalid user=rc dbname=rc\"\ntls-ca-file = {:?}\n",
+        ca.display().to_string()
+    ));
+    let said = refused(&[], "postgres.tls-ca-file");
+    assert!(said.contains(&ca.display().to_string()), "{said}");
+
+    // The systemd credential, readable by others: password-file is unset, so the credential
+    // directory is where it is found, as in the unit.
+    let credentials = setup.dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    let password = credentials.join("postgres-password");
+    std::fs::write(&password, "secret\n").unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
+    write("connect = \"host=/run/nowhere user=rc dbname=rc\"\n".to_owned());
+    let said = refused(
+        &[("CREDENTIALS_DIRECTORY", &credentials)],
+        "postgres.password-file",
+    );
+    assert!(said.contains("chmod 600"), "{said}");
+    assert!(!said.contains("secret"), "{said}");
+
+    // Outside the unit there is no credential to check, and check-config says so.
+    let out = setup.command(&["check-config"]).output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("# no password file checked"), "{stdout}");
+    toml::from_str::<report_collector::config::Config>(&stdout).unwrap();
+}

@@ -106,10 +106,7 @@ impl PostgresLock {
             .parse()
             .map_err(|e| format!("postgres.connect: {e}"))?;
         if let Some(path) = config.password_file() {
-            crate::config::check_password_file(&path)?;
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?;
-            pg.password(text.trim_end_matches(['\n', '\r']));
+            pg.password(crate::config::read_password_file(&path)?);
         }
         let host = config.host_name();
         pg.application_name(format!("report-collector {host}:{}", std::process::id()));
@@ -374,6 +371,18 @@ where
 /// A rustls configuration that verifies the server's chain against `ca_file` and its name
 /// against the host in `postgres.connect` (rustls' WebPKI verifier does both).
 fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, String> {
+    let roots = ca_roots(ca_file)?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The CA certificates of `ca_file` (PEM) that rustls can use; at least one, or an error
+/// naming the file. Also what `check-config` checks `tls-ca-file` with.
+pub(crate) fn ca_roots(ca_file: &std::path::Path) -> Result<rustls::RootCertStore, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
@@ -390,12 +399,7 @@ fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, String>
             ca_file.display()
         ));
     }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("cannot set up TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(roots)
 }
 
 fn describe_target(pg: &tokio_postgres::Config) -> String {
