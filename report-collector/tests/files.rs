@@ -434,3 +434,139 @@ fn anything_but_a_regular_file_at_any_of_the_collectors_paths_is_refused_by_name
     }
     eprintln!("{probes} planted files refused by name");
 }
+
+/// The user nobody, for runs that must not be root (root reads and writes through any mode);
+/// `None`, with a note, where there is none.
+fn nobody() -> Option<nix::unistd::User> {
+    let user = nix::unistd::User::from_name("nobody").ok().flatten();
+    if user.is_none() {
+        eprintln!("SKIPPED: no user nobody here");
+    }
+    user
+}
+
+/// Gives the test's directory to `user`: a run started by root then switches to that user
+/// before it touches anything (see `identity`), as a run by hand on a packaged host does.
+fn give_dir_to(setup: &Setup, user: &nix::unistd::User) {
+    nix::unistd::chown(setup.dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+}
+
+/// A state file the first release wrote after a collection.
+const OLD_STATE: &str = r#"{"outcome": "collected", "exit_code": 0,
+"started": "2024-01-01T12:00:00Z", "started_unix": 1704110400.0, "duration_seconds": 5.25,
+"ticket": "abc_0", "holder_pid": null, "policy": "forbid", "slot": "2024-01-01T12:00:00Z",
+"trigger": "report-collector.timer", "report": "/var/lib/report-collector/reports/20240101T120005Z_abc_0.csv",
+"message": "collected", "pid": 4242}"#;
+
+#[test]
+fn a_state_file_the_run_cannot_read_is_left_as_it_is_and_the_report_still_saved() {
+    let Some(nobody) = nobody() else { return };
+    let server = fixed_report_server(CSV);
+    let setup = Setup::new(&server.url, &[]);
+    // Root's file, mode 600, in a directory of nobody's: the run (as nobody) cannot read it,
+    // but could rename a new one over it.
+    std::fs::write(&setup.state, OLD_STATE).unwrap();
+    std::fs::set_permissions(&setup.state, std::fs::Permissions::from_mode(0o600)).unwrap();
+    give_dir_to(&setup, &nobody);
+
+    for round in 1..=2 {
+        let run = setup.run(&[]);
+        assert_eq!(run.code, Some(0), "round {round}: {}", run.stderr);
+        assert_eq!(setup.report_files().len(), round, "{}", run.stderr);
+        assert_eq!(
+            std::fs::read_to_string(&setup.state).unwrap(),
+            OLD_STATE,
+            "round {round}: nothing in it lost"
+        );
+        let said = run.stderr.lines().any(|line| {
+            line.contains(&setup.state.display().to_string())
+                && line.contains("Permission denied")
+                && line.contains("not on record")
+                && line.contains("chown report-collector:report-collector")
+        });
+        assert!(said, "round {round}: {}", run.stderr);
+    }
+    // Once it is the run's user's again, the next run reads it and keeps what it held.
+    nix::unistd::chown(&setup.state, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let run = setup.run(&[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let state = State::load(&setup.state).unwrap().unwrap();
+    assert_eq!(state.first_run.unix, 1_704_110_400.0);
+    assert_eq!(state.last_run.outcome, "collected");
+}
+
+#[test]
+fn a_metrics_directory_the_run_cannot_write_is_named_and_the_run_still_collects() {
+    let server = fixed_report_server(CSV);
+    let metrics_file = ("metrics-file", "\"{dir}/metrics/report-collector.prom\"");
+
+    // A file where the directory should be: no user, root included, can write there.
+    let setup = Setup::new(&server.url, &[metrics_file]);
+    std::fs::write(setup.metrics.parent().unwrap(), "not a directory").unwrap();
+    let mut cases = vec![("a file in place of the directory", setup)];
+    // node_exporter's directory as Debian ships it: root's, mode 755; the run is another user.
+    if let Some(nobody) = nobody() {
+        let setup = Setup::new(&server.url, &[metrics_file]);
+        std::fs::create_dir(setup.metrics.parent().unwrap()).unwrap();
+        give_dir_to(&setup, &nobody);
+        cases.push(("a directory of root's, the run as nobody", setup));
+    }
+    for (case, setup) in cases {
+        let run = setup.run(&[]);
+        assert_eq!(run.code, Some(0), "{case}: {}", run.stderr);
+        assert_eq!(setup.report_files().len(), 1, "{case}: {}", run.stderr);
+        let state = State::load(&setup.state).unwrap().unwrap();
+        assert_eq!(state.last_run.outcome, "collected", "{case}");
+        assert!(!setup.metrics.exists(), "{case}");
+        let named = run.stderr.lines().any(|line| {
+            line.contains("WARN") && line.contains(&setup.metrics.display().to_string())
+        });
+        assert!(named, "{case}: {}", run.stderr);
+    }
+}
+
+#[test]
+fn status_as_a_user_who_cannot_enter_the_state_directory_is_a_permission_problem() {
+    let probe = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "true",
+        ])
+        .output();
+    if !probe.as_ref().is_ok_and(|out| out.status.success()) {
+        eprintln!("SKIPPED: cannot run a process as nobody here (setpriv, as root): {probe:?}");
+        return;
+    }
+    let server = fixed_report_server(CSV);
+    let setup = Setup::new(
+        &server.url,
+        &[
+            ("state-file", "\"{dir}/state/last-run.json\""),
+            ("lock-file", "\"{dir}/state/collector.lock\""),
+            ("report-dir", "\"{dir}/state/reports\""),
+        ],
+    );
+    let run = setup.run(&[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    // The configuration readable by all; the state directory root's, mode 700.
+    std::fs::set_permissions(setup.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&setup.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let state_dir = setup.dir.path().join("state");
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    let out = status_as_nobody(&setup, &["--json"]);
+    assert_eq!(out.code, Some(77), "{}{}", out.stdout, out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["verdict"]["health"], "unknown", "never healthy");
+    assert_eq!(json["verdict"]["exit_code"], 77);
+    let reason = json["problems"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("Permission denied"), "{reason}");
+    assert!(
+        reason.contains(&state_dir.join("last-run.json").display().to_string()),
+        "{reason}"
+    );
+    assert!(json["reports"]["kept"].is_null(), "{}", out.stdout);
+    assert!(json["lock"]["held"].is_null(), "never a wrong free");
+}
