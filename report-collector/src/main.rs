@@ -35,8 +35,10 @@ Exit codes:
 
 Exit codes of `status`:
   0    healthy: a collection within stale-after, or none yet within the grace period that
-       starts with the first run, or no run yet
-  1    stale: no collection within stale-after (default: 5 periods of the timer)
+       starts with the first run, or no run yet while the state directory is younger than
+       stale-after
+  1    stale: no collection within stale-after (default: 5 periods of the timer), or no run
+       at all since the state directory was created, longer than stale-after ago
   74   a path could not be inspected (not a regular file or directory, missing directory,
        a state file that is not one)
   77   a path could not be inspected for lack of permission

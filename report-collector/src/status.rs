@@ -29,9 +29,11 @@ use crate::store;
 /// The exit codes of `status` (documented in `--help`, the README and the man page).
 pub mod code {
     /// A collection within `stale-after`, or no collection yet but within the grace period
-    /// that starts with the first run, or no run yet at all.
+    /// that starts with the first run, or no run yet while the state directory is younger
+    /// than `stale-after`.
     pub const HEALTHY: u8 = 0;
-    /// No collection within `stale-after` (counted from the first run when none ever was).
+    /// No collection within `stale-after` (counted from the first run when none ever was, and
+    /// from the state directory's creation when no run ever was).
     pub const STALE: u8 = 1;
     /// A path could not be inspected (not a regular file or directory, missing directory,
     /// a state file that is not one, an I/O error): sysexits' EX_IOERR.
@@ -48,7 +50,8 @@ pub enum Health {
     Healthy,
     /// No collection yet, but the first run was within `stale-after`: a fresh install.
     Grace,
-    /// No run on record yet: the timer has not started one.
+    /// No run on record yet, and the state directory is younger than `stale-after`: the
+    /// timer has not started one yet.
     NoRunYet,
     /// No collection within `stale-after`.
     Stale,
@@ -77,7 +80,15 @@ pub struct Verdict {
 }
 
 /// Judges a readable state (or none) at `now` (Unix seconds): the whole rule, in one place.
-pub fn judge(state: Option<&State>, now: f64, stale_after: Duration) -> Verdict {
+/// `waiting` is where runs are recorded and since when ([`waiting_since`]): with no run on
+/// record, a grace period counts from then, so that a timer that never runs is not healthy
+/// for ever.
+pub fn judge(
+    state: Option<&State>,
+    waiting: Option<(&Path, &Moment)>,
+    now: f64,
+    stale_after: Duration,
+) -> Verdict {
     let limit = stale_after.as_secs_f64();
     let ago = |unix: f64| {
         humantime::format_duration(
@@ -86,12 +97,24 @@ pub fn judge(state: Option<&State>, now: f64, stale_after: Duration) -> Verdict 
     };
     let stale_after_text = humantime::format_duration(stale_after);
     let Some(state) = state else {
-        return Verdict {
-            health: Health::NoRunYet,
-            exit_code: code::HEALTHY,
-            reason: format!(
-                "no run on record yet; the grace period of stale-after ({stale_after_text}) starts with the first run"
-            ),
+        return match waiting {
+            Some((dir, since)) if now - since.unix > limit => Verdict {
+                health: Health::Stale,
+                exit_code: code::STALE,
+                reason: format!(
+                    "no run on record since {} was created at {} ({} ago), longer than stale-after ({stale_after_text}); check that the timer runs (systemctl list-timers report-collector.timer) and why runs end before they record (journalctl -u report-collector)",
+                    dir.display(),
+                    since.at,
+                    ago(since.unix)
+                ),
+            },
+            _ => Verdict {
+                health: Health::NoRunYet,
+                exit_code: code::HEALTHY,
+                reason: format!(
+                    "no run on record yet; the grace period of stale-after ({stale_after_text}) starts with the first run"
+                ),
+            },
         };
     };
     match &state.last_collection {
@@ -313,6 +336,19 @@ fn inspect(path: &Path, what: &str, want_dir: bool) -> Result<bool, Problem> {
     }
 }
 
+/// The directory runs record in (the state file's), and since when it has been there: its
+/// creation time where the file system keeps one (the package creates
+/// `/var/lib/report-collector` when it is installed), else when its entries last changed.
+pub fn waiting_since(state_file: &Path) -> Option<(PathBuf, Moment)> {
+    let dir = state_file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let meta = std::fs::metadata(dir).ok()?;
+    let since = meta.created().or_else(|_| meta.modified()).ok()?;
+    Some((dir.to_owned(), Moment::from_unix(unix_seconds(since))))
+}
+
 /// Looks at the state file, the lock and the report directory, and judges at `now`.
 pub async fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> Status {
     let mut problems = Vec::new();
@@ -400,7 +436,18 @@ pub async fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> St
     .ok();
 
     let verdict = match &state {
-        Ok(state) => judge(state.as_ref(), unix_seconds(now), stale_after),
+        Ok(state) => {
+            let waiting = state
+                .is_none()
+                .then(|| waiting_since(&config.state_file))
+                .flatten();
+            judge(
+                state.as_ref(),
+                waiting.as_ref().map(|(dir, since)| (dir.as_path(), since)),
+                unix_seconds(now),
+                stale_after,
+            )
+        }
         Err(()) => Verdict {
             health: Health::Unknown,
             exit_code: code::CANNOT_INSPECT,
@@ -584,9 +631,9 @@ mod tests {
             run_at(skipped(), 1060),
             run_at(skipped(), 1120),
         ]);
-        let fresh = judge(Some(&state), 1000.0 + 300.0, 5 * MINUTE);
+        let fresh = judge(Some(&state), None, 1000.0 + 300.0, 5 * MINUTE);
         assert_eq!((fresh.health, fresh.exit_code), (Health::Healthy, 0));
-        let stale = judge(Some(&state), 1000.0 + 301.0, 5 * MINUTE);
+        let stale = judge(Some(&state), None, 1000.0 + 301.0, 5 * MINUTE);
         assert_eq!((stale.health, stale.exit_code), (Health::Stale, 1));
         assert!(stale.reason.contains("5m 1s"), "{}", stale.reason);
         assert!(
@@ -598,18 +645,41 @@ mod tests {
 
     #[test]
     fn a_fresh_install_gets_a_grace_period_from_its_first_run() {
-        assert_eq!(judge(None, 1e9, MINUTE).health, Health::NoRunYet);
-        assert_eq!(judge(None, 1e9, MINUTE).exit_code, 0);
         let state = state_of(&[run_at(skipped(), 1000), run_at(skipped(), 1060)]);
-        let grace = judge(Some(&state), 1000.0 + 300.0, 5 * MINUTE);
+        let grace = judge(Some(&state), None, 1000.0 + 300.0, 5 * MINUTE);
         assert_eq!((grace.health, grace.exit_code), (Health::Grace, 0));
-        let over = judge(Some(&state), 1000.0 + 301.0, 5 * MINUTE);
+        let over = judge(Some(&state), None, 1000.0 + 301.0, 5 * MINUTE);
         assert_eq!((over.health, over.exit_code), (Health::Stale, 1));
         assert!(
             over.reason.contains("since the first run"),
             "{}",
             over.reason
         );
+    }
+
+    #[test]
+    fn with_no_run_ever_the_grace_period_counts_from_the_state_directory() {
+        let dir = Path::new("/var/lib/report-collector");
+        let created = Moment::from_unix(1000.0);
+        let waiting = Some((dir, &created));
+        let young = judge(None, waiting, 1000.0 + 300.0, 5 * MINUTE);
+        assert_eq!((young.health, young.exit_code), (Health::NoRunYet, 0));
+        let old = judge(None, waiting, 1000.0 + 301.0, 5 * MINUTE);
+        assert_eq!((old.health, old.exit_code), (Health::Stale, code::STALE));
+        for words in [
+            "no run on record since /var/lib/report-collector was created at 1970-01-01T00:16:40Z (5m 1s ago)",
+            "systemctl list-timers report-collector.timer",
+            "journalctl -u report-collector",
+        ] {
+            assert!(old.reason.contains(words), "{words}: {}", old.reason);
+        }
+        // A run on record: the first run's grace period, whatever the directory's age.
+        let state = state_of(&[run_at(skipped(), 1_000_000)]);
+        let ran = judge(Some(&state), waiting, 1_000_060.0, 5 * MINUTE);
+        assert_eq!((ran.health, ran.exit_code), (Health::Grace, 0));
+        // Nothing known of the directory: no run yet, as before.
+        let unknown = judge(None, None, 1e9, MINUTE);
+        assert_eq!((unknown.health, unknown.exit_code), (Health::NoRunYet, 0));
     }
 
     fn config(dir: &Path) -> Config {
@@ -622,15 +692,15 @@ mod tests {
     }
 
     fn status(config: &Config) -> Status {
+        status_at(config, SystemTime::now())
+    }
+
+    fn status_at(config: &Config, now: SystemTime) -> Status {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap()
-            .block_on(gather(
-                config,
-                &FlockLock::new(&config.lock_file),
-                SystemTime::now(),
-            ))
+            .block_on(gather(config, &FlockLock::new(&config.lock_file), now))
     }
 
     #[test]
@@ -671,6 +741,39 @@ mod tests {
         assert!(status.problems.is_empty(), "{:?}", status.problems);
         assert_eq!(status.reports.kept, Some(0));
         assert_eq!(status.lock.held, Some(false));
+    }
+
+    #[test]
+    fn a_state_directory_no_run_ever_recorded_in_turns_stale_after_stale_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let later = SystemTime::now() + 5 * MINUTE + Duration::from_secs(5);
+        let status = status_at(&config, later);
+        assert_eq!(status.verdict.health, Health::Stale);
+        assert_eq!(status.verdict.exit_code, code::STALE);
+        let reason = &status.verdict.reason;
+        let named = format!(
+            "no run on record since {} was created",
+            dir.path().display()
+        );
+        assert!(reason.contains(&named), "{reason}");
+        let json: serde_json::Value = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["verdict"]["health"], "stale");
+        assert_eq!(json["verdict"]["exit_code"], 1);
+        assert_eq!(json["verdict"]["reason"], reason.as_str());
+        assert!(
+            status
+                .render()
+                .starts_with("health:   stale (exit 1): no run on record since")
+        );
+
+        // The first run starts a grace period of its own.
+        let started = later
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        crate::state::record(&config.state_file, &run_at(skipped(), started));
+        assert_eq!(status_at(&config, later).verdict.health, Health::Grace);
     }
 
     #[test]
