@@ -29,6 +29,7 @@ APT_PACKAGES=(
     lintian shellcheck
     jq # the box tests read `report-collector status --json`
     strace # the collector's crash-point test kills it at each file operation
+    dbus-daemon # the collector's D-Bus tests run a private bus (systemd's side is a stand-in)
     wrk hyperfine time # the benchmarks
     iproute2 iptables openssl # the fleet tests: network namespaces, cut links, the database's TLS
 )

@@ -20,7 +20,6 @@
 //! outside systemd never connects. Where the bus cannot be asked, the caller keeps the old
 //! rule (a timer is involved, so the run is a timer start) and says so once per boot.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -199,9 +198,9 @@ pub fn interval_between(last_trigger_usec: u64, next_elapse_usec: u64) -> Option
 pub async fn timer_interval(timer: &str) -> Result<Option<Duration>, BusError> {
     tokio::time::timeout(BUS_TIMEOUT, async {
         let bus = zbus::Connection::system().await?;
-        let props = timer_properties(&bus, timer).await?;
-        let last: u64 = take(&props, "LastTriggerUSec")?;
-        let next: u64 = take(&props, "NextElapseUSecRealtime")?;
+        let path: OwnedObjectPath = call(&bus, "GetUnit", &(timer,)).await?;
+        let last: u64 = get(&bus, &path, TIMER, "LastTriggerUSec").await?;
+        let next: u64 = get(&bus, &path, TIMER, "NextElapseUSecRealtime").await?;
         Ok(interval_between(last, next))
     })
     .await
@@ -223,8 +222,6 @@ pub enum BusError {
         property: &'static str,
         error: zbus::zvariant::Error,
     },
-    #[error("systemd's answer lacks {0}")]
-    Missing(&'static str),
 }
 
 /// Asks systemd about this process's unit and `timer`, within [`BUS_TIMEOUT`].
@@ -237,14 +234,14 @@ pub async fn observe(timer: &str) -> Result<Observed, BusError> {
 async fn observe_unbounded(timer: &str) -> Result<Observed, BusError> {
     let bus = zbus::Connection::system().await?;
     let own_path: OwnedObjectPath = call(&bus, "GetUnitByPID", &(std::process::id(),)).await?;
-    let own = get_all(&bus, &own_path, UNIT).await?;
-    let own_unit: String = take(&own, "Id")?;
-    let own_start_usec: u64 = take(&own, "InactiveExitTimestampMonotonic")?;
+    let own_unit: String = get(&bus, &own_path, UNIT, "Id").await?;
+    let own_start_usec: u64 = get(&bus, &own_path, UNIT, "InactiveExitTimestampMonotonic").await?;
 
-    let timer_props = timer_properties(&bus, timer).await?;
-    let timer_starts: String = take(&timer_props, "Unit")?;
-    let last_trigger_usec: u64 = take(&timer_props, "LastTriggerUSecMonotonic")?;
-    let calendar: Vec<(String, String, u64)> = take(&timer_props, "TimersCalendar")?;
+    let timer_path: OwnedObjectPath = call(&bus, "GetUnit", &(timer,)).await?;
+    let timer_starts: String = get(&bus, &timer_path, TIMER, "Unit").await?;
+    let last_trigger_usec: u64 = get(&bus, &timer_path, TIMER, "LastTriggerUSecMonotonic").await?;
+    let calendar: Vec<(String, String, u64)> =
+        get(&bus, &timer_path, TIMER, "TimersCalendar").await?;
     Ok(Observed {
         own_unit,
         own_start_usec,
@@ -252,15 +249,6 @@ async fn observe_unbounded(timer: &str) -> Result<Observed, BusError> {
         last_trigger_usec,
         calendar_elapses: calendar.into_iter().map(|(_, _, next)| next).collect(),
     })
-}
-
-/// Every property of `timer`'s Timer interface.
-async fn timer_properties(
-    bus: &zbus::Connection,
-    timer: &str,
-) -> Result<HashMap<String, OwnedValue>, BusError> {
-    let path: OwnedObjectPath = call(bus, "GetUnit", &(timer,)).await?;
-    get_all(bus, &path, TIMER).await
 }
 
 async fn call<R>(
@@ -277,32 +265,27 @@ where
     Ok(reply.body().deserialize()?)
 }
 
-async fn get_all(
+/// One property, asked for by name: systemd's whole property sets (about 170 on a unit) would
+/// cost the run memory to decode and keep for the five values it needs.
+async fn get<T>(
     bus: &zbus::Connection,
     path: &OwnedObjectPath,
     interface: &str,
-) -> Result<HashMap<String, OwnedValue>, BusError> {
+    name: &'static str,
+) -> Result<T, BusError>
+where
+    T: TryFrom<OwnedValue, Error = zbus::zvariant::Error>,
+{
     let reply = bus
         .call_method(
             Some(DESTINATION),
             path.as_ref(),
             Some(PROPERTIES),
-            "GetAll",
-            &(interface,),
+            "Get",
+            &(interface, name),
         )
         .await?;
-    Ok(reply.body().deserialize()?)
-}
-
-fn take<T>(props: &HashMap<String, OwnedValue>, name: &'static str) -> Result<T, BusError>
-where
-    T: TryFrom<OwnedValue, Error = zbus::zvariant::Error>,
-{
-    let value = props.get(name).ok_or(BusError::Missing(name))?;
-    let value = value.try_clone().map_err(|error| BusError::Type {
-        property: name,
-        error,
-    })?;
+    let value: OwnedValue = reply.body().deserialize()?;
     T::try_from(value).map_err(|error| BusError::Type {
         property: name,
         error,

@@ -12,16 +12,6 @@ use report_collector::metrics::parse_counts;
 use report_collector::state::State;
 use util::*;
 
-fn assert_code(run: &Finished, code: i32) {
-    assert_eq!(
-        run.code,
-        Some(code),
-        "expected exit {code}; stdout:\n{}\nstderr:\n{}",
-        run.stdout,
-        run.stderr
-    );
-}
-
 #[test]
 fn collects_prints_and_saves_the_report_keeping_the_newest() {
     let server = ApiServer::fast();

@@ -284,6 +284,17 @@ pub struct Finished {
     pub stderr: String,
 }
 
+/// Fails the test unless `run` exited with `code`, showing what it printed.
+pub fn assert_code(run: &Finished, code: i32) {
+    assert_eq!(
+        run.code,
+        Some(code),
+        "expected exit {code}; stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+}
+
 /// Waits for `child` (bounded by [`PATIENCE`], then killed and the test failed).
 pub fn finish(child: Child) -> Finished {
     finish_within(child, PATIENCE)
