@@ -35,12 +35,17 @@ Exit codes:
 
 Exit codes of `status`:
   0    healthy: a collection within stale-after, or none yet within the grace period that
-       starts with the first run, or no run yet
+       starts with the first run, or no run yet; and every path inspected
   1    stale: no collection within stale-after (default: 5 periods of the timer)
+  69   lock-backend = \"postgres\": the lock's database cannot be reached
   74   a path could not be inspected (not a regular file or directory, missing directory,
-       a state file that is not one)
+       a state file that is not one, an I/O error)
   77   a path could not be inspected for lack of permission
-  69   lock-backend = \"postgres\": the lock's database cannot be reached";
+  64   command-line mistake, as above
+  78   configuration error, as above
+  When several apply: a state file that cannot be read gives its 74 or 77; else stale gives
+  1; else the first path that could not be inspected gives its code, the lock's (69, 74, 77)
+  before the report directory's (74, 77). Every problem is listed in any case.";
 
 #[derive(Debug, Parser)]
 #[command(
