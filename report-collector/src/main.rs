@@ -201,6 +201,10 @@ fn config_rejected(checking: bool, error: &str) -> ExitCode {
 }
 
 fn check_config(config: &Config, path: Option<&std::path::Path>) -> ExitCode {
+    if let Some(note) = deprecated_keys(path.unwrap_or(std::path::Path::new(Config::DEFAULT_PATH)))
+    {
+        eprintln!("report-collector: {note}");
+    }
     let from = match path {
         Some(path) => path.display().to_string(),
         None if std::path::Path::new(Config::DEFAULT_PATH).exists() => {
@@ -219,6 +223,22 @@ fn check_config(config: &Config, path: Option<&std::path::Path>) -> ExitCode {
             ExitCode::from(exit::FAILURE)
         }
     }
+}
+
+/// What `check-config` says about a deprecated key set in `file`: it still works, but the
+/// schedule is the timer's (the key's value stays in the printed configuration).
+fn deprecated_keys(file: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    table.contains_key("schedule-period").then(|| {
+        format!(
+            "note: schedule-period in {} is deprecated: the schedule is the timer's own \
+             (change OnCalendar= with `systemctl edit report-collector.timer`); the key is used \
+             only where systemd cannot tell it (no system bus, a timer without OnCalendar=, \
+             --trigger timer) and, there, for the default stale-after",
+            file.display()
+        )
+    })
 }
 
 /// One run on a current-thread runtime (a periodic job needs no more), cancelled by SIGTERM
