@@ -20,7 +20,8 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0    collected: the report was fetched and saved
   75   skipped: lock busy (forbid), lock-wait timed out (wait), holder not confirmed (replace),
-       or a timer start later than starting-deadline after its slot
+       or a timer start later than starting-deadline after its slot; report-collector.service
+       counts it as success, so `systemctl start` exits 0 (see `report-collector status`)
   64   command-line mistake (unknown option or subcommand, bad value)
   78   configuration error (a value outside its range too), naming file, line and key
        (check-config: the same)
