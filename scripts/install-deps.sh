@@ -6,7 +6,7 @@
 # installed without starting or enabling the host's Docker services, and it undoes what earlier
 # versions of tests/docker.sh left on the host (tests/box/docker-engine.sh says what). With
 # --build, only what building the packages needs (`make deb`): a C toolchain, curl for rustup,
-# Rust, cargo-deb.
+# Rust, cargo-deb; not the lint components (rustfmt, clippy) nor any test tool.
 # promtool, which `make test` uses to check the example alerting rules, comes from Debian's
 # prometheus package, installed without starting or enabling the Prometheus server; the
 # PostgreSQL server the fleet tests start clusters of, from Debian's postgresql package, with
@@ -34,10 +34,14 @@ APT_PACKAGES=(
     iproute2 iptables openssl # the fleet tests: network namespaces, cut links, the database's TLS
 )
 
+# The lint steps of `make test` (`make lint`).
+RUST_COMPONENTS=(rustfmt clippy)
+
 require_root "installs Debian packages"
 
 if [[ ${1:-} == --build ]]; then
     APT_PACKAGES=("${BUILD_PACKAGES[@]}")
+    RUST_COMPONENTS=()
 fi
 
 missing=()
@@ -123,20 +127,24 @@ version_at_least() {
     [[ $(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1) == "$2" ]]
 }
 
+component_args=()
+if ((${#RUST_COMPONENTS[@]})); then
+    component_args=(--component "$(IFS=,; echo "${RUST_COMPONENTS[*]}")")
+fi
 rust_version=$(rustc --version 2>/dev/null | awk '{ print $2 }') || true
 if [[ -z $rust_version ]] || ! version_at_least "$rust_version" "$RUST_MIN"; then
     if command -v rustup >/dev/null 2>&1; then
         echo "updating the stable Rust toolchain (found ${rust_version:-none}, need $RUST_MIN)" >&2
-        rustup toolchain install stable --profile minimal --component rustfmt,clippy
+        rustup toolchain install stable --profile minimal "${component_args[@]}"
         rustup default stable
     else
         echo "installing Rust with rustup (found ${rust_version:-none}, need $RUST_MIN)" >&2
         curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
-            sh -s -- -y --profile minimal --component rustfmt,clippy
+            sh -s -- -y --profile minimal "${component_args[@]}"
     fi
 fi
 if command -v rustup >/dev/null 2>&1; then
-    for component in rustfmt clippy; do
+    for component in "${RUST_COMPONENTS[@]}"; do
         if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
             rustup component add "$component"
         fi

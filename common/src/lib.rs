@@ -6,6 +6,8 @@
 pub mod config;
 pub mod exit;
 pub mod logging;
+#[cfg(feature = "test-util")]
+pub mod man_page;
 pub mod message_id;
 pub mod ticket;
 pub mod wire;

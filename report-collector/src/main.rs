@@ -20,7 +20,8 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0    collected: the report was fetched and saved
   75   skipped: lock busy (forbid), lock-wait timed out (wait), holder not confirmed (replace),
-       or a timer start later than starting-deadline after its slot
+       or a timer start later than starting-deadline after its slot; report-collector.service
+       counts it as success, so `systemctl start` exits 0 (see `report-collector status`)
   64   command-line mistake (unknown option or subcommand, bad value)
   78   configuration error (a value outside its range too), naming file, line and key
        (check-config: the same)
@@ -36,13 +37,18 @@ Exit codes:
 Exit codes of `status`:
   0    healthy: a collection within stale-after, or none yet within the grace period that
        starts with the first run, or no run yet while the state directory is younger than
-       stale-after
+       stale-after; and every path inspected
   1    stale: no collection within stale-after (default: 5 periods of the timer), or no run
        at all since the state directory was created, longer than stale-after ago
+  69   lock-backend = \"postgres\": the lock's database cannot be reached
   74   a path could not be inspected (not a regular file or directory, missing directory,
-       a state file that is not one)
+       a state file that is not one, an I/O error)
   77   a path could not be inspected for lack of permission
-  69   lock-backend = \"postgres\": the lock's database cannot be reached";
+  64   command-line mistake, as above
+  78   configuration error, as above
+  When several apply: a state file that cannot be read gives its 74 or 77; else stale gives
+  1; else the first path that could not be inspected gives its code, the lock's (69, 74, 77)
+  before the report directory's (74, 77). Every problem is listed in any case.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -212,6 +218,10 @@ fn config_rejected(checking: bool, error: &str) -> ExitCode {
 }
 
 fn check_config(config: &Config, path: Option<&std::path::Path>) -> ExitCode {
+    if let Some(note) = deprecated_keys(path.unwrap_or(std::path::Path::new(Config::DEFAULT_PATH)))
+    {
+        eprintln!("report-collector: {note}");
+    }
     let from = match path {
         Some(path) => path.display().to_string(),
         None if std::path::Path::new(Config::DEFAULT_PATH).exists() => {
@@ -239,6 +249,22 @@ fn check_config(config: &Config, path: Option<&std::path::Path>) -> ExitCode {
             ExitCode::from(exit::FAILURE)
         }
     }
+}
+
+/// What `check-config` says about a deprecated key set in `file`: it still works, but the
+/// schedule is the timer's (the key's value stays in the printed configuration).
+fn deprecated_keys(file: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    table.contains_key("schedule-period").then(|| {
+        format!(
+            "note: schedule-period in {} is deprecated: the schedule is the timer's own \
+             (change OnCalendar= with `systemctl edit report-collector.timer`); the key is used \
+             only where systemd cannot tell it (no system bus, a timer without OnCalendar=, \
+             --trigger timer) and, there, for the default stale-after",
+            file.display()
+        )
+    })
 }
 
 /// One run on a current-thread runtime (a periodic job needs no more), cancelled by SIGTERM

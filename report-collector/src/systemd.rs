@@ -7,9 +7,9 @@
 //! *first* elapse on every later start. What does tell, the same on both releases:
 //!
 //! - the timer's `LastTriggerUSecMonotonic` and this unit's `InactiveExitTimestampMonotonic`
-//!   (the start of this invocation, as systemd recorded it): 1.5 to 30 ms apart on every timer
-//!   start (on time, the catch-up re-fire right after a long run, the immediate fire when the
-//!   timer is restarted after its slot), seconds apart on a start by hand;
+//!   (the start of this invocation, as systemd recorded it): 11 to 30 ms apart on every timer
+//!   start (on time, and the catch-up re-fire right after a long run), 9.3 s apart on a start
+//!   by hand 25 s into the minute (the figures of the crate README);
 //! - while the run it started goes on, the timer's `TimersCalendar` entry keeps the elapse that
 //!   fired it: `17:23:00` for a start at `17:23:00.75`, and `17:24:00` for the re-fire at
 //!   `17:24:15` after a 75 s run swallowed that elapse. (`NextElapseUSecRealtime` is infinity
@@ -39,8 +39,11 @@ const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 pub const BUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How far apart the timer's last trigger and this invocation's start may be for the timer to
-/// have started it: measured at most 30 ms; a start by hand within a second of the timer's
-/// elapse is merged into the timer's start job by systemd anyway.
+/// have started it: measured at most 30 ms. A start by hand within this second of the
+/// trigger is taken for a timer start: while the timer's run goes on, systemd merges it into
+/// that run's start job; after a timer run shorter than that, it is a run of its own, held to
+/// `starting-deadline` as a timer start (late only when that is under a second) and, with the
+/// PostgreSQL lock, skipped when the timer's run has collected that slot.
 pub const SAME_START: Duration = Duration::from_secs(1);
 
 /// What systemd says about this run and the timer named in `TRIGGER_UNIT`.

@@ -57,11 +57,13 @@ impl Bus {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                let connection = systemd_standin::serve(&address, answers).await;
-                let ok = connection.is_ok();
-                ready_tx.send(connection.map(|_| ()).map_err(|e| e.to_string())).unwrap();
-                if ok {
-                    let _ = stop_rx.await;
+                match systemd_standin::serve(&address, answers).await {
+                    Ok(_connection) => {
+                        ready_tx.send(Ok(())).unwrap();
+                        // Served for as long as the connection lives.
+                        let _ = stop_rx.await;
+                    }
+                    Err(e) => ready_tx.send(Err(e.to_string())).unwrap(),
                 }
             });
         });

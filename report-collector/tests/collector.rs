@@ -979,3 +979,28 @@ fn check_config_reads_the_files_a_start_of_the_postgres_lock_reads() {
     assert!(stdout.contains("# no password file checked"), "{stdout}");
     toml::from_str::<report_collector::config::Config>(&stdout).unwrap();
 }
+
+#[test]
+fn check_config_notes_a_deprecated_schedule_period_and_still_takes_it() {
+    let setup = Setup::new("http://127.0.0.1:1", &[("schedule-period", "\"2m\"")]);
+    let out = setup.command(&["check-config"]).output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let effective: report_collector::config::Config =
+        toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(effective.schedule_period, Duration::from_secs(120));
+    let wanted = format!(
+        "schedule-period in {} is deprecated: the schedule is the timer's own",
+        setup.config.display()
+    );
+    assert!(stderr.contains(&wanted), "{stderr}");
+
+    let unset = Setup::new("http://127.0.0.1:1", &[]);
+    let out = unset.command(&["check-config"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

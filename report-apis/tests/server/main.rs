@@ -7,5 +7,6 @@ mod hostile;
 mod http;
 mod journal;
 mod load;
+mod man_page;
 mod reload;
 mod util;
