@@ -9,9 +9,10 @@
 #   4. peak RSS of one full run that asks the system bus whether the timer started it
 #      (TRIGGER_UNIT set, as systemd sets it while the timer is active); target <= 7 MiB.
 #      systemd cannot run here (it is not PID 1), so the bus is a private dbus-daemon and
-#      systemd's side of the conversation is played by systemd-standin.py: the same calls and
-#      answers of the same types as systemd 252 and 257 give, shaped as a timer start that has
-#      just fired, so the run judges itself a timer start and collects.
+#      systemd's side of the conversation is played by the example systemd_standin (the
+#      stand-in of report-collector/tests/bus.rs): the same calls, and answers of the same
+#      types as systemd 252 and 257 give, shaped as a timer start that has just fired, so the
+#      run judges itself a timer start and collects.
 # Everything runs on 127.0.0.1; the server is stopped on exit. Usage: bench/report-collector/run.sh
 set -eu
 
@@ -31,7 +32,7 @@ need flock util-linux
 [ -x /usr/bin/time ] || { echo "installing time ..." >&2; apt-get install -y time >/dev/null; }
 
 cd "$ROOT"
-cargo build --release -q -p report-collector -p report-apis
+cargo build --release -q -p report-collector -p report-apis --example systemd_standin
 COLLECTOR=$ROOT/target/release/report-collector
 APIS=$ROOT/target/release/report-apis
 
@@ -122,10 +123,6 @@ CURL_RSS=$(/usr/bin/time -f %M curl -sf "http://127.0.0.1:$PORT/healthz" 2>&1 >/
 
 echo "== peak RSS of a whole run that asks the system bus (max of 20) =="
 need dbus-daemon dbus-daemon
-[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import dbus, gi' 2>/dev/null || {
-    echo "installing python3-dbus python3-gi ..." >&2
-    apt-get install -y python3-dbus python3-gi >/dev/null
-}
 dbus-daemon --session --nofork --nopidfile --address="unix:path=$WORK/bus" >/dev/null 2>&1 &
 BUS_PID=$!
 i=0
@@ -134,8 +131,7 @@ until [ -S "$WORK/bus" ]; do
     [ $i -lt 100 ] || { echo "dbus-daemon did not start" >&2; exit 1; }
     sleep 0.05
 done
-/usr/bin/python3 "$ROOT/bench/report-collector/systemd-standin.py" "unix:path=$WORK/bus" \
-    >"$WORK/standin.log" 2>&1 &
+"$ROOT/target/release/examples/systemd_standin" "unix:path=$WORK/bus" >"$WORK/standin.log" 2>&1 &
 STANDIN_PID=$!
 i=0
 until grep -q ready "$WORK/standin.log"; do
