@@ -491,7 +491,12 @@ fn a_bus_that_answers_nothing_or_garbage_costs_at_most_its_timeout() {
             "{what}: {}",
             run.stderr
         );
-        assert!(took < Duration::from_secs(8), "{what}: took {took:?}");
+        // The bus is given 2 s (BUS_TIMEOUT), the rest of the run takes milliseconds; the
+        // margin is for a loaded machine.
+        assert!(took < Duration::from_secs(5), "{what}: took {took:?}");
+        if what == "silent" {
+            assert!(took >= Duration::from_secs(2), "{what}: waited only {took:?}");
+        }
     }
 }
 
