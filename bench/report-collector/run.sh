@@ -32,7 +32,7 @@ need flock util-linux
 [ -x /usr/bin/time ] || { echo "installing time ..." >&2; apt-get install -y time >/dev/null; }
 
 cd "$ROOT"
-cargo build --release -q -p report-collector -p report-apis --example systemd_standin
+cargo build --release -q -p report-collector -p report-apis --bins --example systemd_standin
 COLLECTOR=$ROOT/target/release/report-collector
 APIS=$ROOT/target/release/report-apis
 
