@@ -4,9 +4,9 @@
 //! timer's calendar entry, a start by hand is told from a timer start, and a bus without
 //! systemd or with answers of the wrong type leaves the older rule in force, said once.
 
-mod util;
 #[path = "util/systemd_standin.rs"]
 mod systemd_standin;
+mod util;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -33,7 +33,9 @@ impl Bus {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("dbus-daemon (Debian's dbus-daemon package; scripts/install-deps.sh installs it)");
+            .expect(
+                "dbus-daemon (Debian's dbus-daemon package; scripts/install-deps.sh installs it)",
+            );
         let start = Instant::now();
         while !socket.exists() {
             assert!(start.elapsed() < PATIENCE, "dbus-daemon did not listen");
@@ -185,7 +187,10 @@ fn a_timer_start_for_an_elapse_past_the_starting_deadline_skips_as_late() {
     let run = run_with_timer_unit(&setup, &bus);
     assert_code(&run, 75);
     assert!(run.stderr.contains("missed slot"), "{}", run.stderr);
-    let (slot, slot_after) = (slot_field(elapse), slot_field(elapse + Duration::from_secs(1)));
+    let (slot, slot_after) = (
+        slot_field(elapse),
+        slot_field(elapse + Duration::from_secs(1)),
+    );
     assert!(
         run.stderr.contains(&slot) || run.stderr.contains(&slot_after),
         "want {slot}: {}",
@@ -223,7 +228,10 @@ fn a_bus_without_systemd_or_with_answers_of_another_type_keeps_the_older_rule_sa
     }
     let server = ApiServer::fast();
     let bus = Bus::start();
-    for (what, answers) in [("no systemd", None), ("wrong type", Some(Answers::WrongType))] {
+    for (what, answers) in [
+        ("no systemd", None),
+        ("wrong type", Some(Answers::WrongType)),
+    ] {
         let setup = hourly_setup(&server);
         let _systemd = answers.map(|answers| bus.systemd(answers));
         let first = run_with_timer_unit(&setup, &bus);
@@ -241,10 +249,18 @@ fn a_bus_without_systemd_or_with_answers_of_another_type_keeps_the_older_rule_sa
                 first.stderr
             );
         }
-        assert!(first.stderr.contains("missed slot"), "{what}: {}", first.stderr);
+        assert!(
+            first.stderr.contains("missed slot"),
+            "{what}: {}",
+            first.stderr
+        );
         let second = run_with_timer_unit(&setup, &bus);
         assert_code(&second, 75);
-        assert!(!second.stderr.contains("D-Bus"), "{what}: {}", second.stderr);
+        assert!(
+            !second.stderr.contains("D-Bus"),
+            "{what}: {}",
+            second.stderr
+        );
         assert!(no_bus_note(&setup).is_file(), "{what}");
     }
 }

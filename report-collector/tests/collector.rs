@@ -495,7 +495,10 @@ fn a_bus_that_answers_nothing_or_garbage_costs_at_most_its_timeout() {
         // margin is for a loaded machine.
         assert!(took < Duration::from_secs(5), "{what}: took {took:?}");
         if what == "silent" {
-            assert!(took >= Duration::from_secs(2), "{what}: waited only {took:?}");
+            assert!(
+                took >= Duration::from_secs(2),
+                "{what}: waited only {took:?}"
+            );
         }
     }
 }

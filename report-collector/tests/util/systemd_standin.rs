@@ -114,7 +114,9 @@ impl Timer {
     #[zbus(property, name = "LastTriggerUSecMonotonic")]
     fn last_trigger_usec_monotonic(&self) -> u64 {
         match self.answers {
-            Answers::HandStart { ago } => monotonic_usec() - u64::try_from(ago.as_micros()).unwrap(),
+            Answers::HandStart { ago } => {
+                monotonic_usec() - u64::try_from(ago.as_micros()).unwrap()
+            }
             _ => monotonic_usec(),
         }
     }
