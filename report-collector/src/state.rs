@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 
+use report_common::message_id;
 use serde::{Deserialize, Serialize};
 
 use crate::outcome::{Outcome, RunReport};
@@ -269,6 +270,9 @@ pub fn record(path: &Path, run: &RunReport) -> State {
             let aside = unreadable_path(path);
             match std::fs::rename(path, &aside) {
                 Ok(()) => tracing::warn!(
+                    MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
+                    STATE_FILE = %path.display(),
+                    MOVED_TO = %aside.display(),
                     "the state file {} is not a state file (cut short or overwritten: {reason}); moved it to {} and started a new one, so `status` counts a fresh grace period from this run",
                     path.display(),
                     aside.display()
@@ -276,6 +280,9 @@ pub fn record(path: &Path, run: &RunReport) -> State {
                 Err(e) => {
                     may_save = false;
                     tracing::warn!(
+                        MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
+                        STATE_FILE = %path.display(),
+                        MOVED_TO = "",
                         "the state file {} is not a state file (cut short or overwritten: {reason}) and cannot be moved aside ({e}); this run is not on record there: move or remove it",
                         path.display()
                     );
@@ -286,11 +293,21 @@ pub fn record(path: &Path, run: &RunReport) -> State {
         Err(e @ StateError::NotAFile { .. }) => {
             // Replacing it would silently undo what someone put there; say so instead.
             may_save = false;
-            tracing::warn!("{e}; this run is not on record there");
+            tracing::warn!(
+                MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
+                STATE_FILE = %path.display(),
+                MOVED_TO = "",
+                "{e}; this run is not on record there"
+            );
             None
         }
         Err(e) => {
-            tracing::warn!("{e}; this run's state starts afresh");
+            tracing::warn!(
+                MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
+                STATE_FILE = %path.display(),
+                MOVED_TO = "",
+                "{e}; this run's state starts afresh"
+            );
             None
         }
     };
@@ -298,6 +315,9 @@ pub fn record(path: &Path, run: &RunReport) -> State {
     if may_save {
         if let Err(e) = state.save(path) {
             tracing::warn!(
+                MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
+                STATE_FILE = %path.display(),
+                MOVED_TO = "",
                 "cannot write the state file {}: {e}; `status` will not show this run",
                 path.display()
             );
