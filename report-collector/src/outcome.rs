@@ -288,6 +288,27 @@ pub fn unix_seconds(at: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
+/// Test support: the one line of `captured` with MESSAGE_ID `id`, checked to carry every
+/// field that `id`'s catalog entry names (`journalctl -x` prints a missing one's bare name).
+#[cfg(test)]
+pub(crate) fn the_line(
+    captured: &report_common::logging::capture::Captured,
+    id: &str,
+) -> report_common::logging::capture::Fields {
+    const CATALOG: &str =
+        include_str!("../../packaging/debian/report-collector/report-collector.catalog");
+    let lines = captured.with_id(id);
+    assert_eq!(lines.len(), 1, "lines with {id}: {:?}", captured.events());
+    let line = lines.into_iter().next().unwrap_or_default();
+    for field in message_id::placeholders(CATALOG, id) {
+        assert!(
+            line.contains_key(&field),
+            "catalog entry {id} uses @{field}@, which the line lacks: {line:?}"
+        );
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

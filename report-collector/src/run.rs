@@ -814,12 +814,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
         leave_ticket(&config, "left_0", 2 * MINUTE);
+        let (captured, guard) = report_common::logging::capture::start();
         let (report, server) = run_once(&config, Scripted::ready_at(Some(2))).await;
+        drop(guard);
 
         assert!(
             matches!(report.outcome, Outcome::Collected { .. }),
             "{report:?}"
         );
+        let resumed = crate::outcome::the_line(&captured, message_id::TICKET_RESUMED);
+        assert_eq!(resumed["TICKET"], "left_0");
+        assert_eq!(resumed["RESUMED_FROM_PID"], std::process::id().to_string());
         assert_eq!(server.calls(), ["poll left_0", "poll left_0"]);
         assert_eq!(report.ticket.as_deref(), Some("left_0"));
         assert_eq!(report.tickets.resumed_from, Some(std::process::id()));
@@ -846,14 +851,26 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_left_ticket_past_resume_within_or_with_resuming_off_is_cancelled() {
-        for (resume_within, age) in [(30 * MINUTE, 31 * MINUTE), (Duration::ZERO, MINUTE)] {
+        for (resume_within, age, reason) in [
+            (30 * MINUTE, 31 * MINUTE, "too-old"),
+            (Duration::ZERO, MINUTE, "off"),
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let config = Config {
                 resume_within,
                 ..config(dir.path())
             };
             leave_ticket(&config, "left_0", age);
+            let (captured, guard) = report_common::logging::capture::start();
             let (report, server) = run_once(&config, Scripted::ready_at(Some(1))).await;
+            drop(guard);
+
+            let declined = crate::outcome::the_line(&captured, message_id::RESUME_DECLINED);
+            assert_eq!(declined["TICKET"], "left_0");
+            assert_eq!(declined["LEFT_BY_PID"], std::process::id().to_string());
+            assert_eq!(declined["REASON"], reason);
+            let cancel = crate::outcome::the_line(&captured, message_id::TICKET_CANCEL);
+            assert_eq!((&*cancel["TICKET"], &*cancel["CANCEL"]), ("left_0", "done"));
 
             assert!(
                 matches!(report.outcome, Outcome::Collected { .. }),
@@ -883,11 +900,15 @@ mod tests {
             cancel: Ok(Cancel::Unsupported("405 Method Not Allowed".into())),
             ..Scripted::ready_at(Some(1))
         };
+        let (captured, guard) = report_common::logging::capture::start();
         let (report, server) = run_once(&config, server).await;
+        drop(guard);
         assert!(
             matches!(report.outcome, Outcome::Collected { .. }),
             "{report:?}"
         );
+        let cancel = crate::outcome::the_line(&captured, message_id::TICKET_CANCEL);
+        assert_eq!(cancel["CANCEL"], "unsupported");
         assert_eq!(server.calls(), ["cancel left_0", "request", "poll abc_0"]);
         assert_eq!(report.tickets.cancelled, 0);
         assert_eq!(record_ticket(&config), None, "nobody is to fetch it");

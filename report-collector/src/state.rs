@@ -445,7 +445,15 @@ mod tests {
         assert!(message.contains(&path.display().to_string()), "{message}");
         assert!(message.contains("moves it aside"), "{message}");
 
+        let (captured, guard) = report_common::logging::capture::start();
         let state = record(&path, &run_at(skipped(), 2000));
+        drop(guard);
+        let line = crate::outcome::the_line(&captured, message_id::STATE_FILE_PROBLEM);
+        assert_eq!(line["STATE_FILE"], path.display().to_string());
+        assert_eq!(
+            line["MOVED_TO"],
+            unreadable_path(&path).display().to_string()
+        );
         assert_eq!(state.first_run.unix, 2000.0);
         assert_eq!(
             std::fs::read_to_string(unreadable_path(&path)).unwrap(),
