@@ -220,3 +220,44 @@ impl Default for Summariser {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CATALOG: &str = include_str!("../../packaging/debian/report-apis/report-apis.catalog");
+
+    #[test]
+    fn the_summary_line_counts_by_reason_in_fields_and_fills_its_catalog_entry() {
+        let rejections = Rejections::new(Arc::new(Metrics::default()));
+        for _ in 0..3 {
+            rejections.record(Reason::MaxPending);
+        }
+        rejections.record(Reason::HeadTooLarge);
+        let (captured, guard) = report_common::logging::capture::start();
+        Summariser::new().tick(&rejections, Instant::now());
+        drop(guard);
+        let lines = captured.with_id(report_common::message_id::REJECTIONS);
+        assert_eq!(lines.len(), 1, "{:?}", captured.events());
+        let line = &lines[0];
+        for (field, count) in [
+            ("MAX_PENDING_REJECTED", "3"),
+            ("MAX_CONNECTIONS_REJECTED", "0"),
+            ("HEADER_TIMEOUT_REJECTED", "0"),
+            ("HEAD_TOO_LARGE_REJECTED", "1"),
+            ("ACCEPT_ERRORS", "0"),
+        ] {
+            assert_eq!(line.get(field).map(String::as_str), Some(count), "{line:?}");
+        }
+        assert!(
+            line["MESSAGE"].contains("3 ticket requests refused with 503"),
+            "{line:?}"
+        );
+        for field in
+            report_common::message_id::placeholders(CATALOG, report_common::message_id::REJECTIONS)
+        {
+            assert!(line.contains_key(&field), "@{field}@ missing: {line:?}");
+        }
+        assert_eq!(rejections.take_summary(), None, "counted once");
+    }
+}
