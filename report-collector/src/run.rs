@@ -681,22 +681,38 @@ fn record(config: &Config, report: &RunReport) {
     let state = state::record(&config.state_file, report);
     if let Some(path) = &config.metrics_file {
         if let Err(e) = metrics::record(path, report, state.last_collection.as_ref()) {
-            let dir = path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
+            let fix = metrics_fix(path, &e, &run_as_user())
+                .map(|fix| format!("; {fix}"))
+                .unwrap_or_default();
             tracing::warn!(
                 MESSAGE_ID = message_id::METRICS_NOT_WRITTEN,
                 METRICS_FILE = %path.display(),
-                "cannot update the metrics file {}: {e}; this run is missing from its counts. \
-                 The user running the collector needs write access to {dir}: the package gives \
-                 report-collector's user an ACL entry on node_exporter's textfile directory; \
-                 for another directory, run: setfacl -m u:{}:rwx {dir}",
+                "cannot update the metrics file {}: {e}; this run is missing from its counts{fix}",
                 path.display(),
-                run_as_user(),
-                dir = dir.display(),
             );
         }
+    }
+}
+
+/// What gives `user` the access to the metrics file at `path` that `err` says is missing: the
+/// ACL entry the package sets on node_exporter's textfile directory, or a path the unit's
+/// sandbox allows. `None` when access is not what failed.
+fn metrics_fix(path: &std::path::Path, err: &std::io::Error, user: &str) -> Option<String> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .display();
+    match err.kind() {
+        std::io::ErrorKind::PermissionDenied => Some(format!(
+            "give {user} write access to {dir}, as the package does on node_exporter's textfile \
+             directory: setfacl -m u:{user}:rwx {dir}"
+        )),
+        std::io::ErrorKind::ReadOnlyFilesystem => Some(format!(
+            "{dir} is read-only to the run: allow it with `systemctl edit \
+             report-collector.service`, [Service] ReadWritePaths={dir}"
+        )),
+        _ => None,
     }
 }
 
@@ -808,6 +824,27 @@ mod tests {
     }
 
     const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_metrics_file_without_access_names_the_fix() {
+        let path = Path::new("/srv/metrics/report-collector.prom");
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            metrics_fix(path, &denied, "report-collector").as_deref(),
+            Some(
+                "give report-collector write access to /srv/metrics, as the package does on \
+                 node_exporter's textfile directory: setfacl -m u:report-collector:rwx /srv/metrics"
+            )
+        );
+        let read_only = std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
+        assert!(
+            metrics_fix(path, &read_only, "report-collector")
+                .unwrap()
+                .ends_with("ReadWritePaths=/srv/metrics")
+        );
+        let other = std::io::Error::other("it is a symbolic link");
+        assert_eq!(metrics_fix(path, &other, "report-collector"), None);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_ticket_left_by_a_killed_run_is_resumed_instead_of_requesting_another() {

@@ -93,16 +93,8 @@ fn a_symlinked_state_or_metrics_file_is_refused_not_written_through() {
         assert!(named, "{}: {}", path.display(), run.stderr);
         assert!(std::fs::symlink_metadata(path).unwrap().is_symlink());
     }
-    // The metrics warning says how to give the run's user access to the directory.
-    let fix = format!(
-        "setfacl -m u:{}:rwx {}",
-        nix::unistd::User::from_uid(nix::unistd::Uid::effective())
-            .unwrap()
-            .unwrap()
-            .name,
-        setup.metrics.parent().unwrap().display()
-    );
-    assert!(run.stderr.contains(&fix), "{fix} not in {}", run.stderr);
+    // Access is not what failed: no setfacl advice.
+    assert!(!run.stderr.contains("setfacl"), "{}", run.stderr);
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     assert_eq!(setup.report_files().len(), 1);
 }
