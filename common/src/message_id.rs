@@ -63,6 +63,9 @@ pub const HEAVY_LOAD_ON: &str = "68b33298cd1a4bf4867ab0e6121aa951";
 pub const HEAVY_LOAD_OFF: &str = "4c003a0b9ff84b9687ee6e0e45a93260";
 /// report-apis: the configuration was rejected at start.
 pub const APIS_CONFIG_REJECTED: &str = "a06e84b8259840a3b62c5bc06938a4f5";
+/// report-apis: `limits.max-connections` was lowered at start to what the open-file limit
+/// leaves room for.
+pub const CONNECTIONS_CAPPED: &str = "ba6c0e5ac44f4541b4b56aa32152a7f5";
 /// report-apis: the listen address could not be bound; the server did not start.
 pub const BIND_FAILED: &str = "c7e2b56bde664bad8b0887faa2206abb";
 /// report-apis: `systemctl reload` re-read the configuration.

@@ -341,7 +341,15 @@ async fn the_cap_stays_below_the_open_file_limit_so_accept_never_runs_out() {
     // connections: without the cap lowered to fit, accept fails (EMFILE) and nobody is served.
     let mut server = Hostile::start_under(512, "1s", 100, Some(128));
     let warning = tokio::task::block_in_place(|| server.run.wait_for("limits.max-connections"));
-    assert!(warning.contains("leaves room for 64"), "{warning}");
+    assert!(
+        warning.contains("leaves room for 64")
+            && warning.contains(&format!(
+                "MESSAGE_ID=\"{}\"",
+                report_common::message_id::CONNECTIONS_CAPPED
+            ))
+            && warning.contains("MAX_CONNECTIONS=512 CAP=64"),
+        "{warning}"
+    );
     let mut idle = Vec::new();
     for _ in 0..200 {
         idle.push(TcpStream::connect(server.addr).await.unwrap());
