@@ -170,11 +170,14 @@ pub async fn run_with_reloads(
     };
     let drained = serve::serve(listener, app, &limits, rejections, shutdown, drain_timeout).await;
     if !drained {
-        tracing::warn!("connections still open after the drain timeout; closing them");
+        tracing::warn!(
+            MESSAGE_ID = message_id::DRAIN_TIMEOUT,
+            "connections still open after the drain timeout; closing them"
+        );
     }
     housekeeping.abort();
     reloading.abort();
-    tracing::info!("stopped");
+    tracing::info!(MESSAGE_ID = message_id::STOPPED, "stopped");
     Ok(())
 }
 

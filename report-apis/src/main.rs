@@ -79,10 +79,35 @@ fn main() -> ExitCode {
     };
     match serve(config, args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
+        Err(ServeError::Bind { listen, source }) => {
+            tracing::error!(
+                MESSAGE_ID = message_id::BIND_FAILED,
+                LISTEN = %listen,
+                "cannot listen on {listen}: {source}; free the port or choose another with --listen or `listen`"
+            );
+            ExitCode::FAILURE
+        }
+        Err(ServeError::Other(err)) => {
             tracing::error!("{err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Why the server stopped with an error: it could not bind its address (a kind of its own in
+/// the journal), or anything else.
+#[derive(Debug)]
+enum ServeError {
+    Bind {
+        listen: SocketAddr,
+        source: std::io::Error,
+    },
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for ServeError {
+    fn from(err: anyhow::Error) -> Self {
+        ServeError::Other(err)
     }
 }
 
@@ -98,6 +123,14 @@ fn load(args: &Args) -> Result<Config, report_common::config::ConfigError> {
         config.listen = listen;
     }
     Ok(config)
+}
+
+/// The file a start or a reload reads: `--config`, or the default path.
+fn config_file(args: &Args) -> String {
+    args.config.as_deref().map_or_else(
+        || config::DEFAULT_PATH.to_owned(),
+        |path| path.display().to_string(),
+    )
 }
 
 fn check_config(args: &Args) -> ExitCode {
@@ -141,8 +174,16 @@ const RELOAD_WAIT: Duration = Duration::from_secs(30);
 
 fn reload(args: &Args, pid: i32) -> ExitCode {
     use nix::sys::signal::{Signal, kill};
-    if let Err(err) = load(args) {
-        eprintln!("report-apis: {err}; the running server keeps the configuration in force");
+    // Under ExecReload= the refusal goes to the journal with its MESSAGE_ID, as the server's
+    // own refusal does; by hand, readable on stderr. The check reads the file without a word:
+    // the server says what it read once it applies it.
+    logging::init("report-apis");
+    if let Err(err) = Config::load_or_default(args.config.as_deref()) {
+        tracing::error!(
+            MESSAGE_ID = message_id::RELOAD_REJECTED,
+            CONFIG_FILE = config_file(args).as_str(),
+            "reload refused, the configuration in force stays: {err}"
+        );
         return ExitCode::from(exit::CONFIG);
     }
     let Some(file) = reload_outcome_file() else {
@@ -188,7 +229,7 @@ fn reload(args: &Args, pid: i32) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn serve(config: Config, args: Args) -> anyhow::Result<()> {
+fn serve(config: Config, args: Args) -> Result<(), ServeError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -200,15 +241,13 @@ fn serve(config: Config, args: Args) -> anyhow::Result<()> {
             .context("cannot handle SIGHUP")?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {}; free the port or choose another with --listen or `listen`",
-                    config.listen
-                )
+            .map_err(|source| ServeError::Bind {
+                listen: config.listen,
+                source,
             })?;
         let (reloader, reloads) = report_apis::reload_channel();
         tokio::spawn(reload_on_sighup(hangup, args, reloader));
-        report_apis::run_with_reloads(listener, config, shutdown, reloads).await
+        Ok(report_apis::run_with_reloads(listener, config, shutdown, reloads).await?)
     })
 }
 
@@ -235,6 +274,7 @@ async fn reload_on_sighup(mut hangup: tokio::signal::unix::Signal, args: Args, r
             Err(why) => {
                 tracing::error!(
                     MESSAGE_ID = message_id::RELOAD_REJECTED,
+                    CONFIG_FILE = config_file(&args).as_str(),
                     "reload refused, the configuration in force stays: {why}"
                 );
                 format!("reload refused, the configuration in force stays: {why}")

@@ -125,20 +125,57 @@ impl Rejections {
         self.metrics.connections_open.dec();
     }
 
-    /// The summary of everything since the previous one, or `None` when there was nothing.
-    pub fn take_summary(&self) -> Option<String> {
-        let parts: Vec<String> = Reason::ALL
+    /// Everything since the previous summary, or `None` when there was nothing.
+    pub fn take_summary(&self) -> Option<Summary> {
+        let summary = Summary {
+            by_reason: Reason::ALL
+                .map(|reason| self.unreported[reason.index()].swap(0, Ordering::Relaxed)),
+            accept_errors: self.accept_errors.swap(0, Ordering::Relaxed),
+        };
+        (summary.by_reason.iter().any(|&n| n > 0) || summary.accept_errors > 0).then_some(summary)
+    }
+}
+
+/// The counts of one summary line: by reason, in [`Reason::ALL`]'s order, and failed accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    by_reason: [u64; 4],
+    accept_errors: u64,
+}
+
+impl Summary {
+    /// How many were refused for `reason`.
+    pub fn count(&self, reason: Reason) -> u64 {
+        self.by_reason[reason.index()]
+    }
+
+    /// The text of the line: the reasons that occurred, in words.
+    pub fn text(&self) -> String {
+        Reason::ALL
             .into_iter()
-            .filter_map(|reason| {
-                let count = self.unreported[reason.index()].swap(0, Ordering::Relaxed);
-                (count > 0).then(|| reason.describe(count))
-            })
-            .chain({
-                let errors = self.accept_errors.swap(0, Ordering::Relaxed);
-                (errors > 0).then(|| format!("{errors} failed accepts"))
-            })
-            .collect();
-        (!parts.is_empty()).then(|| parts.join(", "))
+            .filter(|&reason| self.count(reason) > 0)
+            .map(|reason| reason.describe(self.count(reason)))
+            .chain(
+                (self.accept_errors > 0).then(|| format!("{} failed accepts", self.accept_errors)),
+            )
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Logs the line with its `MESSAGE_ID` and one field per count, every one always there
+    /// (0 when none): MAX_PENDING_REJECTED, MAX_CONNECTIONS_REJECTED, HEADER_TIMEOUT_REJECTED,
+    /// HEAD_TOO_LARGE_REJECTED, ACCEPT_ERRORS.
+    fn log(&self, over: &str) {
+        tracing::warn!(
+            MESSAGE_ID = report_common::message_id::REJECTIONS,
+            MAX_PENDING_REJECTED = self.count(Reason::MaxPending),
+            MAX_CONNECTIONS_REJECTED = self.count(Reason::MaxConnections),
+            HEADER_TIMEOUT_REJECTED = self.count(Reason::HeaderTimeout),
+            HEAD_TOO_LARGE_REJECTED = self.count(Reason::HeadTooLarge),
+            ACCEPT_ERRORS = self.accept_errors,
+            "rejected {over}: {}",
+            self.text()
+        );
     }
 }
 
@@ -173,10 +210,7 @@ impl Summariser {
             ),
             None => "since start".to_owned(),
         };
-        tracing::warn!(
-            MESSAGE_ID = report_common::message_id::REJECTIONS,
-            "rejected {over}: {summary}"
-        );
+        summary.log(&over);
         self.last = Some(now);
     }
 }
@@ -184,5 +218,46 @@ impl Summariser {
 impl Default for Summariser {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CATALOG: &str = include_str!("../../packaging/debian/report-apis/report-apis.catalog");
+
+    #[test]
+    fn the_summary_line_counts_by_reason_in_fields_and_fills_its_catalog_entry() {
+        let rejections = Rejections::new(Arc::new(Metrics::default()));
+        for _ in 0..3 {
+            rejections.record(Reason::MaxPending);
+        }
+        rejections.record(Reason::HeadTooLarge);
+        let (captured, guard) = report_common::logging::capture::start();
+        Summariser::new().tick(&rejections, Instant::now());
+        drop(guard);
+        let lines = captured.with_id(report_common::message_id::REJECTIONS);
+        assert_eq!(lines.len(), 1, "{:?}", captured.events());
+        let line = &lines[0];
+        for (field, count) in [
+            ("MAX_PENDING_REJECTED", "3"),
+            ("MAX_CONNECTIONS_REJECTED", "0"),
+            ("HEADER_TIMEOUT_REJECTED", "0"),
+            ("HEAD_TOO_LARGE_REJECTED", "1"),
+            ("ACCEPT_ERRORS", "0"),
+        ] {
+            assert_eq!(line.get(field).map(String::as_str), Some(count), "{line:?}");
+        }
+        assert!(
+            line["MESSAGE"].contains("3 ticket requests refused with 503"),
+            "{line:?}"
+        );
+        for field in
+            report_common::message_id::placeholders(CATALOG, report_common::message_id::REJECTIONS)
+        {
+            assert!(line.contains_key(&field), "@{field}@ missing: {line:?}");
+        }
+        assert_eq!(rejections.take_summary(), None, "counted once");
     }
 }

@@ -87,6 +87,9 @@ pub async fn serve(
     let cap = connection_cap(limits.max_connections, fd_limit().unwrap_or(u64::MAX));
     if cap < limits.max_connections {
         tracing::warn!(
+            MESSAGE_ID = report_common::message_id::CONNECTIONS_CAPPED,
+            MAX_CONNECTIONS = limits.max_connections,
+            CAP = cap,
             "limits.max-connections is {} but the open-file limit leaves room for {cap}; serving \
              at most {cap} at once (raise LimitNOFILE= in the unit, or lower max-connections)",
             limits.max_connections

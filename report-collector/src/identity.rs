@@ -24,6 +24,19 @@ pub struct SwitchError {
     reason: String,
 }
 
+impl SwitchError {
+    /// Logs the refusal with its `MESSAGE_ID` and the fields OWNER (the user it could not
+    /// become) and DIRECTORY (the directory that user owns).
+    pub fn log(&self) {
+        tracing::error!(
+            MESSAGE_ID = report_common::message_id::OWNER_SWITCH_REFUSED,
+            OWNER = self.user.as_str(),
+            DIRECTORY = self.dir.as_str(),
+            "{self}"
+        );
+    }
+}
+
 /// When this process is root and the lock file's directory belongs to another user, becomes
 /// that user (its primary group and supplementary groups included). A directory that does not
 /// exist yet, or belongs to root, leaves the process as it is.
@@ -56,6 +69,9 @@ pub fn become_owner_of(config: &Config) -> Result<(), SwitchError> {
     };
     switch_to(&user).map_err(|e| error(&user.name, e.to_string()))?;
     tracing::info!(
+        MESSAGE_ID = report_common::message_id::RAN_AS_OWNER,
+        OWNER = user.name.as_str(),
+        DIRECTORY = %dir.display(),
         "started as root: running as {} (the owner of {}), so the timer's runs can use what this run leaves",
         user.name,
         dir.display()

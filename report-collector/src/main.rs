@@ -186,7 +186,7 @@ fn command<L: RunLock>(
     match command {
         None | Some(Command::Run) => {
             if let Err(e) = report_collector::identity::become_owner_of(&config) {
-                tracing::error!("{e}");
+                e.log();
                 return ExitCode::from(exit::FAILURE);
             }
             run(&config, lock, trigger)

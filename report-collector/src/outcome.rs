@@ -25,7 +25,7 @@ impl CancelSignal {
     }
 }
 
-/// Why a run skipped itself: two kinds an operator answers differently, so each has its own
+/// Why a run skipped itself: kinds an operator answers differently, so each has its own
 /// `MESSAGE_ID` and `SKIP` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
@@ -78,17 +78,30 @@ impl Outcome {
         }
     }
 
-    /// The journal's `MESSAGE_ID` of the decision line: one per kind, skips split by why.
+    /// The journal's `MESSAGE_ID` of the decision line: one per kind, skips split by why,
+    /// failures of the PostgreSQL lock (exit 69, 79) apart from the others.
     pub fn message_id(&self) -> &'static str {
         match self {
             Outcome::Collected { .. } => message_id::COLLECTED,
             Outcome::Skipped {
-                skip: Skip::LockHeld | Skip::SlotTaken,
+                skip: Skip::LockHeld,
                 ..
             } => message_id::SKIPPED_LOCK_HELD,
             Outcome::Skipped {
                 skip: Skip::Late, ..
             } => message_id::SKIPPED_LATE,
+            Outcome::Skipped {
+                skip: Skip::SlotTaken,
+                ..
+            } => message_id::SKIPPED_SLOT_TAKEN,
+            Outcome::Failed {
+                exit: exit::UNAVAILABLE,
+                ..
+            } => message_id::DATABASE_UNAVAILABLE,
+            Outcome::Failed {
+                exit: exit::LEASE_LOST,
+                ..
+            } => message_id::LEASE_LOST,
             Outcome::Failed { .. } => message_id::FAILED,
             Outcome::Cancelled(_) => message_id::CANCELLED,
         }
@@ -275,6 +288,27 @@ pub fn unix_seconds(at: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
+/// Test support: the one line of `captured` with MESSAGE_ID `id`, checked to carry every
+/// field that `id`'s catalog entry names (`journalctl -x` prints a missing one's bare name).
+#[cfg(test)]
+pub(crate) fn the_line(
+    captured: &report_common::logging::capture::Captured,
+    id: &str,
+) -> report_common::logging::capture::Fields {
+    const CATALOG: &str =
+        include_str!("../../packaging/debian/report-collector/report-collector.catalog");
+    let lines = captured.with_id(id);
+    assert_eq!(lines.len(), 1, "lines with {id}: {:?}", captured.events());
+    let line = lines.into_iter().next().unwrap_or_default();
+    for field in message_id::placeholders(CATALOG, id) {
+        assert!(
+            line.contains_key(&field),
+            "catalog entry {id} uses @{field}@, which the line lacks: {line:?}"
+        );
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,11 +389,35 @@ mod tests {
             ),
             (missed.outcome(), message_id::SKIPPED_LATE, "late"),
             (
+                Outcome::Skipped {
+                    skip: Skip::SlotTaken,
+                    reason: "host b took it".into(),
+                },
+                message_id::SKIPPED_SLOT_TAKEN,
+                "slot-taken",
+            ),
+            (
                 Outcome::Failed {
                     error: "down".into(),
                     exit: 1,
                 },
                 message_id::FAILED,
+                "",
+            ),
+            (
+                Outcome::Failed {
+                    error: "cannot reach the database".into(),
+                    exit: exit::UNAVAILABLE,
+                },
+                message_id::DATABASE_UNAVAILABLE,
+                "",
+            ),
+            (
+                Outcome::Failed {
+                    error: "lost the lease".into(),
+                    exit: exit::LEASE_LOST,
+                },
+                message_id::LEASE_LOST,
                 "",
             ),
             (

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
+use report_common::message_id;
 use tokio::time::Instant;
 
 use crate::client::{self, Cancel, CollectError, Collected, ReportServer};
@@ -272,7 +273,12 @@ async fn steps<L: RunLock, S: ReportServer>(
         // written, so no other host fetches it again: the slot is collected, only its
         // bookkeeping in the row is missing.
         Some(report) => {
+            let ticket = progress.borrow().ticket.clone().unwrap_or_default();
             tracing::warn!(
+                MESSAGE_ID = message_id::LEASE_LOST_AFTER_SAVE,
+                TICKET = %ticket,
+                REPORT = %report.display(),
+                REASON = %lost.why,
                 "saved the report as {}, but then lost the lease before finishing its ticket in the lock's row ({}); the row marks the ticket as being saved by this host, so the next holder takes it as collected and fetches it not again",
                 report.display(),
                 lost.why
@@ -298,6 +304,7 @@ async fn collect_and_save<G: LockGuard, S: ReportServer>(
     let left = match left {
         Some(LeftTicket {
             ticket,
+            by_pid,
             saving: Some((generation, host)),
             ..
         }) => {
@@ -305,8 +312,11 @@ async fn collect_and_save<G: LockGuard, S: ReportServer>(
             // could finish the ticket: across hosts a report is saved at most once, so it is
             // not fetched again.
             tracing::warn!(
+                MESSAGE_ID = message_id::RESUME_DECLINED,
                 TICKET = %ticket,
+                LEFT_BY_PID = by_pid,
                 HOLDER_HOST = host.as_str(),
+                REASON = "saving",
                 "ticket {ticket} was marked as being saved by host {host} (generation {generation}), which stopped before finishing it: taken as collected by host {host}, not fetched again"
             );
             finish_ticket(progress).await;
@@ -382,7 +392,9 @@ async fn already_saved<G: LockGuard>(
         }
     };
     tracing::info!(
+        MESSAGE_ID = message_id::TICKET_RESUMED,
         TICKET = %left.ticket,
+        RESUMED_FROM_PID = left.by_pid,
         "the report of ticket {}, which pid {} left unfinished, is already saved as {}: that run was ended after saving it",
         left.ticket,
         left.by_pid,
@@ -411,21 +423,32 @@ async fn take_over<S: ReportServer, G: LockGuard>(
     let age = left
         .requested
         .map(|at| SystemTime::now().duration_since(at).unwrap_or_default());
+    // The REASON field, then the sentence.
     let refusal = match age {
         _ if config.resume_within.is_zero() => {
-            Some("resuming is off (resume-within = 0s)".to_owned())
+            Some(("off", "resuming is off (resume-within = 0s)".to_owned()))
         }
-        None => Some("its request time is not on record".to_owned()),
-        Some(age) if age > config.resume_within => Some(format!(
-            "it was requested {} ago, longer than resume-within ({within})",
-            humantime::format_duration(round_ms(age))
+        None => Some((
+            "no-request-time",
+            "its request time is not on record".to_owned(),
+        )),
+        Some(age) if age > config.resume_within => Some((
+            "too-old",
+            format!(
+                "it was requested {} ago, longer than resume-within ({within})",
+                humantime::format_duration(round_ms(age))
+            ),
         )),
         Some(_) => None,
     };
     let ticket = left.ticket;
-    if let Some(why) = refusal {
+    if let Some((reason, why)) = refusal {
         tracing::info!(
+            MESSAGE_ID = message_id::RESUME_DECLINED,
             TICKET = %ticket,
+            LEFT_BY_PID = left.by_pid,
+            HOLDER_HOST = left.host.as_deref().unwrap_or(""),
+            REASON = reason,
             "not resuming ticket {ticket}, which pid {} left unfinished: {why}",
             left.by_pid
         );
@@ -433,6 +456,7 @@ async fn take_over<S: ReportServer, G: LockGuard>(
         return None;
     }
     tracing::info!(
+        MESSAGE_ID = message_id::TICKET_RESUMED,
         TICKET = %ticket,
         RESUMED_FROM_PID = left.by_pid,
         "resuming ticket {ticket}, which pid {} left unfinished (requested {} ago, resume-within {within})",
@@ -461,21 +485,32 @@ async fn cancel<S: ReportServer, G: LockGuard>(
     match tokio::time::timeout(bound, server.cancel_ticket(ticket)).await {
         Ok(Ok(Cancel::Done)) => {
             progress.borrow_mut().tickets.cancelled += 1;
-            tracing::info!(TICKET = %ticket, "cancelled ticket {ticket} on the server: {why}");
+            tracing::info!(
+                MESSAGE_ID = message_id::TICKET_CANCEL,
+                TICKET = %ticket,
+                CANCEL = "done",
+                "cancelled ticket {ticket} on the server: {why}"
+            );
         }
         Ok(Ok(Cancel::Unsupported(status))) => tracing::info!(
+            MESSAGE_ID = message_id::TICKET_CANCEL,
             TICKET = %ticket,
+            CANCEL = "unsupported",
             "the server cannot cancel tickets (it answered {status}: the original server or an older report-apis); ticket {ticket} is left to expire there ({why})"
         ),
         Ok(Err(e)) => tracing::warn!(
+            MESSAGE_ID = message_id::TICKET_CANCEL,
             TICKET = %ticket,
+            CANCEL = "failed",
             "cannot cancel ticket {ticket} on the server ({why}): {}; it is left to expire there",
             match e {
                 client::FetchError::Transient { message, .. } | client::FetchError::Permanent(message) => message,
             }
         ),
         Err(_) => tracing::warn!(
+            MESSAGE_ID = message_id::TICKET_CANCEL,
             TICKET = %ticket,
+            CANCEL = "no-answer",
             "the server did not answer the cancel of ticket {ticket} within {} ({why}); it is left to expire there",
             humantime::format_duration(bound)
         ),
@@ -631,17 +666,53 @@ fn prune(config: &Config, report: &std::path::Path) {
     }
 }
 
+/// The name of the user this process runs as, for a command that gives it access.
+fn run_as_user() -> String {
+    let uid = nix::unistd::Uid::effective();
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |user| user.name)
+}
+
 /// Puts the run on record: the decision line, the state file, the metrics file.
 fn record(config: &Config, report: &RunReport) {
     report.log();
     let state = state::record(&config.state_file, report);
     if let Some(path) = &config.metrics_file {
         if let Err(e) = metrics::record(path, report, state.last_collection.as_ref()) {
+            let fix = metrics_fix(path, &e, &run_as_user())
+                .map(|fix| format!("; {fix}"))
+                .unwrap_or_default();
             tracing::warn!(
-                "cannot update the metrics file {}: {e}; this run is missing from its counts",
-                path.display()
+                MESSAGE_ID = message_id::METRICS_NOT_WRITTEN,
+                METRICS_FILE = %path.display(),
+                "cannot update the metrics file {}: {e}; this run is missing from its counts{fix}",
+                path.display(),
             );
         }
+    }
+}
+
+/// What gives `user` the access to the metrics file at `path` that `err` says is missing: the
+/// ACL entry the package sets on node_exporter's textfile directory, or a path the unit's
+/// sandbox allows. `None` when access is not what failed.
+fn metrics_fix(path: &std::path::Path, err: &std::io::Error, user: &str) -> Option<String> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .display();
+    match err.kind() {
+        std::io::ErrorKind::PermissionDenied => Some(format!(
+            "give {user} write access to {dir}, as the package does on node_exporter's textfile \
+             directory: setfacl -m u:{user}:rwx {dir}"
+        )),
+        std::io::ErrorKind::ReadOnlyFilesystem => Some(format!(
+            "{dir} is read-only to the run: allow it with `systemctl edit \
+             report-collector.service`, [Service] ReadWritePaths={dir}"
+        )),
+        _ => None,
     }
 }
 
@@ -754,17 +825,43 @@ mod tests {
 
     const MINUTE: Duration = Duration::from_secs(60);
 
+    #[test]
+    fn a_metrics_file_without_access_names_the_fix() {
+        let path = Path::new("/srv/metrics/report-collector.prom");
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            metrics_fix(path, &denied, "report-collector").as_deref(),
+            Some(
+                "give report-collector write access to /srv/metrics, as the package does on \
+                 node_exporter's textfile directory: setfacl -m u:report-collector:rwx /srv/metrics"
+            )
+        );
+        let read_only = std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
+        assert!(
+            metrics_fix(path, &read_only, "report-collector")
+                .unwrap()
+                .ends_with("ReadWritePaths=/srv/metrics")
+        );
+        let other = std::io::Error::other("it is a symbolic link");
+        assert_eq!(metrics_fix(path, &other, "report-collector"), None);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_ticket_left_by_a_killed_run_is_resumed_instead_of_requesting_another() {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
         leave_ticket(&config, "left_0", 2 * MINUTE);
+        let (captured, guard) = report_common::logging::capture::start();
         let (report, server) = run_once(&config, Scripted::ready_at(Some(2))).await;
+        drop(guard);
 
         assert!(
             matches!(report.outcome, Outcome::Collected { .. }),
             "{report:?}"
         );
+        let resumed = crate::outcome::the_line(&captured, message_id::TICKET_RESUMED);
+        assert_eq!(resumed["TICKET"], "left_0");
+        assert_eq!(resumed["RESUMED_FROM_PID"], std::process::id().to_string());
         assert_eq!(server.calls(), ["poll left_0", "poll left_0"]);
         assert_eq!(report.ticket.as_deref(), Some("left_0"));
         assert_eq!(report.tickets.resumed_from, Some(std::process::id()));
@@ -791,14 +888,26 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_left_ticket_past_resume_within_or_with_resuming_off_is_cancelled() {
-        for (resume_within, age) in [(30 * MINUTE, 31 * MINUTE), (Duration::ZERO, MINUTE)] {
+        for (resume_within, age, reason) in [
+            (30 * MINUTE, 31 * MINUTE, "too-old"),
+            (Duration::ZERO, MINUTE, "off"),
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let config = Config {
                 resume_within,
                 ..config(dir.path())
             };
             leave_ticket(&config, "left_0", age);
+            let (captured, guard) = report_common::logging::capture::start();
             let (report, server) = run_once(&config, Scripted::ready_at(Some(1))).await;
+            drop(guard);
+
+            let declined = crate::outcome::the_line(&captured, message_id::RESUME_DECLINED);
+            assert_eq!(declined["TICKET"], "left_0");
+            assert_eq!(declined["LEFT_BY_PID"], std::process::id().to_string());
+            assert_eq!(declined["REASON"], reason);
+            let cancel = crate::outcome::the_line(&captured, message_id::TICKET_CANCEL);
+            assert_eq!((&*cancel["TICKET"], &*cancel["CANCEL"]), ("left_0", "done"));
 
             assert!(
                 matches!(report.outcome, Outcome::Collected { .. }),
@@ -828,11 +937,15 @@ mod tests {
             cancel: Ok(Cancel::Unsupported("405 Method Not Allowed".into())),
             ..Scripted::ready_at(Some(1))
         };
+        let (captured, guard) = report_common::logging::capture::start();
         let (report, server) = run_once(&config, server).await;
+        drop(guard);
         assert!(
             matches!(report.outcome, Outcome::Collected { .. }),
             "{report:?}"
         );
+        let cancel = crate::outcome::the_line(&captured, message_id::TICKET_CANCEL);
+        assert_eq!(cancel["CANCEL"], "unsupported");
         assert_eq!(server.calls(), ["cancel left_0", "request", "poll abc_0"]);
         assert_eq!(report.tickets.cancelled, 0);
         assert_eq!(record_ticket(&config), None, "nobody is to fetch it");

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 
+use report_common::message_id;
 use serde::{Deserialize, Serialize};
 
 use crate::outcome::{Outcome, RunReport};
@@ -278,6 +279,9 @@ fn record_over(path: &Path, loaded: Result<Option<State>, StateError>, run: &Run
             let aside = unreadable_path(path);
             match std::fs::rename(path, &aside) {
                 Ok(()) => tracing::warn!(
+                    MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
+                    STATE_FILE = %path.display(),
+                    MOVED_TO = %aside.display(),
                     "the state file {} is not a state file (cut short or overwritten: {reason}); moved it to {} and started a new one, so `status` counts a fresh grace period from this run",
                     path.display(),
                     aside.display()
@@ -285,6 +289,9 @@ fn record_over(path: &Path, loaded: Result<Option<State>, StateError>, run: &Run
                 Err(e) => {
                     may_save = false;
                     tracing::warn!(
+                        MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
+                        STATE_FILE = %path.display(),
+                        MOVED_TO = "",
                         "the state file {} is not a state file (cut short or overwritten: {reason}) and cannot be moved aside ({e}); this run is not on record there: move or remove it",
                         path.display()
                     );
@@ -295,7 +302,12 @@ fn record_over(path: &Path, loaded: Result<Option<State>, StateError>, run: &Run
         Err(e @ StateError::NotAFile { .. }) => {
             // Replacing it would silently undo what someone put there; say so instead.
             may_save = false;
-            tracing::warn!("{e}; this run is not on record there");
+            tracing::warn!(
+                MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
+                STATE_FILE = %path.display(),
+                MOVED_TO = "",
+                "{e}; this run is not on record there"
+            );
             None
         }
         Err(StateError::Io { source, .. }) => {
@@ -312,6 +324,9 @@ fn record_over(path: &Path, loaded: Result<Option<State>, StateError>, run: &Run
                 "check the disk (journalctl -k)".to_owned()
             };
             tracing::warn!(
+                MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
+                STATE_FILE = %path.display(),
+                MOVED_TO = "",
                 "cannot read the state file {}: {source}; it is left as it is, so its last collection and first run are kept, and this run is not on record there: {fix}; the next run records again",
                 path.display()
             );
@@ -322,6 +337,9 @@ fn record_over(path: &Path, loaded: Result<Option<State>, StateError>, run: &Run
     if may_save {
         if let Err(e) = state.save(path) {
             tracing::warn!(
+                MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
+                STATE_FILE = %path.display(),
+                MOVED_TO = "",
                 "cannot write the state file {}: {e}; `status` will not show this run",
                 path.display()
             );
@@ -449,7 +467,15 @@ mod tests {
         assert!(message.contains(&path.display().to_string()), "{message}");
         assert!(message.contains("moves it aside"), "{message}");
 
+        let (captured, guard) = report_common::logging::capture::start();
         let state = record(&path, &run_at(skipped(), 2000));
+        drop(guard);
+        let line = crate::outcome::the_line(&captured, message_id::STATE_FILE_PROBLEM);
+        assert_eq!(line["STATE_FILE"], path.display().to_string());
+        assert_eq!(
+            line["MOVED_TO"],
+            unreadable_path(&path).display().to_string()
+        );
         assert_eq!(state.first_run.unix, 2000.0);
         assert_eq!(
             std::fs::read_to_string(unreadable_path(&path)).unwrap(),

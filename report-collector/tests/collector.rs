@@ -10,6 +10,7 @@ use nix::sys::signal::Signal;
 use report_collector::lock::flock::LockFile;
 use report_collector::metrics::parse_counts;
 use report_collector::state::State;
+use report_common::message_id;
 use util::*;
 
 #[test]
@@ -215,6 +216,14 @@ fn replace_ends_the_holder_and_runs() {
         "{}",
         new.stderr
     );
+    let replaced = lines_with_id(&new.stderr, message_id::HOLDER_REPLACED);
+    assert!(
+        replaced.len() == 1
+            && replaced[0].contains(&format!("HOLDER_PID={}", old.id()))
+            && replaced[0].contains("ENDED_BY=\"SIGTERM\""),
+        "{}",
+        new.stderr
+    );
     let old = finish(old);
     assert_code(&old, 143);
     assert!(old.stderr.contains("cancelled"), "{}", old.stderr);
@@ -255,7 +264,11 @@ fn replace_kills_a_holder_that_ignores_sigterm_after_the_grace() {
     let holder = stubborn_holder(&setup.lock, None);
     let run = setup.run(&["--policy", "replace"]);
     assert_code(&run, 0);
-    assert!(run.stderr.contains("SIGKILL"), "{}", run.stderr);
+    let ended_by: Vec<&str> = lines_with_id(&run.stderr, message_id::HOLDER_REPLACED)
+        .into_iter()
+        .filter_map(|l| l.split_once("ENDED_BY=")?.1.split(' ').next())
+        .collect();
+    assert_eq!(ended_by, ["\"SIGTERM\"", "\"SIGKILL\""], "{}", run.stderr);
     let holder = finish(holder);
     assert_eq!(holder.signal, Some(9));
 }
@@ -457,8 +470,9 @@ fn without_a_bus_a_timer_unit_means_a_timer_start_and_is_said_once_per_boot() {
     );
     let first = timer_start_without_a_bus(&setup);
     assert_code(&first, 75);
+    let no_bus = lines_with_id(&first.stderr, message_id::NO_BUS);
     assert!(
-        first.stderr.contains("cannot ask systemd over D-Bus"),
+        no_bus.len() == 1 && no_bus[0].contains("cannot ask systemd over D-Bus"),
         "{}",
         first.stderr
     );
@@ -654,7 +668,12 @@ fn an_unknown_config_key_exits_78_naming_file_line_and_key() {
     let run = setup.run(&[]);
     assert_code(&run, 78);
     let config = setup.config.display().to_string();
-    assert!(run.stderr.contains(&config), "{}", run.stderr);
+    let rejected = lines_with_id(&run.stderr, message_id::COLLECTOR_CONFIG_REJECTED);
+    assert!(
+        rejected.len() == 1 && rejected[0].contains(&config),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("poll-intervall"), "{}", run.stderr);
     // Keys are written sorted: lock-file, poll-interval, poll-intervall, ...
     let line = std::fs::read_to_string(&setup.config)

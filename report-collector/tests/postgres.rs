@@ -12,6 +12,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
+use report_common::message_id;
 use util::*;
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -379,8 +380,12 @@ fn the_postgres_lock_against_a_real_server() {
     let started = Instant::now();
     let replaced = b.run(&["--trigger", "manual"]);
     assert_eq!(replaced.code, Some(0), "{}", replaced.stderr);
+    let ending = lines_with_id(&replaced.stderr, message_id::HOLDER_REPLACED);
     assert!(
-        replaced.stderr.contains("by ending its database session"),
+        ending.len() == 1
+            && ending[0].contains("by ending its database session")
+            && ending[0].contains("ENDED_BY=\"session\"")
+            && ending[0].contains("HOLDER_HOST=\"host-a\""),
         "{}",
         replaced.stderr
     );
@@ -396,6 +401,12 @@ fn the_postgres_lock_against_a_real_server() {
     );
     let ended = finish(holder);
     assert_eq!(ended.code, Some(79), "{}", ended.stderr);
+    assert_eq!(
+        lines_with_id(&ended.stderr, message_id::LEASE_LOST).len(),
+        1,
+        "exit 79 is a kind of its own: {}",
+        ended.stderr
+    );
     assert!(reports(&a).is_empty(), "{:?}", reports(&a));
     assert_eq!(reports(&b).len(), 1);
 
@@ -461,10 +472,13 @@ fn the_postgres_lock_against_a_real_server() {
     std::thread::sleep(LEASE + Duration::from_millis(200));
     let next = b.run(&["--trigger", "manual"]);
     assert_eq!(next.code, Some(0), "{}", next.stderr);
+    let ending = lines_with_id(&next.stderr, message_id::STALE_SESSION_ENDED);
     assert!(
-        next.stderr.contains(&format!(
-            "its database session {session} still holds the lock; ending that session"
-        )),
+        ending.len() == 1
+            && ending[0].contains(&format!(
+                "its database session {session} still holds the lock; ending that session"
+            ))
+            && ending[0].contains(&format!("SESSION={session}")),
         "{}",
         next.stderr
     );
@@ -525,8 +539,11 @@ fn the_postgres_lock_against_a_real_server() {
         "{}",
         second.stderr
     );
+    let skipped = lines_with_id(&second.stderr, message_id::SKIPPED_SLOT_TAKEN);
     assert!(
-        second.stderr.contains("SKIP=\"slot-taken\""),
+        skipped.len() == 1
+            && skipped[0].contains("SKIP=\"slot-taken\"")
+            && skipped[0].contains("HOLDER_HOST=\"host-a\""),
         "{}",
         second.stderr
     );
@@ -584,10 +601,12 @@ fn the_postgres_lock_against_a_real_server() {
     let _ = finish(killed);
     let took = b.run(&["--trigger", "timer"]);
     assert_eq!(took.code, Some(0), "{}", took.stderr);
+    let taken_over = lines_with_id(&took.stderr, message_id::SLOT_TAKEN_OVER);
     assert!(
-        took.stderr.contains(
-            "on host host-a, which stopped before saving its report: this run takes the slot over"
-        ),
+        taken_over.len() == 1
+            && taken_over[0].contains(
+                "on host host-a, which stopped before saving its report: this run takes the slot over"
+            ),
         "{}",
         took.stderr
     );
@@ -676,6 +695,12 @@ fn an_unreachable_database_fails_closed_with_exit_69() {
     std::fs::write(&setup.config, text).unwrap();
     let run = setup.run(&["--trigger", "manual"]);
     assert_eq!(run.code, Some(69), "{}", run.stderr);
+    assert_eq!(
+        lines_with_id(&run.stderr, message_id::DATABASE_UNAVAILABLE).len(),
+        1,
+        "exit 69 is a kind of its own: {}",
+        run.stderr
+    );
     assert!(
         run.stderr.contains(&format!(
             "cannot connect to the PostgreSQL server at {dir}/.s.PGSQL.1"

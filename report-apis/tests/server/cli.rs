@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use report_common::message_id;
+
 use crate::util::client;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_report-apis");
@@ -140,6 +142,12 @@ impl Drop for Running {
     }
 }
 
+/// The stderr lines (a manual run's readable lines, fields after the text) with `id`.
+pub(crate) fn lines_with_id<'a>(stderr: &'a str, id: &str) -> Vec<&'a str> {
+    let field = format!("MESSAGE_ID=\"{id}\"");
+    stderr.lines().filter(|l| l.contains(&field)).collect()
+}
+
 pub(crate) fn write_config(dir: &tempfile::TempDir, text: &str) -> PathBuf {
     let path = dir.path().join("config.toml");
     std::fs::write(&path, text).unwrap();
@@ -174,6 +182,11 @@ fn bad_config_exits_78_naming_file_line_and_key() {
             stderr.contains(&format!("`{key}`")),
             "{key} not in {stderr}"
         );
+        let rejected = lines_with_id(&stderr, message_id::APIS_CONFIG_REJECTED);
+        assert!(
+            rejected.len() == 1 && rejected[0].contains(&location),
+            "one APIS_CONFIG_REJECTED line naming {location}: {stderr}"
+        );
     }
 }
 
@@ -193,9 +206,13 @@ fn a_port_in_use_is_a_clear_failure() {
     let config = shipped_config();
     let mut run = Running::start(&["--config", config.to_str().unwrap(), "--listen", &address]);
     assert_eq!(run.wait().code(), Some(1));
+    let stderr = run.stderr();
+    let failed = lines_with_id(&stderr, message_id::BIND_FAILED);
     assert!(
-        run.stderr()
-            .contains(&format!("cannot listen on {address}"))
+        failed.len() == 1
+            && failed[0].contains(&format!("cannot listen on {address}"))
+            && failed[0].contains(&format!("LISTEN={address}")),
+        "{stderr}"
     );
 }
 
@@ -229,7 +246,11 @@ async fn sigterm_drains_open_connections_and_exits_0() {
     let stderr = run.stderr();
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
-    assert!(stderr.contains("stopped"), "{stderr}");
+    assert_eq!(
+        lines_with_id(&stderr, message_id::STOPPED).len(),
+        1,
+        "{stderr}"
+    );
     assert!(
         !stderr.contains("still open"),
         "idle connections are closed, not waited out: {stderr}"
@@ -448,13 +469,13 @@ fn reload_re_reads_the_file_and_refuses_an_invalid_one() {
     .unwrap();
     let (code, _, stderr) = reload();
     assert_eq!(code, Some(78), "{stderr}");
+    let refused = lines_with_id(&stderr, message_id::RELOAD_REJECTED);
     assert!(
-        stderr.contains(&format!("{config}:3:1: key `limits.max-pendin`")),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("keeps the configuration in force"),
-        "{stderr}"
+        refused.len() == 1
+            && refused[0].contains(&format!("{config}:3:1: key `limits.max-pendin`"))
+            && refused[0].contains("the configuration in force stays")
+            && refused[0].contains(&format!("CONFIG_FILE=\"{config}\"")),
+        "one RELOAD_REJECTED line naming the file, line and key: {stderr}"
     );
 
     // Refused by the server itself: the reload fails all the same.
@@ -464,7 +485,8 @@ fn reload_re_reads_the_file_and_refuses_an_invalid_one() {
     assert!(stderr.contains("needs a restart"), "{stderr}");
     let line = run.wait_for("reload refused");
     assert!(
-        line.contains(report_common::message_id::RELOAD_REJECTED),
+        line.contains(report_common::message_id::RELOAD_REJECTED)
+            && line.contains(&format!("CONFIG_FILE=\"{config}\"")),
         "{line}"
     );
 

@@ -341,7 +341,15 @@ async fn the_cap_stays_below_the_open_file_limit_so_accept_never_runs_out() {
     // connections: without the cap lowered to fit, accept fails (EMFILE) and nobody is served.
     let mut server = Hostile::start_under(512, "1s", 100, Some(128));
     let warning = tokio::task::block_in_place(|| server.run.wait_for("limits.max-connections"));
-    assert!(warning.contains("leaves room for 64"), "{warning}");
+    assert!(
+        warning.contains("leaves room for 64")
+            && warning.contains(&format!(
+                "MESSAGE_ID=\"{}\"",
+                report_common::message_id::CONNECTIONS_CAPPED
+            ))
+            && warning.contains("MAX_CONNECTIONS=512 CAP=64"),
+        "{warning}"
+    );
     let mut idle = Vec::new();
     for _ in 0..200 {
         idle.push(TcpStream::connect(server.addr).await.unwrap());
@@ -467,6 +475,21 @@ async fn a_flood_of_refusals_is_counted_and_summarised_not_logged_line_by_line()
     let summaries: Vec<&str> = lines.lines().filter(|l| l.contains("rejected ")).collect();
     let summarised: u64 = summaries.iter().map(|l| refused_in(l)).sum();
     assert_eq!(summarised, refused, "{lines}");
+    // The same counts as fields, for journalctl MESSAGE_ID=... MAX_PENDING_REJECTED=...
+    let id = format!("MESSAGE_ID=\"{}\"", report_common::message_id::REJECTIONS);
+    assert!(summaries.iter().all(|l| l.contains(&id)), "{lines}");
+    let in_fields: u64 = summaries
+        .iter()
+        .filter_map(|l| {
+            l.split_once(" MAX_PENDING_REJECTED=")?
+                .1
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(in_fields, refused, "{lines}");
     assert!(summaries.len() <= 3, "{lines}");
     assert!(lines.lines().count() < 20, "{lines}");
     assert!(!lines.contains("answered 503"), "{lines}");

@@ -642,7 +642,10 @@ impl RunLock for PostgresLock {
                     // can move on.
                     if let Some(stale) = row.session {
                         tracing::warn!(
+                            MESSAGE_ID = report_common::message_id::STALE_SESSION_ENDED,
+                            HOLDER_PID = holder.pid.unwrap_or(0),
                             HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+                            SESSION = stale,
                             "the lease of {holder} ran out {} ago but its database session {stale} still holds the lock; ending that session",
                             humantime::format_duration(round_ms(
                                 Duration::try_from_secs_f64(-row.remaining).unwrap_or_default()
@@ -684,8 +687,10 @@ impl RunLock for PostgresLock {
                         match row.session {
                             Some(s) if row.session_holds && ended != Some(s) => {
                                 tracing::info!(
+                                    MESSAGE_ID = report_common::message_id::HOLDER_REPLACED,
                                     HOLDER_PID = holder.pid.unwrap_or(0),
                                     HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+                                    ENDED_BY = "session",
                                     "policy replace: ending the run holding the lock, {holder}, by ending its database session {s}; its lease is then waited out"
                                 );
                                 db_try!('connect, terminate(client, s).await);
@@ -1154,8 +1159,10 @@ impl LockGuard for HeldPostgres {
                     (r.get::<_, Option<String>>(0), r.get::<_, Option<i32>>(1))
                 {
                     tracing::warn!(
+                        MESSAGE_ID = report_common::message_id::SLOT_TAKEN_OVER,
                         HOLDER_HOST = host.as_str(),
                         HOLDER_PID = pid,
+                        SLOT = %format_time(slot),
                         "slot {} was claimed by pid {pid} on host {host}, which stopped before saving its report: this run takes the slot over",
                         format_time(slot)
                     );

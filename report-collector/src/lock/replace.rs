@@ -101,7 +101,10 @@ pub async fn replace<C: Contest>(
                     Some((p, at, killed)) if p == pid => {
                         if !killed && now >= at + grace {
                             tracing::warn!(
+                                MESSAGE_ID = report_common::message_id::HOLDER_REPLACED,
                                 HOLDER_PID = pid,
+                                HOLDER_HOST = "",
+                                ENDED_BY = "SIGKILL",
                                 "holder pid {pid} still holds the lock {} after SIGTERM; sending SIGKILL",
                                 humantime::format_duration(grace)
                             );
@@ -111,7 +114,10 @@ pub async fn replace<C: Contest>(
                     }
                     _ => {
                         tracing::info!(
+                            MESSAGE_ID = report_common::message_id::HOLDER_REPLACED,
                             HOLDER_PID = pid,
+                            HOLDER_HOST = "",
+                            ENDED_BY = "SIGTERM",
                             "policy replace: ending the run holding the lock, {holder}, with SIGTERM"
                         );
                         contest.signal(pid, Signal::SIGTERM)?;

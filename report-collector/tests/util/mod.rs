@@ -357,6 +357,12 @@ fn clean(cmd: &mut Command) {
         .stderr(Stdio::piped());
 }
 
+/// The stderr lines (a manual run's readable lines, fields after the text) with `id`.
+pub fn lines_with_id<'a>(stderr: &'a str, id: &str) -> Vec<&'a str> {
+    let field = format!("MESSAGE_ID=\"{id}\"");
+    stderr.lines().filter(|l| l.contains(&field)).collect()
+}
+
 /// A journald stand-in: a datagram socket that receives what the collector's journald layer
 /// sends, in journald's native protocol. tracing-journald 0.3 always sends to
 /// `/run/systemd/journal/socket` (it has no setting for the path), so the collector runs in a
