@@ -11,7 +11,9 @@ use tracing_subscriber::prelude::*;
 ///
 /// `identifier` is the syslog identifier: `journalctl -t <identifier>` finds every line, even
 /// those journald could not attribute to the unit (processes that exit at once).
-pub fn init(identifier: &str) {
+///
+/// Returns whether readable lines go to stderr as well.
+pub fn init(identifier: &str) -> bool {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let journald = tracing_journald::layer().ok().map(|layer| {
         layer
@@ -31,6 +33,7 @@ pub fn init(identifier: &str) {
         .with(journald)
         .with(stderr)
         .init();
+    to_stderr
 }
 
 /// Test support (feature `test-util`): the fields of the events logged on this thread, named

@@ -177,13 +177,20 @@ fn reload(args: &Args, pid: i32) -> ExitCode {
     // Under ExecReload= the refusal goes to the journal with its MESSAGE_ID, as the server's
     // own refusal does; by hand, readable on stderr. The check reads the file without a word:
     // the server says what it read once it applies it.
-    logging::init("report-apis");
+    let to_stderr = logging::init("report-apis");
     if let Err(err) = Config::load_or_default(args.config.as_deref()) {
         tracing::error!(
             MESSAGE_ID = message_id::RELOAD_REJECTED,
             CONFIG_FILE = config_file(args).as_str(),
             "reload refused, the configuration in force stays: {err}"
         );
+        // This process ends at once, and journald may then not tie the record above to the
+        // unit (`journalctl -t report-apis` and its MESSAGE_ID find it). The unit's own output
+        // stream always is tied to it: say it there too, as for the server's refusals below,
+        // so `journalctl -u report-apis`, where systemctl points, shows why.
+        if !to_stderr {
+            eprintln!("report-apis: reload refused, the configuration in force stays: {err}");
+        }
         return ExitCode::from(exit::CONFIG);
     }
     let Some(file) = reload_outcome_file() else {
