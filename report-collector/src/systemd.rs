@@ -268,8 +268,8 @@ where
     Ok(reply.body().deserialize()?)
 }
 
-/// One property, asked for by name: systemd's whole property sets (about 170 on a unit) would
-/// cost the run memory to decode and keep for the five values it needs.
+/// One property, asked for by name: systemd's whole property sets would cost the run memory
+/// to decode and keep for the five values it needs.
 async fn get<T>(
     bus: &zbus::Connection,
     path: &OwnedObjectPath,
