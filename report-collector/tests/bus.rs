@@ -133,8 +133,16 @@ fn no_bus_note(setup: &Setup) -> PathBuf {
     setup.state.parent().unwrap().join("no-bus.boot-id")
 }
 
-fn slot_field(at: SystemTime) -> String {
-    format!("SLOT={}", humantime::format_rfc3339_seconds(at))
+/// The run's decision line names `elapse` as its slot (or the second after: the stand-in's
+/// clock may have turned between the test's reading and the run's).
+fn assert_slot(run: &Finished, elapse: SystemTime) {
+    let field = |at| format!("SLOT={}", humantime::format_rfc3339_seconds(at));
+    let (slot, slot_after) = (field(elapse), field(elapse + Duration::from_secs(1)));
+    assert!(
+        run.stderr.contains(&slot) || run.stderr.contains(&slot_after),
+        "want {slot}: {}",
+        run.stderr
+    );
 }
 
 fn past_the_first_seconds_of_an_hour() -> bool {
@@ -161,15 +169,8 @@ fn a_timer_start_takes_its_slot_from_the_timers_calendar_and_collects() {
         "{}",
         run.stderr
     );
-    // The elapse the stand-in reported (its second may have turned while the run asked), not
-    // an hourly slot.
-    let slot = slot_field(elapse);
-    let slot_after = slot_field(elapse + Duration::from_secs(1));
-    assert!(
-        run.stderr.contains(&slot) || run.stderr.contains(&slot_after),
-        "want {slot} (or the second after): {}",
-        run.stderr
-    );
+    // The elapse the stand-in reported, not an hourly slot.
+    assert_slot(&run, elapse);
     assert_eq!(setup.report_files().len(), 1);
     assert!(!no_bus_note(&setup).exists(), "systemd answered: no note");
 }
@@ -187,15 +188,7 @@ fn a_timer_start_for_an_elapse_past_the_starting_deadline_skips_as_late() {
     let run = run_with_timer_unit(&setup, &bus);
     assert_code(&run, 75);
     assert!(run.stderr.contains("missed slot"), "{}", run.stderr);
-    let (slot, slot_after) = (
-        slot_field(elapse),
-        slot_field(elapse + Duration::from_secs(1)),
-    );
-    assert!(
-        run.stderr.contains(&slot) || run.stderr.contains(&slot_after),
-        "want {slot}: {}",
-        run.stderr
-    );
+    assert_slot(&run, elapse);
     assert!(setup.report_files().is_empty());
 }
 
