@@ -221,6 +221,14 @@ EOF
     fi
 }
 
+# decision_fields BOX MATCH...: the decision lines' OUTCOME, SKIP, SLOT and TRIGGER, one a line.
+decision_fields() {
+    local box=$1
+    shift
+    journal_json "$box" -t report-collector "$@" |
+        jq -c 'select(.OUTCOME != null) | {OUTCOME, SKIP, SLOT, TRIGGER}' 2>/dev/null
+}
+
 # iso_slot EPOCH: a slot as the decision line's SLOT field writes it.
 iso_slot() {
     date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ
@@ -274,9 +282,9 @@ EOF
         pass "the timer's run at $(hhmmss "$slot") (started $offset s after it) collected with SLOT=$(iso_slot "$slot") TRIGGER=report-collector.timer: the schedule is the timer's"
     else
         fail "no run collected with SLOT=$(iso_slot "$slot") TRIGGER=report-collector.timer after OnCalendar=*:*:30; the journal since:"
+        journal_text "$box" -u report-collector.service --since "@$slot" | show
     fi
-    journal_text "$box" -t report-collector --since "@$slot" | show
-    journal_json "$box" -t report-collector --since "@$slot" | jq -c '{OUTCOME, SKIP, SLOT, TRIGGER}' 2>/dev/null | show
+    decision_fields "$box" --since "@$slot" | show
 
     # The same second held to schedule-period, as a run outside systemd declares it.
     wait_until 30 _idle || true
@@ -381,7 +389,7 @@ EOF
         fail "after the run started by hand across the elapse: $n_starts starts, $decided decision lines (want 1 and 1, collected, TRIGGER=manual, SLOT=$want_slot)"
     fi
     journal_text "$box" -u report-collector.service --since "@$HAND_SINCE" | show
-    journal_json "$box" -t report-collector --since "@$HAND_SINCE" | jq -c '{OUTCOME, SKIP, SLOT, TRIGGER}' 2>/dev/null | show
+    decision_fields "$box" --since "@$HAND_SINCE" | show
     check "the timer waits for its next elapse ($(hhmmss "$(epoch_of "$box" report-collector.timer NextElapseUSecRealtime)"), want $(hhmmss $((elapse + 60))))" \
         test "$(epoch_of "$box" report-collector.timer NextElapseUSecRealtime)" -eq $((elapse + 60))
 
