@@ -647,8 +647,10 @@ EOF
 }
 
 # phase_upgrade BOX SLOT_E APIS_NEXT_DEB COLLECTOR_NEXT_DEB: the timer's run of slot E is going
-# (a 20 s report since phase_server_crashes) while dpkg upgrades the collector; then the
-# server is upgraded. Without the two packages the upgrade is reported as not run.
+# (a 20 s report since phase_server_crashes) while dpkg upgrades the collector, and the server's
+# upgrade is refused over an invalid configuration (apis_upgrade_refused); once the run ended,
+# `dpkg --configure -a` finishes the server's upgrade (or `dpkg -i`, when dpkg did not refuse).
+# Without the two packages the upgrade is reported as not run.
 phase_upgrade() {
     local box=$1 slot_e=$2 apis_next=$3 collector_next=$4 out inv pid_before pid_after version
     local running spawn_failure='' refused=0
