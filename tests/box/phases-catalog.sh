@@ -193,9 +193,9 @@ phase_catalog_decisions() {
     else
         fail "$tagged of $all decision lines carry the MESSAGE_ID of their kind ($counts)"
     fi
-    late=$(journal_count "$box" MESSAGE_ID="$SKIPPED_LATE_ID")
+    late=$(journal_count "$box" MESSAGE_ID="$SKIPPED_LATE_ID" OUTCOME=skipped SKIP=late)
     if ((late >= 1)); then
-        pass "journalctl MESSAGE_ID=$SKIPPED_LATE_ID finds the late start skipped after slot B ($late)"
+        pass "journalctl MESSAGE_ID=$SKIPPED_LATE_ID finds the late start skipped after slot B, SKIP=late ($late)"
         explained=$(journal_text "$box" -x -t report-collector MESSAGE_ID="$SKIPPED_LATE_ID")
         if grep -q 'Subject: report-collector skipped a run that started too late after its slot' <<<"$explained" &&
             grep -Eq 'schedule slot [0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z' <<<"$explained" &&

@@ -93,9 +93,11 @@ scenario_packages() {
     phase catalog_skip "$box" || return
     phase hand_started "$box"
     scenario_minutes "$box" "$apis_next" "$collector_next" || return
-    phase hand_after "$box" "after the timer fired many times" fast
+    # The timer's runs on the minute so far: A, K, B, D and E at least.
+    phase hand_after "$box" "after the timer fired many times" fast 15-40 5
     phase schedule_from_timer "$box"
     phase catalog_decisions "$box"
+    phase merged_elapse "$box"
     # After the minutes: the server's configuration then makes a run take seconds.
     phase health_scrape "$box"
     phase remove "$box"
@@ -143,14 +145,19 @@ scenario_minutes() {
             phase late_start "$box" "$retry_b" "$inv_b" spawn_failure
         fi
     done
+    # In the wait for slot D: a start by hand late in the minute (2 s reports from here on).
+    phase hand_after "$box" "late in the minute" fast 50-53
     slot_d=$((${retry_b:-$slot_b} + 120))
     phase slot_d "$box" "$slot_d"
     # Not the replayed slot B: the timer's run of the minute before it (slot B's failed spawn
     # leaves that run to be the long one) may still hold the unit at that elapse, which systemd
     # then swallows and fires late, as slot C's.
     phase on_time "$box" "$slot_a" "$slot_k" "$slot_b" "$slot_d"
+    # In the wait for slot E: the timer moved to :30 by a drop-in, and back.
+    phase timer_calendar "$box"
     phase server_crashes "$box"
-    phase upgrade "$box" $((slot_d + 60)) "$apis_next" "$collector_next"
+    # Slot E: the next minute that leaves a few seconds to see its run start.
+    phase upgrade "$box" $((($(date +%s) + 3) / 60 * 60 + 60)) "$apis_next" "$collector_next"
 }
 
 # --- reading the box -----------------------------------------------------------------------
@@ -267,7 +274,7 @@ hhmmss() {
 
 # phase_install BOX APIS_DEB COLLECTOR_DEB: dpkg -i both packages, away from a minute boundary.
 phase_install() {
-    local box=$1 apis=$2 collector=$3 out now sec inv_before
+    local box=$1 apis=$2 collector=$3 out now sec inv_before inv state
     out=$(box_out "$box")
     box_exec "$box" mkdir -p /root/debs
     box_exec "$box" tee /root/debs/report-apis.deb >/dev/null <"$apis"
@@ -287,10 +294,21 @@ phase_install() {
         show <"$out/dpkg-install.log"
         return 1
     fi
-    if [[ $(prop "$box" report-collector.service InvocationID) == "$inv_before" ]]; then
+    inv=$(prop "$box" report-collector.service InvocationID)
+    if [[ $inv == "$inv_before" ]]; then
         pass "dpkg did not start report-collector.service (no collection inside dpkg)"
     else
         fail "report-collector.service was started during installation"
+    fi
+    # The state directory is the package's (tmpfiles.d), not made by a run's StateDirectory=:
+    # judged only while report-collector.service has never run in this boot (no InvocationID).
+    state=$(box_exec "$box" stat -c '%U:%G %a' /var/lib/report-collector 2>&1)
+    if [[ -n $inv ]]; then
+        note "report-collector.service already ran ($inv) when dpkg -i returned, so the state directory ($state) may be its StateDirectory='s: not judged"
+    elif [[ $state == "report-collector:report-collector 750" ]]; then
+        pass "the state directory exists from installation on, before any run (report-collector.service has no InvocationID yet): $state"
+    else
+        fail "the state directory right after dpkg -i, before any run: '$state', want report-collector:report-collector 750"
     fi
 }
 
@@ -494,12 +512,12 @@ phase_late_start() {
         fail "slot B's run did not collect (journal -t report-collector OUTCOME=collected: $collected)"
     fi
     # systemd starts the swallowed elapse at once; that start is past the starting deadline.
-    _late_skip() { (($(journal_count "$box" -t report-collector OUTCOME=skipped --since "@$((slot_c + 10))") >= 1)); }
+    _late_skip() { (($(journal_count "$box" -t report-collector OUTCOME=skipped SKIP=late --since "@$((slot_c + 10))") >= 1)); }
     if wait_until 15 _late_skip; then
         late_skipped=1
-        pass "the elapse swallowed during slot B's run was started late and skipped (journal -t report-collector)"
-        journal_text "$box" -t report-collector OUTCOME=skipped --since "@$((slot_c + 10))" | show
-        journal_json "$box" -t report-collector OUTCOME=skipped --since "@$((slot_c + 10))" |
+        pass "the elapse swallowed during slot B's run was started late and skipped as late (journal -t report-collector OUTCOME=skipped SKIP=late)"
+        journal_text "$box" -t report-collector OUTCOME=skipped SKIP=late --since "@$((slot_c + 10))" | show
+        journal_json "$box" -t report-collector OUTCOME=skipped SKIP=late --since "@$((slot_c + 10))" |
             grep -o '"SLOT":"[^"]*"' | head -n1 | sed 's/^/SLOT field: /' | show
     elif spawn_failure=$(spawn_failure_since "$box" $((slot_c + 10))) && [[ -n $spawn_failure ]]; then
         # Seen in about one run in five, in both releases: the start comes a few milliseconds
@@ -508,7 +526,7 @@ phase_late_start() {
         hand_back "$out_spawn_failure" "$spawn_failure"
         journal_text "$box" -u report-collector.service --since "@$((slot_c + 10))" | tail -n 8 | show
     else
-        fail "no skipped slot in the journal after slot B's long run"
+        fail "no late start skipped as late (SKIP=late) in the journal after slot B's long run"
         journal_text "$box" -u report-collector.service --since "@$slot_c" | tail -n 20 | show
     fi
     late_inv=$(prop "$box" report-collector.service InvocationID)
@@ -629,11 +647,13 @@ EOF
 }
 
 # phase_upgrade BOX SLOT_E APIS_NEXT_DEB COLLECTOR_NEXT_DEB: the timer's run of slot E is going
-# (a 20 s report since phase_server_crashes) while dpkg upgrades the collector; then the
-# server is upgraded. Without the two packages the upgrade is reported as not run.
+# (a 20 s report since phase_server_crashes) while dpkg upgrades the collector, and the server's
+# upgrade is refused over an invalid configuration (apis_upgrade_refused); once the run ended,
+# `dpkg --configure -a` finishes the server's upgrade (or `dpkg -i`, when dpkg did not refuse).
+# Without the two packages the upgrade is reported as not run.
 phase_upgrade() {
     local box=$1 slot_e=$2 apis_next=$3 collector_next=$4 out inv pid_before pid_after version
-    local running spawn_failure=''
+    local running spawn_failure='' refused=0
 
     if [[ -z $apis_next || -z $collector_next ]]; then
         info "upgrade not run: no packages of a higher version given"
@@ -678,6 +698,10 @@ phase_upgrade() {
             fail "the upgrade cut the running collection (state $(prop "$box" report-collector.service ActiveState)); the journal:"
             journal_text "$box" -u report-collector.service -n 15 | show
         fi
+    fi
+    # While that run goes on: the server's upgrade refused over an invalid configuration.
+    apis_upgrade_refused "$box" && refused=1
+    if ((running)); then
         _inv_done() { [[ $(prop "$box" report-collector.service InvocationID) != "$inv" ]] || ! collector_active "$box"; }
         if wait_until 40 _inv_done && [[ $(prop "$box" report-collector.service Result) == success ]] &&
             (($(journal_count "$box" -u report-collector.service _SYSTEMD_INVOCATION_ID="$inv" OUTCOME=collected) >= 1)); then
@@ -691,7 +715,17 @@ phase_upgrade() {
         test "$(box_exec "$box" systemctl is-enabled report-collector.timer)/$(prop "$box" report-collector.timer ActiveState)" = enabled/active
 
     pid_before=$(prop "$box" report-apis.service MainPID)
-    if box_exec "$box" dpkg -i /root/debs/report-apis-next.deb </dev/null >>"$out/dpkg-upgrade.log" 2>&1; then
+    if ((refused)); then
+        # As the refusal says: the file fixed, `dpkg --configure -a` finishes the upgrade.
+        if box_exec "$box" dpkg --configure -a </dev/null >>"$out/dpkg-upgrade.log" 2>&1; then
+            version=$(box_exec "$box" dpkg-query -W -f '${Version} ${Status}' report-apis)
+            check "dpkg --configure -a with the configuration fixed: report-apis $version (upgrade)" \
+                test "$version" = "$DEB_NEXT_VERSION install ok installed"
+        else
+            fail "dpkg --configure -a (report-apis upgrade, the configuration fixed)"
+            show <"$out/dpkg-upgrade.log"
+        fi
+    elif box_exec "$box" dpkg -i /root/debs/report-apis-next.deb </dev/null >>"$out/dpkg-upgrade.log" 2>&1; then
         version=$(box_exec "$box" dpkg-query -W -f '${Version}' report-apis)
         pass "dpkg -i report-apis $version (upgrade)"
     else
@@ -707,10 +741,40 @@ phase_upgrade() {
     fi
 }
 
+# apis_upgrade_refused BOX: with /etc/report-apis/config.toml made invalid, `dpkg -i` of the
+# next report-apis fails in its postinst's check, saying what is wrong and what to do, and the
+# old server keeps running (same pid, still answering); the file is then put back. Fails (for
+# the caller: the package is not left half-configured) when dpkg did not refuse.
+apis_upgrade_refused() {
+    local box=$1 out pid rc=0 log
+    out=$(box_out "$box")
+    log=$out/dpkg-upgrade-refused.log
+    pid=$(prop "$box" report-apis.service MainPID)
+    box_exec "$box" cp /etc/report-apis/config.toml /root/report-apis.config.kept
+    box_exec "$box" sh -c 'printf "generation-tme = \"1s\"\n" >>/etc/report-apis/config.toml'
+    box_exec "$box" dpkg -i /root/debs/report-apis-next.deb </dev/null >"$log" 2>&1 || rc=$?
+    box_exec "$box" cp /root/report-apis.config.kept /etc/report-apis/config.toml
+    if ((rc != 0)) && grep -q 'key `report.generation-tme`' "$log" &&
+        grep -q 'the running server was NOT restarted' "$log"; then
+        pass "dpkg -i report-apis $DEB_NEXT_VERSION with an invalid configuration: exit $rc, the postinst names the key and says the server was not restarted"
+    else
+        fail "dpkg -i report-apis $DEB_NEXT_VERSION with an invalid configuration: exit $rc, want a refusal naming report.generation-tme"
+    fi
+    grep -E 'generation-tme|NOT restarted|dpkg: error' "$log" | show
+    if [[ $(prop "$box" report-apis.service MainPID) == "$pid" && $(prop "$box" report-apis.service ActiveState) == active ]] &&
+        [[ $(apis_get "$box" /healthz) == "200 ok" ]]; then
+        pass "after the refused upgrade the old server runs on (pid $pid, active, /healthz answers)"
+    else
+        fail "after the refused upgrade: pid $pid -> $(prop "$box" report-apis.service MainPID), $(prop "$box" report-apis.service ActiveState), /healthz '$(apis_get "$box" /healthz)'"
+    fi
+    ((rc != 0))
+}
+
 # phase_remove BOX: dpkg -r keeps configuration and state; dpkg --purge removes them.
 phase_remove() {
-    local box=$1 out unit state
+    local box=$1 out unit state reports kept
     out=$(box_out "$box")
+    reports=$(box_exec "$box" find /var/lib/report-collector/reports -type f | wc -l)
     if box_exec "$box" dpkg -r report-collector report-apis </dev/null >"$out/dpkg-remove.log" 2>&1; then
         pass "dpkg -r report-collector report-apis"
     else
@@ -727,7 +791,9 @@ phase_remove() {
         bash -c '! grep -q report-collector.timer <<<"$1"' _ "$(box_exec "$box" systemctl list-timers --no-pager)"
     check "after remove: binaries gone" box_exec "$box" test ! -e /usr/bin/report-apis -a ! -e /usr/bin/report-collector
     check "after remove: configuration kept" box_exec "$box" test -f /etc/report-apis/config.toml -a -f /etc/report-collector/config.toml
-    check "after remove: state kept (/var/lib/report-collector/reports)" box_exec "$box" test -d /var/lib/report-collector/reports
+    kept=$(box_exec "$box" find /var/lib/report-collector/reports -type f 2>/dev/null | wc -l)
+    check "after remove: state kept: the $reports reports in /var/lib/report-collector/reports are all there ($kept)" \
+        test "$reports" -ge 1 -a "$kept" -eq "$reports"
 
     if box_exec "$box" dpkg --purge report-collector report-apis </dev/null >"$out/dpkg-purge.log" 2>&1; then
         pass "dpkg --purge report-collector report-apis"
