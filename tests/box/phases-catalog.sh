@@ -14,6 +14,10 @@ SKIPPED_LATE_ID=dc71fbd7fb7f41c993f4163c72c59947
 COLLECTED_ID=48f90c49e58148d79eba1360cfbb768d
 FAILED_ID=228d0a2afd1448c5b9e3bef585cbc6cb
 CANCELLED_ID=50f22f13d83b4c02a3bde8ea59229442
+# Kinds of the PostgreSQL lock (common/src/message_id.rs), counted when a box has them.
+SKIPPED_SLOT_TAKEN_ID=78b58419927f4e45b87f0106607f79f8
+DATABASE_UNAVAILABLE_ID=d0b3c2c5e24c4f2a80f9b816e9b27c01
+LEASE_LOST_ID=c562304aedb54c09a50a4b86a4d5496f
 LOCK_FILE=/var/lib/report-collector/collector.lock
 
 # catalog_ids: every ID the two shipped catalogs define, one a line.
@@ -182,7 +186,9 @@ phase_catalog_decisions() {
     all=$(journal_count "$box" -t report-collector OUTCOME=collected OUTCOME=skipped \
         OUTCOME=failed OUTCOME=cancelled)
     for kind in "collected::$COLLECTED_ID" "skipped:lock-held:$SKIPPED_LOCK_HELD_ID" \
-        "skipped:late:$SKIPPED_LATE_ID" "failed::$FAILED_ID" "cancelled::$CANCELLED_ID"; do
+        "skipped:late:$SKIPPED_LATE_ID" "skipped:slot-taken:$SKIPPED_SLOT_TAKEN_ID" \
+        "failed::$FAILED_ID" "failed::$DATABASE_UNAVAILABLE_ID" "failed::$LEASE_LOST_ID" \
+        "cancelled::$CANCELLED_ID"; do
         IFS=: read -r outcome skip id <<<"$kind"
         n=$(journal_count "$box" -t report-collector OUTCOME="$outcome" SKIP="$skip" MESSAGE_ID="$id")
         tagged=$((tagged + n))
