@@ -196,14 +196,7 @@ phase_hand_after() {
     if [[ -n $fast ]]; then
         _idle() { ! collector_active "$box"; }
         wait_until 90 _idle || true
-        box_exec "$box" tee /etc/report-apis/config.toml >/dev/null <<'EOF'
-# Written by the end-to-end test: no heavy load, a report takes 2 s.
-[heavy-load]
-period = "0s"
-
-[report]
-generation-time = "2s"
-EOF
+        apis_reports_take "$box" 2s
         box_exec "$box" systemctl restart report-apis.service
     fi
     if ! hand_window "$box" "${window%-*}" "${window#*-}"; then
@@ -327,14 +320,7 @@ phase_merged_elapse() {
     local box=$1 elapse inv inv_after last n_starts lines decided want_slot ended
     _idle() { ! collector_active "$box"; }
     wait_until 60 _idle || true
-    box_exec "$box" tee /etc/report-apis/config.toml >/dev/null <<'EOF'
-# Written by the end-to-end test: no heavy load, a report takes 15 s.
-[heavy-load]
-period = "0s"
-
-[report]
-generation-time = "15s"
-EOF
+    apis_reports_take "$box" 15s
     box_exec "$box" systemctl restart report-apis.service
     elapse=$(epoch_of "$box" report-collector.timer NextElapseUSecRealtime)
     if ((elapse % 60 != 0)); then
@@ -394,13 +380,6 @@ EOF
     check "the timer waits for its next elapse ($(hhmmss "$(epoch_of "$box" report-collector.timer NextElapseUSecRealtime)"), want $(hhmmss $((elapse + 60))))" \
         test "$(epoch_of "$box" report-collector.timer NextElapseUSecRealtime)" -eq $((elapse + 60))
 
-    box_exec "$box" tee /etc/report-apis/config.toml >/dev/null <<'EOF'
-# Written by the end-to-end test: no heavy load, a report takes 2 s.
-[heavy-load]
-period = "0s"
-
-[report]
-generation-time = "2s"
-EOF
+    apis_reports_take "$box" 2s
     box_exec "$box" systemctl restart report-apis.service
 }

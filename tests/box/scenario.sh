@@ -372,18 +372,24 @@ phase_timer_listed() {
     hand_back "$out_slot_a" "$next_epoch"
 }
 
-# phase_compress_time BOX: no heavy load for now, a 5 s report, a 1 s poll. The shipped
-# starting deadline (10 s) is kept, as is the minutely timer.
-phase_compress_time() {
-    local box=$1
-    box_exec "$box" tee /etc/report-apis/config.toml >/dev/null <<'EOF'
-# Written by the end-to-end test: no heavy load, a report takes 5 s.
+# apis_reports_take BOX DURATION: report-apis' configuration for what follows: no heavy load,
+# a report ready DURATION after its request. Read at the server's next start.
+apis_reports_take() {
+    box_exec "$1" tee /etc/report-apis/config.toml >/dev/null <<EOF
+# Written by the end-to-end test: no heavy load, a report takes $2.
 [heavy-load]
 period = "0s"
 
 [report]
-generation-time = "5s"
+generation-time = "$2"
 EOF
+}
+
+# phase_compress_time BOX: no heavy load for now, a 5 s report, a 1 s poll. The shipped
+# starting deadline (10 s) is kept, as is the minutely timer.
+phase_compress_time() {
+    local box=$1
+    apis_reports_take "$box" 5s
     box_exec "$box" tee /etc/report-collector/config.toml >/dev/null <<'EOF'
 # Written by the end-to-end test: poll every second, shipped starting deadline.
 poll-interval = "1s"
@@ -606,14 +612,7 @@ phase_on_time() {
 phase_server_crashes() {
     local box=$1 pid restarts
     # Longer reports from here on, so that a collection is running during the upgrade after.
-    box_exec "$box" tee /etc/report-apis/config.toml >/dev/null <<'EOF'
-# Written by the end-to-end test: no heavy load, a report takes 20 s.
-[heavy-load]
-period = "0s"
-
-[report]
-generation-time = "20s"
-EOF
+    apis_reports_take "$box" 20s
     pid=$(prop "$box" report-apis.service MainPID)
     restarts=$(prop "$box" report-apis.service NRestarts)
     info "kill -9 $pid (report-apis)"
