@@ -280,8 +280,8 @@ fn status_as_nobody(setup: &Setup, args: &[&str]) -> Finished {
     )
 }
 
-#[test]
-fn status_as_a_user_who_cannot_read_the_lock_file_never_says_free() {
+/// Whether a process can be run as nobody here (setpriv, as root); says why not when not.
+fn can_run_as_nobody() -> bool {
     let probe = Command::new("setpriv")
         .args([
             "--reuid=nobody",
@@ -290,8 +290,16 @@ fn status_as_a_user_who_cannot_read_the_lock_file_never_says_free() {
             "true",
         ])
         .output();
-    if !probe.as_ref().is_ok_and(|out| out.status.success()) {
+    let can = probe.as_ref().is_ok_and(|out| out.status.success());
+    if !can {
         eprintln!("SKIPPED: cannot run a process as nobody here (setpriv, as root): {probe:?}");
+    }
+    can
+}
+
+#[test]
+fn status_as_a_user_who_cannot_read_the_lock_file_never_says_free() {
+    if !can_run_as_nobody() {
         return;
     }
     let busy = ApiServer::in_heavy_load();
@@ -532,16 +540,7 @@ fn a_metrics_directory_the_run_cannot_write_is_named_and_the_run_still_collects(
 
 #[test]
 fn status_as_a_user_who_cannot_enter_the_state_directory_is_a_permission_problem() {
-    let probe = Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "true",
-        ])
-        .output();
-    if !probe.as_ref().is_ok_and(|out| out.status.success()) {
-        eprintln!("SKIPPED: cannot run a process as nobody here (setpriv, as root): {probe:?}");
+    if !can_run_as_nobody() {
         return;
     }
     let server = fixed_report_server(CSV);
