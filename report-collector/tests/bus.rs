@@ -49,7 +49,7 @@ impl Bus {
     }
 
     /// systemd's side, answering `answers`, served from a thread until the guard is dropped.
-    fn systemd(&self, answers: Answers) -> Systemd {
+    fn systemd(&self, answers: Answers) -> ServedOnThread {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let address = self.address.clone();
@@ -73,10 +73,7 @@ impl Bus {
             .recv_timeout(PATIENCE)
             .unwrap()
             .expect("the stand-in serves on the private bus");
-        Systemd {
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
+        ServedOnThread::new(stop_tx, thread)
     }
 }
 
@@ -84,22 +81,6 @@ impl Drop for Bus {
     fn drop(&mut self) {
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
-    }
-}
-
-struct Systemd {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Systemd {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -20,11 +20,37 @@ use report_collector::lock::flock::holder_at;
 /// Upper bound on any wait in these tests, so a broken build fails instead of hanging.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Something served from a thread of its own until dropped: dropping sends `stop` and waits
+/// for the thread to end.
+pub struct ServedOnThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ServedOnThread {
+    pub fn new(stop: tokio::sync::oneshot::Sender<()>, thread: JoinHandle<()>) -> ServedOnThread {
+        ServedOnThread {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ServedOnThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The real report-apis, served on 127.0.0.1:0 from a thread of its own.
 pub struct ApiServer {
     pub url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _served: ServedOnThread,
 }
 
 impl ApiServer {
@@ -51,8 +77,7 @@ impl ApiServer {
         let addr: SocketAddr = addr_rx.recv_timeout(PATIENCE).unwrap();
         ApiServer {
             url: format!("http://{addr}"),
-            stop: Some(stop_tx),
-            thread: Some(thread),
+            _served: ServedOnThread::new(stop_tx, thread),
         }
     }
 
@@ -81,17 +106,6 @@ impl ApiServer {
         config.report.generation_time = generation;
         config.report.slowdown = 0.0;
         ApiServer::start(config)
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
