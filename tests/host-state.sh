@@ -7,7 +7,7 @@
 # The parts: /etc/docker; the containers and images of the host's own Docker engine, when one
 # answers on the default socket; the daemons the tests start (dockerd, containerd and its
 # shims, systemd-nspawn) or may later (postgres); network interfaces and namespaces; mounts of
-# Docker, containerd and the tests' folders.
+# Docker, containerd and the tests' folders; the cgroups of the boxes.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -74,12 +74,22 @@ part_mounts() {
         grep -E 'docker|containerd|report-collector-tests|[[:space:]](overlay|nsfs)$' | sort || true
 }
 
+# The boxes' cgroups: each box's own (report-collector-box.NAME, tests/box/driver-nspawn.sh) and
+# the "payload" and "supervisor" cgroups systemd-nspawn makes below the one it is started in.
+part_cgroups() {
+    local mount
+    findmnt -rn -t cgroup,cgroup2 -o TARGET | while read -r mount; do
+        find "$mount" -maxdepth 6 -type d \( -name 'report-collector-box.*' -o -name payload -o -name supervisor \) -prune
+    done | sort
+}
+
 PARTS=(
     "etc_docker:/etc/docker"
     "host_docker:the host's Docker engine (containers and images)"
     "daemons:running dockerd, containerd, shims, systemd-nspawn, postgres"
     "network:network interfaces (ip -o link) and namespaces"
     "mounts:Docker, containerd and test mounts"
+    "cgroups:the boxes' cgroups"
 )
 
 snapshot() {

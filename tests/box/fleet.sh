@@ -313,6 +313,9 @@ fleet_run() {
     sleep_until "$minute"
     fleet_one_collects "$minute" M
     fleet_kill_holder $((minute + 60)) M+1
+    for box in "${FLEET_BOXES[@]}"; do
+        TEST_LABEL=$box phase_spawned "$box"
+    done
     fleet_cleanup
     echo "TIME [fleet] $(elapsed "$t0" "$(now)") s"
 }

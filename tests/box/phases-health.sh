@@ -85,7 +85,6 @@ phase_health_scrape() {
     _collector_idle() { ! collector_active "$box"; }
     wait_until 40 _collector_idle || true
     t0=$(date +%s)
-    # hand_start (phases-trigger.sh): a NOTE and one more start when systemd could not spawn it.
     if hand_start "$box" &&
         (($(journal_count "$box" -t report-collector --since "@$t0" OUTCOME=collected) >= 1)); then
         pass "systemctl start report-collector.service: one run, collected"

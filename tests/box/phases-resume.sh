@@ -4,26 +4,30 @@
 # ticket it left: one ticket on the server from the kill to the collection, its report on
 # disk once. Sourced by scenario.sh.
 
-# lock_record_ticket BOX: the ticket the lock file's record names (empty if none).
+# lock_record_ticket BOX [PID]: the ticket the lock file's record names (empty if none); with
+# PID, only when the record is that process's (a record left by an earlier run counts as none).
 lock_record_ticket() {
-    box_exec "$1" cat /var/lib/report-collector/collector.lock 2>/dev/null | jq -r '.ticket // empty' 2>/dev/null || true
+    box_exec "$1" cat /var/lib/report-collector/collector.lock 2>/dev/null |
+        jq -r --arg pid "${2:-}" 'select($pid == "" or (.pid | tostring) == $pid) | .ticket // empty' 2>/dev/null || true
 }
 
 # phase_kill_under_load BOX SLOT_K PREVIOUS INV PID TICKET: the timer's run of slot K (a run
 # other than invocation PREVIOUS), polling a server under heavy load, is killed with kill -9
-# once the lock's record names its ticket. Its invocation id, pid and ticket go to the
-# variables named INV, PID and TICKET.
+# once the lock's record names its ticket (the record of that run, not one an earlier killed
+# run left). Its invocation id, pid and ticket go to the variables named INV, PID and TICKET.
 phase_kill_under_load() {
     local box=$1 slot_k=$2 previous=$3 out_inv=$4 out_pid=$5 out_ticket=$6 pid ticket='' left status
     run_to_kill "$box" "$slot_k" K "$previous" || return 1
     hand_back "$out_inv" "$(prop "$box" report-collector.service InvocationID)"
     pid=$(prop "$box" report-collector.service MainPID)
-    _has_ticket() { ticket=$(lock_record_ticket "$box") && [[ -n $ticket ]]; }
+    _has_ticket() { ticket=$(lock_record_ticket "$box" "$pid") && [[ -n $ticket ]]; }
     if ! wait_until 10 _has_ticket; then
         fail "slot K's run (pid $pid) did not record a ticket in the lock file within 10 s"
         return 1
     fi
     sleep 2
+    # The ticket it is polling now (a ticket it first tried to resume may have been replaced).
+    _has_ticket || true
     info "kill -9 $pid (slot K's collector, polling ticket $ticket under heavy load)"
     box_exec "$box" bash -c "kill -9 $pid"
     _killed() { ! collector_active "$box"; }

@@ -29,34 +29,14 @@ hand_window() {
     sleep_until $(($(date +%s) + 1))
 }
 
-# hand_start BOX [--no-block]: `systemctl start report-collector.service`. When systemd itself
-# could not spawn the run (its cgroup race right after a run ended, status=219/CGROUP on 252 or
-# "Failed to spawn executor" on 257; see tests/README.md), a NOTE quoting systemd's line and one
-# more start. The start that counts is in HAND_SINCE (its whole second), HAND_CALLED and
-# HAND_RETURNED (when `systemctl start` was called and when it returned, seconds.nanoseconds).
+# hand_start BOX [--no-block]: `systemctl start report-collector.service`; its status. The
+# start is in HAND_SINCE (its whole second), HAND_CALLED and HAND_RETURNED (when `systemctl
+# start` was called and when it returned, seconds.nanoseconds).
 hand_start() {
-    local box=$1 t0 spawn_failure rc=0
+    local box=$1 rc=0
     shift
-    # The race is most likely in the moments after a run ended: give systemd a second.
-    sleep 1
-    t0=$(date +%s)
-    HAND_SINCE=$t0
-    HAND_CALLED=$(now)
-    box_exec "$box" systemctl start "$@" report-collector.service || rc=$?
-    HAND_RETURNED=$(now)
-    if ((rc == 0)); then
-        sleep 0.5
-        spawn_failure=$(spawn_failure_since "$box" "$t0")
-        [[ -z $spawn_failure ]] && return 0
-    else
-        spawn_failure=$(spawn_failure_since "$box" "$t0")
-        [[ -n $spawn_failure ]] || return 1
-    fi
-    note "systemd failed to spawn the run started by hand (its cgroup race, not the collector): ${spawn_failure#* }; starting it once more"
-    sleep 1
     HAND_SINCE=$(date +%s)
     HAND_CALLED=$(now)
-    rc=0
     box_exec "$box" systemctl start "$@" report-collector.service || rc=$?
     HAND_RETURNED=$(now)
     return "$rc"
@@ -234,7 +214,7 @@ iso_slot() {
 # 10 s starting deadline, and skip it: shown with `run --trigger timer`). The drop-in is then
 # removed and the timer is back on :00.
 phase_timer_calendar() {
-    local box=$1 t0 next slot tries=0 lines spawn_failure offset rc out
+    local box=$1 t0 next slot lines offset rc out
     local dropin=/etc/systemd/system/report-collector.timer.d/test-calendar.conf
     _idle() { ! collector_active "$box"; }
     wait_until 30 _idle || true
@@ -253,23 +233,15 @@ EOF
     else
         fail "after a drop-in OnCalendar=*:*:30 and daemon-reload, the timer's next elapse is '$(prop "$box" report-collector.timer NextElapseUSecRealtime)', not on :30"
     fi
-    while :; do
-        slot=$(((($(date +%s) + 2) / 60) * 60 + 30))
-        ((slot < $(date +%s) + 2)) && slot=$((slot + 60))
-        # What systemd started on the reload itself, before that elapse (a NOTE, not judged).
-        lines=$(journal_text "$box" -u report-collector.service --since "@$t0" MESSAGE_ID="$UNIT_STARTING_ID")
-        [[ -n $lines ]] && info "systemd started report-collector.service after the daemon-reload, before the :30 elapse: $lines"
-        info "waiting for the timer's elapse at $(hhmmss "$slot")"
-        sleep_until "$slot"
-        _slot_decided() { journal_json "$box" -t report-collector --since "@$slot" | grep -q '"OUTCOME"'; }
-        wait_until 20 _slot_decided && break
-        spawn_failure=$(spawn_failure_since "$box" "$slot")
-        if [[ -n $spawn_failure ]] && ((++tries < 2)); then
-            note "systemd failed to spawn the :30 run (its cgroup race, not the collector): ${spawn_failure#* }; waiting for the next :30"
-            continue
-        fi
-        break
-    done
+    slot=$(((($(date +%s) + 2) / 60) * 60 + 30))
+    ((slot < $(date +%s) + 2)) && slot=$((slot + 60))
+    # What systemd started on the reload itself, before that elapse (shown, not judged).
+    lines=$(journal_text "$box" -u report-collector.service --since "@$t0" MESSAGE_ID="$UNIT_STARTING_ID")
+    [[ -n $lines ]] && info "systemd started report-collector.service after the daemon-reload, before the :30 elapse: $lines"
+    info "waiting for the timer's elapse at $(hhmmss "$slot")"
+    sleep_until "$slot"
+    _slot_decided() { journal_json "$box" -t report-collector --since "@$slot" | grep -q '"OUTCOME"'; }
+    wait_until 20 _slot_decided || true
     lines=$(journal_json "$box" -t report-collector --since "@$slot" OUTCOME=collected \
         TRIGGER=report-collector.timer SLOT="$(iso_slot "$slot")")
     if [[ -n $lines ]] && offset=$(start_offset "$box" "$slot"); then
@@ -331,8 +303,7 @@ phase_merged_elapse() {
         elapse=$((elapse + 60))
     fi
     info "starting a run by hand 10 s before the elapse at $(hhmmss "$elapse")"
-    # hand_start waits a second before it calls systemctl.
-    sleep_until $((elapse - 11))
+    sleep_until $((elapse - 10))
     if ! hand_start "$box" --no-block; then
         fail "systemctl start --no-block report-collector.service failed"
         return 0

@@ -47,6 +47,21 @@ scenario_run() {
     fi
     mkdir -p "$(box_out "$box")"
     "scenario_$scenario" "$box" "$@" || info "scenario $scenario ended early"
+    phase spawned "$box"
+}
+
+# phase_spawned BOX: systemd started every process of every unit it was asked to in the box,
+# the whole scenario long: none failed before it ran (status=219/CGROUP, "Failed to spawn
+# executor"). Each box has cgroups of its own for this (box_cgroup_dirs in driver-nspawn.sh).
+phase_spawned() {
+    local lines
+    lines=$(spawn_failures "$1")
+    if [[ -z $lines ]]; then
+        pass "systemd spawned every unit's process the scenario started (no status=219/CGROUP, no failed executor, in the box's journal)"
+    else
+        fail "systemd could not spawn some unit's process in the box:"
+        echo "$lines" | show
+    fi
 }
 
 _HANDED=()
@@ -111,7 +126,6 @@ scenario_packages() {
 scenario_minutes() {
     local box=$1 apis_next=$2 collector_next=$3
     local slot_a='' inv_a='' slot_k inv_k='' pid_k='' ticket_k='' slot_b inv_b=''
-    local spawn_failure='' retry_b='' retries=0 slot_d
     phase timer_listed "$box" slot_a || return
     phase compress_time "$box"
     phase kill_run "$box" "$slot_a" inv_a || return
@@ -121,38 +135,13 @@ scenario_minutes() {
     # Heavy load from before slot K until 15 s after slot C, the server never restarted.
     phase heavy_load "$box" "$slot_b"
     phase kill_under_load "$box" "$slot_k" "$inv_a" inv_k pid_k ticket_k || return
-    phase slot_b "$box" "$slot_b" "$inv_k" "the run killed under heavy load" inv_b spawn_failure || return
-    if [[ -z $spawn_failure ]]; then
-        phase late_start "$box" "$slot_b" "$inv_b" spawn_failure
-        phase resumed "$box" "$slot_b" "$pid_k" "$ticket_k"
-    else
-        note "systemd failed to spawn slot B's run, so K's ticket could not be resumed by it (systemd's cgroup race, not the collector): ${spawn_failure#* }"
-    fi
-    # systemd could not start slot B's run or the late run (its own race, see tests/README.md),
-    # so there was no long run or no skip to see: the long run is played once more, two slots
-    # later, and the rest of the scenario shifts with it; twice at most.
-    while [[ -n $spawn_failure ]]; do
-        if ((++retries > 2)); then
-            fail "systemd failed to spawn a run of report-collector.service at slot B or its late start $retries times in a row; the skip could not be observed"
-            break
-        fi
-        retry_b=$((${retry_b:-$slot_b} + 120))
-        note "systemd failed to spawn a run of report-collector.service (its cgroup race, not the collector): ${spawn_failure#* }; judging the late start after the next long run instead (slot B again at $(hhmmss "$retry_b"))"
-        phase heavy_load "$box" "$retry_b"
-        phase slot_b "$box" "$retry_b" "$(prop "$box" report-collector.service InvocationID)" \
-            "the start systemd failed to spawn" inv_b spawn_failure || return
-        if [[ -z $spawn_failure ]]; then
-            phase late_start "$box" "$retry_b" "$inv_b" spawn_failure
-        fi
-    done
+    phase slot_b "$box" "$slot_b" "$inv_k" "the run killed under heavy load" inv_b || return
+    phase late_start "$box" "$slot_b" "$inv_b"
+    phase resumed "$box" "$slot_b" "$pid_k" "$ticket_k"
     # In the wait for slot D: a start by hand late in the minute (2 s reports from here on).
     phase hand_after "$box" "late in the minute" fast 50-53
-    slot_d=$((${retry_b:-$slot_b} + 120))
-    phase slot_d "$box" "$slot_d"
-    # Not the replayed slot B: the timer's run of the minute before it (slot B's failed spawn
-    # leaves that run to be the long one) may still hold the unit at that elapse, which systemd
-    # then swallows and fires late, as slot C's.
-    phase on_time "$box" "$slot_a" "$slot_k" "$slot_b" "$slot_d"
+    phase slot_d "$box" $((slot_b + 120))
+    phase on_time "$box" "$slot_a" "$slot_k" "$slot_b" $((slot_b + 120))
     # In the wait for slot E: the timer moved to :30 by a drop-in, and back.
     phase timer_calendar "$box"
     phase server_crashes "$box"
@@ -197,12 +186,10 @@ journal_text() {
     box_exec "$box" journalctl --no-pager -q -o short-iso-precise "$@" 2>/dev/null || true
 }
 
-# spawn_failure_since BOX EPOCH: systemd's own line when it failed to start
-# report-collector.service since EPOCH (its cgroup race, see phase_late_start); empty when it
-# did not.
-spawn_failure_since() {
-    journal_text "$1" -u report-collector.service --since "@$2" \
-        --grep 'status=219/CGROUP|Failed to spawn executor' | head -n 1
+# spawn_failures BOX: systemd's own lines, all the box's boot long, where it could not start a
+# unit's process (status=219/CGROUP in 252, "Failed to spawn executor" in 257).
+spawn_failures() {
+    journal_text "$1" --grep 'status=219/CGROUP|Failed to spawn executor|Failed to attach to cgroup'
 }
 
 collector_active() {
@@ -232,19 +219,11 @@ timer_run_at() {
     wait_new_run "$box" "$previous" 10
 }
 
-# run_to_kill BOX SLOT NAME PREVIOUS: a run of report-collector.service going, to be killed:
-# the timer's run of SLOT (called NAME), or, when systemd failed to spawn that one (its cgroup
-# race, see tests/README.md), a NOTE and a run started by hand instead. Fails, showing the
-# journal, when neither is going.
+# run_to_kill BOX SLOT NAME PREVIOUS: the timer's run of SLOT (called NAME) going, to be
+# killed. Fails, showing the journal, when it is not.
 run_to_kill() {
-    local box=$1 slot=$2 name=$3 previous=$4 spawn_failure
+    local box=$1 slot=$2 name=$3 previous=$4
     timer_run_at "$box" "$slot" "$name" "$previous" && return 0
-    spawn_failure=$(spawn_failure_since "$box" "$slot")
-    if [[ -n $spawn_failure ]]; then
-        note "systemd failed to spawn slot $name's run (its cgroup race, not the collector): ${spawn_failure#* }; starting the run to kill by hand instead"
-        hand_start "$box" --no-block || true
-        wait_new_run "$box" "$previous" 10 && return 0
-    fi
     fail "no run of report-collector.service started at slot $name; the journal since:"
     journal_text "$box" -u report-collector.service --since "@$slot" | show
     return 1
@@ -442,25 +421,16 @@ EOF
     fi
 }
 
-# phase_slot_b BOX SLOT_B PREVIOUS WHAT_PREVIOUS INV_B SPAWN_FAILURE: the long run of slot B,
-# which starts after invocation PREVIOUS (described as WHAT_PREVIOUS), and a manual run
-# meanwhile; B's invocation id goes to the variable named INV_B. When systemd failed to spawn
-# B's run, its journal line goes to the variable named SPAWN_FAILURE (empty otherwise) and the
-# caller decides.
+# phase_slot_b BOX SLOT_B PREVIOUS WHAT_PREVIOUS INV_B: the long run of slot B, which starts
+# after invocation PREVIOUS (described as WHAT_PREVIOUS), and a manual run meanwhile; B's
+# invocation id goes to the variable named INV_B.
 phase_slot_b() {
-    local box=$1 slot_b=$2 previous=$3 what_previous=$4 out_inv_b=$5 out_spawn_failure=$6
-    local slot_c=$(($2 + 60)) inv_b pid_b out rc status spawn_failure
-    hand_back "$out_spawn_failure" ''
+    local box=$1 slot_b=$2 previous=$3 what_previous=$4 out_inv_b=$5
+    local slot_c=$(($2 + 60)) inv_b pid_b out rc status
     info "waiting for slot B ($(hhmmss "$slot_b"))"
     sleep_until "$slot_b"
     if wait_new_run "$box" "$previous" 10; then
         pass "slot B's run started normally after $what_previous (no stale lock)"
-    elif spawn_failure=$(spawn_failure_since "$box" "$slot_b") && [[ -n $spawn_failure ]]; then
-        # The timer fired; systemd could not spawn the run (its cgroup race, as at the late
-        # start): the caller plays the long run again.
-        hand_back "$out_spawn_failure" "$spawn_failure"
-        journal_text "$box" -u report-collector.service --since "@$slot_b" | show
-        return 0
     else
         fail "slot B: no run is going after $what_previous; the journal since slot B:"
         journal_text "$box" -u report-collector.service --since "@$slot_b" | show
@@ -496,15 +466,11 @@ phase_slot_b() {
     fi
 }
 
-# phase_late_start BOX SLOT_B INV_B SPAWN_FAILURE: slot B's run collects once heavy load ends,
-# and the start systemd fires at once after it is late and skips itself. When systemd itself
-# failed to start that late run, there is no skip to see: its journal line goes to the variable
-# named SPAWN_FAILURE (empty otherwise) and the caller decides. The guarantees (B collected,
-# never two collections at once) are judged either way.
+# phase_late_start BOX SLOT_B INV_B: slot B's run collects once heavy load ends, and the start
+# systemd fires at once after it is late and skips itself; never two collections at once.
 phase_late_start() {
-    local box=$1 slot_b=$2 inv_b=$3 out_spawn_failure=$4
-    local slot_c=$(($2 + 60)) collected entries late_inv peak spawn_failure='' late_skipped=0
-    hand_back "$out_spawn_failure" ''
+    local box=$1 slot_b=$2 inv_b=$3
+    local slot_c=$(($2 + 60)) collected entries late_inv peak late_skipped=0
     # The run of slot B ends once heavy load is over (C+15 s) and the report is generated.
     _b_done() { [[ $(prop "$box" report-collector.service InvocationID) != "$inv_b" ]] || ! collector_active "$box"; }
     if ! wait_until 45 _b_done; then
@@ -525,12 +491,6 @@ phase_late_start() {
         journal_text "$box" -t report-collector OUTCOME=skipped SKIP=late --since "@$((slot_c + 10))" | show
         journal_json "$box" -t report-collector OUTCOME=skipped SKIP=late --since "@$((slot_c + 10))" |
             grep -o '"SLOT":"[^"]*"' | head -n1 | sed 's/^/SLOT field: /' | show
-    elif spawn_failure=$(spawn_failure_since "$box" $((slot_c + 10))) && [[ -n $spawn_failure ]]; then
-        # Seen in about one run in five, in both releases: the start comes a few milliseconds
-        # after the long run ends, and systemd's late cleanup of the previous run's cgroup
-        # removes it under the new process. systemd never ran the collector.
-        hand_back "$out_spawn_failure" "$spawn_failure"
-        journal_text "$box" -u report-collector.service --since "@$((slot_c + 10))" | tail -n 8 | show
     else
         fail "no late start skipped as late (SKIP=late) in the journal after slot B's long run"
         journal_text "$box" -u report-collector.service --since "@$slot_c" | tail -n 20 | show
@@ -558,17 +518,12 @@ phase_late_start() {
 # phase_slot_d BOX SLOT_D: a normal run after the long one; the collected runs and the reports
 # kept on disk.
 phase_slot_d() {
-    local box=$1 slot_d=$2 reports want=2 spawn_failure
+    local box=$1 slot_d=$2 reports want=2
     info "waiting for slot D ($(hhmmss "$slot_d"))"
     sleep_until "$slot_d"
     _d_collected() { (($(journal_count "$box" -t report-collector OUTCOME=collected --since "@$slot_d") >= 1)); }
     if wait_until 30 _d_collected; then
         pass "slot D collected normally after the long run and the skip"
-    elif spawn_failure=$(spawn_failure_since "$box" "$slot_d") && [[ -n $spawn_failure ]]; then
-        # The same systemd cgroup race as at the late start (see phase_late_start): systemd
-        # never ran the collector for this slot. Slot E's run, in the upgrade, collects again.
-        note "systemd failed to spawn slot D's run of report-collector.service (systemd's cgroup race, not the collector): ${spawn_failure#* }"
-        want=1
     else
         fail "slot D did not collect; the journal since slot D:"
         journal_text "$box" -u report-collector.service --since "@$slot_d" | tail -n 20 | show
@@ -592,15 +547,11 @@ phase_slot_d() {
 # phase_on_time BOX SLOT...: the timer's runs for these slots started within START_LIMIT of
 # them (journal timestamps).
 phase_on_time() {
-    local box=$1 slot offset spawn_failure
+    local box=$1 slot offset
     shift
     for slot in "$@"; do
         if offset=$(start_offset "$box" "$slot"); then
             pass "run for slot $(hhmmss "$slot") started ${offset} s after it (AccuracySec=1s; limit $START_LIMIT s)"
-        elif spawn_failure=$(spawn_failure_since "$box" "$slot") && [[ -n $spawn_failure ]]; then
-            # The timer fired on time; systemd could not spawn the run (its cgroup race, as
-            # in slot D's own check), so there is no start to time.
-            note "no run started for slot $(hhmmss "$slot"): systemd failed to spawn it: $spawn_failure"
         else
             fail "no run started within $START_LIMIT s of slot $(hhmmss "$slot")"
             journal_text "$box" -u report-collector.service MESSAGE_ID="$UNIT_STARTING_ID" | show
@@ -652,7 +603,7 @@ phase_server_crashes() {
 # Without the two packages the upgrade is reported as not run.
 phase_upgrade() {
     local box=$1 slot_e=$2 apis_next=$3 collector_next=$4 out inv pid_before pid_after version
-    local running spawn_failure='' refused=0
+    local running refused=0
 
     if [[ -z $apis_next || -z $collector_next ]]; then
         info "upgrade not run: no packages of a higher version given"
@@ -667,19 +618,9 @@ phase_upgrade() {
     sleep_until "$slot_e"
     running=1
     if ! wait_new_run "$box" "$inv" 10; then
-        spawn_failure=$(spawn_failure_since "$box" "$slot_e")
-        if [[ -n $spawn_failure ]]; then
-            # The same systemd cgroup race as at the late start (see phase_late_start), this
-            # time at slot E: the upgrade waits for the next slot's run instead.
-            note "systemd failed to spawn slot E's run of report-collector.service (systemd's cgroup race, not the collector): ${spawn_failure#* }; upgrading during the next slot's run instead"
-            slot_e=$((slot_e + 60))
-            sleep_until "$slot_e"
-        fi
-        if [[ -z $spawn_failure ]] || ! wait_new_run "$box" "$inv" 10; then
-            fail "upgrade: no run going at slot $(hhmmss "$slot_e") to upgrade under; the journal:"
-            journal_text "$box" -u report-collector.service -n 15 | show
-            running=0
-        fi
+        fail "upgrade: no run going at slot $(hhmmss "$slot_e") to upgrade under; the journal:"
+        journal_text "$box" -u report-collector.service -n 15 | show
+        running=0
     fi
     inv=$(prop "$box" report-collector.service InvocationID)
     sleep_until $((slot_e + 3))
