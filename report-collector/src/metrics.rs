@@ -3,8 +3,9 @@
 //!
 //! `report_collector_last_success_timestamp_seconds` follows Prometheus' convention for batch
 //! jobs: when the last collection ended. It comes from the state file's last collection, not
-//! from this run, so skips and failures keep it; it is absent until the first collection
-//! (alerting rules treat an absent metric as "never collected").
+//! from this run, so skips and failures keep it; while the state file names none (it cannot be
+//! read, or was just moved aside), the value this file last showed is kept. It is absent until
+//! the first collection (alerting rules treat an absent metric as "never collected").
 //!
 //! The run counters live in the file itself, so each run reads, increments and rewrites it.
 //! That read-modify-write is serialised with an flock on a sibling `<metrics-file>.lock` (never
@@ -21,6 +22,7 @@ use crate::outcome::{KINDS, RunReport, unix_seconds};
 use crate::state::Collection;
 use crate::store::{Durability, lock_briefly, open_lock_file, read_existing, write_atomically};
 
+const LAST_SUCCESS: &str = "report_collector_last_success_timestamp_seconds";
 const RUNS_TOTAL: &str = "report_collector_runs_total";
 const RESUMED_TOTAL: &str = "report_collector_resumed_collections_total";
 const CANCELLED_TOTAL: &str = "report_collector_tickets_cancelled_total";
@@ -32,7 +34,8 @@ pub fn lock_path(metrics_file: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Adds `run` to the textfile at `path`; `last_collection` is the state file's.
+/// Adds `run` to the textfile at `path`; `last_collection` is the state file's (`None` keeps
+/// the file's own last success).
 pub fn record(
     path: &Path,
     run: &RunReport,
@@ -54,7 +57,12 @@ pub fn record(
         cancelled: parse_counter(previous, CANCELLED_TOTAL)
             .saturating_add(u64::from(run.tickets.cancelled)),
     };
-    let text = render(run, last_collection, &counts, &tickets);
+    // The state file's last collection; when it has none (it could not be read, or was moved
+    // aside), the one this file last showed, so the gauge never goes absent over a state file.
+    let last_success = last_collection
+        .map(|collection| collection.finished.unix)
+        .or_else(|| parse_gauge(previous, LAST_SUCCESS));
+    let text = render(run, last_success, &counts, &tickets);
     write_atomically(path, text.as_bytes(), Durability::Renamed)?;
     drop(guard);
     Ok(())
@@ -80,6 +88,14 @@ pub fn parse_counts(text: &str) -> BTreeMap<String, u64> {
     counts
 }
 
+/// Reads an unlabelled gauge (`name V`) back: a finite value not below 0, or `None`.
+pub fn parse_gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|value| value.trim().parse::<f64>().ok())
+        .filter(|value| value.is_finite() && *value >= 0.0)
+}
+
 /// Reads an unlabelled counter (`name N`) back; 0 when it is not there.
 pub fn parse_counter(text: &str, name: &str) -> u64 {
     text.lines()
@@ -95,22 +111,19 @@ pub struct TicketCounts {
     pub cancelled: u64,
 }
 
-/// The whole textfile.
+/// The whole textfile; `last_success` is when the last collection ended (Unix time).
 pub fn render(
     run: &RunReport,
-    last_collection: Option<&Collection>,
+    last_success: Option<f64>,
     counts: &BTreeMap<String, u64>,
     tickets: &TicketCounts,
 ) -> String {
     let mut out = String::new();
-    if let Some(collection) = last_collection {
-        out.push_str(
-            "# HELP report_collector_last_success_timestamp_seconds When the last collection ended (Unix time); kept across skips and failures.\n\
-             # TYPE report_collector_last_success_timestamp_seconds gauge\n",
-        );
+    if let Some(last_success) = last_success {
         out.push_str(&format!(
-            "report_collector_last_success_timestamp_seconds {:.3}\n",
-            collection.finished.unix
+            "# HELP {LAST_SUCCESS} When the last collection ended (Unix time); kept across skips and failures.\n\
+             # TYPE {LAST_SUCCESS} gauge\n\
+             {LAST_SUCCESS} {last_success:.3}\n"
         ));
     }
     out.push_str(
@@ -237,6 +250,61 @@ mod tests {
         );
         assert!(text.contains("# TYPE report_collector_last_success_timestamp_seconds gauge\n"));
         assert!(text.contains("report_collector_last_run_outcome{outcome=\"skipped\"} 1\n"));
+    }
+
+    #[test]
+    fn the_last_success_is_kept_while_the_state_file_names_no_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.prom");
+        let state_file = dir.path().join("last-run.json");
+        let collected = run(Outcome::Collected { report: "r".into() });
+        let state = crate::state::record(&state_file, &collected);
+        record(&path, &collected, state.last_collection.as_ref()).unwrap();
+        let last_success = "report_collector_last_success_timestamp_seconds 1704110402.500\n";
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains(last_success)
+        );
+        // The state file then tells nothing (unreadable, or moved aside): skips keep the value.
+        for _ in 0..2 {
+            record(&path, &run(skipped()), None).unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.contains(last_success), "{text}");
+            assert_eq!(
+                text.matches("# TYPE report_collector_last_success_timestamp_seconds gauge\n")
+                    .count(),
+                1,
+                "{text}"
+            );
+        }
+        // A collection the state file knows of still wins.
+        let mut later = run(Outcome::Collected {
+            report: "r2".into(),
+        });
+        later.started += Duration::from_secs(60);
+        let state = crate::state::record(&state_file, &later);
+        record(&path, &later, state.last_collection.as_ref()).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("report_collector_last_success_timestamp_seconds 1704110462.500\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_last_success_that_is_not_a_time_is_not_carried_over() {
+        for bad in ["NaN", "+Inf", "-5", "soon", ""] {
+            let text = format!("report_collector_last_success_timestamp_seconds {bad}\n");
+            assert_eq!(parse_gauge(&text, LAST_SUCCESS), None, "{bad}");
+        }
+        assert_eq!(
+            parse_gauge(
+                "report_collector_last_success_timestamp_seconds_x 5\nreport_collector_last_success_timestamp_seconds 7.250\n",
+                LAST_SUCCESS
+            ),
+            Some(7.25)
+        );
     }
 
     #[test]

@@ -475,12 +475,18 @@ const OLD_STATE: &str = r#"{"outcome": "collected", "exit_code": 0,
 fn a_state_file_the_run_cannot_read_is_left_as_it_is_and_the_report_still_saved() {
     let Some(nobody) = nobody() else { return };
     let server = fixed_report_server(CSV);
-    let setup = Setup::new(&server.url, &[]);
+    let setup = Setup::new(
+        &server.url,
+        &[("metrics-file", "\"{dir}/metrics/report-collector.prom\"")],
+    );
     // Root's file, mode 600, in a directory of nobody's: the run (as nobody) cannot read it,
     // but could rename a new one over it.
     std::fs::write(&setup.state, OLD_STATE).unwrap();
     std::fs::set_permissions(&setup.state, std::fs::Permissions::from_mode(0o600)).unwrap();
     give_dir_to(&setup, &nobody);
+    let metrics_dir = setup.metrics.parent().unwrap();
+    std::fs::create_dir(metrics_dir).unwrap();
+    nix::unistd::chown(metrics_dir, Some(nobody.uid), Some(nobody.gid)).unwrap();
 
     for round in 1..=2 {
         let run = setup.run(&[]);
@@ -499,6 +505,26 @@ fn a_state_file_the_run_cannot_read_is_left_as_it_is_and_the_report_still_saved(
         });
         assert!(said, "round {round}: {}", run.stderr);
     }
+    // A skip meanwhile (the lock held) keeps the metrics' last success, which the state file
+    // cannot give: the "absent" alert must not fire over an unreadable state file.
+    let last_success = |text: &str| {
+        text.lines()
+            .find(|line| line.starts_with("report_collector_last_success_timestamp_seconds "))
+            .map(str::to_owned)
+    };
+    let before = last_success(&std::fs::read_to_string(&setup.metrics).unwrap());
+    assert!(before.is_some(), "the runs that collected wrote it");
+    let held = std::fs::File::open(&setup.lock).unwrap();
+    fs2::FileExt::try_lock_exclusive(&held).unwrap();
+    let run = setup.run(&[]);
+    assert_code(&run, 75);
+    drop(held);
+    let after = std::fs::read_to_string(&setup.metrics).unwrap();
+    assert!(
+        after.contains("report_collector_last_run_outcome{outcome=\"skipped\"} 1\n"),
+        "{after}"
+    );
+    assert_eq!(last_success(&after), before, "{after}");
     // Once it is the run's user's again, the next run reads it and keeps what it held.
     nix::unistd::chown(&setup.state, Some(nobody.uid), Some(nobody.gid)).unwrap();
     let run = setup.run(&[]);
