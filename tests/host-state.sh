@@ -74,12 +74,15 @@ part_mounts() {
         grep -E 'docker|containerd|report-collector-tests|[[:space:]](overlay|nsfs)$' | sort || true
 }
 
-# The boxes' cgroups: each box's own (report-collector-box.NAME, tests/box/driver-nspawn.sh) and
-# the "payload" and "supervisor" cgroups systemd-nspawn makes below the one it is started in.
+# The boxes' cgroups: each box's own (report-collector-box.NAME, tests/box/driver-nspawn.sh),
+# the "payload" and "supervisor" cgroups systemd-nspawn makes below the one it is started in,
+# and the parent of the test engine's containers (report-collector-docker-NAME,
+# tests/box/docker-engine.sh).
 part_cgroups() {
     local mount
     findmnt -rn -t cgroup,cgroup2 -o TARGET | while read -r mount; do
-        find "$mount" -maxdepth 6 -type d \( -name 'report-collector-box.*' -o -name payload -o -name supervisor \) -prune
+        find "$mount" -maxdepth 6 -type d \( -name 'report-collector-box.*' -o -name 'report-collector-docker-*' \
+            -o -name payload -o -name supervisor \) -prune
     done | sort
 }
 

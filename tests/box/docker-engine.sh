@@ -25,6 +25,9 @@ engine_use() {
     ENGINE_RUN=$ENGINE_RUN_BASE/docker-$1
     ENGINE_DATA=$ENGINE_DATA_BASE/docker-$1
     DOCKER_HOST=unix://$ENGINE_RUN/docker.sock
+    # The parent cgroup of its containers, in every hierarchy (Docker's default, /docker, would
+    # be shared with the host's engine and stay behind after it).
+    ENGINE_CGROUP=report-collector-docker-$1
     # The CLI's own configuration (contexts, credentials) stays out of the user's ~/.docker.
     DOCKER_CONFIG=$ENGINE_RUN/cli
     export DOCKER_HOST DOCKER_CONFIG
@@ -143,6 +146,7 @@ EOF
   "pidfile": "$ENGINE_RUN/dockerd.pid",
   "deprecated-key-path": "$ENGINE_RUN/key.json",
   "containerd": "$ENGINE_RUN/containerd/containerd.sock",
+  "cgroup-parent": "/$ENGINE_CGROUP",
   "bridge": "none",
   "iptables": false,
   "ip-masq": false
@@ -227,6 +231,13 @@ engine_stop() {
     fi
     _engine_stop_pid "$ENGINE_RUN/dockerd.pid" dockerd
     _engine_stop_pid "$ENGINE_RUN/containerd.pid" containerd
+    # The containers' parent cgroup, empty once they are gone (and on cgroup v1 in each
+    # hierarchy mounted).
+    findmnt -rn -t cgroup,cgroup2 -o TARGET | while read -r dir; do
+        if [[ -d $dir/$ENGINE_CGROUP ]]; then
+            find "$dir/$ENGINE_CGROUP" -depth -type d -exec rmdir {} + 2>/dev/null || true
+        fi
+    done
     # A network namespace or overlay that a killed dockerd could not unmount.
     mounts=$(findmnt -rn -o TARGET | grep -E "^($ENGINE_RUN|$ENGINE_DATA)(/|$)" | sort -r) || true
     if [[ -n $mounts ]]; then

@@ -101,9 +101,12 @@ box_start() {
         return 1
     fi
     # The process moves itself into the box's cgroups, then becomes systemd-nspawn (same pid).
+    # SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1: the box gets the cgroup2 hierarchy alone, as a
+    # Debian 12 or 13 host has, even on a host of both hierarchies (hybrid), where nspawn
+    # would otherwise pass that on.
     setsid bash -c 'while [[ $1 != -- ]]; do echo $$ >"$1/cgroup.procs" || exit 1; shift; done
         shift; exec "$@"' box-cgroups "${cgroups[@]}" -- \
-        systemd-nspawn --quiet --keep-unit --register=no "$network" \
+        env SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn --quiet --keep-unit --register=no "$network" \
         -D "$root" -M "$name" -b </dev/null >"$(box_log "$name")" 2>&1 &
     nspawn_pid=$!
     echo "$nspawn_pid" >"$BOX_WORKDIR/$name.nspawn"
