@@ -88,20 +88,21 @@ pub fn parse_counts(text: &str) -> BTreeMap<String, u64> {
     counts
 }
 
-/// Reads an unlabelled gauge (`name V`) back: a finite value not below 0, or `None`.
-pub fn parse_gauge(text: &str, name: &str) -> Option<f64> {
+/// Reads an unlabelled sample (`name V`) back: the first whose value parses as a `T`.
+fn parse_sample<T: std::str::FromStr>(text: &str, name: &str) -> Option<T> {
     text.lines()
         .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .find_map(|value| value.trim().parse::<f64>().ok())
-        .filter(|value| value.is_finite() && *value >= 0.0)
+        .find_map(|value| value.trim().parse().ok())
+}
+
+/// Reads an unlabelled gauge (`name V`) back: a finite value not below 0, or `None`.
+pub fn parse_gauge(text: &str, name: &str) -> Option<f64> {
+    parse_sample::<f64>(text, name).filter(|value| value.is_finite() && *value >= 0.0)
 }
 
 /// Reads an unlabelled counter (`name N`) back; 0 when it is not there.
 pub fn parse_counter(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .find_map(|value| value.trim().parse().ok())
-        .unwrap_or(0)
+    parse_sample(text, name).unwrap_or(0)
 }
 
 /// The ticket counters, summed over every run.
