@@ -36,10 +36,11 @@ _box_find_init() {
 # one shell would share one "payload", and their systemd instances one cgroup tree, so one box
 # removing a unit's cgroup as its run ended removed it under the other box's new run of the same
 # unit (status=219/CGROUP; measured with two bookworm boxes side by side, each killing and
-# restarting a `sleep` service: 26 failed starts of 80, against 0 of 120 in one box alone). So
-# each box is started in a cgroup of its own, "report-collector-box.NAME" below this shell's, in
-# every writable hierarchy nspawn uses: the cgroup2 one, and on a hybrid host the named
-# "systemd" v1 one. box_stop removes them again.
+# restarting a `sleep` service: 26 failed starts of 80 in one shared "payload", 0 of 240 in
+# cgroups of their own). So each box is started in a cgroup of its own,
+# "report-collector-box.NAME" below this shell's, in the cgroup2 hierarchy and, on a hybrid
+# host, the named "systemd" v1 one (empty since the boxes run cgroup2 alone; made so that the
+# driver holds without SYSTEMD_NSPAWN_UNIFIED_HIERARCHY). box_stop removes them again.
 
 # box_cgroup_dirs NAME: those cgroup directories, one a line.
 box_cgroup_dirs() {
