@@ -9,5 +9,6 @@ pub mod logging;
 #[cfg(feature = "test-util")]
 pub mod man_page;
 pub mod message_id;
+pub mod shown;
 pub mod ticket;
 pub mod wire;

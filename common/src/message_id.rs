@@ -30,6 +30,10 @@ pub const LEASE_LOST_AFTER_SAVE: &str = "8595ec1705bb48db94dd4fddeb93ab75";
 pub const TICKET_RESUMED: &str = "ff9d5fd34ccf4fe8bc68897c82abc193";
 /// report-collector: the run did not take over the ticket an earlier run left unfinished.
 pub const RESUME_DECLINED: &str = "78f6acef39024b0387299ac0c2686ead";
+/// report-collector: a value read back from what another process or host can write (the lock
+/// file's holder record, a PostgreSQL row, the state file) failed the check it passed where it
+/// first entered, and was declined: `SOURCE`, `FIELD`, `VALUE` (escaped, cut short).
+pub const VALUE_DECLINED: &str = "3b9e0c5f7a2d4e61b8c4d1f0a6e93c27";
 /// report-collector: a left ticket no run will fetch was cancelled on the server, or could not
 /// be.
 pub const TICKET_CANCEL: &str = "14415de29fe944e692bc8e330c8dc0ed";
