@@ -85,6 +85,27 @@ impl fmt::Display for Ticket {
     }
 }
 
+/// Read-only: a `&Ticket` is usable wherever text is read (a URL, a file name), and no
+/// method of `str` can make it unsafe.
+impl std::ops::Deref for Ticket {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for Ticket {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Ticket {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 impl AsRef<str> for Ticket {
     fn as_ref(&self) -> &str {
         &self.0

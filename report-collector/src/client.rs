@@ -15,7 +15,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use report_common::ticket;
+use report_common::ticket::Ticket;
 use report_common::wire::{self, NOT_READY, REPORT_CONTENT_TYPE, REQUEST_REPORT};
 use reqwest::StatusCode;
 use tokio::time::Instant;
@@ -58,20 +58,20 @@ pub enum Cancel {
 
 /// The calls the collector makes: the original's two, and the cancel route of report-apis.
 pub trait ReportServer {
-    fn request_ticket(&self) -> impl Future<Output = Result<String, FetchError>>;
-    fn get_report(&self, ticket: &str) -> impl Future<Output = Result<Poll, FetchError>>;
-    fn cancel_ticket(&self, ticket: &str) -> impl Future<Output = Result<Cancel, FetchError>>;
+    fn request_ticket(&self) -> impl Future<Output = Result<Ticket, FetchError>>;
+    fn get_report(&self, ticket: &Ticket) -> impl Future<Output = Result<Poll, FetchError>>;
+    fn cancel_ticket(&self, ticket: &Ticket) -> impl Future<Output = Result<Cancel, FetchError>>;
 }
 
 /// A server borrowed: what the run is handed when the caller keeps the server.
 impl<S: ReportServer> ReportServer for &S {
-    fn request_ticket(&self) -> impl Future<Output = Result<String, FetchError>> {
+    fn request_ticket(&self) -> impl Future<Output = Result<Ticket, FetchError>> {
         (**self).request_ticket()
     }
-    fn get_report(&self, ticket: &str) -> impl Future<Output = Result<Poll, FetchError>> {
+    fn get_report(&self, ticket: &Ticket) -> impl Future<Output = Result<Poll, FetchError>> {
         (**self).get_report(ticket)
     }
-    fn cancel_ticket(&self, ticket: &str) -> impl Future<Output = Result<Cancel, FetchError>> {
+    fn cancel_ticket(&self, ticket: &Ticket) -> impl Future<Output = Result<Cancel, FetchError>> {
         (**self).cancel_ticket(ticket)
     }
 }
@@ -114,7 +114,7 @@ impl Default for Backoff {
 /// A report fetched in full.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Collected {
-    pub ticket: String,
+    pub ticket: Ticket,
     pub csv: String,
 }
 
@@ -128,7 +128,7 @@ pub enum CollectError {
     #[error("{message}")]
     Rejected {
         message: String,
-        ticket: Option<String>,
+        ticket: Option<Ticket>,
     },
     #[error(
         "the server forgot this run's ticket again after {renewals} renewal(s) (404; is report-apis restarting over and over?); giving up until the next run (max-ticket-renewals)"
@@ -146,8 +146,8 @@ pub async fn collect<S: ReportServer>(
     poll_interval: Duration,
     deadline: Instant,
     max_renewals: u32,
-    mut resume: Option<String>,
-    mut on_ticket: impl AsyncFnMut(&str),
+    mut resume: Option<Ticket>,
+    mut on_ticket: impl AsyncFnMut(&Ticket),
 ) -> Result<Collected, CollectError> {
     let mut backoff = Backoff::default();
     let mut renewals = 0;
@@ -495,10 +495,23 @@ fn excerpt(body: &[u8]) -> String {
     let start = &body[..body.len().min(1024)];
     let text = String::from_utf8_lossy(start);
     let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match one_line.char_indices().nth(80) {
+    let cut = match one_line.char_indices().nth(80) {
         Some((i, _)) => format!("{}...", &one_line[..i]),
         None => one_line,
-    }
+    };
+    // What whitespace splitting leaves (NUL, ESC, bidi controls) is escaped, never printed.
+    cut.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control()
+                || c.escape_debug().len() > 1 && !matches!(c, '"' | '\'' | '\\')
+            {
+                c.escape_debug().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// The answer for any status that is not a 200 (nor a 404 on `get_report`).
@@ -546,7 +559,7 @@ pub fn looks_like_report(body: &str) -> bool {
 }
 
 /// A 200 answer to `get_report` that is not "not ready": the report, or why it is not one.
-fn take_report(ticket: &str, answer: Answer) -> Result<Poll, FetchError> {
+fn take_report(ticket: &Ticket, answer: Answer) -> Result<Poll, FetchError> {
     let what = format!("the report for ticket {ticket}");
     if !may_be_report(answer.content_type.as_deref()) {
         return Err(FetchError::Permanent(format!(
@@ -579,7 +592,7 @@ fn take_report(ticket: &str, answer: Answer) -> Result<Poll, FetchError> {
 }
 
 impl ReportServer for HttpServer {
-    async fn request_ticket(&self) -> Result<String, FetchError> {
+    async fn request_ticket(&self) -> Result<Ticket, FetchError> {
         let what = "the ticket request";
         let answer = self
             .get(REQUEST_REPORT, SMALL_BODY)
@@ -601,18 +614,20 @@ impl ReportServer for HttpServer {
         }
         let text = String::from_utf8_lossy(&answer.body);
         let ticket = text.trim();
-        if !ticket::is_safe(ticket) {
-            return Err(FetchError::Permanent(format!(
+        Ticket::new(ticket).map_err(|_| {
+            FetchError::Permanent(format!(
                 "the server answered the ticket request with something that is not a ticket: {}",
                 excerpt(&answer.body)
-            )));
-        }
-        Ok(ticket.to_owned())
+            ))
+        })
     }
 
-    async fn get_report(&self, ticket: &str) -> Result<Poll, FetchError> {
+    async fn get_report(&self, ticket: &Ticket) -> Result<Poll, FetchError> {
         let answer = self
-            .get(&wire::get_report_path(ticket), self.max_report_size)
+            .get(
+                &wire::get_report_path(ticket.as_str()),
+                self.max_report_size,
+            )
             .await?
             .map_err(|e| {
                 let limit = format!(
@@ -636,11 +651,11 @@ impl ReportServer for HttpServer {
         }
     }
 
-    async fn cancel_ticket(&self, ticket: &str) -> Result<Cancel, FetchError> {
+    async fn cancel_ticket(&self, ticket: &Ticket) -> Result<Cancel, FetchError> {
         let answer = self
             .send(
                 reqwest::Method::DELETE,
-                &wire::get_report_path(ticket),
+                &wire::get_report_path(ticket.as_str()),
                 SMALL_BODY,
             )
             .await?
@@ -701,7 +716,7 @@ mod tests {
     }
 
     impl ReportServer for Scripted {
-        async fn request_ticket(&self) -> Result<String, FetchError> {
+        async fn request_ticket(&self) -> Result<Ticket, FetchError> {
             self.calls
                 .borrow_mut()
                 .push(("request", self.start.elapsed()));
@@ -709,9 +724,10 @@ mod tests {
                 .borrow_mut()
                 .pop_front()
                 .unwrap_or_else(|| Ok("t_0".into()))
+                .map(|text| crate::t(&text))
         }
 
-        async fn get_report(&self, _ticket: &str) -> Result<Poll, FetchError> {
+        async fn get_report(&self, _ticket: &Ticket) -> Result<Poll, FetchError> {
             self.calls.borrow_mut().push(("poll", self.start.elapsed()));
             self.polls
                 .borrow_mut()
@@ -719,7 +735,7 @@ mod tests {
                 .unwrap_or(Ok(Poll::NotReady { retry_after: None }))
         }
 
-        async fn cancel_ticket(&self, _ticket: &str) -> Result<Cancel, FetchError> {
+        async fn cancel_ticket(&self, _ticket: &Ticket) -> Result<Cancel, FetchError> {
             self.calls
                 .borrow_mut()
                 .push(("cancel", self.start.elapsed()));
@@ -754,7 +770,7 @@ mod tests {
             ],
         );
         let deadline = Instant::now() + 600 * SEC;
-        let got = collect(&server, 10 * SEC, deadline, 3, None, async |_: &str| {})
+        let got = collect(&server, 10 * SEC, deadline, 3, None, async |_: &Ticket| {})
             .await
             .unwrap();
         assert_eq!(got.csv, CSV);
@@ -780,7 +796,7 @@ mod tests {
             ],
         );
         let deadline = Instant::now() + 600 * SEC;
-        collect(&server, 10 * SEC, deadline, 3, None, async |_: &str| {})
+        collect(&server, 10 * SEC, deadline, 3, None, async |_: &Ticket| {})
             .await
             .unwrap();
         assert_eq!(
@@ -804,7 +820,7 @@ mod tests {
             start + 5 * SEC,
             3,
             None,
-            async |_: &str| {},
+            async |_: &Ticket| {},
         )
         .await
         .unwrap_err();
@@ -835,8 +851,8 @@ mod tests {
             10 * SEC,
             deadline,
             0,
-            Some("left_7".into()),
-            async |t: &str| heard.push(t.to_owned()),
+            Some(crate::t("left_7")),
+            async |t: &Ticket| heard.push(t.to_string()),
         )
         .await
         .unwrap();
@@ -880,7 +896,7 @@ mod tests {
             ],
         );
         let deadline = Instant::now() + 600 * SEC;
-        collect(&server, 10 * SEC, deadline, 3, None, async |_: &str| {})
+        collect(&server, 10 * SEC, deadline, 3, None, async |_: &Ticket| {})
             .await
             .unwrap();
         assert_eq!(
@@ -907,7 +923,7 @@ mod tests {
         );
         let mut seen = Vec::new();
         let deadline = Instant::now() + 600 * SEC;
-        let got = collect(&server, 10 * SEC, deadline, 2, None, async |t: &str| {
+        let got = collect(&server, 10 * SEC, deadline, 2, None, async |t: &Ticket| {
             seen.push(t.to_owned())
         })
         .await
@@ -916,7 +932,7 @@ mod tests {
         assert_eq!(seen, ["a_0", "b_0", "c_0"]);
 
         let server = Scripted::new(vec![], vec![Ok(Poll::UnknownTicket); 5]);
-        let err = collect(&server, 10 * SEC, deadline, 2, None, async |_: &str| {})
+        let err = collect(&server, 10 * SEC, deadline, 2, None, async |_: &Ticket| {})
             .await
             .unwrap_err();
         assert_eq!(err, CollectError::RenewalsExhausted { renewals: 2 });
@@ -932,7 +948,7 @@ mod tests {
             start + 25 * SEC,
             3,
             None,
-            async |_: &str| {},
+            async |_: &Ticket| {},
         )
         .await
         .unwrap_err();
@@ -947,14 +963,14 @@ mod tests {
             vec![Err(FetchError::Permanent("not a report".into()))],
         );
         let deadline = Instant::now() + 600 * SEC;
-        let err = collect(&server, 10 * SEC, deadline, 3, None, async |_: &str| {})
+        let err = collect(&server, 10 * SEC, deadline, 3, None, async |_: &Ticket| {})
             .await
             .unwrap_err();
         assert_eq!(
             err,
             CollectError::Rejected {
                 message: "not a report".into(),
-                ticket: Some("t_0".into())
+                ticket: Some(crate::t("t_0"))
             }
         );
     }
@@ -1032,7 +1048,7 @@ mod tests {
                 start + 60 * SEC,
                 3,
                 None,
-                async |_: &str| {},
+                async |_: &Ticket| {},
             )
             .await
             .unwrap_err();
@@ -1057,7 +1073,7 @@ mod tests {
                 ],
             );
             let deadline = Instant::now() + 600 * SEC;
-            collect(&server, 10 * SEC, deadline, 3, None, async |_: &str| {})
+            collect(&server, 10 * SEC, deadline, 3, None, async |_: &Ticket| {})
                 .await
                 .unwrap();
             assert_eq!(
@@ -1077,7 +1093,7 @@ mod tests {
             start + SEC,
             u32::MAX,
             None,
-            async |_: &str| {},
+            async |_: &Ticket| {},
         )
         .await
         .unwrap_err();
@@ -1089,7 +1105,7 @@ mod tests {
         tokio::time::advance(5 * SEC).await;
         assert_eq!(remaining(start), Duration::ZERO);
         let server = Scripted::new(vec![Err(down())], vec![]);
-        let err = collect(&server, SEC, start, 0, None, async |_: &str| {})
+        let err = collect(&server, SEC, start, 0, None, async |_: &Ticket| {})
             .await
             .unwrap_err();
         assert!(
@@ -1105,5 +1121,6 @@ mod tests {
         assert!(text.ends_with("..."), "{text}");
         assert!(text.chars().count() <= 83, "{text}");
         assert_eq!(excerpt(b"\xff\xfe"), "\u{fffd}\u{fffd}");
+        assert_eq!(excerpt(b"a\0b\x1b[31m"), "a\\0b\\u{1b}[31m");
     }
 }

@@ -19,3 +19,9 @@ pub mod state;
 pub mod status;
 pub mod store;
 pub mod systemd;
+
+/// A ticket for a test, known to be safe.
+#[cfg(test)]
+pub(crate) fn t(text: &str) -> report_common::ticket::Ticket {
+    report_common::ticket::Ticket::new(text).expect("a test ticket is safe")
+}

@@ -44,6 +44,8 @@ Exit codes of `status`:
   74   a path could not be inspected (not a regular file or directory, missing directory,
        a state file that is not one, an I/O error)
   77   a path could not be inspected for lack of permission
+  65   the last collection (or the first run) lies more than 5 s in the future: the clock was
+       set back or the state file is wrong (health unknown)
   64   command-line mistake, as above
   78   configuration error, as above
   When several apply: a state file that cannot be read gives its 74 or 77; else stale gives

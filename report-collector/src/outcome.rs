@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use report_common::ticket::Ticket;
 use report_common::{exit, message_id};
 
 use crate::config::Policy;
@@ -148,7 +149,7 @@ pub struct TicketNotes {
 pub struct RunReport {
     pub outcome: Outcome,
     pub policy: Policy,
-    pub ticket: Option<String>,
+    pub ticket: Option<Ticket>,
     /// The other run that held the lock (skipped for it, waited for it, or replaced it).
     pub holder_pid: Option<u32>,
     /// Its host, when the lock is shared by several hosts (or the host that took the slot).
@@ -199,7 +200,7 @@ impl RunReport {
         match &self.outcome {
             Outcome::Collected { report } => format!(
                 "collected the report for ticket {} in {took}, saved as {}{}{}",
-                self.ticket.as_deref().unwrap_or("?"),
+                self.ticket.as_ref().map_or("?", Ticket::as_str),
                 report.display(),
                 match (self.policy, self.holder_pid) {
                     (Policy::Replace, Some(pid)) => format!(" (after ending pid {pid})"),
@@ -221,7 +222,7 @@ impl RunReport {
                 "run cancelled by {} after {took}{}; nothing partial was saved",
                 signal.name(),
                 self.ticket
-                    .as_deref()
+                    .as_ref()
                     .map(|t| format!(" while collecting ticket {t}"))
                     .unwrap_or_default()
             ),
@@ -238,7 +239,7 @@ impl RunReport {
         let message_id = self.outcome.message_id();
         let outcome = self.outcome.kind();
         let skip = self.outcome.skip();
-        let ticket = self.ticket.as_deref().unwrap_or("");
+        let ticket = self.ticket.as_ref().map_or("", Ticket::as_str);
         let policy = self.policy.as_str();
         let holder_pid = self.holder_pid.map(|p| p.to_string()).unwrap_or_default();
         let holder_host = self.holder_host.as_deref().unwrap_or("");
@@ -317,7 +318,7 @@ mod tests {
         RunReport {
             outcome,
             policy: Policy::Forbid,
-            ticket: Some("abc_0".into()),
+            ticket: Some(crate::t("abc_0")),
             holder_pid: None,
             holder_host: None,
             slot: SystemTime::UNIX_EPOCH,

@@ -16,6 +16,7 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use report_common::message_id;
+use report_common::ticket::Ticket;
 use tokio::time::Instant;
 
 use crate::client::{self, Cancel, CollectError, Collected, ReportServer};
@@ -116,7 +117,7 @@ impl RunError {
 /// What a run learned and holds along the way, kept outside the steps' future.
 #[derive(Debug)]
 struct Progress<G> {
-    ticket: Option<String>,
+    ticket: Option<Ticket>,
     tickets: TicketNotes,
     /// The other run that held the lock (skipped for it, waited for it, or replaced it).
     holder_pid: Option<u32>,
@@ -142,12 +143,12 @@ impl<G> Progress<G> {
 /// find it.
 async fn set_ticket<G: LockGuard>(
     progress: &RefCell<Progress<G>>,
-    ticket: &str,
+    ticket: &Ticket,
     requested: Option<SystemTime>,
 ) {
     let guard = {
         let mut progress = progress.borrow_mut();
-        progress.ticket = Some(ticket.to_owned());
+        progress.ticket = Some(ticket.clone());
         progress.tickets.requested = requested;
         progress.guard()
     };
@@ -273,10 +274,11 @@ async fn steps<L: RunLock, S: ReportServer>(
         // written, so no other host fetches it again: the slot is collected, only its
         // bookkeeping in the row is missing.
         Some(report) => {
-            let ticket = progress.borrow().ticket.clone().unwrap_or_default();
+            let ticket = progress.borrow().ticket.clone();
+            let ticket = ticket.as_ref().map_or("", Ticket::as_str);
             tracing::warn!(
                 MESSAGE_ID = message_id::LEASE_LOST_AFTER_SAVE,
-                TICKET = %ticket,
+                TICKET = ticket,
                 REPORT = %report.display(),
                 REASON = %lost.why,
                 "saved the report as {}, but then lost the lease before finishing its ticket in the lock's row ({}); the row marks the ticket as being saved by this host, so the next holder takes it as collected and fetches it not again",
@@ -417,7 +419,7 @@ async fn take_over<S: ReportServer, G: LockGuard>(
     left: LeftTicket,
     deadline: Instant,
     progress: &RefCell<Progress<G>>,
-) -> Option<String> {
+) -> Option<Ticket> {
     let within = humantime::format_duration(config.resume_within);
     // A request time ahead of the clock (the clock was set back) counts as just now.
     let age = left
@@ -476,7 +478,7 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// lock's record whatever the answer. Best effort: nothing here fails the run.
 async fn cancel<S: ReportServer, G: LockGuard>(
     server: &S,
-    ticket: &str,
+    ticket: &Ticket,
     why: &str,
     deadline: Instant,
     progress: &RefCell<Progress<G>>,
@@ -522,10 +524,10 @@ async fn collect<S: ReportServer, G: LockGuard>(
     config: &Config,
     server: &S,
     deadline: Instant,
-    resume: Option<String>,
+    resume: Option<Ticket>,
     progress: &RefCell<Progress<G>>,
 ) -> Result<Collected, RunError> {
-    let on_ticket = async |ticket: &str| {
+    let on_ticket = async |ticket: &Ticket| {
         // A new ticket: the one resumed (if any) is gone.
         progress.borrow_mut().tickets.resumed_from = None;
         set_ticket(progress, ticket, Some(SystemTime::now())).await;
@@ -761,16 +763,16 @@ mod tests {
     }
 
     impl ReportServer for Scripted {
-        async fn request_ticket(&self) -> Result<String, FetchError> {
+        async fn request_ticket(&self) -> Result<Ticket, FetchError> {
             let n = self.issued.get();
             self.issued.set(n + 1);
             self.calls.borrow_mut().push("request".to_owned());
-            Ok(format!("abc_{n}"))
+            Ok(crate::t(&format!("abc_{n}")))
         }
 
-        async fn get_report(&self, ticket: &str) -> Result<Poll, FetchError> {
+        async fn get_report(&self, ticket: &Ticket) -> Result<Poll, FetchError> {
             self.calls.borrow_mut().push(format!("poll {ticket}"));
-            if self.unknown.contains(&ticket) {
+            if self.unknown.contains(&ticket.as_str()) {
                 return Ok(Poll::UnknownTicket);
             }
             if let Some(e) = &self.poll_error {
@@ -784,7 +786,7 @@ mod tests {
             })
         }
 
-        async fn cancel_ticket(&self, ticket: &str) -> Result<Cancel, FetchError> {
+        async fn cancel_ticket(&self, ticket: &Ticket) -> Result<Cancel, FetchError> {
             self.calls.borrow_mut().push(format!("cancel {ticket}"));
             self.cancel.clone()
         }
@@ -798,7 +800,7 @@ mod tests {
             .try_lock()
             .unwrap()
             .unwrap();
-        held.set_ticket_now(ticket, SystemTime::now() - age)
+        held.set_ticket_now(&crate::t(ticket), SystemTime::now() - age)
             .unwrap();
         drop(held);
     }
@@ -985,7 +987,7 @@ mod tests {
             &config.report_dir,
             &order,
             SystemTime::now(),
-            "left_0",
+            &crate::t("left_0"),
             CSV.as_bytes(),
         )
         .unwrap();
@@ -1255,7 +1257,7 @@ mod tests {
     }
 
     impl LockGuard for LeasedGuard {
-        async fn set_ticket(&self, _: &str, _: SystemTime) -> std::io::Result<()> {
+        async fn set_ticket(&self, _: &Ticket, _: SystemTime) -> std::io::Result<()> {
             Ok(())
         }
         async fn finish_ticket(&self) -> std::io::Result<()> {

@@ -16,6 +16,7 @@ use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 
 use report_common::message_id;
+use report_common::ticket::{self, Ticket};
 use serde::{Deserialize, Serialize};
 
 use crate::outcome::{Outcome, RunReport};
@@ -60,7 +61,8 @@ impl Moment {
 pub struct Collection {
     /// When the run that collected ended (the report was saved just before).
     pub finished: Moment,
-    pub ticket: Option<String>,
+    #[serde(default, deserialize_with = "ticket::declined_as_none")]
+    pub ticket: Option<Ticket>,
     /// When the ticket was requested (by this run, or by the run that left it), RFC 3339 UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket_requested: Option<String>,
@@ -79,7 +81,8 @@ pub struct LastRun {
     pub started: String,
     pub started_unix: f64,
     pub duration_seconds: f64,
-    pub ticket: Option<String>,
+    #[serde(default, deserialize_with = "ticket::declined_as_none")]
+    pub ticket: Option<Ticket>,
     pub holder_pid: Option<u32>,
     pub policy: String,
     pub slot: String,
@@ -196,6 +199,11 @@ pub fn open_regular(path: &Path) -> Result<Option<File>, StateError> {
     })
 }
 
+/// The most of a state file that is read. One this collector writes is a few KiB: its longest
+/// field, the last run's message, is an error sentence with at most a short excerpt of what a
+/// server sent.
+pub const MAX_STATE_FILE: u64 = 1 << 20;
+
 impl State {
     /// Reads the state file, in this version's format or the one before; `Ok(None)` when
     /// there is none yet.
@@ -204,11 +212,22 @@ impl State {
             return Ok(None);
         };
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
+        // One byte over the bound tells a file too large from one that fills it.
+        (&mut file)
+            .take(MAX_STATE_FILE + 1)
+            .read_to_end(&mut bytes)
             .map_err(|source| StateError::Io {
                 path: path.to_owned(),
                 source,
             })?;
+        if bytes.len() as u64 > MAX_STATE_FILE {
+            return Err(StateError::Unreadable {
+                path: path.to_owned(),
+                reason: format!(
+                    "it is larger than {MAX_STATE_FILE} bytes, which no state file this collector writes is"
+                ),
+            });
+        }
         State::parse(&bytes)
             .map(Some)
             .map_err(|reason| StateError::Unreadable {
@@ -360,7 +379,7 @@ mod tests {
         RunReport {
             outcome,
             policy: Policy::Forbid,
-            ticket: Some("abc_0".into()),
+            ticket: Some(crate::t("abc_0")),
             holder_pid: None,
             holder_host: None,
             slot: SystemTime::UNIX_EPOCH + Duration::from_secs(started_unix / 60 * 60),

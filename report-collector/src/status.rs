@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+use report_common::ticket::Ticket;
 use serde::Serialize;
 
 use crate::config::{Config, LockBackend};
@@ -40,6 +41,21 @@ pub mod code {
     pub const CANNOT_INSPECT: u8 = 74;
     /// A path could not be inspected for lack of permission: sysexits' EX_NOPERM.
     pub const NO_PERMISSION: u8 = 77;
+    /// The last collection (or the first run) lies in the future by more than
+    /// [`FUTURE_TOLERANCE`](super::FUTURE_TOLERANCE): the clock was set back, or the state
+    /// file is wrong, so how long ago anything happened cannot be told: sysexits' EX_DATAERR.
+    pub const IN_THE_FUTURE: u8 = 65;
+}
+
+/// How far ahead of the clock a recorded time may lie and still be taken as now: a clock
+/// stepped back by NTP by a little. Beyond it, `status` says the clock or the state file is
+/// wrong instead of counting "0s ago" until that time comes.
+pub const FUTURE_TOLERANCE: Duration = Duration::from_secs(5);
+
+/// Text read back from the state file, the lock's record or row, escaped for a line of
+/// `status` ([`report_common::shown`]): a newline in it cannot forge a second `health:` line.
+fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    report_common::shown::plain_or_quoted(text, 2000)
 }
 
 /// How the collector is doing, in one word.
@@ -55,7 +71,7 @@ pub enum Health {
     NoRunYet,
     /// No collection within `stale-after`.
     Stale,
-    /// The state file could not be read.
+    /// The state file could not be read, or what it says lies in the future.
     Unknown,
 }
 
@@ -96,6 +112,18 @@ pub fn judge(
         )
     };
     let stale_after_text = humantime::format_duration(stale_after);
+    let ahead = |unix: f64| unix - now > FUTURE_TOLERANCE.as_secs_f64();
+    let in_the_future = |what: &str, at: &str, unix: f64| Verdict {
+        health: Health::Unknown,
+        exit_code: code::IN_THE_FUTURE,
+        reason: format!(
+            "{what} is recorded at {}, {} ahead of this host's clock: the clock was set back or the state file is wrong, so whether a report was collected lately cannot be told; check the clock (timedatectl) and the state file",
+            shown(at),
+            humantime::format_duration(
+                Duration::try_from_secs_f64((unix - now).round()).unwrap_or(Duration::MAX)
+            )
+        ),
+    };
     let Some(state) = state else {
         return match waiting {
             Some((dir, since)) if now - since.unix > limit => Verdict {
@@ -118,6 +146,12 @@ pub fn judge(
         };
     };
     match &state.last_collection {
+        Some(c) if ahead(c.finished.unix) => {
+            in_the_future("the last collection", &c.finished.at, c.finished.unix)
+        }
+        None if ahead(state.first_run.unix) => {
+            in_the_future("the first run", &state.first_run.at, state.first_run.unix)
+        }
         Some(c) if now - c.finished.unix <= limit => Verdict {
             health: Health::Healthy,
             exit_code: code::HEALTHY,
@@ -132,7 +166,7 @@ pub fn judge(
             reason: format!(
                 "no collection for {} (last at {}), longer than stale-after ({stale_after_text}); see the last run below and `journalctl -u report-collector.service`",
                 ago(c.finished.unix),
-                c.finished.at
+                shown(&c.finished.at)
             ),
         },
         None if now - state.first_run.unix <= limit => Verdict {
@@ -148,7 +182,7 @@ pub fn judge(
             exit_code: code::STALE,
             reason: format!(
                 "no collection at all since the first run at {} ({} ago), longer than stale-after ({stale_after_text}); see the last run below and `journalctl -u report-collector.service`",
-                state.first_run.at,
+                shown(&state.first_run.at),
                 ago(state.first_run.unix)
             ),
         },
@@ -219,7 +253,7 @@ pub struct LockStatus {
     pub held: Option<bool>,
     pub pid: Option<u32>,
     pub since: Option<String>,
-    pub ticket: Option<String>,
+    pub ticket: Option<Ticket>,
     /// While the lock is free: the ticket a run left unfinished, for the next run to resume.
     pub left_ticket: Option<LeftTicketStatus>,
     /// `flock` or `postgres`.
@@ -235,7 +269,7 @@ pub struct LockStatus {
 /// A ticket left in the lock's record, as `status` shows it.
 #[derive(Debug, Serialize)]
 pub struct LeftTicketStatus {
-    pub ticket: String,
+    pub ticket: Ticket,
     pub requested: Option<String>,
     pub by_pid: u32,
 }
@@ -493,7 +527,7 @@ impl Status {
             v.reason
         );
         for problem in &self.problems {
-            let _ = writeln!(out, "problem:  {}", problem.reason);
+            let _ = writeln!(out, "problem:  {}", shown(&problem.reason));
         }
         let lock = &self.lock;
         match lock.held {
@@ -506,34 +540,36 @@ impl Status {
                         .unwrap_or_else(|| "?".into()),
                     lock.host
                         .as_deref()
-                        .map(|h| format!(" on host {h}"))
+                        .map(|h| format!(" on host {}", shown(h)))
                         .unwrap_or_default(),
-                    lock.since.as_deref().unwrap_or("an unknown time"),
-                    lock.ticket.as_deref().unwrap_or("(none yet)"),
-                    lock.name
+                    shown(lock.since.as_deref().unwrap_or("an unknown time")),
+                    lock.ticket.as_ref().map_or("(none yet)", Ticket::as_str),
+                    shown(&lock.name)
                 );
             }
             Some(false) => {
-                let _ = writeln!(out, "lock:     free ({})", lock.name);
+                let _ = writeln!(out, "lock:     free ({})", shown(&lock.name));
                 if let Some(left) = &lock.left_ticket {
                     let _ = writeln!(
                         out,
                         "left:     ticket {} requested {}, left unfinished by pid {}; the next run resumes it (resume-within) or cancels it",
                         left.ticket,
-                        left.requested.as_deref().unwrap_or("at an unknown time"),
+                        shown(left.requested.as_deref().unwrap_or("at an unknown time")),
                         left.by_pid
                     );
                 }
             }
             None => {
-                let _ = writeln!(out, "lock:     unknown ({})", lock.name);
+                let _ = writeln!(out, "lock:     unknown ({})", shown(&lock.name));
             }
         }
         if let Some(fleet) = &lock.fleet_last_collection {
             let _ = writeln!(
                 out,
                 "fleet:    last collection {} by host {}, {}",
-                fleet.at, fleet.host, fleet.report
+                shown(&fleet.at),
+                shown(&fleet.host),
+                shown(&fleet.report)
             );
         }
         let _ = writeln!(out, "policy:   {}", lock.policy);
@@ -542,7 +578,11 @@ impl Status {
                 let _ = writeln!(
                     out,
                     "last run: {} at {} (took {:.3}s, exit {}): {}",
-                    run.outcome, run.started, run.duration_seconds, run.exit_code, run.message
+                    shown(&run.outcome),
+                    shown(&run.started),
+                    run.duration_seconds,
+                    run.exit_code,
+                    shown(&run.message)
                 );
             }
             None if v.health == Health::Unknown => {
@@ -557,9 +597,9 @@ impl Status {
                 let _ = writeln!(
                     out,
                     "last collection: {}, ticket {}, {}",
-                    c.finished.at,
-                    c.ticket.as_deref().unwrap_or("?"),
-                    c.report.display()
+                    shown(&c.finished.at),
+                    c.ticket.as_ref().map_or("?", Ticket::as_str),
+                    shown(&c.report.display().to_string())
                 );
             }
             None if v.health == Health::Unknown => {
@@ -577,7 +617,7 @@ impl Status {
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "unknown".into()),
             r.keep,
-            r.dir.display(),
+            shown(&r.dir.display().to_string()),
             r.newest
                 .as_deref()
                 .map(|n| format!(", newest {n}"))
@@ -600,7 +640,7 @@ mod tests {
         RunReport {
             outcome,
             policy: Policy::Forbid,
-            ticket: Some("abc_0".into()),
+            ticket: Some(crate::t("abc_0")),
             holder_pid: None,
             holder_host: None,
             slot: SystemTime::UNIX_EPOCH + Duration::from_secs(started_unix / 60 * 60),
@@ -622,6 +662,75 @@ mod tests {
         runs.iter()
             .fold(None, |state, run| Some(State::after(state, run)))
             .unwrap()
+    }
+
+    #[test]
+    fn a_collection_in_the_future_is_never_healthy() {
+        let state = state_of(&[run_at(Outcome::Collected { report: "r".into() }, 10_000)]);
+        // A clock set back by an hour after the collection.
+        let verdict = judge(Some(&state), None, 10_000.0 - 3600.0, 5 * MINUTE);
+        assert_eq!(
+            (verdict.health, verdict.exit_code),
+            (Health::Unknown, code::IN_THE_FUTURE),
+            "{}",
+            verdict.reason
+        );
+        assert!(verdict.reason.contains("1h ahead"), "{}", verdict.reason);
+        // A step of a second or two (NTP) is taken as now.
+        let verdict = judge(Some(&state), None, 10_000.0 - 2.0, 5 * MINUTE);
+        assert_eq!(verdict.health, Health::Healthy);
+        // A first run in the future does not start a grace period either.
+        let state = state_of(&[run_at(skipped(), 10_000)]);
+        let verdict = judge(Some(&state), None, 10_000.0 - 3600.0, 5 * MINUTE);
+        assert_eq!(verdict.exit_code, code::IN_THE_FUTURE, "{}", verdict.reason);
+    }
+
+    #[test]
+    fn text_read_back_is_escaped_in_every_line() {
+        let mut run = run_at(
+            Outcome::Failed {
+                error: "x\nhealth:   healthy (exit 0): forged\0".into(),
+                exit: 1,
+            },
+            1000,
+        );
+        run.holder_host = Some("h\nlock: free".into());
+        let mut state = state_of(&[run]);
+        state.last_run.started = "t\nlast collection: forged".into();
+        let status = Status {
+            verdict: judge(Some(&state), None, 1000.0, 5 * MINUTE),
+            stale_after_seconds: 300.0,
+            problems: Vec::new(),
+            lock: LockStatus {
+                path: "l".into(),
+                policy: "forbid".into(),
+                held: Some(true),
+                pid: Some(1),
+                since: Some("s\nproblem: forged".into()),
+                ticket: None,
+                left_ticket: None,
+                backend: "flock".into(),
+                name: "l".into(),
+                host: Some("h\u{202e}x".into()),
+                fleet_last_collection: None,
+            },
+            first_run: Some(state.first_run.clone()),
+            last_run: Some(state.last_run.clone()),
+            last_collection: None,
+            reports: Reports {
+                dir: "r".into(),
+                kept: Some(0),
+                keep: 1,
+                newest: None,
+            },
+        };
+        let text = status.render();
+        let starting = |word: &str| text.lines().filter(|l| l.starts_with(word)).count();
+        assert_eq!(starting("health:"), 1, "{text}");
+        assert_eq!(starting("problem:"), 0, "{text}");
+        assert_eq!(starting("last collection:"), 1, "{text}");
+        assert_eq!(text.lines().count(), 6, "{text}");
+        assert!(!text.contains('\0') && !text.contains('\u{202e}'), "{text}");
     }
 
     #[test]
@@ -712,7 +821,7 @@ mod tests {
             .try_lock()
             .unwrap()
             .unwrap();
-        held.set_ticket_now("left_0", SystemTime::UNIX_EPOCH)
+        held.set_ticket_now(&crate::t("left_0"), SystemTime::UNIX_EPOCH)
             .unwrap();
         let while_held = status(&config);
         assert!(

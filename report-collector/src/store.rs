@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use report_common::ticket::Ticket;
 
 /// Temp files are `.<final name>.<random>.tmp`, hidden and never taken for a report.
 const TEMP_SUFFIX: &str = ".tmp";
@@ -168,7 +169,7 @@ pub fn read_existing(path: &Path) -> io::Result<Option<Vec<u8>>> {
 }
 
 /// `20240101T120000Z_<ticket>.csv`: names sort by time (by the clock's word for it).
-pub fn file_name(at: SystemTime, ticket: &str) -> String {
+pub fn file_name(at: SystemTime, ticket: &Ticket) -> String {
     // format_time clamps to 1970..=9999: a clock outside it never panics a save.
     let stamp: String = crate::schedule::format_time(at)
         .chars()
@@ -177,16 +178,20 @@ pub fn file_name(at: SystemTime, ticket: &str) -> String {
     format!("{stamp}_{ticket}.csv")
 }
 
-/// Whether `name` is a report this collector saved (so retention never touches other files).
+/// Whether `name` is a report this collector saved (so retention never touches other files):
+/// the time stamp, `_`, a name that passes the ticket check, `.csv`. Names read back from the
+/// order file are held to it too, so a line there is never more than one such file name.
 pub fn is_report_name(name: &str) -> bool {
     let b = name.as_bytes();
     name.len() > 18
-        && name.ends_with(".csv")
         && b[..8].iter().all(u8::is_ascii_digit)
         && b[8] == b'T'
         && b[9..15].iter().all(u8::is_ascii_digit)
         && b[15] == b'Z'
         && b[16] == b'_'
+        && name[17..]
+            .strip_suffix(".csv")
+            .is_some_and(report_common::ticket::is_safe)
 }
 
 /// Saves `csv` under `dir` and records it as the newest collection; returns the final path.
@@ -195,7 +200,7 @@ pub fn save(
     dir: &Path,
     order: &Path,
     at: SystemTime,
-    ticket: &str,
+    ticket: &Ticket,
     csv: &[u8],
 ) -> Result<PathBuf, StoreError> {
     std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
@@ -448,7 +453,7 @@ fn by_collection(names: Vec<String>, order: &[String]) -> Vec<String> {
 
 /// The saved report of `ticket` in `dir`, if there is one: how a run that resumes a ticket
 /// finds that the run before it saved the report and was ended before it could say so.
-pub fn find_ticket(dir: &Path, ticket: &str) -> io::Result<Option<PathBuf>> {
+pub fn find_ticket(dir: &Path, ticket: &Ticket) -> io::Result<Option<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -555,7 +560,7 @@ mod tests {
 
     #[test]
     fn file_names_carry_utc_time_and_ticket() {
-        let name = file_name(at(1_704_110_400), "abc_0");
+        let name = file_name(at(1_704_110_400), &crate::t("abc_0"));
         assert_eq!(name, "20240101T120000Z_abc_0.csv");
         assert!(is_report_name(&name));
         assert!(!is_report_name("notes.csv"));
@@ -658,7 +663,7 @@ mod tests {
             &linked,
             &dir.path().join("o"),
             at(1_704_110_400),
-            "abc_0",
+            &crate::t("abc_0"),
             b"x",
         )
         .unwrap();
@@ -697,7 +702,7 @@ mod tests {
             &reports,
             &dir.path().join("o"),
             at(1_704_110_400),
-            "abc_0",
+            &crate::t("abc_0"),
             b"timestamp,data\n",
         )
         .unwrap();
@@ -713,14 +718,16 @@ mod tests {
     fn a_failed_save_leaves_nothing_partial() {
         let dir = tempfile::tempdir().unwrap();
         // A directory at the final name is refused before anything is written.
-        let blocker = dir.path().join(file_name(at(1_704_110_400), "abc_0"));
+        let blocker = dir
+            .path()
+            .join(file_name(at(1_704_110_400), &crate::t("abc_0")));
         std::fs::create_dir(&blocker).unwrap();
         std::fs::write(blocker.join("x"), "x").unwrap();
         let err = save(
             dir.path(),
             &dir.path().join("o"),
             at(1_704_110_400),
-            "abc_0",
+            &crate::t("abc_0"),
             b"timestamp,data\n",
         )
         .unwrap_err();
@@ -738,7 +745,7 @@ mod tests {
             &file.join("reports"),
             &dir.path().join("o"),
             at(0),
-            "a_0",
+            &crate::t("a_0"),
             b"x",
         )
         .unwrap_err();
@@ -753,7 +760,7 @@ mod tests {
                 dir.path(),
                 &dir.path().join("o"),
                 at(1_704_110_400 + i * 60),
-                &format!("t{i}_0"),
+                &crate::t(&format!("t{i}_0")),
                 b"x",
             )
             .unwrap();
@@ -790,7 +797,14 @@ mod tests {
         let future = SystemTime::now() + Duration::from_secs(365 * 24 * 3600);
         for i in 0..3 {
             let when = future + Duration::from_secs(i * 60);
-            let path = save(dir.path(), &order, when, &format!("f{i}_0"), b"x").unwrap();
+            let path = save(
+                dir.path(),
+                &order,
+                when,
+                &crate::t(&format!("f{i}_0")),
+                b"x",
+            )
+            .unwrap();
             set_mtime(&path, when);
         }
         // The clock is put right; two more collections, their names older than all the rest.
@@ -800,7 +814,7 @@ mod tests {
                 dir.path(),
                 &order,
                 at(1_704_110_400 + i * 60),
-                &format!("n{i}_0"),
+                &crate::t(&format!("n{i}_0")),
                 b"x",
             )
             .unwrap();
@@ -822,7 +836,7 @@ mod tests {
             dir.path(),
             &dir.path().join("o"),
             at(1_704_110_400),
-            "new_0",
+            &crate::t("new_0"),
             b"x",
         )
         .unwrap();

@@ -622,7 +622,7 @@ fn sigterm_while_polling_exits_143_frees_the_lock_saves_nothing_and_leaves_the_t
     for (sig, code) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
         let child = setup.spawn(&[]);
         let holder = setup.wait_for_holder(child.id(), true);
-        let ticket = holder.ticket.clone().unwrap();
+        let ticket = holder.ticket.clone().unwrap().to_string();
         signal(&child, sig);
         let run = finish(child);
         assert_code(&run, code);

@@ -125,7 +125,10 @@ fn symlinked_report_and_state_directories_keep_working() {
 /// A report name `secs` from now, as the collector would have named it then.
 fn report_at(dir: &Path, secs_from_now: u64, ticket: &str) -> std::path::PathBuf {
     let when = SystemTime::now() + Duration::from_secs(secs_from_now);
-    let path = dir.join(store::file_name(when, ticket));
+    let path = dir.join(store::file_name(
+        when,
+        &report_common::ticket::Ticket::new(ticket).unwrap(),
+    ));
     std::fs::write(&path, CSV).unwrap();
     std::fs::File::options()
         .write(true)

@@ -98,6 +98,7 @@ fn status_exit_codes_are_listed_alike_in_help_the_man_page_and_the_readmes() {
         exit::UNAVAILABLE,
         code::CANNOT_INSPECT,
         code::NO_PERMISSION,
+        code::IN_THE_FUTURE,
         exit::USAGE,
         exit::CONFIG,
     ]

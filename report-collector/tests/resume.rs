@@ -105,3 +105,111 @@ fn kill_9_at_many_instants_then_the_next_run_resumes_and_nothing_piles_up() {
         "every ticket issued ended as one saved report"
     );
 }
+
+/// A left ticket is read back from the lock file's holder record, which any process that can
+/// write the lock file can write: each hostile one is declined with one VALUE_DECLINED line,
+/// never reaches a URL, a file name or a log line, is cleared from the record, and the run
+/// collects with a ticket of its own, inside `report-dir`.
+#[test]
+fn a_hostile_ticket_in_the_lock_record_is_declined_and_cleared_never_used() {
+    let requested = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = requested.clone();
+    let tickets = std::sync::atomic::AtomicU32::new(0);
+    let server = FakeServer::start(move |path| {
+        seen.lock().unwrap().push(path.to_owned());
+        if path.starts_with("/request_report") {
+            let n = tickets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (200, format!("own{n}_0"))
+        } else {
+            (200, "timestamp,data\n0,a\n".to_owned())
+        }
+    });
+    let setup = Setup::new(&server.url, &[("resume-within", "\"10m\"")]);
+    let id = "123e4567-e89b-42d3-a456-426614174000_0";
+    let huge = "x".repeat(10 << 20);
+    let hostile = [
+        format!("q/../../get_report/{id}"),
+        format!("q\\..\\..\\evil\\{id}"),
+        "t?x=1#frag".to_owned(),
+        "t\nINFO collected the report FAKE".to_owned(),
+        "t\0nul".to_owned(),
+        "%2e%2e%2fescape".to_owned(),
+        huge,
+    ];
+    for (i, ticket) in hostile.iter().enumerate() {
+        let record = serde_json::json!({
+            "pid": 999_999_999u32,
+            "since": "2026-01-01T00:00:00Z",
+            "host": "h\nhealth: healthy (exit 0)",
+            "ticket": ticket,
+            "ticket_requested": "2099-01-01T00:00:00.000Z",
+        });
+        std::fs::write(&setup.lock, serde_json::to_vec(&record).unwrap()).unwrap();
+        requested.lock().unwrap().clear();
+
+        let run = setup.run(&[]);
+        let what = format!("hostile ticket #{i} ({} bytes)", ticket.len());
+        assert_eq!(run.code, Some(0), "{what}: {}", run.stderr);
+        let declined = lines_with_id(&run.stderr, report_common::message_id::VALUE_DECLINED);
+        assert_eq!(
+            declined.len(),
+            1,
+            "{what}: one line says so: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.len() < 64 * 1024,
+            "{what}: {} bytes of log",
+            run.stderr.len()
+        );
+        assert!(
+            !run.stderr.contains("FAKE\n") && !run.stderr.contains("\0"),
+            "{what}: {}",
+            run.stderr
+        );
+        for path in requested.lock().unwrap().iter() {
+            assert!(
+                path == "/request_report" || path.starts_with("/get_report/own"),
+                "{what}: the server was asked for {path}"
+            );
+        }
+        // Nothing outside report-dir: only the config, the lock, the state and its order file.
+        for file in all_files_under(setup.dir.path()) {
+            let top = file.components().next().unwrap().as_os_str().to_owned();
+            assert!(
+                [
+                    "config.toml",
+                    "collector.lock",
+                    "last-run.json",
+                    "last-run.json.order",
+                    "reports",
+                    "metrics"
+                ]
+                .iter()
+                .any(|n| top == *n),
+                "{what}: {} was written",
+                file.display()
+            );
+        }
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&setup.lock).unwrap()).unwrap_or_default();
+        assert!(
+            record["ticket"].is_null(),
+            "{what}: cleared from the record: {record}"
+        );
+        let status = setup.run(&["status"]);
+        assert_eq!(
+            status
+                .stdout
+                .lines()
+                .filter(|l| l.starts_with("health:"))
+                .count(),
+            1,
+            "{what}: {}",
+            status.stdout
+        );
+    }
+    let saved = setup.report_files();
+    assert_eq!(saved.len(), hostile.len(), "{saved:?}");
+    assert!(saved.iter().all(|n| is_report_name(n)), "{saved:?}");
+}

@@ -28,6 +28,7 @@ use super::{
 use crate::config::Policy;
 use crate::lock::replace::SignalError;
 use crate::store;
+use report_common::ticket::Ticket;
 
 /// The flock backend: the lock file at `path`.
 #[derive(Debug, Clone)]
@@ -113,10 +114,10 @@ impl LockFile {
     pub fn try_lock(self) -> io::Result<Result<Taken<HeldFlock>, LockFile>> {
         match fs2::FileExt::try_lock_exclusive(&self.file) {
             Ok(()) => {
-                let left = read_record(&self.file).and_then(LeftTicket::from_record);
+                let left = read_left_record(&self.file).and_then(LeftTicket::from_record);
                 let mut record = HolderRecord::of_this_process(SystemTime::now());
                 if let Some(left) = &left {
-                    record.ticket = Some(left.ticket.clone());
+                    record.ticket = Some(left.ticket.as_str().to_owned());
                     record.ticket_requested = left.requested.map(crate::schedule::format_time_ms);
                 }
                 let held = HeldFlock {
@@ -157,7 +158,7 @@ impl HeldFlock {
 
 impl HeldFlock {
     /// [`LockGuard::set_ticket`] without a runtime: nothing here waits.
-    pub fn set_ticket_now(&self, ticket: &str, requested: SystemTime) -> io::Result<()> {
+    pub fn set_ticket_now(&self, ticket: &Ticket, requested: SystemTime) -> io::Result<()> {
         self.record.borrow_mut().set_ticket(ticket, requested);
         self.write_record()
     }
@@ -174,7 +175,7 @@ impl HeldFlock {
 }
 
 impl LockGuard for HeldFlock {
-    async fn set_ticket(&self, ticket: &str, requested: SystemTime) -> io::Result<()> {
+    async fn set_ticket(&self, ticket: &Ticket, requested: SystemTime) -> io::Result<()> {
         self.set_ticket_now(ticket, requested)
     }
 
@@ -237,10 +238,53 @@ fn holder_of(file: &File) -> Holder {
 }
 
 fn read_record(file: &File) -> Option<HolderRecord> {
-    // Positioned read: the same descriptor is read again on every attempt.
-    let mut buf = vec![0; 4096];
-    let n = file.read_at(&mut buf, 0).ok()?;
-    serde_json::from_slice(&buf[..n]).ok()
+    read_bounded_record(file).ok().flatten()
+}
+
+/// The most of the lock file a reader reads: a record this collector writes is a few hundred
+/// bytes, and its ticket at most [`report_common::ticket::MAX_LEN`].
+const RECORD_MAX: usize = 4096;
+
+/// The record in `file`: `Ok(None)` when the file is empty, `Err` (with what the file held,
+/// escaped and cut short) when it holds something that is not a record.
+fn read_bounded_record(file: &File) -> Result<Option<HolderRecord>, String> {
+    // Positioned read: the same descriptor is read again on every attempt. One byte more than
+    // the bound tells a record too long from one that fills it.
+    let mut buf = vec![0; RECORD_MAX + 1];
+    let n = file.read_at(&mut buf, 0).map_err(|e| e.to_string())?;
+    parse_record(&buf[..n])
+}
+
+/// The holder record in `bytes`, the start of a lock file: `Ok(None)` when empty, `Err` (what
+/// it held, escaped and cut short) when longer than a record may be or not one.
+pub fn parse_record(bytes: &[u8]) -> Result<Option<HolderRecord>, String> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    if bytes.len() > RECORD_MAX {
+        return Err(format!("more than {RECORD_MAX} bytes"));
+    }
+    serde_json::from_slice(bytes).map(Some).map_err(|e| {
+        format!(
+            "{} is not a holder record ({e})",
+            report_common::shown::quoted(&String::from_utf8_lossy(bytes), 64)
+        )
+    })
+}
+
+/// The record the previous holder left, read once this process holds the lock (nobody else
+/// writes it now): a record that cannot be read is declined in the journal (a run killed in
+/// the middle of writing it leaves one too) and counts as none.
+fn read_left_record(file: &File) -> Option<HolderRecord> {
+    read_bounded_record(file).unwrap_or_else(|why| {
+        super::declined(
+            "the lock file's holder record",
+            "record",
+            &why,
+            &"it cannot be read as one",
+        );
+        None
+    })
 }
 
 /// A busy lock file and the real kill(2). Empty only once the lock is taken.
@@ -311,7 +355,7 @@ mod tests {
         let path = dir.path().join("sub/collector.lock");
         let (held, left) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
         assert_eq!(left, None);
-        held.set_ticket_now("abc_0", SystemTime::UNIX_EPOCH)
+        held.set_ticket_now(&crate::t("abc_0"), SystemTime::UNIX_EPOCH)
             .unwrap();
         let inode = std::fs::metadata(&path).unwrap().ino();
 
@@ -351,7 +395,9 @@ mod tests {
         let path = dir.path().join("collector.lock");
         let requested = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         let (first, _) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
-        first.set_ticket_now("left_1", requested).unwrap();
+        first
+            .set_ticket_now(&crate::t("left_1"), requested)
+            .unwrap();
         // Released (or killed) without finishing it: the record stays, the lock is free.
         drop(first);
         assert_eq!(holder_at(&path).unwrap(), None);

@@ -3,10 +3,17 @@
 //!
 //! The record belongs to the lock's interface, not to one backend: whichever lock a run holds,
 //! a run that finds it busy can name the holder, the ticket it is collecting and since when.
+//!
+//! The record is written by another process (any that can write the lock file), so it is read
+//! as input: bounded in size by the reader, its ticket checked into a [`Ticket`] before it is
+//! used (an unsafe one is declined: [`LeftTicket::from_record`](super::LeftTicket) says so in
+//! the journal once), and its host and times shown escaped.
 
 use std::fmt;
 use std::time::SystemTime;
 
+use report_common::shown::plain_or_quoted;
+use report_common::ticket::Ticket;
 use serde::{Deserialize, Serialize};
 
 use crate::schedule::format_time;
@@ -40,8 +47,8 @@ impl HolderRecord {
     }
 
     /// Notes the ticket this holder is collecting and when it asked for it.
-    pub fn set_ticket(&mut self, ticket: &str, requested: SystemTime) {
-        self.ticket = Some(ticket.to_owned());
+    pub fn set_ticket(&mut self, ticket: &Ticket, requested: SystemTime) {
+        self.ticket = Some(ticket.as_str().to_owned());
         self.ticket_requested = Some(crate::schedule::format_time_ms(requested));
     }
 }
@@ -53,6 +60,10 @@ pub fn this_host() -> Option<String> {
         .and_then(|name| name.into_string().ok())
 }
 
+/// How much of a host name another process wrote is shown (a real one is at most 64 bytes,
+/// `HOST_NAME_MAX`; DNS allows 253).
+pub const HOST_SHOWN: usize = 255;
+
 /// Who holds the lock, as far as can be told without taking it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Holder {
@@ -60,7 +71,8 @@ pub struct Holder {
     pub pid: Option<u32>,
     pub since: Option<String>,
     pub host: Option<String>,
-    pub ticket: Option<String>,
+    /// The record's ticket when it passed the check; an unsafe one reads as none.
+    pub ticket: Option<Ticket>,
     pub ticket_requested: Option<String>,
     /// True when the record's pid is the pid the lock itself shows holding it.
     pub confirmed: bool,
@@ -77,7 +89,7 @@ impl Holder {
                 pid: Some(pid),
                 since: Some(r.since),
                 host: r.host,
-                ticket: r.ticket,
+                ticket: r.ticket.as_deref().and_then(|t| Ticket::new(t).ok()),
                 ticket_requested: r.ticket_requested,
                 confirmed: true,
                 show_host: false,
@@ -105,14 +117,14 @@ impl fmt::Display for Holder {
             write!(
                 f,
                 " on host {}",
-                self.host.as_deref().unwrap_or("(unknown)")
+                plain_or_quoted(self.host.as_deref().unwrap_or("(unknown)"), HOST_SHOWN)
             )?;
         }
         write!(
             f,
             " since {} with ticket {}",
-            self.since.as_deref().unwrap_or("an unknown time"),
-            self.ticket.as_deref().unwrap_or("(none yet)")
+            plain_or_quoted(self.since.as_deref().unwrap_or("an unknown time"), 64),
+            self.ticket.as_ref().map_or("(none yet)", Ticket::as_str)
         )
     }
 }
@@ -124,12 +136,12 @@ mod tests {
     #[test]
     fn a_record_is_believed_only_when_the_lock_names_the_same_pid() {
         let mut record = HolderRecord::of_this_process(SystemTime::UNIX_EPOCH);
-        record.set_ticket("abc_0", SystemTime::UNIX_EPOCH);
+        record.set_ticket(&Ticket::new("abc_0").unwrap(), SystemTime::UNIX_EPOCH);
         let me = std::process::id();
 
         let holder = Holder::from_lock(Some(me), Some(record.clone()));
         assert!(holder.confirmed);
-        assert_eq!(holder.ticket.as_deref(), Some("abc_0"));
+        assert_eq!(holder.ticket.as_ref().map(Ticket::as_str), Some("abc_0"));
         assert_eq!(
             holder.ticket_requested.as_deref(),
             Some("1970-01-01T00:00:00.000Z")
@@ -150,6 +162,23 @@ mod tests {
                 me + 1
             )
         );
+    }
+
+    #[test]
+    fn a_hostile_record_is_never_shown_as_it_is() {
+        let record = HolderRecord {
+            pid: 7,
+            since: "x\nhealth: healthy (exit 0)".to_owned(),
+            host: Some("h\nINFO collected the report FAKE".to_owned()),
+            ticket: Some("q/../../get_report/abc_0".to_owned()),
+            ticket_requested: None,
+        };
+        let mut holder = Holder::from_lock(Some(7), Some(record));
+        holder.show_host = true;
+        assert_eq!(holder.ticket, None, "an unsafe ticket reads as none");
+        let shown = holder.to_string();
+        assert!(!shown.contains('\n'), "{shown}");
+        assert!(!shown.contains("../"), "{shown}");
     }
 
     #[test]

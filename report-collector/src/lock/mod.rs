@@ -22,6 +22,7 @@ use std::future::Future;
 use std::io;
 use std::time::{Duration, SystemTime};
 
+use report_common::ticket::Ticket;
 use tokio::time::Instant;
 
 use crate::config::{Config, Policy};
@@ -64,7 +65,7 @@ impl Request {
 /// that takes the lock, so that run can resume it instead of requesting another.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeftTicket {
-    pub ticket: String,
+    pub ticket: Ticket,
     /// When it was requested; `None` if the record does not say (or says something unreadable).
     pub requested: Option<SystemTime>,
     /// The run that left it.
@@ -77,9 +78,12 @@ pub struct LeftTicket {
 }
 
 impl LeftTicket {
-    /// What the record of a holder that is gone says about its unfinished ticket.
+    /// What the record of a holder that is gone says about its unfinished ticket. A ticket that
+    /// fails the check is declined: said once in the journal, and counted as none, so the next
+    /// record written does not carry it on.
     pub fn from_record(record: HolderRecord) -> Option<LeftTicket> {
-        let ticket = record.ticket?;
+        let ticket =
+            checked_left_ticket(record.ticket.as_deref()?, "the lock file's holder record")?;
         Some(LeftTicket {
             ticket,
             requested: record
@@ -87,10 +91,51 @@ impl LeftTicket {
                 .as_deref()
                 .and_then(|t| humantime::parse_rfc3339(t).ok()),
             by_pid: record.pid,
-            host: record.host,
+            host: record
+                .host
+                .and_then(|host| checked_host(host, "the lock file's holder record")),
             saving: None,
         })
     }
+}
+
+/// `text` as a [`Ticket`], or `None` with one journal line (`VALUE_DECLINED`) naming `source`
+/// and the text, escaped and cut short.
+pub fn checked_left_ticket(text: &str, source: &str) -> Option<Ticket> {
+    Ticket::new(text)
+        .inspect_err(|unsafe_ticket| {
+            declined(source, "ticket", &unsafe_ticket.shown, unsafe_ticket)
+        })
+        .ok()
+}
+
+/// `host` when it can be a host name (at most [`holder::HOST_SHOWN`] bytes, no control
+/// character), or `None` with one journal line naming `source`: it goes into journal fields
+/// and messages as it is.
+pub fn checked_host(host: String, source: &str) -> Option<String> {
+    if host.len() <= holder::HOST_SHOWN && !host.chars().any(char::is_control) {
+        return Some(host);
+    }
+    let shown = report_common::shown::quoted(&host, 64);
+    declined(
+        source,
+        "host",
+        &shown,
+        &format_args!("{shown} is not a host name"),
+    );
+    None
+}
+
+/// Says in the journal that `field` read back from `source` failed its check (`why`) and was
+/// not used. `shown` is the value, escaped and cut short ([`report_common::shown::quoted`]).
+pub fn declined(source: &str, field: &str, shown: &str, why: &dyn std::fmt::Display) {
+    tracing::warn!(
+        MESSAGE_ID = report_common::message_id::VALUE_DECLINED,
+        SOURCE = source,
+        FIELD = field,
+        VALUE = shown,
+        "declined the {field} read back from {source}: {why}; it is not used"
+    );
 }
 
 /// A lock just taken, with the ticket its previous holder left.
@@ -163,7 +208,7 @@ pub trait LockGuard {
     /// ([`Acquired::left`]).
     fn set_ticket(
         &self,
-        ticket: &str,
+        ticket: &Ticket,
         requested: SystemTime,
     ) -> impl Future<Output = io::Result<()>>;
 
@@ -176,7 +221,7 @@ pub trait LockGuard {
     /// succeeded may the report be written; from then on no later holder fetches the ticket
     /// again (nor collects this run's slot), even if this run dies before it could finish the
     /// ticket. A lock of one host has nothing to mark.
-    fn mark_saving(&self, _ticket: &str) -> impl Future<Output = io::Result<()>> {
+    fn mark_saving(&self, _ticket: &Ticket) -> impl Future<Output = io::Result<()>> {
         async { Ok(()) }
     }
     /// Claims `slot` for this run among every host sharing the lock; `Err` names the host that

@@ -31,6 +31,7 @@ use super::{
 };
 use crate::config::{Policy, PostgresConfig, Tls};
 use crate::schedule::format_time;
+use report_common::ticket::Ticket;
 
 /// The first key of every advisory lock this program takes ('RC'), so that other programs'
 /// advisory locks in the same database do not collide with ours.
@@ -513,7 +514,7 @@ impl Row {
             pid: self.pid.and_then(|p| u32::try_from(p).ok()),
             since: self.since.map(format_time),
             host: self.host.clone(),
-            ticket: self.ticket.clone(),
+            ticket: self.ticket.as_deref().and_then(|t| Ticket::new(t).ok()),
             ticket_requested: self.ticket_requested.map(crate::schedule::format_time_ms),
             confirmed: self.session_holds && self.live,
             show_host: true,
@@ -536,7 +537,10 @@ impl Row {
 
     fn left_ticket(&self) -> Option<LeftTicket> {
         Some(LeftTicket {
-            ticket: self.ticket.clone()?,
+            ticket: super::checked_left_ticket(
+                self.ticket.as_deref()?,
+                "the PostgreSQL lock's row",
+            )?,
             requested: self.ticket_requested,
             by_pid: self
                 .ticket_pid
@@ -1063,7 +1067,7 @@ impl Drop for HeldPostgres {
 }
 
 impl LockGuard for HeldPostgres {
-    async fn set_ticket(&self, ticket: &str, requested: SystemTime) -> io::Result<()> {
+    async fn set_ticket(&self, ticket: &Ticket, requested: SystemTime) -> io::Result<()> {
         let s = &self.shared;
         let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
         s.write(
@@ -1074,7 +1078,7 @@ impl LockGuard for HeldPostgres {
             &[
                 &s.lock_name,
                 &s.generation,
-                &ticket,
+                &ticket.as_str(),
                 &requested,
                 &s.host,
                 &pid,
@@ -1095,7 +1099,7 @@ impl LockGuard for HeldPostgres {
         .await
     }
 
-    async fn mark_saving(&self, ticket: &str) -> io::Result<()> {
+    async fn mark_saving(&self, ticket: &Ticket) -> io::Result<()> {
         let s = &self.shared;
         let slot = *s
             .slot
@@ -1117,8 +1121,16 @@ impl LockGuard for HeldPostgres {
              SELECT count(*) FROM mark";
         let marked = tokio::time::timeout(
             STATUS_TIMEOUT,
-            s.client
-                .query_one(sql, &[&s.lock_name, &s.generation, &ticket, &s.host, &slot]),
+            s.client.query_one(
+                sql,
+                &[
+                    &s.lock_name,
+                    &s.generation,
+                    &ticket.as_str(),
+                    &s.host,
+                    &slot,
+                ],
+            ),
         )
         .await
         .map_err(|_| io::Error::other("the database did not answer in time"))?
