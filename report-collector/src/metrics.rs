@@ -50,7 +50,8 @@ pub fn record(
     let previous = read_existing(path)?.map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
     let previous = previous.as_deref().unwrap_or("");
     let mut counts = parse_counts(previous);
-    *counts.entry(run.outcome.kind().to_owned()).or_insert(0) += 1;
+    let count = counts.entry(run.outcome.kind().to_owned()).or_insert(0);
+    *count = count.saturating_add(1);
     let tickets = TicketCounts {
         resumed: parse_counter(previous, RESUMED_TOTAL)
             .saturating_add(u64::from(run.resumed_collection())),
@@ -68,7 +69,9 @@ pub fn record(
     Ok(())
 }
 
-/// Reads `report_collector_runs_total{outcome="..."} N` lines back.
+/// Reads `report_collector_runs_total{outcome="..."} N` lines back: only the outcomes a run
+/// has ([`Outcome::KINDS`](crate::outcome::Outcome::KINDS)), so a label another process wrote
+/// into the file is never written out again.
 pub fn parse_counts(text: &str) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     for line in text.lines() {
@@ -81,6 +84,9 @@ pub fn parse_counts(text: &str) -> BTreeMap<String, u64> {
         let Some((kind, value)) = rest.split_once("\"}") else {
             continue;
         };
+        if !crate::outcome::Outcome::KINDS.contains(&kind) {
+            continue;
+        }
         if let Ok(n) = value.trim().parse::<u64>() {
             counts.insert(kind.to_owned(), n);
         }
@@ -306,6 +312,26 @@ mod tests {
             ),
             Some(7.25)
         );
+    }
+
+    #[test]
+    fn counts_read_back_keep_only_real_outcomes_and_never_overflow() {
+        let text = format!(
+            "{RUNS_TOTAL}{{outcome=\"x\\\" y\"}} 5\n{RUNS_TOTAL}{{outcome=\"collected\"}} {}\n",
+            u64::MAX
+        );
+        let counts = parse_counts(&text);
+        assert_eq!(
+            counts.keys().collect::<Vec<_>>(),
+            ["collected"],
+            "{counts:?}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.prom");
+        std::fs::write(&path, &text).unwrap();
+        record(&path, &run(Outcome::Collected { report: "r".into() }), None).unwrap();
+        let again = parse_counts(&std::fs::read_to_string(&path).unwrap());
+        assert_eq!(again["collected"], u64::MAX);
     }
 
     #[test]

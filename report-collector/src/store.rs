@@ -158,13 +158,19 @@ pub fn open_to_read(path: &Path) -> io::Result<Option<File>> {
     }
 }
 
-/// The whole of an existing `path` (see [`open_regular`]); `Ok(None)` when there is none.
+/// The most of a file [`read_existing`] reads: the collector's own small files (the order of
+/// collections, the metrics file, a marker) are a few KiB; one grown past this by another
+/// process is read only this far.
+pub const READ_EXISTING_MAX: u64 = 1 << 20;
+
+/// An existing `path`, at most [`READ_EXISTING_MAX`] bytes of it (see [`open_regular`]);
+/// `Ok(None)` when there is none.
 pub fn read_existing(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let Some(mut file) = open_to_read(path)? else {
+    let Some(file) = open_to_read(path)? else {
         return Ok(None);
     };
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
+    file.take(READ_EXISTING_MAX).read_to_end(&mut bytes)?;
     Ok(Some(bytes))
 }
 
