@@ -16,7 +16,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo test deb experiment bench fuzz deps deps-build deps-docker lint rules-test unit-test fuzz-test box-test docker-test docker-demo docker-down long-run fleet-soak
+.PHONY: demo test deb experiment bench fuzz deps deps-build deps-docker lint rules-test unit-test fuzz-test msrv-test box-test docker-test docker-demo docker-down long-run fleet-soak
 
 deps:
 	scripts/install-deps.sh
@@ -37,6 +37,7 @@ demo: deps
 	scripts/demo.sh
 
 lint:
+	scripts/check-msrv.sh
 	cargo fmt --all -- --check
 	cd fuzz && cargo fmt -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
@@ -57,6 +58,11 @@ unit-test:
 FUZZ_TEST_SECONDS ?= 45
 fuzz-test:
 	FUZZ_PROFILE=dev FUZZ_SECONDS=$(FUZZ_TEST_SECONDS) FUZZ_FRESH=1 fuzz/run.sh
+
+# The build with the declared rust-version's toolchain (scripts/check-msrv.sh), in its own
+# target directory; `make test` runs it beside the box tests after the fuzz step.
+msrv-test:
+	scripts/check-msrv.sh --build
 
 fuzz: deps
 	fuzz/run.sh

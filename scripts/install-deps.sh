@@ -18,7 +18,9 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=../tests/lib.sh
 source "$REPO/tests/lib.sh"
 
-RUST_MIN=1.85
+# The workspace's rust-version: what the code and Cargo.lock need (scripts/check-msrv.sh keeps
+# it true); a packaged rustc older than that would pass a looser check and then fail to build.
+RUST_MIN=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' "$REPO/Cargo.toml")
 BUILD_PACKAGES=(
     build-essential # cc for the linker, dpkg-dev for cargo-deb's dependency lookup
     ca-certificates curl

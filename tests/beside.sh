@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs the bounded fuzz step beside other tests: `tests/beside.sh CMD...` starts `make
-# fuzz-test` at the lowest CPU priority, with one build job, runs CMD (the box tests, which
-# spend most of their time waiting for boots, timers and the minute), waits for the fuzz step,
-# then prints its output. It exits with CMD's status when CMD failed, else with the fuzz step's.
+# Runs the bounded fuzz step and the build with the declared rust-version beside other tests:
+# `tests/beside.sh CMD...` starts `make fuzz-test msrv-test` at the lowest CPU priority, with
+# one build job, runs CMD (the box tests, which spend most of their time waiting for boots,
+# timers and the minute), waits for the fuzz step, then prints its output. It exits with CMD's status when CMD failed, else with the fuzz step's.
 #
 # Why beside: a cold build of the fuzz targets takes minutes of CPU (every dependency again,
 # with coverage instrumentation); after the box tests it would add them all to `make test`,
@@ -29,7 +29,7 @@ on_exit rm -f "$log"
 # whatever its nice (measured: `cargo deb` beside it took 425 s instead of 192 s).
 # shellcheck disable=SC2016 # $REPO is expanded by the inner shell, from its argument
 setsid bash -c 'echo 19 >/proc/self/autogroup 2>/dev/null || true
-    exec nice -n 19 env CARGO_BUILD_JOBS=1 make --no-print-directory -C "$1" fuzz-test' \
+    exec nice -n 19 env CARGO_BUILD_JOBS=1 make --no-print-directory -C "$1" fuzz-test msrv-test' \
     beside "$REPO" >"$log" 2>&1 &
 fuzz_pid=$!
 _stop_fuzz() { kill -- "-$fuzz_pid" 2>/dev/null || true; }
@@ -41,7 +41,7 @@ code=0
 fuzz_code=0
 wait "$fuzz_pid" || fuzz_code=$?
 echo
-echo "== make fuzz-test, run beside them (exit $fuzz_code)"
+echo "== make fuzz-test msrv-test, run beside them (exit $fuzz_code)"
 cat "$log"
 if ((code == 0)); then
     code=$fuzz_code

@@ -167,13 +167,13 @@ impl PostgresConfig {
                 "write a name of 1 to 200 characters",
             ));
         }
-        if let Some(host) = &self.host_name {
-            if host.is_empty() || host.len() > 255 {
-                return Err(Refusal::new(
-                    "postgres.host-name",
-                    "write a name of 1 to 255 characters, or leave it out for this machine's host name",
-                ));
-            }
+        if let Some(host) = &self.host_name
+            && (host.is_empty() || host.len() > 255)
+        {
+            return Err(Refusal::new(
+                "postgres.host-name",
+                "write a name of 1 to 255 characters, or leave it out for this machine's host name",
+            ));
         }
         let parsed: tokio_postgres::Config = self.connect.parse().map_err(|e| {
             Refusal::new(
@@ -350,7 +350,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let unit = [(GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")]
             .into_iter()
-            .find(|(size, _)| self.0 != 0 && self.0 % size == 0);
+            .find(|(size, _)| self.0 != 0 && self.0.is_multiple_of(*size));
         match unit {
             Some((size, name)) => write!(f, "{}{name}", self.0 / size),
             None => write!(f, "{}B", self.0),
@@ -513,17 +513,17 @@ impl ConfigFile for Config {
             (LockBackend::Postgres, Some(pg)) => pg.check()?,
             (LockBackend::Flock, _) => {}
         }
-        if let Some(stale_after) = self.stale_after {
-            if stale_after < self.schedule_period {
-                return Err(Refusal::new(
-                    "stale-after",
-                    format!(
-                        "{} must be at least schedule-period ({}): every gap between two collections would be reported stale",
-                        humantime::format_duration(stale_after),
-                        humantime::format_duration(self.schedule_period)
-                    ),
-                ));
-            }
+        if let Some(stale_after) = self.stale_after
+            && stale_after < self.schedule_period
+        {
+            return Err(Refusal::new(
+                "stale-after",
+                format!(
+                    "{} must be at least schedule-period ({}): every gap between two collections would be reported stale",
+                    humantime::format_duration(stale_after),
+                    humantime::format_duration(self.schedule_period)
+                ),
+            ));
         }
         Ok(())
     }

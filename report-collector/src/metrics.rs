@@ -383,7 +383,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.prom");
         let stranger = open_lock_file(&lock_path(&path)).unwrap();
-        fs2::FileExt::lock_exclusive(&stranger).unwrap();
+        stranger.lock().unwrap();
         let err = record(&path, &run(skipped()), None).unwrap_err();
         let message = err.to_string();
         assert!(message.contains("m.prom.lock stayed locked"), "{message}");

@@ -163,12 +163,12 @@ async fn set_ticket<G: LockGuard>(
 /// The run's ticket is done with (saved, or cancelled): nobody is to resume it.
 async fn finish_ticket<G: LockGuard>(progress: &RefCell<Progress<G>>) {
     let guard = progress.borrow().guard();
-    if let Some(guard) = guard {
-        if let Err(e) = guard.finish_ticket().await {
-            tracing::warn!(
-                "cannot clear the finished ticket from the lock's record: {e}; the next run will find it and see it done"
-            );
-        }
+    if let Some(guard) = guard
+        && let Err(e) = guard.finish_ticket().await
+    {
+        tracing::warn!(
+            "cannot clear the finished ticket from the lock's record: {e}; the next run will find it and see it done"
+        );
     }
 }
 
@@ -298,10 +298,10 @@ async fn collect_and_save<G: LockGuard, S: ReportServer>(
     left: Option<LeftTicket>,
     progress: &RefCell<Progress<G>>,
 ) -> Result<PathBuf, RunError> {
-    if let Some(left) = &left {
-        if let Some(report) = already_saved(config, left, progress).await {
-            return Ok(report);
-        }
+    if let Some(left) = &left
+        && let Some(report) = already_saved(config, left, progress).await
+    {
+        return Ok(report);
     }
     let left = match left {
         Some(LeftTicket {
@@ -681,18 +681,18 @@ fn run_as_user() -> String {
 fn record(config: &Config, report: &RunReport) {
     report.log();
     let state = state::record(&config.state_file, report);
-    if let Some(path) = &config.metrics_file {
-        if let Err(e) = metrics::record(path, report, state.last_collection.as_ref()) {
-            let fix = metrics_fix(path, &e, &run_as_user())
-                .map(|fix| format!("; {fix}"))
-                .unwrap_or_default();
-            tracing::warn!(
-                MESSAGE_ID = message_id::METRICS_NOT_WRITTEN,
-                METRICS_FILE = %path.display(),
-                "cannot update the metrics file {}: {e}; this run is missing from its counts{fix}",
-                path.display(),
-            );
-        }
+    if let Some(path) = &config.metrics_file
+        && let Err(e) = metrics::record(path, report, state.last_collection.as_ref())
+    {
+        let fix = metrics_fix(path, &e, &run_as_user())
+            .map(|fix| format!("; {fix}"))
+            .unwrap_or_default();
+        tracing::warn!(
+            MESSAGE_ID = message_id::METRICS_NOT_WRITTEN,
+            METRICS_FILE = %path.display(),
+            "cannot update the metrics file {}: {e}; this run is missing from its counts{fix}",
+            path.display(),
+        );
     }
 }
 

@@ -353,16 +353,14 @@ fn record_over(path: &Path, loaded: Result<Option<State>, StateError>, run: &Run
         }
     };
     let state = State::after(previous, run);
-    if may_save {
-        if let Err(e) = state.save(path) {
-            tracing::warn!(
-                MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
-                STATE_FILE = %path.display(),
-                MOVED_TO = "",
-                "cannot write the state file {}: {e}; `status` will not show this run",
-                path.display()
-            );
-        }
+    if may_save && let Err(e) = state.save(path) {
+        tracing::warn!(
+            MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
+            STATE_FILE = %path.display(),
+            MOVED_TO = "",
+            "cannot write the state file {}: {e}; `status` will not show this run",
+            path.display()
+        );
     }
     state
 }

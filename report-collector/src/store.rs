@@ -287,7 +287,7 @@ fn locked_temp(dir: &Path, prefix: &str) -> io::Result<tempfile::NamedTempFile> 
             .prefix(prefix)
             .suffix(TEMP_SUFFIX)
             .tempfile_in(dir)?;
-        fs2::FileExt::lock_shared(temp.as_file())?;
+        temp.as_file().lock_shared()?;
         // A concurrent run may have taken it for abandoned between its creation and the lock.
         if names_file(temp.path(), temp.as_file()) {
             return Ok(temp);
@@ -332,7 +332,7 @@ fn remove_abandoned_temps(dir: &Path, matches: impl Fn(&str) -> bool) -> Vec<Pat
             continue;
         };
         // Held while removing, so a writer that locks it now sees its name gone and starts over.
-        if fs2::FileExt::try_lock_exclusive(&file).is_ok()
+        if file.try_lock().is_ok()
             && names_file(&path, &file)
             && std::fs::remove_file(&path).is_ok()
         {
@@ -394,12 +394,9 @@ pub const SHORT_LOCK_PATIENCE: Duration = Duration::from_secs(5);
 pub fn lock_briefly(file: &File, what: &Path) -> io::Result<()> {
     let start = std::time::Instant::now();
     loop {
-        match fs2::FileExt::try_lock_exclusive(file) {
+        match file.try_lock() {
             Ok(()) => return Ok(()),
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.raw_os_error() == fs2::lock_contended_error().raw_os_error() =>
-            {
+            Err(std::fs::TryLockError::WouldBlock) => {
                 if start.elapsed() >= SHORT_LOCK_PATIENCE {
                     return Err(io::Error::new(
                         io::ErrorKind::WouldBlock,
@@ -413,7 +410,7 @@ pub fn lock_briefly(file: &File, what: &Path) -> io::Result<()> {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            Err(e) => return Err(e),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
     }
 }

@@ -518,7 +518,7 @@ fn a_state_file_the_run_cannot_read_is_left_as_it_is_and_the_report_still_saved(
     let before = last_success(&std::fs::read_to_string(&setup.metrics).unwrap());
     assert!(before.is_some(), "the runs that collected wrote it");
     let held = std::fs::File::open(&setup.lock).unwrap();
-    fs2::FileExt::try_lock_exclusive(&held).unwrap();
+    held.try_lock().unwrap();
     let run = setup.run(&[]);
     assert_code(&run, 75);
     drop(held);

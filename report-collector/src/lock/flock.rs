@@ -112,7 +112,9 @@ impl LockFile {
     /// `Err` hands `self` back when it is busy. The new record carries the left ticket on, so
     /// a run killed before it decides what to do with it leaves it to the next one in turn.
     pub fn try_lock(self) -> io::Result<Result<Taken<HeldFlock>, LockFile>> {
-        match fs2::FileExt::try_lock_exclusive(&self.file) {
+        // The standard library's file lock is flock(2) with LOCK_EX | LOCK_NB on Linux (tested:
+        // /proc/locks shows it as FLOCK), released by the kernel when the holder dies.
+        match self.file.try_lock() {
             Ok(()) => {
                 let left = read_left_record(&self.file).and_then(LeftTicket::from_record);
                 let mut record = HolderRecord::of_this_process(SystemTime::now());
@@ -127,8 +129,8 @@ impl LockFile {
                 held.write_record()?;
                 Ok(Ok((held, left)))
             }
-            Err(e) if is_contention(&e) => Ok(Err(self)),
-            Err(e) => Err(e),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(Err(self)),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
         }
     }
 
@@ -136,11 +138,6 @@ impl LockFile {
     pub fn holder(&self) -> Holder {
         holder_of(&self.file)
     }
-}
-
-fn is_contention(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
-        || e.raw_os_error() == fs2::lock_contended_error().raw_os_error()
 }
 
 impl HeldFlock {
@@ -348,6 +345,30 @@ fn send(pid: u32, signal: Signal) -> Result<(), SignalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `replace`, `status` and a busy run's message all find the holder as an FLOCK line of
+    /// `/proc/locks`: a lock of another kind (POSIX, OFD) underneath would hide it from them.
+    #[test]
+    fn the_kernel_shows_the_held_lock_file_as_an_flock_of_this_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collector.lock");
+        let (held, _) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        let text = std::fs::read_to_string("/proc/locks").unwrap();
+        let line = text
+            .lines()
+            .find(|l| {
+                l.split_whitespace()
+                    .nth(5)
+                    .is_some_and(|id| id.ends_with(&format!(":{inode}")))
+            })
+            .unwrap_or_else(|| panic!("no line for inode {inode} in /proc/locks:\n{text}"));
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields[1], "FLOCK", "{line}");
+        assert_eq!(fields[3], "WRITE", "exclusive: {line}");
+        assert_eq!(fields[4], std::process::id().to_string(), "{line}");
+        drop(held);
+    }
 
     #[test]
     fn the_holder_record_is_written_into_the_lock_file_and_seen_without_locking() {

@@ -263,10 +263,12 @@ impl Setup {
     pub fn wait_for_holder(&self, pid: u32, with_ticket: bool) -> Holder {
         let start = Instant::now();
         loop {
-            if let Some(h) = self.holder() {
-                if h.pid == Some(pid) && h.confirmed && (!with_ticket || h.ticket.is_some()) {
-                    return h;
-                }
+            if let Some(h) = self.holder()
+                && h.pid == Some(pid)
+                && h.confirmed
+                && (!with_ticket || h.ticket.is_some())
+            {
+                return h;
             }
             assert!(
                 start.elapsed() < PATIENCE,
