@@ -1,7 +1,8 @@
 //! How both programs read their TOML configuration file: one loader, so that a mistake in
 //! either file is found and worded the same way (unknown keys refused; the file, line, column
 //! and dotted key named in one sentence) and both exit 78 for it, at start, in `check-config`
-//! and (report-apis) on reload.
+//! and (report-apis) on reload. The file is read as [`crate::files`] reads any file another
+//! party may have replaced: never blocking, a regular file only, at most [`MAX_FILE_SIZE`].
 //!
 //! A program describes its file by implementing [`ConfigFile`] on its `Config` (which derives
 //! `Deserialize` with `deny_unknown_fields` and kebab-case keys) and gets the loader with it.
@@ -11,6 +12,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
+
+use crate::files;
+
+/// The most a configuration file may hold. The packaged files are 3 and 9 KiB with every key
+/// commented; a hundred times that is still a configuration, while a path that names a log or
+/// an image by mistake costs one MiB read and a refusal, not the whole file parsed.
+pub const MAX_FILE_SIZE: u64 = 1 << 20;
 
 /// A program's configuration file and its loader. `Default` must be exactly what the packaged
 /// file documents: an empty file, or none at the default path, means the defaults.
@@ -26,12 +34,16 @@ pub trait ConfigFile: DeserializeOwned + Default {
         Ok(())
     }
 
-    /// Reads and checks the file at `path`; a missing file is an error.
+    /// Reads and checks the file at `path`; a missing file is an error, and so is one that is
+    /// not a regular file or is larger than [`MAX_FILE_SIZE`].
     fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let bytes = files::read(path, MAX_FILE_SIZE).map_err(read)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| read(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
         Self::parse(path, &text)
     }
 
@@ -104,7 +116,8 @@ pub trait ConfigFile: DeserializeOwned + Default {
 /// A configuration file that cannot be used. Every variant means exit code 78 (EX_CONFIG).
 #[derive(Debug)]
 pub enum ConfigError {
-    /// The file cannot be read (or, given explicitly, is not there).
+    /// The file cannot be read (or, given explicitly, is not there), or was refused unread (see
+    /// [`files::refusal`]).
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -204,11 +217,29 @@ pub fn number_within<T: PartialOrd + fmt::Display>(
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Read { path, source } => write!(
-                f,
-                "cannot read the configuration file {}: {source}; create it or pass another path with --config",
-                path.display()
-            ),
+            Self::Read { path, source } => match files::refusal(source) {
+                Some(files::Refused::NotRegular { kind, .. }) => write!(
+                    f,
+                    "the configuration file {} is {kind}, not a regular file: replace it with a regular file or pass another path with --config",
+                    path.display()
+                ),
+                Some(files::Refused::TooLarge { limit, .. }) => write!(
+                    f,
+                    "the configuration file {} is larger than {}, more than any configuration needs: check that it is the right file or pass another path with --config",
+                    path.display(),
+                    files::Size(*limit)
+                ),
+                None if source.kind() == std::io::ErrorKind::NotFound => write!(
+                    f,
+                    "cannot read the configuration file {}: {source}; create it or pass another path with --config",
+                    path.display()
+                ),
+                None => write!(
+                    f,
+                    "cannot read the configuration file {}: {source}; fix it or pass another path with --config",
+                    path.display()
+                ),
+            },
             Self::Syntax {
                 path,
                 line,
@@ -496,6 +527,45 @@ mod tests {
         assert!(matches!(
             Sample::load_or(None, &present),
             Err(ConfigError::Invalid { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_regular_file_or_too_large_is_refused_in_a_sentence() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let big = dir.path().join("big.toml");
+        let line = "# a comment\n";
+        std::fs::write(
+            &big,
+            line.repeat(usize::try_from(MAX_FILE_SIZE).unwrap() / line.len() + 1),
+        )
+        .unwrap();
+        for (path, said) in [
+            (
+                fifo.as_path(),
+                "is a FIFO, not a regular file: replace it with a regular file",
+            ),
+            (Path::new("/dev/zero"), "is a device, not a regular file:"),
+            (
+                big.as_path(),
+                "is larger than 1 MiB, more than any configuration needs",
+            ),
+        ] {
+            // Not even as the default path: only absence means the defaults.
+            let err = Sample::load_or(None, path).unwrap_err();
+            assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+            let err = err.to_string();
+            let wanted = format!("the configuration file {} {said}", path.display());
+            assert!(err.starts_with(&wanted), "{wanted:?} in {err}");
+            assert!(err.ends_with("pass another path with --config"), "{err}");
+        }
+        // A file of exactly the limit is read (and here, being empty of keys, checked).
+        std::fs::write(&big, " ".repeat(usize::try_from(MAX_FILE_SIZE).unwrap())).unwrap();
+        assert!(matches!(
+            Sample::load_or(None, &big),
+            Err(ConfigError::Rejected { .. })
         ));
     }
 

@@ -3,9 +3,11 @@
 //!
 //! [`run`] serves on a bound listener until a shutdown future completes, so the binary and the
 //! tests drive the very same code. [`run_with_reloads`] also takes reloaded configurations
-//! (the binary reads them on SIGHUP) and applies them without dropping a ticket.
+//! (the binary reads them on SIGHUP, off the runtime: [`blocking_read`]) and applies them
+//! without dropping a ticket.
 
 pub mod api;
+pub mod blocking_read;
 pub mod config;
 pub mod load;
 pub mod metrics;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use report_apis::blocking_read::{BlockingRead, NotRead};
 use report_apis::{Config, Reloader, config};
 use report_common::config::ConfigFile;
 use report_common::{exit, logging, message_id};
@@ -22,7 +23,7 @@ Exit codes:
        naming file, line and key (reload: refused, the old one stays)";
 
 /// Report server: issues tickets and serves CSV reports, slower the more are outstanding.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(version, about, after_help = EXIT_CODES)]
 struct Args {
     /// Configuration file [default: /etc/report-apis/config.toml, built-in defaults if absent]
@@ -35,7 +36,7 @@ struct Args {
     command: Option<Command>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum Command {
     /// Check the configuration as a start would and print it as TOML (exit 0), or the error
     /// naming file, line and key (exit 78)
@@ -172,6 +173,21 @@ fn reload_outcome_file() -> Option<PathBuf> {
 /// How long `reload` waits for the server's outcome; systemd's own reload timeout is longer.
 const RELOAD_WAIT: Duration = Duration::from_secs(30);
 
+/// How long the server waits on SIGHUP for its configuration file to be read and checked. A
+/// local file takes milliseconds (1 MiB at most); a file system that has not answered in 5 s
+/// may never answer, and the server goes on with the configuration in force, well within
+/// [`RELOAD_WAIT`], so that `report-apis reload` hears of the refusal.
+const RELOAD_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most the outcome file may hold: the server writes one line there.
+const OUTCOME_FILE_LIMIT: u64 = 64 << 10;
+
+/// The outcome the server last wrote, if there is one to read.
+fn read_outcome(file: &Path) -> Option<String> {
+    let bytes = report_common::files::read(file, OUTCOME_FILE_LIMIT).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
 fn reload(args: &Args, pid: i32) -> ExitCode {
     use nix::sys::signal::{Signal, kill};
     // Under ExecReload= the refusal goes to the journal with its MESSAGE_ID, as the server's
@@ -200,7 +216,7 @@ fn reload(args: &Args, pid: i32) -> ExitCode {
         );
         return ExitCode::from(exit::USAGE);
     };
-    let before = std::fs::read_to_string(&file).ok();
+    let before = read_outcome(&file);
     if let Err(err) = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP) {
         eprintln!("report-apis: cannot signal the server (PID {pid}): {err}");
         return ExitCode::FAILURE;
@@ -208,7 +224,7 @@ fn reload(args: &Args, pid: i32) -> ExitCode {
     let waited_from = std::time::Instant::now();
     while waited_from.elapsed() < RELOAD_WAIT {
         std::thread::sleep(Duration::from_millis(20));
-        let Ok(now) = std::fs::read_to_string(&file) else {
+        let Some(now) = read_outcome(&file) else {
             continue;
         };
         if Some(&now) == before.as_ref() {
@@ -259,16 +275,22 @@ fn serve(config: Config, args: Args) -> Result<(), ServeError> {
 }
 
 /// On every SIGHUP: re-read the configuration as a start would, have the server apply it, log
-/// the outcome, and leave it where `report-apis reload` waits for it.
+/// the outcome, and leave it where `report-apis reload` waits for it. The file is read off the
+/// runtime's threads and under [`RELOAD_READ_TIMEOUT`] (see [`report_apis::blocking_read`]): a
+/// file that cannot be read in time is refused as a bad one is, and the server answers on.
 async fn reload_on_sighup(mut hangup: tokio::signal::unix::Signal, args: Args, reloader: Reloader) {
     let outcome_file = reload_outcome_file();
+    let reads = BlockingRead::default();
     let mut count = 0_u64;
     while hangup.recv().await.is_some() {
         count += 1;
         report_apis::notify::reloading();
-        let outcome = match load(&args) {
-            Ok(config) => reloader.reload(config).await,
-            Err(err) => Err(err.to_string()),
+        let read_args = args.clone();
+        let read = reads.run(RELOAD_READ_TIMEOUT, move || load(&read_args));
+        let outcome = match read.await {
+            Ok(Ok(config)) => reloader.reload(config).await,
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(not_read) => Err(not_read_in_time(&config_file(&args), &not_read)),
         };
         let line = match &outcome {
             Ok(changes) => {
@@ -298,6 +320,13 @@ async fn reload_on_sighup(mut hangup: tokio::signal::unix::Signal, args: Args, r
         }
         report_apis::notify::reloaded();
     }
+}
+
+/// Why a reload has no configuration to apply, when the file gave no answer.
+fn not_read_in_time(file: &str, not_read: &NotRead) -> String {
+    format!(
+        "cannot read the configuration file {file}: {not_read}; check the file system it is on, then reload again"
+    )
 }
 
 /// Installs the SIGTERM (systemd's stop) and SIGINT (Ctrl-C) handlers at once, before the

@@ -206,11 +206,10 @@ impl PostgresConfig {
                 "it names both Unix-socket directories and TCP hosts; name one kind only (TLS applies to TCP hosts, never to sockets)",
             ));
         }
-        // What a start reads from files, read here too, so that `check-config` finds what
-        // would make a start fail (the lock's `from_config` reads them again).
-        if let Some(path) = self.password_file() {
-            read_password_file(&path).map_err(|m| Refusal::new("postgres.password-file", m))?;
-        }
+        // The CA file is read here too, so that a start and `check-config` find a wrong one
+        // naming its key and line (the lock's `from_config` reads it again). The password file
+        // is not: it is a secret, read once, by `from_config`, after a run started as root has
+        // become the lock directory's owner (see `identity`).
         if self.tls == Tls::VerifyFull && unix == 0 {
             crate::lock::postgres::ca_roots(&self.tls_ca_file()).map_err(|m| {
                 Refusal::new(
@@ -225,22 +224,58 @@ impl PostgresConfig {
     }
 }
 
-/// The password in `path`, without its final line break. Refuses a file others may read:
-/// the password would be theirs too.
+/// The most a password file may hold. A password is a line; 64 KiB is far beyond any, and
+/// a path that names the wrong file (a log, a device) is refused at once rather than read whole.
+pub const MAX_PASSWORD_FILE_SIZE: u64 = 64 << 10;
+
+/// The password in `path`, without its final line break. Read as [`report_common::files`]
+/// reads any file (never blocking, a regular file of at most [`MAX_PASSWORD_FILE_SIZE`]), and
+/// refused before a byte is read when the file opened may be read by group or others: the
+/// password would be theirs too.
 pub fn read_password_file(path: &std::path::Path) -> Result<String, String> {
+    use report_common::files::{self, Refused};
     use std::os::unix::fs::PermissionsExt as _;
-    let cannot =
-        |e: std::io::Error| format!("cannot read the password file {}: {e}", path.display());
-    let meta = std::fs::metadata(path).map_err(cannot)?;
-    if meta.permissions().mode() & 0o077 != 0 {
+    let cannot = |e: std::io::Error| match files::refusal(&e) {
+        Some(Refused::NotRegular { kind, .. }) => format!(
+            "the password file {} is {kind}, not a regular file: put the password alone in a regular file (chmod 600) and name that",
+            path.display()
+        ),
+        Some(Refused::TooLarge { limit, .. }) => format!(
+            "the password file {} is larger than {}, more than any password: name the file that holds the password alone",
+            path.display(),
+            files::Size(*limit)
+        ),
+        None if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let user = nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+                .ok()
+                .flatten()
+                .map_or_else(|| nix::unistd::Uid::effective().to_string(), |u| u.name);
+            format!(
+                "cannot read the password file {}: {e}; the collector reads it as {user}: give the file to that user (chown {user} {}; chmod 600 {})",
+                path.display(),
+                path.display(),
+                path.display()
+            )
+        }
+        None => format!("cannot read the password file {}: {e}", path.display()),
+    };
+    let file = files::open(path, MAX_PASSWORD_FILE_SIZE).map_err(cannot)?;
+    let mode = file.metadata().permissions().mode();
+    if mode & 0o077 != 0 {
         return Err(format!(
             "the password file {} may be read by group or others (mode {:o}); run `chmod 600 {}`",
             path.display(),
-            meta.permissions().mode() & 0o777,
+            mode & 0o777,
             path.display()
         ));
     }
-    let text = std::fs::read_to_string(path).map_err(cannot)?;
+    let bytes = file.read().map_err(cannot)?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        format!(
+            "the password file {} is not UTF-8 text; write the password alone in it",
+            path.display()
+        )
+    })?;
     Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 
@@ -935,8 +970,7 @@ max-ticket-renewals = 5
                 .unwrap_err();
         assert!(err.contains("key `postgres.tls-ca-file`"), "{err}");
 
-        // What a start reads, read here: a CA file that holds no certificate, a password file
-        // that is a directory.
+        // What a start reads, read here: a CA file that holds no certificate.
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, "not a certificate\n").unwrap();
@@ -950,20 +984,59 @@ max-ticket-renewals = 5
             "{err}"
         );
         assert!(err.contains("holds no usable CA certificate"), "{err}");
+        // The password file is a secret: loading the configuration never reads it (the lock
+        // does, after a run by root has switched user).
         let not_a_file = dir.path().join("password");
         std::fs::create_dir(&not_a_file).unwrap();
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&not_a_file, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let err = postgres(&format!(
+        postgres(&format!(
             "connect = \"host=/tmp\"\npassword-file = {:?}\n",
             not_a_file.display().to_string()
         ))
-        .unwrap_err();
-        assert!(
-            err.starts_with("c.toml:4:1: key `postgres.password-file`"),
-            "{err}"
-        );
-        assert!(err.contains("cannot read the password file"), "{err}");
+        .unwrap();
+    }
+
+    #[test]
+    fn the_password_file_is_a_private_regular_file_of_bounded_size_or_refused_at_once() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let private = |path: &Path| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        let good = dir.path().join("password");
+        std::fs::write(&good, "hunter2\r\n").unwrap();
+        private(&good);
+        assert_eq!(read_password_file(&good).unwrap(), "hunter2");
+
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = read_password_file(&good).unwrap_err();
+        assert!(err.contains("(mode 640); run `chmod 600"), "{err}");
+
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; 30 << 20]).unwrap();
+        private(&big);
+        let directory = dir.path().join("directory");
+        std::fs::create_dir(&directory).unwrap();
+        private(&directory);
+        for (path, said) in [
+            (
+                fifo.as_path(),
+                "is a FIFO, not a regular file: put the password alone",
+            ),
+            (Path::new("/dev/zero"), "is a device, not a regular file:"),
+            (directory.as_path(), "is a directory, not a regular file:"),
+            (
+                big.as_path(),
+                "is larger than 64 KiB, more than any password",
+            ),
+        ] {
+            let started = std::time::Instant::now();
+            let err = read_password_file(path).unwrap_err();
+            assert!(started.elapsed() < Duration::from_secs(2), "{err}");
+            let wanted = format!("the password file {} {said}", path.display());
+            assert!(err.starts_with(&wanted), "{wanted:?} in {err}");
+        }
     }
 
     #[test]

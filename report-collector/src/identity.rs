@@ -3,6 +3,13 @@
 //! report-collector run`) would create root-owned files there that the timer's runs can no
 //! longer replace or lock; so before it touches anything, a run by root switches to the owner
 //! of the lock file's directory, as `runuser -u report-collector` would.
+//!
+//! The switch comes before any secret is read: the password file is read only when the lock is
+//! made, after it (`main`). A process that changed user is made dumpable again (below), so its
+//! new user may read its memory through `/proc/PID/mem`; had it read the root-only password
+//! first, that user could have taken it from there. Read after the switch, the
+//! password is read with that user's rights: a file that user may not read is refused, naming
+//! the user, as a run of the timer's would be.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
@@ -93,8 +100,9 @@ fn switch_to(user: &User) -> nix::Result<()> {
     }
     // Changing user cleared the dumpable flag, which hands /proc/PID/fd to root: the timer's
     // runs (as this user) could then not confirm this run as the lock's holder, and `replace`
-    // would refuse to signal it. Every privilege is gone by now, so the process may be the
-    // user's own again, as a run started by runuser is.
+    // would refuse to signal it. Every privilege is gone by now, and no secret has been read
+    // (see the module doc), so the process may be the user's own again, as a run started by
+    // runuser is.
     nix::sys::prctl::set_dumpable(true)?;
     Ok(())
 }

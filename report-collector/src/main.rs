@@ -149,6 +149,16 @@ fn main() -> ExitCode {
         );
     }
 
+    // A run started as root becomes the lock directory's owner before the lock is made:
+    // making the PostgreSQL lock reads the password, and no secret may be read by a process
+    // that then hands itself to another user (see `identity`).
+    if matches!(cli.command, None | Some(Command::Run))
+        && let Err(e) = report_collector::identity::become_owner_of(&config)
+    {
+        e.log();
+        return ExitCode::from(exit::FAILURE);
+    }
+
     // The lock is made here for `check-config` too: what it reads at start (the password
     // file, the CA file) is then checked as a run would check it. Making it connects nowhere.
     match config.lock_backend {
@@ -186,13 +196,7 @@ fn command<L: RunLock>(
     lock: &L,
 ) -> ExitCode {
     match command {
-        None | Some(Command::Run) => {
-            if let Err(e) = report_collector::identity::become_owner_of(&config) {
-                e.log();
-                return ExitCode::from(exit::FAILURE);
-            }
-            run(&config, lock, trigger)
-        }
+        None | Some(Command::Run) => run(&config, lock, trigger),
         Some(Command::Status { json }) => {
             if config.stale_after.is_none()
                 && let Some(interval) = timer_interval()
@@ -256,7 +260,8 @@ fn check_config(config: &Config, path: Option<&std::path::Path>) -> ExitCode {
 /// What `check-config` says about a deprecated key set in `file`: it still works, but the
 /// schedule is the timer's (the key's value stays in the printed configuration).
 fn deprecated_keys(file: &std::path::Path) -> Option<String> {
-    let text = std::fs::read_to_string(file).ok()?;
+    let bytes = report_common::files::read(file, report_common::config::MAX_FILE_SIZE).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
     let table: toml::Table = text.parse().ok()?;
     table.contains_key("schedule-period").then(|| {
         format!(

@@ -181,7 +181,7 @@ impl StateError {
     }
 }
 
-pub use crate::store::file_kind;
+pub use report_common::files::file_kind;
 
 /// Opens `path` for reading without ever blocking (a FIFO would block a plain open) and
 /// without following a final symbolic link, and makes sure it is a regular file; `Ok(None)`

@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use report_common::files::file_kind;
 use report_common::ticket::Ticket;
 
 /// Temp files are `.<final name>.<random>.tmp`, hidden and never taken for a report.
@@ -85,24 +86,6 @@ pub struct NotRegular {
 /// The [`NotRegular`] in `e`, if that is what `e` is.
 pub fn not_regular(e: &io::Error) -> Option<&NotRegular> {
     e.get_ref().and_then(|inner| inner.downcast_ref())
-}
-
-/// What a file that is not a regular file is, in words.
-pub fn file_kind(file_type: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt as _;
-    if file_type.is_dir() {
-        "a directory"
-    } else if file_type.is_fifo() {
-        "a FIFO"
-    } else if file_type.is_socket() {
-        "a socket"
-    } else if file_type.is_block_device() || file_type.is_char_device() {
-        "a device"
-    } else if file_type.is_symlink() {
-        "a symbolic link"
-    } else {
-        "not a regular file"
-    }
 }
 
 fn refused(path: &Path, kind: &'static str) -> io::Error {

@@ -1,7 +1,9 @@
 //! A hostile or careless file system, through the real binary: symbolic links, FIFOs and
 //! unreadable files where the collector's files should be, a clock that moved back under the
-//! report directory, a lock that outlived the process that took it, and `status` run by a user
-//! who may not read what it inspects.
+//! report directory, a lock that outlived the process that took it, `status` run by a user
+//! who may not read what it inspects, and a FIFO, a device or a huge file as the configuration
+//! or the password file, and a run by root that may read the password only as the user it
+//! becomes.
 
 mod util;
 
@@ -602,4 +604,115 @@ fn status_as_a_user_who_cannot_enter_the_state_directory_is_a_permission_problem
     );
     assert!(json["reports"]["kept"].is_null(), "{}", out.stdout);
     assert!(json["lock"]["held"].is_null(), "never a wrong free");
+}
+
+/// What can stand where the collector reads a file (its configuration, the password file):
+/// each must be refused at once, naming the path and what it is.
+fn unreadable_files(dir: &Path) -> Vec<(std::path::PathBuf, &'static str)> {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let fifo = dir.join("fifo");
+    nix::unistd::mkfifo(&fifo, Mode::S_IRWXU).unwrap();
+    // /dev/zero's numbers: an endless file, which a plain read grows into gigabytes.
+    let zero = dir.join("zero");
+    mknod(&zero, SFlag::S_IFCHR, Mode::S_IRUSR, makedev(1, 5)).unwrap();
+    // 30 MB of what would otherwise be read and used: comments, or a password.
+    let big = dir.join("big");
+    std::fs::write(&big, "#".repeat(30 << 20)).unwrap();
+    std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).unwrap();
+    vec![
+        (fifo, "is a FIFO, not a regular file"),
+        (zero, "is a device, not a regular file"),
+        (big, "is larger than"),
+    ]
+}
+
+#[test]
+fn a_configuration_file_that_is_a_fifo_a_device_or_too_large_is_refused_at_once() {
+    let setup = Setup::new("http://127.0.0.1:1", &[]);
+    for (path, said) in unreadable_files(setup.dir.path()) {
+        std::fs::remove_file(&setup.config).unwrap();
+        std::os::unix::fs::symlink(&path, &setup.config).unwrap();
+        for args in [&["check-config"][..], &["run", "--trigger", "manual"]] {
+            let out = finish_within(setup.spawn(args), Duration::from_secs(10));
+            assert_code(&out, 78);
+            let wanted = format!("the configuration file {} {said}", setup.config.display());
+            assert!(out.stderr.contains(&wanted), "{args:?}: {}", out.stderr);
+        }
+    }
+}
+
+/// A configuration for the PostgreSQL lock whose server is nowhere, so that nothing is ever
+/// connected to: what a run gets to is only the files it reads.
+fn postgres_setup(password_file: &Path) -> Setup {
+    let setup = Setup::new("http://127.0.0.1:1", &[("lock-backend", "\"postgres\"")]);
+    let base = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(
+        &setup.config,
+        format!(
+            "{base}\n[postgres]\nconnect = \"host=/run/nowhere user=rc dbname=rc\"\npassword-file = {:?}\n",
+            password_file.display().to_string()
+        ),
+    )
+    .unwrap();
+    setup
+}
+
+#[test]
+fn a_password_file_that_is_a_fifo_a_device_or_too_large_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, said) in unreadable_files(dir.path()) {
+        let setup = postgres_setup(&path);
+        for args in [&["check-config"][..], &["run", "--trigger", "manual"]] {
+            let out = finish_within(setup.spawn(args), Duration::from_secs(10));
+            assert_code(&out, 78);
+            let wanted = format!("the password file {} {said}", path.display());
+            assert!(
+                out.stderr.contains("key `postgres.password-file`") && out.stderr.contains(&wanted),
+                "{args:?}: {}",
+                out.stderr
+            );
+        }
+    }
+}
+
+#[test]
+fn a_run_by_root_reads_the_password_only_as_the_user_it_switched_to() {
+    let Some(nobody) = nobody() else { return };
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(secrets.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let password = secrets.path().join("postgres-password");
+    std::fs::write(&password, "secret\n").unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let setup = postgres_setup(&password);
+    give_dir_to(&setup, &nobody);
+
+    // Root's own check reads it: the file itself is fine.
+    let check = finish_within(setup.spawn(&["check-config"]), Duration::from_secs(10));
+    assert_code(&check, 0);
+    // A run by root becomes nobody (the lock directory's owner) first, and nobody may not read
+    // root's file: refused, naming the user, before any connection is tried.
+    let run = finish_within(
+        setup.spawn(&["run", "--trigger", "manual"]),
+        Duration::from_secs(10),
+    );
+    assert_code(&run, 78);
+    let switched = lines_with_id(&run.stderr, message_id::RAN_AS_OWNER);
+    assert_eq!(switched.len(), 1, "{}", run.stderr);
+    let refused = run.stderr.lines().any(|line| {
+        line.contains(&format!(
+            "cannot read the password file {}",
+            password.display()
+        )) && line.contains("Permission denied")
+            && line.contains("the collector reads it as nobody")
+    });
+    assert!(refused, "{}", run.stderr);
+    assert!(!run.stderr.contains("secret"), "{}", run.stderr);
+
+    // Given to nobody, the run reads it and gets as far as the database (which is nowhere).
+    nix::unistd::chown(&password, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let run = finish_within(
+        setup.spawn(&["run", "--trigger", "manual"]),
+        Duration::from_secs(20),
+    );
+    assert_code(&run, 69);
 }

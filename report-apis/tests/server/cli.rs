@@ -1,4 +1,5 @@
-//! The real `report-apis` binary: configuration errors, signals, logging of heavy-load toggles.
+//! The real `report-apis` binary: configuration errors, signals, logging of heavy-load toggles,
+//! and a configuration file that is a FIFO, a device or huge (at start and on reload).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -492,4 +493,147 @@ fn reload_re_reads_the_file_and_refuses_an_invalid_one() {
 
     run.signal(Signal::SIGTERM);
     assert_eq!(run.wait().code(), Some(0), "{}", run.stderr());
+}
+
+/// `report-apis ARGS` run to its end, which must come within 10 s: a hang fails the test.
+fn output_within_10s(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("RUNTIME_DIRECTORY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "report-apis {args:?} did not exit within 10 s; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// What another party may put where the configuration file should be.
+#[derive(Debug, Clone, Copy)]
+enum Unreadable {
+    /// Its plain open waits for a writer.
+    Fifo,
+    /// `/dev/zero`'s numbers: endless.
+    Device,
+    /// 2 MiB, over the 1 MiB limit.
+    Huge,
+}
+
+impl Unreadable {
+    const ALL: [Unreadable; 3] = [Unreadable::Fifo, Unreadable::Device, Unreadable::Huge];
+
+    /// How the refusal words it, after the path.
+    fn said(self) -> &'static str {
+        match self {
+            Unreadable::Fifo => "is a FIFO, not a regular file",
+            Unreadable::Device => "is a device, not a regular file",
+            Unreadable::Huge => "is larger than 1 MiB",
+        }
+    }
+
+    /// Puts it at `path`, in place of whatever is there.
+    fn plant(self, path: &Path) {
+        use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+        let _ = std::fs::remove_file(path);
+        match self {
+            Unreadable::Fifo => nix::unistd::mkfifo(path, Mode::S_IRWXU).unwrap(),
+            Unreadable::Device => {
+                mknod(path, SFlag::S_IFCHR, Mode::S_IRUSR, makedev(1, 5)).unwrap();
+            }
+            Unreadable::Huge => std::fs::write(path, "#".repeat(2 << 20)).unwrap(),
+        }
+    }
+}
+
+#[test]
+fn check_config_and_a_start_refuse_a_fifo_a_device_or_a_huge_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    for unreadable in Unreadable::ALL {
+        unreadable.plant(&path);
+        let said = unreadable.said();
+        let (code, stdout, stderr) =
+            output_within_10s(&["check-config", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, Some(78), "{stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+        let wanted = format!("the configuration file {} {said}", path.display());
+        assert!(stderr.contains(&wanted), "{wanted:?} not in {stderr}");
+        assert!(
+            stderr.contains("pass another path with --config"),
+            "{stderr}"
+        );
+        // A start reads it the same way: refused before listening.
+        let (code, _, stderr) = output_within_10s(&["--config", path.to_str().unwrap()]);
+        assert_eq!(code, Some(78), "{stderr}");
+        let refused = lines_with_id(&stderr, message_id::APIS_CONFIG_REJECTED);
+        assert!(
+            refused.len() == 1 && refused[0].contains(&wanted),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_from_a_fifo_a_device_or_a_huge_file_is_refused_and_the_server_answers_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, "listen = \"127.0.0.1:0\"\n");
+    let config = path.to_str().unwrap().to_owned();
+    let mut run = Running::start(&["--config", &config]);
+    let base = run.address();
+    let healthz = || async {
+        let answer = client().get(format!("{base}/healthz")).send().await;
+        answer.unwrap().text().await.unwrap()
+    };
+    for unreadable in Unreadable::ALL {
+        unreadable.plant(&path);
+        let said = unreadable.said();
+        run.signal(Signal::SIGHUP);
+        let line = tokio::task::block_in_place(|| run.wait_for(said));
+        assert!(
+            line.contains("reload refused, the configuration in force stays")
+                && line.contains(&format!("the configuration file {config} {said}"))
+                && line.contains(message_id::RELOAD_REJECTED)
+                && line.contains(&format!("CONFIG_FILE=\"{config}\"")),
+            "{line}"
+        );
+        assert_eq!(healthz().await, "ok", "{said}: the server answers on");
+    }
+    // Nothing is left stuck: a good file is read again.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:0\"\n[limits]\nmax-pending = 5\n",
+    )
+    .unwrap();
+    run.signal(Signal::SIGHUP);
+    tokio::task::block_in_place(|| run.wait_for("limits.max-pending = 5"));
+    assert_eq!(healthz().await, "ok");
+
+    let asked = Instant::now();
+    run.signal(Signal::SIGTERM);
+    let status = tokio::task::block_in_place(|| run.wait());
+    assert_eq!(status.code(), Some(0), "{}", run.stderr());
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "SIGTERM took {:?}",
+        asked.elapsed()
+    );
 }

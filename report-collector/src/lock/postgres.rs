@@ -47,6 +47,9 @@ const WAIT_MARGIN: Duration = Duration::from_millis(250);
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Slot claims older than this are deleted when a run takes the lock.
 const SLOT_RETENTION_DAYS: i32 = 7;
+/// The most `tls-ca-file` may hold. Debian's whole bundle of system roots (the default) is
+/// 215 KiB; 1 MiB leaves it room to grow, and a path naming the wrong file is refused at once.
+pub const MAX_CA_FILE_SIZE: u64 = 1 << 20;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS report_collector_lock (
@@ -100,14 +103,18 @@ pub struct PostgresLock {
 
 impl PostgresLock {
     /// Reads the password file and the CA file `config` names; an error is a sentence for an
-    /// operator (a configuration problem, exit 78).
+    /// operator (a configuration problem, exit 78). The only place the password is read: a
+    /// run started as root calls this only once it has become the lock directory's owner
+    /// (see `identity`).
     pub fn from_config(config: &PostgresConfig) -> Result<PostgresLock, String> {
         let mut pg: tokio_postgres::Config = config
             .connect
             .parse()
             .map_err(|e| format!("postgres.connect: {e}"))?;
         if let Some(path) = config.password_file() {
-            pg.password(crate::config::read_password_file(&path)?);
+            let password = crate::config::read_password_file(&path)
+                .map_err(|m| format!("key `postgres.password-file`: {m}"))?;
+            pg.password(password);
         }
         let host = config.host_name();
         pg.application_name(format!("report-collector {host}:{}", std::process::id()));
@@ -382,14 +389,20 @@ fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, String>
 }
 
 /// The CA certificates of `ca_file` (PEM) that rustls can use; at least one, or an error
-/// naming the file. Also what `check-config` checks `tls-ca-file` with.
+/// naming the file. Also what `check-config` checks `tls-ca-file` with. The file is read as
+/// [`report_common::files`] reads any file: never blocking, a regular file of at most
+/// [`MAX_CA_FILE_SIZE`].
 pub(crate) fn ca_roots(ca_file: &std::path::Path) -> Result<rustls::RootCertStore, String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject as _;
+    let bytes = report_common::files::read(ca_file, MAX_CA_FILE_SIZE).map_err(|e| {
+        match report_common::files::refusal(&e) {
+            Some(refused) => format!("tls-ca-file {refused}"),
+            None => format!("cannot read tls-ca-file {}: {e}", ca_file.display()),
+        }
+    })?;
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca_file)
-        .map_err(|e| format!("cannot read tls-ca-file {}: {e}", ca_file.display()))?;
-    for cert in certs {
+    for cert in CertificateDer::pem_slice_iter(&bytes) {
         let cert = cert.map_err(|e| format!("tls-ca-file {}: {e}", ca_file.display()))?;
         // A bundle may hold a certificate rustls cannot use; the others still serve.
         let _ = roots.add(cert);
