@@ -22,10 +22,11 @@ pub fn init(identifier: &str) -> bool {
     });
     // Under systemd stderr already goes to the journal: writing it too would log twice.
     let to_stderr = journald.is_none() || std::env::var_os("JOURNAL_STREAM").is_none();
+    let ansi = std::io::stderr().is_terminal();
     let stderr = to_stderr.then(|| {
         tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(move || OneLine { ansi })
+            .with_ansi(ansi)
             .with_target(false)
     });
     tracing_subscriber::registry()
@@ -34,6 +35,62 @@ pub fn init(identifier: &str) -> bool {
         .with(stderr)
         .init();
     to_stderr
+}
+
+/// stderr, one line per event whatever the event holds: the formatter hands over each event
+/// whole (one `write_all` of a line ending in `\n`), and a newline, carriage return, NUL or
+/// other control character inside it is written escaped (`\n`, `\x00`), so text from outside
+/// that slipped into a message can never start a line of its own. ESC is kept only when the
+/// formatter colours a terminal.
+#[derive(Debug)]
+struct OneLine {
+    ansi: bool,
+}
+
+impl std::io::Write for OneLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (body, end) = match buf.strip_suffix(b"\n") {
+            Some(body) => (body, &b"\n"[..]),
+            None => (buf, &b""[..]),
+        };
+        let mut line = Vec::with_capacity(buf.len());
+        escape_controls(body, self.ansi, &mut line);
+        line.extend_from_slice(end);
+        std::io::stderr().lock().write_all(&line)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Appends `bytes` to `out` with every control character but TAB (and ESC when `keep_esc`)
+/// written as `\n`, `\r` or `\xNN`.
+fn escape_controls(bytes: &[u8], keep_esc: bool, out: &mut Vec<u8>) {
+    for &b in bytes {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.push(b),
+            0x1b if keep_esc => out.push(b),
+            0..=0x1f | 0x7f => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            _ => out.push(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_inside_a_line_are_escaped() {
+        let mut out = Vec::new();
+        super::escape_controls(b"a\nINFO forged\r\0\x1b[31m\tb", false, &mut out);
+        assert_eq!(out, b"a\\nINFO forged\\r\\x00\\x1b[31m\tb");
+        let mut out = Vec::new();
+        super::escape_controls(b"\x1b[31m", true, &mut out);
+        assert_eq!(out, b"\x1b[31m");
+    }
 }
 
 /// Test support (feature `test-util`): the fields of the events logged on this thread, named
