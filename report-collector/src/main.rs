@@ -28,7 +28,8 @@ Exit codes:
   1    any other failure (server unreachable or failing until the deadline; an answer that is
        an error page or a truncated, malformed or too large report; disk)
   69   lock-backend = \"postgres\": the lock's database cannot be reached or refused this
-       collector; nothing was collected
+       collector, its tables are of another shape, or the row's generation cannot increase;
+       nothing was collected
   79   lock-backend = \"postgres\": the lease ran out while the run held it (paused, cut off,
        or its session ended by another host); nothing was saved
   130  cancelled by SIGINT
@@ -40,7 +41,8 @@ Exit codes of `status`:
        stale-after; and every path inspected
   1    stale: no collection within stale-after (default: 5 periods of the timer), or no run
        at all since the state directory was created, longer than stale-after ago
-  69   lock-backend = \"postgres\": the lock's database cannot be reached
+  69   lock-backend = \"postgres\": the lock's database cannot be reached, its tables are of
+       another shape, or the row's generation cannot increase
   74   a path could not be inspected (not a regular file or directory, missing directory,
        a state file that is not one, an I/O error)
   77   a path could not be inspected for lack of permission

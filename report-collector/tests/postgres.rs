@@ -9,6 +9,7 @@ mod util;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
@@ -680,6 +681,295 @@ fn the_postgres_lock_against_a_real_server() {
         reports(&b)
     );
     assert_eq!(cluster.row("saved-once", "COALESCE(ticket, '')"), "");
+}
+
+/// A report server that records every request's path, hands out `t<n>_0` tickets and answers
+/// every fetch with a report at once.
+fn recording_server() -> (FakeServer, Arc<Mutex<Vec<String>>>) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let paths = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&paths);
+    let tickets = AtomicU32::new(0);
+    let server = FakeServer::start(move |path| {
+        seen.lock().unwrap().push(path.to_owned());
+        if path.starts_with("/request_report") {
+            (
+                200,
+                format!("t{}_0", tickets.fetch_add(1, Ordering::SeqCst)),
+            )
+        } else {
+            (200, "timestamp,data\n2026-01-01T00:00:00Z,42\n".to_owned())
+        }
+    });
+    (server, paths)
+}
+
+fn status_of(setup: &Setup) -> (Option<i32>, String) {
+    let out = setup.command(&["status"]).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Every table and row is input another host wrote: tables of another shape fail the run and
+/// `status` with a sentence (exit 69, never a panic's abort), a value out of its range is
+/// declined with one journal line and taken over, and no value stops the fleet but the one
+/// documented case, a generation that cannot increase (exit 69, with the statement that
+/// resets it).
+#[test]
+fn hostile_tables_and_rows_never_stop_the_fleet() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let fast = ApiServer::fast();
+    let source = "SOURCE=\"the PostgreSQL lock's row\"";
+
+    // Tables of another shape: exit 69 naming the column, the type found and the one expected.
+    let a = host(&cluster, &fast.url, "host-a", "shape", &[]);
+    let first = a.run(&["--trigger", "manual"]);
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    for (column, found) in [
+        ("holder_pid", "bigint"),
+        ("generation", "integer"),
+        ("ticket_requested", "text"),
+        ("ticket", "character varying(5)"),
+    ] {
+        let alter = |ty: &str| {
+            cluster.psql(
+                "fleet",
+                &format!(
+                    "ALTER TABLE report_collector.report_collector_lock ALTER COLUMN {column} TYPE {ty} USING {column}::{ty}"
+                ),
+            )
+        };
+        let expected = match column {
+            "holder_pid" => "integer",
+            "generation" => "bigint",
+            "ticket_requested" => "timestamp with time zone",
+            _ => "text",
+        };
+        alter(found);
+        let named =
+            format!("column report_collector_lock.{column} is {found}, not {expected} as expected");
+        let run = a.run(&["--trigger", "manual"]);
+        assert_eq!(run.code, Some(69), "{column} {found}: {}", run.stderr);
+        assert!(run.stderr.contains(&named), "{}", run.stderr);
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+        assert_eq!(
+            lines_with_id(&run.stderr, message_id::DATABASE_UNAVAILABLE).len(),
+            1,
+            "{}",
+            run.stderr
+        );
+        let (code, text) = status_of(&a);
+        assert_eq!(code, Some(69), "{text}");
+        assert!(text.contains(&named), "{text}");
+        alter(expected);
+        if column == "ticket" {
+            eprintln!("another shape: {}", run.stderr.lines().last().unwrap_or(""));
+        }
+    }
+    let fits = a.run(&["--trigger", "manual"]);
+    assert_eq!(fits.code, Some(0), "{}", fits.stderr);
+
+    // A lease that cannot be real: not waited for to its end, nor believed over at once. The
+    // next run waits out its own lease, takes the lock over and collects; status shows the
+    // lock free, not held for ever.
+    for (name, until) in [
+        ("infinite-lease", "'infinity'"),
+        ("year-9999", "'9999-01-01 00:00:00+00'"),
+    ] {
+        let a = host(&cluster, &fast.url, "host-a", name, &[]);
+        let b = host(&cluster, &fast.url, "host-b", name, &[]);
+        let first = a.run(&["--trigger", "manual"]);
+        assert_eq!(first.code, Some(0), "{}", first.stderr);
+        cluster.psql(
+            "fleet",
+            &format!(
+                "UPDATE report_collector.report_collector_lock SET holder_host = 'host-x', \
+                 holder_pid = 4242, session = 4242, since = now(), lease_until = {until} \
+                 WHERE name = '{name}'"
+            ),
+        );
+        let (_, text) = status_of(&a);
+        assert!(text.contains("lock:     free"), "{name}: {text}");
+        let started = Instant::now();
+        let took = b.run(&["--trigger", "manual"]);
+        let took_for = started.elapsed();
+        assert_eq!(took.code, Some(0), "{name}: {}", took.stderr);
+        assert!(took_for >= LEASE, "{name}: took over after {took_for:?}");
+        let declined = lines_with_id(&took.stderr, message_id::VALUE_DECLINED);
+        assert!(
+            declined.len() == 1
+                && declined[0].contains(source)
+                && declined[0].contains("FIELD=\"lease_until\""),
+            "{name}: {}",
+            took.stderr
+        );
+        assert!(
+            took.stderr.contains("on host host-x"),
+            "the take-over names the holder: {}",
+            took.stderr
+        );
+        assert_eq!(reports(&b).len(), 1);
+        assert_eq!(cluster.row(name, "COALESCE(lease_until::text, '')"), "");
+        eprintln!(
+            "{name}: taken over and collected {:.3}s after the run started (lease {}s)",
+            took_for.as_secs_f64(),
+            LEASE.as_secs()
+        );
+        let again = a.run(&["--trigger", "manual"]);
+        assert_eq!(again.code, Some(0), "{}", again.stderr);
+    }
+
+    // A generation one short of its largest: the next holder takes the largest, the one after
+    // refuses (exit 69), as status does, naming the statement that resets it; that statement,
+    // run, lets the next run collect.
+    let a = host(&cluster, &fast.url, "host-a", "generation-max", &[]);
+    let first = a.run(&["--trigger", "manual"]);
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    cluster.psql(
+        "fleet",
+        &format!(
+            "UPDATE report_collector.report_collector_lock SET generation = {} WHERE name = 'generation-max'",
+            i64::MAX - 1
+        ),
+    );
+    let last = a.run(&["--trigger", "manual"]);
+    assert_eq!(last.code, Some(0), "{}", last.stderr);
+    assert_eq!(
+        cluster.row("generation-max", "generation"),
+        i64::MAX.to_string()
+    );
+    let refused = a.run(&["--trigger", "manual"]);
+    assert_eq!(refused.code, Some(69), "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("its generation is at its largest value (9223372036854775807)"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        lines_with_id(&refused.stderr, message_id::DATABASE_UNAVAILABLE).len(),
+        1,
+        "{}",
+        refused.stderr
+    );
+    let (code, text) = status_of(&a);
+    assert_eq!(code, Some(69), "{text}");
+    assert!(text.contains("largest value"), "{text}");
+    let reset = refused
+        .stderr
+        .split('`')
+        .find(|part| part.starts_with("UPDATE report_collector_lock SET generation = 0"))
+        .unwrap_or_else(|| panic!("no reset statement in {}", refused.stderr));
+    cluster.psql(
+        "fleet",
+        &format!("SET search_path = report_collector; {reset}"),
+    );
+    let after = a.run(&["--trigger", "manual"]);
+    assert_eq!(after.code, Some(0), "{}", after.stderr);
+    assert_eq!(cluster.row("generation-max", "generation"), "1");
+
+    // A hostile ticket in the row: never resumed, never in a URL or a file name, said in one
+    // bounded line, and cleared from the row by the run that takes the lock.
+    let (server, paths) = recording_server();
+    for (label, ticket) in [
+        ("huge", "repeat('a', 10485760)"),
+        ("traversal", "'q/../../get_report/hostile_1'"),
+        ("backslash", r"'q\..\..\get_report\hostile_2'"),
+        ("query", "'hostile_3?x=1#frag'"),
+        ("newline", r"E'hostile_4\nINFO collected the report FAKE'"),
+    ] {
+        let name = format!("hostile-{label}");
+        cluster.psql(
+            "fleet",
+            &format!(
+                "INSERT INTO report_collector.report_collector_lock \
+                 (name, ticket, ticket_requested, ticket_host, ticket_pid) \
+                 VALUES ('{name}', {ticket}, now(), 'host-x', 4242)"
+            ),
+        );
+        let b = host(&cluster, &server.url, "host-b", &name, &[]);
+        if label == "huge" {
+            // A run that collects nothing still clears it: the run that takes the lock does.
+            let failing = host(
+                &cluster,
+                &dead_url(),
+                "host-b",
+                &name,
+                &[("deadline", "\"2s\"")],
+            );
+            let failed = failing.run(&["--trigger", "manual"]);
+            assert_eq!(failed.code, Some(1), "{}", failed.stderr);
+            assert_eq!(
+                lines_with_id(&failed.stderr, message_id::VALUE_DECLINED).len(),
+                1,
+                "{}",
+                failed.stderr
+            );
+            assert!(
+                failed.stderr.len() < 64 << 10,
+                "{} bytes",
+                failed.stderr.len()
+            );
+            assert_eq!(cluster.row(&name, "COALESCE(ticket, 'none')"), "none");
+            eprintln!(
+                "a 10 MB ticket in the row: exit {:?}, {} bytes of stderr",
+                failed.code,
+                failed.stderr.len()
+            );
+        }
+        let run = b.run(&["--trigger", "manual"]);
+        assert_eq!(run.code, Some(0), "{label}: {}", run.stderr);
+        let declined = lines_with_id(&run.stderr, message_id::VALUE_DECLINED);
+        if label == "huge" {
+            assert!(declined.is_empty(), "said again: {}", run.stderr);
+        } else {
+            assert!(
+                declined.len() == 1
+                    && declined[0].contains(source)
+                    && declined[0].contains("FIELD=\"ticket\""),
+                "{label}: {}",
+                run.stderr
+            );
+            eprintln!(
+                "{label}: exit {:?}, {} bytes of stderr",
+                run.code,
+                run.stderr.len()
+            );
+        }
+        assert!(!run.stderr.contains("resuming ticket"), "{}", run.stderr);
+        assert!(run.stderr.len() < 64 << 10, "{} bytes", run.stderr.len());
+        assert!(
+            !run.stderr.contains("\nINFO collected the report FAKE"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(reports(&b).len(), 1, "{label}: {:?}", reports(&b));
+        let outside: Vec<_> = all_files_under(b.dir.path())
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("hostile") || !p.starts_with("reports"))
+            .filter(|p| {
+                !["config.toml", "last-run.json", "last-run.json.order"]
+                    .contains(&&*p.to_string_lossy())
+            })
+            .collect();
+        assert!(outside.is_empty(), "{label}: {outside:?}");
+        assert!(
+            !b.dir.path().parent().unwrap().join("get_report").exists(),
+            "{label}"
+        );
+        assert_eq!(cluster.row(&name, "COALESCE(ticket, 'none')"), "none");
+    }
+    let paths = paths.lock().unwrap();
+    assert!(
+        paths.iter().all(|p| p.starts_with("/request_report")
+            || (p.starts_with("/get_report/t") && !p.contains("hostile"))),
+        "{paths:?}"
+    );
 }
 
 /// Fail closed: no database, no collection, exit 69, and a line naming where it looked.

@@ -14,24 +14,40 @@
 //! Tables (created on first use, under a transaction-scoped advisory lock, so several hosts
 //! starting at once do not race): `report_collector_lock` (one row per `lock-name`) and
 //! `report_collector_slot` (one row per slot collected, so each slot is collected once across
-//! hosts).
+//! hosts). Their columns are checked once per connection ([`tables`]), and every value of the
+//! lock's row before it is used ([`row`]): any host with the database role can write them.
+//!
+//! The generation only ever increases: it is what keeps an ended holder's late writes out. One
+//! at its largest value (`i64::MAX`, which no fleet reaches by counting: at a thousand takes a
+//! second that is 292 million years) was written by hand or by a hostile host; a run does not
+//! start the count again, which would hand out tokens earlier holders had, but refuses the lock
+//! (exit 69) with the statement that resets it once every collector sharing it is stopped, and
+//! `status` says so too.
+
+pub mod row;
+pub mod tables;
 
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use report_common::message_id;
+use report_common::shown;
+use report_common::ticket::Ticket;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::Client;
 use tokio_postgres::config::Host;
 
+use self::row::{Declined, Lease, RowValues};
+use self::tables::Shape;
+
 use super::{
     Acquired, Collection, FleetCollection, Holder, LeaseLost, LeftTicket, LockGuard, NotAcquired,
     Refusal, Request, RunLock, SlotTaken, round_ms,
 };
-use crate::config::{Policy, PostgresConfig, Tls};
+use crate::config::{LEASE_RANGE, Policy, PostgresConfig, Tls};
 use crate::schedule::format_time;
-use report_common::ticket::Ticket;
 
 /// The first key of every advisory lock this program takes ('RC'), so that other programs'
 /// advisory locks in the same database do not collide with ours.
@@ -99,6 +115,9 @@ pub struct PostgresLock {
     /// How messages name the server: `host:port` or the socket directory.
     target: String,
     key: i32,
+    /// The columns whose declined values this process has said already: one journal line
+    /// each, however often a waiting run reads the row.
+    said: Arc<Mutex<Vec<&'static str>>>,
 }
 
 impl PostgresLock {
@@ -145,6 +164,7 @@ impl PostgresLock {
             connect_timeout: config.connect_timeout,
             target,
             key: lock_key(&config.lock_name),
+            said: Arc::default(),
         })
     }
 
@@ -169,37 +189,34 @@ impl PostgresLock {
                 )
             })??;
         let prepare = async {
-            let exists = session
-                .client
-                .query_one(
-                    "SELECT to_regclass('report_collector_lock') IS NOT NULL \
-                     AND to_regclass('report_collector_slot') IS NOT NULL \
-                     AND EXISTS (SELECT 1 FROM information_schema.columns \
-                       WHERE table_name = 'report_collector_lock' \
-                       AND column_name = 'ticket_saved_by_host' \
-                       AND table_schema = ANY (current_schemas(false)))",
-                    &[],
-                )
-                .await?
-                .get::<_, bool>(0);
-            if !exists {
+            let mut shape = columns(&session.client).await?;
+            if shape.lacks_columns() {
                 session
                     .client
                     .batch_execute(&format!(
                         "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA} COMMIT;"
                     ))
                     .await?;
+                shape = columns(&session.client).await?;
             }
-            session
-                .client
-                .execute(
-                    "INSERT INTO report_collector_lock (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
-                    &[&self.lock_name],
-                )
-                .await
+            if shape == Shape::Fits {
+                session
+                    .client
+                    .execute(
+                        "INSERT INTO report_collector_lock (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+                        &[&self.lock_name],
+                    )
+                    .await?;
+            }
+            Ok::<_, tokio_postgres::Error>(shape)
         };
         match tokio::time::timeout(STATUS_TIMEOUT, prepare).await {
-            Ok(Ok(_)) => Ok(session),
+            Ok(Ok(Shape::Fits)) => Ok(session),
+            Ok(Ok(Shape::Differs(mismatches))) => Err(tables::describe(&self.target, &mismatches)),
+            Ok(Ok(Shape::Absent)) => Err(format!(
+                "the tables report_collector_lock and report_collector_slot on {} are not there after creating them: check this role's search_path",
+                self.target
+            )),
             Ok(Err(e)) => Err(format!(
                 "cannot create or use the tables report_collector_lock and report_collector_slot on {}: {}; grant this role CREATE on the schema (see the README, \"Several hosts\") or create them as the owner",
                 self.target,
@@ -240,8 +257,8 @@ impl PostgresLock {
         let backend = client
             .query_one("SELECT pg_backend_pid()", &[])
             .await
-            .map_err(failed)?
-            .get::<_, i32>(0);
+            .and_then(|r| r.try_get::<_, i32>(0))
+            .map_err(failed)?;
         Ok(Session {
             client: Arc::new(client),
             backend,
@@ -249,47 +266,84 @@ impl PostgresLock {
         })
     }
 
-    async fn read_row(&self, client: &Client) -> Result<Row, tokio_postgres::Error> {
+    /// The lock's row, every value checked ([`row::decode`]); `None` when there is none. Each
+    /// column's declined value is said once a process. Text is cut short in SQL, so a huge
+    /// value never crosses the wire.
+    async fn read_row(&self, client: &Client) -> Result<Option<Row>, tokio_postgres::Error> {
         let sql = format!(
-            "SELECT holder_host, holder_pid, since, session, generation, \
-             COALESCE(lease_until > clock_timestamp(), false), \
-             COALESCE(EXTRACT(EPOCH FROM (lease_until - clock_timestamp()))::float8, 0), \
-             slot, ticket, ticket_requested, ticket_host, ticket_pid, \
-             last_collected_at, last_collected_host, last_report, \
+            "SELECT clock_timestamp(), left(holder_host, {name}), holder_pid, since, session, \
+             generation, lease_until, left(lease_until::text, 64), slot, \
+             left(ticket, {ticket}), octet_length(ticket), ticket_requested, \
+             left(ticket_host, {name}), ticket_pid, last_collected_at, \
+             left(last_collected_host, {name}), left(last_report, {name}), \
              COALESCE({HOLDS} l.session), false), \
-             h.pid, a.application_name, ticket_saving_generation, ticket_saved_by_host \
+             h.pid, left(a.application_name, {name}), ticket_saving_generation, \
+             left(ticket_saved_by_host, {name}) \
              FROM report_collector_lock l \
              LEFT JOIN (SELECT k.pid FROM pg_locks k WHERE k.locktype = 'advisory' AND k.granted \
                AND k.classid::int8 = $2 AND k.objid::int8 = $3 AND k.objsubid = 2 LIMIT 1) h ON true \
              LEFT JOIN pg_stat_activity a ON a.pid = h.pid \
-             WHERE name = $1"
+             WHERE name = $1",
+            name = row::NAME_READ,
+            ticket = row::TICKET_READ,
         );
         let (k1, k2) = self.keys();
-        let row = client.query_opt(&sql, &[&self.lock_name, &k1, &k2]).await?;
-        Ok(match row {
-            Some(r) => Row {
-                host: r.get(0),
-                pid: r.get(1),
-                since: r.get(2),
-                session: r.get(3),
-                live: r.get(5),
-                remaining: r.get(6),
-                slot: r.get(7),
-                ticket: r.get(8),
-                ticket_requested: r.get(9),
-                ticket_host: r.get(10),
-                ticket_pid: r.get(11),
-                last_at: r.get(12),
-                last_host: r.get(13),
-                last_report: r.get(14),
-                session_holds: r.get(15),
-                lock_pid: r.get(16),
-                lock_application: r.get(17),
-                saving_generation: r.get(18),
-                saved_by_host: r.get(19),
-            },
-            None => Row::default(),
-        })
+        let Some(r) = client.query_opt(&sql, &[&self.lock_name, &k1, &k2]).await? else {
+            return Ok(None);
+        };
+        let values = RowValues {
+            now: r.try_get(0)?,
+            holder_host: r.try_get(1)?,
+            holder_pid: r.try_get(2)?,
+            since: r.try_get(3)?,
+            session: r.try_get(4)?,
+            generation: r.try_get(5)?,
+            lease_until: r.try_get(6)?,
+            lease_until_text: r.try_get(7)?,
+            slot: r.try_get(8)?,
+            ticket: r.try_get(9)?,
+            ticket_bytes: r.try_get(10)?,
+            ticket_requested: r.try_get(11)?,
+            ticket_host: r.try_get(12)?,
+            ticket_pid: r.try_get(13)?,
+            last_collected_at: r.try_get(14)?,
+            last_collected_host: r.try_get(15)?,
+            last_report: r.try_get(16)?,
+            session_holds: r.try_get(17)?,
+            lock_pid: r.try_get(18)?,
+            lock_application: r.try_get(19)?,
+            saving_generation: r.try_get(20)?,
+            saved_by_host: r.try_get(21)?,
+        };
+        let (row, declined) = row::decode(values);
+        self.say(&declined);
+        Ok(Some(row))
+    }
+
+    /// One VALUE_DECLINED line for each declined value of a column not said before.
+    fn say(&self, declined: &[Declined]) {
+        let mut said = self
+            .said
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for d in declined {
+            if said.contains(&d.field) {
+                continue;
+            }
+            said.push(d.field);
+            tracing::warn!(
+                MESSAGE_ID = message_id::VALUE_DECLINED,
+                SOURCE = row::SOURCE,
+                FIELD = d.field,
+                VALUE = d.value.as_str(),
+                "declined {} read back from {} (lock \"{}\"), {}: {}",
+                d.field,
+                row::SOURCE,
+                self.lock_name,
+                d.value,
+                d.why
+            );
+        }
     }
 
     /// Connects again after the connection of a waiting run dropped (`why`), with a short
@@ -332,7 +386,8 @@ impl PostgresLock {
         }
     }
 
-    /// Status' view of the row, bounded by [`STATUS_TIMEOUT`].
+    /// Status' view of the row, bounded by [`STATUS_TIMEOUT`]. Tables of another shape, and a
+    /// generation no run can take the lock with, are errors: runs fail on them (exit 69).
     async fn status_row(&self) -> io::Result<Row> {
         let read = async {
             let session = tokio::time::timeout(self.connect_timeout, self.connect())
@@ -343,15 +398,34 @@ impl PostgresLock {
                         self.target
                     )
                 })??;
-            let row = self.read_row(&session.client).await;
-            drop(session);
-            row.map_err(|e| {
+            let unreadable = |e: tokio_postgres::Error| {
                 format!(
-                    "cannot read the lock's row on {} ({}); has a run created the tables yet?",
+                    "cannot read the lock's row on {} ({})",
                     self.target,
                     describe(&e)
                 )
-            })
+            };
+            match columns(&session.client).await.map_err(unreadable)? {
+                Shape::Fits => {}
+                Shape::Absent => {
+                    return Err(format!(
+                        "the lock's tables are not on {} yet: no run has created them (a run creates them on first use)",
+                        self.target
+                    ));
+                }
+                Shape::Differs(mismatches) => {
+                    return Err(tables::describe(&self.target, &mismatches));
+                }
+            }
+            let row = self.read_row(&session.client).await.map_err(unreadable)?;
+            drop(session);
+            match row {
+                Some(row) => match self.fencing_refusal(row.generation) {
+                    Some(why) => Err(why),
+                    None => Ok(row),
+                },
+                None => Ok(Row::default()),
+            }
         };
         match tokio::time::timeout(STATUS_TIMEOUT, read).await {
             Ok(Ok(row)) => Ok(row),
@@ -363,6 +437,32 @@ impl PostgresLock {
             ))),
         }
     }
+
+    /// Why no run can take a new generation after `generation`, the row's: it is at its
+    /// largest, or NULL. A fencing token must only increase, so the count is never started
+    /// again here; the sentence says how an operator does it safely.
+    fn fencing_refusal(&self, generation: Option<i64>) -> Option<String> {
+        let what = match generation {
+            Some(i64::MAX) => format!("its generation is at its largest value ({})", i64::MAX),
+            Some(_) => return None,
+            None => "its generation is NULL".to_owned(),
+        };
+        let name = self.lock_name.replace('\'', "''");
+        Some(format!(
+            "the row of the lock \"{}\" on {} cannot give a new holder a generation greater than every earlier one: {what}, which no collector writes (the generation is the fencing token that keeps an ended holder's writes out, and only increases); stop the collectors on every host sharing the lock (`systemctl stop report-collector.timer report-collector.service`), then reset it with `UPDATE report_collector_lock SET generation = 0 WHERE name = '{name}'`, and start them again",
+            self.lock_name, self.target
+        ))
+    }
+}
+
+/// The lock's tables as the database has them ([`tables::COLUMNS_SQL`]).
+async fn columns(client: &Client) -> Result<Shape, tokio_postgres::Error> {
+    let rows = client.query(tables::COLUMNS_SQL, &[]).await?;
+    let found = rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect::<Result<Vec<(String, String, String)>, tokio_postgres::Error>>()?;
+    Ok(tables::shape(&found))
 }
 
 /// The connection's I/O, driven until the server or the client closes it.
@@ -469,19 +569,22 @@ impl Drop for Session {
     }
 }
 
-/// The lock's row as a reader sees it.
+/// The lock's row as a reader sees it, every value checked ([`row::decode`]).
+#[doc(hidden)]
 #[derive(Debug, Default, Clone)]
-struct Row {
+pub struct Row {
+    /// Escaped when it needed escaping, as every name below.
     host: Option<String>,
     pid: Option<i32>,
     since: Option<SystemTime>,
     session: Option<i32>,
-    /// The lease is still running by the database's clock.
-    live: bool,
-    /// Seconds left of the lease by the database's clock (negative once over).
-    remaining: f64,
+    /// The fencing token of the last holder; `None` when NULL (or there is no row).
+    generation: Option<i64>,
+    lease: Lease,
     slot: Option<SystemTime>,
-    ticket: Option<String>,
+    ticket: Option<Ticket>,
+    /// The row holds a ticket that failed the check: the run that takes the lock clears it.
+    ticket_declined: bool,
     ticket_requested: Option<SystemTime>,
     ticket_host: Option<String>,
     ticket_pid: Option<i32>,
@@ -501,7 +604,8 @@ struct Row {
 }
 
 impl Row {
-    fn holder(&self) -> Holder {
+    /// Who holds the lock, or held it last, as far as the row and `pg_locks` say.
+    pub fn holder(&self) -> Holder {
         if !self.session_holds && self.lock_pid.is_some() {
             // Taken, not yet written into the row (its taker is waiting out the previous
             // lease): the session's application_name says who.
@@ -527,9 +631,9 @@ impl Row {
             pid: self.pid.and_then(|p| u32::try_from(p).ok()),
             since: self.since.map(format_time),
             host: self.host.clone(),
-            ticket: self.ticket.as_deref().and_then(|t| Ticket::new(t).ok()),
+            ticket: self.ticket.clone(),
             ticket_requested: self.ticket_requested.map(crate::schedule::format_time_ms),
-            confirmed: self.session_holds && self.live,
+            confirmed: self.session_holds && self.live(),
             show_host: true,
         }
     }
@@ -545,15 +649,13 @@ impl Row {
     }
 
     fn held(&self) -> bool {
-        self.lock_pid.is_some() || (self.live && self.session.is_some())
+        self.lock_pid.is_some() || (self.live() && self.session.is_some())
     }
 
-    fn left_ticket(&self) -> Option<LeftTicket> {
+    /// The ticket the last holder left unfinished, if the row holds one that passed the check.
+    pub fn left_ticket(&self) -> Option<LeftTicket> {
         Some(LeftTicket {
-            ticket: super::checked_left_ticket(
-                self.ticket.as_deref()?,
-                "the PostgreSQL lock's row",
-            )?,
+            ticket: self.ticket.clone()?,
             requested: self.ticket_requested,
             by_pid: self
                 .ticket_pid
@@ -567,8 +669,32 @@ impl Row {
         })
     }
 
+    /// The lease in the row, by the database's clock when the row was read.
+    pub fn lease(&self) -> Lease {
+        self.lease
+    }
+
+    /// The ticket in the row, if it passed the check.
+    pub fn ticket(&self) -> Option<&Ticket> {
+        self.ticket.as_ref()
+    }
+
+    /// The lease is still running, and can be real.
+    fn live(&self) -> bool {
+        matches!(self.lease, Lease::Live(_))
+    }
+
+    /// The lease ran out, or there is none: a session still holding the lock holds it stale.
+    /// An untrusted lease is neither.
+    fn lease_ended(&self) -> bool {
+        matches!(self.lease, Lease::None | Lease::Over(_))
+    }
+
     fn remaining(&self) -> Duration {
-        Duration::try_from_secs_f64(self.remaining.max(0.0)).unwrap_or(Duration::ZERO)
+        match self.lease {
+            Lease::Live(left) => left,
+            _ => Duration::ZERO,
+        }
     }
 }
 
@@ -604,6 +730,8 @@ impl RunLock for PostgresLock {
         };
         let mut previous: Option<Holder> = None;
         let mut ended: Option<i32> = None;
+        // An untrusted lease in the row was waited out, once (see below).
+        let mut waited_untrusted = false;
         // A run that is waiting (policy wait, or waiting out a lease) and loses its connection
         // (the database restarted) connects again within its bound: giving up would leave the
         // slot to nobody. The holder's own advisory lock went with the session, so it contends
@@ -645,14 +773,14 @@ impl RunLock for PostgresLock {
                             &[&ADVISORY_CLASS, &self.key],
                         )
                         .await
-                )
-                .get(0);
+                        .and_then(|r| r.try_get(0))
+                );
                 if got {
                     break;
                 }
-                let row = db_try!('connect, self.read_row(client).await);
+                let row = db_try!('connect, self.read_row(client).await).unwrap_or_default();
                 let holder = row.holder();
-                if !row.live && row.session_holds && Instant::now() < request.deadline {
+                if row.lease_ended() && row.session_holds && Instant::now() < request.deadline {
                     // A holder whose lease ran out by the database's clock but whose session the
                     // server still keeps: a host cut off before the keepalives gave up. Its run
                     // has stopped itself (the lease is over); its session is ended so the lock
@@ -664,9 +792,10 @@ impl RunLock for PostgresLock {
                             HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
                             SESSION = stale,
                             "the lease of {holder} ran out {} ago but its database session {stale} still holds the lock; ending that session",
-                            humantime::format_duration(round_ms(
-                                Duration::try_from_secs_f64(-row.remaining).unwrap_or_default()
-                            ))
+                            humantime::format_duration(round_ms(match row.lease {
+                                Lease::Over(ago) => ago,
+                                _ => Duration::ZERO,
+                            }))
                         );
                         db_try!('connect, terminate(client, stale).await);
                         previous.get_or_insert(holder);
@@ -726,9 +855,26 @@ impl RunLock for PostgresLock {
 
             // The advisory lock is ours; the previous holder's lease may still run.
             loop {
-                let row = db_try!('connect, self.read_row(client).await);
-                if row.live && row.session != Some(session.backend) {
-                    let wait = row.remaining() + WAIT_MARGIN;
+                let Some(row) = db_try!('connect, self.read_row(client).await) else {
+                    return Err(refused(Refusal::Unavailable(format!(
+                        "the row of the lock \"{}\" on {} was deleted while this run took the lock; the next run creates it again",
+                        self.lock_name, self.target
+                    ))));
+                };
+                let other = row.session != Some(session.backend);
+                // A lease that cannot be real was written by hand or by a hostile host, over
+                // the lease of whichever holder had the lock: that one may still be collecting
+                // for as long as its own lease, which a fleet shares. So it is waited out as
+                // this run's own lease from now (this run holds the advisory lock, so no lease
+                // is renewed meanwhile), once, and then the lock is taken over.
+                let untrusted = row.lease == Lease::Untrusted && other && !waited_untrusted;
+                if (row.live() && other) || untrusted {
+                    let remaining = if untrusted {
+                        self.lease
+                    } else {
+                        row.remaining()
+                    };
+                    let wait = remaining + WAIT_MARGIN;
                     // The advisory lock is this run's own now: the row names the one waited out.
                     let holder = row.recorded_holder();
                     if Instant::now() + wait > request.deadline {
@@ -740,38 +886,84 @@ impl RunLock for PostgresLock {
                             .await;
                         return Err(refused(Refusal::LeaseOutlastsDeadline {
                             holder,
-                            remaining: row.remaining(),
+                            remaining,
                         }));
                     }
-                    tracing::info!(
-                        HOLDER_PID = holder.pid.unwrap_or(0),
-                        HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
-                        "the lock {} is free, but the lease of its last holder, {holder}, runs {} more by the database's clock: that run may still be collecting, so this one waits it out",
-                        self.describe(),
-                        humantime::format_duration(round_ms(wait))
-                    );
+                    if untrusted {
+                        tracing::warn!(
+                            HOLDER_PID = holder.pid.unwrap_or(0),
+                            HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+                            "the lock {} is free, but the lease in its row cannot be real (declined above): its last holder, {holder}, may still be collecting for as long as a lease, so this run waits out its own lease ({}) and then takes the lock over",
+                            self.describe(),
+                            humantime::format_duration(round_ms(wait))
+                        );
+                        waited_untrusted = true;
+                    } else {
+                        tracing::info!(
+                            HOLDER_PID = holder.pid.unwrap_or(0),
+                            HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+                            "the lock {} is free, but the lease of its last holder, {holder}, runs {} more by the database's clock: that run may still be collecting, so this one waits it out",
+                            self.describe(),
+                            humantime::format_duration(round_ms(wait))
+                        );
+                    }
                     previous.get_or_insert(holder);
                     tokio::time::sleep(wait).await;
                     continue;
                 }
+                if let Some(why) = self.fencing_refusal(row.generation) {
+                    let _ = client
+                        .query(
+                            "SELECT pg_advisory_unlock($1::int4, $2::int4)",
+                            &[&ADVISORY_CLASS, &self.key],
+                        )
+                        .await;
+                    return Err(refused(Refusal::Unavailable(why)));
+                }
                 let sent = Instant::now();
                 let lease = self.lease.as_secs_f64();
+                let longest = LEASE_RANGE.1.as_secs_f64();
                 let slot: Option<SystemTime> = request.slot;
                 let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+                // Taken over: a lease that cannot be real once it was waited out ($6), and a
+                // ticket that failed the check is cleared ($8), so no later run meets it. The
+                // generation only increases: never past its largest value.
                 let updated = db_try!('connect, client
                 .query_opt(
                     "UPDATE report_collector_lock SET holder_host = $2, holder_pid = $3, \
                      since = clock_timestamp(), session = pg_backend_pid(), \
                      generation = generation + 1, \
-                     lease_until = clock_timestamp() + make_interval(secs => $4), slot = $5 \
-                     WHERE name = $1 AND (lease_until IS NULL OR lease_until <= clock_timestamp() \
-                       OR session = pg_backend_pid()) \
+                     lease_until = clock_timestamp() + make_interval(secs => $4), slot = $5, \
+                     ticket = CASE WHEN $8 THEN NULL ELSE ticket END, \
+                     ticket_requested = CASE WHEN $8 THEN NULL ELSE ticket_requested END, \
+                     ticket_host = CASE WHEN $8 THEN NULL ELSE ticket_host END, \
+                     ticket_pid = CASE WHEN $8 THEN NULL ELSE ticket_pid END, \
+                     ticket_saving_generation = \
+                       CASE WHEN $8 THEN NULL ELSE ticket_saving_generation END, \
+                     ticket_saved_by_host = CASE WHEN $8 THEN NULL ELSE ticket_saved_by_host END \
+                     WHERE name = $1 AND generation < 9223372036854775807 \
+                       AND (lease_until IS NULL OR lease_until <= clock_timestamp() \
+                       OR session = pg_backend_pid() \
+                       OR ($6 AND lease_until > clock_timestamp() + make_interval(secs => $7))) \
                      RETURNING generation",
-                    &[&self.lock_name, &self.host, &pid, &lease, &slot],
+                    &[
+                        &self.lock_name,
+                        &self.host,
+                        &pid,
+                        &lease,
+                        &slot,
+                        &waited_untrusted,
+                        &longest,
+                        &row.ticket_declined,
+                    ],
                 )
                 .await);
-                if let Some(r) = updated {
-                    break 'connect (r.get::<_, i64>(0), sent, row);
+                match updated {
+                    Some(r) => {
+                        break 'connect (db_try!('connect, r.try_get::<_, i64>(0)), sent, row);
+                    }
+                    // The row changed since it was read: read it again.
+                    None => tokio::time::sleep(POLL).await,
                 }
             }
         };
@@ -1000,7 +1192,7 @@ impl Shared {
                     .client
                     .query_one("SELECT pg_backend_pid()", &[])
                     .await
-                    .map(|r| r.get::<_, i32>(0))
+                    .and_then(|r| r.try_get::<_, i32>(0))
                 {
                     Ok(now) if now != self.backend => format!(
                         "the database session changed under this run (backend {} became {now}): the connection goes through a pooler in transaction mode, which cannot keep a session's advisory lock; point postgres.connect at the server or at a PgBouncer pool with pool_mode = session",
@@ -1147,8 +1339,8 @@ impl LockGuard for HeldPostgres {
         )
         .await
         .map_err(|_| io::Error::other("the database did not answer in time"))?
-        .map_err(|e| io::Error::other(describe(&e)))?
-        .get::<_, i64>(0);
+        .and_then(|r| r.try_get::<_, i64>(0))
+        .map_err(|e| io::Error::other(describe(&e)))?;
         if marked == 0 {
             return Err(io::Error::other(
                 "the lock's row no longer gives this run a live lease",
@@ -1175,17 +1367,20 @@ impl LockGuard for HeldPostgres {
                      SET host = EXCLUDED.host, pid = EXCLUDED.pid, \
                        generation = EXCLUDED.generation, claimed_at = clock_timestamp() \
                      WHERE c.generation < EXCLUDED.generation AND c.collected_at IS NULL \
-                     RETURNING (SELECT host FROM before), (SELECT pid FROM before)",
+                     RETURNING left((SELECT host FROM before), 256), (SELECT pid FROM before)",
                     &[&s.lock_name, &slot, &s.host, &pid, &s.generation],
                 )
                 .await?;
             if let Some(r) = claimed {
-                if let (Some(host), Some(pid)) =
-                    (r.get::<_, Option<String>>(0), r.get::<_, Option<i32>>(1))
-                {
+                if let (Some(host), Some(pid)) = (
+                    r.try_get::<_, Option<String>>(0)?,
+                    r.try_get::<_, Option<i32>>(1)?,
+                ) {
+                    // Written by another host: shown escaped.
+                    let host = shown::plain_or_quoted(&host, row::NAME_MAX);
                     tracing::warn!(
                         MESSAGE_ID = report_common::message_id::SLOT_TAKEN_OVER,
-                        HOLDER_HOST = host.as_str(),
+                        HOLDER_HOST = &*host,
                         HOLDER_PID = pid,
                         SLOT = %format_time(slot),
                         "slot {} was claimed by pid {pid} on host {host}, which stopped before saving its report: this run takes the slot over",
@@ -1197,14 +1392,21 @@ impl LockGuard for HeldPostgres {
             let by = s
                 .client
                 .query_opt(
-                    "SELECT host, pid FROM report_collector_slot WHERE name = $1 AND slot = $2",
+                    "SELECT left(host, 256), pid FROM report_collector_slot \
+                     WHERE name = $1 AND slot = $2",
                     &[&s.lock_name, &slot],
                 )
                 .await?;
             Ok(Err(match by {
                 Some(r) => SlotTaken {
-                    host: r.get(0),
-                    pid: u32::try_from(r.get::<_, i32>(1)).unwrap_or(0),
+                    host: r.try_get::<_, Option<String>>(0)?.map_or_else(
+                        || "(unknown)".to_owned(),
+                        |host| shown::plain_or_quoted(&host, row::NAME_MAX).into_owned(),
+                    ),
+                    pid: r
+                        .try_get::<_, Option<i32>>(1)?
+                        .and_then(|pid| u32::try_from(pid).ok())
+                        .unwrap_or(0),
                 },
                 None => SlotTaken {
                     host: "(unknown)".to_owned(),
@@ -1368,7 +1570,7 @@ mod tests {
         );
 
         let free = Row {
-            ticket: Some("left_0".into()),
+            ticket: Ticket::new("left_0").ok(),
             ticket_pid: Some(9),
             ticket_host: Some("host-a".into()),
             ..Row::default()
@@ -1388,5 +1590,61 @@ mod tests {
         let lock = PostgresLock::from_config(&config).unwrap();
         assert_eq!(lock.target, "/tmp/.s.PGSQL.5432");
         assert!(lock.describe().contains("report-collector"));
+    }
+
+    fn lock() -> PostgresLock {
+        PostgresLock::from_config(&PostgresConfig {
+            connect: "host=/tmp user=x dbname=y".to_owned(),
+            tls: Tls::Disable,
+            lock_name: "o'fleet".to_owned(),
+            ..PostgresConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_declined_value_is_one_line_a_column_with_the_catalog_s_fields() {
+        let lock = lock();
+        let huge = "x/".repeat(1 << 20);
+        let (row, declined) = row::decode(RowValues {
+            ticket: Some(huge[..row::TICKET_READ].to_owned()),
+            ticket_bytes: Some(i32::try_from(huge.len()).unwrap()),
+            ..RowValues::empty(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+        });
+        assert!(row.ticket_declined);
+        let (captured, guard) = report_common::logging::capture::start();
+        // A waiting run reads the row again and again: the value is said once.
+        lock.say(&declined);
+        lock.say(&declined);
+        drop(guard);
+        let line = crate::outcome::the_line(&captured, message_id::VALUE_DECLINED);
+        assert_eq!(line["SOURCE"], "the PostgreSQL lock's row");
+        assert_eq!(line["FIELD"], "ticket");
+        assert_eq!(
+            line["VALUE"],
+            format!("\"{}\"... (2097152 bytes)", &huge[..64])
+        );
+        assert!(line["MESSAGE"].len() < 600, "{}", line["MESSAGE"]);
+        assert!(!line["MESSAGE"].contains('\n'));
+    }
+
+    #[test]
+    fn a_generation_that_cannot_increase_is_refused_with_the_statement_that_resets_it() {
+        let lock = lock();
+        assert_eq!(lock.fencing_refusal(Some(0)), None);
+        assert_eq!(lock.fencing_refusal(Some(-5)), None);
+        assert_eq!(lock.fencing_refusal(Some(i64::MAX - 1)), None);
+        let why = lock.fencing_refusal(Some(i64::MAX)).unwrap();
+        assert!(
+            why.contains("its generation is at its largest value (9223372036854775807)"),
+            "{why}"
+        );
+        assert!(
+            why.contains(
+                "`UPDATE report_collector_lock SET generation = 0 WHERE name = 'o''fleet'`"
+            ),
+            "{why}"
+        );
+        assert!(lock.fencing_refusal(None).unwrap().contains("NULL"));
     }
 }
