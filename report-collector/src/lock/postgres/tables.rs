@@ -174,11 +174,11 @@ mod tests {
                 found.push((words[0].into(), words[6].into(), words[7].into()));
             } else if line.starts_with(')') {
                 table = None;
-            } else if let (Some(table), Some((column, rest))) = (&table, line.split_once(' ')) {
-                if column != "PRIMARY" {
-                    let ty = rest.split([' ', ',']).next().unwrap_or_default();
-                    found.push((table.clone(), column.into(), ty.into()));
-                }
+            } else if let (Some(table), Some((column, rest))) = (&table, line.split_once(' '))
+                && column != "PRIMARY"
+            {
+                let ty = rest.split([' ', ',']).next().unwrap_or_default();
+                found.push((table.clone(), column.into(), ty.into()));
             }
         }
         for column in &mut found {
