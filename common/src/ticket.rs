@@ -141,18 +141,6 @@ impl UnsafeTicket {
     }
 }
 
-/// Reads an optional ticket from a file this program wrote, declining (`None`) one that fails
-/// the check instead of refusing the whole file: `#[serde(default, deserialize_with =
-/// "report_common::ticket::declined_as_none")]`. Whoever reads the file names the field.
-pub fn declined_as_none<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Ticket>, D::Error> {
-    let text = <Option<std::borrow::Cow<'de, str>>>::deserialize(deserializer)?;
-    Ok(text.and_then(|text| Ticket::new(&text).ok()))
-}
-
-use serde::Deserialize as _;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,24 +197,11 @@ mod tests {
     }
 
     #[test]
-    fn deserializing_checks_and_the_lenient_reader_declines() {
+    fn deserializing_checks() {
         assert!(serde_json::from_str::<Ticket>("\"a/../b\"").is_err());
         assert_eq!(
             serde_json::from_str::<Ticket>("\"abc_1\"").unwrap(),
             Ticket::new("abc_1").unwrap()
-        );
-        #[derive(serde::Deserialize)]
-        struct Record {
-            #[serde(default, deserialize_with = "declined_as_none")]
-            ticket: Option<Ticket>,
-        }
-        let read = |json: &str| serde_json::from_str::<Record>(json).unwrap().ticket;
-        assert_eq!(read(r#"{"ticket":"a\nb"}"#), None);
-        assert_eq!(read(r#"{"ticket":null}"#), None);
-        assert_eq!(read("{}"), None);
-        assert_eq!(
-            read(r#"{"ticket":"ok_1"}"#),
-            Some(Ticket::new("ok_1").unwrap())
         );
     }
 }

@@ -16,7 +16,7 @@ use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 
 use report_common::message_id;
-use report_common::ticket::{self, Ticket};
+use report_common::ticket::Ticket;
 use serde::{Deserialize, Serialize};
 
 use crate::outcome::{Outcome, RunReport};
@@ -61,7 +61,7 @@ impl Moment {
 pub struct Collection {
     /// When the run that collected ended (the report was saved just before).
     pub finished: Moment,
-    #[serde(default, deserialize_with = "ticket::declined_as_none")]
+    #[serde(default, deserialize_with = "declined_ticket")]
     pub ticket: Option<Ticket>,
     /// When the ticket was requested (by this run, or by the run that left it), RFC 3339 UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,7 +81,7 @@ pub struct LastRun {
     pub started: String,
     pub started_unix: f64,
     pub duration_seconds: f64,
-    #[serde(default, deserialize_with = "ticket::declined_as_none")]
+    #[serde(default, deserialize_with = "declined_ticket")]
     pub ticket: Option<Ticket>,
     pub holder_pid: Option<u32>,
     pub policy: String,
@@ -99,6 +99,16 @@ pub struct LastRun {
     /// Tickets this run had the server cancel.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub tickets_cancelled: u32,
+}
+
+/// A ticket read back from the state file: one that fails the check is declined (one
+/// `VALUE_DECLINED` line) and reads as none, instead of refusing the whole file; the next
+/// write leaves it out.
+fn declined_ticket<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Ticket>, D::Error> {
+    let text = <Option<std::borrow::Cow<'de, str>>>::deserialize(deserializer)?;
+    Ok(text.and_then(|text| crate::lock::checked_left_ticket(&text, "the state file")))
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -417,6 +427,23 @@ mod tests {
   "message": "collected the report for ticket abc_0 in 5.250s, saved as /var/lib/report-collector/reports/20240101T120005Z_abc_0.csv",
   "pid": 4242
 }"#;
+
+    #[test]
+    fn a_hostile_ticket_in_the_state_file_reads_as_none_and_is_declined_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("last-run.json");
+        let hostile = OLD_FORMAT.replace("\"abc_0\"", "\"q/../../x\\nFAKE\"");
+        assert_ne!(hostile, OLD_FORMAT);
+        std::fs::write(&path, hostile).unwrap();
+        let (captured, guard) = report_common::logging::capture::start();
+        let state = State::load(&path).unwrap().unwrap();
+        drop(guard);
+        assert_eq!(state.last_run.ticket, None);
+        assert_eq!(state.last_collection.unwrap().ticket, None);
+        let declined = captured.with_id(message_id::VALUE_DECLINED);
+        assert_eq!(declined.len(), 1, "{:?}", captured.events());
+        assert!(!declined[0]["MESSAGE"].contains('\n'), "{declined:?}");
+    }
 
     #[test]
     fn the_previous_versions_file_is_read_and_its_collection_kept() {
