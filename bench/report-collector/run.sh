@@ -12,7 +12,11 @@
 #      systemd's side of the conversation is played by the example systemd_standin (the
 #      stand-in of report-collector/tests/bus.rs): the same calls, and answers of the same
 #      types as systemd 252 and 257 give, shaped as a timer start that has just fired, so the
-#      run judges itself a timer start and collects.
+#      run judges itself a timer start and collects;
+#   5. peak RSS of one full run whose report is at max-report-size (64 MiB, the default), and of
+#      one whose report is small, both served as static files by Python's http.server (with a
+#      Content-Length, as report-apis sends one); target: the large report costs at most
+#      4 MiB more than the small one, since a body is checked and written as it streams in.
 # Everything runs on 127.0.0.1; the server is stopped on exit. Usage: bench/report-collector/run.sh
 set -eu
 
@@ -29,6 +33,7 @@ need() {
 need hyperfine hyperfine
 need curl curl
 need flock util-linux
+need python3 python3
 [ -x /usr/bin/time ] || { echo "installing time ..." >&2; apt-get install -y time >/dev/null; }
 
 cd "$ROOT"
@@ -41,7 +46,9 @@ SERVER_PID=
 HOLDER_PID=
 BUS_PID=
 STANDIN_PID=
+FILES_PID=
 cleanup() {
+    if [ -n "$FILES_PID" ]; then kill "$FILES_PID" 2>/dev/null || true; fi
     if [ -n "$STANDIN_PID" ]; then kill "$STANDIN_PID" 2>/dev/null || true; fi
     if [ -n "$HOLDER_PID" ]; then kill "$HOLDER_PID" 2>/dev/null || true; fi
     if [ -n "$BUS_PID" ]; then kill "$BUS_PID" 2>/dev/null || true; fi
@@ -153,6 +160,65 @@ jq -e '.last_run.trigger == "report-collector.timer" and .last_run.outcome == "c
     exit 1
 }
 
+SIZE_RUNS=${SIZE_RUNS:-5}
+echo "== peak RSS of a whole run by report size (max of $SIZE_RUNS each) =="
+# A report server of static files: the ticket, and the report under get_report/<ticket>.
+FILES_PORT=$((PORT + 1))
+CAP=$((64 * 1024 * 1024))
+mkdir -p "$WORK/files/get_report" "$WORK/sized"
+# Rows of 24 bytes after the header, the last one longer: the body is exactly the cap.
+python3 - "$CAP" "$WORK/files/get_report/big_0" <<'PY'
+import sys
+cap, path = int(sys.argv[1]), sys.argv[2]
+header, row = b"timestamp,data\n", b"2026-01-01T00:00:00Z,42\n"
+rows, rest = divmod(cap - len(header), len(row))
+last = b"0," + b"x" * (len(row) + rest - 3) + b"\n"
+with open(path, "wb") as f:
+    f.write(header + row * (rows - 1) + last)
+PY
+[ "$(stat -c %s "$WORK/files/get_report/big_0")" = "$CAP" ] || { echo "the large report is not $CAP bytes" >&2; exit 1; }
+printf 'timestamp,data\n2026-01-01T00:00:00Z,42\n' >"$WORK/files/get_report/small_0"
+echo small_0 >"$WORK/files/request_report"
+python3 -m http.server --bind 127.0.0.1 --directory "$WORK/files" "$FILES_PORT" >"$WORK/files.log" 2>&1 &
+FILES_PID=$!
+i=0
+until curl -sf "http://127.0.0.1:$FILES_PORT/request_report" >/dev/null 2>&1; do
+    i=$((i + 1))
+    [ $i -lt 100 ] || { echo "the static report server did not start:" >&2; cat "$WORK/files.log" >&2; exit 1; }
+    sleep 0.05
+done
+cat >"$WORK/sized/config.toml" <<EOF
+server-url = "http://127.0.0.1:$FILES_PORT"
+lock-file = "$WORK/sized/collector.lock"
+report-dir = "$WORK/sized/reports"
+state-file = "$WORK/sized/last-run.json"
+keep-reports = 1
+EOF
+# peak_rss_of TICKET: the largest peak RSS of SIZE_RUNS runs that each collect TICKET's report.
+peak_rss_of() {
+    echo "$1" >"$WORK/files/request_report"
+    peak=0
+    for _ in $(seq "$SIZE_RUNS"); do
+        kb=$(/usr/bin/time -f %M "$COLLECTOR" --config "$WORK/sized/config.toml" 2>&1 >/dev/null | tail -1)
+        jq -e '.last_run.outcome == "collected"' "$WORK/sized/last-run.json" >/dev/null || {
+            echo "a run did not collect the report of $1:" >&2
+            cat "$WORK/sized/last-run.json" >&2
+            exit 1
+        }
+        [ "$kb" -gt "$peak" ] && peak=$kb
+    done
+    echo "$peak"
+}
+SMALL_RSS=$(peak_rss_of small_0)
+LARGE_RSS=$(peak_rss_of big_0)
+cmp -s "$WORK/files/get_report/big_0" "$(jq -r .last_collection.report "$WORK/sized/last-run.json")" || {
+    echo "the large report was not saved whole" >&2
+    exit 1
+}
+kill "$FILES_PID" 2>/dev/null || true
+wait "$FILES_PID" 2>/dev/null || true
+FILES_PID=
+
 echo "== forbid skip while another process holds the lock ($RUNS runs) =="
 # --no-fork: the holder is the sleep itself, so the cleanup's kill ends it and frees the lock
 # (a forking flock would leave its sleep behind, holding the lock and this script's output).
@@ -177,4 +243,9 @@ printf 'peak RSS, whole run:  %s KiB = %.2f MiB (target <= 7 MiB: %s); one curl 
     "$RSS" "$(echo "$RSS" | awk '{ print $1 / 1024 }')" "$(verdict "$RSS" 7168)" "$CURL_RSS"
 printf 'peak RSS, asking the bus: %s KiB = %.2f MiB (target <= 7 MiB: %s)\n' \
     "$BUS_RSS" "$(echo "$BUS_RSS" | awk '{ print $1 / 1024 }')" "$(verdict "$BUS_RSS" 7168)"
+printf 'peak RSS by report size: small %s KiB = %.2f MiB, at max-report-size (64 MiB) %s KiB = %.2f MiB; %.2f MiB more (target <= 4 MiB: %s)\n' \
+    "$SMALL_RSS" "$(echo "$SMALL_RSS" | awk '{ print $1 / 1024 }')" \
+    "$LARGE_RSS" "$(echo "$LARGE_RSS" | awk '{ print $1 / 1024 }')" \
+    "$(echo "$LARGE_RSS $SMALL_RSS" | awk '{ print ($1 - $2) / 1024 }')" \
+    "$(verdict "$((LARGE_RSS - SMALL_RSS))" 4096)"
 printf 'forbid skip, median:  %.2f ms exec to exit (target <= 5 ms: %s)\n' "$K" "$(verdict "$K" 5)"

@@ -69,8 +69,17 @@ pub async fn run(params: &Params, binaries: &Binaries, work_dir: &Path) -> anyho
             params,
         )?);
     }
-    for server in &mut servers {
-        server.wait_ready(&client, Duration::from_secs(5)).await?;
+    for (server, arm) in servers.iter_mut().zip(Arm::ALL) {
+        // The port was free when picked, but another process may bind it before the server
+        // does: such a server starts again on another port, a few times at most.
+        let mut starts = 1;
+        while let Err(e) = server.wait_ready(&client, Duration::from_secs(5)).await {
+            if starts == 3 || !server.lost_its_port() {
+                return Err(e);
+            }
+            starts += 1;
+            *server = Server::spawn(&binaries.report_apis, &work_dir.join(arm.slug()), params)?;
+        }
     }
 
     let mut tasks = JoinSet::new();

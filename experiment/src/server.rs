@@ -158,6 +158,12 @@ impl Server {
     }
 
     /// The last lines the server wrote, for error messages.
+    /// Whether the server exited because its port was taken before it could bind it.
+    pub fn lost_its_port(&self) -> bool {
+        fs::read_to_string(self.dir.join("report-apis.log"))
+            .is_ok_and(|log| log.contains(report_common::message_id::BIND_FAILED))
+    }
+
     pub fn log_tail(&self) -> String {
         let text = fs::read_to_string(self.dir.join("report-apis.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -9,10 +9,17 @@
 //! The server is not trusted: no wait it asks for (`Retry-After`) goes past the run deadline,
 //! no time arithmetic can overflow, a body is read as a stream and dropped once it passes
 //! `max-report-size`, and a body is a report only if the server marked where it ends
-//! (`Content-Length` or chunked) and [`crate::report::validate`] finds it whole. Each refusal
-//! names what the body was: an error page, too large, truncated, malformed at line N.
+//! (`Content-Length` or chunked) and the checks of [`crate::report`] find it whole. Each
+//! refusal names what the body was: an error page, too large, truncated, malformed at line N.
+//!
+//! A report is checked and written into its temp file in the report directory (a
+//! [`Spool`]) as it streams in, piece by piece: only the start of a body is held in memory (the
+//! not-ready answer, an excerpt for an error), so a report at `max-report-size` costs a run no
+//! more memory than a small one. The temp file is hidden and removed with the spool when the
+//! body is refused or the poll is dropped; a whole report waits in it for the run to save it.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use report_common::ticket::Ticket;
@@ -21,15 +28,17 @@ use reqwest::StatusCode;
 use tokio::time::Instant;
 
 use crate::config::ByteSize;
-use crate::report::{self, Malformed};
+use crate::report::{Malformed, Validator};
+use crate::store::{Spool, StoreError};
 
 /// One answer to `get_report`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Poll {
     NotReady {
         retry_after: Option<Duration>,
     },
-    Ready(String),
+    /// The report, whole and checked, in its temp file in the report directory.
+    Ready(Spool),
     /// 404: the server does not know the ticket (it restarted, or the ticket expired).
     UnknownTicket,
 }
@@ -44,6 +53,10 @@ pub enum FetchError {
     },
     /// Retrying will not help: a 4xx, or a 200 whose body is not what was asked for.
     Permanent(String),
+    /// The report came but could not be written into the report directory (disk full,
+    /// permissions): the run fails, and the ticket is left for the next run, as when a save
+    /// fails.
+    Unsaved(String),
 }
 
 /// What the server made of a request to cancel a ticket.
@@ -112,10 +125,10 @@ impl Default for Backoff {
 }
 
 /// A report fetched in full.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Collected {
     pub ticket: Ticket,
-    pub csv: String,
+    pub report: Spool,
 }
 
 /// Why no report was fetched.
@@ -134,6 +147,9 @@ pub enum CollectError {
         "the server forgot this run's ticket again after {renewals} renewal(s) (404; is report-apis restarting over and over?); giving up until the next run (max-ticket-renewals)"
     )]
     RenewalsExhausted { renewals: u32 },
+    /// The report came but could not be written (see [`FetchError::Unsaved`]).
+    #[error("{0}")]
+    Unsaved(String),
 }
 
 /// Polls for the report of `resume`, a ticket an earlier run left, or else requests a ticket,
@@ -167,6 +183,9 @@ pub async fn collect<S: ReportServer>(
                             ticket: None,
                         });
                     }
+                    Ok(Err(FetchError::Unsaved(message))) => {
+                        return Err(CollectError::Unsaved(message));
+                    }
                     Ok(Err(FetchError::Transient {
                         message,
                         retry_after,
@@ -195,7 +214,7 @@ pub async fn collect<S: ReportServer>(
             let answer = tokio::time::timeout_at(deadline, server.get_report(&ticket)).await;
             match answer {
                 Err(_) => return Err(deadline_passed(&while_doing, "no answer yet")),
-                Ok(Ok(Poll::Ready(csv))) => return Ok(Collected { ticket, csv }),
+                Ok(Ok(Poll::Ready(report))) => return Ok(Collected { ticket, report }),
                 Ok(Ok(Poll::NotReady { retry_after })) => {
                     backoff.reset();
                     let wait = retry_after.map_or(poll_interval, |r| r.min(poll_interval));
@@ -233,6 +252,9 @@ pub async fn collect<S: ReportServer>(
                         message,
                         ticket: Some(ticket),
                     });
+                }
+                Ok(Err(FetchError::Unsaved(message))) => {
+                    return Err(CollectError::Unsaved(message));
                 }
                 Ok(Err(FetchError::Transient {
                     message,
@@ -283,27 +305,37 @@ async fn retry_later(
 }
 
 /// report-apis over HTTP, every request bounded by `request-timeout`, every report by
-/// `max-report-size`.
+/// `max-report-size`; reports are spooled into `report-dir`.
 #[derive(Debug, Clone)]
 pub struct HttpServer {
     client: reqwest::Client,
     base: String,
     max_report_size: u64,
+    report_dir: PathBuf,
 }
 
 /// How much of a body that is not a report (an error status, a ticket) is read: enough for
-/// an excerpt and any ticket, never an endless page.
+/// an excerpt and any ticket, never an endless page. Also how much of the start of a report
+/// is held in memory (see [`Incoming`]).
 const SMALL_BODY: u64 = 64 * 1024;
+
+/// The status and headers of an answer, its body not yet read.
+#[derive(Debug)]
+struct Head {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    content_type: Option<String>,
+    /// `Content-Length`, if it is a number.
+    announced: Option<u64>,
+    /// The server said where the body ends (`Content-Length` or chunked), so a body cut short
+    /// shows as an error instead of as a shorter body.
+    framed: bool,
+}
 
 /// One answer, its body read up to a limit.
 #[derive(Debug)]
 struct Answer {
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    content_type: Option<String>,
-    /// The server said where the body ends (`Content-Length` or chunked), so a body cut short
-    /// shows as an error instead of as a shorter body.
-    framed: bool,
+    head: Head,
     body: Vec<u8>,
 }
 
@@ -321,6 +353,7 @@ impl HttpServer {
         server_url: &str,
         request_timeout: Duration,
         max_report_size: u64,
+        report_dir: &Path,
     ) -> reqwest::Result<HttpServer> {
         let mut builder = reqwest::Client::builder()
             .timeout(request_timeout)
@@ -336,6 +369,7 @@ impl HttpServer {
             client,
             base: server_url.trim_end_matches('/').to_owned(),
             max_report_size,
+            report_dir: report_dir.to_owned(),
         })
     }
 
@@ -351,6 +385,28 @@ impl HttpServer {
         path: &str,
         limit: u64,
     ) -> Result<Result<Answer, BodyError>, FetchError> {
+        let (head, response) = self.ask(method, path).await?;
+        let body = if head.status == StatusCode::OK {
+            let mut body = Vec::new();
+            let read = read_body(response, head.announced, limit, |piece| {
+                body.extend_from_slice(piece)
+            });
+            if let Err(e) = read.await {
+                return Ok(Err(e));
+            }
+            body
+        } else {
+            read_start(response, SMALL_BODY).await
+        };
+        Ok(Ok(Answer { head, body }))
+    }
+
+    /// Sends a request and reads the head of the answer, leaving its body to the caller.
+    async fn ask(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<(Head, reqwest::Response), FetchError> {
         let url = format!("{}{path}", self.base);
         let response = self.client.request(method, &url).send().await.map_err(|e| {
             let base = &self.base;
@@ -387,22 +443,14 @@ impl HttpServer {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.to_ascii_lowercase().contains("chunked"));
-        let framed = announced.is_some() || chunked;
-        let body = if status == StatusCode::OK {
-            match read_body(response, announced, limit).await {
-                Ok(body) => body,
-                Err(e) => return Ok(Err(e)),
-            }
-        } else {
-            read_start(response, SMALL_BODY).await
-        };
-        Ok(Ok(Answer {
+        let head = Head {
             status,
             retry_after,
             content_type,
-            framed,
-            body,
-        }))
+            announced,
+            framed: announced.is_some() || chunked,
+        };
+        Ok((head, response))
     }
 
     /// Sentences for a body that could not be read whole (`what` names the request).
@@ -420,30 +468,29 @@ impl HttpServer {
     }
 }
 
-/// Reads `response`'s body as a stream with a running count, and stops as soon as it would
-/// pass `limit`: an endless or huge body costs at most `limit` bytes of memory. A body that
-/// announces more than `limit` is not read at all.
+/// Reads `response`'s body as a stream with a running count, handing each piece to `take` as
+/// it arrives, and stops as soon as it would pass `limit`: an endless or huge body is never
+/// read past it. A body that announces more than `limit` is not read at all.
 async fn read_body(
     mut response: reqwest::Response,
     announced: Option<u64>,
     limit: u64,
-) -> Result<Vec<u8>, BodyError> {
+    mut take: impl FnMut(&[u8]),
+) -> Result<(), BodyError> {
     if announced.is_some_and(|n| n > limit) {
         return Err(BodyError::TooLarge { announced });
     }
-    let capacity = announced.and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
-    let mut body = Vec::with_capacity(capacity);
     let mut read: u64 = 0;
     loop {
         match response.chunk().await {
-            Ok(None) => return Ok(body),
+            Ok(None) => return Ok(()),
             Ok(Some(chunk)) => {
                 let len = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
                 read = read.saturating_add(len);
                 if read > limit {
                     return Err(BodyError::TooLarge { announced: None });
                 }
-                body.extend_from_slice(&chunk);
+                take(&chunk);
             }
             Err(e) => {
                 return Err(BodyError::Broken {
@@ -558,37 +605,123 @@ pub fn looks_like_report(body: &str) -> bool {
     crate::report::validate(body.as_bytes()).is_ok()
 }
 
-/// A 200 answer to `get_report` that is not "not ready": the report, or why it is not one.
-fn take_report(ticket: &Ticket, answer: Answer) -> Result<Poll, FetchError> {
-    let what = format!("the report for ticket {ticket}");
-    if !may_be_report(answer.content_type.as_deref()) {
-        return Err(FetchError::Permanent(format!(
-            "{what} is an error page: the server answered 200 with Content-Type {} instead of {REPORT_CONTENT_TYPE}: {}",
-            answer.content_type.as_deref().unwrap_or(""),
-            excerpt(&answer.body)
-        )));
+/// A 200 answer to `get_report` as it streams in: each piece checked as it arrives, the start
+/// held in memory (the not-ready answer, an excerpt for an error), and, once the body outgrows
+/// that start, everything written into a [`Spool`] while the body may still be a report. A body
+/// that cannot be one (an error page, unframed, a line that failed the check) is read on to its
+/// end unwritten, so that what it is named by does not depend on how far it got: too large or
+/// cut short, if it is, before whatever else is wrong with it.
+#[derive(Debug)]
+struct Incoming<'a> {
+    dir: &'a Path,
+    ticket: &'a Ticket,
+    /// Up to [`SMALL_BODY`] bytes: all of a small body.
+    start: Vec<u8>,
+    check: Validator,
+    /// Whether the `Content-Type` may carry a report ([`may_be_report`]).
+    may_be_report: bool,
+    /// Whether the server marked where the body ends ([`Head::framed`]).
+    framed: bool,
+    spool: Option<Spool>,
+    /// Why the spool could not be written; the body is still read and checked to its end.
+    unsaved: Option<StoreError>,
+}
+
+impl<'a> Incoming<'a> {
+    fn new(dir: &'a Path, ticket: &'a Ticket, head: &Head) -> Incoming<'a> {
+        Incoming {
+            dir,
+            ticket,
+            start: Vec::new(),
+            check: Validator::new(),
+            may_be_report: may_be_report(head.content_type.as_deref()),
+            framed: head.framed,
+            spool: None,
+            unsaved: None,
+        }
     }
-    if let Err(malformed) = report::validate(&answer.body) {
-        let message = match malformed {
-            Malformed::Empty | Malformed::NotCsv => format!(
-                "{what} is an error page or something else, not a CSV report ({malformed}): {}",
-                excerpt(&answer.body)
-            ),
-            Malformed::Truncated { .. } => format!("{what} is truncated: {malformed}"),
-            _ => format!("{what} is {malformed}"),
+
+    fn take(&mut self, piece: &[u8]) {
+        self.check.feed(piece);
+        let room = usize::try_from(SMALL_BODY)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.start.len());
+        let (held, rest) = piece.split_at(piece.len().min(room));
+        self.start.extend_from_slice(held);
+        if rest.is_empty() {
+            return;
+        }
+        // Past the start: to disk while it may still be saved, else nowhere.
+        if !self.may_be_report
+            || !self.framed
+            || self.check.fault().is_some()
+            || self.unsaved.is_some()
+        {
+            self.spool = None;
+            return;
+        }
+        let spool = match self.spool.take() {
+            Some(spool) => Ok(spool),
+            None => self.spool_start(),
         };
-        return Err(FetchError::Permanent(message));
+        match spool.and_then(|mut spool| spool.write(rest).map(|()| spool)) {
+            Ok(spool) => self.spool = Some(spool),
+            Err(e) => self.unsaved = Some(e),
+        }
     }
-    if !answer.framed {
-        // A close-delimited body ends wherever the connection did: a report cut at a line end
-        // would pass for a whole, shorter one.
-        return Err(FetchError::Permanent(format!(
-            "{what} may be truncated: the server marked neither its length (Content-Length) nor its end (chunked encoding), so a report cut short cannot be told from a whole one; nothing was saved"
-        )));
+
+    /// A new spool holding the start of the body.
+    fn spool_start(&self) -> Result<Spool, StoreError> {
+        let mut spool = Spool::create(self.dir, self.ticket)?;
+        spool.write(&self.start)?;
+        Ok(spool)
     }
-    String::from_utf8(answer.body)
-        .map(Poll::Ready)
-        .map_err(|_| FetchError::Permanent(format!("{what} is not UTF-8 text")))
+
+    /// What the whole body, read to its end, is: not ready, the report, or why it is not one.
+    fn finish(mut self, head: &Head) -> Result<Poll, FetchError> {
+        if self.start == NOT_READY.as_bytes() {
+            return Ok(Poll::NotReady {
+                retry_after: head.retry_after,
+            });
+        }
+        let what = format!("the report for ticket {}", self.ticket);
+        if !self.may_be_report {
+            return Err(FetchError::Permanent(format!(
+                "{what} is an error page: the server answered 200 with Content-Type {} instead of {REPORT_CONTENT_TYPE}: {}",
+                head.content_type.as_deref().unwrap_or(""),
+                excerpt(&self.start)
+            )));
+        }
+        if let Err(malformed) = std::mem::take(&mut self.check).finish() {
+            let message = match malformed {
+                Malformed::Empty | Malformed::NotCsv => format!(
+                    "{what} is an error page or something else, not a CSV report ({malformed}): {}",
+                    excerpt(&self.start)
+                ),
+                Malformed::Truncated { .. } => format!("{what} is truncated: {malformed}"),
+                _ => format!("{what} is {malformed}"),
+            };
+            return Err(FetchError::Permanent(message));
+        }
+        if !self.framed {
+            // A close-delimited body ends wherever the connection did: a report cut at a line end
+            // would pass for a whole, shorter one.
+            return Err(FetchError::Permanent(format!(
+                "{what} may be truncated: the server marked neither its length (Content-Length) nor its end (chunked encoding), so a report cut short cannot be told from a whole one; nothing was saved"
+            )));
+        }
+        if let Some(e) = self.unsaved.take() {
+            return Err(FetchError::Unsaved(e.to_string()));
+        }
+        let spool = match self.spool.take() {
+            Some(spool) => Ok(spool),
+            // All of it is in the start.
+            None => self.spool_start(),
+        };
+        spool
+            .map(Poll::Ready)
+            .map_err(|e| FetchError::Unsaved(e.to_string()))
+    }
 }
 
 impl ReportServer for HttpServer {
@@ -604,11 +737,11 @@ impl ReportServer for HttpServer {
                 )),
                 broken => self.body_error("the answer to the ticket request", broken, ""),
             })?;
-        if answer.status != StatusCode::OK {
+        if answer.head.status != StatusCode::OK {
             return Err(status_error(
                 what,
-                answer.status,
-                answer.retry_after,
+                answer.head.status,
+                answer.head.retry_after,
                 &answer.body,
             ));
         }
@@ -623,32 +756,34 @@ impl ReportServer for HttpServer {
     }
 
     async fn get_report(&self, ticket: &Ticket) -> Result<Poll, FetchError> {
-        let answer = self
-            .get(
-                &wire::get_report_path(ticket.as_str()),
-                self.max_report_size,
-            )
-            .await?
-            .map_err(|e| {
-                let limit = format!(
-                    "max-report-size ({}); raise max-report-size if reports are really this large",
-                    ByteSize(self.max_report_size)
-                );
-                self.body_error(&format!("the report for ticket {ticket}"), e, &limit)
-            })?;
-        match answer.status {
-            StatusCode::OK if answer.body == NOT_READY.as_bytes() => Ok(Poll::NotReady {
-                retry_after: answer.retry_after,
-            }),
-            StatusCode::OK => take_report(ticket, answer),
-            StatusCode::NOT_FOUND => Ok(Poll::UnknownTicket),
-            status => Err(status_error(
-                &format!("get_report for ticket {ticket}"),
-                status,
-                answer.retry_after,
-                &answer.body,
-            )),
+        let (head, response) = self
+            .ask(reqwest::Method::GET, &wire::get_report_path(ticket))
+            .await?;
+        match head.status {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(Poll::UnknownTicket),
+            status => {
+                let start = read_start(response, SMALL_BODY).await;
+                return Err(status_error(
+                    &format!("get_report for ticket {ticket}"),
+                    status,
+                    head.retry_after,
+                    &start,
+                ));
+            }
         }
+        let mut incoming = Incoming::new(&self.report_dir, ticket, &head);
+        let read = read_body(response, head.announced, self.max_report_size, |piece| {
+            incoming.take(piece)
+        });
+        if let Err(e) = read.await {
+            let limit = format!(
+                "max-report-size ({}); raise max-report-size if reports are really this large",
+                ByteSize(self.max_report_size)
+            );
+            return Err(self.body_error(&format!("the report for ticket {ticket}"), e, &limit));
+        }
+        incoming.finish(&head)
     }
 
     async fn cancel_ticket(&self, ticket: &Ticket) -> Result<Cancel, FetchError> {
@@ -660,7 +795,7 @@ impl ReportServer for HttpServer {
             )
             .await?
             .map_err(|e| self.body_error("the answer to a cancel", e, ""))?;
-        match answer.status {
+        match answer.head.status {
             // 404: not held (any more); what a cancel asks for.
             status if status.is_success() || status == StatusCode::NOT_FOUND => Ok(Cancel::Done),
             status
@@ -672,7 +807,7 @@ impl ReportServer for HttpServer {
             status => Err(status_error(
                 &format!("the cancel of ticket {ticket}"),
                 status,
-                answer.retry_after,
+                answer.head.retry_after,
                 &answer.body,
             )),
         }
@@ -746,6 +881,13 @@ mod tests {
     const CSV: &str = "timestamp,data\n0,data-0\n1,data-1\n";
     const SEC: Duration = Duration::from_secs(1);
 
+    /// The report, spooled in the system's temp directory (removed when dropped).
+    fn ready() -> Result<Poll, FetchError> {
+        let spool =
+            Spool::holding(&std::env::temp_dir(), &crate::t("t_0"), CSV.as_bytes()).unwrap();
+        Ok(Poll::Ready(spool))
+    }
+
     fn not_ready(retry_after: Option<u64>) -> Result<Poll, FetchError> {
         Ok(Poll::NotReady {
             retry_after: retry_after.map(Duration::from_secs),
@@ -761,19 +903,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn polls_at_once_then_every_poll_interval() {
-        let server = Scripted::new(
-            vec![],
-            vec![
-                not_ready(None),
-                not_ready(None),
-                Ok(Poll::Ready(CSV.into())),
-            ],
-        );
+        let server = Scripted::new(vec![], vec![not_ready(None), not_ready(None), ready()]);
         let deadline = Instant::now() + 600 * SEC;
-        let got = collect(&server, 10 * SEC, deadline, 3, None, async |_: &Ticket| {})
+        let mut got = collect(&server, 10 * SEC, deadline, 3, None, async |_: &Ticket| {})
             .await
             .unwrap();
-        assert_eq!(got.csv, CSV);
+        assert_eq!(got.report.read_back(), CSV.as_bytes());
         assert_eq!(
             server.calls(),
             vec![
@@ -789,11 +924,7 @@ mod tests {
     async fn retry_after_shortens_the_wait_but_never_lengthens_it() {
         let server = Scripted::new(
             vec![],
-            vec![
-                not_ready(Some(2)),
-                not_ready(Some(60)),
-                Ok(Poll::Ready(CSV.into())),
-            ],
+            vec![not_ready(Some(2)), not_ready(Some(60)), ready()],
         );
         let deadline = Instant::now() + 600 * SEC;
         collect(&server, 10 * SEC, deadline, 3, None, async |_: &Ticket| {})
@@ -861,7 +992,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_resumed_ticket_is_polled_first_and_never_requested_again() {
-        let server = Scripted::new(vec![], vec![not_ready(None), Ok(Poll::Ready(CSV.into()))]);
+        let server = Scripted::new(vec![], vec![not_ready(None), ready()]);
         let (got, heard) = resume_left_7(&server).await;
         assert_eq!(got.ticket, "left_7");
         assert_eq!(server.calls(), vec![("poll", 0), ("poll", 10_000)]);
@@ -872,7 +1003,7 @@ mod tests {
     async fn a_resumed_ticket_the_server_forgot_falls_back_to_a_new_one_without_a_renewal() {
         let server = Scripted::new(
             vec![Ok("new_0".into())],
-            vec![Ok(Poll::UnknownTicket), Ok(Poll::Ready(CSV.into()))],
+            vec![Ok(Poll::UnknownTicket), ready()],
         );
         // No renewal allowed (see resume_left_7): the resumed ticket's 404 does not use one up.
         let (got, heard) = resume_left_7(&server).await;
@@ -888,12 +1019,7 @@ mod tests {
     async fn server_errors_while_polling_back_off_then_recover() {
         let server = Scripted::new(
             vec![],
-            vec![
-                Err(down()),
-                Err(down()),
-                not_ready(None),
-                Ok(Poll::Ready(CSV.into())),
-            ],
+            vec![Err(down()), Err(down()), not_ready(None), ready()],
         );
         let deadline = Instant::now() + 600 * SEC;
         collect(&server, 10 * SEC, deadline, 3, None, async |_: &Ticket| {})
@@ -915,11 +1041,7 @@ mod tests {
     async fn a_forgotten_ticket_is_renewed_a_bounded_number_of_times() {
         let server = Scripted::new(
             vec![Ok("a_0".into()), Ok("b_0".into()), Ok("c_0".into())],
-            vec![
-                Ok(Poll::UnknownTicket),
-                Ok(Poll::UnknownTicket),
-                Ok(Poll::Ready(CSV.into())),
-            ],
+            vec![Ok(Poll::UnknownTicket), Ok(Poll::UnknownTicket), ready()],
         );
         let mut seen = Vec::new();
         let deadline = Instant::now() + 600 * SEC;
@@ -931,7 +1053,12 @@ mod tests {
         assert_eq!(got.ticket, "c_0");
         assert_eq!(seen, ["a_0", "b_0", "c_0"]);
 
-        let server = Scripted::new(vec![], vec![Ok(Poll::UnknownTicket); 5]);
+        let server = Scripted::new(
+            vec![],
+            std::iter::repeat_with(|| Ok(Poll::UnknownTicket))
+                .take(5)
+                .collect(),
+        );
         let err = collect(&server, 10 * SEC, deadline, 2, None, async |_: &Ticket| {})
             .await
             .unwrap_err();
@@ -1069,7 +1196,7 @@ mod tests {
                     Ok(Poll::NotReady {
                         retry_after: Some(huge),
                     }),
-                    Ok(Poll::Ready(CSV.into())),
+                    ready(),
                 ],
             );
             let deadline = Instant::now() + 600 * SEC;

@@ -303,6 +303,7 @@ fn run(config: &Config, lock: &impl RunLock, declared: DeclaredTrigger) -> ExitC
                 &config.server_url,
                 config.request_timeout,
                 config.max_report_size.bytes(),
+                &config.report_dir,
             )
             .map_err(|e| e.to_string())
         };

@@ -332,7 +332,7 @@ async fn collect_and_save<G: LockGuard, S: ReportServer>(
         None => None,
     };
     let collected = collect(config, &server, request.deadline, resume, progress).await?;
-    save(config, &collected, progress).await
+    save(config, collected, progress).await
 }
 
 async fn acquire<L: RunLock>(
@@ -506,7 +506,9 @@ async fn cancel<S: ReportServer, G: LockGuard>(
             CANCEL = "failed",
             "cannot cancel ticket {ticket} on the server ({why}): {}; it is left to expire there",
             match e {
-                client::FetchError::Transient { message, .. } | client::FetchError::Permanent(message) => message,
+                client::FetchError::Transient { message, .. }
+                | client::FetchError::Permanent(message)
+                | client::FetchError::Unsaved(message) => message,
             }
         ),
         Err(_) => tracing::warn!(
@@ -575,11 +577,14 @@ async fn collect<S: ReportServer, G: LockGuard>(
 /// ticket in the lock's record, and prunes the reports beyond `keep-reports`. Until the ticket
 /// is finished, a run ended here leaves it to the next, which finds the report saved (or, if
 /// the save did not complete, fetches it again: the server keeps a ready report `ticket-ttl`).
+/// The report is already whole in its hidden temp file (see [`crate::store::Spool`]): saving it
+/// is a rename, and nothing is under its final name before the mark below.
 async fn save<G: LockGuard>(
     config: &Config,
-    collected: &Collected,
+    collected: Collected,
     progress: &RefCell<Progress<G>>,
 ) -> Result<PathBuf, RunError> {
+    let Collected { ticket, mut report } = collected;
     // A shared lock is confirmed with a round trip first, and its validity checked again right
     // before each write: a run that was paused past its lease must not save what it fetched.
     let guard = progress.borrow().guard();
@@ -593,9 +598,7 @@ async fn save<G: LockGuard>(
     still_valid()?;
     {
         let mut stdout = std::io::stdout().lock();
-        let _ = stdout
-            .write_all(collected.csv.as_bytes())
-            .and_then(|()| stdout.flush());
+        let _ = report.copy_to(&mut stdout).and_then(|_| stdout.flush());
     }
     let order = store::order_path(&config.state_file);
     // Named by when its ticket was requested: a ticket saved again (by a run that resumed it)
@@ -607,30 +610,24 @@ async fn save<G: LockGuard>(
         .unwrap_or_else(SystemTime::now);
     still_valid()?;
     // The commit point across hosts: once the lock's row marks the ticket as being saved by
-    // this run, no later holder fetches it again, so the report is written only after that,
-    // and nothing between the mark and the write may stop the run.
+    // this run, no later holder fetches it again, so the report is put under its name only
+    // after that (until then it waits in its hidden temp file, which a run that stops here
+    // leaves to be removed), and nothing between the mark and the rename may stop the run.
     if let Some(guard) = &guard {
-        guard.mark_saving(&collected.ticket).await.map_err(|e| {
+        guard.mark_saving(&ticket).await.map_err(|e| {
             RunError::LeaseLost(LeaseLost {
                 why: format!(
-                    "the lock's row did not take the mark that this run saves ticket {}: {e}",
-                    collected.ticket
+                    "the lock's row did not take the mark that this run saves ticket {ticket}: {e}"
                 ),
             })
         })?;
     }
-    let report = match store::save(
-        &config.report_dir,
-        &order,
-        requested,
-        &collected.ticket,
-        collected.csv.as_bytes(),
-    ) {
+    let report = match store::save(&config.report_dir, &order, requested, &ticket, report) {
         Ok(report) => report,
         Err(e) => {
             // Not written after all: the ticket goes back on record unmarked, so the next
             // holder resumes it.
-            set_ticket(progress, &collected.ticket, Some(requested)).await;
+            set_ticket(progress, &ticket, Some(requested)).await;
             return Err(e.into());
         }
     };
@@ -781,7 +778,7 @@ mod tests {
             let n = self.polls.get() + 1;
             self.polls.set(n);
             Ok(match self.ready_at {
-                Some(at) if n >= at => Poll::Ready(CSV.to_owned()),
+                Some(at) if n >= at => Poll::Ready(spooled(ticket)),
                 _ => Poll::NotReady { retry_after: None },
             })
         }
@@ -790,6 +787,13 @@ mod tests {
             self.calls.borrow_mut().push(format!("cancel {ticket}"));
             self.cancel.clone()
         }
+    }
+
+    /// The report of `ticket` as the client leaves it, spooled in the system's temp directory:
+    /// on the file system of the tests' report directories (`tempfile::tempdir` makes them
+    /// there), so it is renamed into one as into its own.
+    fn spooled(ticket: &str) -> store::Spool {
+        store::Spool::holding(&std::env::temp_dir(), &crate::t(ticket), CSV.as_bytes()).unwrap()
     }
 
     /// Leaves `ticket`, requested `age` ago, in the lock's record, as a run killed while
@@ -983,12 +987,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
         let order = store::order_path(&config.state_file);
+        let report =
+            store::Spool::holding(&config.report_dir, &crate::t("left_0"), CSV.as_bytes()).unwrap();
         let saved = store::save(
             &config.report_dir,
             &order,
             SystemTime::now(),
             &crate::t("left_0"),
-            CSV.as_bytes(),
+            report,
         )
         .unwrap();
         leave_ticket(&config, "left_0", MINUTE);
@@ -1077,6 +1083,9 @@ mod tests {
     }
 
     fn config(dir: &Path) -> Config {
+        // Made here, as the client makes it when it spools a report: the scripted server
+        // spools elsewhere (see `spooled`).
+        std::fs::create_dir_all(dir.join("reports")).unwrap();
         Config {
             lock_file: dir.join("collector.lock"),
             report_dir: dir.join("reports"),

@@ -2,10 +2,12 @@
 //!
 //! Reports: each saved atomically (temp file in the same directory, fsync, rename, fsync of the
 //! directory) as `<UTC time of the ticket's request>_<ticket>.csv`, so a ticket saved again
-//! lands on its own name. The state and metrics files go through the same atomic write,
-//! without the fsyncs. A write that fails (disk full, unwritable directory)
-//! leaves nothing behind: the temp file is removed, and no reader ever sees a half-written file
-//! under its final name.
+//! lands on its own name. A report is written into its temp file, a [`Spool`], as it streams
+//! in from the server, so a run never holds it in memory whole; only once it is whole and
+//! checked, and the run may save it, is it renamed into place. The state and metrics files go
+//! through the same atomic write, without the fsyncs. A write that fails (disk full,
+//! unwritable directory), a report refused and a run cancelled leave nothing behind: the temp
+//! file is removed, and no reader ever sees a half-written file under its final name.
 //!
 //! A hostile or careless file system: every file the collector opens for writing is opened
 //! with `O_NOFOLLOW` (a symbolic link in place of the lock file must not get its target
@@ -28,7 +30,7 @@
 //! the one just saved and the one the state file names as the last collection.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read as _, Write};
+use std::io::{self, Read as _, Seek as _, Write};
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -183,25 +185,89 @@ pub fn is_report_name(name: &str) -> bool {
             .is_some_and(report_common::ticket::is_safe)
 }
 
-/// Saves `csv` under `dir` and records it as the newest collection; returns the final path.
-/// `order` is the record of the order of collections ([`order_path`]).
+/// A report being received: written, as it streams in, into a new temp file in the report
+/// directory (hidden, never taken for a report, share-locked while open: see the module doc),
+/// and put under its final name by [`save`]. Dropped unsaved (a body refused, a run cancelled),
+/// it removes its temp file; one a killed run left is removed by the next run's [`prune`].
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    temp: tempfile::NamedTempFile,
+}
+
+impl Spool {
+    /// A new, empty spool for the report of `ticket` in `dir`, which is created if needed.
+    pub fn create(dir: &Path, ticket: &Ticket) -> Result<Spool, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        // Named as the temp file of a report saved now, so a run that finds it abandoned knows
+        // it for one; `save` names the report by its ticket's request instead.
+        let prefix = format!(".{}.", file_name(SystemTime::now(), ticket));
+        let temp = locked_temp(dir, &prefix).map_err(|source| StoreError::Write {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        Ok(Spool {
+            dir: dir.to_owned(),
+            temp,
+        })
+    }
+
+    /// Appends `bytes`, the next piece of the report.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.temp
+            .write_all(bytes)
+            .map_err(|source| StoreError::Write {
+                dir: self.dir.clone(),
+                source,
+            })
+    }
+
+    /// Copies the report from its start to `out`, a piece at a time.
+    pub fn copy_to(&mut self, out: &mut impl Write) -> io::Result<u64> {
+        let file = self.temp.as_file_mut();
+        file.rewind()?;
+        io::copy(file, out)
+    }
+}
+
+#[cfg(test)]
+impl Spool {
+    /// A spool holding `bytes`, as the client leaves a report it received.
+    pub(crate) fn holding(dir: &Path, ticket: &Ticket, bytes: &[u8]) -> Result<Spool, StoreError> {
+        let mut spool = Spool::create(dir, ticket)?;
+        spool.write(bytes)?;
+        Ok(spool)
+    }
+
+    /// What was written.
+    pub(crate) fn read_back(&mut self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        self.copy_to(&mut bytes).unwrap();
+        bytes
+    }
+}
+
+/// Saves the report in `report` under `dir` (the directory it was spooled in) and records it
+/// as the newest collection; returns the final path. `order` is the record of the order of
+/// collections ([`order_path`]).
 pub fn save(
     dir: &Path,
     order: &Path,
     at: SystemTime,
     ticket: &Ticket,
-    csv: &[u8],
+    report: Spool,
 ) -> Result<PathBuf, StoreError> {
-    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-        dir: dir.to_owned(),
-        source,
-    })?;
     let name = file_name(at, ticket);
     let target = dir.join(&name);
-    write_atomically(&target, csv, Durability::Synced).map_err(|source| StoreError::Write {
-        dir: dir.to_owned(),
-        source,
-    })?;
+    refuse_unless_regular(&target)
+        .and_then(|()| put_in_place(report.temp, &target, Durability::Synced))
+        .map_err(|source| StoreError::Write {
+            dir: dir.to_owned(),
+            source,
+        })?;
     // The report is saved either way; without its place in the order, retention falls back
     // to its name for it.
     if let Err(e) = note_collected(dir, order, &name) {
@@ -237,10 +303,7 @@ fn parent_dir(target: &Path) -> &Path {
 pub fn write_atomically(target: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
     let dir = parent_dir(target);
     std::fs::create_dir_all(dir)?;
-    match std::fs::symlink_metadata(target) {
-        Ok(m) if !m.is_file() => return Err(refused(target, file_kind(m.file_type()))),
-        _ => {}
-    }
+    refuse_unless_regular(target)?;
     let name = target
         .file_name()
         .and_then(|n| n.to_str())
@@ -250,6 +313,24 @@ pub fn write_atomically(target: &Path, bytes: &[u8], durability: Durability) -> 
     // Dropped on any error before the rename, which deletes the temp file.
     let mut temp = locked_temp(dir, &prefix)?;
     temp.write_all(bytes)?;
+    put_in_place(temp, target, durability)
+}
+
+/// Refuses a final name that is there and is not a regular file (see [`NotRegular`]).
+fn refuse_unless_regular(target: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(target) {
+        Ok(m) if !m.is_file() => Err(refused(target, file_kind(m.file_type()))),
+        _ => Ok(()),
+    }
+}
+
+/// The end of every atomic write: `temp`, written in full, becomes `target` (in the same
+/// directory); dropped on any error before the rename, which deletes it.
+fn put_in_place(
+    temp: tempfile::NamedTempFile,
+    target: &Path,
+    durability: Durability,
+) -> io::Result<()> {
     temp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o644))?;
     if durability == Durability::Synced {
@@ -257,7 +338,7 @@ pub fn write_atomically(target: &Path, bytes: &[u8], durability: Durability) -> 
     }
     replace_by_rename(temp, target)?;
     if durability == Durability::Synced {
-        open_dir(dir)?.sync_all()?;
+        open_dir(parent_dir(target))?.sync_all()?;
     }
     Ok(())
 }
@@ -535,6 +616,18 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
 
+    /// Saves `bytes` as a run saves a report it received: spooled, then saved.
+    fn save_bytes(
+        dir: &Path,
+        order: &Path,
+        at: SystemTime,
+        ticket: &Ticket,
+        bytes: &[u8],
+    ) -> Result<PathBuf, StoreError> {
+        let report = Spool::holding(dir, ticket, bytes)?;
+        save(dir, order, at, ticket, report)
+    }
+
     fn all_files(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -645,7 +738,7 @@ mod tests {
         std::fs::create_dir(&real).unwrap();
         let linked = dir.path().join("reports");
         std::os::unix::fs::symlink(&real, &linked).unwrap();
-        let path = save(
+        let path = save_bytes(
             &linked,
             &dir.path().join("o"),
             at(1_704_110_400),
@@ -684,7 +777,7 @@ mod tests {
     fn save_writes_the_whole_report_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let reports = dir.path().join("reports");
-        let path = save(
+        let path = save_bytes(
             &reports,
             &dir.path().join("o"),
             at(1_704_110_400),
@@ -701,6 +794,42 @@ mod tests {
     }
 
     #[test]
+    fn a_report_is_spooled_hidden_and_a_spool_dropped_unsaved_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let order = dir.path().join("o");
+        let mut report = Spool::create(dir.path(), &crate::t("abc_0")).unwrap();
+        report.write(b"timestamp,data\n").unwrap();
+        report.write(b"0,data-0\n").unwrap();
+        let names = all_files(dir.path());
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(is_report_temp(&names[0]), "{names:?}");
+        assert!(
+            list(dir.path(), &order).unwrap().is_empty(),
+            "never a report"
+        );
+        // Being written: another run's pruning leaves it alone.
+        assert!(prune(dir.path(), &order, 1, &[]).unwrap().is_empty());
+        let mut echoed = Vec::new();
+        report.copy_to(&mut echoed).unwrap();
+        assert_eq!(echoed, b"timestamp,data\n0,data-0\n");
+        drop(report);
+        assert!(all_files(dir.path()).is_empty());
+
+        let report = Spool::holding(dir.path(), &crate::t("abc_0"), b"timestamp,data\n").unwrap();
+        let path = save(
+            dir.path(),
+            &order,
+            at(1_704_110_400),
+            &crate::t("abc_0"),
+            report,
+        )
+        .unwrap();
+        assert_eq!(all_files(dir.path()), ["20240101T120000Z_abc_0.csv", "o"]);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+    }
+
+    #[test]
     fn a_failed_save_leaves_nothing_partial() {
         let dir = tempfile::tempdir().unwrap();
         // A directory at the final name is refused before anything is written.
@@ -709,7 +838,7 @@ mod tests {
             .join(file_name(at(1_704_110_400), &crate::t("abc_0")));
         std::fs::create_dir(&blocker).unwrap();
         std::fs::write(blocker.join("x"), "x").unwrap();
-        let err = save(
+        let err = save_bytes(
             dir.path(),
             &dir.path().join("o"),
             at(1_704_110_400),
@@ -727,7 +856,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("plain-file");
         std::fs::write(&file, "").unwrap();
-        let err = save(
+        let err = save_bytes(
             &file.join("reports"),
             &dir.path().join("o"),
             at(0),
@@ -742,7 +871,7 @@ mod tests {
     fn retention_keeps_the_newest_reports_only() {
         let dir = tempfile::tempdir().unwrap();
         for i in 0..5 {
-            save(
+            save_bytes(
                 dir.path(),
                 &dir.path().join("o"),
                 at(1_704_110_400 + i * 60),
@@ -783,7 +912,7 @@ mod tests {
         let future = SystemTime::now() + Duration::from_secs(365 * 24 * 3600);
         for i in 0..3 {
             let when = future + Duration::from_secs(i * 60);
-            let path = save(
+            let path = save_bytes(
                 dir.path(),
                 &order,
                 when,
@@ -796,7 +925,7 @@ mod tests {
         // The clock is put right; two more collections, their names older than all the rest.
         let mut newest = Vec::new();
         for i in 0..2 {
-            let path = save(
+            let path = save_bytes(
                 dir.path(),
                 &order,
                 at(1_704_110_400 + i * 60),
@@ -818,7 +947,7 @@ mod tests {
         for name in ["29990101T000000Z_old1_0.csv", "29990101T000100Z_old2_0.csv"] {
             std::fs::write(dir.path().join(name), "x").unwrap();
         }
-        let recorded = save(
+        let recorded = save_bytes(
             dir.path(),
             &dir.path().join("o"),
             at(1_704_110_400),
