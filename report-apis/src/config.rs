@@ -472,15 +472,15 @@ mod tests {
     #[test]
     fn absent_default_file_gives_the_defaults_and_a_present_one_is_read() {
         let absent = Path::new("/nonexistent/report-apis.toml");
-        let (config, source) = Config::load_or(None, absent).unwrap();
-        assert_eq!((config, source), (Config::default(), None));
+        let loaded = Config::load_or(None, absent).unwrap();
+        assert_eq!((loaded.config, loaded.source), (Config::default(), None));
 
         let dir = tempfile::tempdir().unwrap();
         let default = dir.path().join("config.toml");
         std::fs::write(&default, "[report]\nslowdown = 2.5\n").unwrap();
-        let (config, source) = Config::load_or(None, &default).unwrap();
-        assert_eq!(config.report.slowdown, 2.5);
-        assert_eq!(source.as_deref(), Some(default.as_path()));
+        let loaded = Config::load_or(None, &default).unwrap();
+        assert_eq!(loaded.config.report.slowdown, 2.5);
+        assert_eq!(loaded.source.as_deref(), Some(default.as_path()));
 
         std::fs::write(&default, "[report]\nslowdwn = 2.5\n").unwrap();
         let err = Config::load_or(None, &default).unwrap_err();

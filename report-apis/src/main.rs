@@ -10,7 +10,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use report_apis::blocking_read::{BlockingRead, NotRead};
 use report_apis::{Config, Reloader, config};
-use report_common::config::ConfigFile;
+use report_common::check_config;
+use report_common::config::{ConfigError, ConfigFile, Loaded};
 use report_common::{exit, logging, message_id};
 
 const EXIT_CODES: &str = "\
@@ -72,7 +73,7 @@ fn main() -> ExitCode {
     }
     logging::init("report-apis");
     let config = match load(&args) {
-        Ok(config) => config,
+        Ok(loaded) => loaded.config,
         Err(err) => {
             tracing::error!(MESSAGE_ID = message_id::APIS_CONFIG_REJECTED, "{err}");
             return ExitCode::from(exit::CONFIG);
@@ -114,16 +115,16 @@ impl From<anyhow::Error> for ServeError {
 
 /// The configuration a start, a reload and `check-config` use: the file (or the defaults),
 /// then `--listen`.
-fn load(args: &Args) -> Result<Config, report_common::config::ConfigError> {
-    let (mut config, source) = Config::load_or_default(args.config.as_deref())?;
-    match &source {
+fn load(args: &Args) -> Result<Loaded<Config>, ConfigError> {
+    let mut loaded = Config::load_or_default(args.config.as_deref())?;
+    match &loaded.source {
         Some(path) => tracing::info!("configuration read from {}", path.display()),
         None => tracing::info!("no {}: using the built-in defaults", config::DEFAULT_PATH),
     }
     if let Some(listen) = args.listen {
-        config.listen = listen;
+        loaded.config.listen = listen;
     }
-    Ok(config)
+    Ok(loaded)
 }
 
 /// The file a start or a reload reads: `--config`, or the default path.
@@ -136,28 +137,8 @@ fn config_file(args: &Args) -> String {
 
 fn check_config(args: &Args) -> ExitCode {
     match load(args) {
-        Ok(config) => match toml::to_string(&config) {
-            Ok(text) => {
-                let from = match &args.config {
-                    Some(path) => path.display().to_string(),
-                    None if Path::new(config::DEFAULT_PATH).exists() => {
-                        config::DEFAULT_PATH.to_owned()
-                    }
-                    None => format!("the built-in defaults (no {})", config::DEFAULT_PATH),
-                };
-                println!("# report-apis: the configuration is valid; in effect, from {from}:");
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("report-apis: cannot print the configuration: {err}");
-                ExitCode::FAILURE
-            }
-        },
-        Err(err) => {
-            eprintln!("report-apis: {err}");
-            ExitCode::from(exit::CONFIG)
-        }
+        Ok(loaded) => check_config::valid("report-apis", &loaded, &[], &[]),
+        Err(err) => check_config::refused("report-apis", &err),
     }
 }
 
@@ -286,7 +267,9 @@ async fn reload_on_sighup(mut hangup: tokio::signal::unix::Signal, args: Args, r
         count += 1;
         report_apis::notify::reloading();
         let read_args = args.clone();
-        let read = reads.run(RELOAD_READ_TIMEOUT, move || load(&read_args));
+        let read = reads.run(RELOAD_READ_TIMEOUT, move || {
+            load(&read_args).map(|l| l.config)
+        });
         let outcome = match read.await {
             Ok(Ok(config)) => reloader.reload(config).await,
             Ok(Err(err)) => Err(err.to_string()),

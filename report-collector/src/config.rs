@@ -5,7 +5,7 @@
 //! loader reads back.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -500,6 +500,7 @@ impl Config {
 
 impl ConfigFile for Config {
     const DEFAULT_PATH: &'static str = DEFAULT_CONFIG_PATH;
+    const DEPRECATED_KEYS: &'static [&'static str] = &["schedule-period"];
 
     /// Checks the values serde cannot: things that would make a run meaningless or spin. Also
     /// run on the values the command line overrides.
@@ -564,6 +565,21 @@ impl ConfigFile for Config {
     }
 }
 
+/// What `check-config` says about a deprecated `key` set in `file`: it still works, but the
+/// schedule is the timer's (the key's value stays in the printed configuration).
+pub fn deprecation_note(key: &str, file: &Path) -> String {
+    match key {
+        "schedule-period" => format!(
+            "note: schedule-period in {} is deprecated: the schedule is the timer's own \
+             (change OnCalendar= with `systemctl edit report-collector.timer`); the key is used \
+             only where systemd cannot tell it (no system bus, a timer without OnCalendar=, \
+             --trigger timer) and, there, for the default stale-after",
+            file.display()
+        ),
+        _ => format!("note: {key} in {} is deprecated", file.display()),
+    }
+}
+
 impl Config {
     /// The value of a duration key of [`DURATION_RANGES`]; `None` when it is unset.
     fn duration(&self, key: &str) -> Option<Duration> {
@@ -586,7 +602,6 @@ impl Config {
 mod tests {
     use super::*;
     use report_common::config::ConfigError;
-    use std::path::Path;
 
     #[test]
     fn empty_file_gives_the_documented_defaults() {
@@ -1071,7 +1086,7 @@ max-ticket-renewals = 5
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("none.toml");
         assert_eq!(
-            Config::load_or(None, &missing).unwrap().0,
+            Config::load_or(None, &missing).unwrap().config,
             Config::default()
         );
         assert!(matches!(

@@ -7,13 +7,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use report_collector::client::HttpServer;
-use report_collector::config::{CREDENTIAL_NAME, Config, LockBackend, Policy};
+use report_collector::config::{CREDENTIAL_NAME, Config, LockBackend, Policy, deprecation_note};
 use report_collector::lock::RunLock;
 use report_collector::lock::flock::FlockLock;
 use report_collector::lock::postgres::PostgresLock;
 use report_collector::outcome::CancelSignal;
 use report_collector::schedule::DeclaredTrigger;
-use report_common::config::ConfigFile;
+use report_common::check_config;
+use report_common::config::{ConfigFile, Loaded};
 use report_common::{exit, message_id};
 
 const EXIT_CODES: &str = "\
@@ -129,10 +130,11 @@ fn main() -> ExitCode {
         report_common::logging::init("report-collector");
     }
 
-    let mut config = match Config::load_or_default(cli.config.as_deref()) {
-        Ok((config, _)) => config,
+    let mut loaded = match Config::load_or_default(cli.config.as_deref()) {
+        Ok(loaded) => loaded,
         Err(e) => return config_rejected(checking, &format!("configuration error: {e}")),
     };
+    let config = &mut loaded.config;
     if let Some(url) = cli.server_url {
         config.server_url = url;
     }
@@ -153,7 +155,7 @@ fn main() -> ExitCode {
     // making the PostgreSQL lock reads the password, and no secret may be read by a process
     // that then hands itself to another user (see `identity`).
     if matches!(cli.command, None | Some(Command::Run))
-        && let Err(e) = report_collector::identity::become_owner_of(&config)
+        && let Err(e) = report_collector::identity::become_owner_of(&loaded.config)
     {
         e.log();
         return ExitCode::from(exit::FAILURE);
@@ -161,27 +163,15 @@ fn main() -> ExitCode {
 
     // The lock is made here for `check-config` too: what it reads at start (the password
     // file, the CA file) is then checked as a run would check it. Making it connects nowhere.
-    match config.lock_backend {
+    match loaded.config.lock_backend {
         LockBackend::Flock => {
-            let lock = FlockLock::new(&config.lock_file);
-            command(
-                cli.command,
-                cli.trigger,
-                config,
-                cli.config.as_deref(),
-                &lock,
-            )
+            let lock = FlockLock::new(&loaded.config.lock_file);
+            command(cli.command, cli.trigger, loaded, &lock)
         }
         LockBackend::Postgres => {
-            let pg = config.postgres.clone().unwrap_or_default();
+            let pg = loaded.config.postgres.clone().unwrap_or_default();
             match PostgresLock::from_config(&pg) {
-                Ok(lock) => command(
-                    cli.command,
-                    cli.trigger,
-                    config,
-                    cli.config.as_deref(),
-                    &lock,
-                ),
+                Ok(lock) => command(cli.command, cli.trigger, loaded, &lock),
                 Err(e) => config_rejected(checking, &format!("configuration error: {e}")),
             }
         }
@@ -191,12 +181,12 @@ fn main() -> ExitCode {
 fn command<L: RunLock>(
     command: Option<Command>,
     trigger: DeclaredTrigger,
-    mut config: Config,
-    config_path: Option<&std::path::Path>,
+    mut loaded: Loaded<Config>,
     lock: &L,
 ) -> ExitCode {
+    let config = &mut loaded.config;
     match command {
-        None | Some(Command::Run) => run(&config, lock, trigger),
+        None | Some(Command::Run) => run(config, lock, trigger),
         Some(Command::Status { json }) => {
             if config.stale_after.is_none()
                 && let Some(interval) = timer_interval()
@@ -204,9 +194,9 @@ fn command<L: RunLock>(
                 // The default stale-after follows the timer's own schedule.
                 config.schedule_period = interval;
             }
-            report_collector::status::print(&config, lock, json)
+            report_collector::status::print(config, lock, json)
         }
-        Some(Command::CheckConfig) => check_config(&config, config_path),
+        Some(Command::CheckConfig) => check_config(&loaded),
     }
 }
 
@@ -223,55 +213,27 @@ fn config_rejected(checking: bool, error: &str) -> ExitCode {
     ExitCode::from(exit::CONFIG)
 }
 
-fn check_config(config: &Config, path: Option<&std::path::Path>) -> ExitCode {
-    if let Some(note) = deprecated_keys(path.unwrap_or(std::path::Path::new(Config::DEFAULT_PATH)))
-    {
-        eprintln!("report-collector: {note}");
-    }
-    let from = match path {
-        Some(path) => path.display().to_string(),
-        None if std::path::Path::new(Config::DEFAULT_PATH).exists() => {
-            Config::DEFAULT_PATH.to_owned()
-        }
-        None => format!("the built-in defaults (no {})", Config::DEFAULT_PATH),
+fn check_config(loaded: &Loaded<Config>) -> ExitCode {
+    let config = &loaded.config;
+    let warnings: Vec<String> = match &loaded.source {
+        Some(file) => loaded
+            .deprecated
+            .iter()
+            .map(|key| deprecation_note(key, file))
+            .collect(),
+        None => Vec::new(),
     };
-    match toml::to_string(config) {
-        Ok(text) => {
-            println!("# report-collector: the configuration is valid; in effect, from {from}:");
-            if let Some(pg) = &config.postgres
-                && config.lock_backend == LockBackend::Postgres
-                && pg.password_file().is_none()
-            {
-                // Said, because a run in the unit may well have one this check never saw.
-                println!(
-                    "# no password file checked: postgres.password-file is unset and there is no $CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME} here (LoadCredential= shows it to the service only); to check the file the unit loads, run CREDENTIALS_DIRECTORY=<its directory> report-collector check-config"
-                );
-            }
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("report-collector: cannot print the configuration: {e}");
-            ExitCode::from(exit::FAILURE)
-        }
+    let mut comments = Vec::new();
+    if let Some(pg) = &config.postgres
+        && config.lock_backend == LockBackend::Postgres
+        && pg.password_file().is_none()
+    {
+        // Said, because a run in the unit may well have one this check never saw.
+        comments.push(format!(
+            "no password file checked: postgres.password-file is unset and there is no $CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME} here (LoadCredential= shows it to the service only); to check the file the unit loads, run CREDENTIALS_DIRECTORY=<its directory> report-collector check-config"
+        ));
     }
-}
-
-/// What `check-config` says about a deprecated key set in `file`: it still works, but the
-/// schedule is the timer's (the key's value stays in the printed configuration).
-fn deprecated_keys(file: &std::path::Path) -> Option<String> {
-    let bytes = report_common::files::read(file, report_common::config::MAX_FILE_SIZE).ok()?;
-    let text = String::from_utf8(bytes).ok()?;
-    let table: toml::Table = text.parse().ok()?;
-    table.contains_key("schedule-period").then(|| {
-        format!(
-            "note: schedule-period in {} is deprecated: the schedule is the timer's own \
-             (change OnCalendar= with `systemctl edit report-collector.timer`); the key is used \
-             only where systemd cannot tell it (no system bus, a timer without OnCalendar=, \
-             --trigger timer) and, there, for the default stale-after",
-            file.display()
-        )
-    })
+    check_config::valid("report-collector", loaded, &warnings, &comments)
 }
 
 /// One run on a current-thread runtime (a periodic job needs no more), cancelled by SIGTERM
