@@ -7,14 +7,48 @@
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use report_common::config::{ConfigFile, Refusal, duration_within, number_within};
+use report_common::config::{
+    ConfigError, ConfigFile, Loaded, Refusal, duration_within, number_within,
+};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Where the packaged configuration lives; when this default path is absent the built-in
 /// defaults apply, so a bare `report-apis` runs anywhere.
 pub const DEFAULT_PATH: &str = "/etc/report-apis/config.toml";
+
+/// Where a start, a reload and `check-config` take the configuration from: the file
+/// (`--config`, else [`DEFAULT_PATH`] if it exists, else the defaults), then `--listen` over it.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    pub file: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+}
+
+impl Source {
+    /// The configuration as a start uses it; logs which file it was read from.
+    pub fn load(&self) -> Result<Loaded<Config>, ConfigError> {
+        let mut loaded = Config::load_or_default(self.file.as_deref())?;
+        match &loaded.source {
+            Some(path) => tracing::info!("configuration read from {}", path.display()),
+            None => tracing::info!("no {DEFAULT_PATH}: using the built-in defaults"),
+        }
+        if let Some(listen) = self.listen {
+            loaded.config.listen = listen;
+        }
+        Ok(loaded)
+    }
+
+    /// The file a start or a reload reads, as the journal's `CONFIG_FILE` names it.
+    pub fn file_name(&self) -> String {
+        self.file.as_deref().map_or_else(
+            || DEFAULT_PATH.to_owned(),
+            |path| path.display().to_string(),
+        )
+    }
+}
 
 /// The whole configuration. `Default` is exactly what `config/report-apis.toml` documents.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
