@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use report_common::config::{ConfigFile, Refusal, duration_within, number_within};
+use report_common::config::{ConfigFile, Loaded, Refusal, duration_within, number_within};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Where the packaged configuration lives; a missing file there means "use the defaults".
@@ -562,6 +562,40 @@ impl ConfigFile for Config {
             ));
         }
         Ok(())
+    }
+}
+
+/// Where a run, `status` and `check-config` take the configuration from: the file (`--config`,
+/// else [`DEFAULT_CONFIG_PATH`] if it exists, else the defaults), then the command line's
+/// overrides over it.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    pub file: Option<PathBuf>,
+    pub server_url: Option<String>,
+    pub policy: Option<Policy>,
+    pub lock_file: Option<PathBuf>,
+}
+
+impl Source {
+    /// The configuration, the overrides checked as the file's values are; `Err` is the sentence
+    /// that refuses it (exit 78).
+    pub fn load(self) -> Result<Loaded<Config>, String> {
+        let mut loaded = Config::load_or_default(self.file.as_deref())
+            .map_err(|e| format!("configuration error: {e}"))?;
+        let config = &mut loaded.config;
+        if let Some(url) = self.server_url {
+            config.server_url = url;
+        }
+        if let Some(policy) = self.policy {
+            config.policy = policy;
+        }
+        if let Some(lock_file) = self.lock_file {
+            config.lock_file = lock_file;
+        }
+        config
+            .check()
+            .map_err(|e| format!("configuration error (command line): {e}"))?;
+        Ok(loaded)
     }
 }
 

@@ -1,21 +1,14 @@
 //! The `report-collector` binary: parse the command line, set up logging, load the config,
-//! then build the runtime, the lock and the cancelling signals, and hand one run (or `status`)
-//! to the library.
+//! build the one runtime, and hand the command to the library ([`report_collector::commands`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use report_collector::client::HttpServer;
-use report_collector::config::{CREDENTIAL_NAME, Config, LockBackend, Policy, deprecation_note};
-use report_collector::lock::RunLock;
-use report_collector::lock::flock::FlockLock;
-use report_collector::lock::postgres::PostgresLock;
-use report_collector::outcome::CancelSignal;
+use report_collector::commands::{self, config_rejected};
+use report_collector::config::{Policy, Source};
 use report_collector::schedule::DeclaredTrigger;
-use report_common::check_config;
-use report_common::config::{ConfigFile, Loaded};
-use report_common::{exit, message_id};
+use report_common::exit;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -123,196 +116,42 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
         }
     };
-    let checking = matches!(cli.command, Some(Command::CheckConfig));
+    let command = match cli.command {
+        None | Some(Command::Run) => commands::Command::Run {
+            trigger: cli.trigger,
+        },
+        Some(Command::Status { json }) => commands::Command::Status { json },
+        Some(Command::CheckConfig) => commands::Command::CheckConfig,
+    };
+    let checking = command == commands::Command::CheckConfig;
     // `journalctl -t report-collector` finds every line, even those journald could not
     // attribute to the unit (runs that exit at once). `check-config` only prints.
     if !checking {
         report_common::logging::init("report-collector");
     }
-
-    let mut loaded = match Config::load_or_default(cli.config.as_deref()) {
+    let source = Source {
+        file: cli.config,
+        server_url: cli.server_url,
+        policy: cli.policy,
+        lock_file: cli.lock_file,
+    };
+    let loaded = match source.load() {
         Ok(loaded) => loaded,
-        Err(e) => return config_rejected(checking, &format!("configuration error: {e}")),
+        Err(error) => return config_rejected(checking, &error),
     };
-    let config = &mut loaded.config;
-    if let Some(url) = cli.server_url {
-        config.server_url = url;
-    }
-    if let Some(policy) = cli.policy {
-        config.policy = policy;
-    }
-    if let Some(lock_file) = cli.lock_file {
-        config.lock_file = lock_file;
-    }
-    if let Err(e) = config.check() {
-        return config_rejected(
-            checking,
-            &format!("configuration error (command line): {e}"),
-        );
-    }
-
-    // A run started as root becomes the lock directory's owner before the lock is made:
-    // making the PostgreSQL lock reads the password, and no secret may be read by a process
-    // that then hands itself to another user (see `identity`).
-    if matches!(cli.command, None | Some(Command::Run))
-        && let Err(e) = report_collector::identity::become_owner_of(&loaded.config)
-    {
-        e.log();
-        return ExitCode::from(exit::FAILURE);
-    }
-
-    // The lock is made here for `check-config` too: what it reads at start (the password
-    // file, the CA file) is then checked as a run would check it. Making it connects nowhere.
-    match loaded.config.lock_backend {
-        LockBackend::Flock => {
-            let lock = FlockLock::new(&loaded.config.lock_file);
-            command(cli.command, cli.trigger, loaded, &lock)
-        }
-        LockBackend::Postgres => {
-            let pg = loaded.config.postgres.clone().unwrap_or_default();
-            match PostgresLock::from_config(&pg) {
-                Ok(lock) => command(cli.command, cli.trigger, loaded, &lock),
-                Err(e) => config_rejected(checking, &format!("configuration error: {e}")),
-            }
-        }
-    }
-}
-
-fn command<L: RunLock>(
-    command: Option<Command>,
-    trigger: DeclaredTrigger,
-    mut loaded: Loaded<Config>,
-    lock: &L,
-) -> ExitCode {
-    let config = &mut loaded.config;
-    match command {
-        None | Some(Command::Run) => run(config, lock, trigger),
-        Some(Command::Status { json }) => {
-            if config.stale_after.is_none()
-                && let Some(interval) = timer_interval()
-            {
-                // The default stale-after follows the timer's own schedule.
-                config.schedule_period = interval;
-            }
-            report_collector::status::print(config, lock, json)
-        }
-        Some(Command::CheckConfig) => check_config(&loaded),
-    }
-}
-
-/// Exit 78 for a configuration error: on stderr for `check-config`, in the journal otherwise.
-fn config_rejected(checking: bool, error: &str) -> ExitCode {
-    if checking {
-        eprintln!("report-collector: {error}");
-    } else {
-        tracing::error!(
-            MESSAGE_ID = message_id::COLLECTOR_CONFIG_REJECTED,
-            "{error}"
-        );
-    }
-    ExitCode::from(exit::CONFIG)
-}
-
-fn check_config(loaded: &Loaded<Config>) -> ExitCode {
-    let config = &loaded.config;
-    let warnings: Vec<String> = match &loaded.source {
-        Some(file) => loaded
-            .deprecated
-            .iter()
-            .map(|key| deprecation_note(key, file))
-            .collect(),
-        None => Vec::new(),
-    };
-    let mut comments = Vec::new();
-    if let Some(pg) = &config.postgres
-        && config.lock_backend == LockBackend::Postgres
-        && pg.password_file().is_none()
-    {
-        // Said, because a run in the unit may well have one this check never saw.
-        comments.push(format!(
-            "no password file checked: postgres.password-file is unset and there is no $CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME} here (LoadCredential= shows it to the service only); to check the file the unit loads, run CREDENTIALS_DIRECTORY=<its directory> report-collector check-config"
-        ));
-    }
-    check_config::valid("report-collector", loaded, &warnings, &comments)
-}
-
-/// One run on a current-thread runtime (a periodic job needs no more), cancelled by SIGTERM
-/// or SIGINT, its outcome mapped to the exit code.
-fn run(config: &Config, lock: &impl RunLock, declared: DeclaredTrigger) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
+        Err(e) if checking => {
+            eprintln!("report-collector: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
             return ExitCode::from(exit::FAILURE);
         }
     };
-    let report = runtime.block_on(async {
-        // Installed before the run starts: a signal that comes at any point cancels it.
-        let cancel = match cancel_signal() {
-            Ok(cancel) => cancel,
-            Err(e) => {
-                tracing::error!("cannot install the SIGTERM/SIGINT handlers: {e}");
-                return None;
-            }
-        };
-        let connect = || {
-            HttpServer::new(
-                &config.server_url,
-                config.request_timeout,
-                config.max_report_size.bytes(),
-            )
-            .map_err(|e| e.to_string())
-        };
-        let note_dir = config
-            .state_file
-            .parent()
-            .unwrap_or(std::path::Path::new("."));
-        let trigger = report_collector::systemd::trigger(
-            declared,
-            std::env::var("TRIGGER_UNIT").ok(),
-            note_dir,
-        )
-        .await;
-        Some(report_collector::run::run(config, lock, connect, trigger, cancel).await)
-    });
-    match report {
-        Some(report) => ExitCode::from(report.exit_code()),
-        None => ExitCode::from(exit::FAILURE),
-    }
-}
-
-/// The packaged timer's interval, when systemd can tell it (see `systemd::timer_interval`).
-fn timer_interval() -> Option<std::time::Duration> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
-    match runtime.block_on(report_collector::systemd::timer_interval(
-        report_collector::systemd::PACKAGED_TIMER,
-    )) {
-        Ok(interval) => interval,
-        Err(e) => {
-            tracing::debug!(
-                "the timer's schedule is not known ({e}); stale-after from schedule-period"
-            );
-            None
-        }
-    }
-}
-
-/// The first SIGTERM or SIGINT, as the signal that cancels a run.
-fn cancel_signal() -> std::io::Result<impl Future<Output = CancelSignal>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            biased;
-            _ = term.recv() => CancelSignal::Term,
-            _ = int.recv() => CancelSignal::Int,
-        }
-    })
+    runtime.block_on(commands::execute(command, loaded))
 }
