@@ -23,7 +23,7 @@ Exit codes:
        naming file, line and key (reload: refused, the old one stays)";
 
 /// Report server: issues tickets and serves CSV reports, slower the more are outstanding.
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Parser)]
 #[command(version, about, after_help = EXIT_CODES)]
 struct Args {
     /// Configuration file [default: /etc/report-apis/config.toml, built-in defaults if absent]
@@ -36,7 +36,7 @@ struct Args {
     command: Option<Command>,
 }
 
-#[derive(Debug, Clone, Subcommand)]
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Check the configuration as a start would and print it as TOML (exit 0), or the error
     /// naming file, line and key (exit 78)
