@@ -70,10 +70,7 @@ fn main() -> ExitCode {
         listen: args.listen,
     };
     if let Some(Command::CheckConfig) = args.command {
-        return match source.load() {
-            Ok(loaded) => check_config::valid("report-apis", &loaded, &[], &[]),
-            Err(err) => check_config::refused("report-apis", &err),
-        };
+        return check_config(&source);
     }
     let logs_on_stderr = logging::init("report-apis");
     if let Some(Command::Reload { pid }) = args.command {
@@ -100,6 +97,14 @@ fn main() -> ExitCode {
             tracing::error!("{err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `check-config`: the configuration a start would use, or why it is refused; nothing logged.
+fn check_config(source: &Source) -> ExitCode {
+    match source.load() {
+        Ok(loaded) => check_config::valid("report-apis", &loaded, &[], &[]),
+        Err(err) => check_config::refused("report-apis", &err),
     }
 }
 
