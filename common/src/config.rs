@@ -34,40 +34,39 @@ pub trait ConfigFile: DeserializeOwned + Default {
         Ok(())
     }
 
+    /// Top-level keys that are still read but deprecated. [`Loaded::deprecated`] names the ones
+    /// a file sets, so that `check-config` can say so without reading the file again.
+    const DEPRECATED_KEYS: &'static [&'static str] = &[];
+
     /// Reads and checks the file at `path`; a missing file is an error, and so is one that is
     /// not a regular file or is larger than [`MAX_FILE_SIZE`].
     fn load(path: &Path) -> Result<Self, ConfigError> {
-        let read = |source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let bytes = files::read(path, MAX_FILE_SIZE).map_err(read)?;
-        let text = String::from_utf8(bytes)
-            .map_err(|e| read(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-        Self::parse(path, &text)
+        load_file::<Self>(path).map(|loaded| loaded.config)
     }
 
     /// Loads `path` when given; otherwise [`Self::DEFAULT_PATH`] if it exists, else the
-    /// defaults. Returns the file actually read, for a start-up log line.
-    fn load_or_default(path: Option<&Path>) -> Result<(Self, Option<PathBuf>), ConfigError> {
+    /// defaults. [`Loaded::source`] is the file actually read, for a start-up log line and
+    /// `check-config`.
+    fn load_or_default(path: Option<&Path>) -> Result<Loaded<Self>, ConfigError> {
         Self::load_or(path, Path::new(Self::DEFAULT_PATH))
     }
 
     /// [`Self::load_or_default`] with another default path.
-    fn load_or(
-        path: Option<&Path>,
-        default: &Path,
-    ) -> Result<(Self, Option<PathBuf>), ConfigError> {
+    fn load_or(path: Option<&Path>, default: &Path) -> Result<Loaded<Self>, ConfigError> {
         match path {
-            Some(path) => Ok((Self::load(path)?, Some(path.to_owned()))),
-            None => match Self::load(default) {
-                Ok(config) => Ok((config, Some(default.to_owned()))),
+            Some(path) => load_file(path),
+            None => match load_file(default) {
+                Ok(loaded) => Ok(loaded),
                 // Only absence means "use the defaults"; a file that is there but unreadable
                 // or wrong is still an error.
                 Err(ConfigError::Read { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
-                    Ok((Self::default(), None))
+                    Ok(Loaded {
+                        config: Self::default(),
+                        source: None,
+                        deprecated: Vec::new(),
+                    })
                 }
                 Err(err) => Err(err),
             },
@@ -111,6 +110,40 @@ pub trait ConfigFile: DeserializeOwned + Default {
         })?;
         Ok(config)
     }
+}
+
+/// A configuration as loaded: its values, the file they came from and what else a program may
+/// have to say about that file, from the one read of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded<C> {
+    pub config: C,
+    /// The file read; `None` when there was none at the default path and the defaults apply.
+    pub source: Option<PathBuf>,
+    /// The keys of [`ConfigFile::DEPRECATED_KEYS`] the file sets, in that order.
+    pub deprecated: Vec<&'static str>,
+}
+
+/// Reads `path` as [`ConfigFile::load`] describes, parses and checks it, and notes the
+/// deprecated keys it sets.
+fn load_file<C: ConfigFile>(path: &Path) -> Result<Loaded<C>, ConfigError> {
+    let read = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let bytes = files::read(path, MAX_FILE_SIZE).map_err(read)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| read(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    let config = C::parse(path, &text)?;
+    let deprecated = C::DEPRECATED_KEYS
+        .iter()
+        .copied()
+        .filter(|key| locate_key(&text, key).is_some())
+        .collect();
+    Ok(Loaded {
+        config,
+        source: Some(path.to_owned()),
+        deprecated,
+    })
 }
 
 /// A configuration file that cannot be used. Every variant means exit code 78 (EX_CONFIG).
@@ -371,6 +404,7 @@ mod tests {
 
     impl ConfigFile for Sample {
         const DEFAULT_PATH: &'static str = "/nonexistent/sample.toml";
+        const DEPRECATED_KEYS: &'static [&'static str] = &["policy", "table.name"];
 
         fn check(&self) -> Result<(), Refusal> {
             number_within("keep-reports", self.keep_reports, 1, 10)?;
@@ -508,8 +542,8 @@ mod tests {
     fn only_an_absent_default_file_gives_the_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("none.toml");
-        let (config, source) = Sample::load_or(None, &missing).unwrap();
-        assert_eq!((config, source), (Sample::default(), None));
+        let loaded = Sample::load_or(None, &missing).unwrap();
+        assert_eq!((loaded.config, loaded.source), (Sample::default(), None));
         assert!(matches!(
             Sample::load_or(Some(&missing), &missing),
             Err(ConfigError::Read { .. })
@@ -519,15 +553,32 @@ mod tests {
 
         let present = dir.path().join("sample.toml");
         std::fs::write(&present, "keep-reports = 3\n").unwrap();
-        let (config, source) = Sample::load_or(None, &present).unwrap();
-        assert_eq!(config.keep_reports, 3);
-        assert_eq!(source.as_deref(), Some(present.as_path()));
+        let loaded = Sample::load_or(None, &present).unwrap();
+        assert_eq!(loaded.config.keep_reports, 3);
+        assert_eq!(loaded.source.as_deref(), Some(present.as_path()));
 
         std::fs::write(&present, "keep-reports = \"3\"\n").unwrap();
         assert!(matches!(
             Sample::load_or(None, &present),
             Err(ConfigError::Invalid { line: 1, .. })
         ));
+    }
+
+    #[test]
+    fn the_load_names_the_deprecated_keys_the_file_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sample.toml");
+        for (text, deprecated) in [
+            ("keep-reports = 3\n", &[][..]),
+            ("keep-reports = 3\npolicy = \"x\"\n", &["policy"]),
+            ("keep-reports = 3\n[table]\nname = \"n\"\n", &["table.name"]),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let loaded = Sample::load_or(Some(&path), &path).unwrap();
+            assert_eq!(loaded.deprecated, deprecated, "{text:?}");
+        }
+        let defaults = Sample::load_or(None, &dir.path().join("none.toml")).unwrap();
+        assert!(defaults.deprecated.is_empty());
     }
 
     #[test]

@@ -7,14 +7,48 @@
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use report_common::config::{ConfigFile, Refusal, duration_within, number_within};
+use report_common::config::{
+    ConfigError, ConfigFile, Loaded, Refusal, duration_within, number_within,
+};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Where the packaged configuration lives; when this default path is absent the built-in
 /// defaults apply, so a bare `report-apis` runs anywhere.
 pub const DEFAULT_PATH: &str = "/etc/report-apis/config.toml";
+
+/// Where a start, a reload and `check-config` take the configuration from: the file
+/// (`--config`, else [`DEFAULT_PATH`] if it exists, else the defaults), then `--listen` over it.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    pub file: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+}
+
+impl Source {
+    /// The configuration as a start uses it; logs which file it was read from.
+    pub fn load(&self) -> Result<Loaded<Config>, ConfigError> {
+        let mut loaded = Config::load_or_default(self.file.as_deref())?;
+        match &loaded.source {
+            Some(path) => tracing::info!("configuration read from {}", path.display()),
+            None => tracing::info!("no {DEFAULT_PATH}: using the built-in defaults"),
+        }
+        if let Some(listen) = self.listen {
+            loaded.config.listen = listen;
+        }
+        Ok(loaded)
+    }
+
+    /// The file a start or a reload reads, as the journal's `CONFIG_FILE` names it.
+    pub fn file_name(&self) -> String {
+        self.file.as_deref().map_or_else(
+            || DEFAULT_PATH.to_owned(),
+            |path| path.display().to_string(),
+        )
+    }
+}
 
 /// The whole configuration. `Default` is exactly what `config/report-apis.toml` documents.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -472,15 +506,15 @@ mod tests {
     #[test]
     fn absent_default_file_gives_the_defaults_and_a_present_one_is_read() {
         let absent = Path::new("/nonexistent/report-apis.toml");
-        let (config, source) = Config::load_or(None, absent).unwrap();
-        assert_eq!((config, source), (Config::default(), None));
+        let loaded = Config::load_or(None, absent).unwrap();
+        assert_eq!((loaded.config, loaded.source), (Config::default(), None));
 
         let dir = tempfile::tempdir().unwrap();
         let default = dir.path().join("config.toml");
         std::fs::write(&default, "[report]\nslowdown = 2.5\n").unwrap();
-        let (config, source) = Config::load_or(None, &default).unwrap();
-        assert_eq!(config.report.slowdown, 2.5);
-        assert_eq!(source.as_deref(), Some(default.as_path()));
+        let loaded = Config::load_or(None, &default).unwrap();
+        assert_eq!(loaded.config.report.slowdown, 2.5);
+        assert_eq!(loaded.source.as_deref(), Some(default.as_path()));
 
         std::fs::write(&default, "[report]\nslowdwn = 2.5\n").unwrap();
         let err = Config::load_or(None, &default).unwrap_err();

@@ -3,8 +3,8 @@
 //!
 //! [`run`] serves on a bound listener until a shutdown future completes, so the binary and the
 //! tests drive the very same code. [`run_with_reloads`] also takes reloaded configurations
-//! (the binary reads them on SIGHUP, off the runtime: [`blocking_read`]) and applies them
-//! without dropping a ticket.
+//! and applies them without dropping a ticket; [`reload`] is the rest of a reload (the re-read
+//! on SIGHUP, off the runtime: [`blocking_read`]; the outcome file; `report-apis reload`).
 
 pub mod api;
 pub mod blocking_read;
@@ -13,6 +13,7 @@ pub mod load;
 pub mod metrics;
 pub mod notify;
 pub mod rejections;
+pub mod reload;
 pub mod report;
 pub mod serve;
 pub mod tickets;
@@ -24,10 +25,10 @@ use std::time::Duration;
 use anyhow::Context;
 use report_common::message_id;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 
 pub use config::Config;
+pub use reload::{Reloader, Reloads, reload_channel};
 
 use crate::api::AppState;
 use crate::load::LoadClock;
@@ -47,80 +48,6 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (_reloader, reloads) = reload_channel();
     run_with_reloads(listener, config, shutdown, reloads).await
-}
-
-/// Asks a running server to apply a new configuration; see [`run_with_reloads`].
-#[derive(Debug, Clone)]
-pub struct Reloader(mpsc::Sender<(Config, oneshot::Sender<Result<String, String>>)>);
-
-/// The server's end of a [`Reloader`].
-#[derive(Debug)]
-pub struct Reloads(mpsc::Receiver<(Config, oneshot::Sender<Result<String, String>>)>);
-
-/// A reloader and the end [`run_with_reloads`] takes.
-pub fn reload_channel() -> (Reloader, Reloads) {
-    let (tx, rx) = mpsc::channel(1);
-    (Reloader(tx), Reloads(rx))
-}
-
-impl Reloader {
-    /// Applies `config` to the running server once it is in force: `Ok` says what changed,
-    /// `Err` why the server refused it (the configuration in force then stays as it was).
-    pub async fn reload(&self, config: Config) -> Result<String, String> {
-        let (done, outcome) = oneshot::channel();
-        self.0
-            .send((config, done))
-            .await
-            .map_err(|_| "the server is not running".to_owned())?;
-        outcome
-            .await
-            .unwrap_or_else(|_| Err("the server stopped during the reload".to_owned()))
-    }
-}
-
-/// What a reload from `running` to `new` changes, or why it cannot be applied to a running
-/// server.
-fn reload_changes(running: &Config, new: &Config) -> Result<String, String> {
-    if new.listen != running.listen {
-        return Err(format!(
-            "`listen` changed from {} to {}: that needs a restart (systemctl restart report-apis); \
-             nothing was changed",
-            running.listen, new.listen
-        ));
-    }
-    if (new.limits.max_connections, new.limits.header_timeout)
-        != (
-            running.limits.max_connections,
-            running.limits.header_timeout,
-        )
-    {
-        return Err(
-            "`limits.max-connections` or `limits.header-timeout` changed: that needs a restart \
-             (systemctl restart report-apis); nothing was changed"
-                .to_owned(),
-        );
-    }
-    let running = toml::Table::try_from(running).map_err(|e| e.to_string())?;
-    let new = toml::Table::try_from(new).map_err(|e| e.to_string())?;
-    let mut changed = Vec::new();
-    for (table, values) in &new {
-        let (Some(values), Some(old)) = (
-            values.as_table(),
-            running.get(table).and_then(|v| v.as_table()),
-        ) else {
-            continue;
-        };
-        for (key, value) in values {
-            if old.get(key) != Some(value) {
-                changed.push(format!("{table}.{key} = {value}"));
-            }
-        }
-    }
-    Ok(if changed.is_empty() {
-        "nothing changed".to_owned()
-    } else {
-        changed.join(", ")
-    })
 }
 
 /// [`run`], and every configuration sent through the [`Reloader`] of `reloads` applied from
@@ -162,7 +89,11 @@ pub async fn run_with_reloads(
 
     let limits = config.limits.clone();
     let in_force = Arc::new(Mutex::new(config));
-    let reloading = tokio::spawn(apply_reloads(reloads, tickets.clone(), in_force.clone()));
+    let reloading = tokio::spawn(reload::apply_reloads(
+        reloads,
+        tickets.clone(),
+        in_force.clone(),
+    ));
     // Read at shutdown, so that the value of the last reload counts.
     let drain_timeout = move || {
         notify::stopping();
@@ -181,21 +112,6 @@ pub async fn run_with_reloads(
     reloading.abort();
     tracing::info!(MESSAGE_ID = message_id::STOPPED, "stopped");
     Ok(())
-}
-
-/// Applies each reloaded configuration to the ticket store and records it as the one in force,
-/// unless it cannot apply to a running server.
-async fn apply_reloads(mut reloads: Reloads, tickets: Arc<Tickets>, in_force: Arc<Mutex<Config>>) {
-    while let Some((new, done)) = reloads.0.recv().await {
-        let outcome = {
-            let mut running = in_force.lock().unwrap_or_else(|p| p.into_inner());
-            reload_changes(&running, &new).inspect(|_| {
-                tickets.reconfigure(&new, Instant::now());
-                *running = new;
-            })
-        };
-        let _ = done.send(outcome);
-    }
 }
 
 /// A background task: logs heavy-load toggles as they happen, keeps expiry and the

@@ -5,11 +5,11 @@
 //! loader reads back.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use report_common::config::{ConfigFile, Refusal, duration_within, number_within};
+use report_common::config::{ConfigFile, Loaded, Refusal, duration_within, number_within};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Where the packaged configuration lives; a missing file there means "use the defaults".
@@ -500,6 +500,7 @@ impl Config {
 
 impl ConfigFile for Config {
     const DEFAULT_PATH: &'static str = DEFAULT_CONFIG_PATH;
+    const DEPRECATED_KEYS: &'static [&'static str] = &["schedule-period"];
 
     /// Checks the values serde cannot: things that would make a run meaningless or spin. Also
     /// run on the values the command line overrides.
@@ -564,6 +565,55 @@ impl ConfigFile for Config {
     }
 }
 
+/// Where a run, `status` and `check-config` take the configuration from: the file (`--config`,
+/// else [`DEFAULT_CONFIG_PATH`] if it exists, else the defaults), then the command line's
+/// overrides over it.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    pub file: Option<PathBuf>,
+    pub server_url: Option<String>,
+    pub policy: Option<Policy>,
+    pub lock_file: Option<PathBuf>,
+}
+
+impl Source {
+    /// The configuration, the overrides checked as the file's values are; `Err` is the sentence
+    /// that refuses it (exit 78).
+    pub fn load(self) -> Result<Loaded<Config>, String> {
+        let mut loaded = Config::load_or_default(self.file.as_deref())
+            .map_err(|e| format!("configuration error: {e}"))?;
+        let config = &mut loaded.config;
+        if let Some(url) = self.server_url {
+            config.server_url = url;
+        }
+        if let Some(policy) = self.policy {
+            config.policy = policy;
+        }
+        if let Some(lock_file) = self.lock_file {
+            config.lock_file = lock_file;
+        }
+        config
+            .check()
+            .map_err(|e| format!("configuration error (command line): {e}"))?;
+        Ok(loaded)
+    }
+}
+
+/// What `check-config` says about a deprecated `key` set in `file`: it still works, but the
+/// schedule is the timer's (the key's value stays in the printed configuration).
+pub fn deprecation_note(key: &str, file: &Path) -> String {
+    match key {
+        "schedule-period" => format!(
+            "note: schedule-period in {} is deprecated: the schedule is the timer's own \
+             (change OnCalendar= with `systemctl edit report-collector.timer`); the key is used \
+             only where systemd cannot tell it (no system bus, a timer without OnCalendar=, \
+             --trigger timer) and, there, for the default stale-after",
+            file.display()
+        ),
+        _ => format!("note: {key} in {} is deprecated", file.display()),
+    }
+}
+
 impl Config {
     /// The value of a duration key of [`DURATION_RANGES`]; `None` when it is unset.
     fn duration(&self, key: &str) -> Option<Duration> {
@@ -586,7 +636,6 @@ impl Config {
 mod tests {
     use super::*;
     use report_common::config::ConfigError;
-    use std::path::Path;
 
     #[test]
     fn empty_file_gives_the_documented_defaults() {
@@ -1071,7 +1120,7 @@ max-ticket-renewals = 5
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("none.toml");
         assert_eq!(
-            Config::load_or(None, &missing).unwrap().0,
+            Config::load_or(None, &missing).unwrap().config,
             Config::default()
         );
         assert!(matches!(

@@ -5,9 +5,9 @@
 //! of the lock file's directory, as `runuser -u report-collector` would.
 //!
 //! The switch comes before any secret is read: the password file is read only when the lock is
-//! made, after it (`main`). A process that changed user is made dumpable again (below), so its
-//! new user may read its memory through `/proc/PID/mem`; had it read the root-only password
-//! first, that user could have taken it from there. Read after the switch, the
+//! made, after it (`commands`). A process that changed user is made dumpable again (below), so
+//! its new user may read its memory through `/proc/PID/mem`; had it read the root-only
+//! password first, that user could have taken it from there. Read after the switch, the
 //! password is read with that user's rights: a file that user may not read is refused, naming
 //! the user, as a run of the timer's would be.
 

@@ -3,10 +3,13 @@
 //! lock), skipping timer starts that come too late after their slot, and putting every
 //! decision on record (journal fields, state file, Prometheus textfile, exit code).
 //!
-//! [`run::run`] is one run, as a pipeline of steps; `main.rs` owns the runtime, the signals
-//! and the choice of lock, as report-apis' does.
+//! [`run::run`] is one run, as a pipeline of steps; [`commands`] makes the lock the
+//! configuration names and does a run, `status` or `check-config` with it. `main.rs` only
+//! parses the command line, sets up logging, loads the configuration and builds the runtime,
+//! as report-apis' does.
 
 pub mod client;
+pub mod commands;
 pub mod config;
 pub mod identity;
 pub mod lock;

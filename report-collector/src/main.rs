@@ -1,20 +1,14 @@
 //! The `report-collector` binary: parse the command line, set up logging, load the config,
-//! then build the runtime, the lock and the cancelling signals, and hand one run (or `status`)
-//! to the library.
+//! build the one runtime, and hand the command to the library ([`report_collector::commands`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use report_collector::client::HttpServer;
-use report_collector::config::{CREDENTIAL_NAME, Config, LockBackend, Policy};
-use report_collector::lock::RunLock;
-use report_collector::lock::flock::FlockLock;
-use report_collector::lock::postgres::PostgresLock;
-use report_collector::outcome::CancelSignal;
+use report_collector::commands::{self, config_rejected};
+use report_collector::config::{Policy, Source};
 use report_collector::schedule::DeclaredTrigger;
-use report_common::config::ConfigFile;
-use report_common::{exit, message_id};
+use report_common::exit;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -124,236 +118,42 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
         }
     };
-    let checking = matches!(cli.command, Some(Command::CheckConfig));
+    let command = match cli.command {
+        None | Some(Command::Run) => commands::Command::Run {
+            trigger: cli.trigger,
+        },
+        Some(Command::Status { json }) => commands::Command::Status { json },
+        Some(Command::CheckConfig) => commands::Command::CheckConfig,
+    };
+    let checking = command == commands::Command::CheckConfig;
     // `journalctl -t report-collector` finds every line, even those journald could not
     // attribute to the unit (runs that exit at once). `check-config` only prints.
     if !checking {
         report_common::logging::init("report-collector");
     }
-
-    let mut config = match Config::load_or_default(cli.config.as_deref()) {
-        Ok((config, _)) => config,
-        Err(e) => return config_rejected(checking, &format!("configuration error: {e}")),
+    let source = Source {
+        file: cli.config,
+        server_url: cli.server_url,
+        policy: cli.policy,
+        lock_file: cli.lock_file,
     };
-    if let Some(url) = cli.server_url {
-        config.server_url = url;
-    }
-    if let Some(policy) = cli.policy {
-        config.policy = policy;
-    }
-    if let Some(lock_file) = cli.lock_file {
-        config.lock_file = lock_file;
-    }
-    if let Err(e) = config.check() {
-        return config_rejected(
-            checking,
-            &format!("configuration error (command line): {e}"),
-        );
-    }
-
-    // A run started as root becomes the lock directory's owner before the lock is made:
-    // making the PostgreSQL lock reads the password, and no secret may be read by a process
-    // that then hands itself to another user (see `identity`).
-    if matches!(cli.command, None | Some(Command::Run))
-        && let Err(e) = report_collector::identity::become_owner_of(&config)
-    {
-        e.log();
-        return ExitCode::from(exit::FAILURE);
-    }
-
-    // The lock is made here for `check-config` too: what it reads at start (the password
-    // file, the CA file) is then checked as a run would check it. Making it connects nowhere.
-    match config.lock_backend {
-        LockBackend::Flock => {
-            let lock = FlockLock::new(&config.lock_file);
-            command(
-                cli.command,
-                cli.trigger,
-                config,
-                cli.config.as_deref(),
-                &lock,
-            )
-        }
-        LockBackend::Postgres => {
-            let pg = config.postgres.clone().unwrap_or_default();
-            match PostgresLock::from_config(&pg) {
-                Ok(lock) => command(
-                    cli.command,
-                    cli.trigger,
-                    config,
-                    cli.config.as_deref(),
-                    &lock,
-                ),
-                Err(e) => config_rejected(checking, &format!("configuration error: {e}")),
-            }
-        }
-    }
-}
-
-fn command<L: RunLock>(
-    command: Option<Command>,
-    trigger: DeclaredTrigger,
-    mut config: Config,
-    config_path: Option<&std::path::Path>,
-    lock: &L,
-) -> ExitCode {
-    match command {
-        None | Some(Command::Run) => run(&config, lock, trigger),
-        Some(Command::Status { json }) => {
-            if config.stale_after.is_none()
-                && let Some(interval) = timer_interval()
-            {
-                // The default stale-after follows the timer's own schedule.
-                config.schedule_period = interval;
-            }
-            report_collector::status::print(&config, lock, json)
-        }
-        Some(Command::CheckConfig) => check_config(&config, config_path),
-    }
-}
-
-/// Exit 78 for a configuration error: on stderr for `check-config`, in the journal otherwise.
-fn config_rejected(checking: bool, error: &str) -> ExitCode {
-    if checking {
-        eprintln!("report-collector: {error}");
-    } else {
-        tracing::error!(
-            MESSAGE_ID = message_id::COLLECTOR_CONFIG_REJECTED,
-            "{error}"
-        );
-    }
-    ExitCode::from(exit::CONFIG)
-}
-
-fn check_config(config: &Config, path: Option<&std::path::Path>) -> ExitCode {
-    if let Some(note) = deprecated_keys(path.unwrap_or(std::path::Path::new(Config::DEFAULT_PATH)))
-    {
-        eprintln!("report-collector: {note}");
-    }
-    let from = match path {
-        Some(path) => path.display().to_string(),
-        None if std::path::Path::new(Config::DEFAULT_PATH).exists() => {
-            Config::DEFAULT_PATH.to_owned()
-        }
-        None => format!("the built-in defaults (no {})", Config::DEFAULT_PATH),
+    let loaded = match source.load() {
+        Ok(loaded) => loaded,
+        Err(error) => return config_rejected(checking, &error),
     };
-    match toml::to_string(config) {
-        Ok(text) => {
-            println!("# report-collector: the configuration is valid; in effect, from {from}:");
-            if let Some(pg) = &config.postgres
-                && config.lock_backend == LockBackend::Postgres
-                && pg.password_file().is_none()
-            {
-                // Said, because a run in the unit may well have one this check never saw.
-                println!(
-                    "# no password file checked: postgres.password-file is unset and there is no $CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME} here (LoadCredential= shows it to the service only); to check the file the unit loads, run CREDENTIALS_DIRECTORY=<its directory> report-collector check-config"
-                );
-            }
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("report-collector: cannot print the configuration: {e}");
-            ExitCode::from(exit::FAILURE)
-        }
-    }
-}
-
-/// What `check-config` says about a deprecated key set in `file`: it still works, but the
-/// schedule is the timer's (the key's value stays in the printed configuration).
-fn deprecated_keys(file: &std::path::Path) -> Option<String> {
-    let bytes = report_common::files::read(file, report_common::config::MAX_FILE_SIZE).ok()?;
-    let text = String::from_utf8(bytes).ok()?;
-    let table: toml::Table = text.parse().ok()?;
-    table.contains_key("schedule-period").then(|| {
-        format!(
-            "note: schedule-period in {} is deprecated: the schedule is the timer's own \
-             (change OnCalendar= with `systemctl edit report-collector.timer`); the key is used \
-             only where systemd cannot tell it (no system bus, a timer without OnCalendar=, \
-             --trigger timer) and, there, for the default stale-after",
-            file.display()
-        )
-    })
-}
-
-/// One run on a current-thread runtime (a periodic job needs no more), cancelled by SIGTERM
-/// or SIGINT, its outcome mapped to the exit code.
-fn run(config: &Config, lock: &impl RunLock, declared: DeclaredTrigger) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
+        Err(e) if checking => {
+            eprintln!("report-collector: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
             return ExitCode::from(exit::FAILURE);
         }
     };
-    let report = runtime.block_on(async {
-        // Installed before the run starts: a signal that comes at any point cancels it.
-        let cancel = match cancel_signal() {
-            Ok(cancel) => cancel,
-            Err(e) => {
-                tracing::error!("cannot install the SIGTERM/SIGINT handlers: {e}");
-                return None;
-            }
-        };
-        let connect = || {
-            HttpServer::new(
-                &config.server_url,
-                config.request_timeout,
-                config.max_report_size.bytes(),
-                &config.report_dir,
-            )
-            .map_err(|e| e.to_string())
-        };
-        let note_dir = config
-            .state_file
-            .parent()
-            .unwrap_or(std::path::Path::new("."));
-        let trigger = report_collector::systemd::trigger(
-            declared,
-            std::env::var("TRIGGER_UNIT").ok(),
-            note_dir,
-        )
-        .await;
-        Some(report_collector::run::run(config, lock, connect, trigger, cancel).await)
-    });
-    match report {
-        Some(report) => ExitCode::from(report.exit_code()),
-        None => ExitCode::from(exit::FAILURE),
-    }
-}
-
-/// The packaged timer's interval, when systemd can tell it (see `systemd::timer_interval`).
-fn timer_interval() -> Option<std::time::Duration> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
-    match runtime.block_on(report_collector::systemd::timer_interval(
-        report_collector::systemd::PACKAGED_TIMER,
-    )) {
-        Ok(interval) => interval,
-        Err(e) => {
-            tracing::debug!(
-                "the timer's schedule is not known ({e}); stale-after from schedule-period"
-            );
-            None
-        }
-    }
-}
-
-/// The first SIGTERM or SIGINT, as the signal that cancels a run.
-fn cancel_signal() -> std::io::Result<impl Future<Output = CancelSignal>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            biased;
-            _ = term.recv() => CancelSignal::Term,
-            _ = int.recv() => CancelSignal::Int,
-        }
-    })
+    runtime.block_on(commands::execute(command, loaded))
 }

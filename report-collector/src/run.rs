@@ -2,8 +2,8 @@
 //! Each step hands the next what it needs or stops the run with a [`RunError`]; the one place
 //! that turns the result into an outcome, and the outcome into a record, is [`run`].
 //!
-//! Cancellation comes from outside, as a future (`main` makes one of SIGTERM and SIGINT), so
-//! the tests can cancel a run in-process on tokio's paused clock. What a run learned and holds
+//! Cancellation comes from outside, as a future (`commands` makes one of SIGTERM and SIGINT),
+//! so the tests can cancel a run in-process on tokio's paused clock. What a run learned and holds
 //! along the way lives outside the steps' future, in [`Progress`]: a cancelled run can still
 //! say which ticket it was collecting, and it keeps the lock until it is on record (dropping
 //! the future must not free the lock early).

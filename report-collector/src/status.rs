@@ -284,18 +284,8 @@ pub struct Reports {
 }
 
 /// `report-collector status [--json]`: prints what [`gather`] found; exits with its verdict.
-pub fn print(config: &Config, lock: &impl RunLock, json: bool) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
-            return ExitCode::from(report_common::exit::FAILURE);
-        }
-    };
-    let status = runtime.block_on(gather(config, lock, SystemTime::now()));
+pub async fn print(config: &Config, lock: &impl RunLock, json: bool) -> ExitCode {
+    let status = gather(config, lock, SystemTime::now()).await;
     let text = if json {
         match serde_json::to_string_pretty(&status) {
             Ok(mut text) => {

@@ -1,5 +1,6 @@
 //! The real `report-apis` binary: configuration errors, signals, logging of heavy-load toggles,
-//! and a configuration file that is a FIFO, a device or huge (at start and on reload).
+//! a configuration file that is a FIFO, a device or huge (at start and on reload), and FIFOs
+//! where the reload's outcome is written.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -490,6 +491,48 @@ fn reload_re_reads_the_file_and_refuses_an_invalid_one() {
             && line.contains(&format!("CONFIG_FILE=\"{config}\"")),
         "{line}"
     );
+
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.wait().code(), Some(0), "{}", run.stderr());
+}
+
+#[test]
+fn reload_reports_its_outcome_past_fifos_planted_in_the_runtime_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let runtime_dir = runtime.path().to_str().unwrap();
+    let path = write_config(&dir, "listen = \"127.0.0.1:0\"\n");
+    let config = path.to_str().unwrap();
+    let mut run =
+        Running::start_with_env(&["--config", config], &[("RUNTIME_DIRECTORY", runtime_dir)]);
+    run.address();
+    let pid = run.child.id().to_string();
+    // At the outcome file's name and at the name it was once written under first: a write
+    // that opened either by its name would wait for a reader, and the reload never end.
+    for name in ["reload", "reload.new"] {
+        let fifo = runtime.path().join(name);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    }
+
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:0\"\n[limits]\nmax-pending = 5\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let (code, stdout, stderr) = output(
+        &["--config", config, "reload", "--pid", &pid],
+        &[("RUNTIME_DIRECTORY", runtime_dir)],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("limits.max-pending = 5"), "{stdout}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let outcome = runtime.path().join("reload");
+    assert!(std::fs::symlink_metadata(&outcome).unwrap().is_file());
 
     run.signal(Signal::SIGTERM);
     assert_eq!(run.wait().code(), Some(0), "{}", run.stderr());
