@@ -95,14 +95,12 @@ fn two_collectors_started_together_one_runs_the_other_skips_naming_the_holder() 
 /// `util::Journal`): the exact field names, no `F_` prefix, the syslog identifier; and the
 /// stderr rule (readable lines only when not started by systemd).
 #[test]
+#[ignore = "needs root (a mount namespace): `make test` runs it (cargo test -- --include-ignored)"]
 fn decision_lines_reach_journald_with_the_exact_fields() {
-    let journal = match Journal::start() {
-        Ok(journal) => journal,
-        Err(why) => {
-            eprintln!("SKIPPED: no mount namespace for a journald stand-in here: {why}");
-            return;
-        }
-    };
+    let journal = prerequisite(
+        "a mount namespace for a journald stand-in",
+        Journal::start(),
+    );
     let server = ApiServer::fast();
     let setup = Setup::new(&server.url, &[]);
 
@@ -858,16 +856,14 @@ fn an_unusable_report_dir_is_a_clear_error_with_nothing_left_behind() {
 }
 
 #[test]
+#[ignore = "needs root (mounts a tmpfs): `make test` runs it (cargo test -- --include-ignored)"]
 fn a_full_disk_is_a_clear_error_with_nothing_partial_left_behind() {
     let server = ApiServer::fast();
     let setup = Setup::new(&server.url, &[]);
-    let disk = match Tmpfs::mount(&setup.reports, "64k") {
-        Ok(disk) => disk,
-        Err(why) => {
-            eprintln!("SKIPPED: cannot mount a small tmpfs for the report directory: {why}");
-            return;
-        }
-    };
+    let disk = prerequisite(
+        "a small tmpfs for the report directory",
+        Tmpfs::mount(&setup.reports, "64k"),
+    );
     disk.fill();
     let run = setup.run(&[]);
     assert_code(&run, 1);

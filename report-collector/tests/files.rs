@@ -285,8 +285,8 @@ fn status_as_nobody(setup: &Setup, args: &[&str]) -> Finished {
     )
 }
 
-/// Whether a process can be run as nobody here (setpriv, as root); says why not when not.
-fn can_run_as_nobody() -> bool {
+/// That a process can be run as nobody here (setpriv, as root), or a failure saying why not.
+fn run_as_nobody_works() {
     let probe = Command::new("setpriv")
         .args([
             "--reuid=nobody",
@@ -295,18 +295,19 @@ fn can_run_as_nobody() -> bool {
             "true",
         ])
         .output();
-    let can = probe.as_ref().is_ok_and(|out| out.status.success());
-    if !can {
-        eprintln!("SKIPPED: cannot run a process as nobody here (setpriv, as root): {probe:?}");
-    }
-    can
+    prerequisite(
+        "to run a process as nobody (setpriv, as root)",
+        match probe {
+            Ok(out) if out.status.success() => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it (cargo test -- --include-ignored)"]
 fn status_as_a_user_who_cannot_read_the_lock_file_never_says_free() {
-    if !can_run_as_nobody() {
-        return;
-    }
+    run_as_nobody_works();
     let busy = ApiServer::in_heavy_load();
     let setup = Setup::new(&busy.url, &[]);
     std::fs::set_permissions(setup.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -453,14 +454,23 @@ fn anything_but_a_regular_file_at_any_of_the_collectors_paths_is_refused_by_name
     eprintln!("{probes} planted files refused by name");
 }
 
-/// The user nobody, for runs that must not be root (root reads and writes through any mode);
-/// `None`, with a note, where there is none.
-fn nobody() -> Option<nix::unistd::User> {
-    let user = nix::unistd::User::from_name("nobody").ok().flatten();
-    if user.is_none() {
-        eprintln!("SKIPPED: no user nobody here");
-    }
-    user
+/// The user nobody, for runs that must not be root (root reads and writes through any mode),
+/// given files by root: a failure saying what is missing where either is not there.
+fn nobody() -> nix::unistd::User {
+    prerequisite(
+        "root",
+        if nix::unistd::Uid::effective().is_root() {
+            Ok(())
+        } else {
+            Err("not root")
+        },
+    );
+    prerequisite(
+        "the user nobody",
+        nix::unistd::User::from_name("nobody")
+            .map_err(|e| e.to_string())
+            .and_then(|user| user.ok_or_else(|| "no such user".to_owned())),
+    )
 }
 
 /// Gives the test's directory to `user`: a run started by root then switches to that user
@@ -477,8 +487,9 @@ const OLD_STATE: &str = r#"{"outcome": "collected", "exit_code": 0,
 "message": "collected", "pid": 4242}"#;
 
 #[test]
+#[ignore = "needs root: `make test` runs it (cargo test -- --include-ignored)"]
 fn a_state_file_the_run_cannot_read_is_left_as_it_is_and_the_report_still_saved() {
-    let Some(nobody) = nobody() else { return };
+    let nobody = nobody();
     let server = fixed_report_server(CSV);
     let setup = Setup::new(
         &server.url,
@@ -540,6 +551,7 @@ fn a_state_file_the_run_cannot_read_is_left_as_it_is_and_the_report_still_saved(
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it (cargo test -- --include-ignored)"]
 fn a_metrics_directory_the_run_cannot_write_is_named_and_the_run_still_collects() {
     let server = fixed_report_server(CSV);
     let metrics_file = ("metrics-file", "\"{dir}/metrics/report-collector.prom\"");
@@ -549,7 +561,8 @@ fn a_metrics_directory_the_run_cannot_write_is_named_and_the_run_still_collects(
     std::fs::write(setup.metrics.parent().unwrap(), "not a directory").unwrap();
     let mut cases = vec![("a file in place of the directory", setup)];
     // node_exporter's directory as Debian ships it: root's, mode 755; the run is another user.
-    if let Some(nobody) = nobody() {
+    {
+        let nobody = nobody();
         let setup = Setup::new(&server.url, &[metrics_file]);
         std::fs::create_dir(setup.metrics.parent().unwrap()).unwrap();
         give_dir_to(&setup, &nobody);
@@ -570,10 +583,9 @@ fn a_metrics_directory_the_run_cannot_write_is_named_and_the_run_still_collects(
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it (cargo test -- --include-ignored)"]
 fn status_as_a_user_who_cannot_enter_the_state_directory_is_a_permission_problem() {
-    if !can_run_as_nobody() {
-        return;
-    }
+    run_as_nobody_works();
     let server = fixed_report_server(CSV);
     let setup = Setup::new(
         &server.url,
@@ -676,8 +688,9 @@ fn a_password_file_that_is_a_fifo_a_device_or_too_large_is_refused_at_once() {
 }
 
 #[test]
+#[ignore = "needs root: `make test` runs it (cargo test -- --include-ignored)"]
 fn a_run_by_root_reads_the_password_only_as_the_user_it_switched_to() {
-    let Some(nobody) = nobody() else { return };
+    let nobody = nobody();
     let secrets = tempfile::tempdir().unwrap();
     std::fs::set_permissions(secrets.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let password = secrets.path().join("postgres-password");

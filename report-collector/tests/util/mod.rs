@@ -582,3 +582,14 @@ pub fn all_files_under(dir: &Path) -> Vec<PathBuf> {
     found.sort();
     found
 }
+
+/// What a test needs, or a failure saying what is missing. A test that needs what a
+/// developer's machine may not have (root, PostgreSQL 15, a mount namespace) is `#[ignore =
+/// "why"]`, so a plain `cargo test` lists it with its reason; `make test` runs every test as
+/// root with `--include-ignored`, and there a missing prerequisite fails it instead of passing
+/// silently.
+pub fn prerequisite<T, E: std::fmt::Display>(what: &str, found: Result<T, E>) -> T {
+    found.unwrap_or_else(|why| {
+        panic!("this test needs {what}, and cannot have it here: {why}; a plain `cargo test` leaves it out, `make test` runs it as root")
+    })
+}
