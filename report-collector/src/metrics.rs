@@ -181,7 +181,7 @@ pub fn render(
 mod tests {
     use super::*;
     use crate::config::Policy;
-    use crate::outcome::{Outcome, Skip};
+    use crate::outcome::{Failure, Outcome, Skip};
     use std::time::{Duration, SystemTime};
 
     fn run(outcome: Outcome) -> RunReport {
@@ -241,7 +241,7 @@ mod tests {
             run(skipped()),
             run(Outcome::Failed {
                 error: "x".into(),
-                exit: 1,
+                failure: Failure::Run,
             }),
             run(skipped()),
         ];
@@ -343,7 +343,7 @@ mod tests {
         resumed.tickets.cancelled = 1;
         let mut failed_resume = run(Outcome::Failed {
             error: "x".into(),
-            exit: 1,
+            failure: Failure::Run,
         });
         failed_resume.tickets.resumed_from = Some(8);
         failed_resume.tickets.cancelled = 2;
@@ -367,7 +367,7 @@ mod tests {
                     for _ in 0..10 {
                         let failed = run(Outcome::Failed {
                             error: "x".into(),
-                            exit: 1,
+                            failure: Failure::Run,
                         });
                         record(&path, &failed, None).unwrap();
                     }

@@ -39,32 +39,118 @@ pub enum Skip {
     SlotTaken,
 }
 
-impl Skip {
+/// A skip's properties: its row in [`Skip::row`].
+struct SkipRow {
+    message_id: &'static str,
     /// The value of the `SKIP` journal field.
-    pub fn as_str(self) -> &'static str {
+    value: &'static str,
+    exit_code: u8,
+}
+
+impl Skip {
+    /// Every kind of skip.
+    pub const ALL: [Skip; 3] = [Skip::LockHeld, Skip::Late, Skip::SlotTaken];
+
+    /// The one table of the skips' properties: a kind added to [`Skip`] is a row added here.
+    const fn row(self) -> SkipRow {
         match self {
-            Skip::LockHeld => "lock-held",
-            Skip::Late => "late",
-            Skip::SlotTaken => "slot-taken",
+            Skip::LockHeld => SkipRow {
+                message_id: message_id::SKIPPED_LOCK_HELD,
+                value: "lock-held",
+                exit_code: exit::TEMPFAIL,
+            },
+            Skip::Late => SkipRow {
+                message_id: message_id::SKIPPED_LATE,
+                value: "late",
+                exit_code: exit::TEMPFAIL,
+            },
+            Skip::SlotTaken => SkipRow {
+                message_id: message_id::SKIPPED_SLOT_TAKEN,
+                value: "slot-taken",
+                exit_code: exit::TEMPFAIL,
+            },
         }
+    }
+
+    /// The value of the `SKIP` journal field.
+    pub const fn as_str(self) -> &'static str {
+        self.row().value
+    }
+
+    /// The journal's `MESSAGE_ID` of the decision line.
+    pub const fn message_id(self) -> &'static str {
+        self.row().message_id
+    }
+
+    /// EX_TEMPFAIL: nothing went wrong, and report-collector.service counts it as success.
+    pub const fn exit_code(self) -> u8 {
+        self.row().exit_code
+    }
+}
+
+/// Why a run failed: kinds that systemd, scripts and an operator tell apart, so each has its
+/// own exit code and `MESSAGE_ID`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Any other failure: the server, an answer, the disk, the lock file.
+    Run,
+    /// The PostgreSQL lock's database could not be reached or refused this collector (at the
+    /// start, or claiming the slot); nothing was collected.
+    DatabaseUnavailable,
+    /// The PostgreSQL lock's lease ran out while the run held it; nothing was saved.
+    LeaseLost,
+}
+
+/// A failure's properties: its row in [`Failure::row`].
+struct FailureRow {
+    message_id: &'static str,
+    exit_code: u8,
+}
+
+impl Failure {
+    /// Every kind of failure.
+    pub const ALL: [Failure; 3] = [
+        Failure::Run,
+        Failure::DatabaseUnavailable,
+        Failure::LeaseLost,
+    ];
+
+    /// The one table of the failures' properties: a kind added to [`Failure`] is a row added
+    /// here.
+    const fn row(self) -> FailureRow {
+        match self {
+            Failure::Run => FailureRow {
+                message_id: message_id::FAILED,
+                exit_code: exit::FAILURE,
+            },
+            Failure::DatabaseUnavailable => FailureRow {
+                message_id: message_id::DATABASE_UNAVAILABLE,
+                exit_code: exit::UNAVAILABLE,
+            },
+            Failure::LeaseLost => FailureRow {
+                message_id: message_id::LEASE_LOST,
+                exit_code: exit::LEASE_LOST,
+            },
+        }
+    }
+
+    /// The journal's `MESSAGE_ID` of the decision line.
+    pub const fn message_id(self) -> &'static str {
+        self.row().message_id
+    }
+
+    /// The exit code (documented in `--help` and the man page): 1, 69 or 79.
+    pub const fn exit_code(self) -> u8 {
+        self.row().exit_code
     }
 }
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Collected {
-        report: PathBuf,
-    },
-    Skipped {
-        skip: Skip,
-        reason: String,
-    },
-    /// `exit`: 1, or 69 (the lock's database out of reach) or 79 (the lease lost).
-    Failed {
-        error: String,
-        exit: u8,
-    },
+    Collected { report: PathBuf },
+    Skipped { skip: Skip, reason: String },
+    Failed { failure: Failure, error: String },
     Cancelled(CancelSignal),
 }
 
@@ -82,31 +168,13 @@ impl Outcome {
         }
     }
 
-    /// The journal's `MESSAGE_ID` of the decision line: one per kind, skips split by why,
-    /// failures of the PostgreSQL lock (exit 69, 79) apart from the others.
+    /// The journal's `MESSAGE_ID` of the decision line: one per kind, skips and failures
+    /// split by why ([`Skip::message_id`], [`Failure::message_id`]).
     pub fn message_id(&self) -> &'static str {
         match self {
             Outcome::Collected { .. } => message_id::COLLECTED,
-            Outcome::Skipped {
-                skip: Skip::LockHeld,
-                ..
-            } => message_id::SKIPPED_LOCK_HELD,
-            Outcome::Skipped {
-                skip: Skip::Late, ..
-            } => message_id::SKIPPED_LATE,
-            Outcome::Skipped {
-                skip: Skip::SlotTaken,
-                ..
-            } => message_id::SKIPPED_SLOT_TAKEN,
-            Outcome::Failed {
-                exit: exit::UNAVAILABLE,
-                ..
-            } => message_id::DATABASE_UNAVAILABLE,
-            Outcome::Failed {
-                exit: exit::LEASE_LOST,
-                ..
-            } => message_id::LEASE_LOST,
-            Outcome::Failed { .. } => message_id::FAILED,
+            Outcome::Skipped { skip, .. } => skip.message_id(),
+            Outcome::Failed { failure, .. } => failure.message_id(),
             Outcome::Cancelled(_) => message_id::CANCELLED,
         }
     }
@@ -119,13 +187,13 @@ impl Outcome {
         }
     }
 
-    /// The exit code (documented in `--help` and the README): 0 collected, 75 skipped, 1
-    /// failed, 130/143 cancelled by SIGINT/SIGTERM.
+    /// The exit code (documented in `--help` and the man page): 0 collected, 75 skipped,
+    /// 1, 69 or 79 failed ([`Failure::exit_code`]), 130/143 cancelled by SIGINT/SIGTERM.
     pub fn exit_code(&self) -> u8 {
         match self {
             Outcome::Collected { .. } => exit::SUCCESS,
-            Outcome::Skipped { .. } => exit::TEMPFAIL,
-            Outcome::Failed { exit, .. } => *exit,
+            Outcome::Skipped { skip, .. } => skip.exit_code(),
+            Outcome::Failed { failure, .. } => failure.exit_code(),
             Outcome::Cancelled(CancelSignal::Int) => exit::SIGINT,
             Outcome::Cancelled(CancelSignal::Term) => exit::SIGTERM,
         }
@@ -347,7 +415,7 @@ mod tests {
             (
                 Outcome::Failed {
                     error: "down".into(),
-                    exit: 1,
+                    failure: Failure::Run,
                 },
                 1,
                 "failed",
@@ -366,6 +434,26 @@ mod tests {
 
     fn placeholders(id: &str) -> Vec<String> {
         message_id::placeholders(CATALOG, id)
+    }
+
+    #[test]
+    fn each_skip_and_failure_has_its_own_message_id_in_the_catalog() {
+        let ids: Vec<&str> = Skip::ALL
+            .map(Skip::message_id)
+            .into_iter()
+            .chain(Failure::ALL.map(Failure::message_id))
+            .collect();
+        let distinct: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
+        assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+        for id in ids {
+            // Panics when the catalog has no entry for it.
+            placeholders(id);
+        }
+        let skip_values: std::collections::BTreeSet<&str> = Skip::ALL.map(Skip::as_str).into();
+        assert_eq!(skip_values.len(), Skip::ALL.len());
+        let failure_codes: std::collections::BTreeSet<u8> =
+            Failure::ALL.map(Failure::exit_code).into();
+        assert_eq!(failure_codes.len(), Failure::ALL.len());
     }
 
     #[test]
@@ -403,7 +491,7 @@ mod tests {
             (
                 Outcome::Failed {
                     error: "down".into(),
-                    exit: 1,
+                    failure: Failure::Run,
                 },
                 message_id::FAILED,
                 "",
@@ -411,7 +499,7 @@ mod tests {
             (
                 Outcome::Failed {
                     error: "cannot reach the database".into(),
-                    exit: exit::UNAVAILABLE,
+                    failure: Failure::DatabaseUnavailable,
                 },
                 message_id::DATABASE_UNAVAILABLE,
                 "",
@@ -419,7 +507,7 @@ mod tests {
             (
                 Outcome::Failed {
                     error: "lost the lease".into(),
-                    exit: exit::LEASE_LOST,
+                    failure: Failure::LeaseLost,
                 },
                 message_id::LEASE_LOST,
                 "",

@@ -26,7 +26,7 @@ use crate::lock::{
     round_ms,
 };
 use crate::metrics;
-use crate::outcome::{CancelSignal, Outcome, RunReport, Skip, TicketNotes};
+use crate::outcome::{CancelSignal, Failure, Outcome, RunReport, Skip, TicketNotes};
 use crate::schedule::{Placement, Trigger, format_time};
 use crate::state;
 use crate::store::{self, StoreError};
@@ -96,20 +96,20 @@ impl RunError {
                 reason: self.to_string(),
             },
             None => Outcome::Failed {
+                failure: self.failure(),
                 error: self.to_string(),
-                exit: self.failure_code(),
             },
         }
     }
 
-    /// The exit code of a failure: the lock's database out of reach (69) and a lost lease
-    /// (79) have their own, so systemd and scripts can tell them from a failed collection.
-    fn failure_code(&self) -> u8 {
+    /// The kind of a failure: the lock's database out of reach and a lost lease are kinds of
+    /// their own, so systemd and scripts can tell them from a failed collection.
+    fn failure(&self) -> Failure {
         match self {
-            RunError::Lock(not) => not.failure_code(),
-            RunError::LeaseLost(_) => report_common::exit::LEASE_LOST,
-            RunError::Claim(_) => report_common::exit::UNAVAILABLE,
-            _ => report_common::exit::FAILURE,
+            RunError::Lock(not) => not.failure(),
+            RunError::LeaseLost(_) => Failure::LeaseLost,
+            RunError::Claim(_) => Failure::DatabaseUnavailable,
+            _ => Failure::Run,
         }
     }
 }
@@ -1246,7 +1246,7 @@ mod tests {
             report.outcome,
             Outcome::Failed {
                 error: "cannot set up the HTTP client: no TLS backend".to_owned(),
-                exit: 1,
+                failure: Failure::Run,
             }
         );
         assert_eq!(report.exit_code(), 1);

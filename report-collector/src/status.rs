@@ -622,7 +622,7 @@ mod tests {
     use super::*;
     use crate::config::Policy;
     use crate::lock::flock::FlockLock;
-    use crate::outcome::{Outcome, RunReport};
+    use crate::outcome::{Failure, Outcome, RunReport};
 
     const MINUTE: Duration = Duration::from_secs(60);
 
@@ -680,7 +680,7 @@ mod tests {
         let mut run = run_at(
             Outcome::Failed {
                 error: "x\nhealth:   healthy (exit 0): forged\0".into(),
-                exit: 1,
+                failure: Failure::Run,
             },
             1000,
         );

@@ -1,11 +1,12 @@
 //! The documentation says what `report-collector --help` says: the man page documents exactly
-//! the long options and commands `--help` lists, and `--help`, the man page and both READMEs
-//! list the same exit codes of `status`.
+//! the long options and commands `--help` lists, `--help`, the man page and both READMEs
+//! list the same exit codes of `status`, and `--help` and the man page those a run ends with.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use report_collector::outcome::{Failure, Skip};
 use report_collector::status::code;
 use report_common::exit;
 
@@ -34,16 +35,16 @@ fn numbers(text: &str) -> BTreeSet<u8> {
         .collect()
 }
 
-/// The codes `--help` lists under "Exit codes of `status`:".
-fn help_codes() -> BTreeSet<u8> {
+/// The codes `--help` lists under `heading` ("Exit codes:", "Exit codes of `status`:").
+fn help_codes(heading: &str) -> BTreeSet<u8> {
     let out = Command::new(env!("CARGO_BIN_EXE_report-collector"))
         .arg("--help")
         .output()
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     let (_, section) = text
-        .split_once("Exit codes of `status`:\n")
-        .expect("--help has a section \"Exit codes of `status`:\"");
+        .split_once(&format!("{heading}\n"))
+        .unwrap_or_else(|| panic!("--help has a section {heading:?}"));
     section
         .lines()
         .take_while(|line| !line.is_empty())
@@ -57,13 +58,13 @@ fn help_codes() -> BTreeSet<u8> {
         .collect()
 }
 
-/// The codes of the man page's `.TP` entries after "report-collector status exits with:", up
-/// to the next paragraph or section.
-fn man_page_codes() -> BTreeSet<u8> {
+/// The codes of the man page's `.TP` entries after `start`, up to the next paragraph or
+/// section.
+fn man_page_codes(start: &str) -> BTreeSet<u8> {
     let text = read(MAN_PAGE);
     let (_, section) = text
-        .split_once(".B report-collector status\nexits with:\n")
-        .expect("the man page's EXIT STATUS has \"report-collector status exits with:\"");
+        .split_once(start)
+        .unwrap_or_else(|| panic!("the man page has {start:?}"));
     let mut codes = BTreeSet::new();
     let mut lines = section.lines();
     while let Some(line) = lines.next() {
@@ -91,7 +92,7 @@ fn crate_readme_codes() -> BTreeSet<u8> {
 
 #[test]
 fn status_exit_codes_are_listed_alike_in_help_the_man_page_and_the_readmes() {
-    let help = help_codes();
+    let help = help_codes("Exit codes of `status`:");
     let expected: BTreeSet<u8> = [
         code::HEALTHY,
         code::STALE,
@@ -105,7 +106,7 @@ fn status_exit_codes_are_listed_alike_in_help_the_man_page_and_the_readmes() {
     .into();
     assert_eq!(help, expected, "the exit codes of `status` in --help");
     assert_eq!(
-        man_page_codes(),
+        man_page_codes(".B report-collector status\nexits with:\n"),
         help,
         "the exit codes of `status` in {MAN_PAGE} differ from --help's"
     );
@@ -124,5 +125,22 @@ fn status_exit_codes_are_listed_alike_in_help_the_man_page_and_the_readmes() {
     assert!(
         summary.is_subset(&help) && summary.contains(&code::STALE),
         "README.md's `status` line names exit codes {summary:?}; --help lists {help:?}"
+    );
+}
+
+#[test]
+fn run_exit_codes_are_listed_alike_in_help_and_the_man_page() {
+    let help = help_codes("Exit codes:");
+    let expected: BTreeSet<u8> = [exit::SUCCESS, exit::USAGE, exit::CONFIG]
+        .into_iter()
+        .chain(Skip::ALL.map(Skip::exit_code))
+        .chain(Failure::ALL.map(Failure::exit_code))
+        .chain([exit::SIGINT, exit::SIGTERM])
+        .collect();
+    assert_eq!(help, expected, "the exit codes of a run in --help");
+    assert_eq!(
+        man_page_codes(".SH EXIT STATUS\n"),
+        help,
+        "the exit codes of a run in {MAN_PAGE} differ from --help's"
     );
 }

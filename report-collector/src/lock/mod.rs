@@ -26,6 +26,7 @@ use report_common::ticket::Ticket;
 use tokio::time::Instant;
 
 use crate::config::{Config, Policy};
+use crate::outcome::Failure;
 pub use holder::{Holder, HolderRecord};
 pub use replace::Contest;
 
@@ -334,12 +335,12 @@ impl NotAcquired {
         )
     }
 
-    /// The exit code when this is a failure, not a skip: the database out of reach is
-    /// EX_UNAVAILABLE, the rest a plain failure.
-    pub fn failure_code(&self) -> u8 {
+    /// The kind of failure when this is a failure, not a skip: the database out of reach is
+    /// one of its own, the rest a plain failure of the run.
+    pub fn failure(&self) -> Failure {
         match self.refusal {
-            Refusal::Unavailable(_) => report_common::exit::UNAVAILABLE,
-            _ => report_common::exit::FAILURE,
+            Refusal::Unavailable(_) => Failure::DatabaseUnavailable,
+            _ => Failure::Run,
         }
     }
 
