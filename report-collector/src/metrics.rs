@@ -70,7 +70,7 @@ pub fn record(
 }
 
 /// Reads `report_collector_runs_total{outcome="..."} N` lines back: only the outcomes a run
-/// has ([`Outcome::KINDS`](crate::outcome::Outcome::KINDS)), so a label another process wrote
+/// has ([`KINDS`]), so a label another process wrote
 /// into the file is never written out again.
 pub fn parse_counts(text: &str) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
@@ -84,7 +84,7 @@ pub fn parse_counts(text: &str) -> BTreeMap<String, u64> {
         let Some((kind, value)) = rest.split_once("\"}") else {
             continue;
         };
-        if !crate::outcome::Outcome::KINDS.contains(&kind) {
+        if !KINDS.contains(&kind) {
             continue;
         }
         if let Ok(n) = value.trim().parse::<u64>() {

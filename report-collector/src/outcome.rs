@@ -156,9 +156,6 @@ pub enum Outcome {
 
 impl Outcome {
     /// The value of the `OUTCOME` journal field and of the metrics label.
-    /// Every [`Outcome::kind`].
-    pub const KINDS: [&'static str; 4] = ["collected", "skipped", "failed", "cancelled"];
-
     pub fn kind(&self) -> &'static str {
         match self {
             Outcome::Collected { .. } => "collected",
