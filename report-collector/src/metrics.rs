@@ -11,16 +11,16 @@
 //! That read-modify-write is serialised with an flock on a sibling `<metrics-file>.lock` (never
 //! the run lock: a skipped run must not wait for the run it skipped), so no count is lost when
 //! many runs end at once; the file is replaced by rename, so the collector never reads half.
-//! The flock is waited for at most `store::SHORT_LOCK_PATIENCE`: runs hold it for a few file
+//! The flock is waited for at most `files::SHORT_LOCK_PATIENCE`: runs hold it for a few file
 //! operations, and a stranger holding it must not hang a run past its deadline.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::files::{Durability, lock_briefly, open_lock_file, read_existing, write_atomically};
 use crate::outcome::{KINDS, RunReport, unix_seconds};
 use crate::state::Collection;
-use crate::store::{Durability, lock_briefly, open_lock_file, read_existing, write_atomically};
 
 const LAST_SUCCESS: &str = "report_collector_last_success_timestamp_seconds";
 const RUNS_TOTAL: &str = "report_collector_runs_total";

@@ -19,9 +19,9 @@ use report_common::message_id;
 use report_common::ticket::Ticket;
 use serde::{Deserialize, Serialize};
 
+use crate::files::{self, Durability};
 use crate::outcome::{Outcome, RunReport};
 use crate::schedule::format_time;
-use crate::store::{self, Durability};
 
 /// What the state file holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,7 +197,7 @@ pub use report_common::files::file_kind;
 /// without following a final symbolic link, and makes sure it is a regular file; `Ok(None)`
 /// when it does not exist.
 pub fn open_regular(path: &Path) -> Result<Option<File>, StateError> {
-    store::open_to_read(path).map_err(|source| match store::not_regular(&source) {
+    files::open_to_read(path).map_err(|source| match files::not_regular(&source) {
         Some(not) => StateError::NotAFile {
             path: path.to_owned(),
             kind: not.kind,
@@ -279,7 +279,7 @@ impl State {
     /// a crash losing the newest one costs one run's record.
     pub fn save(&self, path: &Path) -> io::Result<()> {
         let text = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        store::write_atomically(path, &text, Durability::Renamed)
+        files::write_atomically(path, &text, Durability::Renamed)
     }
 }
 

@@ -25,7 +25,7 @@ use crate::config::{Config, LockBackend};
 use crate::lock::RunLock;
 use crate::outcome::unix_seconds;
 use crate::state::{Collection, LastRun, Moment, State, StateError, file_kind};
-use crate::store;
+use crate::{files, store};
 
 /// The exit codes of `status` (documented in `--help`, the README and the man page).
 pub mod code {
@@ -325,7 +325,7 @@ fn inspect(path: &Path, what: &str, want_dir: bool) -> Result<bool, Problem> {
             }
         })
     } else {
-        store::open_to_read(path).and_then(|file| match file {
+        files::open_to_read(path).and_then(|file| match file {
             Some(_) => Ok(true),
             None => Err(io::ErrorKind::NotFound.into()),
         })
@@ -347,7 +347,7 @@ fn inspect(path: &Path, what: &str, want_dir: bool) -> Result<bool, Problem> {
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(Problem::io(path, what, &e)),
         Err(e) => Err(Problem {
             path: path.to_owned(),
-            reason: match store::not_regular(&e) {
+            reason: match files::not_regular(&e) {
                 Some(not) => format!(
                     "cannot inspect the {what} {}: it is {}, not a regular file; remove it, or set the configuration to a regular file's path",
                     path.display(),

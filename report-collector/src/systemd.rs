@@ -166,15 +166,15 @@ fn first_time_this_boot(dir: &Path) -> bool {
     };
     let marker = dir.join("no-bus.boot-id");
     // Read as every file the collector keeps: a FIFO or link there is refused, never waited on.
-    if crate::store::read_existing(&marker)
+    if crate::files::read_existing(&marker)
         .is_ok_and(|noted| noted.as_deref() == Some(boot_id.as_bytes()))
     {
         return false;
     }
-    let _ = crate::store::write_atomically(
+    let _ = crate::files::write_atomically(
         &marker,
         boot_id.as_bytes(),
-        crate::store::Durability::Renamed,
+        crate::files::Durability::Renamed,
     );
     true
 }

@@ -10,7 +10,7 @@
 //! for an open descriptor of this file carrying the flock (`/proc/PID/fd`, `/proc/PID/fdinfo`).
 //!
 //! The lock file is opened without following a final symbolic link and refused unless it is a
-//! regular file (`store::open_lock_file`): a link there must not get its target truncated.
+//! regular file (`files::open_lock_file`): a link there must not get its target truncated.
 
 use std::fs::File;
 use std::io;
@@ -26,8 +26,8 @@ use super::{
     RunLock, Taken, proc_locks,
 };
 use crate::config::Policy;
+use crate::files;
 use crate::lock::replace::SignalError;
-use crate::store;
 use report_common::ticket::Ticket;
 
 /// The flock backend: the lock file at `path`.
@@ -77,7 +77,7 @@ impl FlockLock {
         if holder_at(&self.path)?.is_some() {
             return Ok(None);
         }
-        Ok(store::open_to_read(&self.path)?
+        Ok(files::open_to_read(&self.path)?
             .and_then(|file| read_record(&file))
             .and_then(LeftTicket::from_record))
     }
@@ -104,7 +104,7 @@ impl LockFile {
     /// Opens (creating if needed, never truncating) the lock file.
     pub fn open(path: &Path) -> io::Result<LockFile> {
         Ok(LockFile {
-            file: store::open_lock_file(path)?,
+            file: files::open_lock_file(path)?,
         })
     }
 
@@ -208,12 +208,12 @@ pub fn holder_at(path: &Path) -> io::Result<Option<Holder>> {
     };
     if !meta.is_file() {
         // Opening it is what says so, in the words every other file's refusal uses.
-        store::open_to_read(path)?;
+        files::open_to_read(path)?;
     }
     let Some(pid) = kernel_pid(&meta) else {
         return Ok(None);
     };
-    let record = store::open_to_read(path)
+    let record = files::open_to_read(path)
         .ok()
         .flatten()
         .and_then(|file| read_record(&file));

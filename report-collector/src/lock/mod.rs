@@ -410,7 +410,7 @@ impl fmt::Display for NotAcquired {
             ),
             Refusal::Unavailable(why) => write!(f, "cannot use the lock {lock}: {why}"),
             // A path that is not a regular file: its message says what to do.
-            Refusal::Io(e) if crate::store::not_regular(e).is_some() => {
+            Refusal::Io(e) if crate::files::not_regular(e).is_some() => {
                 write!(f, "cannot use the lock file {lock}: {e}")
             }
             Refusal::Io(e) => write!(
