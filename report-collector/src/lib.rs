@@ -23,6 +23,7 @@ pub mod state;
 pub mod status;
 pub mod store;
 pub mod systemd;
+pub mod time;
 
 /// A ticket for a test, known to be safe.
 #[cfg(test)]

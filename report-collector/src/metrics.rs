@@ -19,8 +19,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::files::{Durability, lock_briefly, open_lock_file, read_existing, write_atomically};
-use crate::outcome::{KINDS, RunReport, unix_seconds};
+use crate::outcome::{KINDS, RunReport};
 use crate::state::Collection;
+use crate::time::unix_seconds;
 
 const LAST_SUCCESS: &str = "report_collector_last_success_timestamp_seconds";
 const RUNS_TOTAL: &str = "report_collector_runs_total";

@@ -8,7 +8,7 @@ use report_common::ticket::Ticket;
 use report_common::{exit, message_id};
 
 use crate::config::Policy;
-use crate::schedule::format_time;
+use crate::time::format_time;
 
 /// The signal that cancelled a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,7 +278,7 @@ impl RunReport {
                 match (self.tickets.resumed_from, self.ticket_age()) {
                     (Some(pid), Some(age)) => format!(
                         ", resuming the ticket pid {pid} left, requested {} before",
-                        humantime::format_duration(crate::lock::round_ms(age))
+                        humantime::format_duration(crate::time::round_ms(age))
                     ),
                     (Some(pid), None) => format!(", resuming the ticket pid {pid} left"),
                     _ => String::new(),
@@ -349,12 +349,6 @@ impl RunReport {
             Outcome::Failed { .. } => decision!(error),
         }
     }
-}
-
-pub fn unix_seconds(at: SystemTime) -> f64 {
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
 }
 
 /// Test support: the one line of `captured` with MESSAGE_ID `id`, checked to carry every

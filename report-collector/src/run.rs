@@ -23,13 +23,13 @@ use crate::client::{self, Cancel, CollectError, Collected, ReportServer};
 use crate::config::{Config, Policy};
 use crate::lock::{
     Collection, LeaseLost, LeftTicket, LockGuard, NotAcquired, Request, RunLock, SlotTaken,
-    round_ms,
 };
 use crate::metrics;
 use crate::outcome::{CancelSignal, Failure, Outcome, RunReport, Skip, TicketNotes};
-use crate::schedule::{Placement, Trigger, format_time};
+use crate::schedule::{Placement, Trigger};
 use crate::state;
 use crate::store::{self, StoreError};
+use crate::time::{format_time, round_ms};
 
 /// Why a run did not collect; the `Display` is the sentence the journal and `status` show.
 #[derive(Debug, thiserror::Error)]

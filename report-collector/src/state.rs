@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::files::{self, Durability};
 use crate::outcome::{Outcome, RunReport};
-use crate::schedule::format_time;
+use crate::time::{format_time, from_unix_seconds};
 
 /// What the state file holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,13 +44,8 @@ pub struct Moment {
 
 impl Moment {
     pub fn from_unix(unix: f64) -> Moment {
-        // A corrupt file may hold any number: saturate rather than overflow.
-        let time = std::time::Duration::try_from_secs_f64(unix.max(0.0))
-            .ok()
-            .and_then(|since| std::time::SystemTime::UNIX_EPOCH.checked_add(since))
-            .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
         Moment {
-            at: format_time(time),
+            at: format_time(from_unix_seconds(unix)),
             unix,
         }
     }
@@ -121,7 +116,7 @@ impl LastRun {
             outcome: run.outcome.kind().to_owned(),
             exit_code: run.exit_code(),
             started: format_time(run.started),
-            started_unix: crate::outcome::unix_seconds(run.started),
+            started_unix: crate::time::unix_seconds(run.started),
             duration_seconds: run.duration.as_secs_f64(),
             ticket: run.ticket.clone(),
             holder_pid: run.holder_pid,

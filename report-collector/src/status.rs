@@ -23,8 +23,8 @@ use serde::Serialize;
 
 use crate::config::{Config, LockBackend};
 use crate::lock::RunLock;
-use crate::outcome::unix_seconds;
 use crate::state::{Collection, LastRun, Moment, State, StateError, file_kind};
+use crate::time::unix_seconds;
 use crate::{files, store};
 
 /// The exit codes of `status` (documented in `--help`, the README and the man page).
@@ -444,7 +444,7 @@ pub async fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> St
                 .flatten()
                 .map(|left| LeftTicketStatus {
                     ticket: left.ticket,
-                    requested: left.requested.map(crate::schedule::format_time),
+                    requested: left.requested.map(crate::time::format_time),
                     by_pid: left.by_pid,
                 }),
             _ => None,

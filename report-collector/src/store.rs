@@ -65,7 +65,7 @@ pub enum StoreError {
 /// `20240101T120000Z_<ticket>.csv`: names sort by time (by the clock's word for it).
 pub fn file_name(at: SystemTime, ticket: &Ticket) -> String {
     // format_time clamps to 1970..=9999: a clock outside it never panics a save.
-    let stamp: String = crate::schedule::format_time(at)
+    let stamp: String = crate::time::format_time(at)
         .chars()
         .filter(|c| !matches!(c, '-' | ':'))
         .collect();

@@ -93,7 +93,7 @@ impl Observed {
             return Verdict::NotTheTimer {
                 reason: format!(
                     "the timer last triggered {} {} this run started",
-                    humantime::format_duration(crate::lock::round_ms(apart)),
+                    humantime::format_duration(crate::time::round_ms(apart)),
                     if self.last_trigger_usec < self.own_start_usec {
                         "before"
                     } else {

@@ -120,7 +120,7 @@ impl LockFile {
                 let mut record = HolderRecord::of_this_process(SystemTime::now());
                 if let Some(left) = &left {
                     record.ticket = Some(left.ticket.as_str().to_owned());
-                    record.ticket_requested = left.requested.map(crate::schedule::format_time_ms);
+                    record.ticket_requested = left.requested.map(crate::time::format_time_ms);
                 }
                 let held = HeldFlock {
                     lock: self,

@@ -16,7 +16,7 @@ use report_common::shown::plain_or_quoted;
 use report_common::ticket::Ticket;
 use serde::{Deserialize, Serialize};
 
-use crate::schedule::format_time;
+use crate::time::format_time;
 
 /// What the holder writes about itself once it has the lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +49,7 @@ impl HolderRecord {
     /// Notes the ticket this holder is collecting and when it asked for it.
     pub fn set_ticket(&mut self, ticket: &Ticket, requested: SystemTime) {
         self.ticket = Some(ticket.as_str().to_owned());
-        self.ticket_requested = Some(crate::schedule::format_time_ms(requested));
+        self.ticket_requested = Some(crate::time::format_time_ms(requested));
     }
 }
 

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, Policy};
 use crate::outcome::Failure;
+use crate::time::round_ms;
 pub use holder::{Holder, HolderRecord};
 pub use replace::Contest;
 
@@ -54,7 +55,7 @@ impl Request {
             policy: config.policy,
             lock_wait: config.lock_wait,
             replace_grace: config.replace_grace,
-            deadline: crate::schedule::instant_after(started, config.deadline),
+            deadline: crate::time::instant_after(started, config.deadline),
             deadline_setting: config.deadline,
             slot: None,
         }
@@ -427,11 +428,6 @@ impl fmt::Display for NotAcquired {
 
 impl std::error::Error for NotAcquired {}
 
-/// A duration cut to whole milliseconds, for messages.
-pub fn round_ms(d: Duration) -> Duration {
-    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Takes a lock as `request.policy` says, once a backend has it open as a [`Contest`]: at
 /// once if it is free, else skip (`forbid`), wait (`wait`) or end its holder (`replace`).
 /// `allow` is the backend's to answer before it opens anything.
@@ -460,7 +456,7 @@ pub async fn by_policy<G, C: Contest<Held = Taken<G>>>(
             let started = Instant::now();
             let until = request
                 .deadline
-                .min(crate::schedule::instant_after(started, request.lock_wait));
+                .min(crate::time::instant_after(started, request.lock_wait));
             tracing::info!(
                 "lock {lock} is held by {holder}; waiting up to {} for it",
                 humantime::format_duration(until - started)

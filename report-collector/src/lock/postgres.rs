@@ -44,10 +44,10 @@ use self::tables::Shape;
 
 use super::{
     Acquired, Collection, FleetCollection, Holder, LeaseLost, LeftTicket, LockGuard, NotAcquired,
-    Refusal, Request, RunLock, SlotTaken, round_ms,
+    Refusal, Request, RunLock, SlotTaken,
 };
 use crate::config::{LEASE_RANGE, Policy, PostgresConfig, Tls};
-use crate::schedule::format_time;
+use crate::time::{format_time, round_ms};
 
 /// The first key of every advisory lock this program takes ('RC'), so that other programs'
 /// advisory locks in the same database do not collide with ours.
@@ -632,7 +632,7 @@ impl Row {
             since: self.since.map(format_time),
             host: self.host.clone(),
             ticket: self.ticket.clone(),
-            ticket_requested: self.ticket_requested.map(crate::schedule::format_time_ms),
+            ticket_requested: self.ticket_requested.map(crate::time::format_time_ms),
             confirmed: self.session_holds && self.live(),
             show_host: true,
         }
@@ -725,7 +725,7 @@ impl RunLock for PostgresLock {
         let wait_until = match request.policy {
             Policy::Wait => request
                 .deadline
-                .min(crate::schedule::instant_after(started, request.lock_wait)),
+                .min(crate::time::instant_after(started, request.lock_wait)),
             _ => request.deadline,
         };
         let mut previous: Option<Holder> = None;

@@ -28,7 +28,7 @@ use report_common::ticket::{self, Ticket};
 
 use super::Row;
 use crate::config::LEASE_RANGE;
-use crate::schedule::format_time;
+use crate::time::{LAST_TIME, format_time};
 
 /// What VALUE_DECLINED's `SOURCE` says of a value read from the row.
 pub const SOURCE: &str = "the PostgreSQL lock's row";
@@ -42,8 +42,6 @@ pub const NAME_READ: usize = NAME_MAX + 1;
 pub const TICKET_READ: usize = ticket::MAX_LEN + 1;
 /// How much of a declined value a journal line shows, in characters (before escaping).
 const SHOWN: usize = 64;
-/// The last second RFC 3339 writes: 9999-12-31T23:59:59Z.
-const LAST_TIME: Duration = Duration::from_secs(253_402_300_799);
 
 /// The lock's row as the database gave it, before any check. Text columns are cut short in
 /// SQL (names to [`NAME_READ`] characters, the ticket to [`TICKET_READ`]).
