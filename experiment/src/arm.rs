@@ -6,7 +6,7 @@
 //! One more arm is `forbid` under cron with every other run killed (`kill -9`) while it holds a
 //! ticket: what the next run makes of the ticket a dead run left behind.
 
-use report_collector::config::Policy;
+use report_collector::lock::Policy;
 
 /// How the experiment's own launcher fires runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,8 +14,9 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use report_collector::config::{Config, Policy};
+use report_collector::config::Config;
 use report_collector::lock::HolderRecord;
+use report_collector::lock::Policy;
 use report_collector::store::is_report_name;
 use tokio::process::Command;
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use report_collector::config::Policy;
+use report_collector::lock::Policy;
 use report_common::exit;
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;

@@ -21,5 +21,5 @@ pub use arm::{Arm, ArmId, Launcher};
 pub use binaries::Binaries;
 pub use experiment::{Outcome, run};
 pub use params::Params;
-pub use report_collector::config::Policy;
+pub use report_collector::lock::Policy;
 pub use shape::{Claim, Verdict, judge};

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use report_collector::config::{Policy, PostgresConfig, Tls};
+use report_collector::config::{PostgresConfig, Tls};
 use report_collector::lock::flock::FlockLock;
 use report_collector::lock::postgres::PostgresLock;
-use report_collector::lock::{LockGuard, Request, RunLock};
+use report_collector::lock::{LockGuard, Policy, Request, RunLock};
 
 fn request() -> Request {
     Request {

@@ -12,54 +12,10 @@ use std::time::Duration;
 use report_common::config::{ConfigFile, Loaded, Refusal, duration_within, number_within};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::lock::Policy;
+
 /// Where the packaged configuration lives; a missing file there means "use the defaults".
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/report-collector/config.toml";
-
-/// What to do when the previous run still holds the lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Policy {
-    /// Skip this run at once, naming the holder.
-    #[default]
-    Forbid,
-    /// Wait for the lock up to `lock-wait`, then run; skip on timeout.
-    Wait,
-    /// End the holder (SIGTERM, then SIGKILL after `replace-grace`), then run.
-    Replace,
-    /// Take no lock at all: runs may overlap.
-    Allow,
-}
-
-impl Policy {
-    pub const ALL: [Policy; 4] = [Policy::Forbid, Policy::Wait, Policy::Replace, Policy::Allow];
-
-    /// The name used in the config file, on the command line and in the journal.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::Forbid => "forbid",
-            Policy::Wait => "wait",
-            Policy::Replace => "replace",
-            Policy::Allow => "allow",
-        }
-    }
-}
-
-impl fmt::Display for Policy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Policy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Policy::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown policy `{s}`: use one of forbid, wait, replace, allow"))
-    }
-}
 
 /// Which lock keeps runs apart: this host's `flock`, or a PostgreSQL lease shared by every host
 /// that names the same database and `lock-name`.

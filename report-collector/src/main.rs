@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use report_collector::commands::{self, config_rejected};
-use report_collector::config::{Policy, Source};
+use report_collector::config::Source;
+use report_collector::lock::Policy;
 use report_collector::schedule::DeclaredTrigger;
 use report_common::exit;
 

@@ -181,7 +181,7 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Policy;
+    use crate::lock::Policy;
     use crate::outcome::{Failure, Outcome, Skip};
     use std::time::{Duration, SystemTime};
 

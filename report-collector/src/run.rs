@@ -20,9 +20,9 @@ use report_common::ticket::Ticket;
 use tokio::time::Instant;
 
 use crate::client::{self, Cancel, CollectError, Collected, ReportServer};
-use crate::config::{Config, Policy};
+use crate::config::Config;
 use crate::lock::{
-    Collection, LeaseLost, LeftTicket, LockGuard, NotAcquired, Request, RunLock, SlotTaken,
+    Collection, LeaseLost, LeftTicket, LockGuard, NotAcquired, Policy, Request, RunLock, SlotTaken,
 };
 use crate::metrics;
 use crate::outcome::{CancelSignal, Failure, Outcome, RunReport, Skip, TicketNotes};

@@ -375,7 +375,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::config::Policy;
+    use crate::lock::Policy;
     use crate::outcome::CancelSignal;
 
     pub(crate) fn run_at(outcome: Outcome, started_unix: u64) -> RunReport {

@@ -620,7 +620,7 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Policy;
+    use crate::lock::Policy;
     use crate::lock::flock::FlockLock;
     use crate::outcome::{Failure, Outcome, RunReport};
 

@@ -916,7 +916,7 @@ fn check_config_prints_the_effective_configuration_or_the_error() {
     assert!(stdout.starts_with("# report-collector: the configuration is valid"));
     let effective: report_collector::config::Config = toml::from_str(&stdout).unwrap();
     assert_eq!(effective.keep_reports, 7);
-    assert_eq!(effective.policy, report_collector::config::Policy::Replace);
+    assert_eq!(effective.policy, report_collector::lock::Policy::Replace);
     assert_eq!(effective.server_url, "http://127.0.0.1:1");
 
     let bad = Setup::new("http://127.0.0.1:1", &[("keep-report", "7")]);

@@ -21,11 +21,11 @@ use std::time::SystemTime;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use super::Policy;
 use super::{
     Acquired, Contest, Holder, HolderRecord, LeftTicket, LockGuard, NotAcquired, Refusal, Request,
     RunLock, Taken, proc_locks,
 };
-use crate::config::Policy;
 use crate::files;
 use crate::lock::replace::SignalError;
 use report_common::ticket::Ticket;

@@ -13,6 +13,7 @@
 
 pub mod flock;
 pub mod holder;
+pub mod policy;
 pub mod postgres;
 pub mod proc_locks;
 pub mod replace;
@@ -25,10 +26,11 @@ use std::time::{Duration, SystemTime};
 use report_common::ticket::Ticket;
 use tokio::time::Instant;
 
-use crate::config::{Config, Policy};
+use crate::config::Config;
 use crate::outcome::Failure;
 use crate::time::round_ms;
 pub use holder::{Holder, HolderRecord};
+pub use policy::Policy;
 pub use replace::Contest;
 
 /// What a run asks of the lock.

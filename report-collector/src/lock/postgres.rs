@@ -42,11 +42,12 @@ use tokio_postgres::config::Host;
 use self::row::{Declined, Lease, RowValues};
 use self::tables::Shape;
 
+use super::Policy;
 use super::{
     Acquired, Collection, FleetCollection, Holder, LeaseLost, LeftTicket, LockGuard, NotAcquired,
     Refusal, Request, RunLock, SlotTaken,
 };
-use crate::config::{LEASE_RANGE, Policy, PostgresConfig, Tls};
+use crate::config::{LEASE_RANGE, PostgresConfig, Tls};
 use crate::time::{format_time, round_ms};
 
 /// The first key of every advisory lock this program takes ('RC'), so that other programs'
