@@ -12,7 +12,7 @@ use std::time::Duration;
 use report_common::config::{ConfigFile, Loaded, Refusal, duration_within, number_within};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::lock::Policy;
+use crate::lock::policy::Policy;
 
 /// Where the packaged configuration lives; a missing file there means "use the defaults".
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/report-collector/config.toml";
@@ -167,7 +167,7 @@ impl PostgresConfig {
         // is not: it is a secret, read once, by `from_config`, after a run started as root has
         // become the lock directory's owner (see `identity`).
         if self.tls == Tls::VerifyFull && unix == 0 {
-            crate::lock::postgres::ca_roots(&self.tls_ca_file()).map_err(|m| {
+            crate::lock::postgres::tls::ca_roots(&self.tls_ca_file()).map_err(|m| {
                 Refusal::new(
                     "postgres.tls-ca-file",
                     format!(

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use report_common::ticket::Ticket;
 use report_common::{exit, message_id};
 
-use crate::lock::Policy;
+use crate::lock::policy::Policy;
 use crate::time::format_time;
 
 /// The signal that cancelled a run.

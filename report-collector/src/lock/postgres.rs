@@ -26,6 +26,7 @@
 
 pub mod row;
 pub mod tables;
+pub mod tls;
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -39,8 +40,10 @@ use tokio::time::Instant;
 use tokio_postgres::Client;
 use tokio_postgres::config::Host;
 
-use self::row::{Declined, Lease, RowValues};
+use self::row::{Declined, Lease, Row, RowValues};
 use self::tables::Shape;
+pub use self::tls::MAX_CA_FILE_SIZE;
+use self::tls::tls_config;
 
 use super::Policy;
 use super::{
@@ -64,9 +67,6 @@ const WAIT_MARGIN: Duration = Duration::from_millis(250);
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Slot claims older than this are deleted when a run takes the lock.
 const SLOT_RETENTION_DAYS: i32 = 7;
-/// The most `tls-ca-file` may hold. Debian's whole bundle of system roots (the default) is
-/// 215 KiB; 1 MiB leaves it room to grow, and a path naming the wrong file is refused at once.
-pub const MAX_CA_FILE_SIZE: u64 = 1 << 20;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS report_collector_lock (
@@ -477,46 +477,6 @@ where
     }
 }
 
-/// A rustls configuration that verifies the server's chain against `ca_file` and its name
-/// against the host in `postgres.connect` (rustls' WebPKI verifier does both).
-fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, String> {
-    let roots = ca_roots(ca_file)?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("cannot set up TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
-/// The CA certificates of `ca_file` (PEM) that rustls can use; at least one, or an error
-/// naming the file. Also what `check-config` checks `tls-ca-file` with. The file is read as
-/// [`report_common::files`] reads any file: never blocking, a regular file of at most
-/// [`MAX_CA_FILE_SIZE`].
-pub(crate) fn ca_roots(ca_file: &std::path::Path) -> Result<rustls::RootCertStore, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject as _;
-    let bytes = report_common::files::read(ca_file, MAX_CA_FILE_SIZE).map_err(|e| {
-        match report_common::files::refusal(&e) {
-            Some(refused) => format!("tls-ca-file {refused}"),
-            None => format!("cannot read tls-ca-file {}: {e}", ca_file.display()),
-        }
-    })?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&bytes) {
-        let cert = cert.map_err(|e| format!("tls-ca-file {}: {e}", ca_file.display()))?;
-        // A bundle may hold a certificate rustls cannot use; the others still serve.
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        return Err(format!(
-            "tls-ca-file {} holds no usable CA certificate (PEM)",
-            ca_file.display()
-        ));
-    }
-    Ok(roots)
-}
-
 fn describe_target(pg: &tokio_postgres::Config) -> String {
     let ports = pg.get_ports();
     pg.get_hosts()
@@ -567,135 +527,6 @@ struct Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// The lock's row as a reader sees it, every value checked ([`row::decode`]).
-#[doc(hidden)]
-#[derive(Debug, Default, Clone)]
-pub struct Row {
-    /// Escaped when it needed escaping, as every name below.
-    host: Option<String>,
-    pid: Option<i32>,
-    since: Option<SystemTime>,
-    session: Option<i32>,
-    /// The fencing token of the last holder; `None` when NULL (or there is no row).
-    generation: Option<i64>,
-    lease: Lease,
-    slot: Option<SystemTime>,
-    ticket: Option<Ticket>,
-    /// The row holds a ticket that failed the check: the run that takes the lock clears it.
-    ticket_declined: bool,
-    ticket_requested: Option<SystemTime>,
-    ticket_host: Option<String>,
-    ticket_pid: Option<i32>,
-    last_at: Option<SystemTime>,
-    last_host: Option<String>,
-    last_report: Option<String>,
-    /// The session the row names holds the advisory lock.
-    session_holds: bool,
-    /// Whichever session holds the advisory lock now.
-    lock_pid: Option<i32>,
-    /// Its `application_name`: `report-collector HOST:PID` for a collector.
-    lock_application: Option<String>,
-    /// The generation that marked the ticket as being saved, right before writing its report.
-    saving_generation: Option<i64>,
-    /// The host of that generation.
-    saved_by_host: Option<String>,
-}
-
-impl Row {
-    /// Who holds the lock, or held it last, as far as the row and `pg_locks` say.
-    pub fn holder(&self) -> Holder {
-        if !self.session_holds && self.lock_pid.is_some() {
-            // Taken, not yet written into the row (its taker is waiting out the previous
-            // lease): the session's application_name says who.
-            let (host, pid) = self
-                .lock_application
-                .as_deref()
-                .and_then(|name| name.strip_prefix("report-collector "))
-                .and_then(|who| who.rsplit_once(':'))
-                .map_or((None, None), |(host, pid)| {
-                    (Some(host.to_owned()), pid.parse().ok())
-                });
-            return Holder {
-                pid,
-                since: None,
-                host,
-                ticket: None,
-                ticket_requested: None,
-                confirmed: false,
-                show_host: true,
-            };
-        }
-        Holder {
-            pid: self.pid.and_then(|p| u32::try_from(p).ok()),
-            since: self.since.map(format_time),
-            host: self.host.clone(),
-            ticket: self.ticket.clone(),
-            ticket_requested: self.ticket_requested.map(crate::time::format_time_ms),
-            confirmed: self.session_holds && self.live(),
-            show_host: true,
-        }
-    }
-
-    /// The holder the row names, whoever holds the advisory lock now: once a waiting run has
-    /// the advisory lock itself, the row still names the run whose lease it waits out.
-    fn recorded_holder(&self) -> Holder {
-        Row {
-            lock_pid: None,
-            ..self.clone()
-        }
-        .holder()
-    }
-
-    fn held(&self) -> bool {
-        self.lock_pid.is_some() || (self.live() && self.session.is_some())
-    }
-
-    /// The ticket the last holder left unfinished, if the row holds one that passed the check.
-    pub fn left_ticket(&self) -> Option<LeftTicket> {
-        Some(LeftTicket {
-            ticket: self.ticket.clone()?,
-            requested: self.ticket_requested,
-            by_pid: self
-                .ticket_pid
-                .or(self.pid)
-                .and_then(|p| u32::try_from(p).ok())
-                .unwrap_or(0),
-            host: self.ticket_host.clone().or_else(|| self.host.clone()),
-            saving: self
-                .saving_generation
-                .map(|generation| (generation, self.saved_by_host.clone().unwrap_or_default())),
-        })
-    }
-
-    /// The lease in the row, by the database's clock when the row was read.
-    pub fn lease(&self) -> Lease {
-        self.lease
-    }
-
-    /// The ticket in the row, if it passed the check.
-    pub fn ticket(&self) -> Option<&Ticket> {
-        self.ticket.as_ref()
-    }
-
-    /// The lease is still running, and can be real.
-    fn live(&self) -> bool {
-        matches!(self.lease, Lease::Live(_))
-    }
-
-    /// The lease ran out, or there is none: a session still holding the lock holds it stale.
-    /// An untrusted lease is neither.
-    fn lease_ended(&self) -> bool {
-        matches!(self.lease, Lease::None | Lease::Over(_))
-    }
-
-    fn remaining(&self) -> Duration {
-        match self.lease {
-            Lease::Live(left) => left,
-            _ => Duration::ZERO,
-        }
     }
 }
 

@@ -13,7 +13,35 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
-use super::{Holder, Refusal};
+use super::holder::Holder;
+
+/// What stood in the way of taking the lock.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Busy under `forbid`.
+    Busy(Holder),
+    /// `lock-wait` (or the run deadline) passed under `wait`.
+    WaitTimedOut { holder: Holder, waited: Duration },
+    /// Under `replace`, the holder could not be confirmed, so nothing was signalled.
+    HolderUnconfirmed(Holder),
+    /// Under `replace`, the pid the lock and its record name holds no descriptor of the lock
+    /// (another process inherited it), so nothing was signalled.
+    HolderHoldsNoDescriptor(Holder),
+    /// The run deadline passed while ending the holder.
+    DeadlinePassed(Holder),
+    /// Under `replace` on a shared lock: the holder's slot is not earlier than this run's,
+    /// so it is left to finish.
+    NotEarlier(Holder),
+    /// The lock's previous holder may still be running (its lease is live) and the run
+    /// deadline would pass before the lease ends.
+    LeaseOutlastsDeadline { holder: Holder, remaining: Duration },
+    /// The shared lock's database cannot be reached or refused this collector.
+    Unavailable(String),
+    /// The lock could not be used at all.
+    Io(io::Error),
+    /// The holder could not be signalled.
+    Signal { pid: u32, error: nix::Error },
+}
 
 /// A holder that could not be signalled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,8 +26,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use report_common::shown;
 use report_common::ticket::{self, Ticket};
 
-use super::Row;
 use crate::config::LEASE_RANGE;
+use crate::lock::{Holder, LeftTicket};
 use crate::time::{LAST_TIME, format_time};
 
 /// What VALUE_DECLINED's `SOURCE` says of a value read from the row.
@@ -304,6 +304,135 @@ fn shown_cut(text: &str, bytes: usize) -> String {
     }
     let head: String = text.chars().take(SHOWN).collect();
     format!("{}... ({bytes} bytes)", shown::quoted(&head, SHOWN))
+}
+
+/// The lock's row as a reader sees it, every value checked ([`decode`]).
+#[doc(hidden)]
+#[derive(Debug, Default, Clone)]
+pub struct Row {
+    /// Escaped when it needed escaping, as every name below.
+    pub(super) host: Option<String>,
+    pub(super) pid: Option<i32>,
+    pub(super) since: Option<SystemTime>,
+    pub(super) session: Option<i32>,
+    /// The fencing token of the last holder; `None` when NULL (or there is no row).
+    pub(super) generation: Option<i64>,
+    pub(super) lease: Lease,
+    pub(super) slot: Option<SystemTime>,
+    pub(super) ticket: Option<Ticket>,
+    /// The row holds a ticket that failed the check: the run that takes the lock clears it.
+    pub(super) ticket_declined: bool,
+    pub(super) ticket_requested: Option<SystemTime>,
+    pub(super) ticket_host: Option<String>,
+    pub(super) ticket_pid: Option<i32>,
+    pub(super) last_at: Option<SystemTime>,
+    pub(super) last_host: Option<String>,
+    pub(super) last_report: Option<String>,
+    /// The session the row names holds the advisory lock.
+    pub(super) session_holds: bool,
+    /// Whichever session holds the advisory lock now.
+    pub(super) lock_pid: Option<i32>,
+    /// Its `application_name`: `report-collector HOST:PID` for a collector.
+    pub(super) lock_application: Option<String>,
+    /// The generation that marked the ticket as being saved, right before writing its report.
+    pub(super) saving_generation: Option<i64>,
+    /// The host of that generation.
+    pub(super) saved_by_host: Option<String>,
+}
+
+impl Row {
+    /// Who holds the lock, or held it last, as far as the row and `pg_locks` say.
+    pub fn holder(&self) -> Holder {
+        if !self.session_holds && self.lock_pid.is_some() {
+            // Taken, not yet written into the row (its taker is waiting out the previous
+            // lease): the session's application_name says who.
+            let (host, pid) = self
+                .lock_application
+                .as_deref()
+                .and_then(|name| name.strip_prefix("report-collector "))
+                .and_then(|who| who.rsplit_once(':'))
+                .map_or((None, None), |(host, pid)| {
+                    (Some(host.to_owned()), pid.parse().ok())
+                });
+            return Holder {
+                pid,
+                since: None,
+                host,
+                ticket: None,
+                ticket_requested: None,
+                confirmed: false,
+                show_host: true,
+            };
+        }
+        Holder {
+            pid: self.pid.and_then(|p| u32::try_from(p).ok()),
+            since: self.since.map(format_time),
+            host: self.host.clone(),
+            ticket: self.ticket.clone(),
+            ticket_requested: self.ticket_requested.map(crate::time::format_time_ms),
+            confirmed: self.session_holds && self.live(),
+            show_host: true,
+        }
+    }
+
+    /// The holder the row names, whoever holds the advisory lock now: once a waiting run has
+    /// the advisory lock itself, the row still names the run whose lease it waits out.
+    pub(super) fn recorded_holder(&self) -> Holder {
+        Row {
+            lock_pid: None,
+            ..self.clone()
+        }
+        .holder()
+    }
+
+    pub(super) fn held(&self) -> bool {
+        self.lock_pid.is_some() || (self.live() && self.session.is_some())
+    }
+
+    /// The ticket the last holder left unfinished, if the row holds one that passed the check.
+    pub fn left_ticket(&self) -> Option<LeftTicket> {
+        Some(LeftTicket {
+            ticket: self.ticket.clone()?,
+            requested: self.ticket_requested,
+            by_pid: self
+                .ticket_pid
+                .or(self.pid)
+                .and_then(|p| u32::try_from(p).ok())
+                .unwrap_or(0),
+            host: self.ticket_host.clone().or_else(|| self.host.clone()),
+            saving: self
+                .saving_generation
+                .map(|generation| (generation, self.saved_by_host.clone().unwrap_or_default())),
+        })
+    }
+
+    /// The lease in the row, by the database's clock when the row was read.
+    pub fn lease(&self) -> Lease {
+        self.lease
+    }
+
+    /// The ticket in the row, if it passed the check.
+    pub fn ticket(&self) -> Option<&Ticket> {
+        self.ticket.as_ref()
+    }
+
+    /// The lease is still running, and can be real.
+    pub(super) fn live(&self) -> bool {
+        matches!(self.lease, Lease::Live(_))
+    }
+
+    /// The lease ran out, or there is none: a session still holding the lock holds it stale.
+    /// An untrusted lease is neither.
+    pub(super) fn lease_ended(&self) -> bool {
+        matches!(self.lease, Lease::None | Lease::Over(_))
+    }
+
+    pub(super) fn remaining(&self) -> Duration {
+        match self.lease {
+            Lease::Live(left) => left,
+            _ => Duration::ZERO,
+        }
+    }
 }
 
 #[cfg(test)]
