@@ -1,15 +1,18 @@
 //! The run lock behind one small interface: acquire it with a policy, read who holds it (and
 //! the record the holder wrote), release it. The run sees only [`RunLock`] and [`LockGuard`];
-//! a backend is one more module.
+//! each backend implements them in a module of its own.
 //!
-//! - [`flock`]: the local backend, an `flock` on `lock-file` (the default).
+//! - [`policy`]: the four policies by name (a leaf the configuration imports too).
+//! - [`flock`]: the local backend, an `flock` on `lock-file` (the default); it takes the lock
+//!   through [`by_policy`] and the loops of [`replace`].
 //! - [`postgres`]: the shared backend, a lease in a PostgreSQL row behind a session advisory
-//!   lock, for collectors on several hosts.
+//!   lock, for collectors on several hosts. It has its own acquire loop (the lease, the slot
+//!   and the generation decide there), and shares the types here with the flock.
 //! - [`holder`]: the holder record every backend carries (pid, since, host, ticket and when it
 //!   was requested).
 //! - [`proc_locks`]: who holds an flock, read from `/proc/locks`.
-//! - [`replace`]: the waiting and replacing loops, written once for every backend against
-//!   [`Contest`] and tested on tokio's paused clock; they never signal an unconfirmed holder.
+//! - [`replace`]: the waiting and replacing loops over [`Contest`], used by the flock and
+//!   tested on tokio's paused clock; they never signal an unconfirmed holder.
 
 pub mod flock;
 pub mod holder;

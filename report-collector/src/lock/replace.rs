@@ -1,5 +1,6 @@
-//! Waiting for a busy lock and replacing its holder, written once against [`Contest`] so that
-//! every backend shares them and the tests can script a holder on tokio's paused clock.
+//! Waiting for a busy lock and replacing its holder, written against [`Contest`] so that the
+//! tests can script a holder on tokio's paused clock; the flock takes its lock through them
+//! (PostgreSQL has its own acquire loop). [`Refusal`], what stood in the way, is here too.
 //!
 //! The one rule that matters here: a process is signalled only right after the lock itself
 //! confirmed that the pid in the holder record is the pid holding the lock, and the process
