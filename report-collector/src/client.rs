@@ -547,18 +547,7 @@ fn excerpt(body: &[u8]) -> String {
         None => one_line,
     };
     // What whitespace splitting leaves (NUL, ESC, bidi controls) is escaped, never printed.
-    cut.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control()
-                || c.escape_debug().len() > 1 && !matches!(c, '"' | '\'' | '\\')
-            {
-                c.escape_debug().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+    report_common::shown::escaped(&cut).into_owned()
 }
 
 /// The answer for any status that is not a 200 (nor a 404 on `get_report`).
