@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(ticket::is_safe(&left.ticket), "{:?}", left.ticket);
     if let Some(host) = &left.host {
         assert!(
-            host.len() <= 255 && !host.chars().any(char::is_control),
+            host.chars().count() <= 255 && !host.chars().any(char::is_control),
             "{host:?}"
         );
     }

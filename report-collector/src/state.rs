@@ -103,7 +103,7 @@ fn declined_ticket<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Ticket>, D::Error> {
     let text = <Option<std::borrow::Cow<'de, str>>>::deserialize(deserializer)?;
-    Ok(text.and_then(|text| crate::lock::checked_left_ticket(&text, "the state file")))
+    Ok(text.and_then(|text| crate::lock::checked_ticket(&text, "the state file")))
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -60,8 +60,8 @@ pub fn this_host() -> Option<String> {
         .and_then(|name| name.into_string().ok())
 }
 
-/// How much of a host name another process wrote is shown (a real one is at most 64 bytes,
-/// `HOST_NAME_MAX`; DNS allows 253).
+/// The longest host name another process or host wrote that is taken and shown as it is, in
+/// characters (a real one is at most 64 bytes, `HOST_NAME_MAX`; DNS allows 253).
 pub const HOST_SHOWN: usize = 255;
 
 /// Who holds the lock, as far as can be told without taking it.

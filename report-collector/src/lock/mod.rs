@@ -90,7 +90,7 @@ impl LeftTicket {
     /// record written does not carry it on.
     pub fn from_record(record: HolderRecord) -> Option<LeftTicket> {
         let ticket =
-            checked_left_ticket(record.ticket.as_deref()?, "the lock file's holder record")?;
+            checked_ticket(record.ticket.as_deref()?, "the lock file's holder record")?;
         Some(LeftTicket {
             ticket,
             requested: record
@@ -108,7 +108,7 @@ impl LeftTicket {
 
 /// `text` as a [`Ticket`], or `None` with one journal line (`VALUE_DECLINED`) naming `source`
 /// and the text, escaped and cut short.
-pub fn checked_left_ticket(text: &str, source: &str) -> Option<Ticket> {
+pub fn checked_ticket(text: &str, source: &str) -> Option<Ticket> {
     Ticket::new(text)
         .inspect_err(|unsafe_ticket| {
             declined(source, "ticket", &unsafe_ticket.shown, unsafe_ticket)
@@ -116,11 +116,14 @@ pub fn checked_left_ticket(text: &str, source: &str) -> Option<Ticket> {
         .ok()
 }
 
-/// `host` when it can be a host name (at most [`holder::HOST_SHOWN`] bytes, no control
-/// character), or `None` with one journal line naming `source`: it goes into journal fields
-/// and messages as it is.
+/// `host` when it can be a host name (at most [`holder::HOST_SHOWN`] characters, nothing
+/// [`report_common::shown`] would escape: the same rule as the PostgreSQL row's names), or
+/// `None` with one journal line naming `source`: it goes into journal fields and messages as
+/// it is.
 pub fn checked_host(host: String, source: &str) -> Option<String> {
-    if host.len() <= holder::HOST_SHOWN && !host.chars().any(char::is_control) {
+    if let std::borrow::Cow::Borrowed(_) =
+        report_common::shown::plain_or_quoted(&host, holder::HOST_SHOWN)
+    {
         return Some(host);
     }
     let shown = report_common::shown::quoted(&host, 64);

@@ -32,8 +32,9 @@ use crate::time::{LAST_TIME, format_time};
 
 /// What VALUE_DECLINED's `SOURCE` says of a value read from the row.
 pub const SOURCE: &str = "the PostgreSQL lock's row";
-/// The longest host name or report name shown as it is, in characters.
-pub const NAME_MAX: usize = 255;
+/// The longest host name or report name shown as it is, in characters: the holder record's
+/// bound.
+pub const NAME_MAX: usize = crate::lock::holder::HOST_SHOWN;
 /// How many characters of a host or report name are read (`left(column, 256)`, written out in
 /// the slot statements): one more than [`NAME_MAX`], so that a longer one is seen to be longer.
 pub const NAME_READ: usize = NAME_MAX + 1;
