@@ -36,6 +36,18 @@ need flock util-linux
 need python3 python3
 [ -x /usr/bin/time ] || { echo "installing time ..." >&2; apt-get install -y time >/dev/null; }
 
+# Waits up to 5 s until CMD... succeeds; else prints "WHAT did not start:" and LOG, and exits.
+started() {
+    what=$1 log=$2
+    shift 2
+    i=0
+    until "$@" >/dev/null 2>&1; do
+        i=$((i + 1))
+        [ $i -lt 100 ] || { echo "$what did not start:" >&2; cat "$log" >&2; exit 1; }
+        sleep 0.05
+    done
+}
+
 cd "$ROOT"
 cargo build --release -q -p report-collector -p report-apis --bins --example systemd_standin
 COLLECTOR=$ROOT/target/release/report-collector
@@ -67,12 +79,7 @@ generation-time = "0s"
 EOF
 "$APIS" --config "$WORK/apis.toml" >"$WORK/apis.log" 2>&1 &
 SERVER_PID=$!
-i=0
-until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; do
-    i=$((i + 1))
-    [ $i -lt 100 ] || { echo "report-apis did not start:" >&2; cat "$WORK/apis.log" >&2; exit 1; }
-    sleep 0.05
-done
+started report-apis "$WORK/apis.log" curl -sf "http://127.0.0.1:$PORT/healthz"
 
 mkdir -p "$WORK/collector" "$WORK/script/reports"
 cat >"$WORK/collector/config.toml" <<EOF
@@ -132,20 +139,10 @@ echo "== peak RSS of a whole run that asks the system bus (max of 20) =="
 need dbus-daemon dbus-daemon
 dbus-daemon --session --nofork --nopidfile --address="unix:path=$WORK/bus" >/dev/null 2>&1 &
 BUS_PID=$!
-i=0
-until [ -S "$WORK/bus" ]; do
-    i=$((i + 1))
-    [ $i -lt 100 ] || { echo "dbus-daemon did not start" >&2; exit 1; }
-    sleep 0.05
-done
+started dbus-daemon /dev/null test -S "$WORK/bus"
 "$ROOT/target/release/examples/systemd_standin" "unix:path=$WORK/bus" >"$WORK/standin.log" 2>&1 &
 STANDIN_PID=$!
-i=0
-until grep -q ready "$WORK/standin.log"; do
-    i=$((i + 1))
-    [ $i -lt 100 ] || { echo "the systemd stand-in did not start:" >&2; cat "$WORK/standin.log" >&2; exit 1; }
-    sleep 0.05
-done
+started "the systemd stand-in" "$WORK/standin.log" grep -q ready "$WORK/standin.log"
 BUS_RSS=0
 for _ in $(seq 20); do
     kb=$(DBUS_SYSTEM_BUS_ADDRESS="unix:path=$WORK/bus" TRIGGER_UNIT=report-collector.timer \
@@ -181,12 +178,7 @@ printf 'timestamp,data\n2026-01-01T00:00:00Z,42\n' >"$WORK/files/get_report/smal
 echo small_0 >"$WORK/files/request_report"
 python3 -m http.server --bind 127.0.0.1 --directory "$WORK/files" "$FILES_PORT" >"$WORK/files.log" 2>&1 &
 FILES_PID=$!
-i=0
-until curl -sf "http://127.0.0.1:$FILES_PORT/request_report" >/dev/null 2>&1; do
-    i=$((i + 1))
-    [ $i -lt 100 ] || { echo "the static report server did not start:" >&2; cat "$WORK/files.log" >&2; exit 1; }
-    sleep 0.05
-done
+started "the static report server" "$WORK/files.log" curl -sf "http://127.0.0.1:$FILES_PORT/request_report"
 cat >"$WORK/sized/config.toml" <<EOF
 server-url = "http://127.0.0.1:$FILES_PORT"
 lock-file = "$WORK/sized/collector.lock"

@@ -300,10 +300,11 @@ pub(crate) fn open_dir(dir: &Path) -> io::Result<File> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn all_files(dir: &Path) -> Vec<String> {
+    /// The names in `dir`, sorted: what the file tests here and the report tests compare.
+    pub(crate) fn all_files(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

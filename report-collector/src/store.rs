@@ -330,6 +330,7 @@ pub fn prune(dir: &Path, order: &Path, keep: usize, protect: &[&Path]) -> io::Re
 mod tests {
     use super::*;
     use crate::files::open_lock_file;
+    use crate::files::tests::all_files;
     use std::os::unix::fs::PermissionsExt as _;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -347,15 +348,6 @@ mod tests {
     ) -> Result<PathBuf, StoreError> {
         let report = Spool::holding(dir, ticket, bytes)?;
         save(dir, order, at, ticket, report)
-    }
-
-    fn all_files(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        names
     }
 
     #[test]

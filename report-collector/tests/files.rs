@@ -457,20 +457,8 @@ fn anything_but_a_regular_file_at_any_of_the_collectors_paths_is_refused_by_name
 /// The user nobody, for runs that must not be root (root reads and writes through any mode),
 /// given files by root: a failure saying what is missing where either is not there.
 fn nobody() -> nix::unistd::User {
-    prerequisite(
-        "root",
-        if nix::unistd::Uid::effective().is_root() {
-            Ok(())
-        } else {
-            Err("not root")
-        },
-    );
-    prerequisite(
-        "the user nobody",
-        nix::unistd::User::from_name("nobody")
-            .map_err(|e| e.to_string())
-            .and_then(|user| user.ok_or_else(|| "no such user".to_owned())),
-    )
+    require_root("to give files to nobody");
+    require_user("nobody")
 }
 
 /// Gives the test's directory to `user`: a run started by root then switches to that user

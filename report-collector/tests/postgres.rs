@@ -37,14 +37,7 @@ impl Cluster {
     /// A cluster started with the server options `options`, after `prepare` has put what
     /// they name into its directory (owned by postgres).
     fn start_with(options: &str, prepare: impl FnOnce(&Path)) -> Cluster {
-        prerequisite(
-            "root (the cluster runs as user postgres)",
-            if nix::unistd::Uid::effective().is_root() {
-                Ok(())
-            } else {
-                Err("not root")
-            },
-        );
+        require_root("the cluster runs as user postgres");
         prerequisite(
             "the PostgreSQL 15 binaries",
             if Path::new(BIN).join("postgres").exists() {
@@ -53,12 +46,7 @@ impl Cluster {
                 Err(format!("no {BIN}/postgres (apt install postgresql-15)"))
             },
         );
-        let user = prerequisite(
-            "the user postgres",
-            nix::unistd::User::from_name("postgres")
-                .map_err(|e| e.to_string())
-                .and_then(|user| user.ok_or_else(|| "no such user".to_owned())),
-        );
+        let user = require_user("postgres");
         let dir = tempfile::Builder::new()
             .prefix("rc-pg")
             .tempdir_in("/tmp")

@@ -89,8 +89,7 @@ impl LeftTicket {
     /// fails the check is declined: said once in the journal, and counted as none, so the next
     /// record written does not carry it on.
     pub fn from_record(record: HolderRecord) -> Option<LeftTicket> {
-        let ticket =
-            checked_ticket(record.ticket.as_deref()?, "the lock file's holder record")?;
+        let ticket = checked_ticket(record.ticket.as_deref()?, "the lock file's holder record")?;
         Some(LeftTicket {
             ticket,
             requested: record

@@ -593,3 +593,25 @@ pub fn prerequisite<T, E: std::fmt::Display>(what: &str, found: Result<T, E>) ->
         panic!("this test needs {what}, and cannot have it here: {why}; a plain `cargo test` leaves it out, `make test` runs it as root")
     })
 }
+
+/// Root, as a test that needs it requires ([`prerequisite`]); `why` says what for.
+pub fn require_root(why: &str) {
+    prerequisite(
+        &format!("root ({why})"),
+        if nix::unistd::Uid::effective().is_root() {
+            Ok(())
+        } else {
+            Err("not root")
+        },
+    );
+}
+
+/// The system user `name`, as a test that needs it requires ([`prerequisite`]).
+pub fn require_user(name: &str) -> nix::unistd::User {
+    prerequisite(
+        &format!("the user {name}"),
+        nix::unistd::User::from_name(name)
+            .map_err(|e| e.to_string())
+            .and_then(|user| user.ok_or_else(|| "no such user".to_owned())),
+    )
+}
