@@ -11,6 +11,7 @@
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod declined;
 pub mod files;
 pub mod identity;
 pub mod lock;

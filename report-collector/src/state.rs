@@ -103,7 +103,11 @@ fn declined_ticket<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Ticket>, D::Error> {
     let text = <Option<std::borrow::Cow<'de, str>>>::deserialize(deserializer)?;
-    Ok(text.and_then(|text| crate::lock::checked_ticket(&text, "the state file")))
+    Ok(text.and_then(|text| {
+        crate::declined::ticket(&text, "the state file")
+            .inspect_err(crate::declined::Declined::say)
+            .ok()
+    }))
 }
 
 fn is_zero(n: &u32) -> bool {

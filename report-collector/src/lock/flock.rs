@@ -273,13 +273,14 @@ pub fn parse_record(bytes: &[u8]) -> Result<Option<HolderRecord>, String> {
 /// writes it now): a record that cannot be read is declined in the journal (a run killed in
 /// the middle of writing it leaves one too) and counts as none.
 fn read_left_record(file: &File) -> Option<HolderRecord> {
-    read_bounded_record(file).unwrap_or_else(|why| {
-        super::declined(
-            "the lock file's holder record",
-            "record",
-            &why,
-            &"it cannot be read as one",
-        );
+    read_bounded_record(file).unwrap_or_else(|value| {
+        crate::declined::Declined {
+            source: super::RECORD,
+            field: "record",
+            value,
+            why: "it cannot be read as a holder record; it counts as none".to_owned(),
+        }
+        .say();
         None
     })
 }

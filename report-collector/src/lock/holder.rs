@@ -60,10 +60,6 @@ pub fn this_host() -> Option<String> {
         .and_then(|name| name.into_string().ok())
 }
 
-/// The longest host name another process or host wrote that is taken and shown as it is, in
-/// characters (a real one is at most 64 bytes, `HOST_NAME_MAX`; DNS allows 253).
-pub const HOST_SHOWN: usize = 255;
-
 /// Who holds the lock, as far as can be told without taking it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Holder {
@@ -117,7 +113,10 @@ impl fmt::Display for Holder {
             write!(
                 f,
                 " on host {}",
-                plain_or_quoted(self.host.as_deref().unwrap_or("(unknown)"), HOST_SHOWN)
+                plain_or_quoted(
+                    self.host.as_deref().unwrap_or("(unknown)"),
+                    crate::declined::NAME_MAX
+                )
             )?;
         }
         write!(

@@ -89,7 +89,9 @@ impl LeftTicket {
     /// fails the check is declined: said once in the journal, and counted as none, so the next
     /// record written does not carry it on.
     pub fn from_record(record: HolderRecord) -> Option<LeftTicket> {
-        let ticket = checked_ticket(record.ticket.as_deref()?, "the lock file's holder record")?;
+        let ticket = crate::declined::ticket(record.ticket.as_deref()?, RECORD)
+            .inspect_err(crate::declined::Declined::say)
+            .ok()?;
         Some(LeftTicket {
             ticket,
             requested: record
@@ -97,55 +99,18 @@ impl LeftTicket {
                 .as_deref()
                 .and_then(|t| humantime::parse_rfc3339(t).ok()),
             by_pid: record.pid,
-            host: record
-                .host
-                .and_then(|host| checked_host(host, "the lock file's holder record")),
+            host: record.host.filter(|host| {
+                crate::declined::name(host, "host", RECORD, "it is not used")
+                    .inspect_err(crate::declined::Declined::say)
+                    .is_ok()
+            }),
             saving: None,
         })
     }
 }
 
-/// `text` as a [`Ticket`], or `None` with one journal line (`VALUE_DECLINED`) naming `source`
-/// and the text, escaped and cut short.
-pub fn checked_ticket(text: &str, source: &str) -> Option<Ticket> {
-    Ticket::new(text)
-        .inspect_err(|unsafe_ticket| {
-            declined(source, "ticket", &unsafe_ticket.shown, unsafe_ticket)
-        })
-        .ok()
-}
-
-/// `host` when it can be a host name (at most [`holder::HOST_SHOWN`] characters, nothing
-/// [`report_common::shown`] would escape: the same rule as the PostgreSQL row's names), or
-/// `None` with one journal line naming `source`: it goes into journal fields and messages as
-/// it is.
-pub fn checked_host(host: String, source: &str) -> Option<String> {
-    if let std::borrow::Cow::Borrowed(_) =
-        report_common::shown::plain_or_quoted(&host, holder::HOST_SHOWN)
-    {
-        return Some(host);
-    }
-    let shown = report_common::shown::quoted(&host, 64);
-    declined(
-        source,
-        "host",
-        &shown,
-        &format_args!("{shown} is not a host name"),
-    );
-    None
-}
-
-/// Says in the journal that `field` read back from `source` failed its check (`why`) and was
-/// not used. `shown` is the value, escaped and cut short ([`report_common::shown::quoted`]).
-pub fn declined(source: &str, field: &str, shown: &str, why: &dyn std::fmt::Display) {
-    tracing::warn!(
-        MESSAGE_ID = report_common::message_id::VALUE_DECLINED,
-        SOURCE = source,
-        FIELD = field,
-        VALUE = shown,
-        "declined the {field} read back from {source}: {why}; it is not used"
-    );
-}
+/// What `VALUE_DECLINED`'s `SOURCE` says of a value read from the lock file.
+pub const RECORD: &str = "the lock file's holder record";
 
 /// A lock just taken, with the ticket its previous holder left.
 pub type Taken<G> = (G, Option<LeftTicket>);

@@ -32,7 +32,6 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use report_common::message_id;
 use report_common::shown;
 use report_common::ticket::Ticket;
 use tokio::task::JoinHandle;
@@ -332,18 +331,7 @@ impl PostgresLock {
                 continue;
             }
             said.push(d.field);
-            tracing::warn!(
-                MESSAGE_ID = message_id::VALUE_DECLINED,
-                SOURCE = row::SOURCE,
-                FIELD = d.field,
-                VALUE = d.value.as_str(),
-                "declined {} read back from {} (lock \"{}\"), {}: {}",
-                d.field,
-                row::SOURCE,
-                self.lock_name,
-                d.value,
-                d.why
-            );
+            d.say_of_lock(&self.lock_name);
         }
     }
 
@@ -1449,7 +1437,7 @@ mod tests {
         lock.say(&declined);
         lock.say(&declined);
         drop(guard);
-        let line = crate::outcome::the_line(&captured, message_id::VALUE_DECLINED);
+        let line = crate::outcome::the_line(&captured, report_common::message_id::VALUE_DECLINED);
         assert_eq!(line["SOURCE"], "the PostgreSQL lock's row");
         assert_eq!(line["FIELD"], "ticket");
         assert_eq!(

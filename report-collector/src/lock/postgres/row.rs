@@ -27,6 +27,7 @@ use report_common::shown;
 use report_common::ticket::{self, Ticket};
 
 use crate::config::LEASE_RANGE;
+use crate::declined::SHOWN;
 use crate::lock::{Holder, LeftTicket};
 use crate::time::{LAST_TIME, format_time};
 
@@ -34,15 +35,13 @@ use crate::time::{LAST_TIME, format_time};
 pub const SOURCE: &str = "the PostgreSQL lock's row";
 /// The longest host name or report name shown as it is, in characters: the holder record's
 /// bound.
-pub const NAME_MAX: usize = crate::lock::holder::HOST_SHOWN;
+pub const NAME_MAX: usize = crate::declined::NAME_MAX;
 /// How many characters of a host or report name are read (`left(column, 256)`, written out in
 /// the slot statements): one more than [`NAME_MAX`], so that a longer one is seen to be longer.
 pub const NAME_READ: usize = NAME_MAX + 1;
 /// How many characters of the ticket are read: one more than any ticket may have, so a longer
 /// one fails the check without more of it crossing the wire (`octet_length` gives its size).
 pub const TICKET_READ: usize = ticket::MAX_LEN + 1;
-/// How much of a declined value a journal line shows, in characters (before escaping).
-const SHOWN: usize = 64;
 
 /// The lock's row as the database gave it, before any check. Text columns are cut short in
 /// SQL (names to [`NAME_READ`] characters, the ticket to [`TICKET_READ`]).
@@ -124,17 +123,7 @@ pub enum Lease {
     Untrusted,
 }
 
-/// A value of the row that failed its check, for a VALUE_DECLINED journal line.
-#[doc(hidden)]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Declined {
-    /// The column.
-    pub field: &'static str,
-    /// The value, escaped and cut short ([`shown::quoted`]).
-    pub value: String,
-    /// What is wrong with it and what is done instead, for the journal.
-    pub why: String,
-}
+pub use crate::declined::Declined;
 
 /// Checks every value of `values`; the row keeps what passed, and the second part names what
 /// was declined, in column order. Never panics, whatever the values.
@@ -162,17 +151,17 @@ pub fn decode(values: RowValues) -> (Row, Vec<Declined>) {
                 .unwrap_or(0)
                 .max(text.len());
             // A ticket read whole and safe; anything cut short was too long to be one.
-            match Ticket::new(&text).ok().filter(|_| bytes == text.len()) {
+            let whole = bytes == text.len();
+            match crate::declined::ticket(&text, SOURCE)
+                .ok()
+                .filter(|_| whole)
+            {
                 Some(ticket) => (Some(ticket), false),
                 None => {
-                    declined.push(Declined {
-                        field: "ticket",
-                        value: shown_cut(&text, bytes),
-                        why: format!(
-                            "a ticket is 1 to {} characters of A-Z, a-z, 0-9, '-', '_' and '.', not starting with '.'; it counts as no ticket left to resume, and the run that takes the lock clears it from the row",
-                            ticket::MAX_LEN
-                        ),
-                    });
+                    declined.push(crate::declined::not_a_ticket(
+                        SOURCE,
+                        shown_cut(&text, bytes),
+                    ));
                     (None, true)
                 }
             }
@@ -237,6 +226,7 @@ fn lease(values: &RowValues, declined: &mut Vec<Declined>) -> Lease {
                 .clone()
                 .unwrap_or_else(|| format_time(until));
             declined.push(Declined {
+                        source: SOURCE,
                 field: "lease_until",
                 value: shown::quoted(&text, SHOWN),
                 why: format!(
@@ -258,18 +248,14 @@ fn checked_name(
     declined: &mut Vec<Declined>,
 ) -> Option<String> {
     let value = value?;
-    if let std::borrow::Cow::Borrowed(_) = shown::plain_or_quoted(&value, NAME_MAX) {
-        return Some(value);
+    match crate::declined::name(&value, field, SOURCE, "it is shown escaped and cut short") {
+        Ok(()) => Some(value),
+        Err(d) => {
+            let escaped = d.value.clone();
+            declined.push(d);
+            Some(escaped)
+        }
     }
-    let escaped = shown::quoted(&value, SHOWN);
-    declined.push(Declined {
-        field,
-        value: escaped.clone(),
-        why: format!(
-            "a name here is at most {NAME_MAX} characters with no control character; it is shown escaped and cut short"
-        ),
-    });
-    Some(escaped)
 }
 
 /// A time within what RFC 3339 writes (1970 to 9999), else declined: not on record.
@@ -290,6 +276,7 @@ fn real_time(
         Err(before) => format!("{}s before 1970", before.duration().as_secs()),
     };
     declined.push(Declined {
+        source: SOURCE,
         field,
         value: shown::quoted(&shown, SHOWN),
         why: "not a time a collector writes (1970 to 9999); taken as not on record".to_owned(),
