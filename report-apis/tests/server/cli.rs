@@ -434,33 +434,65 @@ fn command_line_mistakes_exit_64_and_help_0() {
     assert_eq!(output(&["--version"], &[]).0, Some(0));
 }
 
+/// A server started as systemd starts it (a `RUNTIME_DIRECTORY` of its own), listening, for
+/// the reload tests; `reload()` is `report-apis reload` as `ExecReload=` runs it.
+struct Reloadable {
+    _dir: tempfile::TempDir,
+    runtime: tempfile::TempDir,
+    path: PathBuf,
+    run: Running,
+}
+
+impl Reloadable {
+    fn start() -> Reloadable {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tempfile::tempdir().unwrap();
+        let path = write_config(&dir, "listen = \"127.0.0.1:0\"\n");
+        let mut run = Running::start_with_env(
+            &["--config", path.to_str().unwrap()],
+            &[("RUNTIME_DIRECTORY", runtime.path().to_str().unwrap())],
+        );
+        run.address();
+        Reloadable {
+            _dir: dir,
+            runtime,
+            path,
+            run,
+        }
+    }
+
+    fn reload(&self) -> (Option<i32>, String, String) {
+        let pid = self.run.child.id().to_string();
+        output(
+            &[
+                "--config",
+                self.path.to_str().unwrap(),
+                "reload",
+                "--pid",
+                &pid,
+            ],
+            &[("RUNTIME_DIRECTORY", self.runtime.path().to_str().unwrap())],
+        )
+    }
+}
+
 #[test]
 fn reload_re_reads_the_file_and_refuses_an_invalid_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = tempfile::tempdir().unwrap();
-    let runtime_dir = runtime.path().to_str().unwrap();
-    let path = write_config(&dir, "listen = \"127.0.0.1:0\"\n");
+    let mut server = Reloadable::start();
+    let path = server.path.clone();
     let config = path.to_str().unwrap();
-    let mut run =
-        Running::start_with_env(&["--config", config], &[("RUNTIME_DIRECTORY", runtime_dir)]);
-    run.address();
-    let pid = run.child.id().to_string();
-    let reload = || {
-        output(
-            &["--config", config, "reload", "--pid", &pid],
-            &[("RUNTIME_DIRECTORY", runtime_dir)],
-        )
-    };
 
     std::fs::write(
         &path,
         "listen = \"127.0.0.1:0\"\n[limits]\nmax-pending = 5\n",
     )
     .unwrap();
-    let (code, stdout, stderr) = reload();
+    let (code, stdout, stderr) = server.reload();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("limits.max-pending = 5"), "{stdout}");
-    let line = run.wait_for("reloaded: the new configuration is in force");
+    let line = server
+        .run
+        .wait_for("reloaded: the new configuration is in force");
     assert!(line.contains(report_common::message_id::RELOADED), "{line}");
 
     // Refused by the check, before the server is signalled.
@@ -469,7 +501,7 @@ fn reload_re_reads_the_file_and_refuses_an_invalid_one() {
         "listen = \"127.0.0.1:0\"\n[limits]\nmax-pendin = 5\n",
     )
     .unwrap();
-    let (code, _, stderr) = reload();
+    let (code, _, stderr) = server.reload();
     assert_eq!(code, Some(78), "{stderr}");
     let refused = lines_with_id(&stderr, message_id::RELOAD_REJECTED);
     assert!(
@@ -482,48 +514,38 @@ fn reload_re_reads_the_file_and_refuses_an_invalid_one() {
 
     // Refused by the server itself: the reload fails all the same.
     std::fs::write(&path, "listen = \"127.0.0.1:1\"\n").unwrap();
-    let (code, _, stderr) = reload();
+    let (code, _, stderr) = server.reload();
     assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("needs a restart"), "{stderr}");
-    let line = run.wait_for("reload refused");
+    let line = server.run.wait_for("reload refused");
     assert!(
         line.contains(report_common::message_id::RELOAD_REJECTED)
             && line.contains(&format!("CONFIG_FILE=\"{config}\"")),
         "{line}"
     );
 
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait().code(), Some(0), "{}", run.stderr());
+    server.run.signal(Signal::SIGTERM);
+    assert_eq!(server.run.wait().code(), Some(0), "{}", server.run.stderr());
 }
 
 #[test]
 fn reload_reports_its_outcome_past_fifos_planted_in_the_runtime_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = tempfile::tempdir().unwrap();
-    let runtime_dir = runtime.path().to_str().unwrap();
-    let path = write_config(&dir, "listen = \"127.0.0.1:0\"\n");
-    let config = path.to_str().unwrap();
-    let mut run =
-        Running::start_with_env(&["--config", config], &[("RUNTIME_DIRECTORY", runtime_dir)]);
-    run.address();
-    let pid = run.child.id().to_string();
+    let mut server = Reloadable::start();
+    let runtime = server.runtime.path().to_owned();
     // At the outcome file's name and at the name it was once written under first: a write
     // that opened either by its name would wait for a reader, and the reload never end.
     for name in ["reload", "reload.new"] {
-        let fifo = runtime.path().join(name);
+        let fifo = runtime.join(name);
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
     }
 
     std::fs::write(
-        &path,
+        &server.path,
         "listen = \"127.0.0.1:0\"\n[limits]\nmax-pending = 5\n",
     )
     .unwrap();
     let started = Instant::now();
-    let (code, stdout, stderr) = output(
-        &["--config", config, "reload", "--pid", &pid],
-        &[("RUNTIME_DIRECTORY", runtime_dir)],
-    );
+    let (code, stdout, stderr) = server.reload();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("limits.max-pending = 5"), "{stdout}");
     assert!(
@@ -531,11 +553,11 @@ fn reload_reports_its_outcome_past_fifos_planted_in_the_runtime_directory() {
         "{:?}",
         started.elapsed()
     );
-    let outcome = runtime.path().join("reload");
+    let outcome = runtime.join("reload");
     assert!(std::fs::symlink_metadata(&outcome).unwrap().is_file());
 
-    run.signal(Signal::SIGTERM);
-    assert_eq!(run.wait().code(), Some(0), "{}", run.stderr());
+    server.run.signal(Signal::SIGTERM);
+    assert_eq!(server.run.wait().code(), Some(0), "{}", server.run.stderr());
 }
 
 /// `report-apis ARGS` run to its end, which must come within 10 s: a hang fails the test.
