@@ -99,19 +99,29 @@ pub fn open_to_read(path: &Path) -> io::Result<Option<File>> {
     }
 }
 
-/// The most of a file [`read_existing`] reads: the collector's own small files (the order of
-/// collections, the metrics file, a marker) are a few KiB; one grown past this by another
-/// process is read only this far.
+/// The largest file [`read_existing`] reads: the collector's own small files (the state file,
+/// the order of collections, the metrics file, a marker) are a few KiB.
 pub const READ_EXISTING_MAX: u64 = 1 << 20;
 
-/// An existing `path`, at most [`READ_EXISTING_MAX`] bytes of it (see [`open_regular`]);
-/// `Ok(None)` when there is none.
+/// An existing `path` (see [`open_regular`]); `Ok(None)` when there is none. A file larger
+/// than [`READ_EXISTING_MAX`] is an `InvalidData` error that says so: another process wrote
+/// it, and it is never read into memory whole.
 pub fn read_existing(path: &Path) -> io::Result<Option<Vec<u8>>> {
     let Some(file) = open_to_read(path)? else {
         return Ok(None);
     };
     let mut bytes = Vec::new();
-    file.take(READ_EXISTING_MAX).read_to_end(&mut bytes)?;
+    // One byte over the bound tells a file too large from one that fills it.
+    file.take(READ_EXISTING_MAX + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > READ_EXISTING_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is larger than 1 MiB, which no file the collector writes there is: remove it",
+                path.display()
+            ),
+        ));
+    }
     Ok(Some(bytes))
 }
 
@@ -311,6 +321,24 @@ pub(crate) mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn a_file_larger_than_any_the_collector_writes_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("last-run.json");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(READ_EXISTING_MAX).unwrap();
+        assert_eq!(
+            read_existing(&path).unwrap().unwrap().len() as u64,
+            READ_EXISTING_MAX
+        );
+        file.set_len(READ_EXISTING_MAX + 1).unwrap();
+        let err = read_existing(&path).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("remove it"), "{err}");
+        let err = crate::state::State::load(&path).unwrap_err();
+        assert!(err.to_string().contains("larger than 1 MiB"), "{err}");
     }
 
     #[test]

@@ -11,8 +11,7 @@
 //! at all (no permission, an I/O error) is left exactly as it is: the run still collects and
 //! saves its report, and says that it is not on record and why; `status` reports the file.
 
-use std::fs::File;
-use std::io::{self, Read as _};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use report_common::message_id;
@@ -192,11 +191,11 @@ impl StateError {
 
 pub use report_common::files::file_kind;
 
-/// Opens `path` for reading without ever blocking (a FIFO would block a plain open) and
-/// without following a final symbolic link, and makes sure it is a regular file; `Ok(None)`
-/// when it does not exist.
-pub fn open_regular(path: &Path) -> Result<Option<File>, StateError> {
-    files::open_to_read(path).map_err(|source| match files::not_regular(&source) {
+/// What `source`, an error opening or reading the state file at `path` (opened never
+/// blocking, never through a final symbolic link, regular files only: `files::read_existing`),
+/// says for `status` and the journal.
+fn state_error(path: &Path, source: std::io::Error) -> StateError {
+    match files::not_regular(&source) {
         Some(not) => StateError::NotAFile {
             path: path.to_owned(),
             kind: not.kind,
@@ -205,38 +204,24 @@ pub fn open_regular(path: &Path) -> Result<Option<File>, StateError> {
             path: path.to_owned(),
             source,
         },
-    })
+    }
 }
-
-/// The most of a state file that is read. One this collector writes is a few KiB: its longest
-/// field, the last run's message, is an error sentence with at most a short excerpt of what a
-/// server sent.
-pub const MAX_STATE_FILE: u64 = 1 << 20;
 
 impl State {
     /// Reads the state file, in this version's format or the one before; `Ok(None)` when
     /// there is none yet.
     pub fn load(path: &Path) -> Result<Option<State>, StateError> {
-        let Some(mut file) = open_regular(path)? else {
-            return Ok(None);
+        let bytes = match files::read_existing(path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(StateError::Unreadable {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(source) => return Err(state_error(path, source)),
         };
-        let mut bytes = Vec::new();
-        // One byte over the bound tells a file too large from one that fills it.
-        (&mut file)
-            .take(MAX_STATE_FILE + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|source| StateError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
-        if bytes.len() as u64 > MAX_STATE_FILE {
-            return Err(StateError::Unreadable {
-                path: path.to_owned(),
-                reason: format!(
-                    "it is larger than {MAX_STATE_FILE} bytes, which no state file this collector writes is"
-                ),
-            });
-        }
         State::parse(&bytes)
             .map(Some)
             .map_err(|reason| StateError::Unreadable {
