@@ -270,11 +270,9 @@ impl RunReport {
                 "collected the report for ticket {} in {took}, saved as {}{}{}",
                 self.ticket.as_ref().map_or("?", Ticket::as_str),
                 report.display(),
-                match (self.policy, self.holder_pid) {
-                    (Policy::Replace, Some(pid)) => format!(" (after ending pid {pid})"),
-                    (Policy::Wait, Some(pid)) => format!(" (after waiting for pid {pid})"),
-                    _ => String::new(),
-                },
+                self.holder_pid
+                    .and_then(|pid| self.policy.after_holder(pid))
+                    .unwrap_or_default(),
                 match (self.tickets.resumed_from, self.ticket_age()) {
                     (Some(pid), Some(age)) => format!(
                         ", resuming the ticket pid {pid} left, requested {} before",

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::client::{self, Cancel, CollectError, Collected, ReportServer};
 use crate::config::Config;
 use crate::lock::{
-    Collection, LeaseLost, LeftTicket, LockGuard, NotAcquired, Policy, Request, RunLock, SlotTaken,
+    Collection, LeaseLost, LeftTicket, LockGuard, NotAcquired, Request, RunLock, SlotTaken,
 };
 use crate::metrics;
 use crate::outcome::{CancelSignal, Failure, Outcome, RunReport, Skip, TicketNotes};
@@ -340,7 +340,7 @@ async fn acquire<L: RunLock>(
     request: Request,
     progress: &RefCell<Progress<L::Guard>>,
 ) -> Result<Option<LeftTicket>, RunError> {
-    match lock.acquire(request).await {
+    match crate::lock::acquire(lock, request).await {
         Ok(acquired) => {
             let mut progress = progress.borrow_mut();
             progress.holder_pid = acquired.previous_holder;
@@ -357,9 +357,9 @@ async fn acquire<L: RunLock>(
     }
 }
 
-/// Under `forbid`, a timer start later than `starting-deadline` after its slot skips itself.
+/// A timer start later than `starting-deadline` after its slot skips itself.
 fn check_slot(config: &Config, placement: &Placement) -> Result<(), RunError> {
-    if config.policy != Policy::Forbid {
+    if !config.policy.skips_late_starts() {
         return Ok(());
     }
     match (
@@ -573,8 +573,9 @@ async fn collect<S: ReportServer, G: LockGuard>(
     })
 }
 
-/// Echoes the report to stdout (into the journal, as the original did), saves it, finishes its
-/// ticket in the lock's record, and prunes the reports beyond `keep-reports`. Until the ticket
+/// Echoes the report to stdout (into the journal, as the original did), saves it as the lock
+/// commits it ([`LockGuard::commit`]), finishes its ticket in the lock's record, and prunes the
+/// reports beyond `keep-reports`. Until the ticket
 /// is finished, a run ended here leaves it to the next, which finds the report saved (or, if
 /// the save did not complete, fetches it again: the server keeps a ready report `ticket-ttl`).
 /// The report is already whole in its hidden temp file (see [`crate::store::Spool`]): saving it
@@ -585,17 +586,7 @@ async fn save<G: LockGuard>(
     progress: &RefCell<Progress<G>>,
 ) -> Result<PathBuf, RunError> {
     let Collected { ticket, mut report } = collected;
-    // A shared lock is confirmed with a round trip first, and its validity checked again right
-    // before each write: a run that was paused past its lease must not save what it fetched.
     let guard = progress.borrow().guard();
-    if let Some(guard) = &guard {
-        guard.confirm().await.map_err(RunError::LeaseLost)?;
-    }
-    let still_valid = || match &guard {
-        Some(guard) => guard.still_valid().map_err(RunError::LeaseLost),
-        None => Ok(()),
-    };
-    still_valid()?;
     {
         let mut stdout = std::io::stdout().lock();
         let _ = report.copy_to(&mut stdout).and_then(|_| stdout.flush());
@@ -608,21 +599,18 @@ async fn save<G: LockGuard>(
         .tickets
         .requested
         .unwrap_or_else(SystemTime::now);
-    still_valid()?;
-    // The commit point across hosts: once the lock's row marks the ticket as being saved by
-    // this run, no later holder fetches it again, so the report is put under its name only
-    // after that (until then it waits in its hidden temp file, which a run that stops here
-    // leaves to be removed), and nothing between the mark and the rename may stop the run.
-    if let Some(guard) = &guard {
-        guard.mark_saving(&ticket).await.map_err(|e| {
-            RunError::LeaseLost(LeaseLost {
-                why: format!(
-                    "the lock's row did not take the mark that this run saves ticket {ticket}: {e}"
-                ),
-            })
-        })?;
-    }
-    let report = match store::save(&config.report_dir, &order, requested, &ticket, report) {
+    // The report waits in its hidden temp file until the lock commits it (a run that stops
+    // before leaves the file to be removed): across hosts, nothing is under its final name
+    // before the lock's row marks the ticket as being saved by this run.
+    let write = || store::save(&config.report_dir, &order, requested, &ticket, report);
+    let saved = match &guard {
+        Some(guard) => guard
+            .commit(&ticket, write)
+            .await
+            .map_err(RunError::LeaseLost)?,
+        None => write(),
+    };
+    let report = match saved {
         Ok(report) => report,
         Err(e) => {
             // Not written after all: the ticket goes back on record unmarked, so the next
@@ -1278,32 +1266,64 @@ mod tests {
                 why: "the lease ran out".to_owned(),
             }
         }
-        async fn confirm(&self) -> Result<(), LeaseLost> {
+        async fn commit<T>(&self, _: &Ticket, save: impl FnOnce() -> T) -> Result<T, LeaseLost> {
             if self.confirm_fails {
                 return Err(LeaseLost {
                     why: "another host took the lock".to_owned(),
                 });
             }
-            Ok(())
+            Ok(save())
         }
         async fn release(self, _: Option<Collection<'_>>) {}
     }
 
+    /// Always free: taking it hands out the guard.
+    struct LeasedContest(Option<LeasedGuard>);
+
+    impl crate::lock::Contest for LeasedContest {
+        type Guard = LeasedGuard;
+        fn poll(&self) -> Duration {
+            Duration::from_millis(200)
+        }
+        async fn try_take(
+            &mut self,
+            _: Instant,
+            _: bool,
+        ) -> Result<Option<crate::lock::Taken<LeasedGuard>>, crate::lock::Refusal> {
+            Ok(self.0.take().map(|guard| crate::lock::Taken {
+                guard,
+                left: None,
+                previous: None,
+            }))
+        }
+        fn holder(&self) -> crate::lock::Holder {
+            crate::lock::Holder::from_lock(None, None)
+        }
+        fn judge(
+            &self,
+            _: &crate::lock::Holder,
+            _: Option<SystemTime>,
+        ) -> crate::lock::contest::Judgement {
+            crate::lock::contest::Judgement::Going
+        }
+        async fn end(
+            &mut self,
+            _: &crate::lock::Holder,
+            _: i64,
+            _: crate::lock::contest::Step,
+        ) -> Result<(), crate::lock::Refusal> {
+            Ok(())
+        }
+    }
+
     impl RunLock for Leased {
         type Guard = LeasedGuard;
-        async fn acquire(
-            &self,
-            _: Request,
-        ) -> Result<crate::lock::Acquired<LeasedGuard>, NotAcquired> {
-            Ok(crate::lock::Acquired {
-                guard: Some(LeasedGuard {
-                    lost_at: Instant::now() + self.lost_after,
-                    confirm_fails: self.confirm_fails,
-                }),
-                previous_holder: None,
-                previous_host: None,
-                left: None,
-            })
+        type Contest = LeasedContest;
+        async fn open(&self, _: &Request) -> Result<LeasedContest, crate::lock::Refusal> {
+            Ok(LeasedContest(Some(LeasedGuard {
+                lost_at: Instant::now() + self.lost_after,
+                confirm_fails: self.confirm_fails,
+            })))
         }
         async fn holder(&self) -> std::io::Result<Option<crate::lock::Holder>> {
             Ok(None)

@@ -12,23 +12,27 @@
 //! The lock file is opened without following a final symbolic link and refused unless it is a
 //! regular file (`files::open_lock_file`): a link there must not get its target truncated.
 
+use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt as _, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use tokio::time::Instant;
 
-use super::Policy;
+use super::contest::{BackendRefusal, Judgement, Step};
 use super::{
-    Acquired, Contest, Holder, HolderRecord, LeftTicket, LockGuard, NotAcquired, Refusal, Request,
-    RunLock, Taken, proc_locks,
+    Contest, Holder, HolderRecord, LeftTicket, LockGuard, Refusal, Request, RunLock, Taken,
+    proc_locks,
 };
 use crate::files;
-use crate::lock::replace::SignalError;
 use report_common::ticket::Ticket;
+
+/// How often a waiting run looks at the lock file again: a look is a system call.
+pub const POLL: Duration = Duration::from_millis(50);
 
 /// The flock backend: the lock file at `path`.
 #[derive(Debug, Clone)]
@@ -44,18 +48,14 @@ impl FlockLock {
 
 impl RunLock for FlockLock {
     type Guard = HeldFlock;
+    type Contest = Contender;
 
-    async fn acquire(&self, request: Request) -> Result<Acquired<HeldFlock>, NotAcquired> {
-        if request.policy == Policy::Allow {
-            return Ok(Acquired::unlocked());
-        }
-        let name = self.path.display().to_string();
-        let file = LockFile::open(&self.path).map_err(|e| NotAcquired {
-            lock: name.clone(),
-            request,
-            refusal: Refusal::Io(e),
-        })?;
-        super::by_policy(Contender(Some(file)), &name, request).await
+    async fn open(&self, request: &Request) -> Result<Contender, Refusal> {
+        let file = LockFile::open(&self.path).map_err(FlockRefusal::Io)?;
+        Ok(Contender {
+            lock: Some(file),
+            grace: request.replace_grace,
+        })
     }
 
     async fn holder(&self) -> io::Result<Option<Holder>> {
@@ -111,7 +111,7 @@ impl LockFile {
     /// Takes the lock if it is free, with the ticket the previous holder left in the record;
     /// `Err` hands `self` back when it is busy. The new record carries the left ticket on, so
     /// a run killed before it decides what to do with it leaves it to the next one in turn.
-    pub fn try_lock(self) -> io::Result<Result<Taken<HeldFlock>, LockFile>> {
+    pub fn try_lock(self) -> io::Result<Result<(HeldFlock, Option<LeftTicket>), LockFile>> {
         // The standard library's file lock is flock(2) with LOCK_EX | LOCK_NB on Linux (tested:
         // /proc/locks shows it as FLOCK), released by the kernel when the holder dies.
         match self.file.try_lock() {
@@ -178,6 +178,16 @@ impl LockGuard for HeldFlock {
 
     async fn finish_ticket(&self) -> io::Result<()> {
         self.finish_ticket_now()
+    }
+
+    /// The kernel holds the lock for as long as this process lives: there is nothing to
+    /// confirm or mark.
+    async fn commit<T>(
+        &self,
+        _ticket: &Ticket,
+        save: impl FnOnce() -> T,
+    ) -> Result<T, super::LeaseLost> {
+        Ok(save())
     }
 
     async fn release(self, _collected: Option<super::Collection<'_>>) {
@@ -286,32 +296,101 @@ fn read_left_record(file: &File) -> Option<HolderRecord> {
 }
 
 /// A busy lock file and the real kill(2). Empty only once the lock is taken.
-struct Contender(Option<LockFile>);
+#[derive(Debug)]
+pub struct Contender {
+    lock: Option<LockFile>,
+    /// `replace-grace`, for the message of a holder that outlived it.
+    grace: Duration,
+}
 
 impl Contest for Contender {
-    type Held = Taken<HeldFlock>;
+    type Guard = HeldFlock;
 
-    fn try_take(&mut self) -> io::Result<Option<Taken<HeldFlock>>> {
-        let Some(lock) = self.0.take() else {
-            return Err(io::Error::other("the lock was already taken"));
+    fn poll(&self) -> Duration {
+        POLL
+    }
+
+    async fn try_take(
+        &mut self,
+        _bound: Instant,
+        _patient: bool,
+    ) -> Result<Option<Taken<HeldFlock>>, Refusal> {
+        let Some(lock) = self.lock.take() else {
+            return Err(FlockRefusal::Io(io::Error::other("the lock was already taken")).into());
         };
-        match lock.try_lock()? {
-            Ok(held) => Ok(Some(held)),
+        match lock.try_lock().map_err(FlockRefusal::Io)? {
+            Ok((guard, left)) => Ok(Some(Taken {
+                guard,
+                left,
+                previous: None,
+            })),
             Err(busy) => {
-                self.0 = Some(busy);
+                self.lock = Some(busy);
                 Ok(None)
             }
         }
     }
 
     fn holder(&self) -> Holder {
-        self.0
+        self.lock
             .as_ref()
             .map_or_else(|| Holder::from_lock(None, None), LockFile::holder)
     }
 
+    fn judge(&self, holder: &Holder, _slot: Option<SystemTime>) -> Judgement {
+        match (holder.confirmed, holder.pid) {
+            // Named by the lock and the record, yet holding nothing: the lock lives on in a
+            // process that inherited its descriptor, and the pid may be anyone's now.
+            (true, Some(pid)) if pid != std::process::id() && !self.holds_lock(pid) => {
+                Judgement::Unconfirmed(Box::new(FlockRefusal::HolderHoldsNoDescriptor(
+                    holder.clone(),
+                )))
+            }
+            (true, Some(pid)) if pid != std::process::id() => Judgement::Endable(i64::from(pid)),
+            // No record yet (the holder writes it right after locking) or a holder that is not
+            // a collector: it gets the grace period to show itself, and is never signalled.
+            _ => Judgement::Unconfirmed(Box::new(FlockRefusal::HolderUnconfirmed(holder.clone()))),
+        }
+    }
+
+    async fn end(&mut self, holder: &Holder, id: i64, step: Step) -> Result<(), Refusal> {
+        let pid = u32::try_from(id).unwrap_or(0);
+        let signal = match step {
+            Step::Ask => {
+                tracing::info!(
+                    MESSAGE_ID = report_common::message_id::HOLDER_REPLACED,
+                    HOLDER_PID = pid,
+                    HOLDER_HOST = "",
+                    ENDED_BY = "SIGTERM",
+                    "policy replace: ending the run holding the lock, {holder}, with SIGTERM"
+                );
+                Signal::SIGTERM
+            }
+            Step::Force => {
+                tracing::warn!(
+                    MESSAGE_ID = report_common::message_id::HOLDER_REPLACED,
+                    HOLDER_PID = pid,
+                    HOLDER_HOST = "",
+                    ENDED_BY = "SIGKILL",
+                    "holder pid {pid} still holds the lock {} after SIGTERM; sending SIGKILL",
+                    humantime::format_duration(self.grace)
+                );
+                Signal::SIGKILL
+            }
+        };
+        send(pid, signal).map_err(|error| FlockRefusal::Signal { pid, error }.into())
+    }
+}
+
+impl Contender {
+    /// Whether process `pid` itself holds the lock now: an open descriptor of the lock file
+    /// carrying it.
     fn holds_lock(&self, pid: u32) -> bool {
-        let Some(meta) = self.0.as_ref().and_then(|lock| lock.file.metadata().ok()) else {
+        let Some(meta) = self
+            .lock
+            .as_ref()
+            .and_then(|lock| lock.file.metadata().ok())
+        else {
             return false;
         };
         match proc_locks::holds_flock(pid, meta.dev(), meta.ino()) {
@@ -325,21 +404,77 @@ impl Contest for Contender {
             }
         }
     }
+}
 
-    fn signal(&mut self, pid: u32, signal: Signal) -> Result<(), SignalError> {
-        send(pid, signal)
+/// What stood in the way of the flock, beyond the policies' own refusals.
+#[derive(Debug)]
+pub enum FlockRefusal {
+    /// Under `replace`, the holder could not be confirmed, so nothing was signalled.
+    HolderUnconfirmed(Holder),
+    /// Under `replace`, the pid the lock and its record name holds no descriptor of the lock
+    /// (another process inherited it), so nothing was signalled.
+    HolderHoldsNoDescriptor(Holder),
+    /// The lock file could not be used at all.
+    Io(io::Error),
+    /// The holder could not be signalled.
+    Signal { pid: u32, error: nix::Error },
+}
+
+impl BackendRefusal for FlockRefusal {
+    fn is_skip(&self) -> bool {
+        matches!(
+            self,
+            FlockRefusal::HolderUnconfirmed(_) | FlockRefusal::HolderHoldsNoDescriptor(_)
+        )
+    }
+
+    fn holder(&self) -> Option<&Holder> {
+        match self {
+            FlockRefusal::HolderUnconfirmed(holder)
+            | FlockRefusal::HolderHoldsNoDescriptor(holder) => Some(holder),
+            FlockRefusal::Io(_) | FlockRefusal::Signal { .. } => None,
+        }
+    }
+
+    fn holder_pid(&self) -> Option<u32> {
+        match self {
+            FlockRefusal::Signal { pid, .. } => Some(*pid),
+            _ => self.holder().and_then(|holder| holder.pid),
+        }
+    }
+
+    fn describe(&self, lock: &str, _request: &Request, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlockRefusal::HolderUnconfirmed(holder) => write!(
+                f,
+                "the lock {lock} is held by {holder}, but the lock file's record does not name that process, so policy replace signalled nothing"
+            ),
+            FlockRefusal::HolderHoldsNoDescriptor(holder) => write!(
+                f,
+                "the lock {lock} is held, but {holder}, whom /proc/locks and the lock file's record name, was not seen holding an open descriptor of it (it exited while a process that inherited the descriptor holds the lock, or this user may not look at its descriptors), so policy replace signalled nothing; find the holder with `fuser -v {lock}`"
+            ),
+            // A path that is not a regular file: its message says what to do.
+            FlockRefusal::Io(e) if files::not_regular(e).is_some() => {
+                write!(f, "cannot use the lock file {lock}: {e}")
+            }
+            FlockRefusal::Io(e) => write!(
+                f,
+                "cannot use the lock file {lock}: {e}; check that its directory exists and this user may write it"
+            ),
+            FlockRefusal::Signal { pid, error } => write!(
+                f,
+                "cannot signal pid {pid}, the holder of {lock}: {error}; run every collector as the same user"
+            ),
+        }
     }
 }
 
-fn send(pid: u32, signal: Signal) -> Result<(), SignalError> {
-    let raw = i32::try_from(pid).map_err(|_| SignalError {
-        pid,
-        error: nix::Error::EINVAL,
-    })?;
+fn send(pid: u32, signal: Signal) -> Result<(), nix::Error> {
+    let raw = i32::try_from(pid).map_err(|_| nix::Error::EINVAL)?;
     match kill(Pid::from_raw(raw), signal) {
         // Gone between the check and the signal: the next attempt takes the lock.
         Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
-        Err(error) => Err(SignalError { pid, error }),
+        Err(error) => Err(error),
     }
 }
 

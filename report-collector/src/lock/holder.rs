@@ -103,6 +103,16 @@ impl Holder {
     }
 }
 
+impl Holder {
+    /// The journal's `HOLDER_HOST`: the host of a lock shared by several hosts, else empty.
+    pub fn shown_host(&self) -> &str {
+        match &self.host {
+            Some(host) if self.show_host => host,
+            _ => "",
+        }
+    }
+}
+
 impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.pid {

@@ -1,25 +1,28 @@
-//! The run lock behind one small interface: acquire it with a policy, read who holds it (and
-//! the record the holder wrote), release it. The run sees only [`RunLock`] and [`LockGuard`];
-//! each backend implements them in a module of its own.
+//! The run lock: the policies once ([`policy`]) over a narrow contest every backend answers
+//! ([`contest`]), and what a run does with the lock it holds ([`LockGuard`]). Nothing outside
+//! this module knows which backend a run uses: [`Lock::from_config`] is the one constructor.
 //!
-//! - [`policy`]: the four policies by name (a leaf the configuration imports too).
-//! - [`flock`]: the local backend, an `flock` on `lock-file` (the default); it takes the lock
-//!   through [`by_policy`] and the loops of [`replace`].
+//! - [`policy`]: the four policies, their names and what each does, over [`contest::Contest`].
+//! - [`contest`]: what a backend answers (take, who holds, may this holder be ended, end it)
+//!   and the refusals.
+//! - [`flock`]: the local backend, an `flock` on `lock-file` (the default).
 //! - [`postgres`]: the shared backend, a lease in a PostgreSQL row behind a session advisory
-//!   lock, for collectors on several hosts. It has its own acquire loop (the lease, the slot
-//!   and the generation decide there), and shares the types here with the flock.
+//!   lock, for collectors on several hosts.
 //! - [`holder`]: the holder record every backend carries (pid, since, host, ticket and when it
 //!   was requested).
 //! - [`proc_locks`]: who holds an flock, read from `/proc/locks`.
-//! - [`replace`]: the waiting and replacing loops over [`Contest`], used by the flock and
-//!   tested on tokio's paused clock; they never signal an unconfirmed holder.
+//!
+//! A backend is a module that implements [`RunLock`] (open the lock for a request, read who
+//! holds it), [`contest::Contest`] and [`LockGuard`], plus a variant of [`Lock`]; the crate
+//! README's "How the collector is built" says what each must guarantee, and
+//! `tests/collector/conformance.rs` runs the same suite on every backend.
 
+pub mod contest;
 pub mod flock;
 pub mod holder;
 pub mod policy;
 pub mod postgres;
 pub mod proc_locks;
-pub mod replace;
 
 use std::fmt;
 use std::future::Future;
@@ -31,10 +34,9 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::outcome::Failure;
-use crate::time::round_ms;
+pub use contest::{Contest, Refusal, Taken};
 pub use holder::{Holder, HolderRecord};
 pub use policy::Policy;
-pub use replace::{Contest, Refusal};
 
 /// What a run asks of the lock.
 #[derive(Debug, Clone, Copy)]
@@ -112,19 +114,14 @@ impl LeftTicket {
 /// What `VALUE_DECLINED`'s `SOURCE` says of a value read from the lock file.
 pub const RECORD: &str = "the lock file's holder record";
 
-/// A lock just taken, with the ticket its previous holder left.
-pub type Taken<G> = (G, Option<LeftTicket>);
-
 /// A lock a run holds for its whole length.
 pub trait RunLock {
     type Guard: LockGuard;
+    type Contest: Contest<Guard = Self::Guard>;
 
-    /// Takes the lock as `request.policy` says. Under `allow` nothing is taken and the guard is
-    /// `None`.
-    fn acquire(
-        &self,
-        request: Request,
-    ) -> impl Future<Output = Result<Acquired<Self::Guard>, NotAcquired>>;
+    /// Opens the lock for one run's `request` (the lock file, a database session); nothing is
+    /// taken yet: [`acquire`] takes it as the policy says.
+    fn open(&self, request: &Request) -> impl Future<Output = Result<Self::Contest, Refusal>>;
 
     /// Who holds the lock now, without taking it; `None` when it is free.
     fn holder(&self) -> impl Future<Output = io::Result<Option<Holder>>>;
@@ -190,14 +187,18 @@ pub trait LockGuard {
     /// is to resume it.
     fn finish_ticket(&self) -> impl Future<Output = io::Result<()>>;
 
-    /// Marks, in one statement guarded by this holder's live lease, that it is about to write
-    /// the report of `ticket`: the commit point of a collection across hosts. Only once it
-    /// succeeded may the report be written; from then on no later holder fetches the ticket
-    /// again (nor collects this run's slot), even if this run dies before it could finish the
-    /// ticket. A lock of one host has nothing to mark.
-    fn mark_saving(&self, _ticket: &Ticket) -> impl Future<Output = io::Result<()>> {
-        async { Ok(()) }
-    }
+    /// Commits the report of `ticket`: makes sure this run still holds the lock (a round trip,
+    /// for a lock with a lease), marks the ticket as being saved where other hosts share the
+    /// lock (the commit point across hosts: from then on no later holder fetches it again, even
+    /// if this run dies before finishing it), then calls `save`, once. `Err`: the lock was
+    /// lost, and `save` was not called. The residual the README names: a run that dies between
+    /// the mark and the end of `save` leaves the ticket marked and no report.
+    fn commit<T>(
+        &self,
+        ticket: &Ticket,
+        save: impl FnOnce() -> T,
+    ) -> impl Future<Output = Result<T, LeaseLost>>;
+
     /// Claims `slot` for this run among every host sharing the lock; `Err` names the host that
     /// claimed it first and collected it (or is saving it). A claim of an earlier holder that
     /// stopped before saving anything is taken over. A lock of one host has nothing to claim.
@@ -212,16 +213,6 @@ pub trait LockGuard {
     /// lock the kernel holds for the process.
     fn lease_lost(&self) -> impl Future<Output = LeaseLost> {
         std::future::pending()
-    }
-
-    /// Makes sure, with a round trip, that the lock is still held right now.
-    fn confirm(&self) -> impl Future<Output = Result<(), LeaseLost>> {
-        async { Ok(()) }
-    }
-
-    /// Whether the holder may still act as the holder at this instant (no round trip).
-    fn still_valid(&self) -> Result<(), LeaseLost> {
-        Ok(())
     }
 
     /// Releases the lock; the record keeps an unfinished ticket and nothing else (and, for a
@@ -269,169 +260,50 @@ impl NotAcquired {
     /// Whether this is a skip (the lock is busy, which is what it is for) rather than a
     /// failure (something is wrong and an operator should look).
     pub fn is_skip(&self) -> bool {
-        matches!(
-            self.refusal,
-            Refusal::Busy(_)
-                | Refusal::WaitTimedOut { .. }
-                | Refusal::HolderUnconfirmed(_)
-                | Refusal::HolderHoldsNoDescriptor(_)
-                | Refusal::NotEarlier(_)
-                | Refusal::LeaseOutlastsDeadline { .. }
-        )
+        self.refusal.is_skip()
     }
 
-    /// The kind of failure when this is a failure, not a skip: the database out of reach is
-    /// one of its own, the rest a plain failure of the run.
+    /// The kind of failure when this is a failure, not a skip.
     pub fn failure(&self) -> Failure {
-        match self.refusal {
-            Refusal::Unavailable(_) => Failure::DatabaseUnavailable,
-            _ => Failure::Run,
-        }
-    }
-
-    /// The run that stood in the way, when the refusal names one.
-    fn holder(&self) -> Option<&Holder> {
-        match &self.refusal {
-            Refusal::Busy(holder)
-            | Refusal::WaitTimedOut { holder, .. }
-            | Refusal::HolderUnconfirmed(holder)
-            | Refusal::HolderHoldsNoDescriptor(holder)
-            | Refusal::DeadlinePassed(holder)
-            | Refusal::NotEarlier(holder)
-            | Refusal::LeaseOutlastsDeadline { holder, .. } => Some(holder),
-            Refusal::Signal { .. } | Refusal::Io(_) | Refusal::Unavailable(_) => None,
-        }
+        self.refusal.failure()
     }
 
     /// The host of the run that stood in the way, for a shared lock.
     pub fn holder_host(&self) -> Option<String> {
-        self.holder().and_then(|holder| holder.host.clone())
+        self.refusal.holder().and_then(|holder| holder.host.clone())
     }
 
     /// The other run that stood in the way, if it is known.
     pub fn holder_pid(&self) -> Option<u32> {
-        match &self.refusal {
-            Refusal::Signal { pid, .. } => Some(*pid),
-            _ => self.holder().and_then(|holder| holder.pid),
-        }
+        self.refusal.holder_pid()
     }
 }
 
 impl fmt::Display for NotAcquired {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lock = &self.lock;
-        let deadline = humantime::format_duration(self.request.deadline_setting);
-        match &self.refusal {
-            Refusal::Busy(holder) => write!(
-                f,
-                "the previous run still holds the lock {lock}: {holder} (policy forbid)"
-            ),
-            Refusal::WaitTimedOut { holder, waited } => write!(
-                f,
-                "waited {} for the lock {lock}, still held by {holder} (policy wait, lock-wait {}, deadline {deadline})",
-                humantime::format_duration(round_ms(*waited)),
-                humantime::format_duration(self.request.lock_wait),
-            ),
-            Refusal::HolderUnconfirmed(holder) => write!(
-                f,
-                "the lock {lock} is held by {holder}, but the lock file's record does not name that process, so policy replace signalled nothing"
-            ),
-            Refusal::HolderHoldsNoDescriptor(holder) => write!(
-                f,
-                "the lock {lock} is held, but {holder}, whom /proc/locks and the lock file's record name, was not seen holding an open descriptor of it (it exited while a process that inherited the descriptor holds the lock, or this user may not look at its descriptors), so policy replace signalled nothing; find the holder with `fuser -v {lock}`"
-            ),
-            Refusal::DeadlinePassed(holder) => write!(
-                f,
-                "the run deadline ({deadline}) passed while ending the holder of {lock}, {holder}"
-            ),
-            Refusal::NotEarlier(holder) => write!(
-                f,
-                "the lock {lock} is held by {holder}, whose slot is not earlier than this run's, so policy replace left it to finish"
-            ),
-            Refusal::LeaseOutlastsDeadline { holder, remaining } => write!(
-                f,
-                "the lock {lock} was last held by {holder}, whose lease runs {} more, past this run's deadline ({deadline}); that run may still be collecting, so this one does not",
-                humantime::format_duration(round_ms(*remaining))
-            ),
-            Refusal::Unavailable(why) => write!(f, "cannot use the lock {lock}: {why}"),
-            // A path that is not a regular file: its message says what to do.
-            Refusal::Io(e) if crate::files::not_regular(e).is_some() => {
-                write!(f, "cannot use the lock file {lock}: {e}")
-            }
-            Refusal::Io(e) => write!(
-                f,
-                "cannot use the lock file {lock}: {e}; check that its directory exists and this user may write it"
-            ),
-            Refusal::Signal { pid, error } => write!(
-                f,
-                "cannot signal pid {pid}, the holder of {lock}: {error}; run every collector as the same user"
-            ),
-        }
+        self.refusal.describe(&self.lock, &self.request, f)
     }
 }
 
 impl std::error::Error for NotAcquired {}
 
-/// Takes a lock as `request.policy` says, once a backend has it open as a [`Contest`]: at
-/// once if it is free, else skip (`forbid`), wait (`wait`) or end its holder (`replace`).
-/// `allow` is the backend's to answer before it opens anything.
-pub async fn by_policy<G, C: Contest<Held = Taken<G>>>(
-    mut contest: C,
-    lock: &str,
+/// Takes `lock` as `request.policy` says ([`policy::acquire`]); under `allow` nothing is
+/// opened or taken and the guard is `None`.
+pub async fn acquire<L: RunLock>(
+    lock: &L,
     request: Request,
-) -> Result<Acquired<G>, NotAcquired> {
+) -> Result<Acquired<L::Guard>, NotAcquired> {
+    if !request.policy.locks() {
+        return Ok(Acquired::unlocked());
+    }
+    let name = lock.describe();
     let refused = |refusal| NotAcquired {
-        lock: lock.to_owned(),
+        lock: name.clone(),
         request,
         refusal,
     };
-    if let Some((guard, left)) = contest.try_take().map_err(|e| refused(Refusal::Io(e)))? {
-        return Ok(Acquired {
-            guard: Some(guard),
-            previous_holder: None,
-            previous_host: None,
-            left,
-        });
-    }
-    let holder = contest.holder();
-    match request.policy {
-        Policy::Forbid | Policy::Allow => Err(refused(Refusal::Busy(holder))),
-        Policy::Wait => {
-            let started = Instant::now();
-            let until = request
-                .deadline
-                .min(crate::time::instant_after(started, request.lock_wait));
-            tracing::info!(
-                "lock {lock} is held by {holder}; waiting up to {} for it",
-                humantime::format_duration(until - started)
-            );
-            let got = replace::wait_for(until, || contest.try_take())
-                .await
-                .map_err(|e| refused(Refusal::Io(e)))?;
-            match got {
-                Some((guard, left)) => Ok(Acquired {
-                    guard: Some(guard),
-                    previous_holder: holder.pid,
-                    previous_host: None,
-                    left,
-                }),
-                None => Err(refused(Refusal::WaitTimedOut {
-                    holder: contest.holder(),
-                    waited: started.elapsed(),
-                })),
-            }
-        }
-        Policy::Replace => {
-            let ((guard, left), previous_holder) =
-                replace::replace(contest, request.replace_grace, request.deadline)
-                    .await
-                    .map_err(refused)?;
-            Ok(Acquired {
-                guard: Some(guard),
-                previous_holder,
-                previous_host: None,
-                left,
-            })
-        }
-    }
+    let mut contest = lock.open(&request).await.map_err(refused)?;
+    policy::acquire(&mut contest, &name, &request)
+        .await
+        .map_err(refused)
 }

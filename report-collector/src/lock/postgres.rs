@@ -24,6 +24,7 @@
 //! (exit 69) with the statement that resets it once every collector sharing it is stopped, and
 //! `status` says so too.
 
+pub mod contest;
 pub mod row;
 pub mod tables;
 pub mod tls;
@@ -39,17 +40,17 @@ use tokio::time::Instant;
 use tokio_postgres::Client;
 use tokio_postgres::config::Host;
 
-use self::row::{Declined, Lease, Row, RowValues};
+pub use self::contest::PgRefusal;
+use self::row::{Declined, Row, RowValues};
 use self::tables::Shape;
 pub use self::tls::MAX_CA_FILE_SIZE;
 use self::tls::tls_config;
 
-use super::Policy;
 use super::{
-    Acquired, Collection, FleetCollection, Holder, LeaseLost, LeftTicket, LockGuard, NotAcquired,
-    Refusal, Request, RunLock, SlotTaken,
+    Collection, FleetCollection, Holder, LeaseLost, LeftTicket, LockGuard, Refusal, Request,
+    RunLock, SlotTaken,
 };
-use crate::config::{LEASE_RANGE, PostgresConfig, Tls};
+use crate::config::{PostgresConfig, Tls};
 use crate::time::{format_time, round_ms};
 
 /// The first key of every advisory lock this program takes ('RC'), so that other programs'
@@ -367,14 +368,6 @@ impl PostgresLock {
         (i64::from(ADVISORY_CLASS), i64::from(self.key))
     }
 
-    fn unavailable(&self, request: Request, why: String) -> NotAcquired {
-        NotAcquired {
-            lock: self.describe(),
-            request,
-            refusal: Refusal::Unavailable(why),
-        }
-    }
-
     /// Status' view of the row, bounded by [`STATUS_TIMEOUT`]. Tables of another shape, and a
     /// generation no run can take the lock with, are errors: runs fail on them (exit 69).
     async fn status_row(&self) -> io::Result<Row> {
@@ -520,308 +513,11 @@ impl Drop for Session {
 
 impl RunLock for PostgresLock {
     type Guard = HeldPostgres;
+    type Contest = contest::PgContest;
 
-    async fn acquire(&self, request: Request) -> Result<Acquired<HeldPostgres>, NotAcquired> {
-        if request.policy == Policy::Allow {
-            return Ok(Acquired::unlocked());
-        }
-        let mut session = self
-            .open()
-            .await
-            .map_err(|why| self.unavailable(request, why))?;
-        let refused = |refusal| NotAcquired {
-            lock: self.describe(),
-            request,
-            refusal,
-        };
-        let db = |e: tokio_postgres::Error| {
-            refused(Refusal::Unavailable(format!(
-                "the PostgreSQL server at {} failed a statement: {}",
-                self.target,
-                describe(&e)
-            )))
-        };
-        let started = Instant::now();
-        let wait_until = match request.policy {
-            Policy::Wait => request
-                .deadline
-                .min(crate::time::instant_after(started, request.lock_wait)),
-            _ => request.deadline,
-        };
-        let mut previous: Option<Holder> = None;
-        let mut ended: Option<i32> = None;
-        // An untrusted lease in the row was waited out, once (see below).
-        let mut waited_untrusted = false;
-        // A run that is waiting (policy wait, or waiting out a lease) and loses its connection
-        // (the database restarted) connects again within its bound: giving up would leave the
-        // slot to nobody. The holder's own advisory lock went with the session, so it contends
-        // again from the start.
-        let mut dropped: Option<String> = None;
-        macro_rules! db_try {
-            ($label:lifetime, $e:expr) => {
-                match $e {
-                    Ok(v) => v,
-                    Err(e)
-                        if connection_lost(&e, &session.client)
-                            && (request.policy == Policy::Wait || previous.is_some()) =>
-                    {
-                        dropped = Some(describe(&e));
-                        continue $label;
-                    }
-                    Err(e) => return Err(db(e)),
-                }
-            };
-        }
-        let taken = 'connect: loop {
-            if let Some(why) = dropped.take() {
-                let bound = if request.policy == Policy::Wait {
-                    wait_until
-                } else {
-                    request.deadline
-                };
-                session = self
-                    .reconnect(&why, bound)
-                    .await
-                    .map_err(|why| self.unavailable(request, why))?;
-            }
-            let client = &session.client;
-            loop {
-                let got: bool = db_try!('connect,
-                    client
-                        .query_one(
-                            "SELECT pg_try_advisory_lock($1::int4, $2::int4)",
-                            &[&ADVISORY_CLASS, &self.key],
-                        )
-                        .await
-                        .and_then(|r| r.try_get(0))
-                );
-                if got {
-                    break;
-                }
-                let row = db_try!('connect, self.read_row(client).await).unwrap_or_default();
-                let holder = row.holder();
-                if row.lease_ended() && row.session_holds && Instant::now() < request.deadline {
-                    // A holder whose lease ran out by the database's clock but whose session the
-                    // server still keeps: a host cut off before the keepalives gave up. Its run
-                    // has stopped itself (the lease is over); its session is ended so the lock
-                    // can move on.
-                    if let Some(stale) = row.session {
-                        tracing::warn!(
-                            MESSAGE_ID = report_common::message_id::STALE_SESSION_ENDED,
-                            HOLDER_PID = holder.pid.unwrap_or(0),
-                            HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
-                            SESSION = stale,
-                            "the lease of {holder} ran out {} ago but its database session {stale} still holds the lock; ending that session",
-                            humantime::format_duration(round_ms(match row.lease {
-                                Lease::Over(ago) => ago,
-                                _ => Duration::ZERO,
-                            }))
-                        );
-                        db_try!('connect, terminate(client, stale).await);
-                        previous.get_or_insert(holder);
-                        tokio::time::sleep(POLL).await;
-                        continue;
-                    }
-                }
-                let now = Instant::now();
-                match request.policy {
-                    Policy::Forbid | Policy::Allow => return Err(refused(Refusal::Busy(holder))),
-                    Policy::Wait => {
-                        if previous.is_none() {
-                            tracing::info!(
-                                HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
-                                "lock {} is held by {holder}; waiting up to {} for it",
-                                self.describe(),
-                                humantime::format_duration(
-                                    wait_until.saturating_duration_since(now)
-                                )
-                            );
-                        }
-                        previous.get_or_insert_with(|| holder.clone());
-                        if now >= wait_until {
-                            return Err(refused(Refusal::WaitTimedOut {
-                                holder,
-                                waited: started.elapsed(),
-                            }));
-                        }
-                    }
-                    Policy::Replace => {
-                        let earlier = matches!((row.slot, request.slot), (Some(theirs), Some(ours)) if theirs < ours);
-                        if !earlier && ended.is_none() {
-                            return Err(refused(Refusal::NotEarlier(holder)));
-                        }
-                        match row.session {
-                            Some(s) if row.session_holds && ended != Some(s) => {
-                                tracing::info!(
-                                    MESSAGE_ID = report_common::message_id::HOLDER_REPLACED,
-                                    HOLDER_PID = holder.pid.unwrap_or(0),
-                                    HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
-                                    ENDED_BY = "session",
-                                    "policy replace: ending the run holding the lock, {holder}, by ending its database session {s}; its lease is then waited out"
-                                );
-                                db_try!('connect, terminate(client, s).await);
-                                ended = Some(s);
-                                previous.get_or_insert_with(|| holder.clone());
-                            }
-                            _ => {}
-                        }
-                        if now >= request.deadline {
-                            return Err(refused(Refusal::DeadlinePassed(holder)));
-                        }
-                    }
-                }
-                tokio::time::sleep_until((now + POLL).min(wait_until.max(now))).await;
-            }
-
-            // The advisory lock is ours; the previous holder's lease may still run.
-            loop {
-                let Some(row) = db_try!('connect, self.read_row(client).await) else {
-                    return Err(refused(Refusal::Unavailable(format!(
-                        "the row of the lock \"{}\" on {} was deleted while this run took the lock; the next run creates it again",
-                        self.lock_name, self.target
-                    ))));
-                };
-                let other = row.session != Some(session.backend);
-                // A lease that cannot be real was written by hand or by a hostile host, over
-                // the lease of whichever holder had the lock: that one may still be collecting
-                // for as long as its own lease, which a fleet shares. So it is waited out as
-                // this run's own lease from now (this run holds the advisory lock, so no lease
-                // is renewed meanwhile), once, and then the lock is taken over.
-                let untrusted = row.lease == Lease::Untrusted && other && !waited_untrusted;
-                if (row.live() && other) || untrusted {
-                    let remaining = if untrusted {
-                        self.lease
-                    } else {
-                        row.remaining()
-                    };
-                    let wait = remaining + WAIT_MARGIN;
-                    // The advisory lock is this run's own now: the row names the one waited out.
-                    let holder = row.recorded_holder();
-                    if Instant::now() + wait > request.deadline {
-                        let _ = client
-                            .query(
-                                "SELECT pg_advisory_unlock($1::int4, $2::int4)",
-                                &[&ADVISORY_CLASS, &self.key],
-                            )
-                            .await;
-                        return Err(refused(Refusal::LeaseOutlastsDeadline {
-                            holder,
-                            remaining,
-                        }));
-                    }
-                    if untrusted {
-                        tracing::warn!(
-                            HOLDER_PID = holder.pid.unwrap_or(0),
-                            HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
-                            "the lock {} is free, but the lease in its row cannot be real (declined above): its last holder, {holder}, may still be collecting for as long as a lease, so this run waits out its own lease ({}) and then takes the lock over",
-                            self.describe(),
-                            humantime::format_duration(round_ms(wait))
-                        );
-                        waited_untrusted = true;
-                    } else {
-                        tracing::info!(
-                            HOLDER_PID = holder.pid.unwrap_or(0),
-                            HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
-                            "the lock {} is free, but the lease of its last holder, {holder}, runs {} more by the database's clock: that run may still be collecting, so this one waits it out",
-                            self.describe(),
-                            humantime::format_duration(round_ms(wait))
-                        );
-                    }
-                    previous.get_or_insert(holder);
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                if let Some(why) = self.fencing_refusal(row.generation) {
-                    let _ = client
-                        .query(
-                            "SELECT pg_advisory_unlock($1::int4, $2::int4)",
-                            &[&ADVISORY_CLASS, &self.key],
-                        )
-                        .await;
-                    return Err(refused(Refusal::Unavailable(why)));
-                }
-                let sent = Instant::now();
-                let lease = self.lease.as_secs_f64();
-                let longest = LEASE_RANGE.1.as_secs_f64();
-                let slot: Option<SystemTime> = request.slot;
-                let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
-                // Taken over: a lease that cannot be real once it was waited out ($6), and a
-                // ticket that failed the check is cleared ($8), so no later run meets it. The
-                // generation only increases: never past its largest value.
-                let updated = db_try!('connect, client
-                .query_opt(
-                    "UPDATE report_collector_lock SET holder_host = $2, holder_pid = $3, \
-                     since = clock_timestamp(), session = pg_backend_pid(), \
-                     generation = generation + 1, \
-                     lease_until = clock_timestamp() + make_interval(secs => $4), slot = $5, \
-                     ticket = CASE WHEN $8 THEN NULL ELSE ticket END, \
-                     ticket_requested = CASE WHEN $8 THEN NULL ELSE ticket_requested END, \
-                     ticket_host = CASE WHEN $8 THEN NULL ELSE ticket_host END, \
-                     ticket_pid = CASE WHEN $8 THEN NULL ELSE ticket_pid END, \
-                     ticket_saving_generation = \
-                       CASE WHEN $8 THEN NULL ELSE ticket_saving_generation END, \
-                     ticket_saved_by_host = CASE WHEN $8 THEN NULL ELSE ticket_saved_by_host END \
-                     WHERE name = $1 AND generation < 9223372036854775807 \
-                       AND (lease_until IS NULL OR lease_until <= clock_timestamp() \
-                       OR session = pg_backend_pid() \
-                       OR ($6 AND lease_until > clock_timestamp() + make_interval(secs => $7))) \
-                     RETURNING generation",
-                    &[
-                        &self.lock_name,
-                        &self.host,
-                        &pid,
-                        &lease,
-                        &slot,
-                        &waited_untrusted,
-                        &longest,
-                        &row.ticket_declined,
-                    ],
-                )
-                .await);
-                match updated {
-                    Some(r) => {
-                        break 'connect (db_try!('connect, r.try_get::<_, i64>(0)), sent, row);
-                    }
-                    // The row changed since it was read: read it again.
-                    None => tokio::time::sleep(POLL).await,
-                }
-            }
-        };
-        let (generation, sent, row) = taken;
-        let client = &session.client;
-        let _ = client
-            .execute(
-                "DELETE FROM report_collector_slot WHERE name = $1 \
-                 AND slot < clock_timestamp() - make_interval(days => $2)",
-                &[&self.lock_name, &SLOT_RETENTION_DAYS],
-            )
-            .await;
-        let left = row.left_ticket();
-        let previous_holder = previous.as_ref().and_then(|h| h.pid);
-        let previous_host = previous.and_then(|h| h.host);
-        let shared = Arc::new(Shared {
-            client: Arc::clone(&session.client),
-            backend: session.backend,
-            generation,
-            lock_name: self.lock_name.clone(),
-            host: self.host.clone(),
-            lease: self.lease,
-            margin: self.margin(),
-            keys: self.keys(),
-            validity: Validity::new(sent + self.lease - self.margin()),
-            slot: Mutex::new(None),
-        });
-        let renewer = tokio::spawn(renew_every(Arc::clone(&shared)));
-        Ok(Acquired {
-            guard: Some(HeldPostgres {
-                shared,
-                renewer,
-                session: Some(session),
-            }),
-            previous_holder,
-            previous_host,
-            left,
-        })
+    async fn open(&self, request: &Request) -> Result<contest::PgContest, Refusal> {
+        let session = self.open().await.map_err(PgRefusal::Unavailable)?;
+        Ok(contest::PgContest::new(self.clone(), *request, session))
     }
 
     async fn holder(&self) -> io::Result<Option<Holder>> {
@@ -1081,49 +777,11 @@ impl HeldPostgres {
     pub fn generation(&self) -> i64 {
         self.shared.generation
     }
-}
 
-impl Drop for HeldPostgres {
-    fn drop(&mut self) {
-        // Dropped without `release` (a panic): the session's end frees the advisory lock, and
-        // the lease runs out by itself.
-        self.renewer.abort();
-    }
-}
-
-impl LockGuard for HeldPostgres {
-    async fn set_ticket(&self, ticket: &Ticket, requested: SystemTime) -> io::Result<()> {
-        let s = &self.shared;
-        let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
-        s.write(
-            "UPDATE report_collector_lock SET ticket = $3, ticket_requested = $4, \
-             ticket_host = $5, ticket_pid = $6, \
-             ticket_saving_generation = NULL, ticket_saved_by_host = NULL \
-             WHERE name = $1 AND generation = $2 AND session = pg_backend_pid()",
-            &[
-                &s.lock_name,
-                &s.generation,
-                &ticket.as_str(),
-                &requested,
-                &s.host,
-                &pid,
-            ],
-        )
-        .await
-    }
-
-    async fn finish_ticket(&self) -> io::Result<()> {
-        let s = &self.shared;
-        s.write(
-            "UPDATE report_collector_lock SET ticket = NULL, ticket_requested = NULL, \
-             ticket_host = NULL, ticket_pid = NULL, \
-             ticket_saving_generation = NULL, ticket_saved_by_host = NULL \
-             WHERE name = $1 AND generation = $2 AND session = pg_backend_pid()",
-            &[&s.lock_name, &s.generation],
-        )
-        .await
-    }
-
+    /// Marks, in one statement guarded by this holder's live lease, that it is about to write
+    /// the report of `ticket`: the commit point of a collection across hosts. From then on no
+    /// later holder fetches the ticket again (nor collects this run's slot), even if this run
+    /// dies before it could finish the ticket.
     async fn mark_saving(&self, ticket: &Ticket) -> io::Result<()> {
         let s = &self.shared;
         let slot = *s
@@ -1167,6 +825,62 @@ impl LockGuard for HeldPostgres {
             ));
         }
         Ok(())
+    }
+}
+
+impl Drop for HeldPostgres {
+    fn drop(&mut self) {
+        // Dropped without `release` (a panic): the session's end frees the advisory lock, and
+        // the lease runs out by itself.
+        self.renewer.abort();
+    }
+}
+
+impl LockGuard for HeldPostgres {
+    async fn set_ticket(&self, ticket: &Ticket, requested: SystemTime) -> io::Result<()> {
+        let s = &self.shared;
+        let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        s.write(
+            "UPDATE report_collector_lock SET ticket = $3, ticket_requested = $4, \
+             ticket_host = $5, ticket_pid = $6, \
+             ticket_saving_generation = NULL, ticket_saved_by_host = NULL \
+             WHERE name = $1 AND generation = $2 AND session = pg_backend_pid()",
+            &[
+                &s.lock_name,
+                &s.generation,
+                &ticket.as_str(),
+                &requested,
+                &s.host,
+                &pid,
+            ],
+        )
+        .await
+    }
+
+    async fn finish_ticket(&self) -> io::Result<()> {
+        let s = &self.shared;
+        s.write(
+            "UPDATE report_collector_lock SET ticket = NULL, ticket_requested = NULL, \
+             ticket_host = NULL, ticket_pid = NULL, \
+             ticket_saving_generation = NULL, ticket_saved_by_host = NULL \
+             WHERE name = $1 AND generation = $2 AND session = pg_backend_pid()",
+            &[&s.lock_name, &s.generation],
+        )
+        .await
+    }
+
+    async fn commit<T>(&self, ticket: &Ticket, save: impl FnOnce() -> T) -> Result<T, LeaseLost> {
+        // Confirmed with a round trip first, and checked again right before the mark: a run
+        // that was paused past its lease must not save what it fetched.
+        self.shared.check()?;
+        self.shared.renew().await;
+        self.shared.check()?;
+        self.mark_saving(ticket).await.map_err(|e| LeaseLost {
+            why: format!(
+                "the lock's row did not take the mark that this run saves ticket {ticket}: {e}"
+            ),
+        })?;
+        Ok(save())
     }
 
     async fn claim_slot(&self, slot: SystemTime) -> io::Result<Result<(), SlotTaken>> {
@@ -1248,16 +962,6 @@ impl LockGuard for HeldPostgres {
 
     async fn lease_lost(&self) -> LeaseLost {
         self.shared.validity.lost(|| self.shared.expired()).await
-    }
-
-    async fn confirm(&self) -> Result<(), LeaseLost> {
-        self.shared.check()?;
-        self.shared.renew().await;
-        self.shared.check()
-    }
-
-    fn still_valid(&self) -> Result<(), LeaseLost> {
-        self.shared.check()
     }
 
     async fn release(mut self, collected: Option<Collection<'_>>) {

@@ -1,0 +1,445 @@
+//! What the PostgreSQL lock answers the policies ([`crate::lock::policy`]): take the session
+//! advisory lock and then the lease in the row, say who holds it, judge a holder under
+//! `replace` (only one of an earlier slot is ended), end a holder by ending its session.
+//!
+//! Taking it is more than one statement. A holder whose lease ran out by the database's clock
+//! while the server still keeps its session (a host cut off before the keepalives gave up) has
+//! its session ended on the way, whatever the policy. Once the advisory lock is this run's,
+//! the previous holder's lease may still run: it is waited out when it ends before the run's
+//! deadline, else the lock is left ([`PgRefusal::LeaseOutlastsDeadline`]). A patient run (one
+//! that waits anyway) that loses its connection, because the database restarted, connects
+//! again within its bound: giving up would leave the slot to nobody.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::row::{Lease, Row};
+use super::{
+    ADVISORY_CLASS, HeldPostgres, POLL, PostgresLock, SLOT_RETENTION_DAYS, Session, Shared,
+    Validity, WAIT_MARGIN, connection_lost, describe, renew_every, terminate,
+};
+use crate::config::LEASE_RANGE;
+use crate::lock::contest::{BackendRefusal, Contest, Judgement, Refusal, Step, Taken};
+use crate::lock::{Holder, Request, RunLock};
+use crate::outcome::Failure;
+use crate::time::round_ms;
+
+/// The PostgreSQL lock, opened (connected) for one run's request.
+#[derive(Debug)]
+pub struct PgContest {
+    lock: PostgresLock,
+    request: Request,
+    /// `None` only while connecting again, or once the lock is taken.
+    session: Option<Session>,
+    /// The row as the last look read it.
+    row: Row,
+    /// A holder seen off on the way (a stale session ended, a lease waited out).
+    previous: Option<Holder>,
+    /// An untrusted lease in the row was waited out, once.
+    waited_untrusted: bool,
+    /// Why the last session dropped, while it is connected again.
+    dropped: Option<String>,
+}
+
+/// Why one attempt did not end with the lock or with "busy".
+enum Stop {
+    Refused(PgRefusal),
+    Db(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for Stop {
+    fn from(e: tokio_postgres::Error) -> Stop {
+        Stop::Db(e)
+    }
+}
+
+impl PgContest {
+    pub(super) fn new(lock: PostgresLock, request: Request, session: Session) -> PgContest {
+        PgContest {
+            lock,
+            request,
+            session: Some(session),
+            row: Row::default(),
+            previous: None,
+            waited_untrusted: false,
+            dropped: None,
+        }
+    }
+
+    fn client(&self) -> Arc<tokio_postgres::Client> {
+        Arc::clone(
+            &self
+                .session
+                .as_ref()
+                .expect("a session while contending")
+                .client,
+        )
+    }
+
+    /// One attempt on the current session: the advisory lock (ending a stale session on the
+    /// way), then the lease.
+    async fn attempt(&mut self) -> Result<Option<Taken<HeldPostgres>>, Stop> {
+        let client = self.client();
+        let (k1, k2) = (ADVISORY_CLASS, self.lock.key);
+        loop {
+            let got: bool = client
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1::int4, $2::int4)",
+                    &[&k1, &k2],
+                )
+                .await?
+                .try_get(0)?;
+            if got {
+                return self.take_lease(&client).await.map(Some);
+            }
+            self.row = self.lock.read_row(&client).await?.unwrap_or_default();
+            if !self.end_stale_session(&client).await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Ends the session of a holder whose lease ran out by the database's clock but whose
+    /// session the server still keeps: its run has stopped itself (the lease is over), and
+    /// the lock moves on. True when one was ended (look again, after a poll).
+    async fn end_stale_session(&mut self, client: &tokio_postgres::Client) -> Result<bool, Stop> {
+        let row = &self.row;
+        let stale = match row.session {
+            Some(s) if row.lease_ended() && row.session_holds => s,
+            _ => return Ok(false),
+        };
+        if Instant::now() >= self.request.deadline {
+            return Ok(false);
+        }
+        let holder = row.holder();
+        tracing::warn!(
+            MESSAGE_ID = report_common::message_id::STALE_SESSION_ENDED,
+            HOLDER_PID = holder.pid.unwrap_or(0),
+            HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+            SESSION = stale,
+            "the lease of {holder} ran out {} ago but its database session {stale} still holds the lock; ending that session",
+            humantime::format_duration(round_ms(match row.lease {
+                Lease::Over(ago) => ago,
+                _ => Duration::ZERO,
+            }))
+        );
+        terminate(client, stale).await?;
+        self.previous.get_or_insert(holder);
+        tokio::time::sleep(POLL).await;
+        Ok(true)
+    }
+
+    /// With the advisory lock this run's: waits out the previous holder's lease, then takes
+    /// the row with a new generation.
+    async fn take_lease(
+        &mut self,
+        client: &tokio_postgres::Client,
+    ) -> Result<Taken<HeldPostgres>, Stop> {
+        loop {
+            let Some(row) = self.lock.read_row(client).await? else {
+                return Err(Stop::Refused(PgRefusal::Unavailable(format!(
+                    "the row of the lock \"{}\" on {} was deleted while this run took the lock; the next run creates it again",
+                    self.lock.lock_name, self.lock.target
+                ))));
+            };
+            if self.wait_out_lease(client, &row).await? {
+                continue;
+            }
+            if let Some(why) = self.lock.fencing_refusal(row.generation) {
+                unlock(client, self.lock.key).await;
+                return Err(Stop::Refused(PgRefusal::Unavailable(why)));
+            }
+            let sent = Instant::now();
+            match self.update_row(client, &row).await? {
+                Some(generation) => return Ok(self.hold(client, generation, sent, row).await),
+                // The row changed since it was read: read it again.
+                None => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+
+    /// Waits out a lease in `row` that may still run (true: look at the row again), or refuses
+    /// the lock when it outlasts the run's deadline.
+    ///
+    /// A lease that cannot be real was written by hand or by a hostile host, over the lease of
+    /// whichever holder had the lock: that one may still be collecting for as long as its own
+    /// lease, which a fleet shares. So it is waited out as this run's own lease from now (this
+    /// run holds the advisory lock, so no lease is renewed meanwhile), once, and then the lock
+    /// is taken over.
+    async fn wait_out_lease(
+        &mut self,
+        client: &tokio_postgres::Client,
+        row: &Row,
+    ) -> Result<bool, Stop> {
+        let backend = self.session.as_ref().map(|s| s.backend);
+        let other = row.session != backend;
+        let untrusted = row.lease == Lease::Untrusted && other && !self.waited_untrusted;
+        if !((row.live() && other) || untrusted) {
+            return Ok(false);
+        }
+        let remaining = if untrusted {
+            self.lock.lease
+        } else {
+            row.remaining()
+        };
+        let wait = remaining + WAIT_MARGIN;
+        // The advisory lock is this run's own now: the row names the one waited out.
+        let holder = row.recorded_holder();
+        if Instant::now() + wait > self.request.deadline {
+            unlock(client, self.lock.key).await;
+            return Err(Stop::Refused(PgRefusal::LeaseOutlastsDeadline {
+                holder,
+                remaining,
+            }));
+        }
+        if untrusted {
+            tracing::warn!(
+                HOLDER_PID = holder.pid.unwrap_or(0),
+                HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+                "the lock {} is free, but the lease in its row cannot be real (declined above): its last holder, {holder}, may still be collecting for as long as a lease, so this run waits out its own lease ({}) and then takes the lock over",
+                RunLock::describe(&self.lock),
+                humantime::format_duration(round_ms(wait))
+            );
+            self.waited_untrusted = true;
+        } else {
+            tracing::info!(
+                HOLDER_PID = holder.pid.unwrap_or(0),
+                HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+                "the lock {} is free, but the lease of its last holder, {holder}, runs {} more by the database's clock: that run may still be collecting, so this one waits it out",
+                RunLock::describe(&self.lock),
+                humantime::format_duration(round_ms(wait))
+            );
+        }
+        self.previous.get_or_insert(holder);
+        tokio::time::sleep(wait).await;
+        Ok(true)
+    }
+
+    /// Writes this run into the row as its holder with the next generation; `None` when the
+    /// row changed since `row` was read. Taken over: a lease that cannot be real once it was
+    /// waited out ($6), and a ticket that failed the check is cleared ($8), so no later run
+    /// meets it. The generation only increases: never past its largest value.
+    async fn update_row(
+        &self,
+        client: &tokio_postgres::Client,
+        row: &Row,
+    ) -> Result<Option<i64>, tokio_postgres::Error> {
+        let lease = self.lock.lease.as_secs_f64();
+        let longest = LEASE_RANGE.1.as_secs_f64();
+        let slot: Option<SystemTime> = self.request.slot;
+        let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        let updated = client
+            .query_opt(
+                "UPDATE report_collector_lock SET holder_host = $2, holder_pid = $3, \
+                 since = clock_timestamp(), session = pg_backend_pid(), \
+                 generation = generation + 1, \
+                 lease_until = clock_timestamp() + make_interval(secs => $4), slot = $5, \
+                 ticket = CASE WHEN $8 THEN NULL ELSE ticket END, \
+                 ticket_requested = CASE WHEN $8 THEN NULL ELSE ticket_requested END, \
+                 ticket_host = CASE WHEN $8 THEN NULL ELSE ticket_host END, \
+                 ticket_pid = CASE WHEN $8 THEN NULL ELSE ticket_pid END, \
+                 ticket_saving_generation = \
+                   CASE WHEN $8 THEN NULL ELSE ticket_saving_generation END, \
+                 ticket_saved_by_host = CASE WHEN $8 THEN NULL ELSE ticket_saved_by_host END \
+                 WHERE name = $1 AND generation < 9223372036854775807 \
+                   AND (lease_until IS NULL OR lease_until <= clock_timestamp() \
+                   OR session = pg_backend_pid() \
+                   OR ($6 AND lease_until > clock_timestamp() + make_interval(secs => $7))) \
+                 RETURNING generation",
+                &[
+                    &self.lock.lock_name,
+                    &self.lock.host,
+                    &pid,
+                    &lease,
+                    &slot,
+                    &self.waited_untrusted,
+                    &longest,
+                    &row.ticket_declined,
+                ],
+            )
+            .await?;
+        updated.map(|r| r.try_get::<_, i64>(0)).transpose()
+    }
+
+    /// The lock taken with `generation`: old slot claims pruned, the lease renewed from now
+    /// on by a task of its own.
+    async fn hold(
+        &mut self,
+        client: &tokio_postgres::Client,
+        generation: i64,
+        sent: Instant,
+        row: Row,
+    ) -> Taken<HeldPostgres> {
+        let _ = client
+            .execute(
+                "DELETE FROM report_collector_slot WHERE name = $1 \
+                 AND slot < clock_timestamp() - make_interval(days => $2)",
+                &[&self.lock.lock_name, &SLOT_RETENTION_DAYS],
+            )
+            .await;
+        let session = self.session.take().expect("a session while contending");
+        let lock = &self.lock;
+        let shared = Arc::new(Shared {
+            client: Arc::clone(&session.client),
+            backend: session.backend,
+            generation,
+            lock_name: lock.lock_name.clone(),
+            host: lock.host.clone(),
+            lease: lock.lease,
+            margin: lock.margin(),
+            keys: lock.keys(),
+            validity: Validity::new(sent + lock.lease - lock.margin()),
+            slot: Mutex::new(None),
+        });
+        let renewer = tokio::spawn(renew_every(Arc::clone(&shared)));
+        Taken {
+            guard: HeldPostgres {
+                shared,
+                renewer,
+                session: Some(session),
+            },
+            left: row.left_ticket(),
+            previous: self.previous.take(),
+        }
+    }
+
+    fn failed(&self, e: &tokio_postgres::Error) -> PgRefusal {
+        PgRefusal::Unavailable(format!(
+            "the PostgreSQL server at {} failed a statement: {}",
+            self.lock.target,
+            describe(e)
+        ))
+    }
+}
+
+/// Lets go of the advisory lock this run took but will not use.
+async fn unlock(client: &tokio_postgres::Client, key: i32) {
+    let _ = client
+        .query(
+            "SELECT pg_advisory_unlock($1::int4, $2::int4)",
+            &[&ADVISORY_CLASS, &key],
+        )
+        .await;
+}
+
+impl Contest for PgContest {
+    type Guard = HeldPostgres;
+
+    fn poll(&self) -> Duration {
+        POLL
+    }
+
+    async fn try_take(
+        &mut self,
+        bound: Instant,
+        patient: bool,
+    ) -> Result<Option<Taken<HeldPostgres>>, Refusal> {
+        loop {
+            if let Some(why) = self.dropped.take() {
+                let session = self.lock.reconnect(&why, bound).await;
+                self.session = Some(session.map_err(PgRefusal::Unavailable)?);
+            }
+            let e = match self.attempt().await {
+                Ok(taken) => return Ok(taken),
+                Err(Stop::Refused(refusal)) => return Err(refusal.into()),
+                Err(Stop::Db(e)) => e,
+            };
+            let client = self.client();
+            if !(connection_lost(&e, &client) && (patient || self.previous.is_some())) {
+                return Err(self.failed(&e).into());
+            }
+            // The holder's own advisory lock went with the session: contend again from the
+            // start.
+            self.dropped = Some(describe(&e));
+        }
+    }
+
+    fn holder(&self) -> Holder {
+        self.row.holder()
+    }
+
+    fn judge(&self, holder: &Holder, slot: Option<SystemTime>) -> Judgement {
+        let earlier = matches!((self.row.slot, slot), (Some(theirs), Some(ours)) if theirs < ours);
+        if !earlier {
+            return Judgement::Spared(Box::new(PgRefusal::NotEarlier(holder.clone())));
+        }
+        match self.row.session {
+            Some(s) if self.row.session_holds => Judgement::Endable(i64::from(s)),
+            _ => Judgement::Going,
+        }
+    }
+
+    async fn end(&mut self, holder: &Holder, id: i64, step: Step) -> Result<(), Refusal> {
+        // Ending a session is final: its lease is waited out by taking the lock.
+        if step == Step::Force {
+            return Ok(());
+        }
+        let session = i32::try_from(id).unwrap_or(0);
+        tracing::info!(
+            MESSAGE_ID = report_common::message_id::HOLDER_REPLACED,
+            HOLDER_PID = holder.pid.unwrap_or(0),
+            HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+            ENDED_BY = "session",
+            "policy replace: ending the run holding the lock, {holder}, by ending its database session {session}; its lease is then waited out"
+        );
+        let client = self.client();
+        terminate(&client, session)
+            .await
+            .map_err(|e| self.failed(&e).into())
+    }
+}
+
+/// What stood in the way of the PostgreSQL lock, beyond the policies' own refusals.
+#[derive(Debug)]
+pub enum PgRefusal {
+    /// Under `replace`: the holder's slot is not earlier than this run's, so it is left to
+    /// finish.
+    NotEarlier(Holder),
+    /// The lock's previous holder may still be running (its lease is live) and the run
+    /// deadline would pass before the lease ends.
+    LeaseOutlastsDeadline { holder: Holder, remaining: Duration },
+    /// The database cannot be reached, refused this collector, or holds a row no run can
+    /// take.
+    Unavailable(String),
+}
+
+impl BackendRefusal for PgRefusal {
+    fn is_skip(&self) -> bool {
+        !matches!(self, PgRefusal::Unavailable(_))
+    }
+
+    fn failure(&self) -> Failure {
+        match self {
+            PgRefusal::Unavailable(_) => Failure::DatabaseUnavailable,
+            _ => Failure::Run,
+        }
+    }
+
+    fn holder(&self) -> Option<&Holder> {
+        match self {
+            PgRefusal::NotEarlier(holder) | PgRefusal::LeaseOutlastsDeadline { holder, .. } => {
+                Some(holder)
+            }
+            PgRefusal::Unavailable(_) => None,
+        }
+    }
+
+    fn describe(&self, lock: &str, request: &Request, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PgRefusal::NotEarlier(holder) => write!(
+                f,
+                "the lock {lock} is held by {holder}, whose slot is not earlier than this run's, so policy replace left it to finish"
+            ),
+            PgRefusal::LeaseOutlastsDeadline { holder, remaining } => write!(
+                f,
+                "the lock {lock} was last held by {holder}, whose lease runs {} more, past this run's deadline ({}); that run may still be collecting, so this one does not",
+                humantime::format_duration(round_ms(*remaining)),
+                humantime::format_duration(request.deadline_setting)
+            ),
+            PgRefusal::Unavailable(why) => write!(f, "cannot use the lock {lock}: {why}"),
+        }
+    }
+}
