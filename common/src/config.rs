@@ -250,29 +250,7 @@ pub fn number_within<T: PartialOrd + fmt::Display>(
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Read { path, source } => match files::refusal(source) {
-                Some(files::Refused::NotRegular { kind, .. }) => write!(
-                    f,
-                    "the configuration file {} is {kind}, not a regular file: replace it with a regular file or pass another path with --config",
-                    path.display()
-                ),
-                Some(files::Refused::TooLarge { limit, .. }) => write!(
-                    f,
-                    "the configuration file {} is larger than {}, more than any configuration needs: check that it is the right file or pass another path with --config",
-                    path.display(),
-                    files::Size(*limit)
-                ),
-                None if source.kind() == std::io::ErrorKind::NotFound => write!(
-                    f,
-                    "cannot read the configuration file {}: {source}; create it or pass another path with --config",
-                    path.display()
-                ),
-                None => write!(
-                    f,
-                    "cannot read the configuration file {}: {source}; fix it or pass another path with --config",
-                    path.display()
-                ),
-            },
+            Self::Read { path, source } => read_failed(f, path, source),
             Self::Syntax {
                 path,
                 line,
@@ -318,6 +296,33 @@ impl fmt::Display for ConfigError {
                 path.display()
             ),
         }
+    }
+}
+
+/// Why the configuration file at `path` could not be read (`source`), and what to do.
+fn read_failed(f: &mut fmt::Formatter<'_>, path: &Path, source: &std::io::Error) -> fmt::Result {
+    match files::refusal(source) {
+        Some(files::Refused::NotRegular { kind, .. }) => write!(
+            f,
+            "the configuration file {} is {kind}, not a regular file: replace it with a regular file or pass another path with --config",
+            path.display()
+        ),
+        Some(files::Refused::TooLarge { limit, .. }) => write!(
+            f,
+            "the configuration file {} is larger than {}, more than any configuration needs: check that it is the right file or pass another path with --config",
+            path.display(),
+            files::Size(*limit)
+        ),
+        None if source.kind() == std::io::ErrorKind::NotFound => write!(
+            f,
+            "cannot read the configuration file {}: {source}; create it or pass another path with --config",
+            path.display()
+        ),
+        None => write!(
+            f,
+            "cannot read the configuration file {}: {source}; fix it or pass another path with --config",
+            path.display()
+        ),
     }
 }
 

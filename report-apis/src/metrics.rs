@@ -3,12 +3,13 @@
 //! Names are part of the published interface (dashboards and the experiment read them), so
 //! they are registered in this one place.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 /// Labels of `report_apis_http_requests_total`. The route is the pattern, never the raw path,
 /// so hostile or random paths cannot grow the label set.
@@ -49,11 +50,98 @@ impl Default for Metrics {
     }
 }
 
+/// One of [`Metrics`]' fields, handed to the registry.
+type Field = fn(&Metrics) -> Box<dyn Metric>;
+
+/// Every metric's published name (under the prefix `report_apis`) and help, with the field
+/// that holds it, in the order the exposition lists them.
+const EXPORTED: [(&str, &str, Field); 12] = [
+    (
+        "tickets_issued",
+        "Tickets handed out by /request_report",
+        |m| Box::new(m.tickets_issued.clone()),
+    ),
+    (
+        "tickets_pending",
+        "Tickets requested whose report is not yet fetched and that have not expired",
+        |m| Box::new(m.tickets_pending.clone()),
+    ),
+    (
+        "tickets_ready",
+        "Tickets whose report is generated but not yet fetched",
+        |m| Box::new(m.tickets_ready.clone()),
+    ),
+    (
+        "tickets_expired",
+        "Tickets dropped after their time to live",
+        |m| Box::new(m.tickets_expired.clone()),
+    ),
+    (
+        "tickets_cancelled",
+        "Held tickets dropped by DELETE /get_report/{ticket} before they expired",
+        |m| Box::new(m.tickets_cancelled.clone()),
+    ),
+    (
+        "tickets_rejected",
+        "Ticket requests refused with 503 because max-pending tickets were held",
+        |m| Box::new(m.tickets_rejected.clone()),
+    ),
+    (
+        "tickets_pending_peak",
+        "Highest number of pending tickets seen since start",
+        |m| Box::new(m.tickets_pending_peak.clone()),
+    ),
+    (
+        "heavy_load",
+        "1 while the server is in a heavy-load phase, else 0",
+        |m| Box::new(m.heavy_load.clone()),
+    ),
+    (
+        "http_requests",
+        "HTTP requests by route pattern, method and status",
+        |m| Box::new(m.http_requests.clone()),
+    ),
+    (
+        "report_generation_seconds",
+        "Wall time from a ticket's request until its report was ready",
+        |m| Box::new(m.report_generation_seconds.clone()),
+    ),
+    (
+        "rejections",
+        "Requests refused and connections held back or closed early, by the limit that did it: \
+         max-pending (503), max-connections (waited in the backlog), header-timeout (closed, slow \
+         or idle), head-too-large (431)",
+        |m| Box::new(m.rejections.clone()),
+    ),
+    ("connections_open", "HTTP connections being served", |m| {
+        Box::new(m.connections_open.clone())
+    }),
+];
+
+/// A metric of any kind, so that [`EXPORTED`] can be one table: the registry takes a metric of
+/// one type at a time, and encodes it as the metric itself.
+#[derive(Debug)]
+struct AnyMetric(Box<dyn Metric>);
+
+impl EncodeMetric for AnyMetric {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+
+    // A family with no labels yet is left out of the exposition, as when registered itself.
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("report_apis");
-        let metrics = Self {
-            registry: Registry::default(),
+        let mut metrics = Self {
+            registry: Registry::with_prefix("report_apis"),
             tickets_issued: Counter::default(),
             tickets_pending: Gauge::default(),
             tickets_ready: Gauge::default(),
@@ -68,72 +156,11 @@ impl Metrics {
             rejections: Family::default(),
             connections_open: Gauge::default(),
         };
-        registry.register(
-            "tickets_issued",
-            "Tickets handed out by /request_report",
-            metrics.tickets_issued.clone(),
-        );
-        registry.register(
-            "tickets_pending",
-            "Tickets requested whose report is not yet fetched and that have not expired",
-            metrics.tickets_pending.clone(),
-        );
-        registry.register(
-            "tickets_ready",
-            "Tickets whose report is generated but not yet fetched",
-            metrics.tickets_ready.clone(),
-        );
-        registry.register(
-            "tickets_expired",
-            "Tickets dropped after their time to live",
-            metrics.tickets_expired.clone(),
-        );
-        registry.register(
-            "tickets_cancelled",
-            "Held tickets dropped by DELETE /get_report/{ticket} before they expired",
-            metrics.tickets_cancelled.clone(),
-        );
-        registry.register(
-            "tickets_rejected",
-            "Ticket requests refused with 503 because max-pending tickets were held",
-            metrics.tickets_rejected.clone(),
-        );
-        registry.register(
-            "tickets_pending_peak",
-            "Highest number of pending tickets seen since start",
-            metrics.tickets_pending_peak.clone(),
-        );
-        registry.register(
-            "heavy_load",
-            "1 while the server is in a heavy-load phase, else 0",
-            metrics.heavy_load.clone(),
-        );
-        registry.register(
-            "http_requests",
-            "HTTP requests by route pattern, method and status",
-            metrics.http_requests.clone(),
-        );
-        registry.register(
-            "report_generation_seconds",
-            "Wall time from a ticket's request until its report was ready",
-            metrics.report_generation_seconds.clone(),
-        );
-        registry.register(
-            "rejections",
-            "Requests refused and connections held back or closed early, by the limit that did it: \
-             max-pending (503), max-connections (waited in the backlog), header-timeout (closed, slow \
-             or idle), head-too-large (431)",
-            metrics.rejections.clone(),
-        );
-        registry.register(
-            "connections_open",
-            "HTTP connections being served",
-            metrics.connections_open.clone(),
-        );
-        Self {
-            registry,
-            ..metrics
+        for (name, help, metric) in EXPORTED {
+            let metric = AnyMetric(metric(&metrics));
+            metrics.registry.register(name, help, metric);
         }
+        metrics
     }
 
     /// The OpenMetrics text exposition (which Prometheus scrapes natively).

@@ -28,6 +28,7 @@
 //! the connection after the response.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +38,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Limits;
 use crate::rejections::{Reason, Rejections};
@@ -84,40 +85,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     drain_timeout: impl FnOnce() -> Duration,
 ) -> bool {
-    let cap = connection_cap(limits.max_connections, fd_limit().unwrap_or(u64::MAX));
-    if cap < limits.max_connections {
-        tracing::warn!(
-            MESSAGE_ID = report_common::message_id::CONNECTIONS_CAPPED,
-            MAX_CONNECTIONS = limits.max_connections,
-            CAP = cap,
-            "limits.max-connections is {} but the open-file limit leaves room for {cap}; serving \
-             at most {cap} at once (raise LimitNOFILE= in the unit, or lower max-connections)",
-            limits.max_connections
-        );
-    }
-    let places = Arc::new(Semaphore::new(cap));
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS);
+    let places = Arc::new(Semaphore::new(capped_connections(limits)));
+    let builder = connection_builder(limits);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // A place first, then the connection: at the cap the next one stays in the backlog.
-        let place = match places.clone().try_acquire_owned() {
-            Ok(place) => place,
-            Err(_) => {
-                rejections.record(Reason::MaxConnections);
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    place = places.clone().acquire_owned() => match place {
-                        Ok(place) => place,
-                        Err(_) => break,
-                    },
-                }
-            }
+        let Some(place) = take_place(&places, &rejections, shutdown.as_mut()).await else {
+            break;
         };
         let stream = tokio::select! {
             () = &mut shutdown => break,
@@ -148,7 +123,59 @@ pub async fn serve(
         });
     }
     drop(listener);
-    let drain_timeout = drain_timeout();
+    drain(graceful, drain_timeout()).await
+}
+
+/// How many connections are served at once: `limits.max-connections`, lowered (with a
+/// warning) to what the open-file limit leaves room for.
+fn capped_connections(limits: &Limits) -> usize {
+    let cap = connection_cap(limits.max_connections, fd_limit().unwrap_or(u64::MAX));
+    if cap < limits.max_connections {
+        tracing::warn!(
+            MESSAGE_ID = report_common::message_id::CONNECTIONS_CAPPED,
+            MAX_CONNECTIONS = limits.max_connections,
+            CAP = cap,
+            "limits.max-connections is {} but the open-file limit leaves room for {cap}; serving \
+             at most {cap} at once (raise LimitNOFILE= in the unit, or lower max-connections)",
+            limits.max_connections
+        );
+    }
+    cap
+}
+
+/// hyper's HTTP/1 connection, bounded: a request head within the header timeout, of at most
+/// [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`].
+fn connection_builder(limits: &Limits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
+    builder
+}
+
+/// A place for one more connection, waiting (and counting the wait as a rejection) while
+/// every place is taken; `None` once `shutdown` completes first.
+async fn take_place(
+    places: &Arc<Semaphore>,
+    rejections: &Rejections,
+    shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> Option<OwnedSemaphorePermit> {
+    match places.clone().try_acquire_owned() {
+        Ok(place) => Some(place),
+        Err(_) => {
+            rejections.record(Reason::MaxConnections);
+            tokio::select! {
+                () = shutdown => None,
+                place = places.clone().acquire_owned() => place.ok(),
+            }
+        }
+    }
+}
+
+/// Waits at most `drain_timeout` for the open connections to finish; whether they all did.
+async fn drain(graceful: GracefulShutdown, drain_timeout: Duration) -> bool {
     tracing::info!(
         "shutting down: no new connections, waiting at most {} for open ones",
         humantime::format_duration(drain_timeout)

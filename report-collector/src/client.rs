@@ -169,38 +169,9 @@ pub async fn collect<S: ReportServer>(
     let mut renewals = 0;
     loop {
         let resuming = resume.is_some();
-        let ticket = if let Some(ticket) = resume.take() {
-            ticket
-        } else {
-            loop {
-                let answer = tokio::time::timeout_at(deadline, server.request_ticket()).await;
-                match answer {
-                    Err(_) => return Err(deadline_passed("requesting a ticket", "no answer yet")),
-                    Ok(Ok(ticket)) => break ticket,
-                    Ok(Err(FetchError::Permanent(message))) => {
-                        return Err(CollectError::Rejected {
-                            message,
-                            ticket: None,
-                        });
-                    }
-                    Ok(Err(FetchError::Unsaved(message))) => {
-                        return Err(CollectError::Unsaved(message));
-                    }
-                    Ok(Err(FetchError::Transient {
-                        message,
-                        retry_after,
-                    })) => {
-                        retry_later(
-                            "requesting a ticket",
-                            message,
-                            retry_after,
-                            &mut backoff,
-                            deadline,
-                        )
-                        .await?
-                    }
-                }
-            }
+        let ticket = match resume.take() {
+            Some(ticket) => ticket,
+            None => request_ticket(server, deadline, &mut backoff).await?,
         };
         backoff.reset();
         if !resuming {
@@ -209,62 +180,122 @@ pub async fn collect<S: ReportServer>(
             on_ticket(&ticket).await;
             tracing::info!(TICKET = %ticket, "got ticket {ticket}; polling for its report");
         }
-        let while_doing = format!("waiting for the report of ticket {ticket}");
-        loop {
-            let answer = tokio::time::timeout_at(deadline, server.get_report(&ticket)).await;
-            match answer {
-                Err(_) => return Err(deadline_passed(&while_doing, "no answer yet")),
-                Ok(Ok(Poll::Ready(report))) => return Ok(Collected { ticket, report }),
-                Ok(Ok(Poll::NotReady { retry_after })) => {
-                    backoff.reset();
-                    let wait = retry_after.map_or(poll_interval, |r| r.min(poll_interval));
-                    if wait > remaining(deadline) {
-                        return Err(deadline_passed(
-                            &while_doing,
-                            "the report is still not ready",
-                        ));
-                    }
-                    tracing::debug!(TICKET = %ticket, "report not ready; polling again in {}", humantime::format_duration(wait));
-                    tokio::time::sleep(wait).await;
-                }
-                Ok(Ok(Poll::UnknownTicket)) if resuming => {
-                    tracing::warn!(
-                        TICKET = %ticket,
-                        "the server no longer knows ticket {ticket}, left by an earlier run (404: it expired, or the server restarted); requesting a new one"
-                    );
-                    break;
-                }
-                Ok(Ok(Poll::UnknownTicket)) => {
-                    renewals += 1;
-                    if renewals > max_renewals {
-                        return Err(CollectError::RenewalsExhausted {
-                            renewals: renewals - 1,
-                        });
-                    }
-                    tracing::warn!(
-                        TICKET = %ticket,
-                        "the server no longer knows ticket {ticket} (404, it may have restarted); requesting a new one ({renewals} of {max_renewals})"
-                    );
-                    break;
-                }
-                Ok(Err(FetchError::Permanent(message))) => {
-                    return Err(CollectError::Rejected {
-                        message,
-                        ticket: Some(ticket),
-                    });
-                }
-                Ok(Err(FetchError::Unsaved(message))) => {
-                    return Err(CollectError::Unsaved(message));
-                }
-                Ok(Err(FetchError::Transient {
+        match poll_report(server, &ticket, poll_interval, deadline, &mut backoff).await? {
+            Some(report) => return Ok(Collected { ticket, report }),
+            None => forgotten(&ticket, resuming, &mut renewals, max_renewals)?,
+        }
+    }
+}
+
+/// Requests a ticket until the server hands one out, retrying transient trouble until
+/// `deadline`.
+async fn request_ticket<S: ReportServer>(
+    server: &S,
+    deadline: Instant,
+    backoff: &mut Backoff,
+) -> Result<Ticket, CollectError> {
+    loop {
+        let answer = tokio::time::timeout_at(deadline, server.request_ticket()).await;
+        match answer {
+            Err(_) => return Err(deadline_passed("requesting a ticket", "no answer yet")),
+            Ok(Ok(ticket)) => return Ok(ticket),
+            Ok(Err(FetchError::Permanent(message))) => {
+                return Err(CollectError::Rejected {
+                    message,
+                    ticket: None,
+                });
+            }
+            Ok(Err(FetchError::Unsaved(message))) => {
+                return Err(CollectError::Unsaved(message));
+            }
+            Ok(Err(FetchError::Transient {
+                message,
+                retry_after,
+            })) => {
+                retry_later(
+                    "requesting a ticket",
                     message,
                     retry_after,
-                })) => {
-                    retry_later(&while_doing, message, retry_after, &mut backoff, deadline).await?
-                }
+                    backoff,
+                    deadline,
+                )
+                .await?
             }
         }
     }
+}
+
+/// Polls for the report of `ticket` until it is ready (`Some`), the server no longer knows the
+/// ticket (`None`), or `deadline` passes.
+async fn poll_report<S: ReportServer>(
+    server: &S,
+    ticket: &Ticket,
+    poll_interval: Duration,
+    deadline: Instant,
+    backoff: &mut Backoff,
+) -> Result<Option<Spool>, CollectError> {
+    let while_doing = format!("waiting for the report of ticket {ticket}");
+    loop {
+        let answer = tokio::time::timeout_at(deadline, server.get_report(ticket)).await;
+        match answer {
+            Err(_) => return Err(deadline_passed(&while_doing, "no answer yet")),
+            Ok(Ok(Poll::Ready(report))) => return Ok(Some(report)),
+            Ok(Ok(Poll::NotReady { retry_after })) => {
+                backoff.reset();
+                let wait = retry_after.map_or(poll_interval, |r| r.min(poll_interval));
+                if wait > remaining(deadline) {
+                    return Err(deadline_passed(
+                        &while_doing,
+                        "the report is still not ready",
+                    ));
+                }
+                tracing::debug!(TICKET = %ticket, "report not ready; polling again in {}", humantime::format_duration(wait));
+                tokio::time::sleep(wait).await;
+            }
+            Ok(Ok(Poll::UnknownTicket)) => return Ok(None),
+            Ok(Err(FetchError::Permanent(message))) => {
+                return Err(CollectError::Rejected {
+                    message,
+                    ticket: Some(ticket.clone()),
+                });
+            }
+            Ok(Err(FetchError::Unsaved(message))) => {
+                return Err(CollectError::Unsaved(message));
+            }
+            Ok(Err(FetchError::Transient {
+                message,
+                retry_after,
+            })) => retry_later(&while_doing, message, retry_after, backoff, deadline).await?,
+        }
+    }
+}
+
+/// A ticket the server no longer knows: a new one is requested, counted as a renewal unless
+/// the ticket was resumed, until `max_renewals` is spent.
+fn forgotten(
+    ticket: &Ticket,
+    resuming: bool,
+    renewals: &mut u32,
+    max_renewals: u32,
+) -> Result<(), CollectError> {
+    if resuming {
+        tracing::warn!(
+            TICKET = %ticket,
+            "the server no longer knows ticket {ticket}, left by an earlier run (404: it expired, or the server restarted); requesting a new one"
+        );
+        return Ok(());
+    }
+    *renewals += 1;
+    if *renewals > max_renewals {
+        return Err(CollectError::RenewalsExhausted {
+            renewals: *renewals - 1,
+        });
+    }
+    tracing::warn!(
+        TICKET = %ticket,
+        "the server no longer knows ticket {ticket} (404, it may have restarted); requesting a new one ({renewals} of {max_renewals})"
+    );
+    Ok(())
 }
 
 /// What remains of the run until `deadline`; zero once it has passed.

@@ -117,6 +117,27 @@ impl PostgresConfig {
         ] {
             duration_within(key, value, min, max)?;
         }
+        self.check_names()?;
+        let sockets = self.check_connect()?;
+        // The CA file is read here too, so that a start and `check-config` find a wrong one
+        // naming its key and line (the lock's `from_config` reads it again). The password file
+        // is not: it is a secret, read once, by `from_config`, after a run started as root has
+        // become the lock directory's owner (see `identity`).
+        if self.tls == Tls::VerifyFull && !sockets {
+            crate::lock::postgres::tls::ca_roots(&self.tls_ca_file()).map_err(|m| {
+                Refusal::new(
+                    "postgres.tls-ca-file",
+                    format!(
+                        "{m}; name a PEM file of the CA that signed the server's certificate, or install ca-certificates"
+                    ),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a lock name or host name too long or empty for the lock's row.
+    fn check_names(&self) -> Result<(), Refusal> {
         if self.lock_name.is_empty() || self.lock_name.len() > 200 {
             return Err(Refusal::new(
                 "postgres.lock-name",
@@ -131,6 +152,13 @@ impl PostgresConfig {
                 "write a name of 1 to 255 characters, or leave it out for this machine's host name",
             ));
         }
+        Ok(())
+    }
+
+    /// Refuses a `postgres.connect` that cannot be read, holds a password, or names no host or
+    /// hosts of both kinds; whether its hosts are Unix-socket directories (TLS never applies
+    /// to them).
+    fn check_connect(&self) -> Result<bool, Refusal> {
         let parsed: tokio_postgres::Config = self.connect.parse().map_err(|e| {
             Refusal::new(
                 "postgres.connect",
@@ -162,21 +190,7 @@ impl PostgresConfig {
                 "it names both Unix-socket directories and TCP hosts; name one kind only (TLS applies to TCP hosts, never to sockets)",
             ));
         }
-        // The CA file is read here too, so that a start and `check-config` find a wrong one
-        // naming its key and line (the lock's `from_config` reads it again). The password file
-        // is not: it is a secret, read once, by `from_config`, after a run started as root has
-        // become the lock directory's owner (see `identity`).
-        if self.tls == Tls::VerifyFull && unix == 0 {
-            crate::lock::postgres::tls::ca_roots(&self.tls_ca_file()).map_err(|m| {
-                Refusal::new(
-                    "postgres.tls-ca-file",
-                    format!(
-                        "{m}; name a PEM file of the CA that signed the server's certificate, or install ca-certificates"
-                    ),
-                )
-            })?;
-        }
-        Ok(())
+        Ok(unix != 0)
     }
 }
 

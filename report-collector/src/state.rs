@@ -285,66 +285,9 @@ pub fn record(path: &Path, run: &RunReport) -> State {
 /// failing to read it means for the file.
 fn record_over(path: &Path, loaded: Result<Option<State>, StateError>, run: &RunReport) -> State {
     // `false` once saving would overwrite a file that could not be read nor moved aside.
-    let mut may_save = true;
-    let previous = match loaded {
-        Ok(previous) => previous,
-        Err(StateError::Unreadable { reason, .. }) => {
-            let aside = unreadable_path(path);
-            match std::fs::rename(path, &aside) {
-                Ok(()) => tracing::warn!(
-                    MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
-                    STATE_FILE = %path.display(),
-                    MOVED_TO = %aside.display(),
-                    "the state file {} is not a state file (cut short or overwritten: {reason}); moved it to {} and started a new one, so `status` counts a fresh grace period from this run",
-                    path.display(),
-                    aside.display()
-                ),
-                Err(e) => {
-                    may_save = false;
-                    tracing::warn!(
-                        MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
-                        STATE_FILE = %path.display(),
-                        MOVED_TO = "",
-                        "the state file {} is not a state file (cut short or overwritten: {reason}) and cannot be moved aside ({e}); this run is not on record there: move or remove it",
-                        path.display()
-                    );
-                }
-            }
-            None
-        }
-        Err(e @ StateError::NotAFile { .. }) => {
-            // Replacing it would silently undo what someone put there; say so instead.
-            may_save = false;
-            tracing::warn!(
-                MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
-                STATE_FILE = %path.display(),
-                MOVED_TO = "",
-                "{e}; this run is not on record there"
-            );
-            None
-        }
-        Err(StateError::Io { source, .. }) => {
-            // The file may well hold the last collection and the first run, and the error may
-            // pass (a wrong owner, a failing disk): saving over it would lose them for good.
-            // The report is saved already; only this run's record waits.
-            may_save = false;
-            let fix = if source.kind() == io::ErrorKind::PermissionDenied {
-                format!(
-                    "give it to the user the collector runs as (the package's: chown report-collector:report-collector {})",
-                    path.display()
-                )
-            } else {
-                "check the disk (journalctl -k)".to_owned()
-            };
-            tracing::warn!(
-                MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
-                STATE_FILE = %path.display(),
-                MOVED_TO = "",
-                "cannot read the state file {}: {source}; it is left as it is, so its last collection and first run are kept, and this run is not on record there: {fix}; the next run records again",
-                path.display()
-            );
-            None
-        }
+    let (previous, may_save) = match loaded {
+        Ok(previous) => (previous, true),
+        Err(e) => (None, after_unread(path, e)),
     };
     let state = State::after(previous, run);
     if may_save && let Err(e) = state.save(path) {
@@ -357,6 +300,80 @@ fn record_over(path: &Path, loaded: Result<Option<State>, StateError>, run: &Run
         );
     }
     state
+}
+
+/// Deals with a state file at `path` that could not be read, and says so; whether this run's
+/// state may be saved in its place.
+fn after_unread(path: &Path, e: StateError) -> bool {
+    match e {
+        StateError::Unreadable { reason, .. } => move_aside(path, &reason),
+        e @ StateError::NotAFile { .. } => {
+            // Replacing it would silently undo what someone put there; say so instead.
+            tracing::warn!(
+                MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
+                STATE_FILE = %path.display(),
+                MOVED_TO = "",
+                "{e}; this run is not on record there"
+            );
+            false
+        }
+        StateError::Io { source, .. } => {
+            // The file may well hold the last collection and the first run, and the error may
+            // pass (a wrong owner, a failing disk): saving over it would lose them for good.
+            // The report is saved already; only this run's record waits.
+            leave_unread(path, &source);
+            false
+        }
+    }
+}
+
+/// Moves a file that is not a state file aside, so that nothing in it is lost; whether it
+/// moved (else saving would overwrite it).
+fn move_aside(path: &Path, reason: &str) -> bool {
+    let aside = unreadable_path(path);
+    match std::fs::rename(path, &aside) {
+        Ok(()) => {
+            tracing::warn!(
+                MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
+                STATE_FILE = %path.display(),
+                MOVED_TO = %aside.display(),
+                "the state file {} is not a state file (cut short or overwritten: {reason}); moved it to {} and started a new one, so `status` counts a fresh grace period from this run",
+                path.display(),
+                aside.display()
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(
+                MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
+                STATE_FILE = %path.display(),
+                MOVED_TO = "",
+                "the state file {} is not a state file (cut short or overwritten: {reason}) and cannot be moved aside ({e}); this run is not on record there: move or remove it",
+                path.display()
+            );
+            false
+        }
+    }
+}
+
+/// Says that the state file at `path` could not be read (`source`) and is left as it is, with
+/// what to do about it.
+fn leave_unread(path: &Path, source: &io::Error) {
+    let fix = if source.kind() == io::ErrorKind::PermissionDenied {
+        format!(
+            "give it to the user the collector runs as (the package's: chown report-collector:report-collector {})",
+            path.display()
+        )
+    } else {
+        "check the disk (journalctl -k)".to_owned()
+    };
+    tracing::warn!(
+        MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
+        STATE_FILE = %path.display(),
+        MOVED_TO = "",
+        "cannot read the state file {}: {source}; it is left as it is, so its last collection and first run are kept, and this run is not on record there: {fix}; the next run records again",
+        path.display()
+    );
 }
 
 #[cfg(test)]

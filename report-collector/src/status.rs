@@ -22,7 +22,7 @@ use report_common::ticket::Ticket;
 use serde::Serialize;
 
 use crate::config::{Config, LockBackend};
-use crate::lock::RunLock;
+use crate::lock::{Holder, RunLock};
 use crate::state::{Collection, LastRun, Moment, State, StateError, file_kind};
 use crate::time::unix_seconds;
 use crate::{files, store};
@@ -105,15 +105,27 @@ pub fn judge(
     now: f64,
     stale_after: Duration,
 ) -> Verdict {
-    let limit = stale_after.as_secs_f64();
-    let ago = |unix: f64| {
-        humantime::format_duration(
-            Duration::try_from_secs_f64((now - unix).max(0.0).round()).unwrap_or(Duration::MAX),
-        )
-    };
-    let stale_after_text = humantime::format_duration(stale_after);
-    let ahead = |unix: f64| unix - now > FUTURE_TOLERANCE.as_secs_f64();
-    let in_the_future = |what: &str, at: &str, unix: f64| Verdict {
+    match state {
+        Some(state) => judge_runs(state, now, stale_after),
+        None => judge_no_run(waiting, now, stale_after),
+    }
+}
+
+/// How long before `now` the time `unix` lies, to the second; nothing for a time ahead.
+fn ago(now: f64, unix: f64) -> humantime::FormattedDuration {
+    humantime::format_duration(
+        Duration::try_from_secs_f64((now - unix).max(0.0).round()).unwrap_or(Duration::MAX),
+    )
+}
+
+/// Whether `unix` lies too far ahead of `now` to be taken as now ([`FUTURE_TOLERANCE`]).
+fn ahead(now: f64, unix: f64) -> bool {
+    unix - now > FUTURE_TOLERANCE.as_secs_f64()
+}
+
+/// The verdict on a state whose `what` is recorded at `at` (`unix`), ahead of the clock.
+fn in_the_future(what: &str, at: &str, unix: f64, now: f64) -> Verdict {
+    Verdict {
         health: Health::Unknown,
         exit_code: code::IN_THE_FUTURE,
         reason: format!(
@@ -123,41 +135,54 @@ pub fn judge(
                 Duration::try_from_secs_f64((unix - now).round()).unwrap_or(Duration::MAX)
             )
         ),
-    };
-    let Some(state) = state else {
-        return match waiting {
-            Some((dir, since)) if now - since.unix > limit => Verdict {
-                health: Health::Stale,
-                exit_code: code::STALE,
-                reason: format!(
-                    "no run on record since {} was created at {} ({} ago), longer than stale-after ({stale_after_text}); check that the timer runs (systemctl list-timers report-collector.timer) and why runs end before they record (journalctl -u report-collector)",
-                    dir.display(),
-                    since.at,
-                    ago(since.unix)
-                ),
-            },
-            _ => Verdict {
-                health: Health::NoRunYet,
-                exit_code: code::HEALTHY,
-                reason: format!(
-                    "no run on record yet; the grace period of stale-after ({stale_after_text}) starts with the first run"
-                ),
-            },
-        };
-    };
+    }
+}
+
+/// The verdict with no run on record: waiting for the first run, or waited too long.
+fn judge_no_run(waiting: Option<(&Path, &Moment)>, now: f64, stale_after: Duration) -> Verdict {
+    let stale_after_text = humantime::format_duration(stale_after);
+    match waiting {
+        Some((dir, since)) if now - since.unix > stale_after.as_secs_f64() => Verdict {
+            health: Health::Stale,
+            exit_code: code::STALE,
+            reason: format!(
+                "no run on record since {} was created at {} ({} ago), longer than stale-after ({stale_after_text}); check that the timer runs (systemctl list-timers report-collector.timer) and why runs end before they record (journalctl -u report-collector)",
+                dir.display(),
+                since.at,
+                ago(now, since.unix)
+            ),
+        },
+        _ => Verdict {
+            health: Health::NoRunYet,
+            exit_code: code::HEALTHY,
+            reason: format!(
+                "no run on record yet; the grace period of stale-after ({stale_after_text}) starts with the first run"
+            ),
+        },
+    }
+}
+
+/// The verdict on the runs on record: by the last collection, or by the first run while
+/// there has been none.
+fn judge_runs(state: &State, now: f64, stale_after: Duration) -> Verdict {
+    let limit = stale_after.as_secs_f64();
+    let stale_after_text = humantime::format_duration(stale_after);
     match &state.last_collection {
-        Some(c) if ahead(c.finished.unix) => {
-            in_the_future("the last collection", &c.finished.at, c.finished.unix)
+        Some(c) if ahead(now, c.finished.unix) => {
+            in_the_future("the last collection", &c.finished.at, c.finished.unix, now)
         }
-        None if ahead(state.first_run.unix) => {
-            in_the_future("the first run", &state.first_run.at, state.first_run.unix)
-        }
+        None if ahead(now, state.first_run.unix) => in_the_future(
+            "the first run",
+            &state.first_run.at,
+            state.first_run.unix,
+            now,
+        ),
         Some(c) if now - c.finished.unix <= limit => Verdict {
             health: Health::Healthy,
             exit_code: code::HEALTHY,
             reason: format!(
                 "last collection {} ago, within stale-after ({stale_after_text})",
-                ago(c.finished.unix)
+                ago(now, c.finished.unix)
             ),
         },
         Some(c) => Verdict {
@@ -165,7 +190,7 @@ pub fn judge(
             exit_code: code::STALE,
             reason: format!(
                 "no collection for {} (last at {}), longer than stale-after ({stale_after_text}); see the last run below and `journalctl -u report-collector.service`",
-                ago(c.finished.unix),
+                ago(now, c.finished.unix),
                 shown(&c.finished.at)
             ),
         },
@@ -174,7 +199,7 @@ pub fn judge(
             exit_code: code::HEALTHY,
             reason: format!(
                 "no collection yet; first run {} ago, within the grace period of stale-after ({stale_after_text})",
-                ago(state.first_run.unix)
+                ago(now, state.first_run.unix)
             ),
         },
         None => Verdict {
@@ -183,7 +208,7 @@ pub fn judge(
             reason: format!(
                 "no collection at all since the first run at {} ({} ago), longer than stale-after ({stale_after_text}); see the last run below and `journalctl -u report-collector.service`",
                 shown(&state.first_run.at),
-                ago(state.first_run.unix)
+                ago(now, state.first_run.unix)
             ),
         },
     }
@@ -377,35 +402,39 @@ pub fn waiting_since(state_file: &Path) -> Option<(PathBuf, Moment)> {
 pub async fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> Status {
     let mut problems = Vec::new();
     let stale_after = config.stale_after();
+    let state = State::load(&config.state_file).map_err(|e| problems.push(Problem::state(&e)));
+    let lock_status = lock_status(config, lock, &mut problems).await;
+    let names = report_names(config)
+        .map_err(|problem| problems.push(problem))
+        .ok();
+    let verdict = state_verdict(config, &state, unix_seconds(now), stale_after);
+    let verdict = never_healthy_unseen(verdict, &problems, state.is_err());
+    let state = state.ok().flatten();
+    Status {
+        verdict,
+        stale_after_seconds: stale_after.as_secs_f64(),
+        problems,
+        lock: lock_status,
+        first_run: state.as_ref().map(|s| s.first_run.clone()),
+        last_run: state.as_ref().map(|s| s.last_run.clone()),
+        last_collection: state.and_then(|s| s.last_collection),
+        reports: Reports {
+            dir: config.report_dir.clone(),
+            kept: names.as_ref().map(Vec::len),
+            keep: config.keep_reports,
+            newest: names.and_then(|n| n.last().cloned()),
+        },
+    }
+}
 
-    let state = match State::load(&config.state_file) {
-        Ok(state) => Ok(state),
-        Err(e) => {
-            problems.push(Problem::state(&e));
-            Err(())
-        }
-    };
-    // Whether the lock is held comes from a stat and /proc/locks, not from reading the file:
-    // a user who cannot read it still learns that a run holds it (and the problem is listed).
-    let shared = config.lock_backend == LockBackend::Postgres;
-    let lock_problem = if shared {
-        None
-    } else {
-        inspect(&config.lock_file, "lock file", false).err()
-    };
-    let holder = match &lock_problem {
-        Some(problem) if problem.exit_code != code::NO_PERMISSION => Err(None),
-        _ => lock.holder().await.map_err(Some),
-    };
-    // The shared lock's database out of reach is a problem of its own, with its own exit.
-    let lock_problem = match (&holder, lock_problem) {
-        (Err(Some(e)), None) if shared => Some(Problem {
-            path: PathBuf::from(lock.describe()),
-            reason: format!("cannot read the lock {}: {e}", lock.describe()),
-            exit_code: report_common::exit::UNAVAILABLE,
-        }),
-        (_, problem) => problem,
-    };
+/// The lock as `status` shows it: held or free, by whom, and the ticket a run left; a problem
+/// in looking at it goes on `problems`.
+async fn lock_status(
+    config: &Config,
+    lock: &impl RunLock,
+    problems: &mut Vec<Problem>,
+) -> LockStatus {
+    let (holder, lock_problem) = read_holder(config, lock).await;
     let held = match (&holder, &lock_problem) {
         (Ok(Some(_)), _) => Some(true),
         (Ok(None), None) => Some(false),
@@ -414,7 +443,7 @@ pub async fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> St
     };
     let holder = holder.ok().flatten();
     problems.extend(lock_problem);
-    let lock_status = LockStatus {
+    LockStatus {
         path: config.lock_file.clone(),
         policy: config.policy.as_str().to_owned(),
         held,
@@ -437,29 +466,75 @@ pub async fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> St
             None
         },
         left_ticket: match held {
-            Some(false) => lock
-                .left_ticket()
-                .await
-                .ok()
-                .flatten()
-                .map(|left| LeftTicketStatus {
-                    ticket: left.ticket,
-                    requested: left.requested.map(crate::time::format_time),
-                    by_pid: left.by_pid,
-                }),
+            Some(false) => left_ticket(lock).await,
             _ => None,
         },
+    }
+}
+
+/// The lock's holder as the lock tells it (`Err(None)` when it was not asked), and the
+/// problem in looking at the lock: a lock file that cannot be inspected, or the shared lock's
+/// database out of reach.
+async fn read_holder(
+    config: &Config,
+    lock: &impl RunLock,
+) -> (Result<Option<Holder>, Option<io::Error>>, Option<Problem>) {
+    // Whether the lock is held comes from a stat and /proc/locks, not from reading the file:
+    // a user who cannot read it still learns that a run holds it (and the problem is listed).
+    let shared = config.lock_backend == LockBackend::Postgres;
+    let lock_problem = if shared {
+        None
+    } else {
+        inspect(&config.lock_file, "lock file", false).err()
     };
-    let names = match inspect(&config.report_dir, "report directory", true) {
+    let holder = match &lock_problem {
+        Some(problem) if problem.exit_code != code::NO_PERMISSION => Err(None),
+        _ => lock.holder().await.map_err(Some),
+    };
+    // The shared lock's database out of reach is a problem of its own, with its own exit.
+    let lock_problem = match (&holder, lock_problem) {
+        (Err(Some(e)), None) if shared => Some(Problem {
+            path: PathBuf::from(lock.describe()),
+            reason: format!("cannot read the lock {}: {e}", lock.describe()),
+            exit_code: report_common::exit::UNAVAILABLE,
+        }),
+        (_, problem) => problem,
+    };
+    (holder, lock_problem)
+}
+
+/// The ticket a run left unfinished in the free lock's record, as `status` shows it.
+async fn left_ticket(lock: &impl RunLock) -> Option<LeftTicketStatus> {
+    lock.left_ticket()
+        .await
+        .ok()
+        .flatten()
+        .map(|left| LeftTicketStatus {
+            ticket: left.ticket,
+            requested: left.requested.map(crate::time::format_time),
+            by_pid: left.by_pid,
+        })
+}
+
+/// The names of the reports kept in the report directory, oldest first, or why they cannot be
+/// listed.
+fn report_names(config: &Config) -> Result<Vec<String>, Problem> {
+    match inspect(&config.report_dir, "report directory", true) {
         Ok(true) => store::list(&config.report_dir, &store::order_path(&config.state_file))
             .map_err(|e| Problem::io(&config.report_dir, "report directory", &e)),
         Ok(false) => Ok(Vec::new()),
         Err(problem) => Err(problem),
     }
-    .map_err(|problem| problems.push(problem))
-    .ok();
+}
 
-    let verdict = match &state {
+/// The verdict on the state file as it was read (`Err` when it could not be).
+fn state_verdict(
+    config: &Config,
+    state: &Result<Option<State>, ()>,
+    now: f64,
+    stale_after: Duration,
+) -> Verdict {
+    match state {
         Ok(state) => {
             let waiting = state
                 .is_none()
@@ -468,7 +543,7 @@ pub async fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> St
             judge(
                 state.as_ref(),
                 waiting.as_ref().map(|(dir, since)| (dir.as_path(), since)),
-                unix_seconds(now),
+                now,
                 stale_after,
             )
         }
@@ -477,30 +552,18 @@ pub async fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> St
             exit_code: code::CANNOT_INSPECT,
             reason: "the state file cannot be read (see below), so when the last collection was is unknown".to_owned(),
         },
-    };
-    // A check that could not see everything never passes as healthy.
-    let verdict = match problems.first() {
-        Some(problem) if verdict.exit_code == code::HEALTHY || state.is_err() => Verdict {
+    }
+}
+
+/// A check that could not see everything never passes as healthy: the first problem's exit
+/// code replaces a healthy one, and the one of a state file that could not be read.
+fn never_healthy_unseen(verdict: Verdict, problems: &[Problem], state_unread: bool) -> Verdict {
+    match problems.first() {
+        Some(problem) if verdict.exit_code == code::HEALTHY || state_unread => Verdict {
             exit_code: problem.exit_code,
             ..verdict
         },
         _ => verdict,
-    };
-    let state = state.ok().flatten();
-    Status {
-        verdict,
-        stale_after_seconds: stale_after.as_secs_f64(),
-        problems,
-        lock: lock_status,
-        first_run: state.as_ref().map(|s| s.first_run.clone()),
-        last_run: state.as_ref().map(|s| s.last_run.clone()),
-        last_collection: state.and_then(|s| s.last_collection),
-        reports: Reports {
-            dir: config.report_dir.clone(),
-            kept: names.as_ref().map(Vec::len),
-            keep: config.keep_reports,
-            newest: names.and_then(|n| n.last().cloned()),
-        },
     }
 }
 
@@ -519,50 +582,15 @@ impl Status {
         for problem in &self.problems {
             let _ = writeln!(out, "problem:  {}", shown(&problem.reason));
         }
-        let lock = &self.lock;
-        match lock.held {
-            Some(true) => {
-                let _ = writeln!(
-                    out,
-                    "lock:     held by pid {}{} since {}, ticket {} ({})",
-                    lock.pid
-                        .map(|p| p.to_string())
-                        .unwrap_or_else(|| "?".into()),
-                    lock.host
-                        .as_deref()
-                        .map(|h| format!(" on host {}", shown(h)))
-                        .unwrap_or_default(),
-                    shown(lock.since.as_deref().unwrap_or("an unknown time")),
-                    lock.ticket.as_ref().map_or("(none yet)", Ticket::as_str),
-                    shown(&lock.name)
-                );
-            }
-            Some(false) => {
-                let _ = writeln!(out, "lock:     free ({})", shown(&lock.name));
-                if let Some(left) = &lock.left_ticket {
-                    let _ = writeln!(
-                        out,
-                        "left:     ticket {} requested {}, left unfinished by pid {}; the next run resumes it (resume-within) or cancels it",
-                        left.ticket,
-                        shown(left.requested.as_deref().unwrap_or("at an unknown time")),
-                        left.by_pid
-                    );
-                }
-            }
-            None => {
-                let _ = writeln!(out, "lock:     unknown ({})", shown(&lock.name));
-            }
-        }
-        if let Some(fleet) = &lock.fleet_last_collection {
-            let _ = writeln!(
-                out,
-                "fleet:    last collection {} by host {}, {}",
-                shown(&fleet.at),
-                shown(&fleet.host),
-                shown(&fleet.report)
-            );
-        }
-        let _ = writeln!(out, "policy:   {}", lock.policy);
+        self.lock.render(&mut out);
+        self.render_last_run(&mut out);
+        self.render_last_collection(&mut out);
+        self.reports.render(&mut out);
+        out
+    }
+
+    /// The `last run:` line.
+    fn render_last_run(&self, out: &mut String) {
         match &self.last_run {
             Some(run) => {
                 let _ = writeln!(
@@ -575,13 +603,17 @@ impl Status {
                     shown(&run.message)
                 );
             }
-            None if v.health == Health::Unknown => {
+            None if self.verdict.health == Health::Unknown => {
                 let _ = writeln!(out, "last run: unknown");
             }
             None => {
                 let _ = writeln!(out, "last run: none recorded yet");
             }
         }
+    }
+
+    /// The `last collection:` line.
+    fn render_last_collection(&self, out: &mut String) {
         match &self.last_collection {
             Some(c) => {
                 let _ = writeln!(
@@ -592,28 +624,81 @@ impl Status {
                     shown(&c.report.display().to_string())
                 );
             }
-            None if v.health == Health::Unknown => {
+            None if self.verdict.health == Health::Unknown => {
                 let _ = writeln!(out, "last collection: unknown");
             }
             None => {
                 let _ = writeln!(out, "last collection: none yet");
             }
         }
-        let r = &self.reports;
+    }
+}
+
+impl LockStatus {
+    /// The `lock:` line, the `left:` line of a free lock, the `fleet:` and `policy:` lines.
+    fn render(&self, out: &mut String) {
+        match self.held {
+            Some(true) => {
+                let _ = writeln!(
+                    out,
+                    "lock:     held by pid {}{} since {}, ticket {} ({})",
+                    self.pid
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "?".into()),
+                    self.host
+                        .as_deref()
+                        .map(|h| format!(" on host {}", shown(h)))
+                        .unwrap_or_default(),
+                    shown(self.since.as_deref().unwrap_or("an unknown time")),
+                    self.ticket.as_ref().map_or("(none yet)", Ticket::as_str),
+                    shown(&self.name)
+                );
+            }
+            Some(false) => {
+                let _ = writeln!(out, "lock:     free ({})", shown(&self.name));
+                if let Some(left) = &self.left_ticket {
+                    let _ = writeln!(
+                        out,
+                        "left:     ticket {} requested {}, left unfinished by pid {}; the next run resumes it (resume-within) or cancels it",
+                        left.ticket,
+                        shown(left.requested.as_deref().unwrap_or("at an unknown time")),
+                        left.by_pid
+                    );
+                }
+            }
+            None => {
+                let _ = writeln!(out, "lock:     unknown ({})", shown(&self.name));
+            }
+        }
+        if let Some(fleet) = &self.fleet_last_collection {
+            let _ = writeln!(
+                out,
+                "fleet:    last collection {} by host {}, {}",
+                shown(&fleet.at),
+                shown(&fleet.host),
+                shown(&fleet.report)
+            );
+        }
+        let _ = writeln!(out, "policy:   {}", self.policy);
+    }
+}
+
+impl Reports {
+    /// The `reports:` line.
+    fn render(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "reports:  {} kept of at most {} in {}{}",
-            r.kept
+            self.kept
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "unknown".into()),
-            r.keep,
-            shown(&r.dir.display().to_string()),
-            r.newest
+            self.keep,
+            shown(&self.dir.display().to_string()),
+            self.newest
                 .as_deref()
                 .map(|n| format!(", newest {n}"))
                 .unwrap_or_default()
         );
-        out
     }
 }
 

@@ -142,31 +142,8 @@ pub fn decode(values: RowValues) -> (Row, Vec<Declined>) {
     let slot = time("slot", values.slot);
     let ticket_requested = time("ticket_requested", values.ticket_requested);
     let last_at = time("last_collected_at", values.last_collected_at);
-    let (ticket, ticket_declined) = match values.ticket {
-        None => (None, false),
-        Some(text) => {
-            let bytes = values
-                .ticket_bytes
-                .and_then(|b| usize::try_from(b).ok())
-                .unwrap_or(0)
-                .max(text.len());
-            // A ticket read whole and safe; anything cut short was too long to be one.
-            let whole = bytes == text.len();
-            match crate::declined::ticket(&text, SOURCE)
-                .ok()
-                .filter(|_| whole)
-            {
-                Some(ticket) => (Some(ticket), false),
-                None => {
-                    declined.push(crate::declined::not_a_ticket(
-                        SOURCE,
-                        shown_cut(&text, bytes),
-                    ));
-                    (None, true)
-                }
-            }
-        }
-    };
+    let (ticket, ticket_declined) =
+        checked_ticket(values.ticket, values.ticket_bytes, &mut declined);
     // Named by the session's application_name, which any client sets: shown escaped.
     let lock_application = values
         .lock_application
@@ -195,6 +172,37 @@ pub fn decode(values: RowValues) -> (Row, Vec<Declined>) {
         saved_by_host,
     };
     (row, declined)
+}
+
+/// The row's ticket when it was read whole and is a [`Ticket`], else declined; the flag says it
+/// was declined, so that the run that takes the lock clears it from the row.
+fn checked_ticket(
+    text: Option<String>,
+    ticket_bytes: Option<i32>,
+    declined: &mut Vec<Declined>,
+) -> (Option<Ticket>, bool) {
+    let Some(text) = text else {
+        return (None, false);
+    };
+    let bytes = ticket_bytes
+        .and_then(|b| usize::try_from(b).ok())
+        .unwrap_or(0)
+        .max(text.len());
+    // A ticket read whole and safe; anything cut short was too long to be one.
+    let whole = bytes == text.len();
+    match crate::declined::ticket(&text, SOURCE)
+        .ok()
+        .filter(|_| whole)
+    {
+        Some(ticket) => (Some(ticket), false),
+        None => {
+            declined.push(crate::declined::not_a_ticket(
+                SOURCE,
+                shown_cut(&text, bytes),
+            ));
+            (None, true)
+        }
+    }
 }
 
 /// The columns in the order the table has them, so declined values are said in that order.
