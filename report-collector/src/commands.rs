@@ -12,10 +12,8 @@ use report_common::config::Loaded;
 use report_common::{check_config, exit, message_id};
 
 use crate::client::HttpServer;
-use crate::config::{CREDENTIAL_NAME, Config, LockBackend, deprecation_note};
-use crate::lock::RunLock;
-use crate::lock::flock::FlockLock;
-use crate::lock::postgres::PostgresLock;
+use crate::config::{Config, deprecation_note};
+use crate::lock::{Lock, RunLock};
 use crate::outcome::CancelSignal;
 use crate::schedule::DeclaredTrigger;
 use crate::{identity, run, status, systemd};
@@ -58,23 +56,14 @@ pub async fn execute(command: Command, loaded: Loaded<Config>) -> ExitCode {
     }
     // The lock is made here for `check-config` too: what it reads at start (the password
     // file, the CA file) is then checked as a run would check it. Making it connects nowhere.
-    match loaded.config.lock_backend {
-        LockBackend::Flock => {
-            let lock = FlockLock::new(&loaded.config.lock_file);
-            with_lock(command, loaded, &lock).await
-        }
-        LockBackend::Postgres => {
-            let pg = loaded.config.postgres.clone().unwrap_or_default();
-            match PostgresLock::from_config(&pg) {
-                Ok(lock) => with_lock(command, loaded, &lock).await,
-                Err(e) => config_rejected(checking, &format!("configuration error: {e}")),
-            }
-        }
+    match Lock::from_config(&loaded.config) {
+        Ok(lock) => with_lock(command, loaded, &lock).await,
+        Err(e) => config_rejected(checking, &format!("configuration error: {e}")),
     }
 }
 
 /// `command` with the lock made.
-async fn with_lock(command: Command, mut loaded: Loaded<Config>, lock: &impl RunLock) -> ExitCode {
+async fn with_lock(command: Command, mut loaded: Loaded<Config>, lock: &Lock) -> ExitCode {
     match command {
         Command::Run { trigger } => one_run(&loaded.config, lock, trigger).await,
         Command::Status { json } => {
@@ -86,7 +75,7 @@ async fn with_lock(command: Command, mut loaded: Loaded<Config>, lock: &impl Run
             }
             status::print(&loaded.config, lock, json).await
         }
-        Command::CheckConfig => print_config(&loaded),
+        Command::CheckConfig => print_config(&loaded, lock),
     }
 }
 
@@ -145,8 +134,7 @@ async fn timer_interval() -> Option<Duration> {
 
 /// `check-config`: the deprecated keys the file sets, then the configuration, noting what
 /// the check could not see.
-fn print_config(loaded: &Loaded<Config>) -> ExitCode {
-    let config = &loaded.config;
+fn print_config(loaded: &Loaded<Config>, lock: &Lock) -> ExitCode {
     let warnings: Vec<String> = match &loaded.source {
         Some(file) => loaded
             .deprecated
@@ -155,15 +143,7 @@ fn print_config(loaded: &Loaded<Config>) -> ExitCode {
             .collect(),
         None => Vec::new(),
     };
-    let mut comments = Vec::new();
-    if let Some(pg) = &config.postgres
-        && config.lock_backend == LockBackend::Postgres
-        && pg.password_file().is_none()
-    {
-        // Said, because a run in the unit may well have one this check never saw.
-        comments.push(format!(
-            "no password file checked: postgres.password-file is unset and there is no $CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME} here (LoadCredential= shows it to the service only); to check the file the unit loads, run CREDENTIALS_DIRECTORY=<its directory> report-collector check-config"
-        ));
-    }
+    // Said, because a run in the unit may well see what this check did not.
+    let comments = lock.unchecked();
     check_config::valid("report-collector", loaded, &warnings, &comments)
 }

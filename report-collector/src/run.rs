@@ -106,7 +106,7 @@ impl RunError {
     /// their own, so systemd and scripts can tell them from a failed collection.
     fn failure(&self) -> Failure {
         match self {
-            RunError::Lock(not) => not.failure(),
+            RunError::Lock(not) if not.unreachable() => Failure::DatabaseUnavailable,
             RunError::LeaseLost(_) => Failure::LeaseLost,
             RunError::Claim(_) => Failure::DatabaseUnavailable,
             _ => Failure::Run,
@@ -1333,6 +1333,9 @@ mod tests {
         }
         fn describe(&self) -> String {
             "leased".to_owned()
+        }
+        fn backend(&self) -> &'static str {
+            "leased"
         }
     }
 

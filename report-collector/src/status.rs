@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use report_common::ticket::Ticket;
 use serde::Serialize;
 
-use crate::config::{Config, LockBackend};
+use crate::config::Config;
 use crate::lock::{Holder, RunLock};
 use crate::state::{Collection, LastRun, Moment, State, StateError, file_kind};
 use crate::time::unix_seconds;
@@ -450,11 +450,7 @@ async fn lock_status(
         pid: holder.as_ref().and_then(|h| h.pid),
         since: holder.as_ref().and_then(|h| h.since.clone()),
         ticket: holder.as_ref().and_then(|h| h.ticket.clone()),
-        backend: match config.lock_backend {
-            LockBackend::Flock => "flock",
-            LockBackend::Postgres => "postgres",
-        }
-        .to_owned(),
+        backend: lock.backend().to_owned(),
         name: lock.describe(),
         host: holder
             .as_ref()
@@ -481,7 +477,7 @@ async fn read_holder(
 ) -> (Result<Option<Holder>, Option<io::Error>>, Option<Problem>) {
     // Whether the lock is held comes from a stat and /proc/locks, not from reading the file:
     // a user who cannot read it still learns that a run holds it (and the problem is listed).
-    let shared = config.lock_backend == LockBackend::Postgres;
+    let shared = lock.shared();
     let lock_problem = if shared {
         None
     } else {

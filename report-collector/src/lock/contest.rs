@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::{Holder, LeftTicket, Request};
-use crate::outcome::Failure;
 use crate::time::round_ms;
 
 /// A lock just taken.
@@ -109,9 +108,10 @@ impl<R: BackendRefusal + 'static> From<R> for Refusal {
 pub trait BackendRefusal: fmt::Debug {
     /// A skip (the lock does what it is for) rather than a failure an operator should see to.
     fn is_skip(&self) -> bool;
-    /// The kind of failure, when it is not a skip.
-    fn failure(&self) -> Failure {
-        Failure::Run
+    /// Whether the lock's store (the database) cannot be reached or refused this collector:
+    /// a kind of failure of its own (exit 69), not a failed run.
+    fn unreachable(&self) -> bool {
+        false
     }
     /// The run that stood in the way, when known.
     fn holder(&self) -> Option<&Holder>;
@@ -132,11 +132,8 @@ impl Refusal {
         }
     }
 
-    pub fn failure(&self) -> Failure {
-        match self {
-            Refusal::Backend(backend) => backend.failure(),
-            _ => Failure::Run,
-        }
+    pub fn unreachable(&self) -> bool {
+        matches!(self, Refusal::Backend(backend) if backend.unreachable())
     }
 
     pub fn holder(&self) -> Option<&Holder> {

@@ -69,6 +69,10 @@ impl RunLock for FlockLock {
     fn describe(&self) -> String {
         self.path.display().to_string()
     }
+
+    fn backend(&self) -> &'static str {
+        "flock"
+    }
 }
 
 impl FlockLock {

@@ -1,6 +1,7 @@
 //! The run lock: the policies once ([`policy`]) over a narrow contest every backend answers
 //! ([`contest`]), and what a run does with the lock it holds ([`LockGuard`]). Nothing outside
-//! this module knows which backend a run uses: [`Lock::from_config`] is the one constructor.
+//! this module knows which backend a run uses: [`Lock::from_config`] is the one constructor
+//! ([`configured`]).
 //!
 //! - [`policy`]: the four policies, their names and what each does, over [`contest::Contest`].
 //! - [`contest`]: what a backend answers (take, who holds, may this holder be ended, end it)
@@ -17,6 +18,7 @@
 //! README's "How the collector is built" says what each must guarantee, and
 //! `tests/collector/conformance.rs` runs the same suite on every backend.
 
+pub mod configured;
 pub mod contest;
 pub mod flock;
 pub mod holder;
@@ -33,7 +35,7 @@ use report_common::ticket::Ticket;
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::outcome::Failure;
+pub use configured::Lock;
 pub use contest::{Contest, Refusal, Taken};
 pub use holder::{Holder, HolderRecord};
 pub use policy::Policy;
@@ -138,6 +140,15 @@ pub trait RunLock {
 
     /// What `status` names the lock by: the lock file, or the database and lock name.
     fn describe(&self) -> String;
+
+    /// The backend's name, as `lock-backend` and `status --json` write it.
+    fn backend(&self) -> &'static str;
+
+    /// Whether collectors on several hosts share the lock (its holders are named with their
+    /// host; a lock file on this host says nothing).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// The last collection a shared lock keeps for the whole fleet.
@@ -263,9 +274,9 @@ impl NotAcquired {
         self.refusal.is_skip()
     }
 
-    /// The kind of failure when this is a failure, not a skip.
-    pub fn failure(&self) -> Failure {
-        self.refusal.failure()
+    /// Whether the lock's store (the database) cannot be reached or refused this collector.
+    pub fn unreachable(&self) -> bool {
+        self.refusal.unreachable()
     }
 
     /// The host of the run that stood in the way, for a shared lock.

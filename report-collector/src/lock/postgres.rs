@@ -25,6 +25,7 @@
 //! `status` says so too.
 
 pub mod contest;
+pub mod password;
 pub mod row;
 pub mod tables;
 pub mod tls;
@@ -107,6 +108,9 @@ const HOLDS: &str = "EXISTS (SELECT 1 FROM pg_locks k WHERE k.locktype = 'adviso
 /// The PostgreSQL backend: where the database is, and this host's part in the lock.
 #[derive(Debug, Clone)]
 pub struct PostgresLock {
+    /// Whether a password file was read (none is, when neither `password-file` nor the
+    /// systemd credential is there).
+    password_file_read: bool,
     pg: tokio_postgres::Config,
     tls: Option<Arc<rustls::ClientConfig>>,
     lock_name: String,
@@ -131,8 +135,9 @@ impl PostgresLock {
             .connect
             .parse()
             .map_err(|e| format!("postgres.connect: {e}"))?;
-        if let Some(path) = config.password_file() {
-            let password = crate::config::read_password_file(&path)
+        let password_file = password::password_file(config);
+        if let Some(path) = &password_file {
+            let password = password::read_password_file(path)
                 .map_err(|m| format!("key `postgres.password-file`: {m}"))?;
             pg.password(password);
         }
@@ -150,13 +155,19 @@ impl PostgresLock {
             .tcp_user_timeout(lease);
         let tls = if tcp && config.tls == Tls::VerifyFull {
             pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-            Some(Arc::new(tls_config(&config.tls_ca_file())?))
+            let tls = tls_config(&config.tls_ca_file()).map_err(|m| {
+                format!(
+                    "key `postgres.tls-ca-file`: {m}; name a PEM file of the CA that signed the server's certificate, or install ca-certificates"
+                )
+            })?;
+            Some(Arc::new(tls))
         } else {
             pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
             None
         };
         let target = describe_target(&pg);
         Ok(PostgresLock {
+            password_file_read: password_file.is_some(),
             pg,
             tls,
             lock_name: config.lock_name.clone(),
@@ -167,6 +178,18 @@ impl PostgresLock {
             key: lock_key(&config.lock_name),
             said: Arc::default(),
         })
+    }
+
+    /// What `check-config` could not check: a password file it did not see, because a run in
+    /// the unit may well have one (the credential is shown to the service only).
+    pub fn unchecked(&self) -> Vec<String> {
+        if self.password_file_read {
+            return Vec::new();
+        }
+        vec![format!(
+            "no password file checked: postgres.password-file is unset and there is no $CREDENTIALS_DIRECTORY/{} here (LoadCredential= shows it to the service only); to check the file the unit loads, run CREDENTIALS_DIRECTORY=<its directory> report-collector check-config",
+            password::CREDENTIAL_NAME
+        )]
     }
 
     /// The host name this collector writes into the row.
@@ -541,6 +564,14 @@ impl RunLock for PostgresLock {
 
     fn describe(&self) -> String {
         format!("\"{}\" (PostgreSQL at {})", self.lock_name, self.target)
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 }
 

@@ -24,7 +24,6 @@ use super::{
 use crate::config::LEASE_RANGE;
 use crate::lock::contest::{BackendRefusal, Contest, Judgement, Refusal, Step, Taken};
 use crate::lock::{Holder, Request, RunLock};
-use crate::outcome::Failure;
 use crate::time::round_ms;
 
 /// The PostgreSQL lock, opened (connected) for one run's request.
@@ -411,11 +410,8 @@ impl BackendRefusal for PgRefusal {
         !matches!(self, PgRefusal::Unavailable(_))
     }
 
-    fn failure(&self) -> Failure {
-        match self {
-            PgRefusal::Unavailable(_) => Failure::DatabaseUnavailable,
-            _ => Failure::Run,
-        }
+    fn unreachable(&self) -> bool {
+        matches!(self, PgRefusal::Unavailable(_))
     }
 
     fn holder(&self) -> Option<&Holder> {
