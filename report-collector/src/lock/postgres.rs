@@ -1158,6 +1158,33 @@ mod tests {
     }
 
     #[test]
+    fn the_ca_file_is_read_when_the_lock_is_made_and_a_bad_one_named_by_its_key() {
+        let made = |ca: &std::path::Path| {
+            PostgresLock::from_config(&PostgresConfig {
+                connect: "host=db.example user=x dbname=y".to_owned(),
+                tls_ca_file: Some(ca.to_owned()),
+                ..PostgresConfig::default()
+            })
+        };
+        let err = made(std::path::Path::new("/nonexistent/ca.pem")).unwrap_err();
+        assert!(err.starts_with("key `postgres.tls-ca-file`: "), "{err}");
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let err = made(&ca).unwrap_err();
+        assert!(err.contains("holds no usable CA certificate"), "{err}");
+        assert!(err.contains("install ca-certificates"), "{err}");
+        // Sockets never use TLS: no CA file is read for them.
+        PostgresLock::from_config(&PostgresConfig {
+            connect: "host=/tmp user=x dbname=y".to_owned(),
+            tls_ca_file: Some(ca.clone()),
+            ..PostgresConfig::default()
+        })
+        .unwrap();
+    }
+
+    #[test]
     fn a_declined_value_is_one_line_a_column_with_the_catalog_s_fields() {
         let lock = lock();
         let huge = "x/".repeat(1 << 20);
