@@ -239,7 +239,7 @@ async fn steps<L: RunLock, S: ReportServer>(
 ) -> Result<PathBuf, RunError> {
     let request = Request {
         slot: Some(placement.slot),
-        ..Request::of(config, t0)
+        ..request_of(config, t0)
     };
     let left = acquire(lock, request, progress).await?;
     // Lock first, then lateness: a skip for the lock always names the holder. A ticket left
@@ -333,6 +333,18 @@ async fn collect_and_save<G: LockGuard, S: ReportServer>(
     };
     let collected = collect(config, &server, request.deadline, resume, progress).await?;
     save(config, collected, progress).await
+}
+
+/// The request of a run that started at `started`, as `config` says.
+fn request_of(config: &Config, started: Instant) -> Request {
+    Request {
+        policy: config.policy,
+        lock_wait: config.lock_wait,
+        replace_grace: config.replace_grace,
+        deadline: crate::time::instant_after(started, config.deadline),
+        deadline_setting: config.deadline,
+        slot: None,
+    }
 }
 
 async fn acquire<L: RunLock>(

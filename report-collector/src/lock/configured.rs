@@ -8,14 +8,14 @@ use std::time::{Duration, SystemTime};
 use report_common::ticket::Ticket;
 use tokio::time::Instant;
 
-use super::contest::{Judgement, Step};
+use super::backend::{FleetCollection, RunLock};
+use super::contest::{Contest, Judgement, Refusal, Step, Taken};
 use super::flock::{self, FlockLock, HeldFlock};
+use super::guard::{Collection, LeaseLost, LockGuard, SlotTaken};
+use super::holder::{Holder, LeftTicket};
 use super::postgres::contest::PgContest;
 use super::postgres::{HeldPostgres, PostgresLock};
-use super::{
-    Collection, Contest, FleetCollection, Holder, LeaseLost, LeftTicket, LockGuard, Refusal,
-    Request, RunLock, SlotTaken, Taken,
-};
+use super::request::Request;
 use crate::config::{Config, LockBackend};
 
 /// The lock of this collector.

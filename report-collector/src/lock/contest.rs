@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::{Holder, LeftTicket, Request};
+use super::holder::{Holder, LeftTicket};
+use super::request::Request;
 use crate::time::round_ms;
 
 /// A lock just taken.
@@ -179,3 +180,44 @@ impl Refusal {
         }
     }
 }
+
+/// Why the lock could not be had: which lock, what was asked, and what stood in the way. Its
+/// `Display` is the sentence the journal and `status` show.
+#[derive(Debug)]
+pub struct NotAcquired {
+    /// The lock's name in messages (the lock file's path).
+    pub lock: String,
+    pub request: Request,
+    pub refusal: Refusal,
+}
+
+impl NotAcquired {
+    /// Whether this is a skip (the lock is busy, which is what it is for) rather than a
+    /// failure (something is wrong and an operator should look).
+    pub fn is_skip(&self) -> bool {
+        self.refusal.is_skip()
+    }
+
+    /// Whether the lock's store (the database) cannot be reached or refused this collector.
+    pub fn unreachable(&self) -> bool {
+        self.refusal.unreachable()
+    }
+
+    /// The host of the run that stood in the way, for a shared lock.
+    pub fn holder_host(&self) -> Option<String> {
+        self.refusal.holder().and_then(|holder| holder.host.clone())
+    }
+
+    /// The other run that stood in the way, if it is known.
+    pub fn holder_pid(&self) -> Option<u32> {
+        self.refusal.holder_pid()
+    }
+}
+
+impl fmt::Display for NotAcquired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.refusal.describe(&self.lock, &self.request, f)
+    }
+}
+
+impl std::error::Error for NotAcquired {}

@@ -23,11 +23,12 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::time::Instant;
 
-use super::contest::{BackendRefusal, Judgement, Step};
-use super::{
-    Contest, Holder, HolderRecord, LeftTicket, LockGuard, Refusal, Request, RunLock, Taken,
-    proc_locks,
-};
+use super::backend::RunLock;
+use super::contest::{BackendRefusal, Contest, Judgement, Refusal, Step, Taken};
+use super::guard::{Collection, LeaseLost, LockGuard};
+use super::holder::{Holder, HolderRecord, LeftTicket, RECORD};
+use super::proc_locks;
+use super::request::Request;
 use crate::files;
 use report_common::ticket::Ticket;
 
@@ -186,15 +187,11 @@ impl LockGuard for HeldFlock {
 
     /// The kernel holds the lock for as long as this process lives: there is nothing to
     /// confirm or mark.
-    async fn commit<T>(
-        &self,
-        _ticket: &Ticket,
-        save: impl FnOnce() -> T,
-    ) -> Result<T, super::LeaseLost> {
+    async fn commit<T>(&self, _ticket: &Ticket, save: impl FnOnce() -> T) -> Result<T, LeaseLost> {
         Ok(save())
     }
 
-    async fn release(self, _collected: Option<super::Collection<'_>>) {
+    async fn release(self, _collected: Option<Collection<'_>>) {
         drop(self);
     }
 }
@@ -289,7 +286,7 @@ pub fn parse_record(bytes: &[u8]) -> Result<Option<HolderRecord>, String> {
 fn read_left_record(file: &File) -> Option<HolderRecord> {
     read_bounded_record(file).unwrap_or_else(|value| {
         crate::declined::Declined {
-            source: super::RECORD,
+            source: RECORD,
             field: "record",
             value,
             why: "it cannot be read as a holder record; it counts as none".to_owned(),

@@ -6,7 +6,7 @@
 //!
 //! The record is written by another process (any that can write the lock file), so it is read
 //! as input: bounded in size by the reader, its ticket checked into a [`Ticket`] before it is
-//! used (an unsafe one is declined: [`LeftTicket::from_record`](super::LeftTicket) says so in
+//! used (an unsafe one is declined: [`LeftTicket::from_record`] says so in
 //! the journal once), and its host and times shown escaped.
 
 use std::fmt;
@@ -16,6 +16,7 @@ use report_common::shown::plain_or_quoted;
 use report_common::ticket::Ticket;
 use serde::{Deserialize, Serialize};
 
+use crate::declined;
 use crate::time::format_time;
 
 /// What the holder writes about itself once it has the lock.
@@ -137,6 +138,51 @@ impl fmt::Display for Holder {
         )
     }
 }
+
+/// A ticket a run requested and did not see through (it was killed, cancelled, replaced, ran
+/// out of its deadline, or the host went down), found in the lock's record by the next run
+/// that takes the lock, so that run can resume it instead of requesting another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftTicket {
+    pub ticket: Ticket,
+    /// When it was requested; `None` if the record does not say (or says something unreadable).
+    pub requested: Option<SystemTime>,
+    /// The run that left it.
+    pub by_pid: u32,
+    pub host: Option<String>,
+    /// The generation and host that marked it as being saved (the shared lock only): that
+    /// holder was about to write its report, so the ticket counts as collected by it and is
+    /// not fetched again.
+    pub saving: Option<(i64, String)>,
+}
+
+impl LeftTicket {
+    /// What the record of a holder that is gone says about its unfinished ticket. A ticket that
+    /// fails the check is declined: said once in the journal, and counted as none, so the next
+    /// record written does not carry it on.
+    pub fn from_record(record: HolderRecord) -> Option<LeftTicket> {
+        let ticket = declined::ticket(record.ticket.as_deref()?, RECORD)
+            .inspect_err(declined::Declined::say)
+            .ok()?;
+        Some(LeftTicket {
+            ticket,
+            requested: record
+                .ticket_requested
+                .as_deref()
+                .and_then(|t| humantime::parse_rfc3339(t).ok()),
+            by_pid: record.pid,
+            host: record.host.filter(|host| {
+                declined::name(host, "host", RECORD, "it is not used")
+                    .inspect_err(declined::Declined::say)
+                    .is_ok()
+            }),
+            saving: None,
+        })
+    }
+}
+
+/// What `VALUE_DECLINED`'s `SOURCE` says of a value read from the lock file.
+pub const RECORD: &str = "the lock file's holder record";
 
 #[cfg(test)]
 mod tests {

@@ -47,10 +47,11 @@ use self::tables::Shape;
 pub use self::tls::MAX_CA_FILE_SIZE;
 use self::tls::tls_config;
 
-use super::{
-    Collection, FleetCollection, Holder, LeaseLost, LeftTicket, LockGuard, Refusal, Request,
-    RunLock, SlotTaken,
-};
+use super::backend::{FleetCollection, RunLock};
+use super::contest::Refusal;
+use super::guard::{Collection, LeaseLost, LockGuard, SlotTaken};
+use super::holder::{Holder, LeftTicket};
+use super::request::Request;
 use crate::config::{PostgresConfig, Tls};
 use crate::time::{format_time, round_ms};
 

@@ -22,8 +22,10 @@ use super::{
     Validity, WAIT_MARGIN, connection_lost, describe, renew_every, terminate,
 };
 use crate::config::LEASE_RANGE;
+use crate::lock::backend::RunLock;
 use crate::lock::contest::{BackendRefusal, Contest, Judgement, Refusal, Step, Taken};
-use crate::lock::{Holder, Request, RunLock};
+use crate::lock::holder::Holder;
+use crate::lock::request::Request;
 use crate::time::round_ms;
 
 /// The PostgreSQL lock, opened (connected) for one run's request.
