@@ -133,7 +133,7 @@ EOF
     else
         fail "systemctl reload with an invalid file: exit $code, $(prop "$box" report-apis.service ActiveState), pid $(prop "$box" report-apis.service MainPID)"
     fi
-    if journal_text "$box" -u report-apis.service --since "@$since" | grep -q 'config.toml:8:1: key `report.generation-tme`'; then
+    if journal_says "$box" 5 'config.toml:8:1: key `report.generation-tme`' -u report-apis.service --since "@$since"; then
         pass "the journal says why, naming file, line and key"
         journal_text "$box" -u report-apis.service --since "@$since" --grep 'generation-tme' | tail -n 1 | show
     else
@@ -152,8 +152,8 @@ EOF
     since=$(date +%s)
     code=0
     box_exec "$box" systemctl reload report-apis.service 2>/dev/null || code=$?
-    if ((code != 0)) && (($(journal_count "$box" -u report-apis.service MESSAGE_ID="$RELOAD_REJECTED_ID" --since "@$since") >= 1)) &&
-        journal_text "$box" -u report-apis.service --since "@$since" | grep -q 'needs a restart'; then
+    if ((code != 0)) && journal_says "$box" 5 'needs a restart' -u report-apis.service --since "@$since" &&
+        (($(journal_count "$box" -u report-apis.service MESSAGE_ID="$RELOAD_REJECTED_ID" --since "@$since") >= 1)); then
         pass "a changed listen address: systemctl reload exits $code, the journal says it needs a restart (MESSAGE_ID=$RELOAD_REJECTED_ID)"
     else
         fail "a changed listen address: systemctl reload exit $code"

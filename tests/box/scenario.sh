@@ -187,6 +187,19 @@ journal_text() {
     box_exec "$box" journalctl --no-pager -q -o short-iso-precise "$@" 2>/dev/null || true
 }
 
+# journal_says BOX SECONDS TEXT ARGS...: whether the journal (journalctl ARGS) shows a line
+# holding TEXT within SECONDS. journald reads a process's output stream on its own time: a
+# line a process wrote just before it exited may not be there yet when it has exited.
+journal_says() {
+    local box=$1 seconds=$2 text=$3 deadline
+    shift 3
+    deadline=$((SECONDS + seconds))
+    until journal_text "$box" "$@" | grep -qF -- "$text"; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.2
+    done
+}
+
 # spawn_failures BOX: systemd's own lines, all the box's boot long, where it could not start a
 # unit's process (status=219/CGROUP in 252, "Failed to spawn executor" in 257).
 spawn_failures() {
