@@ -198,6 +198,13 @@ impl LockGuard for Guard {
         }
     }
 
+    fn token(&self) -> Option<u64> {
+        match self {
+            Guard::Flock(g) => g.token(),
+            Guard::Postgres(g) => g.token(),
+        }
+    }
+
     async fn lease_lost(&self) -> LeaseLost {
         match self {
             Guard::Flock(g) => g.lease_lost().await,

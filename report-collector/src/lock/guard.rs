@@ -67,6 +67,15 @@ pub trait LockGuard {
         async { Ok(Ok(())) }
     }
 
+    /// The fencing token of this acquisition: greater than that of every earlier holder of the
+    /// lock, so that whoever checks it can refuse a holder that was ended (the PostgreSQL
+    /// `generation`). `None` for a lock a holder loses only by dying (the flock: the kernel
+    /// frees it when the process is gone, and SIGKILL ends a stopped process too), which leaves
+    /// no ended holder to fence out.
+    fn token(&self) -> Option<u64> {
+        None
+    }
+
     /// Completes when the holder may no longer trust that it holds the lock. Never, for a
     /// lock the kernel holds for the process.
     fn lease_lost(&self) -> impl Future<Output = LeaseLost> {

@@ -992,6 +992,10 @@ impl LockGuard for HeldPostgres {
         Ok(result)
     }
 
+    fn token(&self) -> Option<u64> {
+        u64::try_from(self.shared.generation).ok()
+    }
+
     async fn lease_lost(&self) -> LeaseLost {
         self.shared.validity.lost(|| self.shared.expired()).await
     }

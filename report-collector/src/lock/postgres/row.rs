@@ -28,7 +28,7 @@ use report_common::ticket::{self, Ticket};
 
 use crate::config::LEASE_RANGE;
 use crate::declined::SHOWN;
-use crate::lock::{Holder, LeftTicket};
+use crate::lock::holder::{Holder, LeftTicket};
 use crate::time::{LAST_TIME, format_time};
 
 /// What VALUE_DECLINED's `SOURCE` says of a value read from the row.
