@@ -233,7 +233,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             server_url: "http://127.0.0.1:8080".to_owned(),
-            policy: Policy::Forbid,
+            policy: Policy::default(),
             lock_file: PathBuf::from("/var/lib/report-collector/collector.lock"),
             report_dir: PathBuf::from("/var/lib/report-collector/reports"),
             state_file: PathBuf::from("/var/lib/report-collector/last-run.json"),
