@@ -13,8 +13,6 @@
 //! Then `replace` with its SIGTERM or SIGKILL landing in the old holder's save, before and
 //! after the report's rename: the report is on disk once.
 
-mod util;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -22,11 +20,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::util::*;
 use report_collector::metrics::parse_counts;
 use report_collector::outcome::KINDS;
 use report_collector::state::State;
 use report_collector::store::{self, is_report_name};
-use util::*;
 
 const CSV: &str = "timestamp,data\n2026-01-01T00:00:00Z,42\n2026-01-01T00:01:00Z,43\n";
 

@@ -1,17 +1,15 @@
 //! The collector as operators meet it: the real binary as processes, a real flock, the real
 //! report-apis on loopback (scripted servers only for faults report-apis never shows).
 
-mod util;
-
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::util::*;
 use nix::sys::signal::Signal;
 use report_collector::lock::flock::LockFile;
 use report_collector::metrics::parse_counts;
 use report_collector::state::State;
 use report_common::message_id;
-use util::*;
 
 #[test]
 fn collects_prints_and_saves_the_report_keeping_the_newest() {

@@ -1,7 +1,8 @@
 //! Test fixtures: the real report-apis on loopback, tiny scripted servers for faults, and the
-//! real collector binary run as child processes with a config in a temp directory.
+//! real collector binary run as child processes with a config in a temp directory; systemd's
+//! side of the bus is [`systemd_standin`].
 
-#![allow(dead_code)]
+pub mod systemd_standin;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -343,6 +344,21 @@ fn finished(out: Output) -> Finished {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// One series of report-apis' `/metrics` at `url`, over a plain HTTP/1.0 request.
+pub fn metric(url: &str, name: &str) -> f64 {
+    let addr = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// Whether `child` is still running.

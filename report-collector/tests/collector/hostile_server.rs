@@ -7,15 +7,13 @@
 //! until it passes `max-report-size`, must cost no more memory at the default cap (64 MiB) than
 //! at a small one.
 
-mod util;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::util::*;
 use report_collector::state::State;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use util::*;
 
 /// A whole report, as report-apis sends it.
 const CSV: &str = "timestamp,data\n0,data-0\n1,data-1\n";

@@ -7,16 +7,14 @@
 //! lists them as left out; `make test` (as root) runs them with `--include-ignored`, and there
 //! a missing prerequisite fails them.
 
-mod util;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::util::*;
 use nix::sys::signal::Signal;
 use report_common::message_id;
-use util::*;
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 /// Short, so the tests wait out leases in seconds.
@@ -234,22 +232,6 @@ fn modified(dir: &Path, name: &str) -> SystemTime {
 fn unix(at: &str) -> SystemTime {
     let secs: f64 = at.parse().unwrap();
     SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs)
-}
-
-/// One series of report-apis' `/metrics`, over a plain HTTP/1.0 request.
-fn metric(url: &str, name: &str) -> f64 {
-    use std::io::{Read as _, Write as _};
-    let addr = url.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} in {text}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 fn spawn_manual(setup: &Setup) -> Child {

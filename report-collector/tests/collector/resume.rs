@@ -7,30 +7,11 @@
 //! not yet written) holds no system call but the record's write (see `crash_points.rs`), a few
 //! microseconds here against kills 60 ms apart.
 
-mod util;
-
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::time::Duration;
 
+use crate::util::*;
 use nix::sys::signal::Signal;
 use report_collector::store::is_report_name;
-use util::*;
-
-/// One series of report-apis' `/metrics`, over a plain HTTP/1.0 request.
-fn metric(url: &str, name: &str) -> f64 {
-    let addr = url.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} in {text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 #[test]
 fn kill_9_at_many_instants_then_the_next_run_resumes_and_nothing_piles_up() {
