@@ -1,7 +1,9 @@
 //! Test fixtures: the real report-apis on loopback, tiny scripted servers for faults, and the
 //! real collector binary run as child processes with a config in a temp directory; systemd's
-//! side of the bus is [`systemd_standin`].
+//! side of the bus ([`systemd_standin`]) and a PostgreSQL cluster ([`cluster`]) live in
+//! modules of their own.
 
+pub mod cluster;
 pub mod systemd_standin;
 
 use std::collections::BTreeMap;
