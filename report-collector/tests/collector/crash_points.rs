@@ -324,6 +324,7 @@ fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
 
 #[test]
 fn a_replace_landing_in_the_holders_save_leaves_its_report_on_disk_once() {
+    let _timing = timing_guard();
     if let Err(why) = strace_works() {
         panic!("strace cannot trace here ({why}); install it (scripts/install-deps.sh does)");
     }

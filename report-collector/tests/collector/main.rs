@@ -6,6 +6,8 @@
 //! Tests that need root, PostgreSQL 15 or a mount namespace are `#[ignore = "why"]`: a plain
 //! `cargo test` lists them as left out, and `make test` (as root) runs them with
 //! `--include-ignored`, where a missing prerequisite fails them ([`util::prerequisite`]).
+//! Tests that assert elapsed times or start crowds of processes take [`util::timing_guard`],
+//! so they run one at a time.
 
 mod bus;
 mod crash_points;

@@ -231,6 +231,7 @@ fn wait_collects_after_the_holder_and_any_hosts_status_shows_the_fleets_last_col
 #[test]
 #[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
 fn replace_ends_the_holders_session_waits_out_its_lease_and_the_holder_exits_79() {
+    let _timing = timing_guard();
     let fleet = Cluster::shared().fleet("replace");
     let fast = ApiServer::fast();
     let very_slow = ApiServer::slow(Duration::from_secs(30));
@@ -656,6 +657,7 @@ fn tables_of_another_shape_fail_the_run_and_status_with_exit_69_naming_the_colum
 #[test]
 #[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
 fn a_lease_that_cannot_be_real_is_declined_waited_out_once_and_taken_over() {
+    let _timing = timing_guard();
     let fleet = Cluster::shared().fleet("unreal-lease");
     let fast = ApiServer::fast();
     for (name, until) in [

@@ -17,6 +17,7 @@ use report_collector::store::is_report_name;
 
 #[test]
 fn kill_9_at_many_instants_then_the_next_run_resumes_and_nothing_piles_up() {
+    let _timing = timing_guard();
     let mut config = report_apis::Config::default();
     config.heavy_load.period = Duration::ZERO;
     config.report.generation_time = Duration::from_millis(700);

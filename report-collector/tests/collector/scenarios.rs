@@ -480,6 +480,7 @@ fn without_a_bus_a_timer_unit_means_a_timer_start_and_is_said_once_per_boot() {
 
 #[test]
 fn a_bus_that_answers_nothing_or_garbage_costs_at_most_its_timeout() {
+    let _timing = timing_guard();
     let server = ApiServer::fast();
     let setup = Setup::new(&server.url, &[]);
     let dir = tempfile::tempdir().unwrap();
@@ -515,6 +516,7 @@ fn a_bus_that_answers_nothing_or_garbage_costs_at_most_its_timeout() {
 
 #[test]
 fn a_hundred_collectors_at_once_under_forbid_one_collects_and_every_run_is_counted() {
+    let _timing = timing_guard();
     let server = ApiServer::slow(Duration::from_secs(5));
     let setup = Setup::new(
         &server.url,
@@ -696,6 +698,7 @@ fn an_unknown_config_key_exits_78_naming_file_line_and_key() {
 
 #[test]
 fn status_reports_the_holder_without_taking_the_lock() {
+    let _timing = timing_guard();
     let busy = ApiServer::in_heavy_load();
     let fast = ApiServer::fast();
     let setup = Setup::new(&busy.url, &[]);

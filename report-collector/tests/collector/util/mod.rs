@@ -12,8 +12,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,15 @@ use report_collector::lock::flock::holder_at;
 
 /// Upper bound on any wait in these tests, so a broken build fails instead of hanging.
 pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Taken for its whole length by each test that asserts an elapsed time or starts a crowd of
+/// processes, so such tests run one at a time: two of them at once on a small machine make each
+/// other late. A test that failed while holding it leaves it poisoned; the next one takes it
+/// all the same.
+pub fn timing_guard() -> MutexGuard<'static, ()> {
+    static TIMING: Mutex<()> = Mutex::new(());
+    TIMING.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Something served from a thread of its own until dropped: dropping sends `stop` and waits
 /// for the thread to end.
