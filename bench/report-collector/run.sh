@@ -10,9 +10,9 @@
 #      (TRIGGER_UNIT set, as systemd sets it while the timer is active); target <= 7 MiB.
 #      systemd cannot run here (it is not PID 1), so the bus is a private dbus-daemon and
 #      systemd's side of the conversation is played by the example systemd_standin (the
-#      stand-in of report-collector/tests/bus.rs): the same calls, and answers of the same
-#      types as systemd 252 and 257 give, shaped as a timer start that has just fired, so the
-#      run judges itself a timer start and collects;
+#      stand-in of report-collector/tests/collector/bus.rs): the same calls, and answers of
+#      the same types as systemd 252 and 257 give, shaped as a timer start that has just
+#      fired, so the run judges itself a timer start and collects;
 #   5. peak RSS of one full run whose report is at max-report-size (64 MiB, the default), and of
 #      one whose report is small, both served as static files by Python's http.server (with a
 #      Content-Length, as report-apis sends one); target: the large report costs at most

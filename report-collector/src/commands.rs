@@ -4,7 +4,8 @@
 //! on the one current-thread runtime `main` built (a periodic job needs no more); asking
 //! systemd, waiting for the lock and collecting share it.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use report_common::{check_config, exit, message_id};
 use crate::client::HttpServer;
 use crate::config::{Config, deprecation_note};
 use crate::lock::{Lock, RunLock};
-use crate::outcome::CancelSignal;
+use crate::outcome::{CancelSignal, Failure, Outcome, Skip};
 use crate::schedule::DeclaredTrigger;
 use crate::{identity, run, status, systemd};
 
@@ -27,6 +28,40 @@ pub enum Command {
     Status { json: bool },
     /// Check the configuration as a run would and print it.
     CheckConfig,
+}
+
+impl Command {
+    /// Every exit code the command may end with, as `--help`, the man page and the READMEs
+    /// list them: its own, a command-line mistake's (`main`) and a configuration error's.
+    pub fn exit_codes(self) -> BTreeSet<u8> {
+        let own: Vec<u8> = match self {
+            // Each outcome's, as `outcome` maps them; a run that cannot become the state
+            // directory's owner fails as any other failure does.
+            Command::Run { .. } => [
+                Outcome::Collected {
+                    report: PathBuf::new(),
+                },
+                Outcome::Cancelled(CancelSignal::Int),
+                Outcome::Cancelled(CancelSignal::Term),
+            ]
+            .iter()
+            .map(Outcome::exit_code)
+            .chain(Skip::ALL.map(Skip::exit_code))
+            .chain(Failure::ALL.map(Failure::exit_code))
+            .collect(),
+            // Each verdict's, and the PostgreSQL lock's database out of reach.
+            Command::Status { .. } => vec![
+                status::code::HEALTHY,
+                status::code::STALE,
+                status::code::CANNOT_INSPECT,
+                status::code::NO_PERMISSION,
+                status::code::IN_THE_FUTURE,
+                exit::UNAVAILABLE,
+            ],
+            Command::CheckConfig => vec![exit::SUCCESS],
+        };
+        own.into_iter().chain([exit::USAGE, exit::CONFIG]).collect()
+    }
 }
 
 /// Exit 78 for a configuration error: on stderr for `check-config`, in the journal otherwise.

@@ -5,19 +5,17 @@
 //! or the password file, and a run by root that may read the password only as the user it
 //! becomes.
 
-mod util;
-
 use std::io::BufRead as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, symlink};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
+use crate::util::*;
 use report_collector::lock::proc_locks::holds_flock;
 use report_collector::state::State;
 use report_collector::store;
 use report_common::message_id;
-use util::*;
 
 const CSV: &str = "timestamp,data\n2026-01-01T00:00:00Z,42\n";
 

@@ -7,33 +7,17 @@
 //! not yet written) holds no system call but the record's write (see `crash_points.rs`), a few
 //! microseconds here against kills 60 ms apart.
 
-mod util;
-
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::util::*;
 use nix::sys::signal::Signal;
 use report_collector::store::is_report_name;
-use util::*;
-
-/// One series of report-apis' `/metrics`, over a plain HTTP/1.0 request.
-fn metric(url: &str, name: &str) -> f64 {
-    let addr = url.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} in {text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 #[test]
 fn kill_9_at_many_instants_then_the_next_run_resumes_and_nothing_piles_up() {
+    let _timing = timing_guard();
     let mut config = report_apis::Config::default();
     config.heavy_load.period = Duration::ZERO;
     config.report.generation_time = Duration::from_millis(700);
@@ -106,50 +90,101 @@ fn kill_9_at_many_instants_then_the_next_run_resumes_and_nothing_piles_up() {
     );
 }
 
-/// A left ticket is read back from the lock file's holder record, which any process that can
-/// write the lock file can write: each hostile one is declined with one VALUE_DECLINED line,
-/// never reaches a URL, a file name or a log line, is cleared from the record, and the run
-/// collects with a ticket of its own, inside `report-dir`.
-#[test]
-fn a_hostile_ticket_in_the_lock_record_is_declined_and_cleared_never_used() {
-    let requested = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let seen = requested.clone();
-    let tickets = std::sync::atomic::AtomicU32::new(0);
-    let server = FakeServer::start(move |path| {
-        seen.lock().unwrap().push(path.to_owned());
-        if path.starts_with("/request_report") {
-            let n = tickets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            (200, format!("own{n}_0"))
-        } else {
-            (200, "timestamp,data\n0,a\n".to_owned())
-        }
-    });
-    let setup = Setup::new(&server.url, &[("resume-within", "\"10m\"")]);
-    let id = "123e4567-e89b-42d3-a456-426614174000_0";
-    let huge = "x".repeat(10 << 20);
-    let hostile = [
-        format!("q/../../get_report/{id}"),
-        format!("q\\..\\..\\evil\\{id}"),
-        "t?x=1#frag".to_owned(),
-        "t\nINFO collected the report FAKE".to_owned(),
-        "t\0nul".to_owned(),
-        "%2e%2e%2fescape".to_owned(),
-        huge,
-    ];
-    for (i, ticket) in hostile.iter().enumerate() {
-        let record = serde_json::json!({
-            "pid": 999_999_999u32,
-            "since": "2026-01-01T00:00:00Z",
-            "host": "h\nhealth: healthy (exit 0)",
-            "ticket": ticket,
-            "ticket_requested": "2099-01-01T00:00:00.000Z",
-        });
-        std::fs::write(&setup.lock, serde_json::to_vec(&record).unwrap()).unwrap();
-        requested.lock().unwrap().clear();
+// A left ticket is read back from the lock file's holder record, which any process that can
+// write the lock file can write: each hostile one is declined with one VALUE_DECLINED line,
+// never reaches a URL, a file name or a log line, is cleared from the record, and the run
+// collects with a ticket of its own, inside `report-dir`.
 
-        let run = setup.run(&[]);
-        let what = format!("hostile ticket #{i} ({} bytes)", ticket.len());
-        assert_eq!(run.code, Some(0), "{what}: {}", run.stderr);
+/// What a run did after a hostile ticket was put in the lock's record.
+struct Round {
+    /// Which ticket, for the messages.
+    what: String,
+    run: Finished,
+    /// The paths the run asked the server for.
+    requested: Vec<String>,
+    /// Every file in the setup's directory after the run, as paths relative to it.
+    written: Vec<PathBuf>,
+    /// The record after the run.
+    record: serde_json::Value,
+    /// `status` after the run.
+    status: Finished,
+}
+
+/// What one setup saw: a round per hostile ticket, then what its report directory holds.
+struct Rounds {
+    rounds: Vec<Round>,
+    saved: Vec<String>,
+}
+
+/// Puts each hostile ticket in turn in the lock's record of one setup (its holder gone, its
+/// host name forging a line of `status`) and runs the collector (which must collect) and then
+/// `status`. Done once, by the first test that asks; each test checks one thing of it.
+fn hostile_ticket_rounds() -> &'static Rounds {
+    static ROUNDS: OnceLock<Rounds> = OnceLock::new();
+    ROUNDS.get_or_init(|| {
+        let requested = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = requested.clone();
+        let tickets = std::sync::atomic::AtomicU32::new(0);
+        let server = FakeServer::start(move |path| {
+            seen.lock().unwrap().push(path.to_owned());
+            if path.starts_with("/request_report") {
+                let n = tickets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                (200, format!("own{n}_0"))
+            } else {
+                (200, "timestamp,data\n0,a\n".to_owned())
+            }
+        });
+        let setup = Setup::new(&server.url, &[("resume-within", "\"10m\"")]);
+        let id = "123e4567-e89b-42d3-a456-426614174000_0";
+        let huge = "x".repeat(10 << 20);
+        let hostile = [
+            format!("q/../../get_report/{id}"),
+            format!("q\\..\\..\\evil\\{id}"),
+            "t?x=1#frag".to_owned(),
+            "t\nINFO collected the report FAKE".to_owned(),
+            "t\0nul".to_owned(),
+            "%2e%2e%2fescape".to_owned(),
+            huge,
+        ];
+        let mut rounds = Vec::new();
+        for (i, ticket) in hostile.iter().enumerate() {
+            let record = serde_json::json!({
+                "pid": 999_999_999u32,
+                "since": "2026-01-01T00:00:00Z",
+                "host": "h\nhealth: healthy (exit 0)",
+                "ticket": ticket,
+                "ticket_requested": "2099-01-01T00:00:00.000Z",
+            });
+            std::fs::write(&setup.lock, serde_json::to_vec(&record).unwrap()).unwrap();
+            requested.lock().unwrap().clear();
+
+            let run = setup.run(&[]);
+            let what = format!("hostile ticket #{i} ({} bytes)", ticket.len());
+            assert_eq!(run.code, Some(0), "{what}: {}", run.stderr);
+            let requested = requested.lock().unwrap().clone();
+            let written = all_files_under(setup.dir.path());
+            let record: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&setup.lock).unwrap()).unwrap_or_default();
+            let status = setup.run(&["status"]);
+            rounds.push(Round {
+                what,
+                run,
+                requested,
+                written,
+                record,
+                status,
+            });
+        }
+        Rounds {
+            rounds,
+            saved: setup.report_files(),
+        }
+    })
+}
+
+#[test]
+fn a_hostile_ticket_in_the_lock_record_is_declined_in_one_bounded_line() {
+    for Round { what, run, .. } in &hostile_ticket_rounds().rounds {
         let declined = lines_with_id(&run.stderr, report_common::message_id::VALUE_DECLINED);
         assert_eq!(
             declined.len(),
@@ -167,14 +202,30 @@ fn a_hostile_ticket_in_the_lock_record_is_declined_and_cleared_never_used() {
             "{what}: {}",
             run.stderr
         );
-        for path in requested.lock().unwrap().iter() {
+    }
+}
+
+#[test]
+fn a_hostile_ticket_in_the_lock_record_never_reaches_a_url() {
+    for Round {
+        what, requested, ..
+    } in &hostile_ticket_rounds().rounds
+    {
+        for path in requested {
             assert!(
                 path == "/request_report" || path.starts_with("/get_report/own"),
                 "{what}: the server was asked for {path}"
             );
         }
+    }
+}
+
+#[test]
+fn a_hostile_ticket_in_the_lock_record_never_names_a_file_the_run_writes() {
+    let Rounds { rounds, saved } = hostile_ticket_rounds();
+    for Round { what, written, .. } in rounds {
         // Nothing outside report-dir: only the config, the lock, the state and its order file.
-        for file in all_files_under(setup.dir.path()) {
+        for file in written {
             let top = file.components().next().unwrap().as_os_str().to_owned();
             assert!(
                 [
@@ -191,13 +242,25 @@ fn a_hostile_ticket_in_the_lock_record_is_declined_and_cleared_never_used() {
                 file.display()
             );
         }
-        let record: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&setup.lock).unwrap()).unwrap_or_default();
+    }
+    // Each run collected with a ticket of its own.
+    assert_eq!(saved.len(), rounds.len(), "{saved:?}");
+    assert!(saved.iter().all(|n| is_report_name(n)), "{saved:?}");
+}
+
+#[test]
+fn a_hostile_ticket_in_the_lock_record_is_cleared_from_it() {
+    for Round { what, record, .. } in &hostile_ticket_rounds().rounds {
         assert!(
             record["ticket"].is_null(),
             "{what}: cleared from the record: {record}"
         );
-        let status = setup.run(&["status"]);
+    }
+}
+
+#[test]
+fn status_says_health_once_whatever_the_lock_record_held() {
+    for Round { what, status, .. } in &hostile_ticket_rounds().rounds {
         assert_eq!(
             status
                 .stdout
@@ -209,7 +272,4 @@ fn a_hostile_ticket_in_the_lock_record_is_declined_and_cleared_never_used() {
             status.stdout
         );
     }
-    let saved = setup.report_files();
-    assert_eq!(saved.len(), hostile.len(), "{saved:?}");
-    assert!(saved.iter().all(|n| is_report_name(n)), "{saved:?}");
 }

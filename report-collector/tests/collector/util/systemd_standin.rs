@@ -3,10 +3,8 @@
 //! machine (it is not PID 1 there). It owns `org.freedesktop.systemd1` and answers the calls
 //! the collector makes (`Manager.GetUnitByPID`, `Manager.GetUnit`, `Properties.Get` on the
 //! Unit and Timer interfaces) with values of the types systemd 252 and 257 give, shaped by
-//! [`Answers`]. Used by `tests/bus.rs` and, through `examples/systemd_standin.rs`, by
+//! [`Answers`]. Used by the tests of `bus.rs` and, through `examples/systemd_standin.rs`, by
 //! `bench/report-collector/run.sh`.
-
-#![allow(dead_code)]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

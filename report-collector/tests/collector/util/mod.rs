@@ -1,7 +1,10 @@
 //! Test fixtures: the real report-apis on loopback, tiny scripted servers for faults, and the
-//! real collector binary run as child processes with a config in a temp directory.
+//! real collector binary run as child processes with a config in a temp directory; systemd's
+//! side of the bus ([`systemd_standin`]) and a PostgreSQL cluster ([`cluster`]) live in
+//! modules of their own.
 
-#![allow(dead_code)]
+pub mod cluster;
+pub mod systemd_standin;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -9,8 +12,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,6 +22,15 @@ use report_collector::lock::flock::holder_at;
 
 /// Upper bound on any wait in these tests, so a broken build fails instead of hanging.
 pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Taken for its whole length by each test that asserts an elapsed time or starts a crowd of
+/// processes, so such tests run one at a time: two of them at once on a small machine make each
+/// other late. A test that failed while holding it leaves it poisoned; the next one takes it
+/// all the same.
+pub fn timing_guard() -> MutexGuard<'static, ()> {
+    static TIMING: Mutex<()> = Mutex::new(());
+    TIMING.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Something served from a thread of its own until dropped: dropping sends `stop` and waits
 /// for the thread to end.
@@ -343,6 +355,21 @@ fn finished(out: Output) -> Finished {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// One series of report-apis' `/metrics` at `url`, over a plain HTTP/1.0 request.
+pub fn metric(url: &str, name: &str) -> f64 {
+    let addr = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// Whether `child` is still running.

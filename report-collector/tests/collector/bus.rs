@@ -4,16 +4,12 @@
 //! timer's calendar entry, a start by hand is told from a timer start, and a bus without
 //! systemd or with answers of the wrong type leaves the older rule in force, said once.
 
-#[path = "util/systemd_standin.rs"]
-mod systemd_standin;
-mod util;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use systemd_standin::Answers;
-use util::*;
+use crate::util::systemd_standin::{self, Answers};
+use crate::util::*;
 
 /// A `dbus-daemon` of the test's own on a socket in a temp directory, killed when dropped.
 struct Bus {

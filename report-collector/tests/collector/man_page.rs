@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use report_collector::outcome::{Failure, Skip};
+use report_collector::commands::Command as Collector;
+use report_collector::schedule::DeclaredTrigger;
 use report_collector::status::code;
-use report_common::exit;
 
 fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
@@ -93,17 +93,7 @@ fn crate_readme_codes() -> BTreeSet<u8> {
 #[test]
 fn status_exit_codes_are_listed_alike_in_help_the_man_page_and_the_readmes() {
     let help = help_codes("Exit codes of `status`:");
-    let expected: BTreeSet<u8> = [
-        code::HEALTHY,
-        code::STALE,
-        exit::UNAVAILABLE,
-        code::CANNOT_INSPECT,
-        code::NO_PERMISSION,
-        code::IN_THE_FUTURE,
-        exit::USAGE,
-        exit::CONFIG,
-    ]
-    .into();
+    let expected = Collector::Status { json: false }.exit_codes();
     assert_eq!(help, expected, "the exit codes of `status` in --help");
     assert_eq!(
         man_page_codes(".B report-collector status\nexits with:\n"),
@@ -131,12 +121,10 @@ fn status_exit_codes_are_listed_alike_in_help_the_man_page_and_the_readmes() {
 #[test]
 fn run_exit_codes_are_listed_alike_in_help_and_the_man_page() {
     let help = help_codes("Exit codes:");
-    let expected: BTreeSet<u8> = [exit::SUCCESS, exit::USAGE, exit::CONFIG]
-        .into_iter()
-        .chain(Skip::ALL.map(Skip::exit_code))
-        .chain(Failure::ALL.map(Failure::exit_code))
-        .chain([exit::SIGINT, exit::SIGTERM])
-        .collect();
+    let expected = Collector::Run {
+        trigger: DeclaredTrigger::Auto,
+    }
+    .exit_codes();
     assert_eq!(help, expected, "the exit codes of a run in --help");
     assert_eq!(
         man_page_codes(".SH EXIT STATUS\n"),

@@ -7,15 +7,13 @@
 //! until it passes `max-report-size`, must cost no more memory at the default cap (64 MiB) than
 //! at a small one.
 
-mod util;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::util::*;
 use report_collector::state::State;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use util::*;
 
 /// A whole report, as report-apis sends it.
 const CSV: &str = "timestamp,data\n0,data-0\n1,data-1\n";
@@ -385,6 +383,7 @@ fn run_watching_memory(setup: &Setup) -> (Finished, u64) {
 
 #[test]
 fn no_hostile_answer_crashes_the_collector_or_is_saved() {
+    let _timing = timing_guard();
     let probes = probes();
     // All probes at once: each waits out a short deadline, so in a row they would be slow.
     let runs: Vec<_> = std::thread::scope(|scope| {
@@ -460,6 +459,7 @@ fn no_hostile_answer_crashes_the_collector_or_is_saved() {
 
 #[test]
 fn an_endless_body_costs_no_more_memory_than_with_a_small_max_report_size() {
+    let _timing = timing_guard();
     // Chunked, so well framed: written into its temp file as it comes, as a report is, until
     // it passes the cap.
     let rows = "0,data-0\n".repeat(4096);

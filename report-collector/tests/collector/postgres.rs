@@ -1,179 +1,33 @@
-//! The PostgreSQL lock against a real server: a throw-away cluster in a temp directory (Unix
-//! socket only), the role and schema created as the README tells an operator to, and the real
-//! collector binary as several "hosts" (each its own `host-name`, state and report directory).
+//! The PostgreSQL lock against a real server: a throw-away cluster shared by the tests of one
+//! run, a database of its own per test with the role and schema created as the README tells an
+//! operator to ([`Cluster`]), and the real collector binary as several "hosts" (each its own
+//! `host-name`, state and report directory).
 //!
 //! Needs root (the cluster runs as user postgres, through runuser) and the PostgreSQL 15
 //! binaries: the cluster tests are `#[ignore]`d with that reason, so a plain `cargo test`
 //! lists them as left out; `make test` (as root) runs them with `--include-ignored`, and there
 //! a missing prerequisite fails them.
 
-mod util;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 use report_common::message_id;
-use util::*;
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
+use crate::util::cluster::{Cluster, Fleet};
+use crate::util::*;
+
 /// Short, so the tests wait out leases in seconds.
 const LEASE: Duration = Duration::from_secs(3);
 
-/// A cluster of its own, stopped and deleted however the test ends.
-struct Cluster {
-    dir: tempfile::TempDir,
-    port: u16,
-}
+/// The `SOURCE` field of a value declined from the lock's row.
+const FROM_THE_ROW: &str = "SOURCE=\"the PostgreSQL lock's row\"";
 
-impl Cluster {
-    /// A cluster, or a failure naming what is missing ([`prerequisite`]).
-    fn start() -> Cluster {
-        Cluster::start_with("", |_| {})
-    }
-
-    /// A cluster started with the server options `options`, after `prepare` has put what
-    /// they name into its directory (owned by postgres).
-    fn start_with(options: &str, prepare: impl FnOnce(&Path)) -> Cluster {
-        require_root("the cluster runs as user postgres");
-        prerequisite(
-            "the PostgreSQL 15 binaries",
-            if Path::new(BIN).join("postgres").exists() {
-                Ok(())
-            } else {
-                Err(format!("no {BIN}/postgres (apt install postgresql-15)"))
-            },
-        );
-        let user = require_user("postgres");
-        let dir = tempfile::Builder::new()
-            .prefix("rc-pg")
-            .tempdir_in("/tmp")
-            .unwrap();
-        prepare(dir.path());
-        chown_tree(dir.path(), &user);
-        // A port of its own per test process, for the socket's name only.
-        let port = 20_000 + u16::try_from(std::process::id() % 20_000).unwrap();
-        let cluster = Cluster { dir, port };
-        let data = cluster.data();
-        as_postgres(&[
-            &format!("{BIN}/initdb"),
-            "-D",
-            &data,
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-        ]);
-        as_postgres(&[
-            &format!("{BIN}/pg_ctl"),
-            "-D",
-            &data,
-            "-o",
-            &format!(
-                "-k {} -c listen_addresses='' -p {} -c fsync=off {}",
-                cluster.socket_dir(),
-                cluster.port,
-                options.replace("{dir}", &cluster.socket_dir())
-            ),
-            "-l",
-            &format!("{}/log", cluster.socket_dir()),
-            "-w",
-            "start",
-        ]);
-        // What the README tells an operator to run (PostgreSQL 15: no role creates in
-        // public by default, so the collector gets a schema of its own).
-        cluster.psql("postgres", "CREATE ROLE report_collector LOGIN");
-        cluster.psql("postgres", "CREATE DATABASE fleet");
-        cluster.psql(
-            "fleet",
-            "CREATE SCHEMA report_collector AUTHORIZATION report_collector; \
-             ALTER ROLE report_collector IN DATABASE fleet SET search_path = report_collector;",
-        );
-        cluster
-    }
-
-    fn socket_dir(&self) -> String {
-        self.dir.path().display().to_string()
-    }
-
-    fn data(&self) -> String {
-        format!("{}/data", self.socket_dir())
-    }
-
-    fn connect(&self) -> String {
-        format!(
-            "host={} port={} user=report_collector dbname=fleet",
-            self.socket_dir(),
-            self.port
-        )
-    }
-
-    /// Runs `sql` as the superuser; returns the rows, `|`-separated.
-    fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--", "psql", "-X", "-A", "-t", "-q"])
-            .args(["-v", "ON_ERROR_STOP=1", "-h", &self.socket_dir()])
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db])
-            .args(["-c", sql])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    /// One column of the lock's row `name`.
-    fn row(&self, name: &str, column: &str) -> String {
-        self.psql(
-            "fleet",
-            &format!(
-                "SELECT {column} FROM report_collector.report_collector_lock WHERE name = '{name}'"
-            ),
-        )
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--", &format!("{BIN}/pg_ctl")])
-            .args(["-D", &self.data(), "-m", "immediate", "-w", "stop"])
-            .output();
-    }
-}
-
-fn chown_tree(path: &Path, user: &nix::unistd::User) {
-    nix::unistd::chown(path, Some(user.uid), Some(user.gid)).unwrap();
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path).unwrap() {
-            chown_tree(&entry.unwrap().path(), user);
-        }
-    }
-}
-
-fn as_postgres(args: &[&str]) {
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A collector on "host" `host`: its own directory, sharing the lock `lock_name`.
+/// A collector on "host" `host` of `fleet`: its own directory, sharing the lock `lock_name`.
 fn host(
-    cluster: &Cluster,
+    fleet: &Fleet,
     server_url: &str,
     host: &str,
     lock_name: &str,
@@ -188,7 +42,7 @@ fn host(
     let setup = Setup::new(server_url, &keys);
     let table = format!(
         "\n[postgres]\nconnect = {:?}\nhost-name = {host:?}\nlock-name = {lock_name:?}\nlease = \"{}s\"\ntls = \"disable\"\n",
-        cluster.connect(),
+        fleet.connect(),
         LEASE.as_secs()
     );
     let mut text = std::fs::read_to_string(&setup.config).unwrap();
@@ -197,11 +51,18 @@ fn host(
     setup
 }
 
-/// Waits until the row `lock_name` names `host` as holder (with a ticket, if asked).
-fn wait_for_row(cluster: &Cluster, lock_name: &str, host: &str, with_ticket: bool) {
+/// Waits until the row `lock_name` names `host` as holder (with a ticket, if asked); until the
+/// first run of `fleet` has made the tables, there is no row.
+fn wait_for_row(fleet: &Fleet, lock_name: &str, host: &str, with_ticket: bool) {
     let start = Instant::now();
     loop {
-        let row = cluster.row(lock_name, "holder_host || '|' || COALESCE(ticket, '')");
+        let tables =
+            fleet.psql("SELECT to_regclass('report_collector.report_collector_lock') IS NOT NULL");
+        let row = if tables == "t" {
+            fleet.row(lock_name, "holder_host || '|' || COALESCE(ticket, '')")
+        } else {
+            String::new()
+        };
         let mut parts = row.split('|');
         if parts.next() == Some(host)
             && (!with_ticket || parts.next().is_some_and(|t| !t.is_empty()))
@@ -214,6 +75,13 @@ fn wait_for_row(cluster: &Cluster, lock_name: &str, host: &str, with_ticket: boo
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Creates the lock's tables in `fleet`, as the first run does, with a run of a lock of its own:
+/// for a test that puts a row or a trigger in them before its hosts run.
+fn create_the_tables(fleet: &Fleet, server_url: &str) {
+    let first = host(fleet, server_url, "host-t", "tables", &[]).run(&["--trigger", "manual"]);
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
 }
 
 fn reports(setup: &Setup) -> Vec<String> {
@@ -236,39 +104,28 @@ fn unix(at: &str) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs)
 }
 
-/// One series of report-apis' `/metrics`, over a plain HTTP/1.0 request.
-fn metric(url: &str, name: &str) -> f64 {
-    use std::io::{Read as _, Write as _};
-    let addr = url.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} in {text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn spawn_manual(setup: &Setup) -> Child {
     setup.spawn(&["--trigger", "manual"])
 }
 
-/// One cluster for every scenario (a cluster takes seconds to start); each scenario uses a
-/// lock name of its own, as separate fleets sharing one database do.
+fn status_of(setup: &Setup) -> (Option<i32>, String) {
+    let out = setup.command(&["status"]).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// First use: four hosts at once, no tables yet. Each run either collects or skips for the
+/// lock; none fails creating the schema.
 #[test]
 #[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
-fn the_postgres_lock_against_a_real_server() {
-    let cluster = Cluster::start();
+fn hosts_starting_together_on_first_use_create_the_tables_once_and_none_fails() {
+    let fleet = Cluster::shared().fleet("first-use");
     let fast = ApiServer::fast();
-
-    // First use: four hosts at once, no tables yet. Each run either collects or skips for
-    // the lock; none fails creating the schema.
     let runs: Vec<(Setup, Child)> = (0..4)
         .map(|i| {
-            let setup = host(&cluster, &fast.url, &format!("host-{i}"), "first-use", &[]);
+            let setup = host(&fleet, &fast.url, &format!("host-{i}"), "first-use", &[]);
             let child = spawn_manual(&setup);
             (setup, child)
         })
@@ -289,19 +146,21 @@ fn the_postgres_lock_against_a_real_server() {
     }
     assert!(collected >= 1, "no run collected on first use");
     assert_eq!(
-        cluster.psql(
-            "fleet",
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'report_collector'"
-        ),
+        fleet.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'report_collector'"),
         "2"
     );
+}
 
-    // forbid: a run on host-b skips, naming host-a; status names it too.
+/// forbid: a run on host-b skips, naming host-a; status names it too.
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn forbid_skips_naming_the_holders_host_and_status_names_it_too() {
+    let fleet = Cluster::shared().fleet("forbid");
     let slow = ApiServer::slow(Duration::from_secs(3));
-    let a = host(&cluster, &slow.url, "host-a", "forbid", &[]);
-    let b = host(&cluster, &slow.url, "host-b", "forbid", &[]);
+    let a = host(&fleet, &slow.url, "host-a", "forbid", &[]);
+    let b = host(&fleet, &slow.url, "host-b", "forbid", &[]);
     let holder = spawn_manual(&a);
-    wait_for_row(&cluster, "forbid", "host-a", true);
+    wait_for_row(&fleet, "forbid", "host-a", true);
     let skipped = b.run(&["--trigger", "manual"]);
     assert_eq!(skipped.code, Some(75), "{}", skipped.stderr);
     assert!(
@@ -332,13 +191,25 @@ fn the_postgres_lock_against_a_real_server() {
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(json["lock"]["host"], "host-a", "{json}");
     assert_eq!(json["lock"]["backend"], "postgres", "{json}");
+    let first = finish(holder);
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+}
 
-    // wait: host-b waits for host-a's run and then collects.
+/// wait: host-b waits for host-a's run and then collects; the fleet's last collection is in
+/// the row, for status on any host.
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn wait_collects_after_the_holder_and_any_hosts_status_shows_the_fleets_last_collection() {
+    let fleet = Cluster::shared().fleet("wait");
+    let slow = ApiServer::slow(Duration::from_secs(3));
+    let a = host(&fleet, &slow.url, "host-a", "wait", &[]);
+    let holder = spawn_manual(&a);
+    wait_for_row(&fleet, "wait", "host-a", true);
     let waiting = host(
-        &cluster,
+        &fleet,
         &slow.url,
         "host-b",
-        "forbid",
+        "wait",
         &[("policy", "\"wait\"")],
     );
     let waited = waiting.run(&["--trigger", "manual"]);
@@ -346,7 +217,6 @@ fn the_postgres_lock_against_a_real_server() {
     assert!(waited.stderr.contains("waiting up to"), "{}", waited.stderr);
     let first = finish(holder);
     assert_eq!(first.code, Some(0), "{}", first.stderr);
-    // The fleet's last collection is in the row, for status on any host.
     let status = Command::new(env!("CARGO_BIN_EXE_report-collector"))
         .args(["--config", a.config.to_str().unwrap(), "status"])
         .output()
@@ -354,26 +224,33 @@ fn the_postgres_lock_against_a_real_server() {
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("fleet:    last collection"), "{text}");
     assert!(text.contains("by host host-b"), "{text}");
+}
 
-    // replace: a run of a later slot ends the holder through the database and waits out its
-    // lease; the ended holder saves nothing and exits 79.
+/// replace: a run of a later slot ends the holder through the database and waits out its
+/// lease; the ended holder saves nothing and exits 79.
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn replace_ends_the_holders_session_waits_out_its_lease_and_the_holder_exits_79() {
+    let _timing = timing_guard();
+    let fleet = Cluster::shared().fleet("replace");
+    let fast = ApiServer::fast();
     let very_slow = ApiServer::slow(Duration::from_secs(30));
     let a = host(
-        &cluster,
+        &fleet,
         &very_slow.url,
         "host-a",
         "replace",
         &[("schedule-period", "\"1s\"")],
     );
     let b = host(
-        &cluster,
+        &fleet,
         &fast.url,
         "host-b",
         "replace",
         &[("schedule-period", "\"1s\""), ("policy", "\"replace\"")],
     );
     let holder = spawn_manual(&a);
-    wait_for_row(&cluster, "replace", "host-a", true);
+    wait_for_row(&fleet, "replace", "host-a", true);
     std::thread::sleep(Duration::from_millis(1100));
     let started = Instant::now();
     let replaced = b.run(&["--trigger", "manual"]);
@@ -407,18 +284,24 @@ fn the_postgres_lock_against_a_real_server() {
     );
     assert!(reports(&a).is_empty(), "{:?}", reports(&a));
     assert_eq!(reports(&b).len(), 1);
+}
 
-    // A paused holder whose session the server dropped: the advisory lock is free at once,
-    // but the next holder waits out the lease by the database's clock, and the paused one,
-    // continued, saves nothing and exits 79.
-    let a = host(&cluster, &very_slow.url, "host-a", "paused", &[]);
-    let b = host(&cluster, &fast.url, "host-b", "paused", &[]);
+/// A paused holder whose session the server dropped: the advisory lock is free at once, but
+/// the next holder waits out the lease by the database's clock, and the paused one, continued,
+/// saves nothing and exits 79.
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn a_paused_holder_whose_session_was_dropped_is_waited_out_to_its_lease_end_and_exits_79() {
+    let fleet = Cluster::shared().fleet("paused");
+    let fast = ApiServer::fast();
+    let very_slow = ApiServer::slow(Duration::from_secs(30));
+    let a = host(&fleet, &very_slow.url, "host-a", "paused", &[]);
+    let b = host(&fleet, &fast.url, "host-b", "paused", &[]);
     let paused = spawn_manual(&a);
-    wait_for_row(&cluster, "paused", "host-a", true);
+    wait_for_row(&fleet, "paused", "host-a", true);
     signal(&paused, Signal::SIGSTOP);
-    let lease_until = unix(&cluster.row("paused", "extract(epoch from lease_until)"));
-    cluster.psql(
-        "fleet",
+    let lease_until = unix(&fleet.row("paused", "extract(epoch from lease_until)"));
+    fleet.psql(
         "SELECT pg_terminate_backend(session) FROM report_collector.report_collector_lock WHERE name = 'paused'",
     );
     let freed = SystemTime::now();
@@ -458,15 +341,22 @@ fn the_postgres_lock_against_a_real_server() {
         continued.stderr
     );
     assert!(reports(&a).is_empty());
+}
 
-    // A holder cut off (here: stopped) whose session the server keeps: once its lease has
-    // ended by the database's clock, the next host ends that session itself and collects.
-    let a = host(&cluster, &very_slow.url, "host-a", "stale", &[]);
-    let b = host(&cluster, &fast.url, "host-b", "stale", &[]);
+/// A holder cut off (here: stopped) whose session the server keeps: once its lease has ended
+/// by the database's clock, the next host ends that session itself and collects.
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn a_stopped_holder_whose_session_lives_on_has_it_ended_by_the_next_host_after_its_lease() {
+    let fleet = Cluster::shared().fleet("stale");
+    let fast = ApiServer::fast();
+    let very_slow = ApiServer::slow(Duration::from_secs(30));
+    let a = host(&fleet, &very_slow.url, "host-a", "stale", &[]);
+    let b = host(&fleet, &fast.url, "host-b", "stale", &[]);
     let stale = spawn_manual(&a);
-    wait_for_row(&cluster, "stale", "host-a", true);
+    wait_for_row(&fleet, "stale", "host-a", true);
     signal(&stale, Signal::SIGSTOP);
-    let session = cluster.row("stale", "session");
+    let session = fleet.row("stale", "session");
     std::thread::sleep(LEASE + Duration::from_millis(200));
     let next = b.run(&["--trigger", "manual"]);
     assert_eq!(next.code, Some(0), "{}", next.stderr);
@@ -484,14 +374,19 @@ fn the_postgres_lock_against_a_real_server() {
     let continued = finish(stale);
     assert_eq!(continued.code, Some(79), "{}", continued.stderr);
     assert!(reports(&a).is_empty());
+}
 
-    // Never two collections at once: four hosts under `wait`, started together, collect one
-    // after the other; the server never sees two of their tickets pending.
+/// Never two collections at once: four hosts under `wait`, started together, collect one
+/// after the other; the server never sees two of their tickets pending.
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn hosts_under_wait_started_together_collect_one_after_the_other() {
+    let fleet = Cluster::shared().fleet("overlap");
     let paced = ApiServer::slow(Duration::from_millis(300));
     let runs: Vec<(Setup, Child)> = (0..4)
         .map(|i| {
             let setup = host(
-                &cluster,
+                &fleet,
                 &paced.url,
                 &format!("host-{i}"),
                 "overlap",
@@ -511,18 +406,24 @@ fn the_postgres_lock_against_a_real_server() {
         1.0,
         "two hosts collected at once"
     );
+}
 
-    // Each slot once across hosts: host-b's timer run of the slot host-a collected skips,
-    // naming host-a.
+/// Each slot once across hosts: host-b's timer run of the slot host-a collected skips, naming
+/// host-a; a run started by hand claims nothing.
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn a_timer_run_of_a_slot_another_host_collected_skips_naming_it_and_a_run_by_hand_does_not() {
+    let fleet = Cluster::shared().fleet("slots");
+    let fast = ApiServer::fast();
     let a = host(
-        &cluster,
+        &fleet,
         &fast.url,
         "host-a",
         "slots",
         &[("schedule-period", "\"1h\"")],
     );
     let b = host(
-        &cluster,
+        &fleet,
         &fast.url,
         "host-b",
         "slots",
@@ -545,17 +446,21 @@ fn the_postgres_lock_against_a_real_server() {
         "{}",
         second.stderr
     );
-    // A run started by hand claims nothing.
     let by_hand = b.run(&["--trigger", "manual"]);
     assert_eq!(by_hand.code, Some(0), "{}", by_hand.stderr);
+}
 
-    // A ticket left by a holder killed on host-a is resumed on host-b, after its lease.
+/// A ticket left by a holder killed on host-a is resumed on host-b, after its lease.
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn a_ticket_left_by_a_holder_killed_on_one_host_is_resumed_on_another() {
+    let fleet = Cluster::shared().fleet("resume");
     let generating = ApiServer::slow(Duration::from_secs(4));
-    let a = host(&cluster, &generating.url, "host-a", "resume", &[]);
-    let b = host(&cluster, &generating.url, "host-b", "resume", &[]);
+    let a = host(&fleet, &generating.url, "host-a", "resume", &[]);
+    let b = host(&fleet, &generating.url, "host-b", "resume", &[]);
     let killed = spawn_manual(&a);
-    wait_for_row(&cluster, "resume", "host-a", true);
-    let ticket = cluster.row("resume", "ticket");
+    wait_for_row(&fleet, "resume", "host-a", true);
+    let ticket = fleet.row("resume", "ticket");
     signal(&killed, Signal::SIGKILL);
     let _ = finish(killed);
     let started = Instant::now();
@@ -574,27 +479,33 @@ fn the_postgres_lock_against_a_real_server() {
         resumed.stderr
     );
     assert!(reports(&b)[0].contains(&ticket), "{:?}", reports(&b));
-    assert_eq!(cluster.row("resume", "COALESCE(ticket, '')"), "");
+    assert_eq!(fleet.row("resume", "COALESCE(ticket, '')"), "");
+}
 
-    // A holder killed in its slot: a waiting host of the same slot takes the claim over and
-    // collects the slot, resuming the ticket.
+/// A holder killed in its slot: a waiting host of the same slot takes the claim over and
+/// collects the slot, resuming the ticket.
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn a_waiting_host_takes_the_slot_over_from_a_holder_killed_in_it_resuming_its_ticket() {
+    let fleet = Cluster::shared().fleet("takeover");
+    let generating = ApiServer::slow(Duration::from_secs(4));
     let a = host(
-        &cluster,
+        &fleet,
         &generating.url,
         "host-a",
         "takeover",
         &[("schedule-period", "\"1h\"")],
     );
     let b = host(
-        &cluster,
+        &fleet,
         &generating.url,
         "host-b",
         "takeover",
         &[("schedule-period", "\"1h\""), ("policy", "\"wait\"")],
     );
     let killed = a.spawn(&["--trigger", "timer"]);
-    wait_for_row(&cluster, "takeover", "host-a", true);
-    let ticket = cluster.row("takeover", "ticket");
+    wait_for_row(&fleet, "takeover", "host-a", true);
+    let ticket = fleet.row("takeover", "ticket");
     signal(&killed, Signal::SIGKILL);
     let _ = finish(killed);
     let took = b.run(&["--trigger", "timer"]);
@@ -615,27 +526,32 @@ fn the_postgres_lock_against_a_real_server() {
     );
     assert_eq!(reports(&b).len(), 1);
     assert_eq!(
-        cluster.psql(
-            "fleet",
+        fleet.psql(
             "SELECT host || '|' || (collected_at IS NOT NULL) FROM report_collector.report_collector_slot WHERE name = 'takeover'"
         ),
         "host-b|true"
     );
+}
 
-    // A holder cut off right after it saved its report, before it could finish the ticket in
-    // the row (the database takes the mark, then fails the finish for longer than the lease):
-    // it says it collected, and the next holder, on another host, takes the ticket as
-    // collected by it instead of fetching and saving it again.
-    cluster.psql(
-        "fleet",
+/// A holder cut off right after it saved its report, before it could finish the ticket in the
+/// row (the database takes the mark, then fails the finish for longer than the lease): it says
+/// it collected, and the next holder, on another host, takes the ticket as collected by it
+/// instead of fetching and saving it again.
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn a_holder_cut_off_after_saving_has_its_ticket_taken_as_collected_not_saved_again() {
+    let fleet = Cluster::shared().fleet("saved-once");
+    let fast = ApiServer::fast();
+    create_the_tables(&fleet, &fast.url);
+    fleet.psql(
         "CREATE FUNCTION report_collector.cut_off() RETURNS trigger LANGUAGE plpgsql AS $$ \
          BEGIN PERFORM pg_sleep(5); RAISE EXCEPTION 'cut off'; END $$; \
          CREATE TRIGGER cut_off BEFORE UPDATE ON report_collector.report_collector_lock \
          FOR EACH ROW WHEN (NEW.name = 'saved-once' AND OLD.ticket_saving_generation IS NOT NULL \
            AND NEW.ticket IS NULL) EXECUTE FUNCTION report_collector.cut_off()",
     );
-    let a = host(&cluster, &fast.url, "host-a", "saved-once", &[]);
-    let b = host(&cluster, &fast.url, "host-b", "saved-once", &[]);
+    let a = host(&fleet, &fast.url, "host-a", "saved-once", &[]);
+    let b = host(&fleet, &fast.url, "host-b", "saved-once", &[]);
     let cut = a.run(&["--trigger", "manual"]);
     assert_eq!(cut.code, Some(0), "{}", cut.stderr);
     assert!(
@@ -651,13 +567,10 @@ fn the_postgres_lock_against_a_real_server() {
     );
     let saved = reports(&a);
     assert_eq!(saved.len(), 1);
-    let ticket = cluster.row("saved-once", "ticket");
+    let ticket = fleet.row("saved-once", "ticket");
     assert!(saved[0].contains(&ticket), "{saved:?} {ticket}");
-    assert_eq!(cluster.row("saved-once", "ticket_saved_by_host"), "host-a");
-    cluster.psql(
-        "fleet",
-        "DROP TRIGGER cut_off ON report_collector.report_collector_lock",
-    );
+    assert_eq!(fleet.row("saved-once", "ticket_saved_by_host"), "host-a");
+    fleet.psql("DROP TRIGGER cut_off ON report_collector.report_collector_lock");
     let next = b.run(&["--trigger", "manual"]);
     assert_eq!(next.code, Some(0), "{}", next.stderr);
     assert!(
@@ -677,52 +590,23 @@ fn the_postgres_lock_against_a_real_server() {
         "{:?}",
         reports(&b)
     );
-    assert_eq!(cluster.row("saved-once", "COALESCE(ticket, '')"), "");
+    assert_eq!(fleet.row("saved-once", "COALESCE(ticket, '')"), "");
 }
 
-/// A report server that records every request's path, hands out `t<n>_0` tickets and answers
-/// every fetch with a report at once.
-fn recording_server() -> (FakeServer, Arc<Mutex<Vec<String>>>) {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    let paths = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&paths);
-    let tickets = AtomicU32::new(0);
-    let server = FakeServer::start(move |path| {
-        seen.lock().unwrap().push(path.to_owned());
-        if path.starts_with("/request_report") {
-            (
-                200,
-                format!("t{}_0", tickets.fetch_add(1, Ordering::SeqCst)),
-            )
-        } else {
-            (200, "timestamp,data\n2026-01-01T00:00:00Z,42\n".to_owned())
-        }
-    });
-    (server, paths)
-}
+// Every table and row is input another host wrote: tables of another shape fail the run and
+// `status` with a sentence (exit 69, never a panic's abort), a value out of its range is
+// declined with one journal line and taken over, and no value stops the fleet but the one
+// documented case, a generation that cannot increase (exit 69, with the statement that resets
+// it).
 
-fn status_of(setup: &Setup) -> (Option<i32>, String) {
-    let out = setup.command(&["status"]).output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-/// Every table and row is input another host wrote: tables of another shape fail the run and
-/// `status` with a sentence (exit 69, never a panic's abort), a value out of its range is
-/// declined with one journal line and taken over, and no value stops the fleet but the one
-/// documented case, a generation that cannot increase (exit 69, with the statement that
-/// resets it).
+/// Tables of another shape: exit 69 naming the column, the type found and the one expected,
+/// from a run and from status; never a panic.
 #[test]
 #[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
-fn hostile_tables_and_rows_never_stop_the_fleet() {
-    let cluster = Cluster::start();
+fn tables_of_another_shape_fail_the_run_and_status_with_exit_69_naming_the_column() {
+    let fleet = Cluster::shared().fleet("shape");
     let fast = ApiServer::fast();
-    let source = "SOURCE=\"the PostgreSQL lock's row\"";
-
-    // Tables of another shape: exit 69 naming the column, the type found and the one expected.
-    let a = host(&cluster, &fast.url, "host-a", "shape", &[]);
+    let a = host(&fleet, &fast.url, "host-a", "shape", &[]);
     let first = a.run(&["--trigger", "manual"]);
     assert_eq!(first.code, Some(0), "{}", first.stderr);
     for (column, found) in [
@@ -732,12 +616,9 @@ fn hostile_tables_and_rows_never_stop_the_fleet() {
         ("ticket", "character varying(5)"),
     ] {
         let alter = |ty: &str| {
-            cluster.psql(
-                "fleet",
-                &format!(
-                    "ALTER TABLE report_collector.report_collector_lock ALTER COLUMN {column} TYPE {ty} USING {column}::{ty}"
-                ),
-            )
+            fleet.psql(&format!(
+                "ALTER TABLE report_collector.report_collector_lock ALTER COLUMN {column} TYPE {ty} USING {column}::{ty}"
+            ))
         };
         let expected = match column {
             "holder_pid" => "integer",
@@ -768,26 +649,30 @@ fn hostile_tables_and_rows_never_stop_the_fleet() {
     }
     let fits = a.run(&["--trigger", "manual"]);
     assert_eq!(fits.code, Some(0), "{}", fits.stderr);
+}
 
-    // A lease that cannot be real: not waited for to its end, nor believed over at once. The
-    // next run waits out its own lease, takes the lock over and collects; status shows the
-    // lock free, not held for ever.
+/// A lease that cannot be real: not waited for to its end, nor believed over at once. The
+/// next run waits out its own lease, takes the lock over and collects; status shows the lock
+/// free, not held for ever.
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn a_lease_that_cannot_be_real_is_declined_waited_out_once_and_taken_over() {
+    let _timing = timing_guard();
+    let fleet = Cluster::shared().fleet("unreal-lease");
+    let fast = ApiServer::fast();
     for (name, until) in [
         ("infinite-lease", "'infinity'"),
         ("year-9999", "'9999-01-01 00:00:00+00'"),
     ] {
-        let a = host(&cluster, &fast.url, "host-a", name, &[]);
-        let b = host(&cluster, &fast.url, "host-b", name, &[]);
+        let a = host(&fleet, &fast.url, "host-a", name, &[]);
+        let b = host(&fleet, &fast.url, "host-b", name, &[]);
         let first = a.run(&["--trigger", "manual"]);
         assert_eq!(first.code, Some(0), "{}", first.stderr);
-        cluster.psql(
-            "fleet",
-            &format!(
-                "UPDATE report_collector.report_collector_lock SET holder_host = 'host-x', \
-                 holder_pid = 4242, session = 4242, since = now(), lease_until = {until} \
-                 WHERE name = '{name}'"
-            ),
-        );
+        fleet.psql(&format!(
+            "UPDATE report_collector.report_collector_lock SET holder_host = 'host-x', \
+             holder_pid = 4242, session = 4242, since = now(), lease_until = {until} \
+             WHERE name = '{name}'"
+        ));
         let (_, text) = status_of(&a);
         assert!(text.contains("lock:     free"), "{name}: {text}");
         let started = Instant::now();
@@ -798,7 +683,7 @@ fn hostile_tables_and_rows_never_stop_the_fleet() {
         let declined = lines_with_id(&took.stderr, message_id::VALUE_DECLINED);
         assert!(
             declined.len() == 1
-                && declined[0].contains(source)
+                && declined[0].contains(FROM_THE_ROW)
                 && declined[0].contains("FIELD=\"lease_until\""),
             "{name}: {}",
             took.stderr
@@ -809,7 +694,7 @@ fn hostile_tables_and_rows_never_stop_the_fleet() {
             took.stderr
         );
         assert_eq!(reports(&b).len(), 1);
-        assert_eq!(cluster.row(name, "COALESCE(lease_until::text, '')"), "");
+        assert_eq!(fleet.row(name, "COALESCE(lease_until::text, '')"), "");
         eprintln!(
             "{name}: taken over and collected {:.3}s after the run started (lease {}s)",
             took_for.as_secs_f64(),
@@ -818,24 +703,27 @@ fn hostile_tables_and_rows_never_stop_the_fleet() {
         let again = a.run(&["--trigger", "manual"]);
         assert_eq!(again.code, Some(0), "{}", again.stderr);
     }
+}
 
-    // A generation one short of its largest: the next holder takes the largest, the one after
-    // refuses (exit 69), as status does, naming the statement that resets it; that statement,
-    // run, lets the next run collect.
-    let a = host(&cluster, &fast.url, "host-a", "generation-max", &[]);
+/// A generation one short of its largest: the next holder takes the largest, the one after
+/// refuses (exit 69), as status does, naming the statement that resets it; that statement,
+/// run, lets the next run collect.
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn a_generation_at_its_largest_is_exit_69_naming_the_statement_that_resets_it() {
+    let fleet = Cluster::shared().fleet("generation-max");
+    let fast = ApiServer::fast();
+    let a = host(&fleet, &fast.url, "host-a", "generation-max", &[]);
     let first = a.run(&["--trigger", "manual"]);
     assert_eq!(first.code, Some(0), "{}", first.stderr);
-    cluster.psql(
-        "fleet",
-        &format!(
-            "UPDATE report_collector.report_collector_lock SET generation = {} WHERE name = 'generation-max'",
-            i64::MAX - 1
-        ),
-    );
+    fleet.psql(&format!(
+        "UPDATE report_collector.report_collector_lock SET generation = {} WHERE name = 'generation-max'",
+        i64::MAX - 1
+    ));
     let last = a.run(&["--trigger", "manual"]);
     assert_eq!(last.code, Some(0), "{}", last.stderr);
     assert_eq!(
-        cluster.row("generation-max", "generation"),
+        fleet.row("generation-max", "generation"),
         i64::MAX.to_string()
     );
     let refused = a.run(&["--trigger", "manual"]);
@@ -861,105 +749,80 @@ fn hostile_tables_and_rows_never_stop_the_fleet() {
         .split('`')
         .find(|part| part.starts_with("UPDATE report_collector_lock SET generation = 0"))
         .unwrap_or_else(|| panic!("no reset statement in {}", refused.stderr));
-    cluster.psql(
-        "fleet",
-        &format!("SET search_path = report_collector; {reset}"),
-    );
+    fleet.psql(&format!("SET search_path = report_collector; {reset}"));
     let after = a.run(&["--trigger", "manual"]);
     assert_eq!(after.code, Some(0), "{}", after.stderr);
-    assert_eq!(cluster.row("generation-max", "generation"), "1");
+    assert_eq!(fleet.row("generation-max", "generation"), "1");
+}
 
-    // A hostile ticket in the row: never resumed, never in a URL or a file name, said in one
-    // bounded line, and cleared from the row by the run that takes the lock.
-    let (server, paths) = recording_server();
-    for (label, ticket) in [
-        ("huge", "repeat('a', 10485760)"),
-        ("traversal", "'q/../../get_report/hostile_1'"),
-        ("backslash", r"'q\..\..\get_report\hostile_2'"),
-        ("query", "'hostile_3?x=1#frag'"),
-        ("newline", r"E'hostile_4\nINFO collected the report FAKE'"),
-    ] {
-        let name = format!("hostile-{label}");
-        cluster.psql(
-            "fleet",
-            &format!(
-                "INSERT INTO report_collector.report_collector_lock \
-                 (name, ticket, ticket_requested, ticket_host, ticket_pid) \
-                 VALUES ('{name}', {ticket}, now(), 'host-x', 4242)"
-            ),
-        );
-        let b = host(&cluster, &server.url, "host-b", &name, &[]);
-        if label == "huge" {
-            // A run that collects nothing still clears it: the run that takes the lock does.
-            let failing = host(
-                &cluster,
-                &dead_url(),
-                "host-b",
-                &name,
-                &[("deadline", "\"2s\"")],
-            );
-            let failed = failing.run(&["--trigger", "manual"]);
-            assert_eq!(failed.code, Some(1), "{}", failed.stderr);
-            assert_eq!(
-                lines_with_id(&failed.stderr, message_id::VALUE_DECLINED).len(),
-                1,
-                "{}",
-                failed.stderr
-            );
-            assert!(
-                failed.stderr.len() < 64 << 10,
-                "{} bytes",
-                failed.stderr.len()
-            );
-            assert_eq!(cluster.row(&name, "COALESCE(ticket, 'none')"), "none");
-            eprintln!(
-                "a 10 MB ticket in the row: exit {:?}, {} bytes of stderr",
-                failed.code,
-                failed.stderr.len()
-            );
-        }
-        let run = b.run(&["--trigger", "manual"]);
-        assert_eq!(run.code, Some(0), "{label}: {}", run.stderr);
-        let declined = lines_with_id(&run.stderr, message_id::VALUE_DECLINED);
-        if label == "huge" {
-            assert!(declined.is_empty(), "said again: {}", run.stderr);
+/// A report server that records every request's path, hands out `t<n>_0` tickets and answers
+/// every fetch with a report at once.
+fn recording_server() -> (FakeServer, Arc<Mutex<Vec<String>>>) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let paths = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&paths);
+    let tickets = AtomicU32::new(0);
+    let server = FakeServer::start(move |path| {
+        seen.lock().unwrap().push(path.to_owned());
+        if path.starts_with("/request_report") {
+            (
+                200,
+                format!("t{}_0", tickets.fetch_add(1, Ordering::SeqCst)),
+            )
         } else {
-            assert!(
-                declined.len() == 1
-                    && declined[0].contains(source)
-                    && declined[0].contains("FIELD=\"ticket\""),
-                "{label}: {}",
-                run.stderr
-            );
-            eprintln!(
-                "{label}: exit {:?}, {} bytes of stderr",
-                run.code,
-                run.stderr.len()
-            );
+            (200, "timestamp,data\n2026-01-01T00:00:00Z,42\n".to_owned())
         }
-        assert!(!run.stderr.contains("resuming ticket"), "{}", run.stderr);
-        assert!(run.stderr.len() < 64 << 10, "{} bytes", run.stderr.len());
-        assert!(
-            !run.stderr.contains("\nINFO collected the report FAKE"),
-            "{}",
-            run.stderr
-        );
-        assert_eq!(reports(&b).len(), 1, "{label}: {:?}", reports(&b));
-        let outside: Vec<_> = all_files_under(b.dir.path())
-            .into_iter()
-            .filter(|p| p.to_string_lossy().contains("hostile") || !p.starts_with("reports"))
-            .filter(|p| {
-                !["config.toml", "last-run.json", "last-run.json.order"]
-                    .contains(&&*p.to_string_lossy())
-            })
-            .collect();
-        assert!(outside.is_empty(), "{label}: {outside:?}");
-        assert!(
-            !b.dir.path().parent().unwrap().join("get_report").exists(),
-            "{label}"
-        );
-        assert_eq!(cluster.row(&name, "COALESCE(ticket, 'none')"), "none");
-    }
+    });
+    (server, paths)
+}
+
+/// Puts `ticket` (an SQL expression) in the row of the lock `name`, as left by a run on
+/// host-x.
+fn plant_ticket(fleet: &Fleet, name: &str, ticket: &str) {
+    fleet.psql(&format!(
+        "INSERT INTO report_collector.report_collector_lock \
+         (name, ticket, ticket_requested, ticket_host, ticket_pid) \
+         VALUES ('{name}', {ticket}, now(), 'host-x', 4242)"
+    ));
+}
+
+/// What must hold of `run`, host `b`'s run of the lock `name` whose row held the hostile
+/// ticket `label`: it collected with a ticket of its own, never resumed the hostile one, said
+/// nothing forged in a bounded log, wrote nothing outside its report directory, and the ticket
+/// is gone from the row.
+fn assert_collected_past_a_hostile_ticket(
+    fleet: &Fleet,
+    b: &Setup,
+    name: &str,
+    label: &str,
+    run: &Finished,
+) {
+    assert!(!run.stderr.contains("resuming ticket"), "{}", run.stderr);
+    assert!(run.stderr.len() < 64 << 10, "{} bytes", run.stderr.len());
+    assert!(
+        !run.stderr.contains("\nINFO collected the report FAKE"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(reports(b).len(), 1, "{label}: {:?}", reports(b));
+    let outside: Vec<_> = all_files_under(b.dir.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("hostile") || !p.starts_with("reports"))
+        .filter(|p| {
+            !["config.toml", "last-run.json", "last-run.json.order"]
+                .contains(&&*p.to_string_lossy())
+        })
+        .collect();
+    assert!(outside.is_empty(), "{label}: {outside:?}");
+    assert!(
+        !b.dir.path().parent().unwrap().join("get_report").exists(),
+        "{label}"
+    );
+    assert_eq!(fleet.row(name, "COALESCE(ticket, 'none')"), "none");
+}
+
+/// The server was asked for nothing but tickets and the reports of its own tickets.
+fn assert_only_own_tickets_asked_for(paths: &Mutex<Vec<String>>) {
     let paths = paths.lock().unwrap();
     assert!(
         paths.iter().all(|p| p.starts_with("/request_report")
@@ -968,7 +831,89 @@ fn hostile_tables_and_rows_never_stop_the_fleet() {
     );
 }
 
-/// Fail closed: no database, no collection, exit 69, and a line naming where it looked.
+/// A hostile ticket in the row: never resumed, never in a URL or a file name, said in one
+/// bounded line, and cleared from the row by the run that takes the lock.
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn a_hostile_ticket_in_the_row_is_declined_in_one_line_never_used_and_cleared() {
+    let fleet = Cluster::shared().fleet("hostile-ticket");
+    let (server, paths) = recording_server();
+    create_the_tables(&fleet, &server.url);
+    for (label, ticket) in [
+        ("traversal", "'q/../../get_report/hostile_1'"),
+        ("backslash", r"'q\..\..\get_report\hostile_2'"),
+        ("query", "'hostile_3?x=1#frag'"),
+        ("newline", r"E'hostile_4\nINFO collected the report FAKE'"),
+    ] {
+        let name = format!("hostile-{label}");
+        plant_ticket(&fleet, &name, ticket);
+        let b = host(&fleet, &server.url, "host-b", &name, &[]);
+        let run = b.run(&["--trigger", "manual"]);
+        assert_eq!(run.code, Some(0), "{label}: {}", run.stderr);
+        let declined = lines_with_id(&run.stderr, message_id::VALUE_DECLINED);
+        assert!(
+            declined.len() == 1
+                && declined[0].contains(FROM_THE_ROW)
+                && declined[0].contains("FIELD=\"ticket\""),
+            "{label}: {}",
+            run.stderr
+        );
+        eprintln!(
+            "{label}: exit {:?}, {} bytes of stderr",
+            run.code,
+            run.stderr.len()
+        );
+        assert_collected_past_a_hostile_ticket(&fleet, &b, &name, label, &run);
+    }
+    assert_only_own_tickets_asked_for(&paths);
+}
+
+/// A 10 MB ticket in the row: a run that collects nothing still clears it (the run that takes
+/// the lock does), saying so in one bounded line, and the next run collects without saying it
+/// again.
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn a_huge_ticket_in_the_row_is_cleared_even_by_a_run_that_collects_nothing() {
+    let fleet = Cluster::shared().fleet("huge-ticket");
+    let (server, paths) = recording_server();
+    create_the_tables(&fleet, &server.url);
+    let (label, name) = ("huge", "hostile-huge");
+    plant_ticket(&fleet, name, "repeat('a', 10485760)");
+    let failing = host(
+        &fleet,
+        &dead_url(),
+        "host-b",
+        name,
+        &[("deadline", "\"2s\"")],
+    );
+    let failed = failing.run(&["--trigger", "manual"]);
+    assert_eq!(failed.code, Some(1), "{}", failed.stderr);
+    assert_eq!(
+        lines_with_id(&failed.stderr, message_id::VALUE_DECLINED).len(),
+        1,
+        "{}",
+        failed.stderr
+    );
+    assert!(
+        failed.stderr.len() < 64 << 10,
+        "{} bytes",
+        failed.stderr.len()
+    );
+    assert_eq!(fleet.row(name, "COALESCE(ticket, 'none')"), "none");
+    eprintln!(
+        "a 10 MB ticket in the row: exit {:?}, {} bytes of stderr",
+        failed.code,
+        failed.stderr.len()
+    );
+    let b = host(&fleet, &server.url, "host-b", name, &[]);
+    let run = b.run(&["--trigger", "manual"]);
+    assert_eq!(run.code, Some(0), "{label}: {}", run.stderr);
+    let declined = lines_with_id(&run.stderr, message_id::VALUE_DECLINED);
+    assert!(declined.is_empty(), "said again: {}", run.stderr);
+    assert_collected_past_a_hostile_ticket(&fleet, &b, name, label, &run);
+    assert_only_own_tickets_asked_for(&paths);
+}
+
 #[test]
 fn an_unreachable_database_fails_closed_with_exit_69() {
     let fast = ApiServer::fast();
@@ -1086,98 +1031,116 @@ fn make_ca(dir: &Path, name: &str) {
     );
 }
 
-/// TLS as `tls = "verify-full"` promises: the chain checked against `tls-ca-file`, and the
-/// server's name against the host in `connect`; a failure of either is exit 69.
-#[test]
-#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
-fn verify_full_checks_the_chain_and_the_host_name() {
-    prerequisite(
-        "openssl, to make certificates",
-        Command::new("openssl").arg("version").output(),
-    );
-    let cluster = Cluster::start_with(
-        "-c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file={dir}/server.pem -c ssl_key_file={dir}/server.key",
-        |dir| {
-            make_ca(dir, "ca");
-            make_ca(dir, "other-ca");
-            openssl(
-                dir,
-                &[
-                    "req",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-keyout",
-                    "server.key",
-                    "-out",
-                    "server.csr",
-                    "-subj",
-                    "/CN=localhost",
-                ],
-            );
-            std::fs::write(
-                dir.join("server.ext"),
-                "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-            )
-            .unwrap();
-            openssl(
-                dir,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    "server.csr",
-                    "-CA",
-                    "ca.pem",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-days",
-                    "2",
-                    "-out",
-                    "server.pem",
-                    "-extfile",
-                    "server.ext",
-                ],
-            );
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(
-                dir.join("server.key"),
-                std::fs::Permissions::from_mode(0o600),
-            )
-            .unwrap();
-        },
-    );
-    // Over TCP the role logs in with a password (SCRAM), as in production.
-    cluster.psql("postgres", "CREATE ROLE rc LOGIN PASSWORD 'pw-secret'");
-    cluster.psql("postgres", "CREATE DATABASE rc OWNER rc");
-    std::fs::write(
-        format!("{}/pg_hba.conf", cluster.data()),
-        "local all postgres trust\nhostssl rc rc 127.0.0.1/32 scram-sha-256\n",
-    )
-    .unwrap();
-    cluster.psql("postgres", "SELECT pg_reload_conf()");
+// TLS as `tls = "verify-full"` promises: the chain checked against `tls-ca-file`, and the
+// server's name against the host in `connect`; a failure of either is exit 69.
+
+/// The cluster of the `verify-full` tests, started by the first of them: over TCP on
+/// 127.0.0.1 with a certificate a CA of the test's signed for `localhost` only, where the role
+/// `rc` logs in to its database `rc` with a password (SCRAM), as in production.
+fn tls_cluster() -> &'static Cluster {
+    static TLS: OnceLock<Cluster> = OnceLock::new();
+    TLS.get_or_init(|| {
+        prerequisite(
+            "openssl, to make certificates",
+            Command::new("openssl").arg("version").output(),
+        );
+        let cluster = Cluster::start_with(
+            "-c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file={dir}/server.pem -c ssl_key_file={dir}/server.key",
+            |dir| {
+                make_ca(dir, "ca");
+                make_ca(dir, "other-ca");
+                openssl(
+                    dir,
+                    &[
+                        "req",
+                        "-newkey",
+                        "rsa:2048",
+                        "-nodes",
+                        "-keyout",
+                        "server.key",
+                        "-out",
+                        "server.csr",
+                        "-subj",
+                        "/CN=localhost",
+                    ],
+                );
+                std::fs::write(
+                    dir.join("server.ext"),
+                    "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+                )
+                .unwrap();
+                openssl(
+                    dir,
+                    &[
+                        "x509",
+                        "-req",
+                        "-in",
+                        "server.csr",
+                        "-CA",
+                        "ca.pem",
+                        "-CAkey",
+                        "ca.key",
+                        "-CAcreateserial",
+                        "-days",
+                        "2",
+                        "-out",
+                        "server.pem",
+                        "-extfile",
+                        "server.ext",
+                    ],
+                );
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(
+                    dir.join("server.key"),
+                    std::fs::Permissions::from_mode(0o600),
+                )
+                .unwrap();
+            },
+        );
+        cluster.psql("postgres", "CREATE ROLE rc LOGIN PASSWORD 'pw-secret'");
+        cluster.psql("postgres", "CREATE DATABASE rc OWNER rc");
+        std::fs::write(
+            format!("{}/pg_hba.conf", cluster.data()),
+            "local all postgres trust\nhostssl rc rc 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        cluster.psql("postgres", "SELECT pg_reload_conf()");
+        cluster
+    })
+}
+
+/// A run against [`tls_cluster`] under `verify-full`, connecting to `host` with the CA `ca`
+/// (`ca` or `other-ca`) and the password `password`.
+fn run_verify_full(host: &str, ca: &str, password: &str) -> Finished {
+    use std::os::unix::fs::PermissionsExt as _;
+    let cluster = tls_cluster();
     let fast = ApiServer::fast();
     let dir = cluster.socket_dir();
     let port = cluster.port;
-    let run_with = |host: &str, ca: &str, password: &str| {
-        use std::os::unix::fs::PermissionsExt as _;
-        let setup = Setup::new(&fast.url, &[("lock-backend", "\"postgres\"")]);
-        let secret = setup.dir.path().join("password");
-        std::fs::write(&secret, format!("{password}\n")).unwrap();
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let mut text = std::fs::read_to_string(&setup.config).unwrap();
-        text.push_str(&format!(
-            "\n[postgres]\nconnect = \"host={host} port={port} user=rc dbname=rc\"\ntls-ca-file = \"{dir}/{ca}.pem\"\nconnect-timeout = \"3s\"\npassword-file = {:?}\n",
-            secret.display().to_string()
-        ));
-        std::fs::write(&setup.config, text).unwrap();
-        setup.run(&["--trigger", "manual"])
-    };
-    let run = |host: &str, ca: &str| run_with(host, ca, "pw-secret");
-    let verified = run("localhost", "ca");
+    let setup = Setup::new(&fast.url, &[("lock-backend", "\"postgres\"")]);
+    let secret = setup.dir.path().join("password");
+    std::fs::write(&secret, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(&format!(
+        "\n[postgres]\nconnect = \"host={host} port={port} user=rc dbname=rc\"\ntls-ca-file = \"{dir}/{ca}.pem\"\nconnect-timeout = \"3s\"\npassword-file = {:?}\n",
+        secret.display().to_string()
+    ));
+    std::fs::write(&setup.config, text).unwrap();
+    setup.run(&["--trigger", "manual"])
+}
+
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn verify_full_connects_with_the_right_ca_host_name_and_password() {
+    let verified = run_verify_full("localhost", "ca", "pw-secret");
     assert_eq!(verified.code, Some(0), "{}", verified.stderr);
-    let wrong_password = run_with("localhost", "ca", "not-it");
+}
+
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn verify_full_with_a_wrong_password_is_exit_69() {
+    let wrong_password = run_verify_full("localhost", "ca", "not-it");
     assert_eq!(wrong_password.code, Some(69), "{}", wrong_password.stderr);
     assert!(
         wrong_password
@@ -1186,19 +1149,17 @@ fn verify_full_checks_the_chain_and_the_host_name() {
         "{}",
         wrong_password.stderr
     );
-    let wrong_name = run("127.0.0.1", "ca");
+}
+
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn verify_full_refuses_a_host_name_the_certificate_does_not_name_with_exit_69() {
+    let wrong_name = run_verify_full("127.0.0.1", "ca", "pw-secret");
     assert_eq!(wrong_name.code, Some(69), "{}", wrong_name.stderr);
     assert!(
         wrong_name.stderr.contains("certificate"),
         "{}",
         wrong_name.stderr
-    );
-    let wrong_ca = run("localhost", "other-ca");
-    assert_eq!(wrong_ca.code, Some(69), "{}", wrong_ca.stderr);
-    assert!(
-        wrong_ca.stderr.contains("certificate"),
-        "{}",
-        wrong_ca.stderr
     );
     eprintln!(
         "verify-full: name mismatch -> {}",
@@ -1207,5 +1168,17 @@ fn verify_full_checks_the_chain_and_the_host_name() {
             .lines()
             .find(|l| l.contains("certificate"))
             .unwrap_or("")
+    );
+}
+
+#[test]
+#[ignore = "needs root and PostgreSQL 15: `make test` runs it (cargo test -- --include-ignored)"]
+fn verify_full_refuses_a_certificate_another_ca_signed_with_exit_69() {
+    let wrong_ca = run_verify_full("localhost", "other-ca", "pw-secret");
+    assert_eq!(wrong_ca.code, Some(69), "{}", wrong_ca.stderr);
+    assert!(
+        wrong_ca.stderr.contains("certificate"),
+        "{}",
+        wrong_ca.stderr
     );
 }
