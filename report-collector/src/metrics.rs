@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::files::{Durability, lock_briefly, open_lock_file, read_existing, write_atomically};
 use crate::outcome::{KINDS, RunReport};
 use crate::state::Collection;
-use crate::time::unix_seconds;
+use crate::time::Timestamp;
 
 const LAST_SUCCESS: &str = "report_collector_last_success_timestamp_seconds";
 const RUNS_TOTAL: &str = "report_collector_runs_total";
@@ -62,8 +62,8 @@ pub fn record(
     // The state file's last collection; when it has none (it could not be read, or was moved
     // aside), the one this file last showed, so the gauge never goes absent over a state file.
     let last_success = last_collection
-        .map(|collection| collection.finished.unix)
-        .or_else(|| parse_gauge(previous, LAST_SUCCESS));
+        .map(|collection| collection.finished)
+        .or_else(|| parse_gauge(previous, LAST_SUCCESS).map(Timestamp::from_unix_seconds));
     let text = render(run, last_success, &counts, &tickets);
     write_atomically(path, text.as_bytes(), Durability::Renamed)?;
     drop(guard);
@@ -122,7 +122,7 @@ pub struct TicketCounts {
 /// The whole textfile; `last_success` is when the last collection ended (Unix time).
 pub fn render(
     run: &RunReport,
-    last_success: Option<f64>,
+    last_success: Option<Timestamp>,
     counts: &BTreeMap<String, u64>,
     tickets: &TicketCounts,
 ) -> String {
@@ -131,7 +131,8 @@ pub fn render(
         out.push_str(&format!(
             "# HELP {LAST_SUCCESS} When the last collection ended (Unix time); kept across skips and failures.\n\
              # TYPE {LAST_SUCCESS} gauge\n\
-             {LAST_SUCCESS} {last_success:.3}\n"
+             {LAST_SUCCESS} {:.3}\n",
+            last_success.unix_seconds()
         ));
     }
     out.push_str(
@@ -140,7 +141,7 @@ pub fn render(
     );
     out.push_str(&format!(
         "report_collector_last_run_start_timestamp_seconds {:.3}\n",
-        unix_seconds(run.started)
+        run.started.unix_seconds()
     ));
     out.push_str(
         "# HELP report_collector_last_run_duration_seconds How long the last run took.\n\
@@ -183,7 +184,7 @@ mod tests {
     use super::*;
     use crate::lock::Policy;
     use crate::outcome::{Failure, Outcome, Skip};
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     fn run(outcome: Outcome) -> RunReport {
         RunReport {
@@ -192,9 +193,9 @@ mod tests {
             ticket: None,
             holder_pid: None,
             holder_host: None,
-            slot: SystemTime::UNIX_EPOCH,
+            slot: Timestamp::UNIX_EPOCH,
             trigger: "manual".into(),
-            started: SystemTime::UNIX_EPOCH + Duration::from_secs(1_704_110_400),
+            started: Timestamp::UNIX_EPOCH + Duration::from_secs(1_704_110_400),
             duration: Duration::from_millis(2500),
             tickets: Default::default(),
         }
@@ -237,7 +238,7 @@ mod tests {
         let path = dir.path().join("m.prom");
         let state_file = dir.path().join("last-run.json");
         let mut collected = run(Outcome::Collected { report: "r".into() });
-        collected.started -= Duration::from_secs(60);
+        collected.started = collected.started - Duration::from_secs(60);
         let later = [
             run(skipped()),
             run(Outcome::Failed {
@@ -290,7 +291,7 @@ mod tests {
         let mut later = run(Outcome::Collected {
             report: "r2".into(),
         });
-        later.started += Duration::from_secs(60);
+        later.started = later.started + Duration::from_secs(60);
         let state = crate::state::record(&state_file, &later);
         record(&path, &later, state.last_collection.as_ref()).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();

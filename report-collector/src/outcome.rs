@@ -2,13 +2,13 @@
 //! into a decision line in the journal and an exit code (the state file is `state.rs`).
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use report_common::ticket::Ticket;
 use report_common::{exit, message_id};
 
 use crate::lock::policy::Policy;
-use crate::time::format_time;
+use crate::time::Timestamp;
 
 /// The signal that cancelled a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,7 +205,7 @@ pub const KINDS: [&str; 4] = ["collected", "skipped", "failed", "cancelled"];
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TicketNotes {
     /// When the run's ticket was requested: by this run, or by the run that left it.
-    pub requested: Option<SystemTime>,
+    pub requested: Option<Timestamp>,
     /// The run that left the ticket this run took over, when it took one over.
     pub resumed_from: Option<u32>,
     /// Tickets this run had the server cancel (confirmed by the server).
@@ -222,17 +222,17 @@ pub struct RunReport {
     pub holder_pid: Option<u32>,
     /// Its host, when the lock is shared by several hosts (or the host that took the slot).
     pub holder_host: Option<String>,
-    pub slot: SystemTime,
+    pub slot: Timestamp,
     /// `manual` or the timer unit.
     pub trigger: String,
-    pub started: SystemTime,
+    pub started: Timestamp,
     pub duration: Duration,
     pub tickets: TicketNotes,
 }
 
 impl RunReport {
     /// When the run ended.
-    pub fn ended(&self) -> SystemTime {
+    pub fn ended(&self) -> Timestamp {
         self.started
             .checked_add(self.duration)
             .unwrap_or(self.started)
@@ -241,7 +241,7 @@ impl RunReport {
     /// How old the run's ticket was when the run ended (from its request, by whichever run).
     pub fn ticket_age(&self) -> Option<Duration> {
         let requested = self.tickets.requested?;
-        Some(self.ended().duration_since(requested).unwrap_or_default())
+        Some(self.ended().saturating_duration_since(requested))
     }
 
     /// Whether the run collected a ticket an earlier run left.
@@ -309,7 +309,7 @@ impl RunReport {
         let policy = self.policy.as_str();
         let holder_pid = self.holder_pid.map(|p| p.to_string()).unwrap_or_default();
         let holder_host = self.holder_host.as_deref().unwrap_or("");
-        let slot = format_time(self.slot);
+        let slot = self.slot.to_string();
         let duration = format!("{:.3}", self.duration.as_secs_f64());
         let trigger = self.trigger.as_str();
         let resumed_from = self
@@ -381,9 +381,9 @@ mod tests {
             ticket: Some(crate::t("abc_0")),
             holder_pid: None,
             holder_host: None,
-            slot: SystemTime::UNIX_EPOCH,
+            slot: Timestamp::UNIX_EPOCH,
             trigger: "manual".into(),
-            started: SystemTime::UNIX_EPOCH,
+            started: Timestamp::UNIX_EPOCH,
             duration: Duration::from_millis(1500),
             tickets: TicketNotes::default(),
         }
@@ -450,7 +450,7 @@ mod tests {
         use crate::run::RunError;
 
         let missed = RunError::MissedSlot {
-            slot: SystemTime::UNIX_EPOCH,
+            slot: Timestamp::UNIX_EPOCH,
             late_by: Duration::from_secs(25),
             starting_deadline: Duration::from_secs(10),
         };

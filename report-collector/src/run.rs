@@ -13,7 +13,7 @@ use std::future::Future;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use report_common::message_id;
 use report_common::ticket::Ticket;
@@ -29,7 +29,7 @@ use crate::outcome::{CancelSignal, Failure, Outcome, RunReport, Skip, TicketNote
 use crate::schedule::{Placement, Trigger};
 use crate::state;
 use crate::store::{self, StoreError};
-use crate::time::{format_time, round_ms};
+use crate::time::{Timestamp, round_ms};
 
 /// Why a run did not collect; the `Display` is the sentence the journal and `status` show.
 #[derive(Debug, thiserror::Error)]
@@ -40,12 +40,12 @@ pub enum RunError {
     /// A timer start came later than `starting-deadline` after its slot.
     #[error(
         "missed slot {}: started {} after it, later than starting-deadline {}; the server rests until the next slot",
-        format_time(*.slot),
+        .slot,
         humantime::format_duration(round_ms(*.late_by)),
         humantime::format_duration(*.starting_deadline)
     )]
     MissedSlot {
-        slot: SystemTime,
+        slot: Timestamp,
         late_by: Duration,
         starting_deadline: Duration,
     },
@@ -64,9 +64,9 @@ pub enum RunError {
     /// Another host sharing the lock claimed this slot first.
     #[error(
         "slot {} was already taken by host {} (pid {}); each slot is collected once across the hosts sharing the lock",
-        format_time(*.slot), .by.host, .by.pid
+        .slot, .by.host, .by.pid
     )]
-    SlotTaken { slot: SystemTime, by: SlotTaken },
+    SlotTaken { slot: Timestamp, by: SlotTaken },
     /// The shared lock's lease ran out while the run held it: it stopped, saving nothing.
     #[error("stopped without saving anything: {}", .0.why)]
     LeaseLost(LeaseLost),
@@ -127,7 +127,7 @@ struct Progress<G> {
     /// they are gone.
     guard: Option<Rc<G>>,
     /// When the run saved its report, for a lock that keeps the fleet's last collection.
-    collected_at: Option<SystemTime>,
+    collected_at: Option<Timestamp>,
     /// The report, once written: a lease lost after that does not undo the collection.
     saved: Option<PathBuf>,
 }
@@ -144,7 +144,7 @@ impl<G> Progress<G> {
 async fn set_ticket<G: LockGuard>(
     progress: &RefCell<Progress<G>>,
     ticket: &Ticket,
-    requested: Option<SystemTime>,
+    requested: Option<Timestamp>,
 ) {
     let guard = {
         let mut progress = progress.borrow_mut();
@@ -153,7 +153,7 @@ async fn set_ticket<G: LockGuard>(
         progress.guard()
     };
     if let Some(guard) = guard {
-        let at = requested.unwrap_or_else(SystemTime::now);
+        let at = requested.unwrap_or_else(Timestamp::now);
         if let Err(e) = guard.set_ticket(ticket, at).await {
             tracing::warn!("cannot write the ticket into the lock's record: {e}");
         }
@@ -182,7 +182,7 @@ pub async fn run<L: RunLock, S: ReportServer>(
     trigger: Trigger,
     cancel: impl Future<Output = CancelSignal>,
 ) -> RunReport {
-    let started = SystemTime::now();
+    let started = Timestamp::now();
     let t0 = Instant::now();
     let placement = Placement::of(&trigger, started, config.schedule_period);
     let progress = RefCell::new(Progress {
@@ -436,7 +436,7 @@ async fn take_over<S: ReportServer, G: LockGuard>(
     // A request time ahead of the clock (the clock was set back) counts as just now.
     let age = left
         .requested
-        .map(|at| SystemTime::now().duration_since(at).unwrap_or_default());
+        .map(|at| Timestamp::now().saturating_duration_since(at));
     // The REASON field, then the sentence.
     let refusal = match age {
         _ if config.resume_within.is_zero() => {
@@ -544,7 +544,7 @@ async fn collect<S: ReportServer, G: LockGuard>(
     let on_ticket = async |ticket: &Ticket| {
         // A new ticket: the one resumed (if any) is gone.
         progress.borrow_mut().tickets.resumed_from = None;
-        set_ticket(progress, ticket, Some(SystemTime::now())).await;
+        set_ticket(progress, ticket, Some(Timestamp::now())).await;
     };
     let result = client::collect(
         server,
@@ -610,7 +610,7 @@ async fn save<G: LockGuard>(
         .borrow()
         .tickets
         .requested
-        .unwrap_or_else(SystemTime::now);
+        .unwrap_or_else(Timestamp::now);
     // The report waits in its hidden temp file until the lock commits it (a run that stops
     // before leaves the file to be removed): across hosts, nothing is under its final name
     // before the lock's row marks the ticket as being saved by this run.
@@ -633,7 +633,7 @@ async fn save<G: LockGuard>(
     };
     {
         let mut progress = progress.borrow_mut();
-        progress.collected_at = Some(SystemTime::now());
+        progress.collected_at = Some(Timestamp::now());
         progress.saved = Some(report.clone());
     }
     finish_ticket(progress).await;
@@ -804,7 +804,7 @@ mod tests {
             .try_lock()
             .unwrap()
             .unwrap();
-        held.set_ticket_now(&crate::t(ticket), SystemTime::now() - age)
+        held.set_ticket_now(&crate::t(ticket), Timestamp::now() - age)
             .unwrap();
         drop(held);
     }
@@ -992,7 +992,7 @@ mod tests {
         let saved = store::save(
             &config.report_dir,
             &order,
-            SystemTime::now(),
+            Timestamp::now(),
             &crate::t("left_0"),
             report,
         )
@@ -1266,7 +1266,7 @@ mod tests {
     }
 
     impl LockGuard for LeasedGuard {
-        async fn set_ticket(&self, _: &Ticket, _: SystemTime) -> std::io::Result<()> {
+        async fn set_ticket(&self, _: &Ticket, _: Timestamp) -> std::io::Result<()> {
             Ok(())
         }
         async fn finish_ticket(&self) -> std::io::Result<()> {
@@ -1314,7 +1314,7 @@ mod tests {
         fn judge(
             &self,
             _: &crate::lock::Holder,
-            _: Option<SystemTime>,
+            _: Option<Timestamp>,
         ) -> crate::lock::contest::Judgement {
             crate::lock::contest::Judgement::Going
         }

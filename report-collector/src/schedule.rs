@@ -9,7 +9,9 @@
 //! Debian 12 (systemd 252) and 13 (257), every start carries the time of the timer's first
 //! elapse.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::time::Timestamp;
 
 /// What started this run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,7 +21,7 @@ pub enum Trigger {
     /// Started by a timer; `slot` is the elapse that fired it, when systemd could tell.
     Timer {
         unit: String,
-        slot: Option<SystemTime>,
+        slot: Option<Timestamp>,
     },
 }
 
@@ -49,18 +51,18 @@ pub enum DeclaredTrigger {
 }
 
 /// The start of the `period` slot containing `at`, aligned to the Unix epoch.
-pub fn slot_of(at: SystemTime, period: Duration) -> SystemTime {
-    let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+pub fn slot_of(at: Timestamp, period: Duration) -> Timestamp {
+    let since_epoch = at.saturating_duration_since(Timestamp::UNIX_EPOCH);
     let period_ns = period.as_nanos().max(1);
     let slot_ns = since_epoch.as_nanos() / period_ns * period_ns;
-    UNIX_EPOCH + Duration::from_nanos(u64::try_from(slot_ns).unwrap_or(u64::MAX))
+    Timestamp::UNIX_EPOCH + Duration::from_nanos(u64::try_from(slot_ns).unwrap_or(u64::MAX))
 }
 
 /// Where a run stands relative to its schedule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     /// The slot this run belongs to (for a manual run: the slot it falls in).
-    pub slot: SystemTime,
+    pub slot: Timestamp,
     /// How long after its slot the run started.
     pub late_by: Duration,
     /// Whether lateness may skip this run (only timer-started runs).
@@ -70,7 +72,7 @@ pub struct Placement {
 impl Placement {
     /// Places a run that starts `now`: in the elapse systemd named, else in its
     /// `schedule-period` slot.
-    pub fn of(trigger: &Trigger, now: SystemTime, period: Duration) -> Placement {
+    pub fn of(trigger: &Trigger, now: Timestamp, period: Duration) -> Placement {
         let slot = match trigger {
             Trigger::Timer {
                 slot: Some(slot), ..
@@ -79,7 +81,7 @@ impl Placement {
         };
         Placement {
             slot,
-            late_by: now.duration_since(slot).unwrap_or_default(),
+            late_by: now.saturating_duration_since(slot),
             timer_started: matches!(trigger, Trigger::Timer { .. }),
         }
     }
@@ -95,8 +97,8 @@ impl Placement {
 mod tests {
     use super::*;
 
-    fn at(secs: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(secs)
+    fn at(secs: u64) -> Timestamp {
+        Timestamp::UNIX_EPOCH + Duration::from_secs(secs)
     }
 
     const MINUTE: Duration = Duration::from_secs(60);
@@ -114,10 +116,10 @@ mod tests {
 
     #[test]
     fn times_outside_what_rfc3339_writes_are_placed_not_a_panic() {
-        let before_1970 = UNIX_EPOCH - Duration::from_secs(86_400);
-        let after_9999 = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        let before_1970 = Timestamp::UNIX_EPOCH - Duration::from_secs(86_400);
+        let after_9999 = Timestamp::UNIX_EPOCH + Duration::from_secs(300_000_000_000);
         let p = Placement::of(&Trigger::Manual, before_1970, MINUTE);
-        assert_eq!(p.slot, UNIX_EPOCH);
+        assert_eq!(p.slot, Timestamp::UNIX_EPOCH);
         let p = Placement::of(&Trigger::Manual, after_9999, Duration::from_nanos(1));
         assert!(p.slot <= after_9999);
     }
@@ -168,7 +170,7 @@ mod tests {
         assert_eq!(p.slot, at(1_704_110_400));
     }
 
-    fn timer(slot: Option<SystemTime>) -> Trigger {
+    fn timer(slot: Option<Timestamp>) -> Trigger {
         Trigger::Timer {
             unit: "report-collector.timer".into(),
             slot,

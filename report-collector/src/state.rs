@@ -20,32 +20,57 @@ use serde::{Deserialize, Serialize};
 
 use crate::files::{self, Durability};
 use crate::outcome::{Outcome, RunReport};
-use crate::time::{format_time, from_unix_seconds};
+use crate::time::Timestamp;
+use crate::time::serde::{seconds_or_none, unix};
 
 /// What the state file holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// The first run on record (in this state file): a fresh install's grace period counts
     /// from it.
-    pub first_run: Moment,
+    #[serde(with = "moment")]
+    pub first_run: Timestamp,
     pub last_run: LastRun,
     /// The last run that collected a report; kept across skips and failures.
     pub last_collection: Option<Collection>,
 }
 
-/// A point in time, readable (RFC 3339, UTC, whole seconds) and for computing (Unix seconds,
-/// which is what the collector reads back).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Moment {
-    pub at: String,
-    pub unix: f64,
-}
+/// How the state file (and `status --json`) writes a point in time: `{"at": ..., "unix": ...}`,
+/// readable (RFC 3339, UTC, whole seconds) and for computing (Unix seconds). `unix` is what is
+/// read back; `at` is written as the time of that number, so the two never disagree.
+pub mod moment {
+    use serde::ser::SerializeStruct as _;
+    use serde::{Deserialize, Deserializer, Serializer};
 
-impl Moment {
-    pub fn from_unix(unix: f64) -> Moment {
-        Moment {
-            at: format_time(from_unix_seconds(unix)),
-            unix,
+    use crate::time::Timestamp;
+
+    pub fn serialize<S: Serializer>(at: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        let unix = at.unix_seconds();
+        let mut moment = s.serialize_struct("Moment", 2)?;
+        moment.serialize_field("at", &Timestamp::from_unix_seconds(unix).to_string())?;
+        moment.serialize_field("unix", &unix)?;
+        moment.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        /// Both fields must be there, as they always had to; `at` is not read further.
+        #[derive(Deserialize)]
+        struct Written {
+            #[serde(rename = "at")]
+            _at: String,
+            unix: f64,
+        }
+        Written::deserialize(d).map(|written| Timestamp::from_unix_seconds(written.unix))
+    }
+
+    /// An optional moment, `null` for none (`status --json`'s `first_run`).
+    pub fn serialize_option<S: Serializer>(
+        at: &Option<Timestamp>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match at {
+            Some(at) => serialize(at, s),
+            None => s.serialize_none(),
         }
     }
 }
@@ -54,12 +79,17 @@ impl Moment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Collection {
     /// When the run that collected ended (the report was saved just before).
-    pub finished: Moment,
+    #[serde(with = "moment")]
+    pub finished: Timestamp,
     #[serde(default, deserialize_with = "declined_ticket")]
     pub ticket: Option<Ticket>,
     /// When the ticket was requested (by this run, or by the run that left it), RFC 3339 UTC.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ticket_requested: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "seconds_or_none"
+    )]
+    pub ticket_requested: Option<Timestamp>,
     /// The run that left the ticket, when it was resumed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_from_pid: Option<u32>,
@@ -72,21 +102,31 @@ pub struct Collection {
 pub struct LastRun {
     pub outcome: String,
     pub exit_code: u8,
-    pub started: String,
-    pub started_unix: f64,
+    /// RFC 3339 UTC, whole seconds; `None` when the file's does not read.
+    #[serde(with = "seconds_or_none")]
+    pub started: Option<Timestamp>,
+    /// The same time in Unix seconds, which is what is computed with.
+    #[serde(with = "unix")]
+    pub started_unix: Timestamp,
     pub duration_seconds: f64,
     #[serde(default, deserialize_with = "declined_ticket")]
     pub ticket: Option<Ticket>,
     pub holder_pid: Option<u32>,
     pub policy: String,
-    pub slot: String,
+    /// RFC 3339 UTC, whole seconds; `None` when the file's does not read.
+    #[serde(with = "seconds_or_none")]
+    pub slot: Option<Timestamp>,
     pub trigger: String,
     pub report: Option<PathBuf>,
     pub message: String,
     pub pid: u32,
     /// When the ticket was requested (by this run, or by the run that left it), RFC 3339 UTC.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ticket_requested: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "seconds_or_none"
+    )]
+    pub ticket_requested: Option<Timestamp>,
     /// The run whose unfinished ticket this run took over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_from_pid: Option<u32>,
@@ -118,13 +158,13 @@ impl LastRun {
         LastRun {
             outcome: run.outcome.kind().to_owned(),
             exit_code: run.exit_code(),
-            started: format_time(run.started),
-            started_unix: crate::time::unix_seconds(run.started),
+            started: Some(run.started),
+            started_unix: run.started,
             duration_seconds: run.duration.as_secs_f64(),
             ticket: run.ticket.clone(),
             holder_pid: run.holder_pid,
             policy: run.policy.as_str().to_owned(),
-            slot: format_time(run.slot),
+            slot: Some(run.slot),
             trigger: run.trigger.clone(),
             report: match &run.outcome {
                 Outcome::Collected { report } => Some(report.clone()),
@@ -132,14 +172,16 @@ impl LastRun {
             },
             message: run.message(),
             pid: std::process::id(),
-            ticket_requested: run.tickets.requested.map(format_time),
+            ticket_requested: run.tickets.requested,
             resumed_from_pid: run.tickets.resumed_from,
             tickets_cancelled: run.tickets.cancelled,
         }
     }
 
-    fn finished(&self) -> Moment {
-        Moment::from_unix(self.started_unix + self.duration_seconds)
+    /// When the run ended, as the sum of the two numbers the file holds (that sum is what the
+    /// file has always held).
+    fn finished(&self) -> Timestamp {
+        Timestamp::from_unix_seconds(self.started_unix.unix_seconds() + self.duration_seconds)
     }
 
     /// The collection this run made, if it collected.
@@ -151,7 +193,7 @@ impl LastRun {
         Some(Collection {
             finished: self.finished(),
             ticket: self.ticket.clone(),
-            ticket_requested: self.ticket_requested.clone(),
+            ticket_requested: self.ticket_requested,
             resumed_from_pid: self.resumed_from_pid,
             report,
         })
@@ -238,7 +280,7 @@ impl State {
         // The previous version's file: the last run alone.
         let last_run: LastRun = serde_json::from_value(value).map_err(|e| e.to_string())?;
         Ok(State {
-            first_run: Moment::from_unix(last_run.started_unix),
+            first_run: last_run.started_unix,
             last_collection: last_run.collection(),
             last_run,
         })
@@ -250,7 +292,7 @@ impl State {
         let last_run = LastRun::of(run);
         let (first_run, last_collection) = match previous {
             Some(previous) => (previous.first_run, previous.last_collection),
-            None => (Moment::from_unix(last_run.started_unix), None),
+            None => (last_run.started_unix, None),
         };
         State {
             first_run,
@@ -378,7 +420,7 @@ fn leave_unread(path: &Path, source: &io::Error) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     use super::*;
     use crate::lock::Policy;
@@ -391,9 +433,9 @@ mod tests {
             ticket: Some(crate::t("abc_0")),
             holder_pid: None,
             holder_host: None,
-            slot: SystemTime::UNIX_EPOCH + Duration::from_secs(started_unix / 60 * 60),
+            slot: Timestamp::UNIX_EPOCH + Duration::from_secs(started_unix / 60 * 60),
             trigger: "manual".into(),
-            started: SystemTime::UNIX_EPOCH + Duration::from_secs(started_unix),
+            started: Timestamp::UNIX_EPOCH + Duration::from_secs(started_unix),
             duration: Duration::from_millis(1500),
             tickets: Default::default(),
         }
@@ -429,6 +471,66 @@ mod tests {
   "pid": 4242
 }"#;
 
+    /// Byte for byte what this version writes after a collection, including a start just
+    /// before a whole second, whose Unix seconds round up to it (the readable `started` is
+    /// the second it began in, `first_run` the time of the number).
+    #[test]
+    fn a_collection_is_written_as_it_always_was() {
+        let started = Timestamp::UNIX_EPOCH + Duration::from_nanos(1_704_110_400_999_999_950);
+        let mut run = run_at(collected(), 0);
+        run.started = started;
+        run.slot = Timestamp::UNIX_EPOCH + Duration::from_secs(1_704_110_400);
+        run.duration = Duration::from_nanos(5_250_123_457);
+        run.holder_pid = Some(9);
+        run.tickets.requested =
+            Some(Timestamp::UNIX_EPOCH + Duration::from_nanos(1_704_110_400_999_999_999));
+        run.tickets.resumed_from = Some(7);
+        let text = String::from_utf8(serde_json::to_vec_pretty(&State::after(None, &run)).unwrap())
+            .unwrap();
+        let expected = r#"{
+  "first_run": {
+    "at": "2024-01-01T12:00:01Z",
+    "unix": 1704110401.0
+  },
+  "last_run": {
+    "outcome": "collected",
+    "exit_code": 0,
+    "started": "2024-01-01T12:00:00Z",
+    "started_unix": 1704110401.0,
+    "duration_seconds": 5.250123457,
+    "ticket": "abc_0",
+    "holder_pid": 9,
+    "policy": "forbid",
+    "slot": "2024-01-01T12:00:00Z",
+    "trigger": "manual",
+    "report": "/r/20240101T120000Z_abc_0.csv",
+    "message": "MESSAGE",
+    "pid": PID,
+    "ticket_requested": "2024-01-01T12:00:00Z",
+    "resumed_from_pid": 7
+  },
+  "last_collection": {
+    "finished": {
+      "at": "2024-01-01T12:00:06Z",
+      "unix": 1704110406.2501235
+    },
+    "ticket": "abc_0",
+    "ticket_requested": "2024-01-01T12:00:00Z",
+    "resumed_from_pid": 7,
+    "report": "/r/20240101T120000Z_abc_0.csv"
+  }
+}"#
+        .replace("MESSAGE", &run.message())
+        .replace("PID", &std::process::id().to_string());
+        assert_eq!(text, expected);
+        // Read back and written again, nothing changes.
+        let reread = State::parse(text.as_bytes()).unwrap();
+        assert_eq!(
+            String::from_utf8(serde_json::to_vec_pretty(&reread).unwrap()).unwrap(),
+            expected
+        );
+    }
+
     #[test]
     fn a_hostile_ticket_in_the_state_file_reads_as_none_and_is_declined_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -454,9 +556,9 @@ mod tests {
         let state = State::load(&path).unwrap().unwrap();
         assert_eq!(state.last_run.pid, 4242);
         let collection = state.last_collection.clone().unwrap();
-        assert_eq!(collection.finished.unix, 1_704_110_405.25);
+        assert_eq!(collection.finished.unix_seconds(), 1_704_110_405.25);
         assert_eq!(collection.ticket.as_deref(), Some("abc_0"));
-        assert_eq!(state.first_run.unix, 1_704_110_400.0);
+        assert_eq!(state.first_run.unix_seconds(), 1_704_110_400.0);
 
         // A skip after the upgrade keeps that collection.
         let state = record(&path, &run_at(skipped(), 1_704_110_460));
@@ -465,8 +567,8 @@ mod tests {
         let reread = State::load(&path).unwrap().unwrap();
         assert_eq!(reread, state);
         assert_eq!(
-            reread.last_collection.unwrap().finished.at,
-            collection.finished.at
+            reread.last_collection.unwrap().finished.to_string(),
+            collection.finished.to_string()
         );
     }
 
@@ -488,16 +590,23 @@ mod tests {
         let path = dir.path().join("state/last-run.json");
         let first = record(&path, &run_at(skipped(), 1000));
         assert_eq!(first.last_collection, None);
-        assert_eq!(first.first_run.unix, 1000.0);
+        assert_eq!(first.first_run.unix_seconds(), 1000.0);
         record(&path, &run_at(collected(), 1060));
         record(&path, &run_at(skipped(), 1120));
         let last = record(&path, &run_at(Outcome::Cancelled(CancelSignal::Term), 1180));
         assert_eq!(last.last_run.outcome, "cancelled");
-        assert_eq!(last.first_run.unix, 1000.0);
+        assert_eq!(last.first_run.unix_seconds(), 1000.0);
         let collection = last.last_collection.unwrap();
-        assert_eq!(collection.finished.unix, 1061.5);
-        assert_eq!(collection.finished.at, "1970-01-01T00:17:41Z");
-        assert_eq!(State::load(&path).unwrap().unwrap().first_run.unix, 1000.0);
+        assert_eq!(collection.finished.unix_seconds(), 1061.5);
+        assert_eq!(collection.finished.to_string(), "1970-01-01T00:17:41Z");
+        assert_eq!(
+            State::load(&path)
+                .unwrap()
+                .unwrap()
+                .first_run
+                .unix_seconds(),
+            1000.0
+        );
     }
 
     #[test]
@@ -521,7 +630,7 @@ mod tests {
             line["MOVED_TO"],
             unreadable_path(&path).display().to_string()
         );
-        assert_eq!(state.first_run.unix, 2000.0);
+        assert_eq!(state.first_run.unix_seconds(), 2000.0);
         assert_eq!(
             std::fs::read_to_string(unreadable_path(&path)).unwrap(),
             half,
@@ -547,8 +656,11 @@ mod tests {
             assert_eq!(std::fs::read(&path).unwrap(), before, "os error {error}");
         }
         let kept = State::load(&path).unwrap().unwrap();
-        assert_eq!(kept.first_run.unix, 1000.0);
-        assert_eq!(kept.last_collection.unwrap().finished.unix, 1061.5);
+        assert_eq!(kept.first_run.unix_seconds(), 1000.0);
+        assert_eq!(
+            kept.last_collection.unwrap().finished.unix_seconds(),
+            1061.5
+        );
     }
 
     #[test]

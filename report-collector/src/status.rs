@@ -16,15 +16,16 @@ use std::fmt::Write as _;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use report_common::ticket::Ticket;
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::lock::{Holder, RunLock};
-use crate::state::{Collection, LastRun, Moment, State, StateError, file_kind};
-use crate::time::unix_seconds;
+use crate::state::{Collection, LastRun, State, StateError, file_kind};
+use crate::time::Timestamp;
+use crate::time::serde::seconds_or_none;
 use crate::{files, store};
 
 /// The exit codes of `status` (documented in `--help`, the README and the man page).
@@ -95,42 +96,54 @@ pub struct Verdict {
     pub reason: String,
 }
 
-/// Judges a readable state (or none) at `now` (Unix seconds): the whole rule, in one place.
+/// Judges a readable state (or none) at `now`: the whole rule, in one place.
 /// `waiting` is where runs are recorded and since when ([`waiting_since`]): with no run on
 /// record, a grace period counts from then, so that a timer that never runs is not healthy
 /// for ever.
 pub fn judge(
     state: Option<&State>,
-    waiting: Option<(&Path, &Moment)>,
-    now: f64,
+    waiting: Option<(&Path, Timestamp)>,
+    now: Timestamp,
     stale_after: Duration,
 ) -> Verdict {
+    // Computed in Unix seconds, as the state file holds them: the verdict rounds as it always
+    // has.
+    let now = now.unix_seconds();
     match state {
         Some(state) => judge_runs(state, now, stale_after),
         None => judge_no_run(waiting, now, stale_after),
     }
 }
 
-/// How long before `now` the time `unix` lies, to the second; nothing for a time ahead.
-fn ago(now: f64, unix: f64) -> humantime::FormattedDuration {
+/// How long before `now` (Unix seconds) the time `at` lies, to the second; nothing for a time
+/// ahead.
+fn ago(now: f64, at: Timestamp) -> humantime::FormattedDuration {
     humantime::format_duration(
-        Duration::try_from_secs_f64((now - unix).max(0.0).round()).unwrap_or(Duration::MAX),
+        Duration::try_from_secs_f64((now - at.unix_seconds()).max(0.0).round())
+            .unwrap_or(Duration::MAX),
     )
 }
 
-/// Whether `unix` lies too far ahead of `now` to be taken as now ([`FUTURE_TOLERANCE`]).
-fn ahead(now: f64, unix: f64) -> bool {
-    unix - now > FUTURE_TOLERANCE.as_secs_f64()
+/// How long before `now` (Unix seconds) `at` lies, in seconds (negative when after it).
+fn since(now: f64, at: Timestamp) -> f64 {
+    now - at.unix_seconds()
 }
 
-/// The verdict on a state whose `what` is recorded at `at` (`unix`), ahead of the clock.
-fn in_the_future(what: &str, at: &str, unix: f64, now: f64) -> Verdict {
+/// Whether `at` lies too far ahead of `now` (Unix seconds) to be taken as now
+/// ([`FUTURE_TOLERANCE`]).
+fn ahead(now: f64, at: Timestamp) -> bool {
+    at.unix_seconds() - now > FUTURE_TOLERANCE.as_secs_f64()
+}
+
+/// The verdict on a state whose `what` is recorded at `at`, ahead of the clock.
+fn in_the_future(what: &str, at: Timestamp, now: f64) -> Verdict {
+    let unix = at.unix_seconds();
     Verdict {
         health: Health::Unknown,
         exit_code: code::IN_THE_FUTURE,
         reason: format!(
             "{what} is recorded at {}, {} ahead of this host's clock: the clock was set back or the state file is wrong, so whether a report was collected lately cannot be told; check the clock (timedatectl) and the state file",
-            shown(at),
+            at,
             humantime::format_duration(
                 Duration::try_from_secs_f64((unix - now).round()).unwrap_or(Duration::MAX)
             )
@@ -139,17 +152,17 @@ fn in_the_future(what: &str, at: &str, unix: f64, now: f64) -> Verdict {
 }
 
 /// The verdict with no run on record: waiting for the first run, or waited too long.
-fn judge_no_run(waiting: Option<(&Path, &Moment)>, now: f64, stale_after: Duration) -> Verdict {
+fn judge_no_run(waiting: Option<(&Path, Timestamp)>, now: f64, stale_after: Duration) -> Verdict {
     let stale_after_text = humantime::format_duration(stale_after);
     match waiting {
-        Some((dir, since)) if now - since.unix > stale_after.as_secs_f64() => Verdict {
+        Some((dir, created)) if since(now, created) > stale_after.as_secs_f64() => Verdict {
             health: Health::Stale,
             exit_code: code::STALE,
             reason: format!(
                 "no run on record since {} was created at {} ({} ago), longer than stale-after ({stale_after_text}); check that the timer runs (systemctl list-timers report-collector.timer) and why runs end before they record (journalctl -u report-collector)",
                 dir.display(),
-                since.at,
-                ago(now, since.unix)
+                created,
+                ago(now, created)
             ),
         },
         _ => Verdict {
@@ -168,21 +181,14 @@ fn judge_runs(state: &State, now: f64, stale_after: Duration) -> Verdict {
     let limit = stale_after.as_secs_f64();
     let stale_after_text = humantime::format_duration(stale_after);
     match &state.last_collection {
-        Some(c) if ahead(now, c.finished.unix) => {
-            in_the_future("the last collection", &c.finished.at, c.finished.unix, now)
-        }
-        None if ahead(now, state.first_run.unix) => in_the_future(
-            "the first run",
-            &state.first_run.at,
-            state.first_run.unix,
-            now,
-        ),
-        Some(c) if now - c.finished.unix <= limit => Verdict {
+        Some(c) if ahead(now, c.finished) => in_the_future("the last collection", c.finished, now),
+        None if ahead(now, state.first_run) => in_the_future("the first run", state.first_run, now),
+        Some(c) if since(now, c.finished) <= limit => Verdict {
             health: Health::Healthy,
             exit_code: code::HEALTHY,
             reason: format!(
                 "last collection {} ago, within stale-after ({stale_after_text})",
-                ago(now, c.finished.unix)
+                ago(now, c.finished)
             ),
         },
         Some(c) => Verdict {
@@ -190,16 +196,16 @@ fn judge_runs(state: &State, now: f64, stale_after: Duration) -> Verdict {
             exit_code: code::STALE,
             reason: format!(
                 "no collection for {} (last at {}), longer than stale-after ({stale_after_text}); see the last run below and `journalctl -u report-collector.service`",
-                ago(now, c.finished.unix),
-                shown(&c.finished.at)
+                ago(now, c.finished),
+                c.finished
             ),
         },
-        None if now - state.first_run.unix <= limit => Verdict {
+        None if since(now, state.first_run) <= limit => Verdict {
             health: Health::Grace,
             exit_code: code::HEALTHY,
             reason: format!(
                 "no collection yet; first run {} ago, within the grace period of stale-after ({stale_after_text})",
-                ago(now, state.first_run.unix)
+                ago(now, state.first_run)
             ),
         },
         None => Verdict {
@@ -207,8 +213,8 @@ fn judge_runs(state: &State, now: f64, stale_after: Duration) -> Verdict {
             exit_code: code::STALE,
             reason: format!(
                 "no collection at all since the first run at {} ({} ago), longer than stale-after ({stale_after_text}); see the last run below and `journalctl -u report-collector.service`",
-                shown(&state.first_run.at),
-                ago(now, state.first_run.unix)
+                state.first_run,
+                ago(now, state.first_run)
             ),
         },
     }
@@ -263,7 +269,8 @@ pub struct Status {
     /// The paths that could not be inspected, with why.
     pub problems: Vec<Problem>,
     pub lock: LockStatus,
-    pub first_run: Option<Moment>,
+    #[serde(serialize_with = "crate::state::moment::serialize_option")]
+    pub first_run: Option<Timestamp>,
     pub last_run: Option<LastRun>,
     pub last_collection: Option<Collection>,
     pub reports: Reports,
@@ -277,7 +284,8 @@ pub struct LockStatus {
     /// be read; `null` when whether it is held cannot be told.
     pub held: Option<bool>,
     pub pid: Option<u32>,
-    pub since: Option<String>,
+    #[serde(with = "seconds_or_none")]
+    pub since: Option<Timestamp>,
     pub ticket: Option<Ticket>,
     /// While the lock is free: the ticket a run left unfinished, for the next run to resume.
     pub left_ticket: Option<LeftTicketStatus>,
@@ -295,7 +303,8 @@ pub struct LockStatus {
 #[derive(Debug, Serialize)]
 pub struct LeftTicketStatus {
     pub ticket: Ticket,
-    pub requested: Option<String>,
+    #[serde(with = "seconds_or_none")]
+    pub requested: Option<Timestamp>,
     pub by_pid: u32,
 }
 
@@ -310,7 +319,7 @@ pub struct Reports {
 
 /// `report-collector status [--json]`: prints what [`gather`] found; exits with its verdict.
 pub async fn print(config: &Config, lock: &impl RunLock, json: bool) -> ExitCode {
-    let status = gather(config, lock, SystemTime::now()).await;
+    let status = gather(config, lock, Timestamp::now()).await;
     let text = if json {
         match serde_json::to_string_pretty(&status) {
             Ok(mut text) => {
@@ -388,18 +397,18 @@ fn inspect(path: &Path, what: &str, want_dir: bool) -> Result<bool, Problem> {
 /// The directory runs record in (the state file's), and since when it has been there: its
 /// creation time where the file system keeps one (the package creates
 /// `/var/lib/report-collector` when it is installed), else when its entries last changed.
-pub fn waiting_since(state_file: &Path) -> Option<(PathBuf, Moment)> {
+pub fn waiting_since(state_file: &Path) -> Option<(PathBuf, Timestamp)> {
     let dir = state_file
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let meta = std::fs::metadata(dir).ok()?;
     let since = meta.created().or_else(|_| meta.modified()).ok()?;
-    Some((dir.to_owned(), Moment::from_unix(unix_seconds(since))))
+    Some((dir.to_owned(), Timestamp::from(since)))
 }
 
 /// Looks at the state file, the lock and the report directory, and judges at `now`.
-pub async fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> Status {
+pub async fn gather(config: &Config, lock: &impl RunLock, now: Timestamp) -> Status {
     let mut problems = Vec::new();
     let stale_after = config.stale_after();
     let state = State::load(&config.state_file).map_err(|e| problems.push(Problem::state(&e)));
@@ -407,7 +416,7 @@ pub async fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> St
     let names = report_names(config)
         .map_err(|problem| problems.push(problem))
         .ok();
-    let verdict = state_verdict(config, &state, unix_seconds(now), stale_after);
+    let verdict = state_verdict(config, &state, now, stale_after);
     let verdict = never_healthy_unseen(verdict, &problems, state.is_err());
     let state = state.ok().flatten();
     Status {
@@ -415,7 +424,7 @@ pub async fn gather(config: &Config, lock: &impl RunLock, now: SystemTime) -> St
         stale_after_seconds: stale_after.as_secs_f64(),
         problems,
         lock: lock_status,
-        first_run: state.as_ref().map(|s| s.first_run.clone()),
+        first_run: state.as_ref().map(|s| s.first_run),
         last_run: state.as_ref().map(|s| s.last_run.clone()),
         last_collection: state.and_then(|s| s.last_collection),
         reports: Reports {
@@ -448,7 +457,7 @@ async fn lock_status(
         policy: config.policy.as_str().to_owned(),
         held,
         pid: holder.as_ref().and_then(|h| h.pid),
-        since: holder.as_ref().and_then(|h| h.since.clone()),
+        since: holder.as_ref().and_then(|h| h.since),
         ticket: holder.as_ref().and_then(|h| h.ticket.clone()),
         backend: lock.backend().to_owned(),
         name: lock.describe(),
@@ -507,7 +516,7 @@ async fn left_ticket(lock: &impl RunLock) -> Option<LeftTicketStatus> {
         .flatten()
         .map(|left| LeftTicketStatus {
             ticket: left.ticket,
-            requested: left.requested.map(crate::time::format_time),
+            requested: left.requested,
             by_pid: left.by_pid,
         })
 }
@@ -527,7 +536,7 @@ fn report_names(config: &Config) -> Result<Vec<String>, Problem> {
 fn state_verdict(
     config: &Config,
     state: &Result<Option<State>, ()>,
-    now: f64,
+    now: Timestamp,
     stale_after: Duration,
 ) -> Verdict {
     match state {
@@ -538,7 +547,7 @@ fn state_verdict(
                 .flatten();
             judge(
                 state.as_ref(),
-                waiting.as_ref().map(|(dir, since)| (dir.as_path(), since)),
+                waiting.as_ref().map(|(dir, since)| (dir.as_path(), *since)),
                 now,
                 stale_after,
             )
@@ -593,7 +602,8 @@ impl Status {
                     out,
                     "last run: {} at {} (took {:.3}s, exit {}): {}",
                     shown(&run.outcome),
-                    shown(&run.started),
+                    run.started
+                        .map_or_else(|| "an unknown time".to_owned(), |at| at.to_string()),
                     run.duration_seconds,
                     run.exit_code,
                     shown(&run.message)
@@ -615,7 +625,7 @@ impl Status {
                 let _ = writeln!(
                     out,
                     "last collection: {}, ticket {}, {}",
-                    shown(&c.finished.at),
+                    c.finished,
                     c.ticket.as_ref().map_or("?", Ticket::as_str),
                     shown(&c.report.display().to_string())
                 );
@@ -645,7 +655,8 @@ impl LockStatus {
                         .as_deref()
                         .map(|h| format!(" on host {}", shown(h)))
                         .unwrap_or_default(),
-                    shown(self.since.as_deref().unwrap_or("an unknown time")),
+                    self.since
+                        .map_or_else(|| "an unknown time".to_owned(), |at| at.to_string()),
                     self.ticket.as_ref().map_or("(none yet)", Ticket::as_str),
                     shown(&self.name)
                 );
@@ -657,7 +668,8 @@ impl LockStatus {
                         out,
                         "left:     ticket {} requested {}, left unfinished by pid {}; the next run resumes it (resume-within) or cancels it",
                         left.ticket,
-                        shown(left.requested.as_deref().unwrap_or("at an unknown time")),
+                        left.requested
+                            .map_or_else(|| "at an unknown time".to_owned(), |at| at.to_string()),
                         left.by_pid
                     );
                 }
@@ -670,7 +682,7 @@ impl LockStatus {
             let _ = writeln!(
                 out,
                 "fleet:    last collection {} by host {}, {}",
-                shown(&fleet.at),
+                fleet.at,
                 shown(&fleet.host),
                 shown(&fleet.report)
             );
@@ -707,6 +719,11 @@ mod tests {
 
     const MINUTE: Duration = Duration::from_secs(60);
 
+    /// The time `unix` seconds after 1970.
+    fn at(unix: f64) -> Timestamp {
+        Timestamp::from_unix_seconds(unix)
+    }
+
     fn run_at(outcome: Outcome, started_unix: u64) -> RunReport {
         RunReport {
             outcome,
@@ -714,9 +731,9 @@ mod tests {
             ticket: Some(crate::t("abc_0")),
             holder_pid: None,
             holder_host: None,
-            slot: SystemTime::UNIX_EPOCH + Duration::from_secs(started_unix / 60 * 60),
+            slot: Timestamp::UNIX_EPOCH + Duration::from_secs(started_unix / 60 * 60),
             trigger: "manual".into(),
-            started: SystemTime::UNIX_EPOCH + Duration::from_secs(started_unix),
+            started: Timestamp::UNIX_EPOCH + Duration::from_secs(started_unix),
             duration: Duration::ZERO,
             tickets: Default::default(),
         }
@@ -739,7 +756,7 @@ mod tests {
     fn a_collection_in_the_future_is_never_healthy() {
         let state = state_of(&[run_at(Outcome::Collected { report: "r".into() }, 10_000)]);
         // A clock set back by an hour after the collection.
-        let verdict = judge(Some(&state), None, 10_000.0 - 3600.0, 5 * MINUTE);
+        let verdict = judge(Some(&state), None, at(10_000.0 - 3600.0), 5 * MINUTE);
         assert_eq!(
             (verdict.health, verdict.exit_code),
             (Health::Unknown, code::IN_THE_FUTURE),
@@ -748,11 +765,11 @@ mod tests {
         );
         assert!(verdict.reason.contains("1h ahead"), "{}", verdict.reason);
         // A step of a second or two (NTP) is taken as now.
-        let verdict = judge(Some(&state), None, 10_000.0 - 2.0, 5 * MINUTE);
+        let verdict = judge(Some(&state), None, at(10_000.0 - 2.0), 5 * MINUTE);
         assert_eq!(verdict.health, Health::Healthy);
         // A first run in the future does not start a grace period either.
         let state = state_of(&[run_at(skipped(), 10_000)]);
-        let verdict = judge(Some(&state), None, 10_000.0 - 3600.0, 5 * MINUTE);
+        let verdict = judge(Some(&state), None, at(10_000.0 - 3600.0), 5 * MINUTE);
         assert_eq!(verdict.exit_code, code::IN_THE_FUTURE, "{}", verdict.reason);
     }
 
@@ -767,9 +784,17 @@ mod tests {
         );
         run.holder_host = Some("h\nlock: free".into());
         let mut state = state_of(&[run]);
-        state.last_run.started = "t\nlast collection: forged".into();
+        // A time that does not read ("t\nlast collection: forged") is read as none.
+        state.last_run.started = serde_json::from_str::<LastRun>(
+            &serde_json::to_string(&state.last_run)
+                .unwrap()
+                .replace("1970-01-01T00:16:40Z", "t\\nlast collection: forged"),
+        )
+        .unwrap()
+        .started;
+        assert_eq!(state.last_run.started, None);
         let status = Status {
-            verdict: judge(Some(&state), None, 1000.0, 5 * MINUTE),
+            verdict: judge(Some(&state), None, at(1000.0), 5 * MINUTE),
             stale_after_seconds: 300.0,
             problems: Vec::new(),
             lock: LockStatus {
@@ -777,7 +802,7 @@ mod tests {
                 policy: "forbid".into(),
                 held: Some(true),
                 pid: Some(1),
-                since: Some("s\nproblem: forged".into()),
+                since: None,
                 ticket: None,
                 left_ticket: None,
                 backend: "flock".into(),
@@ -785,7 +810,7 @@ mod tests {
                 host: Some("h\u{202e}x".into()),
                 fleet_last_collection: None,
             },
-            first_run: Some(state.first_run.clone()),
+            first_run: Some(state.first_run),
             last_run: Some(state.last_run.clone()),
             last_collection: None,
             reports: Reports {
@@ -811,9 +836,9 @@ mod tests {
             run_at(skipped(), 1060),
             run_at(skipped(), 1120),
         ]);
-        let fresh = judge(Some(&state), None, 1000.0 + 300.0, 5 * MINUTE);
+        let fresh = judge(Some(&state), None, at(1000.0 + 300.0), 5 * MINUTE);
         assert_eq!((fresh.health, fresh.exit_code), (Health::Healthy, 0));
-        let stale = judge(Some(&state), None, 1000.0 + 301.0, 5 * MINUTE);
+        let stale = judge(Some(&state), None, at(1000.0 + 301.0), 5 * MINUTE);
         assert_eq!((stale.health, stale.exit_code), (Health::Stale, 1));
         assert!(stale.reason.contains("5m 1s"), "{}", stale.reason);
         assert!(
@@ -826,9 +851,9 @@ mod tests {
     #[test]
     fn a_fresh_install_gets_a_grace_period_from_its_first_run() {
         let state = state_of(&[run_at(skipped(), 1000), run_at(skipped(), 1060)]);
-        let grace = judge(Some(&state), None, 1000.0 + 300.0, 5 * MINUTE);
+        let grace = judge(Some(&state), None, at(1000.0 + 300.0), 5 * MINUTE);
         assert_eq!((grace.health, grace.exit_code), (Health::Grace, 0));
-        let over = judge(Some(&state), None, 1000.0 + 301.0, 5 * MINUTE);
+        let over = judge(Some(&state), None, at(1000.0 + 301.0), 5 * MINUTE);
         assert_eq!((over.health, over.exit_code), (Health::Stale, 1));
         assert!(
             over.reason.contains("since the first run"),
@@ -840,11 +865,10 @@ mod tests {
     #[test]
     fn with_no_run_ever_the_grace_period_counts_from_the_state_directory() {
         let dir = Path::new("/var/lib/report-collector");
-        let created = Moment::from_unix(1000.0);
-        let waiting = Some((dir, &created));
-        let young = judge(None, waiting, 1000.0 + 300.0, 5 * MINUTE);
+        let waiting = Some((dir, at(1000.0)));
+        let young = judge(None, waiting, at(1000.0 + 300.0), 5 * MINUTE);
         assert_eq!((young.health, young.exit_code), (Health::NoRunYet, 0));
-        let old = judge(None, waiting, 1000.0 + 301.0, 5 * MINUTE);
+        let old = judge(None, waiting, at(1000.0 + 301.0), 5 * MINUTE);
         assert_eq!((old.health, old.exit_code), (Health::Stale, code::STALE));
         for words in [
             "no run on record since /var/lib/report-collector was created at 1970-01-01T00:16:40Z (5m 1s ago)",
@@ -855,10 +879,10 @@ mod tests {
         }
         // A run on record: the first run's grace period, whatever the directory's age.
         let state = state_of(&[run_at(skipped(), 1_000_000)]);
-        let ran = judge(Some(&state), waiting, 1_000_060.0, 5 * MINUTE);
+        let ran = judge(Some(&state), waiting, at(1_000_060.0), 5 * MINUTE);
         assert_eq!((ran.health, ran.exit_code), (Health::Grace, 0));
         // Nothing known of the directory: no run yet, as before.
-        let unknown = judge(None, None, 1e9, MINUTE);
+        let unknown = judge(None, None, at(1e9), MINUTE);
         assert_eq!((unknown.health, unknown.exit_code), (Health::NoRunYet, 0));
     }
 
@@ -872,10 +896,10 @@ mod tests {
     }
 
     fn status(config: &Config) -> Status {
-        status_at(config, SystemTime::now())
+        status_at(config, Timestamp::now())
     }
 
-    fn status_at(config: &Config, now: SystemTime) -> Status {
+    fn status_at(config: &Config, now: Timestamp) -> Status {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -892,7 +916,7 @@ mod tests {
             .try_lock()
             .unwrap()
             .unwrap();
-        held.set_ticket_now(&crate::t("left_0"), SystemTime::UNIX_EPOCH)
+        held.set_ticket_now(&crate::t("left_0"), Timestamp::UNIX_EPOCH)
             .unwrap();
         let while_held = status(&config);
         assert!(
@@ -927,7 +951,7 @@ mod tests {
     fn a_state_directory_no_run_ever_recorded_in_turns_stale_after_stale_after() {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
-        let later = SystemTime::now() + 5 * MINUTE + Duration::from_secs(5);
+        let later = Timestamp::now() + 5 * MINUTE + Duration::from_secs(5);
         let status = status_at(&config, later);
         assert_eq!(status.verdict.health, Health::Stale);
         assert_eq!(status.verdict.exit_code, code::STALE);
@@ -949,7 +973,7 @@ mod tests {
 
         // The first run starts a grace period of its own.
         let started = later
-            .duration_since(SystemTime::UNIX_EPOCH)
+            .duration_since(Timestamp::UNIX_EPOCH)
             .unwrap()
             .as_secs();
         crate::state::record(&config.state_file, &run_at(skipped(), started));

@@ -21,7 +21,6 @@
 use std::fs::File;
 use std::io::{self, Seek as _, Write};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use report_common::ticket::Ticket;
 
@@ -29,6 +28,7 @@ use crate::files::{
     Durability, TEMP_SUFFIX, lock_briefly, locked_temp, open_dir, put_in_place, read_existing,
     refuse_unless_regular, remove_abandoned_temps, write_atomically,
 };
+use crate::time::Timestamp;
 
 /// What collectors before 0.1.1 named a report's temp file; still cleaned up.
 const OLD_TEMP_PREFIX: &str = ".report-";
@@ -63,9 +63,10 @@ pub enum StoreError {
 }
 
 /// `20240101T120000Z_<ticket>.csv`: names sort by time (by the clock's word for it).
-pub fn file_name(at: SystemTime, ticket: &Ticket) -> String {
-    // format_time clamps to 1970..=9999: a clock outside it never panics a save.
-    let stamp: String = crate::time::format_time(at)
+pub fn file_name(at: Timestamp, ticket: &Ticket) -> String {
+    // Written clamped to 1970..=9999: a clock outside it never panics a save.
+    let stamp: String = at
+        .to_string()
         .chars()
         .filter(|c| !matches!(c, '-' | ':'))
         .collect();
@@ -107,7 +108,7 @@ impl Spool {
         })?;
         // Named as the temp file of a report saved now, so a run that finds it abandoned knows
         // it for one; `save` names the report by its ticket's request instead.
-        let prefix = format!(".{}.", file_name(SystemTime::now(), ticket));
+        let prefix = format!(".{}.", file_name(Timestamp::now(), ticket));
         let temp = locked_temp(dir, &prefix).map_err(|source| StoreError::Write {
             dir: dir.to_owned(),
             source,
@@ -159,7 +160,7 @@ impl Spool {
 pub fn save(
     dir: &Path,
     order: &Path,
-    at: SystemTime,
+    at: Timestamp,
     ticket: &Ticket,
     report: Spool,
 ) -> Result<PathBuf, StoreError> {
@@ -332,17 +333,17 @@ mod tests {
     use crate::files::open_lock_file;
     use crate::files::tests::all_files;
     use std::os::unix::fs::PermissionsExt as _;
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::Duration;
 
-    fn at(secs: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(secs)
+    fn at(secs: u64) -> Timestamp {
+        Timestamp::UNIX_EPOCH + Duration::from_secs(secs)
     }
 
     /// Saves `bytes` as a run saves a report it received: spooled, then saved.
     fn save_bytes(
         dir: &Path,
         order: &Path,
-        at: SystemTime,
+        at: Timestamp,
         ticket: &Ticket,
         bytes: &[u8],
     ) -> Result<PathBuf, StoreError> {
@@ -530,12 +531,12 @@ mod tests {
         );
     }
 
-    fn set_mtime(path: &Path, to: SystemTime) {
+    fn set_mtime(path: &Path, to: Timestamp) {
         File::options()
             .write(true)
             .open(path)
             .unwrap()
-            .set_modified(to)
+            .set_modified(to.system_time())
             .unwrap();
     }
 
@@ -544,7 +545,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let order = dir.path().join("o");
         // Collected while the clock was a year ahead: names and mtimes in the future.
-        let future = SystemTime::now() + Duration::from_secs(365 * 24 * 3600);
+        let future = Timestamp::now() + Duration::from_secs(365 * 24 * 3600);
         for i in 0..3 {
             let when = future + Duration::from_secs(i * 60);
             let path = save_bytes(

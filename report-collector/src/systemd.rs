@@ -21,12 +21,13 @@
 //! rule (a timer is involved, so the run is a timer start) and says so once per boot.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use report_common::message_id;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 
 use crate::schedule::{DeclaredTrigger, Trigger};
+use crate::time::Timestamp;
 
 const DESTINATION: &str = "org.freedesktop.systemd1";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
@@ -66,7 +67,7 @@ pub struct Observed {
 pub enum Verdict {
     /// The timer started this invocation; `slot` is the elapse that fired it (None for a timer
     /// without `OnCalendar=`).
-    TimerStart { slot: Option<SystemTime> },
+    TimerStart { slot: Option<Timestamp> },
     /// Something else started it (`systemctl start` by hand, while the timer is active).
     NotTheTimer { reason: String },
 }
@@ -74,7 +75,7 @@ pub enum Verdict {
 impl Observed {
     /// Judges whether the timer started this invocation; `now` bounds the slot (an elapse in
     /// the future is the next one, not this run's).
-    pub fn judge(&self, now: SystemTime) -> Verdict {
+    pub fn judge(&self, now: Timestamp) -> Verdict {
         if self.timer_starts != self.own_unit {
             return Verdict::NotTheTimer {
                 reason: format!(
@@ -105,7 +106,7 @@ impl Observed {
         let slot = self
             .calendar_elapses
             .iter()
-            .filter_map(|&usec| UNIX_EPOCH.checked_add(Duration::from_micros(usec)))
+            .filter_map(|&usec| Timestamp::UNIX_EPOCH.checked_add(Duration::from_micros(usec)))
             .filter(|&elapse| elapse <= now)
             .max();
         Verdict::TimerStart { slot }
@@ -132,7 +133,7 @@ pub async fn trigger(
         (DeclaredTrigger::Auto, _) => return Trigger::Manual,
     };
     match observe(&timer).await {
-        Ok(observed) => match observed.judge(SystemTime::now()) {
+        Ok(observed) => match observed.judge(Timestamp::now()) {
             Verdict::TimerStart { slot } => Trigger::Timer { unit: timer, slot },
             Verdict::NotTheTimer { reason } => {
                 tracing::debug!("not a start by {timer}: {reason}");
@@ -310,8 +311,8 @@ mod tests {
         }
     }
 
-    fn at_usec(usec: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_micros(usec)
+    fn at_usec(usec: u64) -> Timestamp {
+        Timestamp::UNIX_EPOCH + Duration::from_micros(usec)
     }
 
     #[test]
@@ -354,12 +355,12 @@ mod tests {
         let mut o = observed(5_000_000, 5_010_000, 0);
         o.timer_starts = "other.service".into();
         assert!(matches!(
-            o.judge(SystemTime::now()),
+            o.judge(Timestamp::now()),
             Verdict::NotTheTimer { .. }
         ));
         let o = observed(0, 20_000, 0);
         assert!(matches!(
-            o.judge(SystemTime::now()),
+            o.judge(Timestamp::now()),
             Verdict::NotTheTimer { .. }
         ));
     }
@@ -424,13 +425,13 @@ mod tests {
         let mut o = observed(5_000_000, 5_010_000, 0);
         o.calendar_elapses.clear();
         assert_eq!(
-            o.judge(SystemTime::now()),
+            o.judge(Timestamp::now()),
             Verdict::TimerStart { slot: None }
         );
         // An elapse after now is the next one, not this run's.
         let o = observed(5_000_000, 5_010_000, u64::MAX);
         assert_eq!(
-            o.judge(SystemTime::now()),
+            o.judge(Timestamp::now()),
             Verdict::TimerStart { slot: None }
         );
     }

@@ -47,8 +47,9 @@ pub trait RunLock {
 /// The last collection a shared lock keeps for the whole fleet.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FleetCollection {
-    /// RFC 3339 UTC.
-    pub at: String,
+    /// RFC 3339 UTC, whole seconds, in `status --json`.
+    #[serde(with = "crate::time::serde::seconds")]
+    pub at: crate::time::Timestamp,
     pub host: String,
     pub report: String,
 }

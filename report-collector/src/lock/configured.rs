@@ -3,7 +3,7 @@
 //! backend. The run, `status` and `check-config` see a [`Lock`] through [`RunLock`] only.
 
 use std::io;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use report_common::ticket::Ticket;
 use tokio::time::Instant;
@@ -17,6 +17,7 @@ use super::postgres::contest::PgContest;
 use super::postgres::{HeldPostgres, PostgresLock};
 use super::request::Request;
 use crate::config::{Config, LockBackend};
+use crate::time::Timestamp;
 
 /// The lock of this collector.
 #[derive(Debug)]
@@ -154,7 +155,7 @@ impl Contest for Contender {
         }
     }
 
-    fn judge(&self, holder: &Holder, slot: Option<SystemTime>) -> Judgement {
+    fn judge(&self, holder: &Holder, slot: Option<Timestamp>) -> Judgement {
         match self {
             Contender::Flock(c) => c.judge(holder, slot),
             Contender::Postgres(c) => c.judge(holder, slot),
@@ -170,7 +171,7 @@ impl Contest for Contender {
 }
 
 impl LockGuard for Guard {
-    async fn set_ticket(&self, ticket: &Ticket, requested: SystemTime) -> io::Result<()> {
+    async fn set_ticket(&self, ticket: &Ticket, requested: Timestamp) -> io::Result<()> {
         match self {
             Guard::Flock(g) => g.set_ticket(ticket, requested).await,
             Guard::Postgres(g) => g.set_ticket(ticket, requested).await,
@@ -191,7 +192,7 @@ impl LockGuard for Guard {
         }
     }
 
-    async fn claim_slot(&self, slot: SystemTime) -> io::Result<Result<(), SlotTaken>> {
+    async fn claim_slot(&self, slot: Timestamp) -> io::Result<Result<(), SlotTaken>> {
         match self {
             Guard::Flock(g) => g.claim_slot(slot).await,
             Guard::Postgres(g) => g.claim_slot(slot).await,

@@ -9,13 +9,13 @@
 
 use std::fmt;
 use std::future::Future;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::holder::{Holder, LeftTicket};
 use super::request::Request;
-use crate::time::round_ms;
+use crate::time::{Timestamp, round_ms};
 
 /// A lock just taken.
 #[derive(Debug)]
@@ -75,7 +75,7 @@ pub trait Contest {
     fn holder(&self) -> Holder;
 
     /// Whether `holder` may be ended for a run of `slot` (checked right before every step).
-    fn judge(&self, holder: &Holder, slot: Option<SystemTime>) -> Judgement;
+    fn judge(&self, holder: &Holder, slot: Option<Timestamp>) -> Judgement;
 
     /// Ends the holder judged [`Judgement::Endable`] with `id`.
     fn end(

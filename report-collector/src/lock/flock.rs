@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt as _, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -30,6 +30,7 @@ use super::holder::{Holder, HolderRecord, LeftTicket, RECORD};
 use super::proc_locks;
 use super::request::Request;
 use crate::files;
+use crate::time::Timestamp;
 use report_common::ticket::Ticket;
 
 /// How often a waiting run looks at the lock file again: a look is a system call.
@@ -122,10 +123,10 @@ impl LockFile {
         match self.file.try_lock() {
             Ok(()) => {
                 let left = read_left_record(&self.file).and_then(LeftTicket::from_record);
-                let mut record = HolderRecord::of_this_process(SystemTime::now());
+                let mut record = HolderRecord::of_this_process(Timestamp::now());
                 if let Some(left) = &left {
                     record.ticket = Some(left.ticket.as_str().to_owned());
-                    record.ticket_requested = left.requested.map(crate::time::format_time_ms);
+                    record.ticket_requested = left.requested;
                 }
                 let held = HeldFlock {
                     lock: self,
@@ -160,7 +161,7 @@ impl HeldFlock {
 
 impl HeldFlock {
     /// [`LockGuard::set_ticket`] without a runtime: nothing here waits.
-    pub fn set_ticket_now(&self, ticket: &Ticket, requested: SystemTime) -> io::Result<()> {
+    pub fn set_ticket_now(&self, ticket: &Ticket, requested: Timestamp) -> io::Result<()> {
         self.record.borrow_mut().set_ticket(ticket, requested);
         self.write_record()
     }
@@ -177,7 +178,7 @@ impl HeldFlock {
 }
 
 impl LockGuard for HeldFlock {
-    async fn set_ticket(&self, ticket: &Ticket, requested: SystemTime) -> io::Result<()> {
+    async fn set_ticket(&self, ticket: &Ticket, requested: Timestamp) -> io::Result<()> {
         self.set_ticket_now(ticket, requested)
     }
 
@@ -338,7 +339,7 @@ impl Contest for Contender {
             .map_or_else(|| Holder::from_lock(None, None), LockFile::holder)
     }
 
-    fn judge(&self, holder: &Holder, _slot: Option<SystemTime>) -> Judgement {
+    fn judge(&self, holder: &Holder, _slot: Option<Timestamp>) -> Judgement {
         match (holder.confirmed, holder.pid) {
             // Named by the lock and the record, yet holding nothing: the lock lives on in a
             // process that inherited its descriptor, and the pid may be anyone's now.
@@ -513,7 +514,7 @@ mod tests {
         let path = dir.path().join("sub/collector.lock");
         let (held, left) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
         assert_eq!(left, None);
-        held.set_ticket_now(&crate::t("abc_0"), SystemTime::UNIX_EPOCH)
+        held.set_ticket_now(&crate::t("abc_0"), Timestamp::UNIX_EPOCH)
             .unwrap();
         let inode = std::fs::metadata(&path).unwrap().ino();
 
@@ -522,7 +523,10 @@ mod tests {
         assert!(holder.confirmed);
         assert_eq!(holder.ticket.as_deref(), Some("abc_0"));
         assert_eq!(
-            holder.ticket_requested.as_deref(),
+            holder
+                .ticket_requested
+                .map(|at| at.millis().to_string())
+                .as_deref(),
             Some("1970-01-01T00:00:00.000Z")
         );
         assert_eq!(holder.host, super::super::holder::this_host());
@@ -551,7 +555,7 @@ mod tests {
     fn an_unfinished_ticket_outlives_its_holder_and_is_handed_to_the_next() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("collector.lock");
-        let requested = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let requested = Timestamp::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         let (first, _) = LockFile::open(&path).unwrap().try_lock().unwrap().unwrap();
         first
             .set_ticket_now(&crate::t("left_1"), requested)
@@ -569,7 +573,10 @@ mod tests {
         let holder = holder_at(&path).unwrap().unwrap();
         assert_eq!(holder.ticket.as_deref(), Some("left_1"));
         assert_eq!(
-            holder.ticket_requested.as_deref(),
+            holder
+                .ticket_requested
+                .map(|at| at.millis().to_string())
+                .as_deref(),
             Some("2023-11-14T22:13:20.000Z")
         );
         drop(second);

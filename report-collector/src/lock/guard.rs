@@ -3,14 +3,15 @@
 
 use std::future::Future;
 use std::io;
-use std::time::SystemTime;
 
 use report_common::ticket::Ticket;
+
+use crate::time::Timestamp;
 
 /// What the run collected, for a lock that keeps the fleet's last collection.
 #[derive(Debug, Clone)]
 pub struct Collection<'a> {
-    pub at: SystemTime,
+    pub at: Timestamp,
     pub report: &'a std::path::Path,
 }
 
@@ -38,7 +39,7 @@ pub trait LockGuard {
     fn set_ticket(
         &self,
         ticket: &Ticket,
-        requested: SystemTime,
+        requested: Timestamp,
     ) -> impl Future<Output = io::Result<()>>;
 
     /// Clears the ticket from the record: its report is saved, or it was cancelled, so nobody
@@ -62,7 +63,7 @@ pub trait LockGuard {
     /// stopped before saving anything is taken over. A lock of one host has nothing to claim.
     fn claim_slot(
         &self,
-        _slot: SystemTime,
+        _slot: Timestamp,
     ) -> impl Future<Output = Result<Result<(), SlotTaken>, io::Error>> {
         async { Ok(Ok(())) }
     }

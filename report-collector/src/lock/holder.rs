@@ -7,40 +7,42 @@
 //! The record is written by another process (any that can write the lock file), so it is read
 //! as input: bounded in size by the reader, its ticket checked into a [`Ticket`] before it is
 //! used (an unsafe one is declined: [`LeftTicket::from_record`] says so in
-//! the journal once), and its host and times shown escaped.
+//! the journal once), its times parsed (one that does not read is not on record) and its host
+//! shown escaped.
 
 use std::fmt;
-use std::time::SystemTime;
 
 use report_common::shown::plain_or_quoted;
 use report_common::ticket::Ticket;
 use serde::{Deserialize, Serialize};
 
 use crate::declined;
-use crate::time::format_time;
+use crate::time::Timestamp;
 
 /// What the holder writes about itself once it has the lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HolderRecord {
     pub pid: u32,
-    /// RFC 3339 UTC.
-    pub since: String,
+    /// RFC 3339 UTC, whole seconds; `None` when the record's does not read (it is written
+    /// back as `null`, which no collector writes).
+    #[serde(with = "crate::time::serde::seconds_or_none")]
+    pub since: Option<Timestamp>,
     /// The host the holder runs on.
     #[serde(default)]
     pub host: Option<String>,
     pub ticket: Option<String>,
     /// When the ticket was requested, RFC 3339 UTC with milliseconds (the next holder computes
     /// the ticket's age from it).
-    #[serde(default)]
-    pub ticket_requested: Option<String>,
+    #[serde(default, with = "crate::time::serde::millis_or_none")]
+    pub ticket_requested: Option<Timestamp>,
 }
 
 impl HolderRecord {
     /// The record of this process, holding the lock from `since`, with no ticket yet.
-    pub fn of_this_process(since: SystemTime) -> HolderRecord {
+    pub fn of_this_process(since: Timestamp) -> HolderRecord {
         HolderRecord {
             pid: std::process::id(),
-            since: format_time(since),
+            since: Some(since),
             host: this_host(),
             ticket: None,
             ticket_requested: None,
@@ -48,9 +50,9 @@ impl HolderRecord {
     }
 
     /// Notes the ticket this holder is collecting and when it asked for it.
-    pub fn set_ticket(&mut self, ticket: &Ticket, requested: SystemTime) {
+    pub fn set_ticket(&mut self, ticket: &Ticket, requested: Timestamp) {
         self.ticket = Some(ticket.as_str().to_owned());
-        self.ticket_requested = Some(crate::time::format_time_ms(requested));
+        self.ticket_requested = Some(requested);
     }
 }
 
@@ -66,11 +68,13 @@ pub fn this_host() -> Option<String> {
 pub struct Holder {
     /// What the lock itself says (the kernel, for the flock) when available, else the record.
     pub pid: Option<u32>,
-    pub since: Option<String>,
+    #[serde(with = "crate::time::serde::seconds_or_none")]
+    pub since: Option<Timestamp>,
     pub host: Option<String>,
     /// The record's ticket when it passed the check; an unsafe one reads as none.
     pub ticket: Option<Ticket>,
-    pub ticket_requested: Option<String>,
+    #[serde(with = "crate::time::serde::millis_or_none")]
+    pub ticket_requested: Option<Timestamp>,
     /// True when the record's pid is the pid the lock itself shows holding it.
     pub confirmed: bool,
     /// Whether messages name the host: a lock shared by several hosts says which one.
@@ -84,7 +88,7 @@ impl Holder {
         match (pid, record) {
             (Some(pid), Some(r)) if r.pid == pid => Holder {
                 pid: Some(pid),
-                since: Some(r.since),
+                since: r.since,
                 host: r.host,
                 ticket: r.ticket.as_deref().and_then(|t| Ticket::new(t).ok()),
                 ticket_requested: r.ticket_requested,
@@ -130,10 +134,13 @@ impl fmt::Display for Holder {
                 )
             )?;
         }
+        match self.since {
+            Some(since) => write!(f, " since {since}")?,
+            None => write!(f, " since an unknown time")?,
+        }
         write!(
             f,
-            " since {} with ticket {}",
-            plain_or_quoted(self.since.as_deref().unwrap_or("an unknown time"), 64),
+            " with ticket {}",
             self.ticket.as_ref().map_or("(none yet)", Ticket::as_str)
         )
     }
@@ -146,7 +153,7 @@ impl fmt::Display for Holder {
 pub struct LeftTicket {
     pub ticket: Ticket,
     /// When it was requested; `None` if the record does not say (or says something unreadable).
-    pub requested: Option<SystemTime>,
+    pub requested: Option<Timestamp>,
     /// The run that left it.
     pub by_pid: u32,
     pub host: Option<String>,
@@ -166,10 +173,7 @@ impl LeftTicket {
             .ok()?;
         Some(LeftTicket {
             ticket,
-            requested: record
-                .ticket_requested
-                .as_deref()
-                .and_then(|t| humantime::parse_rfc3339(t).ok()),
+            requested: record.ticket_requested,
             by_pid: record.pid,
             host: record.host.filter(|host| {
                 declined::name(host, "host", RECORD, "it is not used")
@@ -190,16 +194,20 @@ mod tests {
 
     #[test]
     fn a_record_is_believed_only_when_the_lock_names_the_same_pid() {
-        let mut record = HolderRecord::of_this_process(SystemTime::UNIX_EPOCH);
-        record.set_ticket(&Ticket::new("abc_0").unwrap(), SystemTime::UNIX_EPOCH);
+        let mut record = HolderRecord::of_this_process(Timestamp::UNIX_EPOCH);
+        record.set_ticket(&Ticket::new("abc_0").unwrap(), Timestamp::UNIX_EPOCH);
         let me = std::process::id();
 
         let holder = Holder::from_lock(Some(me), Some(record.clone()));
         assert!(holder.confirmed);
         assert_eq!(holder.ticket.as_ref().map(Ticket::as_str), Some("abc_0"));
+        assert_eq!(holder.ticket_requested, Some(Timestamp::UNIX_EPOCH));
         assert_eq!(
-            holder.ticket_requested.as_deref(),
-            Some("1970-01-01T00:00:00.000Z")
+            serde_json::to_string(&record).unwrap(),
+            format!(
+                r#"{{"pid":{me},"since":"1970-01-01T00:00:00Z","host":{},"ticket":"abc_0","ticket_requested":"1970-01-01T00:00:00.000Z"}}"#,
+                serde_json::to_string(&record.host).unwrap()
+            )
         );
         assert_eq!(
             holder.to_string(),
@@ -221,13 +229,11 @@ mod tests {
 
     #[test]
     fn a_hostile_record_is_never_shown_as_it_is() {
-        let record = HolderRecord {
-            pid: 7,
-            since: "x\nhealth: healthy (exit 0)".to_owned(),
-            host: Some("h\nINFO collected the report FAKE".to_owned()),
-            ticket: Some("q/../../get_report/abc_0".to_owned()),
-            ticket_requested: None,
-        };
+        let record: HolderRecord = serde_json::from_str(
+            r#"{"pid":7,"since":"x\nhealth: healthy (exit 0)","host":"h\nINFO collected the report FAKE","ticket":"q/../../get_report/abc_0","ticket_requested":"y\nz"}"#,
+        )
+        .unwrap();
+        assert_eq!((record.since, record.ticket_requested), (None, None));
         let mut holder = Holder::from_lock(Some(7), Some(record));
         holder.show_host = true;
         assert_eq!(holder.ticket, None, "an unsafe ticket reads as none");
@@ -242,6 +248,8 @@ mod tests {
             serde_json::from_str(r#"{"pid":7,"since":"2026-01-01T00:00:00Z","ticket":null}"#)
                 .unwrap();
         assert_eq!(record.host, None);
+        assert_eq!(record.since, Timestamp::parse("2026-01-01T00:00:00Z"));
+        assert!(record.since.is_some());
         assert_eq!(record.ticket_requested, None);
     }
 }

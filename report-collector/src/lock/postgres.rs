@@ -53,7 +53,7 @@ use super::guard::{Collection, LeaseLost, LockGuard, SlotTaken};
 use super::holder::{Holder, LeftTicket};
 use super::request::Request;
 use crate::config::{PostgresConfig, Tls};
-use crate::time::{format_time, round_ms};
+use crate::time::{Timestamp, format_time, round_ms};
 
 /// The first key of every advisory lock this program takes ('RC'), so that other programs'
 /// advisory locks in the same database do not collide with ours.
@@ -557,7 +557,7 @@ impl RunLock for PostgresLock {
     async fn fleet_last_collection(&self) -> io::Result<Option<FleetCollection>> {
         let row = self.status_row().await?;
         Ok(row.last_at.map(|at| FleetCollection {
-            at: format_time(at),
+            at: Timestamp::from(at),
             host: row.last_host.unwrap_or_default(),
             report: row.last_report.unwrap_or_default(),
         }))
@@ -869,7 +869,8 @@ impl Drop for HeldPostgres {
 }
 
 impl LockGuard for HeldPostgres {
-    async fn set_ticket(&self, ticket: &Ticket, requested: SystemTime) -> io::Result<()> {
+    async fn set_ticket(&self, ticket: &Ticket, requested: Timestamp) -> io::Result<()> {
+        let requested = requested.system_time();
         let s = &self.shared;
         let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
         s.write(
@@ -915,7 +916,8 @@ impl LockGuard for HeldPostgres {
         Ok(save())
     }
 
-    async fn claim_slot(&self, slot: SystemTime) -> io::Result<Result<(), SlotTaken>> {
+    async fn claim_slot(&self, slot: Timestamp) -> io::Result<Result<(), SlotTaken>> {
+        let slot = slot.system_time();
         let s = &self.shared;
         let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
         let claim = async {
@@ -1009,7 +1011,7 @@ impl LockGuard for HeldPostgres {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
-        let at = collected.as_ref().map(|c| c.at);
+        let at = collected.as_ref().map(|c| c.at.system_time());
         let slot = *s
             .slot
             .lock()

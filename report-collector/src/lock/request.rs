@@ -1,11 +1,12 @@
 //! What a run asks of the lock, and what it gets when it is taken.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::holder::LeftTicket;
 use super::policy::Policy;
+use crate::time::Timestamp;
 
 /// What a run asks of the lock.
 #[derive(Debug, Clone, Copy)]
@@ -21,7 +22,7 @@ pub struct Request {
     pub deadline_setting: Duration,
     /// The slot the run belongs to: under `replace`, a shared lock is taken from a holder of
     /// an earlier slot only.
-    pub slot: Option<SystemTime>,
+    pub slot: Option<Timestamp>,
 }
 
 /// The result of taking the lock per policy.

@@ -126,7 +126,7 @@ fn symlinked_report_and_state_directories_keep_working() {
 fn report_at(dir: &Path, secs_from_now: u64, ticket: &str) -> std::path::PathBuf {
     let when = SystemTime::now() + Duration::from_secs(secs_from_now);
     let path = dir.join(store::file_name(
-        when,
+        report_collector::time::Timestamp::from(when),
         &report_common::ticket::Ticket::new(ticket).unwrap(),
     ));
     std::fs::write(&path, CSV).unwrap();
@@ -532,7 +532,7 @@ fn a_state_file_the_run_cannot_read_is_left_as_it_is_and_the_report_still_saved(
     let run = setup.run(&[]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let state = State::load(&setup.state).unwrap().unwrap();
-    assert_eq!(state.first_run.unix, 1_704_110_400.0);
+    assert_eq!(state.first_run.unix_seconds(), 1_704_110_400.0);
     assert_eq!(state.last_run.outcome, "collected");
 }
 

@@ -128,10 +128,11 @@ mod tests {
     //! ends its holder either way a real one does: killed (the kernel frees an flock at once)
     //! or its session ended and its lease waited out (PostgreSQL).
     use std::fmt;
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
     use super::*;
     use crate::lock::contest::BackendRefusal;
+    use crate::time::Timestamp;
 
     /// How the holder in memory goes once asked.
     #[derive(Debug, Clone, Copy)]
@@ -232,7 +233,7 @@ mod tests {
             }
         }
 
-        fn judge(&self, holder: &Holder, _slot: Option<SystemTime>) -> Judgement {
+        fn judge(&self, holder: &Holder, _slot: Option<Timestamp>) -> Judgement {
             let refuse = |said| Box::new(MemoryRefusal(said, holder.clone()));
             match self.earlier {
                 Some(false) => return Judgement::Spared(refuse(Said::NotEarlier)),
@@ -272,7 +273,7 @@ mod tests {
             replace_grace: GRACE,
             deadline: Instant::now() + Duration::from_secs(600),
             deadline_setting: Duration::from_secs(600),
-            slot: Some(SystemTime::UNIX_EPOCH),
+            slot: Some(Timestamp::UNIX_EPOCH),
         }
     }
 

@@ -26,7 +26,7 @@ use crate::lock::backend::RunLock;
 use crate::lock::contest::{BackendRefusal, Contest, Judgement, Refusal, Step, Taken};
 use crate::lock::holder::Holder;
 use crate::lock::request::Request;
-use crate::time::round_ms;
+use crate::time::{Timestamp, round_ms};
 
 /// The PostgreSQL lock, opened (connected) for one run's request.
 #[derive(Debug)]
@@ -230,7 +230,7 @@ impl PgContest {
     ) -> Result<Option<i64>, tokio_postgres::Error> {
         let lease = self.lock.lease.as_secs_f64();
         let longest = LEASE_RANGE.1.as_secs_f64();
-        let slot: Option<SystemTime> = self.request.slot;
+        let slot: Option<SystemTime> = self.request.slot.map(Timestamp::system_time);
         let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
         let updated = client
             .query_opt(
@@ -362,7 +362,8 @@ impl Contest for PgContest {
         self.row.holder()
     }
 
-    fn judge(&self, holder: &Holder, slot: Option<SystemTime>) -> Judgement {
+    fn judge(&self, holder: &Holder, slot: Option<Timestamp>) -> Judgement {
+        let slot = slot.map(Timestamp::system_time);
         let earlier = matches!((self.row.slot, slot), (Some(theirs), Some(ours)) if theirs < ours);
         if !earlier {
             return Judgement::Spared(Box::new(PgRefusal::NotEarlier(holder.clone())));

@@ -29,7 +29,7 @@ use report_common::ticket::{self, Ticket};
 use crate::config::LEASE_RANGE;
 use crate::declined::SHOWN;
 use crate::lock::holder::{Holder, LeftTicket};
-use crate::time::{LAST_TIME, format_time};
+use crate::time::{LAST_TIME, Timestamp, format_time};
 
 /// What VALUE_DECLINED's `SOURCE` says of a value read from the row.
 pub const SOURCE: &str = "the PostgreSQL lock's row";
@@ -362,10 +362,10 @@ impl Row {
         }
         Holder {
             pid: self.pid.and_then(|p| u32::try_from(p).ok()),
-            since: self.since.map(format_time),
+            since: self.since.map(Timestamp::from),
             host: self.host.clone(),
             ticket: self.ticket.clone(),
-            ticket_requested: self.ticket_requested.map(crate::time::format_time_ms),
+            ticket_requested: self.ticket_requested.map(Timestamp::from),
             confirmed: self.session_holds && self.live(),
             show_host: true,
         }
@@ -389,7 +389,7 @@ impl Row {
     pub fn left_ticket(&self) -> Option<LeftTicket> {
         Some(LeftTicket {
             ticket: self.ticket.clone()?,
-            requested: self.ticket_requested,
+            requested: self.ticket_requested.map(Timestamp::from),
             by_pid: self
                 .ticket_pid
                 .or(self.pid)
