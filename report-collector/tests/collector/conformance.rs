@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use nix::sys::signal::Signal;
 use report_collector::config::Source;
 use report_collector::lock::{self, Lock, LockGuard, Policy, Refusal, Request, RunLock};
+use report_collector::time::Timestamp;
 use tokio::time::Instant;
 
 use super::util::cluster::{Cluster, Fleet};
@@ -271,7 +272,9 @@ fn replace_ends_a_confirmed_holder_and_takes_the_lock(backend: Backend) {
         let acquired = lock::acquire(
             &lock,
             Request {
-                slot: Some(SystemTime::now() + Duration::from_secs(86_400)),
+                slot: Some(Timestamp::from(
+                    SystemTime::now() + Duration::from_secs(86_400),
+                )),
                 ..request(Policy::Replace)
             },
         )
