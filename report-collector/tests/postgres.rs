@@ -417,9 +417,11 @@ fn the_postgres_lock_against_a_real_server() {
     wait_for_row(&cluster, "paused", "host-a", true);
     signal(&paused, Signal::SIGSTOP);
     let lease_until = unix(&cluster.row("paused", "extract(epoch from lease_until)"));
+    // With a timeout, pg_terminate_backend returns once the session is gone (its advisory
+    // lock with it), not as soon as it was signalled.
     cluster.psql(
         "fleet",
-        "SELECT pg_terminate_backend(session) FROM report_collector.report_collector_lock WHERE name = 'paused'",
+        "SELECT pg_terminate_backend(session, 5000) FROM report_collector.report_collector_lock WHERE name = 'paused'",
     );
     let freed = SystemTime::now();
     let next = b.run(&["--trigger", "manual"]);
@@ -678,6 +680,31 @@ fn the_postgres_lock_against_a_real_server() {
         reports(&b)
     );
     assert_eq!(cluster.row("saved-once", "COALESCE(ticket, '')"), "");
+
+    // Slot claims older than 7 days are pruned by the taker of every 64th generation, never
+    // a younger one.
+    let a = host(&cluster, &fast.url, "host-a", "pruned", &[]);
+    let first = a.run(&["--trigger", "manual"]);
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    cluster.psql(
+        "fleet",
+        "INSERT INTO report_collector.report_collector_slot (name, slot, host, pid, generation) \
+         VALUES ('pruned', now() - interval '8 days', 'host-x', 1, 1), \
+                ('pruned', now() - interval '6 days', 'host-x', 1, 1); \
+         UPDATE report_collector.report_collector_lock SET generation = 62 WHERE name = 'pruned'",
+    );
+    let claims = || {
+        cluster.psql(
+            "fleet",
+            "SELECT count(*) FROM report_collector.report_collector_slot WHERE name = 'pruned'",
+        )
+    };
+    for (generation, left) in [("63", "2"), ("64", "1"), ("65", "1")] {
+        let run = a.run(&["--trigger", "manual"]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        assert_eq!(cluster.row("pruned", "generation"), generation);
+        assert_eq!(claims(), left, "after generation {generation}");
+    }
 }
 
 /// A report server that records every request's path, hands out `t<n>_0` tickets and answers
