@@ -39,6 +39,24 @@
 //! polls, and so sends, them in order): the server runs them in that order, each in its own
 //! transaction. In a new session the server's own work dominates (its caches are cold), so
 //! the statements read the catalog as little as they can.
+//!
+//! Only the writes that must outlive a crash of the database once confirmed wait for their WAL
+//! flush ([`Commit::Durable`]): the take (a generation handed out must never be handed out
+//! again), the renewals (no lease may end before its holder believes it does), the mark (the
+//! commit point across hosts), the slot claim, and a ticket written back unmarked after a failed
+//! save (else the mark would stand for a report never written). The others commit without
+//! waiting ([`Commit::Unflushed`]): a crash of the database may lose them (those of about the
+//! last three `wal_writer_delay`s, 600 ms by default), which leaves the row as a run that died
+//! at that point leaves it, and that the lock already handles. The ticket written: the next
+//! holder does not resume it (the server keeps its report until `ticket-ttl`; nobody fetches it
+//! twice). The ticket finished: after a save the row still marks it as being saved by this
+//! host, so the next holder takes it as collected; after a cancel, it is resumed and found
+//! gone. The release (and the slot's collection time, which the mark already set): the lease
+//! runs out by itself, and `status` shows the collection before. Old slot claims: pruned later.
+//! The renewal right before the mark: the mark's flush is its flush. Such a crash also ends the
+//! run's session, so the run stops (its next renewal or its mark fails) before anything builds
+//! on the lost write; and any commit that waits for its flush, on any host, flushes the WAL
+//! written before it, lost writes included.
 
 pub mod contest;
 pub mod password;
@@ -47,6 +65,7 @@ pub mod tables;
 pub mod tls;
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -123,6 +142,32 @@ CREATE TABLE IF NOT EXISTS report_collector_slot (
 ALTER TABLE report_collector_lock ADD COLUMN IF NOT EXISTS ticket_saving_generation bigint;
 ALTER TABLE report_collector_lock ADD COLUMN IF NOT EXISTS ticket_saved_by_host text;
 ";
+
+/// Whether a write's commit waits until its WAL is flushed to disk (see the module docs for
+/// which do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// Confirmed once on disk: it outlives a crash of the database.
+    Durable,
+    /// Confirmed before its WAL is flushed: a crash of the database may lose it.
+    Unflushed,
+}
+
+impl Commit {
+    /// `write` (an UPDATE or a DELETE ending with its WHERE clause) as sent. Unflushed, it turns
+    /// `synchronous_commit` off for its own transaction only, in the statement itself: a
+    /// renewal sent meanwhile on the same session still waits for its flush.
+    fn sql(self, write: &str) -> String {
+        match self {
+            Commit::Durable => write.to_owned(),
+            Commit::Unflushed => format!(
+                "WITH no_flush_wait AS MATERIALIZED \
+                   (SELECT set_config('synchronous_commit', 'off', true)) \
+                 {write} AND EXISTS (SELECT FROM no_flush_wait)"
+            ),
+        }
+    }
+}
 
 /// A statement's parameters, each with its type: statements are sent unprepared
 /// ([`Client::query_typed`]).
@@ -839,18 +884,21 @@ impl Shared {
         self.validity.check(|| self.expired())
     }
 
-    /// One renewal round trip; a confirmed one moves `valid_until` on.
-    async fn renew(&self) {
+    /// One renewal round trip; a confirmed one moves `valid_until` on. `commit`: durable, but
+    /// for the renewal right before the mark, whose flush is the mark's (`HeldPostgres`'s
+    /// [`LockGuard::commit`]).
+    async fn renew(&self, commit: Commit) {
         if self.check().is_err() {
             return;
         }
         let sent = Instant::now();
-        let sql = format!(
+        let update = format!(
             "UPDATE report_collector_lock SET lease_until = clock_timestamp() + make_interval(secs => $4) \
              WHERE name = $1 AND generation = $5 AND session = pg_backend_pid() \
              AND lease_until > clock_timestamp() \
-             AND {HOLDS} pg_backend_pid()) RETURNING pg_backend_pid()"
+             AND {HOLDS} pg_backend_pid())"
         );
+        let sql = format!("{} RETURNING pg_backend_pid()", commit.sql(&update));
         let lease = self.lease.as_secs_f64();
         let answer = tokio::time::timeout(
             self.lease - self.margin,
@@ -903,9 +951,11 @@ impl Shared {
         }
     }
 
-    /// A guarded write of the row: only while this run is still the holder.
-    async fn write(&self, sql: &str, params: &Params<'_>) -> io::Result<()> {
-        let done = tokio::time::timeout(STATUS_TIMEOUT, self.client.execute_typed(sql, params))
+    /// A guarded write of the row (`sql`, an UPDATE ending with its WHERE clause): only while
+    /// this run is still the holder.
+    async fn write(&self, commit: Commit, sql: &str, params: &Params<'_>) -> io::Result<()> {
+        let sql = commit.sql(sql);
+        let done = tokio::time::timeout(STATUS_TIMEOUT, self.client.execute_typed(&sql, params))
             .await
             .map_err(|_| io::Error::other("the database did not answer in time"))?
             .map_err(|e| io::Error::other(describe(&e)))?;
@@ -921,7 +971,7 @@ impl Shared {
 async fn renew_every(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(shared.lease / 3).await;
-        shared.renew().await;
+        shared.renew(Commit::Durable).await;
         if shared.check().is_err() {
             return;
         }
@@ -934,6 +984,9 @@ pub struct HeldPostgres {
     shared: Arc<Shared>,
     renewer: JoinHandle<()>,
     session: Option<Session>,
+    /// This run marked its ticket as being saved ([`HeldPostgres::mark_saving`]): a ticket
+    /// written after that undoes the mark, and waits for its flush.
+    marked: AtomicBool,
 }
 
 impl HeldPostgres {
@@ -995,6 +1048,7 @@ impl HeldPostgres {
                 "the lock's row no longer gives this run a live lease",
             ));
         }
+        self.marked.store(true, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -1011,7 +1065,13 @@ impl LockGuard for HeldPostgres {
     async fn set_ticket(&self, ticket: &Ticket, requested: SystemTime) -> io::Result<()> {
         let s = &self.shared;
         let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        let commit = if self.marked.load(Ordering::Relaxed) {
+            Commit::Durable
+        } else {
+            Commit::Unflushed
+        };
         s.write(
+            commit,
             "UPDATE report_collector_lock SET ticket = $3, ticket_requested = $4, \
              ticket_host = $5, ticket_pid = $6, \
              ticket_saving_generation = NULL, ticket_saved_by_host = NULL \
@@ -1031,6 +1091,7 @@ impl LockGuard for HeldPostgres {
     async fn finish_ticket(&self) -> io::Result<()> {
         let s = &self.shared;
         s.write(
+            Commit::Unflushed,
             "UPDATE report_collector_lock SET ticket = NULL, ticket_requested = NULL, \
              ticket_host = NULL, ticket_pid = NULL, \
              ticket_saving_generation = NULL, ticket_saved_by_host = NULL \
@@ -1042,9 +1103,13 @@ impl LockGuard for HeldPostgres {
 
     async fn commit<T>(&self, ticket: &Ticket, save: impl FnOnce() -> T) -> Result<T, LeaseLost> {
         // Confirmed with a round trip first, and checked again right before the mark: a run
-        // that was paused past its lease must not save what it fetched.
+        // that was paused past its lease must not save what it fetched. This renewal does not
+        // wait for its flush: all that relies on it is the mark, whose commit waits for the
+        // flush of the WAL written before it, this renewal included. A crash of the database
+        // that loses the renewal ends this run's session, so the mark fails and nothing is
+        // saved; until then the lease it wrote is at most longer than the one on disk.
         self.shared.check()?;
-        self.shared.renew().await;
+        self.shared.renew(Commit::Unflushed).await;
         self.shared.check()?;
         self.mark_saving(ticket).await.map_err(|e| LeaseLost {
             why: format!(
@@ -1155,29 +1220,34 @@ impl LockGuard for HeldPostgres {
             .slot
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Sent together: `biased` polls, and so sends, them in this order, and the advisory
-        // lock goes last, once the row no longer names this run.
+        // Each committed without waiting for its flush (see the module docs). Sent together:
+        // `biased` polls, and so sends, them in this order, and the advisory lock goes last,
+        // once the row no longer names this run.
         let collected_slot = async {
             let (Some(at), Some(slot)) = (at, slot) else {
                 return Ok(0);
             };
-            let sql = "UPDATE report_collector_slot SET collected_at = $4 \
-                 WHERE name = $1 AND slot = $2 AND generation = $3";
+            let sql = Commit::Unflushed.sql(
+                "UPDATE report_collector_slot SET collected_at = $4 \
+                 WHERE name = $1 AND slot = $2 AND generation = $3",
+            );
             let params: &Params = &[
                 (&s.lock_name, Type::TEXT),
                 (&slot, Type::TIMESTAMPTZ),
                 (&s.generation, Type::INT8),
                 (&at, Type::TIMESTAMPTZ),
             ];
-            s.client.execute_typed(sql, params).await
+            s.client.execute_typed(&sql, params).await
         };
         let row = async {
-            let sql = "UPDATE report_collector_lock SET holder_host = NULL, holder_pid = NULL, \
+            let sql = Commit::Unflushed.sql(
+                "UPDATE report_collector_lock SET holder_host = NULL, holder_pid = NULL, \
                  since = NULL, session = NULL, lease_until = NULL, slot = NULL, \
                  last_collected_at = COALESCE($3, last_collected_at), \
                  last_collected_host = CASE WHEN $3::timestamptz IS NULL THEN last_collected_host ELSE $4 END, \
                  last_report = COALESCE($5, last_report) \
-                 WHERE name = $1 AND generation = $2 AND session = pg_backend_pid()";
+                 WHERE name = $1 AND generation = $2 AND session = pg_backend_pid()",
+            );
             let params: &Params = &[
                 (&s.lock_name, Type::TEXT),
                 (&s.generation, Type::INT8),
@@ -1185,7 +1255,7 @@ impl LockGuard for HeldPostgres {
                 (&s.host, Type::TEXT),
                 (&report, Type::TEXT),
             ];
-            s.client.execute_typed(sql, params).await
+            s.client.execute_typed(&sql, params).await
         };
         let unlock = async {
             let key = i32::try_from(s.keys.1).unwrap_or(0);
@@ -1221,6 +1291,27 @@ impl LockGuard for HeldPostgres {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unflushed_write_turns_synchronous_commit_off_for_its_own_transaction_only() {
+        let write = "UPDATE report_collector_lock SET ticket = NULL WHERE name = $1";
+        assert_eq!(Commit::Durable.sql(write), write);
+        let unflushed = Commit::Unflushed.sql(write);
+        assert!(
+            unflushed.starts_with("WITH no_flush_wait AS MATERIALIZED"),
+            "{unflushed}"
+        );
+        // `true`: local to the transaction, which is the statement's own.
+        assert!(
+            unflushed.contains("set_config('synchronous_commit', 'off', true)"),
+            "{unflushed}"
+        );
+        // Referenced, so evaluated, before a row is written.
+        assert!(
+            unflushed.ends_with(&format!("{write} AND EXISTS (SELECT FROM no_flush_wait)")),
+            "{unflushed}"
+        );
+    }
 
     #[test]
     fn the_lock_key_is_stable_and_positive() {

@@ -11,6 +11,7 @@
 //! again within its bound: giving up would leave the slot to nobody.
 
 use std::fmt;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -19,7 +20,7 @@ use tokio_postgres::types::Type;
 
 use super::row::{Lease, Row};
 use super::{
-    ADVISORY_CLASS, FirstLook, HeldPostgres, POLL, Params, PostgresLock, SLOT_PRUNE_EVERY,
+    ADVISORY_CLASS, Commit, FirstLook, HeldPostgres, POLL, Params, PostgresLock, SLOT_PRUNE_EVERY,
     SLOT_RETENTION_DAYS, Session, Shared, Validity, WAIT_MARGIN, connection_lost, describe,
     renew_every, terminate, try_advisory_lock,
 };
@@ -256,7 +257,8 @@ impl PgContest {
     /// meets it. The generation only increases: never past its largest value. The taker of
     /// every [`SLOT_PRUNE_EVERY`]th generation also deletes slot claims older than
     /// [`SLOT_RETENTION_DAYS`], in a statement sent with the take (no round trip of its own)
-    /// whose failure is ignored: a later taker prunes them.
+    /// whose loss in a crash of the database is harmless ([`Commit::Unflushed`]), and whose
+    /// failure is ignored: a later taker prunes them.
     async fn update_row(
         &self,
         client: &tokio_postgres::Client,
@@ -300,10 +302,13 @@ impl PgContest {
             if generation % SLOT_PRUNE_EVERY != 0 {
                 return;
             }
+            let sql = Commit::Unflushed.sql(
+                "DELETE FROM report_collector_slot WHERE name = $1 \
+                 AND slot < clock_timestamp() - make_interval(days => $2)",
+            );
             let _ = client
                 .execute_typed(
-                    "DELETE FROM report_collector_slot WHERE name = $1 \
-                     AND slot < clock_timestamp() - make_interval(days => $2)",
+                    &sql,
                     &[
                         (&self.lock.lock_name, Type::TEXT),
                         (&SLOT_RETENTION_DAYS, Type::INT4),
@@ -338,6 +343,7 @@ impl PgContest {
                 shared,
                 renewer,
                 session: Some(session),
+                marked: AtomicBool::new(false),
             },
             left: row.left_ticket(),
             previous: self.previous.take(),
