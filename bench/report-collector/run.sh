@@ -23,35 +23,18 @@ set -eu
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 RUNS=${RUNS:-200}
 PORT=${PORT:-18297}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
-need() {
-    command -v "$1" >/dev/null 2>&1 || {
-        echo "installing $2 ..." >&2
-        apt-get install -y "$2" >/dev/null
-    }
-}
 need hyperfine hyperfine
 need curl curl
 need flock util-linux
 need python3 python3
 [ -x /usr/bin/time ] || { echo "installing time ..." >&2; apt-get install -y time >/dev/null; }
 
-# Waits up to 5 s until CMD... succeeds; else prints "WHAT did not start:" and LOG, and exits.
-started() {
-    what=$1 log=$2
-    shift 2
-    i=0
-    until "$@" >/dev/null 2>&1; do
-        i=$((i + 1))
-        [ $i -lt 100 ] || { echo "$what did not start:" >&2; cat "$log" >&2; exit 1; }
-        sleep 0.05
-    done
-}
-
 cd "$ROOT"
 cargo build --release -q -p report-collector -p report-apis --bins --example systemd_standin
-COLLECTOR=$ROOT/target/release/report-collector
-APIS=$ROOT/target/release/report-apis
+COLLECTOR=$RELEASE/report-collector
 
 WORK=$(mktemp -d)
 SERVER_PID=
@@ -70,24 +53,9 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-cat >"$WORK/apis.toml" <<EOF
-listen = "127.0.0.1:$PORT"
-[heavy-load]
-period = "0s"
-[report]
-generation-time = "0s"
-EOF
-"$APIS" --config "$WORK/apis.toml" >"$WORK/apis.log" 2>&1 &
-SERVER_PID=$!
-started report-apis "$WORK/apis.log" curl -sf "http://127.0.0.1:$PORT/healthz"
-
-mkdir -p "$WORK/collector" "$WORK/script/reports"
-cat >"$WORK/collector/config.toml" <<EOF
-server-url = "http://127.0.0.1:$PORT"
-lock-file = "$WORK/collector/collector.lock"
-report-dir = "$WORK/collector/reports"
-state-file = "$WORK/collector/last-run.json"
-EOF
+fast_report_apis "$WORK" "$PORT"
+collector_config "$WORK/collector" "http://127.0.0.1:$PORT"
+mkdir -p "$WORK/script/reports"
 
 # The same job as a shell script: the lock, one request, polls every 10 s while not ready,
 # the CSV printed and saved through a temp file and a rename (no fsync, unlike the collector).
@@ -140,7 +108,7 @@ need dbus-daemon dbus-daemon
 dbus-daemon --session --nofork --nopidfile --address="unix:path=$WORK/bus" >/dev/null 2>&1 &
 BUS_PID=$!
 started dbus-daemon /dev/null test -S "$WORK/bus"
-"$ROOT/target/release/examples/systemd_standin" "unix:path=$WORK/bus" >"$WORK/standin.log" 2>&1 &
+"$RELEASE/examples/systemd_standin" "unix:path=$WORK/bus" >"$WORK/standin.log" 2>&1 &
 STANDIN_PID=$!
 started "the systemd stand-in" "$WORK/standin.log" grep -q ready "$WORK/standin.log"
 BUS_RSS=0
@@ -162,7 +130,7 @@ echo "== peak RSS of a whole run by report size (max of $SIZE_RUNS each) =="
 # A report server of static files: the ticket, and the report under get_report/<ticket>.
 FILES_PORT=$((PORT + 1))
 CAP=$((64 * 1024 * 1024))
-mkdir -p "$WORK/files/get_report" "$WORK/sized"
+mkdir -p "$WORK/files/get_report"
 # Rows of 24 bytes after the header, the last one longer: the body is exactly the cap.
 python3 - "$CAP" "$WORK/files/get_report/big_0" <<'PY'
 import sys
@@ -179,13 +147,8 @@ echo small_0 >"$WORK/files/request_report"
 python3 -m http.server --bind 127.0.0.1 --directory "$WORK/files" "$FILES_PORT" >"$WORK/files.log" 2>&1 &
 FILES_PID=$!
 started "the static report server" "$WORK/files.log" curl -sf "http://127.0.0.1:$FILES_PORT/request_report"
-cat >"$WORK/sized/config.toml" <<EOF
-server-url = "http://127.0.0.1:$FILES_PORT"
-lock-file = "$WORK/sized/collector.lock"
-report-dir = "$WORK/sized/reports"
-state-file = "$WORK/sized/last-run.json"
-keep-reports = 1
-EOF
+collector_config "$WORK/sized" "http://127.0.0.1:$FILES_PORT"
+echo "keep-reports = 1" >>"$WORK/sized/config.toml"
 # peak_rss_of TICKET: the largest peak RSS of SIZE_RUNS runs that each collect TICKET's report.
 peak_rss_of() {
     echo "$1" >"$WORK/files/request_report"

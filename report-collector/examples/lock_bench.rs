@@ -1,7 +1,8 @@
 //! What the shared lock costs a run: lock acquire + release with the flock backend and with
 //! the PostgreSQL backend (connect, schema check, advisory lock, lease row, release, close: all
-//! a run pays), the median of many, printed. Run by `bench/report-collector/lock.sh`, which
-//! starts a throw-away cluster; by hand: `lock_bench RUNS "host=/run/postgresql user=... dbname=..."`.
+//! a run pays), and the connection's start alone (startup and authentication, the part no
+//! statement can save), the median of many, printed. Run by `bench/report-collector/lock.sh`,
+//! which starts a throw-away cluster; by hand: `lock_bench RUNS "host=/run/postgresql user=... dbname=..."`.
 
 use std::time::{Duration, Instant};
 
@@ -21,18 +22,31 @@ fn request() -> Request {
     }
 }
 
-async fn median_of(runs: usize, lock: &impl RunLock) -> Duration {
+async fn median_of(runs: usize, mut once: impl AsyncFnMut()) -> Duration {
     let mut took = Vec::with_capacity(runs);
     for _ in 0..runs {
         let start = Instant::now();
-        let acquired = report_collector::lock::acquire(lock, request())
-            .await
-            .expect("the lock is free");
-        acquired.guard.expect("a guard").release(None).await;
+        once().await;
         took.push(start.elapsed());
     }
     took.sort();
     took[runs / 2]
+}
+
+async fn acquire_release(lock: &impl RunLock) {
+    let acquired = report_collector::lock::acquire(lock, request())
+        .await
+        .expect("the lock is free");
+    acquired.guard.expect("a guard").release(None).await;
+}
+
+/// Connected (startup and authentication done), then closed without a statement.
+async fn connect_only(connect: &str) {
+    let (client, connection) = tokio_postgres::connect(connect, tokio_postgres::NoTls)
+        .await
+        .expect("the cluster answers");
+    drop(client);
+    drop(connection);
 }
 
 fn main() {
@@ -46,7 +60,7 @@ fn main() {
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let flock = FlockLock::new(dir.path().join("bench.lock"));
-        let flock_median = median_of(runs, &flock).await;
+        let flock_median = median_of(runs, async || acquire_release(&flock).await).await;
         println!(
             "lock acquire+release, flock:    median {:>9.3} ms of {runs}",
             flock_median.as_secs_f64() * 1e3
@@ -56,17 +70,22 @@ fn main() {
             return;
         };
         let config = PostgresConfig {
-            connect,
+            connect: connect.clone(),
             lock_name: "lock-bench".to_owned(),
             tls: Tls::Disable,
             ..PostgresConfig::default()
         };
         let lock = PostgresLock::from_config(&config).unwrap();
-        let pg_median = median_of(runs, &lock).await;
+        let pg_median = median_of(runs, async || acquire_release(&lock).await).await;
         println!(
             "lock acquire+release, postgres: median {:>9.3} ms of {runs} (Unix socket, same host; {:.0}x flock)",
             pg_median.as_secs_f64() * 1e3,
             pg_median.as_secs_f64() / flock_median.as_secs_f64()
+        );
+        let connect_median = median_of(runs, async || connect_only(&connect).await).await;
+        println!(
+            "connection start, postgres:     median {:>9.3} ms of {runs} (startup and authentication, no statement)",
+            connect_median.as_secs_f64() * 1e3
         );
     });
 }

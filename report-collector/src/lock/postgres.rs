@@ -23,6 +23,40 @@
 //! start the count again, which would hand out tokens earlier holders had, but refuses the lock
 //! (exit 69) with the statement that resets it once every collector sharing it is stopped, and
 //! `status` says so too.
+//!
+//! Every run is a process with a connection of its own, so what the lock costs is paid per run
+//! (`bench/report-collector/lock.sh` measures it): the connection's start, then a manual run's
+//! 11 statements in 7 round trips (a timer run's 13 in 8). First, sent together:
+//! `pg_backend_pid()`, the columns check ([`tables`]), `pg_try_advisory_lock` and the row (a
+//! look that counts only once the columns were found to fit); then the take; the slot claim
+//! (timer runs); the ticket; the renewal and the mark before the report is written; the ticket
+//! finished; the release (with the slot's collection time, for timer runs) and the advisory
+//! unlock, sent together. The lock's first use also makes the tables and the row, and one take
+//! in [`SLOT_PRUNE_EVERY`] prunes old slot claims, sent with it. Statements go out unprepared
+//! (`query_typed`: parse, bind and execute in one flight; `query` would prepare first, a round
+//! trip more, and close after: a statement is run once per connection), and those that follow
+//! one another whatever the answers are sent together (`tokio::join!` with `biased`, which
+//! polls, and so sends, them in order): the server runs them in that order, each in its own
+//! transaction. In a new session the server's own work dominates (its caches are cold), so
+//! the statements read the catalog as little as they can.
+//!
+//! Only the writes that must outlive a crash of the database once confirmed wait for their WAL
+//! flush ([`Commit::Durable`]): the take (a generation handed out must never be handed out
+//! again), the renewals (no lease may end before its holder believes it does), the mark (the
+//! commit point across hosts), the slot claim, and a ticket written back unmarked after a failed
+//! save (else the mark would stand for a report never written). The others commit without
+//! waiting ([`Commit::Unflushed`]): a crash of the database may lose them (those of about the
+//! last three `wal_writer_delay`s, 600 ms by default), which leaves the row as a run that died
+//! at that point leaves it, and that the lock already handles. The ticket written: the next
+//! holder does not resume it (the server keeps its report until `ticket-ttl`; nobody fetches it
+//! twice). The ticket finished: after a save the row still marks it as being saved by this
+//! host, so the next holder takes it as collected; after a cancel, it is resumed and found
+//! gone. The release (and the slot's collection time, which the mark already set): the lease
+//! runs out by itself, and `status` shows the collection before. Old slot claims: pruned later.
+//! The renewal right before the mark: the mark's flush is its flush. Such a crash also ends the
+//! run's session, so the run stops (its next renewal or its mark fails) before anything builds
+//! on the lost write; and any commit that waits for its flush, on any host, flushes the WAL
+//! written before it, lost writes included.
 
 pub mod contest;
 pub mod password;
@@ -31,6 +65,7 @@ pub mod tables;
 pub mod tls;
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -40,6 +75,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::Client;
 use tokio_postgres::config::Host;
+use tokio_postgres::types::{ToSql, Type};
 
 pub use self::contest::PgRefusal;
 use self::row::{Declined, Row, RowValues};
@@ -67,8 +103,14 @@ const POLL: Duration = Duration::from_millis(200);
 const WAIT_MARGIN: Duration = Duration::from_millis(250);
 /// Bound on `status` and on releasing: the database must not hold them up.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
-/// Slot claims older than this are deleted when a run takes the lock.
+/// Slot claims older than this are deleted by a run that takes the lock, one take in
+/// [`SLOT_PRUNE_EVERY`].
 const SLOT_RETENTION_DAYS: i32 = 7;
+/// The takes (by generation) whose taker also prunes old slot claims: a DELETE is a statement
+/// a run's new session plans (about 0.3 ms), and on most takes it would find nothing or the
+/// one claim that just turned old (a timer claims a slot a minute). Claims are kept at least
+/// [`SLOT_RETENTION_DAYS`], and no run asks for a slot that old.
+const SLOT_PRUNE_EVERY: i64 = 64;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS report_collector_lock (
@@ -102,8 +144,42 @@ ALTER TABLE report_collector_lock ADD COLUMN IF NOT EXISTS ticket_saving_generat
 ALTER TABLE report_collector_lock ADD COLUMN IF NOT EXISTS ticket_saved_by_host text;
 ";
 
-/// Whether `session` holds this lock's advisory lock, by `pg_locks` ($2, $3: the keys).
-const HOLDS: &str = "EXISTS (SELECT 1 FROM pg_locks k WHERE k.locktype = 'advisory' AND k.granted \
+/// Whether a write's commit waits until its WAL is flushed to disk (see the module docs for
+/// which do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// Confirmed once on disk: it outlives a crash of the database.
+    Durable,
+    /// Confirmed before its WAL is flushed: a crash of the database may lose it.
+    Unflushed,
+}
+
+impl Commit {
+    /// `write` (an UPDATE or a DELETE ending with its WHERE clause) as sent. Unflushed, it turns
+    /// `synchronous_commit` off for its own transaction only, in the statement itself: a
+    /// renewal sent meanwhile on the same session still waits for its flush.
+    fn sql(self, write: &str) -> String {
+        match self {
+            Commit::Durable => write.to_owned(),
+            Commit::Unflushed => format!(
+                "WITH no_flush_wait AS MATERIALIZED \
+                   (SELECT set_config('synchronous_commit', 'off', true)) \
+                 {write} AND EXISTS (SELECT FROM no_flush_wait)"
+            ),
+        }
+    }
+}
+
+/// A statement's parameters, each with its type: statements are sent unprepared
+/// ([`Client::query_typed`]).
+type Params<'a> = [(&'a (dyn ToSql + Sync), Type)];
+
+/// Whether `session` holds this lock's advisory lock, by `pg_locks` ($2, $3: the keys). The
+/// statements call the functions under the views `pg_locks` and `pg_stat_activity`
+/// (`pg_lock_status()`, `pg_stat_get_activity(pid)`) themselves: the same rows, but a new
+/// session, as every run's is, plans them in half the time, with no view to expand and no
+/// catalog to join.
+const HOLDS: &str = "EXISTS (SELECT 1 FROM pg_lock_status() k WHERE k.locktype = 'advisory' AND k.granted \
      AND k.classid::int8 = $2 AND k.objid::int8 = $3 AND k.objsubid = 2 AND k.pid = ";
 
 /// The PostgreSQL backend: where the database is, and this host's part in the lock.
@@ -202,68 +278,104 @@ impl PostgresLock {
         self.lease / 5
     }
 
-    /// Connects and makes sure the tables and this lock's row exist.
-    async fn open(&self) -> Result<Session, String> {
-        let session = tokio::time::timeout(self.connect_timeout + Duration::from_secs(1), self.connect())
-            .await
-            .map_err(|_| {
-                format!(
-                    "no answer from the PostgreSQL server at {} within connect-timeout ({}); check that it runs and that this host reaches it",
-                    self.target,
-                    humantime::format_duration(self.connect_timeout)
-                )
-            })??;
+    /// Connects, makes sure the tables exist, of the columns this version uses, and takes a
+    /// first look at the lock: the advisory lock tried, then the row read. The look goes out
+    /// with the columns check, in one round trip, and counts only once the columns were found
+    /// to fit: its row is decoded (and its values said) only then, and a run whose tables do
+    /// not fit fails, which ends its session and so frees an advisory lock it got. The lock's
+    /// row is made by the first run that finds none ([`PostgresLock::make_row`]).
+    async fn open(&self) -> Result<(Session, Option<FirstLook>), String> {
+        let opened = async {
+            let mut session = self.connect().await?;
+            let client = Arc::clone(&session.client);
+            // `biased`: polled, and so sent, in this order.
+            let (backend, shape, got, row) = tokio::join!(
+                biased;
+                client.query_typed_one("SELECT pg_backend_pid()", &[]),
+                columns(&client),
+                try_advisory_lock(&client, self.key),
+                self.fetch_row(&client),
+            );
+            session.backend = backend
+                .and_then(|r| r.try_get(0))
+                .map_err(|e| self.connect_failed(&e))?;
+            Ok::<_, String>((session, shape, got, row))
+        };
+        let (session, shape, got, row) =
+            tokio::time::timeout(self.connect_timeout + Duration::from_secs(1), opened)
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no answer from the PostgreSQL server at {} within connect-timeout ({}); check that it runs and that this host reaches it",
+                        self.target,
+                        humantime::format_duration(self.connect_timeout)
+                    )
+                })??;
+        let client = &session.client;
         let prepare = async {
-            let mut shape = columns(&session.client).await?;
+            let mut shape = shape?;
+            let mut row = Some(row);
             if shape.lacks_columns() {
-                session
-                    .client
+                client
                     .batch_execute(&format!(
                         "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA} COMMIT;"
                     ))
                     .await?;
-                shape = columns(&session.client).await?;
+                shape = columns(client).await?;
+                // Read before the tables were made: read again.
+                row = None;
             }
-            if shape == Shape::Fits {
-                session
-                    .client
-                    .execute(
-                        "INSERT INTO report_collector_lock (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
-                        &[&self.lock_name],
-                    )
-                    .await?;
-            }
-            Ok::<_, tokio_postgres::Error>(shape)
+            Ok::<_, tokio_postgres::Error>((shape, row))
         };
-        match tokio::time::timeout(STATUS_TIMEOUT, prepare).await {
-            Ok(Ok(Shape::Fits)) => Ok(session),
-            Ok(Ok(Shape::Differs(mismatches))) => Err(tables::describe(&self.target, &mismatches)),
-            Ok(Ok(Shape::Absent)) => Err(format!(
-                "the tables report_collector_lock and report_collector_slot on {} are not there after creating them: check this role's search_path",
-                self.target
-            )),
-            Ok(Err(e)) => Err(format!(
-                "cannot create or use the tables report_collector_lock and report_collector_slot on {}: {}; grant this role CREATE on the schema (see the README, \"Several hosts\") or create them as the owner",
-                self.target,
-                describe(&e)
-            )),
-            Err(_) => Err(format!(
-                "the PostgreSQL server at {} did not answer within {} while preparing the lock's tables",
-                self.target,
-                humantime::format_duration(STATUS_TIMEOUT)
-            )),
-        }
+        let row = match tokio::time::timeout(STATUS_TIMEOUT, prepare).await {
+            Ok(Ok((Shape::Fits, row))) => row,
+            Ok(Ok((Shape::Differs(mismatches), _))) => {
+                return Err(tables::describe(&self.target, &mismatches));
+            }
+            Ok(Ok((Shape::Absent, _))) => {
+                return Err(format!(
+                    "the tables report_collector_lock and report_collector_slot on {} are not there after creating them: check this role's search_path",
+                    self.target
+                ));
+            }
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "cannot create or use the tables report_collector_lock and report_collector_slot on {}: {}; grant this role CREATE on the schema (see the README, \"Several hosts\") or create them as the owner",
+                    self.target,
+                    describe(&e)
+                ));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "the PostgreSQL server at {} did not answer within {} while preparing the lock's tables",
+                    self.target,
+                    humantime::format_duration(STATUS_TIMEOUT)
+                ));
+            }
+        };
+        // A look that failed is taken again by the contest (a row that failed, read again).
+        let first = got.ok().map(|got| FirstLook {
+            got,
+            row: row.and_then(|row| {
+                row.and_then(|r| r.map(|r| self.decode_row(&r)).transpose())
+                    .ok()
+            }),
+        });
+        Ok((session, first))
     }
 
+    fn connect_failed(&self, e: &tokio_postgres::Error) -> String {
+        format!(
+            "cannot connect to the PostgreSQL server at {} as user {}: {}; check that the server is up and reachable from this host, postgres.connect, pg_hba.conf and the password file",
+            self.target,
+            self.pg.get_user().unwrap_or("(unset)"),
+            describe(e)
+        )
+    }
+
+    /// Connects; the session's backend pid is learnt by [`PostgresLock::open`].
     async fn connect(&self) -> Result<Session, String> {
-        let failed = |e: tokio_postgres::Error| {
-            format!(
-                "cannot connect to the PostgreSQL server at {} as user {}: {}; check that the server is up and reachable from this host, postgres.connect, pg_hba.conf and the password file",
-                self.target,
-                self.pg.get_user().unwrap_or("(unset)"),
-                describe(&e)
-            )
-        };
+        let failed = |e: tokio_postgres::Error| self.connect_failed(&e);
         let (client, task) = match &self.tls {
             Some(tls) => {
                 let make = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
@@ -279,14 +391,9 @@ impl PostgresLock {
                 (client, tokio::spawn(drive(connection)))
             }
         };
-        let backend = client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .and_then(|r| r.try_get::<_, i32>(0))
-            .map_err(failed)?;
         Ok(Session {
             client: Arc::new(client),
-            backend,
+            backend: 0,
             task,
         })
     }
@@ -295,6 +402,17 @@ impl PostgresLock {
     /// column's declined value is said once a process. Text is cut short in SQL, so a huge
     /// value never crosses the wire.
     async fn read_row(&self, client: &Client) -> Result<Option<Row>, tokio_postgres::Error> {
+        match self.fetch_row(client).await? {
+            Some(r) => self.decode_row(&r).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The lock's row as the database answers it, not yet decoded ([`PostgresLock::read_row`]).
+    async fn fetch_row(
+        &self,
+        client: &Client,
+    ) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
         let sql = format!(
             "SELECT clock_timestamp(), left(holder_host, {name}), holder_pid, since, session, \
              generation, lease_until, left(lease_until::text, 64), slot, \
@@ -302,20 +420,33 @@ impl PostgresLock {
              left(ticket_host, {name}), ticket_pid, last_collected_at, \
              left(last_collected_host, {name}), left(last_report, {name}), \
              COALESCE({HOLDS} l.session), false), \
-             h.pid, left(a.application_name, {name}), ticket_saving_generation, \
-             left(ticket_saved_by_host, {name}) \
+             h.pid, \
+             (SELECT left(a.application_name, {name}) FROM pg_stat_get_activity(h.pid) a \
+               WHERE a.pid = h.pid), \
+             ticket_saving_generation, left(ticket_saved_by_host, {name}) \
              FROM report_collector_lock l \
-             LEFT JOIN (SELECT k.pid FROM pg_locks k WHERE k.locktype = 'advisory' AND k.granted \
-               AND k.classid::int8 = $2 AND k.objid::int8 = $3 AND k.objsubid = 2 LIMIT 1) h ON true \
-             LEFT JOIN pg_stat_activity a ON a.pid = h.pid \
+             LEFT JOIN (SELECT k.pid FROM pg_lock_status() k WHERE k.locktype = 'advisory' \
+               AND k.granted AND k.classid::int8 = $2 AND k.objid::int8 = $3 AND k.objsubid = 2 \
+               LIMIT 1) h ON true \
              WHERE name = $1",
             name = row::NAME_READ,
             ticket = row::TICKET_READ,
         );
         let (k1, k2) = self.keys();
-        let Some(r) = client.query_opt(&sql, &[&self.lock_name, &k1, &k2]).await? else {
-            return Ok(None);
-        };
+        client
+            .query_typed_opt(
+                &sql,
+                &[
+                    (&self.lock_name, Type::TEXT),
+                    (&k1, Type::INT8),
+                    (&k2, Type::INT8),
+                ],
+            )
+            .await
+    }
+
+    /// [`PostgresLock::fetch_row`]'s answer checked ([`row::decode`]).
+    fn decode_row(&self, r: &tokio_postgres::Row) -> Result<Row, tokio_postgres::Error> {
         let values = RowValues {
             now: r.try_get(0)?,
             holder_host: r.try_get(1)?,
@@ -342,7 +473,19 @@ impl PostgresLock {
         };
         let (row, declined) = row::decode(values);
         self.say(&declined);
-        Ok(Some(row))
+        Ok(row)
+    }
+
+    /// Makes this lock's row, which a run finds missing on the lock's first use (or after an
+    /// operator deleted it): free, generation 0. Only once the tables were found to fit.
+    async fn make_row(&self, client: &Client) -> Result<(), tokio_postgres::Error> {
+        client
+            .execute_typed(
+                "INSERT INTO report_collector_lock (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+                &[(&self.lock_name, Type::TEXT)],
+            )
+            .await
+            .map(drop)
     }
 
     /// One VALUE_DECLINED line for each declined value of a column not said before.
@@ -362,7 +505,11 @@ impl PostgresLock {
 
     /// Connects again after the connection of a waiting run dropped (`why`), with a short
     /// back-off, until `bound`; past it the run fails as unable to reach the database.
-    async fn reconnect(&self, why: &str, bound: Instant) -> Result<Session, String> {
+    async fn reconnect(
+        &self,
+        why: &str,
+        bound: Instant,
+    ) -> Result<(Session, Option<FirstLook>), String> {
         tracing::info!(
             "the connection to the PostgreSQL server at {} dropped while this run waited for the lock ({why}); connecting again for up to {}",
             self.target,
@@ -381,7 +528,7 @@ impl PostgresLock {
             backoff = (backoff * 2).min(Duration::from_secs(2));
             let left = bound.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.open()).await {
-                Ok(Ok(session)) => return Ok(session),
+                Ok(Ok(opened)) => return Ok(opened),
                 Ok(Err(e)) => last = e,
                 Err(_) => last = "no answer in time".to_owned(),
             }
@@ -404,6 +551,13 @@ impl PostgresLock {
                         self.target
                     )
                 })??;
+            // Sent together (`biased`: in this order); the row is decoded only once the
+            // columns were found to fit.
+            let (shape, row) = tokio::join!(
+                biased;
+                columns(&session.client),
+                self.fetch_row(&session.client),
+            );
             let unreadable = |e: tokio_postgres::Error| {
                 format!(
                     "cannot read the lock's row on {} ({})",
@@ -411,7 +565,7 @@ impl PostgresLock {
                     describe(&e)
                 )
             };
-            match columns(&session.client).await.map_err(unreadable)? {
+            match shape.map_err(unreadable)? {
                 Shape::Fits => {}
                 Shape::Absent => {
                     return Err(format!(
@@ -423,7 +577,9 @@ impl PostgresLock {
                     return Err(tables::describe(&self.target, &mismatches));
                 }
             }
-            let row = self.read_row(&session.client).await.map_err(unreadable)?;
+            let row = row
+                .and_then(|r| r.map(|r| self.decode_row(&r)).transpose())
+                .map_err(unreadable)?;
             drop(session);
             match row {
                 Some(row) => match self.fencing_refusal(row.generation) {
@@ -463,7 +619,7 @@ impl PostgresLock {
 
 /// The lock's tables as the database has them ([`tables::COLUMNS_SQL`]).
 async fn columns(client: &Client) -> Result<Shape, tokio_postgres::Error> {
-    let rows = client.query(tables::COLUMNS_SQL, &[]).await?;
+    let rows = client.query_typed(tables::COLUMNS_SQL, &[]).await?;
     let found = rows
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
@@ -540,8 +696,13 @@ impl RunLock for PostgresLock {
     type Contest = contest::PgContest;
 
     async fn open(&self, request: &Request) -> Result<contest::PgContest, Refusal> {
-        let session = self.open().await.map_err(PgRefusal::Unavailable)?;
-        Ok(contest::PgContest::new(self.clone(), *request, session))
+        let (session, first) = self.open().await.map_err(PgRefusal::Unavailable)?;
+        Ok(contest::PgContest::new(
+            self.clone(),
+            *request,
+            session,
+            first,
+        ))
     }
 
     async fn holder(&self) -> io::Result<Option<Holder>> {
@@ -583,10 +744,31 @@ fn connection_lost(e: &tokio_postgres::Error, client: &Client) -> bool {
     client.is_closed() || e.is_closed() || matches!(class, Some("08" | "57"))
 }
 
+/// `pg_try_advisory_lock` of this program's class and `key`: whether this session got it.
+async fn try_advisory_lock(client: &Client, key: i32) -> Result<bool, tokio_postgres::Error> {
+    client
+        .query_typed_one(
+            "SELECT pg_try_advisory_lock($1::int4, $2::int4)",
+            &[(&ADVISORY_CLASS, Type::INT4), (&key, Type::INT4)],
+        )
+        .await?
+        .try_get(0)
+}
+
+/// What [`PostgresLock::open`] saw of the lock, for the contest's first attempt.
+#[derive(Debug)]
+struct FirstLook {
+    /// This session got the advisory lock.
+    got: bool,
+    /// The row, read after the advisory lock was tried (`Some(None)`: there is none yet);
+    /// `None`: it could not be used, and is read again.
+    row: Option<Option<Row>>,
+}
+
 /// Ends a database session by its backend pid; the server checks that this role may.
 async fn terminate(client: &Client, backend: i32) -> Result<(), tokio_postgres::Error> {
     client
-        .query("SELECT pg_terminate_backend($1)", &[&backend])
+        .query_typed("SELECT pg_terminate_backend($1)", &[(&backend, Type::INT4)])
         .await
         .map(drop)
 }
@@ -703,29 +885,32 @@ impl Shared {
         self.validity.check(|| self.expired())
     }
 
-    /// One renewal round trip; a confirmed one moves `valid_until` on.
-    async fn renew(&self) {
+    /// One renewal round trip; a confirmed one moves `valid_until` on. `commit`: durable, but
+    /// for the renewal right before the mark, whose flush is the mark's (`HeldPostgres`'s
+    /// [`LockGuard::commit`]).
+    async fn renew(&self, commit: Commit) {
         if self.check().is_err() {
             return;
         }
         let sent = Instant::now();
-        let sql = format!(
+        let update = format!(
             "UPDATE report_collector_lock SET lease_until = clock_timestamp() + make_interval(secs => $4) \
              WHERE name = $1 AND generation = $5 AND session = pg_backend_pid() \
              AND lease_until > clock_timestamp() \
-             AND {HOLDS} pg_backend_pid()) RETURNING pg_backend_pid()"
+             AND {HOLDS} pg_backend_pid())"
         );
+        let sql = format!("{} RETURNING pg_backend_pid()", commit.sql(&update));
         let lease = self.lease.as_secs_f64();
         let answer = tokio::time::timeout(
             self.lease - self.margin,
-            self.client.query_opt(
+            self.client.query_typed_opt(
                 &sql,
                 &[
-                    &self.lock_name,
-                    &self.keys.0,
-                    &self.keys.1,
-                    &lease,
-                    &self.generation,
+                    (&self.lock_name, Type::TEXT),
+                    (&self.keys.0, Type::INT8),
+                    (&self.keys.1, Type::INT8),
+                    (&lease, Type::FLOAT8),
+                    (&self.generation, Type::INT8),
                 ],
             ),
         )
@@ -738,7 +923,7 @@ impl Shared {
             Ok(Ok(None)) => {
                 let why = match self
                     .client
-                    .query_one("SELECT pg_backend_pid()", &[])
+                    .query_typed_one("SELECT pg_backend_pid()", &[])
                     .await
                     .and_then(|r| r.try_get::<_, i32>(0))
                 {
@@ -767,13 +952,11 @@ impl Shared {
         }
     }
 
-    /// A guarded write of the row: only while this run is still the holder.
-    async fn write(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> io::Result<()> {
-        let done = tokio::time::timeout(STATUS_TIMEOUT, self.client.execute(sql, params))
+    /// A guarded write of the row (`sql`, an UPDATE ending with its WHERE clause): only while
+    /// this run is still the holder.
+    async fn write(&self, commit: Commit, sql: &str, params: &Params<'_>) -> io::Result<()> {
+        let sql = commit.sql(sql);
+        let done = tokio::time::timeout(STATUS_TIMEOUT, self.client.execute_typed(&sql, params))
             .await
             .map_err(|_| io::Error::other("the database did not answer in time"))?
             .map_err(|e| io::Error::other(describe(&e)))?;
@@ -789,7 +972,7 @@ impl Shared {
 async fn renew_every(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(shared.lease / 3).await;
-        shared.renew().await;
+        shared.renew(Commit::Durable).await;
         if shared.check().is_err() {
             return;
         }
@@ -802,6 +985,9 @@ pub struct HeldPostgres {
     shared: Arc<Shared>,
     renewer: JoinHandle<()>,
     session: Option<Session>,
+    /// This run marked its ticket as being saved ([`HeldPostgres::mark_saving`]): a ticket
+    /// written after that undoes the mark, and waits for its flush.
+    marked: AtomicBool,
 }
 
 impl HeldPostgres {
@@ -823,27 +1009,34 @@ impl HeldPostgres {
         // One statement: the ticket is marked in the row, and the slot's claim counted as
         // collected, together or not at all, and only while the lease is live by the
         // database's clock. A later holder can take the lock only once this lease has run out,
-        // so it sees the mark.
-        let sql = "WITH mark AS ( \
+        // so it sees the mark. A run that claimed no slot (started by hand) has no claim to
+        // count, and its statement leaves the slots' table alone.
+        let claim = if slot.is_some() {
+            ", claim AS ( \
+               UPDATE report_collector_slot SET collected_at = clock_timestamp() \
+               WHERE name = $1 AND slot = $5 AND generation = $2 AND collected_at IS NULL \
+                 AND EXISTS (SELECT 1 FROM mark) RETURNING 1)"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "WITH mark AS ( \
                UPDATE report_collector_lock SET ticket = $3, \
                  ticket_saving_generation = generation, ticket_saved_by_host = $4 \
                WHERE name = $1 AND generation = $2 AND session = pg_backend_pid() \
-                 AND lease_until > clock_timestamp() RETURNING 1), \
-             claim AS ( \
-               UPDATE report_collector_slot SET collected_at = clock_timestamp() \
-               WHERE name = $1 AND slot = $5 AND generation = $2 AND collected_at IS NULL \
-                 AND EXISTS (SELECT 1 FROM mark) RETURNING 1) \
-             SELECT count(*) FROM mark";
+                 AND lease_until > clock_timestamp() RETURNING 1){claim} \
+             SELECT count(*) FROM mark"
+        );
         let marked = tokio::time::timeout(
             STATUS_TIMEOUT,
-            s.client.query_one(
-                sql,
+            s.client.query_typed_one(
+                &sql,
                 &[
-                    &s.lock_name,
-                    &s.generation,
-                    &ticket.as_str(),
-                    &s.host,
-                    &slot,
+                    (&s.lock_name, Type::TEXT),
+                    (&s.generation, Type::INT8),
+                    (&ticket.as_str(), Type::TEXT),
+                    (&s.host, Type::TEXT),
+                    (&slot, Type::TIMESTAMPTZ),
                 ],
             ),
         )
@@ -856,6 +1049,7 @@ impl HeldPostgres {
                 "the lock's row no longer gives this run a live lease",
             ));
         }
+        self.marked.store(true, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -873,18 +1067,24 @@ impl LockGuard for HeldPostgres {
         let requested = requested.system_time();
         let s = &self.shared;
         let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        let commit = if self.marked.load(Ordering::Relaxed) {
+            Commit::Durable
+        } else {
+            Commit::Unflushed
+        };
         s.write(
+            commit,
             "UPDATE report_collector_lock SET ticket = $3, ticket_requested = $4, \
              ticket_host = $5, ticket_pid = $6, \
              ticket_saving_generation = NULL, ticket_saved_by_host = NULL \
              WHERE name = $1 AND generation = $2 AND session = pg_backend_pid()",
             &[
-                &s.lock_name,
-                &s.generation,
-                &ticket.as_str(),
-                &requested,
-                &s.host,
-                &pid,
+                (&s.lock_name, Type::TEXT),
+                (&s.generation, Type::INT8),
+                (&ticket.as_str(), Type::TEXT),
+                (&requested, Type::TIMESTAMPTZ),
+                (&s.host, Type::TEXT),
+                (&pid, Type::INT4),
             ],
         )
         .await
@@ -893,20 +1093,25 @@ impl LockGuard for HeldPostgres {
     async fn finish_ticket(&self) -> io::Result<()> {
         let s = &self.shared;
         s.write(
+            Commit::Unflushed,
             "UPDATE report_collector_lock SET ticket = NULL, ticket_requested = NULL, \
              ticket_host = NULL, ticket_pid = NULL, \
              ticket_saving_generation = NULL, ticket_saved_by_host = NULL \
              WHERE name = $1 AND generation = $2 AND session = pg_backend_pid()",
-            &[&s.lock_name, &s.generation],
+            &[(&s.lock_name, Type::TEXT), (&s.generation, Type::INT8)],
         )
         .await
     }
 
     async fn commit<T>(&self, ticket: &Ticket, save: impl FnOnce() -> T) -> Result<T, LeaseLost> {
         // Confirmed with a round trip first, and checked again right before the mark: a run
-        // that was paused past its lease must not save what it fetched.
+        // that was paused past its lease must not save what it fetched. This renewal does not
+        // wait for its flush: all that relies on it is the mark, whose commit waits for the
+        // flush of the WAL written before it, this renewal included. A crash of the database
+        // that loses the renewal ends this run's session, so the mark fails and nothing is
+        // saved; until then the lease it wrote is at most longer than the one on disk.
         self.shared.check()?;
-        self.shared.renew().await;
+        self.shared.renew(Commit::Unflushed).await;
         self.shared.check()?;
         self.mark_saving(ticket).await.map_err(|e| LeaseLost {
             why: format!(
@@ -927,7 +1132,7 @@ impl LockGuard for HeldPostgres {
             // anything. It is taken over, so the slot is still collected.
             let claimed = s
                 .client
-                .query_opt(
+                .query_typed_opt(
                     "WITH before AS (SELECT host, pid FROM report_collector_slot \
                        WHERE name = $1 AND slot = $2) \
                      INSERT INTO report_collector_slot AS c (name, slot, host, pid, generation) \
@@ -936,7 +1141,13 @@ impl LockGuard for HeldPostgres {
                        generation = EXCLUDED.generation, claimed_at = clock_timestamp() \
                      WHERE c.generation < EXCLUDED.generation AND c.collected_at IS NULL \
                      RETURNING left((SELECT host FROM before), 256), (SELECT pid FROM before)",
-                    &[&s.lock_name, &slot, &s.host, &pid, &s.generation],
+                    &[
+                        (&s.lock_name, Type::TEXT),
+                        (&slot, Type::TIMESTAMPTZ),
+                        (&s.host, Type::TEXT),
+                        (&pid, Type::INT4),
+                        (&s.generation, Type::INT8),
+                    ],
                 )
                 .await?;
             if let Some(r) = claimed {
@@ -959,10 +1170,10 @@ impl LockGuard for HeldPostgres {
             }
             let by = s
                 .client
-                .query_opt(
+                .query_typed_opt(
                     "SELECT left(host, 256), pid FROM report_collector_slot \
                      WHERE name = $1 AND slot = $2",
-                    &[&s.lock_name, &slot],
+                    &[(&s.lock_name, Type::TEXT), (&slot, Type::TIMESTAMPTZ)],
                 )
                 .await?;
             Ok(Err(match by {
@@ -1016,34 +1227,57 @@ impl LockGuard for HeldPostgres {
             .slot
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let release = async {
-            if let (Some(at), Some(slot)) = (at, slot) {
-                s.client
-                    .execute(
-                        "UPDATE report_collector_slot SET collected_at = $4 \
-                         WHERE name = $1 AND slot = $2 AND generation = $3",
-                        &[&s.lock_name, &slot, &s.generation, &at],
-                    )
-                    .await?;
-            }
+        // Each committed without waiting for its flush (see the module docs). Sent together:
+        // `biased` polls, and so sends, them in this order, and the advisory lock goes last,
+        // once the row no longer names this run.
+        let collected_slot = async {
+            let (Some(at), Some(slot)) = (at, slot) else {
+                return Ok(0);
+            };
+            let sql = Commit::Unflushed.sql(
+                "UPDATE report_collector_slot SET collected_at = $4 \
+                 WHERE name = $1 AND slot = $2 AND generation = $3",
+            );
+            let params: &Params = &[
+                (&s.lock_name, Type::TEXT),
+                (&slot, Type::TIMESTAMPTZ),
+                (&s.generation, Type::INT8),
+                (&at, Type::TIMESTAMPTZ),
+            ];
+            s.client.execute_typed(&sql, params).await
+        };
+        let row = async {
+            let sql = Commit::Unflushed.sql(
+                "UPDATE report_collector_lock SET holder_host = NULL, holder_pid = NULL, \
+                 since = NULL, session = NULL, lease_until = NULL, slot = NULL, \
+                 last_collected_at = COALESCE($3, last_collected_at), \
+                 last_collected_host = CASE WHEN $3::timestamptz IS NULL THEN last_collected_host ELSE $4 END, \
+                 last_report = COALESCE($5, last_report) \
+                 WHERE name = $1 AND generation = $2 AND session = pg_backend_pid()",
+            );
+            let params: &Params = &[
+                (&s.lock_name, Type::TEXT),
+                (&s.generation, Type::INT8),
+                (&at, Type::TIMESTAMPTZ),
+                (&s.host, Type::TEXT),
+                (&report, Type::TEXT),
+            ];
+            s.client.execute_typed(&sql, params).await
+        };
+        let unlock = async {
+            let key = i32::try_from(s.keys.1).unwrap_or(0);
             s.client
-                .execute(
-                    "UPDATE report_collector_lock SET holder_host = NULL, holder_pid = NULL, \
-                     since = NULL, session = NULL, lease_until = NULL, slot = NULL, \
-                     last_collected_at = COALESCE($3, last_collected_at), \
-                     last_collected_host = CASE WHEN $3::timestamptz IS NULL THEN last_collected_host ELSE $4 END, \
-                     last_report = COALESCE($5, last_report) \
-                     WHERE name = $1 AND generation = $2 AND session = pg_backend_pid()",
-                    &[&s.lock_name, &s.generation, &at, &s.host, &report],
-                )
-                .await?;
-            s.client
-                .query(
+                .query_typed(
                     "SELECT pg_advisory_unlock($1::int4, $2::int4)",
-                    &[&ADVISORY_CLASS, &i32::try_from(s.keys.1).unwrap_or(0)],
+                    &[(&ADVISORY_CLASS, Type::INT4), (&key, Type::INT4)],
                 )
                 .await
-                .map(drop)
+        };
+        let release = async {
+            let (slot, row, unlock) = tokio::join!(biased; collected_slot, row, unlock);
+            slot?;
+            row?;
+            unlock.map(drop)
         };
         match tokio::time::timeout(STATUS_TIMEOUT, release).await {
             Ok(Ok(())) => {}
@@ -1064,6 +1298,27 @@ impl LockGuard for HeldPostgres {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unflushed_write_turns_synchronous_commit_off_for_its_own_transaction_only() {
+        let write = "UPDATE report_collector_lock SET ticket = NULL WHERE name = $1";
+        assert_eq!(Commit::Durable.sql(write), write);
+        let unflushed = Commit::Unflushed.sql(write);
+        assert!(
+            unflushed.starts_with("WITH no_flush_wait AS MATERIALIZED"),
+            "{unflushed}"
+        );
+        // `true`: local to the transaction, which is the statement's own.
+        assert!(
+            unflushed.contains("set_config('synchronous_commit', 'off', true)"),
+            "{unflushed}"
+        );
+        // Referenced, so evaluated, before a row is written.
+        assert!(
+            unflushed.ends_with(&format!("{write} AND EXISTS (SELECT FROM no_flush_wait)")),
+            "{unflushed}"
+        );
+    }
 
     #[test]
     fn the_lock_key_is_stable_and_positive() {

@@ -11,15 +11,18 @@
 //! again within its bound: giving up would leave the slot to nobody.
 
 use std::fmt;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
+use tokio_postgres::types::Type;
 
 use super::row::{Lease, Row};
 use super::{
-    ADVISORY_CLASS, HeldPostgres, POLL, PostgresLock, SLOT_RETENTION_DAYS, Session, Shared,
-    Validity, WAIT_MARGIN, connection_lost, describe, renew_every, terminate,
+    ADVISORY_CLASS, Commit, FirstLook, HeldPostgres, POLL, Params, PostgresLock, SLOT_PRUNE_EVERY,
+    SLOT_RETENTION_DAYS, Session, Shared, Validity, WAIT_MARGIN, connection_lost, describe,
+    renew_every, terminate, try_advisory_lock,
 };
 use crate::config::LEASE_RANGE;
 use crate::lock::backend::RunLock;
@@ -43,6 +46,8 @@ pub struct PgContest {
     waited_untrusted: bool,
     /// Why the last session dropped, while it is connected again.
     dropped: Option<String>,
+    /// What opening the session saw, taken as the next attempt's look.
+    first: Option<FirstLook>,
 }
 
 /// Why one attempt did not end with the lock or with "busy".
@@ -58,7 +63,12 @@ impl From<tokio_postgres::Error> for Stop {
 }
 
 impl PgContest {
-    pub(super) fn new(lock: PostgresLock, request: Request, session: Session) -> PgContest {
+    pub(super) fn new(
+        lock: PostgresLock,
+        request: Request,
+        session: Session,
+        first: Option<FirstLook>,
+    ) -> PgContest {
         PgContest {
             lock,
             request,
@@ -67,6 +77,7 @@ impl PgContest {
             previous: None,
             waited_untrusted: false,
             dropped: None,
+            first,
         }
     }
 
@@ -84,19 +95,36 @@ impl PgContest {
     /// way), then the lease.
     async fn attempt(&mut self) -> Result<Option<Taken<HeldPostgres>>, Stop> {
         let client = self.client();
-        let (k1, k2) = (ADVISORY_CLASS, self.lock.key);
         loop {
-            let got: bool = client
-                .query_one(
-                    "SELECT pg_try_advisory_lock($1::int4, $2::int4)",
-                    &[&k1, &k2],
-                )
-                .await?
-                .try_get(0)?;
+            let (got, row) = match self.first.take() {
+                Some(FirstLook {
+                    got,
+                    row: Some(row),
+                }) => (got, row),
+                Some(FirstLook { got, row: None }) => (got, self.lock.read_row(&client).await?),
+                None => {
+                    // The row is read after the advisory lock was tried, as a statement of its
+                    // own (a snapshot taken once the lock is this run's), and sent with it:
+                    // `biased` polls, and so sends, them in this order.
+                    let (got, row) = tokio::join!(
+                        biased;
+                        try_advisory_lock(&client, self.lock.key),
+                        self.lock.read_row(&client),
+                    );
+                    (got?, row?)
+                }
+            };
+            let row = match row {
+                Some(row) => Some(row),
+                None => {
+                    self.lock.make_row(&client).await?;
+                    self.lock.read_row(&client).await?
+                }
+            };
             if got {
-                return self.take_lease(&client).await.map(Some);
+                return self.take_lease(&client, row).await.map(Some);
             }
-            self.row = self.lock.read_row(&client).await?.unwrap_or_default();
+            self.row = row.unwrap_or_default();
             if !self.end_stale_session(&client).await? {
                 return Ok(None);
             }
@@ -134,13 +162,19 @@ impl PgContest {
     }
 
     /// With the advisory lock this run's: waits out the previous holder's lease, then takes
-    /// the row with a new generation.
+    /// the row with a new generation. `row`: the row as read once the advisory lock was taken.
     async fn take_lease(
         &mut self,
         client: &tokio_postgres::Client,
+        row: Option<Row>,
     ) -> Result<Taken<HeldPostgres>, Stop> {
+        let mut read = Some(row);
         loop {
-            let Some(row) = self.lock.read_row(client).await? else {
+            let row = match read.take() {
+                Some(row) => row,
+                None => self.lock.read_row(client).await?,
+            };
+            let Some(row) = row else {
                 return Err(Stop::Refused(PgRefusal::Unavailable(format!(
                     "the row of the lock \"{}\" on {} was deleted while this run took the lock; the next run creates it again",
                     self.lock.lock_name, self.lock.target
@@ -155,7 +189,7 @@ impl PgContest {
             }
             let sent = Instant::now();
             match self.update_row(client, &row).await? {
-                Some(generation) => return Ok(self.hold(client, generation, sent, row).await),
+                Some(generation) => return Ok(self.hold(generation, sent, row)),
                 // The row changed since it was read: read it again.
                 None => tokio::time::sleep(POLL).await,
             }
@@ -222,7 +256,11 @@ impl PgContest {
     /// Writes this run into the row as its holder with the next generation; `None` when the
     /// row changed since `row` was read. Taken over: a lease that cannot be real once it was
     /// waited out ($6), and a ticket that failed the check is cleared ($8), so no later run
-    /// meets it. The generation only increases: never past its largest value.
+    /// meets it. The generation only increases: never past its largest value. The taker of
+    /// every [`SLOT_PRUNE_EVERY`]th generation also deletes slot claims older than
+    /// [`SLOT_RETENTION_DAYS`], in a statement sent with the take (no round trip of its own)
+    /// whose loss in a crash of the database is harmless ([`Commit::Unflushed`]), and whose
+    /// failure is ignored: a later taker prunes them.
     async fn update_row(
         &self,
         client: &tokio_postgres::Client,
@@ -232,9 +270,18 @@ impl PgContest {
         let longest = LEASE_RANGE.1.as_secs_f64();
         let slot: Option<SystemTime> = self.request.slot.map(Timestamp::system_time);
         let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
-        let updated = client
-            .query_opt(
-                "UPDATE report_collector_lock SET holder_host = $2, holder_pid = $3, \
+        let params: &Params = &[
+            (&self.lock.lock_name, Type::TEXT),
+            (&self.lock.host, Type::TEXT),
+            (&pid, Type::INT4),
+            (&lease, Type::FLOAT8),
+            (&slot, Type::TIMESTAMPTZ),
+            (&self.waited_untrusted, Type::BOOL),
+            (&longest, Type::FLOAT8),
+            (&row.ticket_declined, Type::BOOL),
+        ];
+        let take = client.query_typed_opt(
+            "UPDATE report_collector_lock SET holder_host = $2, holder_pid = $3, \
                  since = clock_timestamp(), session = pg_backend_pid(), \
                  generation = generation + 1, \
                  lease_until = clock_timestamp() + make_interval(secs => $4), slot = $5, \
@@ -250,37 +297,34 @@ impl PgContest {
                    OR session = pg_backend_pid() \
                    OR ($6 AND lease_until > clock_timestamp() + make_interval(secs => $7))) \
                  RETURNING generation",
-                &[
-                    &self.lock.lock_name,
-                    &self.lock.host,
-                    &pid,
-                    &lease,
-                    &slot,
-                    &self.waited_untrusted,
-                    &longest,
-                    &row.ticket_declined,
-                ],
-            )
-            .await?;
-        updated.map(|r| r.try_get::<_, i64>(0)).transpose()
-    }
-
-    /// The lock taken with `generation`: old slot claims pruned, the lease renewed from now
-    /// on by a task of its own.
-    async fn hold(
-        &mut self,
-        client: &tokio_postgres::Client,
-        generation: i64,
-        sent: Instant,
-        row: Row,
-    ) -> Taken<HeldPostgres> {
-        let _ = client
-            .execute(
+            params,
+        );
+        let generation = row.generation.unwrap_or(0).saturating_add(1);
+        let prune = async {
+            if generation % SLOT_PRUNE_EVERY != 0 {
+                return;
+            }
+            let sql = Commit::Unflushed.sql(
                 "DELETE FROM report_collector_slot WHERE name = $1 \
                  AND slot < clock_timestamp() - make_interval(days => $2)",
-                &[&self.lock.lock_name, &SLOT_RETENTION_DAYS],
-            )
-            .await;
+            );
+            let _ = client
+                .execute_typed(
+                    &sql,
+                    &[
+                        (&self.lock.lock_name, Type::TEXT),
+                        (&SLOT_RETENTION_DAYS, Type::INT4),
+                    ],
+                )
+                .await;
+        };
+        // `biased`: sent in this order, the take first.
+        let (updated, ()) = tokio::join!(biased; take, prune);
+        updated?.map(|r| r.try_get::<_, i64>(0)).transpose()
+    }
+
+    /// The lock taken with `generation`: the lease renewed from now on by a task of its own.
+    fn hold(&mut self, generation: i64, sent: Instant, row: Row) -> Taken<HeldPostgres> {
         let session = self.session.take().expect("a session while contending");
         let lock = &self.lock;
         let shared = Arc::new(Shared {
@@ -301,6 +345,7 @@ impl PgContest {
                 shared,
                 renewer,
                 session: Some(session),
+                marked: AtomicBool::new(false),
             },
             left: row.left_ticket(),
             previous: self.previous.take(),
@@ -319,9 +364,9 @@ impl PgContest {
 /// Lets go of the advisory lock this run took but will not use.
 async fn unlock(client: &tokio_postgres::Client, key: i32) {
     let _ = client
-        .query(
+        .query_typed(
             "SELECT pg_advisory_unlock($1::int4, $2::int4)",
-            &[&ADVISORY_CLASS, &key],
+            &[(&ADVISORY_CLASS, Type::INT4), (&key, Type::INT4)],
         )
         .await;
 }
@@ -340,8 +385,13 @@ impl Contest for PgContest {
     ) -> Result<Option<Taken<HeldPostgres>>, Refusal> {
         loop {
             if let Some(why) = self.dropped.take() {
-                let session = self.lock.reconnect(&why, bound).await;
-                self.session = Some(session.map_err(PgRefusal::Unavailable)?);
+                let (session, first) = self
+                    .lock
+                    .reconnect(&why, bound)
+                    .await
+                    .map_err(PgRefusal::Unavailable)?;
+                self.session = Some(session);
+                self.first = first;
             }
             let e = match self.attempt().await {
                 Ok(taken) => return Ok(taken),
