@@ -5,6 +5,12 @@
 //! another party may have replaced is read ([`files`]), and the journal's message IDs
 //! ([`message_id`]).
 
+// A function a reader can hold in their head: at most 60 lines of code (the threshold is in
+// clippy.toml; blank and comment lines do not count). An exception is an
+// `#[expect(clippy::too_many_lines, reason = "...")]`. Tests read top to bottom and are exempt.
+#![warn(clippy::too_many_lines)]
+#![cfg_attr(test, allow(clippy::too_many_lines))]
+
 pub mod check_config;
 pub mod config;
 pub mod exit;

@@ -2,6 +2,12 @@
 //! [`report_apis::run_with_reloads`]; `check-config` and `reload` ([`report_apis::reload`]) for
 //! operators and `ExecReload=`.
 
+// A function a reader can hold in their head: at most 60 lines of code (the threshold is in
+// clippy.toml; blank and comment lines do not count). An exception is an
+// `#[expect(clippy::too_many_lines, reason = "...")]`. Tests read top to bottom and are exempt.
+#![warn(clippy::too_many_lines)]
+#![cfg_attr(test, allow(clippy::too_many_lines))]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

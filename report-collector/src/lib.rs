@@ -8,6 +8,12 @@
 //! parses the command line, sets up logging, loads the configuration and builds the runtime,
 //! as report-apis' does.
 
+// A function a reader can hold in their head: at most 60 lines of code (the threshold is in
+// clippy.toml; blank and comment lines do not count). An exception is an
+// `#[expect(clippy::too_many_lines, reason = "...")]`. Tests read top to bottom and are exempt.
+#![warn(clippy::too_many_lines)]
+#![cfg_attr(test, allow(clippy::too_many_lines))]
+
 pub mod client;
 pub mod commands;
 pub mod config;

@@ -77,17 +77,12 @@ use tokio_postgres::Client;
 use tokio_postgres::config::Host;
 use tokio_postgres::types::{ToSql, Type};
 
-pub use self::contest::PgRefusal;
 use self::row::{Declined, Row, RowValues};
 use self::tables::Shape;
 pub use self::tls::MAX_CA_FILE_SIZE;
 use self::tls::tls_config;
 
-use super::backend::{FleetCollection, RunLock};
-use super::contest::Refusal;
 use super::guard::{Collection, LeaseLost, LockGuard, SlotTaken};
-use super::holder::{Holder, LeftTicket};
-use super::request::Request;
 use crate::config::{PostgresConfig, Tls};
 use crate::time::{Timestamp, format_time, round_ms};
 
@@ -285,6 +280,24 @@ impl PostgresLock {
     /// not fit fails, which ends its session and so frees an advisory lock it got. The lock's
     /// row is made by the first run that finds none ([`PostgresLock::make_row`]).
     async fn open(&self) -> Result<(Session, Option<FirstLook>), String> {
+        let (session, shape, got, row) = self.connect_and_look().await?;
+        let row = self.prepare_tables(&session.client, shape, row).await?;
+        // A look that failed is taken again by the contest (a row that failed, read again).
+        let first = got.ok().map(|got| FirstLook {
+            got,
+            row: row.and_then(|row| {
+                row.and_then(|r| r.map(|r| self.decode_row(&r)).transpose())
+                    .ok()
+            }),
+        });
+        Ok((session, first))
+    }
+
+    /// Connects and sends, in one round trip, the columns check and the first look (the
+    /// advisory lock tried, then the row read), bounded by `connect-timeout`.
+    async fn connect_and_look(
+        &self,
+    ) -> Result<(Session, ShapeAnswer, LockAnswer, RowAnswer), String> {
         let opened = async {
             let mut session = self.connect().await?;
             let client = Arc::clone(&session.client);
@@ -301,17 +314,26 @@ impl PostgresLock {
                 .map_err(|e| self.connect_failed(&e))?;
             Ok::<_, String>((session, shape, got, row))
         };
-        let (session, shape, got, row) =
-            tokio::time::timeout(self.connect_timeout + Duration::from_secs(1), opened)
-                .await
-                .map_err(|_| {
-                    format!(
-                        "no answer from the PostgreSQL server at {} within connect-timeout ({}); check that it runs and that this host reaches it",
-                        self.target,
-                        humantime::format_duration(self.connect_timeout)
-                    )
-                })??;
-        let client = &session.client;
+        tokio::time::timeout(self.connect_timeout + Duration::from_secs(1), opened)
+            .await
+            .map_err(|_| {
+                format!(
+                    "no answer from the PostgreSQL server at {} within connect-timeout ({}); check that it runs and that this host reaches it",
+                    self.target,
+                    humantime::format_duration(self.connect_timeout)
+                )
+            })?
+    }
+
+    /// Makes the tables when they lack columns (under a transaction-scoped advisory lock), then
+    /// holds them to this version's shape; the first look's row, unless the tables were made
+    /// after it was read (`None`: read it again).
+    async fn prepare_tables(
+        &self,
+        client: &Client,
+        shape: ShapeAnswer,
+        row: RowAnswer,
+    ) -> Result<Option<RowAnswer>, String> {
         let prepare = async {
             let mut shape = shape?;
             let mut row = Some(row);
@@ -327,41 +349,26 @@ impl PostgresLock {
             }
             Ok::<_, tokio_postgres::Error>((shape, row))
         };
-        let row = match tokio::time::timeout(STATUS_TIMEOUT, prepare).await {
-            Ok(Ok((Shape::Fits, row))) => row,
+        match tokio::time::timeout(STATUS_TIMEOUT, prepare).await {
+            Ok(Ok((Shape::Fits, row))) => Ok(row),
             Ok(Ok((Shape::Differs(mismatches), _))) => {
-                return Err(tables::describe(&self.target, &mismatches));
+                Err(tables::describe(&self.target, &mismatches))
             }
-            Ok(Ok((Shape::Absent, _))) => {
-                return Err(format!(
-                    "the tables report_collector_lock and report_collector_slot on {} are not there after creating them: check this role's search_path",
-                    self.target
-                ));
-            }
-            Ok(Err(e)) => {
-                return Err(format!(
-                    "cannot create or use the tables report_collector_lock and report_collector_slot on {}: {}; grant this role CREATE on the schema (see the README, \"Several hosts\") or create them as the owner",
-                    self.target,
-                    describe(&e)
-                ));
-            }
-            Err(_) => {
-                return Err(format!(
-                    "the PostgreSQL server at {} did not answer within {} while preparing the lock's tables",
-                    self.target,
-                    humantime::format_duration(STATUS_TIMEOUT)
-                ));
-            }
-        };
-        // A look that failed is taken again by the contest (a row that failed, read again).
-        let first = got.ok().map(|got| FirstLook {
-            got,
-            row: row.and_then(|row| {
-                row.and_then(|r| r.map(|r| self.decode_row(&r)).transpose())
-                    .ok()
-            }),
-        });
-        Ok((session, first))
+            Ok(Ok((Shape::Absent, _))) => Err(format!(
+                "the tables report_collector_lock and report_collector_slot on {} are not there after creating them: check this role's search_path",
+                self.target
+            )),
+            Ok(Err(e)) => Err(format!(
+                "cannot create or use the tables report_collector_lock and report_collector_slot on {}: {}; grant this role CREATE on the schema (see the README, \"Several hosts\") or create them as the owner",
+                self.target,
+                describe(&e)
+            )),
+            Err(_) => Err(format!(
+                "the PostgreSQL server at {} did not answer within {} while preparing the lock's tables",
+                self.target,
+                humantime::format_duration(STATUS_TIMEOUT)
+            )),
+        }
     }
 
     fn connect_failed(&self, e: &tokio_postgres::Error) -> String {
@@ -691,52 +698,6 @@ impl Drop for Session {
     }
 }
 
-impl RunLock for PostgresLock {
-    type Guard = HeldPostgres;
-    type Contest = contest::PgContest;
-
-    async fn open(&self, request: &Request) -> Result<contest::PgContest, Refusal> {
-        let (session, first) = self.open().await.map_err(PgRefusal::Unavailable)?;
-        Ok(contest::PgContest::new(
-            self.clone(),
-            *request,
-            session,
-            first,
-        ))
-    }
-
-    async fn holder(&self) -> io::Result<Option<Holder>> {
-        let row = self.status_row().await?;
-        Ok(row.held().then(|| row.holder()))
-    }
-
-    async fn left_ticket(&self) -> io::Result<Option<LeftTicket>> {
-        let row = self.status_row().await?;
-        Ok(if row.held() { None } else { row.left_ticket() })
-    }
-
-    async fn fleet_last_collection(&self) -> io::Result<Option<FleetCollection>> {
-        let row = self.status_row().await?;
-        Ok(row.last_at.map(|at| FleetCollection {
-            at: Timestamp::from(at),
-            host: row.last_host.unwrap_or_default(),
-            report: row.last_report.unwrap_or_default(),
-        }))
-    }
-
-    fn describe(&self) -> String {
-        format!("\"{}\" (PostgreSQL at {})", self.lock_name, self.target)
-    }
-
-    fn backend(&self) -> &'static str {
-        "postgres"
-    }
-
-    fn shared(&self) -> bool {
-        true
-    }
-}
-
 /// Whether a failed statement means the connection itself is gone (the server restarted or
 /// ended the session), not a statement the server refused.
 fn connection_lost(e: &tokio_postgres::Error, client: &Client) -> bool {
@@ -754,6 +715,25 @@ async fn try_advisory_lock(client: &Client, key: i32) -> Result<bool, tokio_post
         .await?
         .try_get(0)
 }
+
+/// Says that `slot`, claimed by pid `pid` on `host` (written by another host: shown escaped),
+/// which stopped before saving its report, is taken over by this run.
+fn say_slot_taken_over(host: &str, pid: i32, slot: SystemTime) {
+    let host = shown::plain_or_quoted(host, row::NAME_MAX);
+    tracing::warn!(
+        MESSAGE_ID = report_common::message_id::SLOT_TAKEN_OVER,
+        HOLDER_HOST = &*host,
+        HOLDER_PID = pid,
+        SLOT = %format_time(slot),
+        "slot {} was claimed by pid {pid} on host {host}, which stopped before saving its report: this run takes the slot over",
+        format_time(slot)
+    );
+}
+
+/// The answers of the first round trip: the columns check, the advisory lock tried, the row.
+type ShapeAnswer = Result<Shape, tokio_postgres::Error>;
+type LockAnswer = Result<bool, tokio_postgres::Error>;
+type RowAnswer = Result<Option<tokio_postgres::Row>, tokio_postgres::Error>;
 
 /// What [`PostgresLock::open`] saw of the lock, for the contest's first attempt.
 #[derive(Debug)]
@@ -921,21 +901,7 @@ impl Shared {
                     .confirmed(sent, self.lease - self.margin, || self.expired());
             }
             Ok(Ok(None)) => {
-                let why = match self
-                    .client
-                    .query_typed_one("SELECT pg_backend_pid()", &[])
-                    .await
-                    .and_then(|r| r.try_get::<_, i32>(0))
-                {
-                    Ok(now) if now != self.backend => format!(
-                        "the database session changed under this run (backend {} became {now}): the connection goes through a pooler in transaction mode, which cannot keep a session's advisory lock; point postgres.connect at the server or at a PgBouncer pool with pool_mode = session",
-                        self.backend
-                    ),
-                    _ => format!(
-                        "the lock \"{}\" no longer gives this run (generation {}) a live lease: it ran out by the database's clock, or another host took the lock",
-                        self.lock_name, self.generation
-                    ),
-                };
+                let why = self.why_not_renewed().await;
                 self.lose(why);
             }
             Ok(Err(e)) if self.client.is_closed() => self.lose(format!(
@@ -948,6 +914,114 @@ impl Shared {
             Err(_) => tracing::warn!(
                 "the database did not confirm the lease of the lock \"{}\" in time",
                 self.lock_name
+            ),
+        }
+    }
+
+    /// The release's statements: the slot's collection time, the row no longer naming this
+    /// run (and keeping the fleet's last collection), the advisory lock.
+    async fn release_statements(
+        &self,
+        at: Option<SystemTime>,
+        slot: Option<SystemTime>,
+        report: Option<String>,
+    ) -> Result<(), tokio_postgres::Error> {
+        // Each committed without waiting for its flush (see the module docs). Sent together:
+        // `biased` polls, and so sends, them in this order, and the advisory lock goes last,
+        // once the row no longer names this run.
+        let collected_slot = async {
+            let (Some(at), Some(slot)) = (at, slot) else {
+                return Ok(0);
+            };
+            let sql = Commit::Unflushed.sql(
+                "UPDATE report_collector_slot SET collected_at = $4 \
+                 WHERE name = $1 AND slot = $2 AND generation = $3",
+            );
+            let params: &Params = &[
+                (&self.lock_name, Type::TEXT),
+                (&slot, Type::TIMESTAMPTZ),
+                (&self.generation, Type::INT8),
+                (&at, Type::TIMESTAMPTZ),
+            ];
+            self.client.execute_typed(&sql, params).await
+        };
+        let row = async {
+            let sql = Commit::Unflushed.sql(
+                "UPDATE report_collector_lock SET holder_host = NULL, holder_pid = NULL, \
+                 since = NULL, session = NULL, lease_until = NULL, slot = NULL, \
+                 last_collected_at = COALESCE($3, last_collected_at), \
+                 last_collected_host = CASE WHEN $3::timestamptz IS NULL THEN last_collected_host ELSE $4 END, \
+                 last_report = COALESCE($5, last_report) \
+                 WHERE name = $1 AND generation = $2 AND session = pg_backend_pid()",
+            );
+            let params: &Params = &[
+                (&self.lock_name, Type::TEXT),
+                (&self.generation, Type::INT8),
+                (&at, Type::TIMESTAMPTZ),
+                (&self.host, Type::TEXT),
+                (&report, Type::TEXT),
+            ];
+            self.client.execute_typed(&sql, params).await
+        };
+        let unlock = async {
+            let key = i32::try_from(self.keys.1).unwrap_or(0);
+            self.client
+                .query_typed(
+                    "SELECT pg_advisory_unlock($1::int4, $2::int4)",
+                    &[(&ADVISORY_CLASS, Type::INT4), (&key, Type::INT4)],
+                )
+                .await
+        };
+        let (slot, row, unlock) = tokio::join!(biased; collected_slot, row, unlock);
+        slot?;
+        row?;
+        unlock.map(drop)
+    }
+
+    /// Who claimed `slot` before this run (and collected it, or is saving it).
+    async fn slot_claimed_by(&self, slot: SystemTime) -> Result<SlotTaken, tokio_postgres::Error> {
+        let by = self
+            .client
+            .query_typed_opt(
+                "SELECT left(host, 256), pid FROM report_collector_slot \
+                 WHERE name = $1 AND slot = $2",
+                &[(&self.lock_name, Type::TEXT), (&slot, Type::TIMESTAMPTZ)],
+            )
+            .await?;
+        Ok(match by {
+            Some(r) => SlotTaken {
+                host: r.try_get::<_, Option<String>>(0)?.map_or_else(
+                    || "(unknown)".to_owned(),
+                    |host| shown::plain_or_quoted(&host, row::NAME_MAX).into_owned(),
+                ),
+                pid: r
+                    .try_get::<_, Option<i32>>(1)?
+                    .and_then(|pid| u32::try_from(pid).ok())
+                    .unwrap_or(0),
+            },
+            None => SlotTaken {
+                host: "(unknown)".to_owned(),
+                pid: 0,
+            },
+        })
+    }
+
+    /// Why the row refused a renewal: the session changed under the run (a pooler in
+    /// transaction mode), or the lease is no longer this run's.
+    async fn why_not_renewed(&self) -> String {
+        match self
+            .client
+            .query_typed_one("SELECT pg_backend_pid()", &[])
+            .await
+            .and_then(|r| r.try_get::<_, i32>(0))
+        {
+            Ok(now) if now != self.backend => format!(
+                "the database session changed under this run (backend {} became {now}): the connection goes through a pooler in transaction mode, which cannot keep a session's advisory lock; point postgres.connect at the server or at a PgBouncer pool with pool_mode = session",
+                self.backend
+            ),
+            _ => format!(
+                "the lock \"{}\" no longer gives this run (generation {}) a live lease: it ran out by the database's clock, or another host took the lock",
+                self.lock_name, self.generation
             ),
         }
     }
@@ -1155,43 +1229,11 @@ impl LockGuard for HeldPostgres {
                     r.try_get::<_, Option<String>>(0)?,
                     r.try_get::<_, Option<i32>>(1)?,
                 ) {
-                    // Written by another host: shown escaped.
-                    let host = shown::plain_or_quoted(&host, row::NAME_MAX);
-                    tracing::warn!(
-                        MESSAGE_ID = report_common::message_id::SLOT_TAKEN_OVER,
-                        HOLDER_HOST = &*host,
-                        HOLDER_PID = pid,
-                        SLOT = %format_time(slot),
-                        "slot {} was claimed by pid {pid} on host {host}, which stopped before saving its report: this run takes the slot over",
-                        format_time(slot)
-                    );
+                    say_slot_taken_over(&host, pid, slot);
                 }
                 return Ok(Ok(()));
             }
-            let by = s
-                .client
-                .query_typed_opt(
-                    "SELECT left(host, 256), pid FROM report_collector_slot \
-                     WHERE name = $1 AND slot = $2",
-                    &[(&s.lock_name, Type::TEXT), (&slot, Type::TIMESTAMPTZ)],
-                )
-                .await?;
-            Ok(Err(match by {
-                Some(r) => SlotTaken {
-                    host: r.try_get::<_, Option<String>>(0)?.map_or_else(
-                        || "(unknown)".to_owned(),
-                        |host| shown::plain_or_quoted(&host, row::NAME_MAX).into_owned(),
-                    ),
-                    pid: r
-                        .try_get::<_, Option<i32>>(1)?
-                        .and_then(|pid| u32::try_from(pid).ok())
-                        .unwrap_or(0),
-                },
-                None => SlotTaken {
-                    host: "(unknown)".to_owned(),
-                    pid: 0,
-                },
-            }))
+            s.slot_claimed_by(slot).await.map(Err)
         };
         let result = tokio::time::timeout(STATUS_TIMEOUT, claim)
             .await
@@ -1227,58 +1269,7 @@ impl LockGuard for HeldPostgres {
             .slot
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Each committed without waiting for its flush (see the module docs). Sent together:
-        // `biased` polls, and so sends, them in this order, and the advisory lock goes last,
-        // once the row no longer names this run.
-        let collected_slot = async {
-            let (Some(at), Some(slot)) = (at, slot) else {
-                return Ok(0);
-            };
-            let sql = Commit::Unflushed.sql(
-                "UPDATE report_collector_slot SET collected_at = $4 \
-                 WHERE name = $1 AND slot = $2 AND generation = $3",
-            );
-            let params: &Params = &[
-                (&s.lock_name, Type::TEXT),
-                (&slot, Type::TIMESTAMPTZ),
-                (&s.generation, Type::INT8),
-                (&at, Type::TIMESTAMPTZ),
-            ];
-            s.client.execute_typed(&sql, params).await
-        };
-        let row = async {
-            let sql = Commit::Unflushed.sql(
-                "UPDATE report_collector_lock SET holder_host = NULL, holder_pid = NULL, \
-                 since = NULL, session = NULL, lease_until = NULL, slot = NULL, \
-                 last_collected_at = COALESCE($3, last_collected_at), \
-                 last_collected_host = CASE WHEN $3::timestamptz IS NULL THEN last_collected_host ELSE $4 END, \
-                 last_report = COALESCE($5, last_report) \
-                 WHERE name = $1 AND generation = $2 AND session = pg_backend_pid()",
-            );
-            let params: &Params = &[
-                (&s.lock_name, Type::TEXT),
-                (&s.generation, Type::INT8),
-                (&at, Type::TIMESTAMPTZ),
-                (&s.host, Type::TEXT),
-                (&report, Type::TEXT),
-            ];
-            s.client.execute_typed(&sql, params).await
-        };
-        let unlock = async {
-            let key = i32::try_from(s.keys.1).unwrap_or(0);
-            s.client
-                .query_typed(
-                    "SELECT pg_advisory_unlock($1::int4, $2::int4)",
-                    &[(&ADVISORY_CLASS, Type::INT4), (&key, Type::INT4)],
-                )
-                .await
-        };
-        let release = async {
-            let (slot, row, unlock) = tokio::join!(biased; collected_slot, row, unlock);
-            slot?;
-            row?;
-            unlock.map(drop)
-        };
+        let release = s.release_statements(at, slot, report);
         match tokio::time::timeout(STATUS_TIMEOUT, release).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(
@@ -1298,6 +1289,7 @@ impl LockGuard for HeldPostgres {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lock::backend::RunLock as _;
 
     #[test]
     fn an_unflushed_write_turns_synchronous_commit_off_for_its_own_transaction_only() {

@@ -11,6 +11,7 @@
 //! again within its bound: giving up would leave the slot to nobody.
 
 use std::fmt;
+use std::io;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -25,9 +26,9 @@ use super::{
     renew_every, terminate, try_advisory_lock,
 };
 use crate::config::LEASE_RANGE;
-use crate::lock::backend::RunLock;
+use crate::lock::backend::{FleetCollection, RunLock};
 use crate::lock::contest::{BackendRefusal, Contest, Judgement, Refusal, Step, Taken};
-use crate::lock::holder::Holder;
+use crate::lock::holder::{Holder, LeftTicket};
 use crate::lock::request::Request;
 use crate::time::{Timestamp, round_ms};
 
@@ -441,6 +442,49 @@ impl Contest for PgContest {
         terminate(&client, session)
             .await
             .map_err(|e| self.failed(&e).into())
+    }
+}
+
+/// The PostgreSQL lock as a run and `status` see it: opened for a request into a
+/// [`PgContest`], its holder and left ticket read from the row.
+impl RunLock for PostgresLock {
+    type Guard = HeldPostgres;
+    type Contest = PgContest;
+
+    async fn open(&self, request: &Request) -> Result<PgContest, Refusal> {
+        let (session, first) = self.open().await.map_err(PgRefusal::Unavailable)?;
+        Ok(PgContest::new(self.clone(), *request, session, first))
+    }
+
+    async fn holder(&self) -> io::Result<Option<Holder>> {
+        let row = self.status_row().await?;
+        Ok(row.held().then(|| row.holder()))
+    }
+
+    async fn left_ticket(&self) -> io::Result<Option<LeftTicket>> {
+        let row = self.status_row().await?;
+        Ok(if row.held() { None } else { row.left_ticket() })
+    }
+
+    async fn fleet_last_collection(&self) -> io::Result<Option<FleetCollection>> {
+        let row = self.status_row().await?;
+        Ok(row.last_at.map(|at| FleetCollection {
+            at: Timestamp::from(at),
+            host: row.last_host.unwrap_or_default(),
+            report: row.last_report.unwrap_or_default(),
+        }))
+    }
+
+    fn describe(&self) -> String {
+        format!("\"{}\" (PostgreSQL at {})", self.lock_name, self.target)
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 }
 
