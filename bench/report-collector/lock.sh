@@ -18,6 +18,19 @@
 # on); a remote database adds a network round trip to each of a run's round trips. Needs root
 # and the PostgreSQL 15 server binaries (postgresql-15); without them only the flock acquire +
 # release is measured. Figures only: nothing here asserts a time.
+#
+# Where a PostgreSQL run's extra time goes (one run on the 2-core build machine, shared with
+# other work: flock 5.64 ms, postgres 16.19 ms, 10.09 ms more per round):
+#   - the connection's start, 1.63 ms: a backend forked for the run, and authentication;
+#   - commit flushes, 2.51 ms: the take and the mark (and a timer run's slot claim) wait for
+#     their WAL flush; every other write commits without waiting (lost only in a crash of the
+#     database, which ends the run's session too: the module docs of src/lock/postgres.rs say
+#     why each may);
+#   - statements and round trips, the rest (5.96 ms): a manual run sends 11 statements in 7
+#     round trips (a timer run 13 in 8), unprepared, and most of their time is the server's,
+#     whose caches are cold in a new session.
+# The build before (d498f53), in the same rounds: 17.48 ms more than flock, 3.82 ms of it
+# flushes (six commits waited); 13 statements, each prepared first: 26 round trips.
 # Usage: bench/report-collector/lock.sh
 set -eu
 
