@@ -121,7 +121,7 @@ check_units() {
 }
 
 check_scripts() {
-    if shellcheck tests/*.sh tests/box/*.sh scripts/*.sh fuzz/*.sh bench/*/*.sh .ci/run packaging/debian/*/postinst \
+    if shellcheck tests/*.sh tests/box/*.sh scripts/*.sh fuzz/*.sh bench/*.sh bench/*/*.sh .ci/run packaging/debian/*/postinst \
         packaging/debian/*/prerm packaging/debian/*/postrm >"$BOX_WORKDIR/shellcheck.log" 2>&1; then
         pass "shellcheck: test scripts, scripts/, fuzz/, bench/ and maintainer scripts"
     else
