@@ -93,7 +93,15 @@ pub async fn execute(command: Command, loaded: Loaded<Config>) -> ExitCode {
     // file, the CA file) is then checked as a run would check it. Making it connects nowhere.
     match Lock::from_config(&loaded.config) {
         Ok(lock) => with_lock(command, loaded, &lock).await,
-        Err(e) => config_rejected(checking, &format!("configuration error: {e}")),
+        // The file that named what was refused, as every other configuration error names it.
+        Err(e) => {
+            let file = loaded
+                .source
+                .as_ref()
+                .map(|path| format!("{}: ", path.display()))
+                .unwrap_or_default();
+            config_rejected(checking, &format!("configuration error: {file}{e}"))
+        }
     }
 }
 

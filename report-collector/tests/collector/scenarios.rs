@@ -958,6 +958,9 @@ fn check_config_reads_the_files_a_start_of_the_postgres_lock_reads() {
         assert_eq!(check.status.code(), Some(78), "{stderr}");
         assert!(check.stdout.is_empty());
         assert!(stderr.contains(&format!("key `{key}`")), "{stderr}");
+        // Named with the file it is in, as every other configuration error.
+        let file = format!("{}: key `{key}`", setup.config.display());
+        assert!(stderr.contains(&file), "{stderr}");
         let sentence = stderr
             .trim_end()
             .split_once("configuration error: ")
