@@ -148,7 +148,7 @@ impl PgContest {
         tracing::warn!(
             MESSAGE_ID = report_common::message_id::STALE_SESSION_ENDED,
             HOLDER_PID = holder.pid.unwrap_or(0),
-            HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+            HOLDER_HOST = holder.shown_host(),
             SESSION = stale,
             "the lease of {holder} ran out {} ago but its database session {stale} still holds the lock; ending that session",
             humantime::format_duration(round_ms(match row.lease {
@@ -234,7 +234,7 @@ impl PgContest {
         if untrusted {
             tracing::warn!(
                 HOLDER_PID = holder.pid.unwrap_or(0),
-                HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+                HOLDER_HOST = holder.shown_host(),
                 "the lock {} is free, but the lease in its row cannot be real (declined above): its last holder, {holder}, may still be collecting for as long as a lease, so this run waits out its own lease ({}) and then takes the lock over",
                 RunLock::describe(&self.lock),
                 humantime::format_duration(round_ms(wait))
@@ -243,7 +243,7 @@ impl PgContest {
         } else {
             tracing::info!(
                 HOLDER_PID = holder.pid.unwrap_or(0),
-                HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+                HOLDER_HOST = holder.shown_host(),
                 "the lock {} is free, but the lease of its last holder, {holder}, runs {} more by the database's clock: that run may still be collecting, so this one waits it out",
                 RunLock::describe(&self.lock),
                 humantime::format_duration(round_ms(wait))
@@ -434,7 +434,7 @@ impl Contest for PgContest {
         tracing::info!(
             MESSAGE_ID = report_common::message_id::HOLDER_REPLACED,
             HOLDER_PID = holder.pid.unwrap_or(0),
-            HOLDER_HOST = holder.host.as_deref().unwrap_or(""),
+            HOLDER_HOST = holder.shown_host(),
             ENDED_BY = "session",
             "policy replace: ending the run holding the lock, {holder}, by ending its database session {session}; its lease is then waited out"
         );
