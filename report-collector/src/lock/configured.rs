@@ -199,7 +199,7 @@ impl LockGuard for Guard {
         }
     }
 
-    fn token(&self) -> Option<u64> {
+    fn token(&self) -> Option<super::token::Token> {
         match self {
             Guard::Flock(g) => g.token(),
             Guard::Postgres(g) => g.token(),

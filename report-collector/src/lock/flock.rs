@@ -11,6 +11,11 @@
 //!
 //! The lock file is opened without following a final symbolic link and refused unless it is a
 //! regular file (`files::open_lock_file`): a link there must not get its target truncated.
+//!
+//! Each acquisition's fencing token is counted in a file beside the lock file
+//! ([`token_file`]), written by the holder before the run sends any request.
+
+pub mod token_file;
 
 use std::fmt;
 use std::fs::File;
@@ -29,6 +34,7 @@ use super::guard::{Collection, LeaseLost, LockGuard};
 use super::holder::{Holder, HolderRecord, LeftTicket, RECORD};
 use super::proc_locks;
 use super::request::Request;
+use super::token::Token;
 use crate::files;
 use crate::time::Timestamp;
 use report_common::ticket::Ticket;
@@ -93,6 +99,7 @@ impl FlockLock {
 #[derive(Debug)]
 pub struct LockFile {
     file: File,
+    path: PathBuf,
 }
 
 /// The flock, held until this is dropped (or the process exits). Dropping it cuts the holder
@@ -104,6 +111,7 @@ pub struct HeldFlock {
     lock: LockFile,
     /// In a cell: the run shares the guard between its steps (see [`LockGuard`]).
     record: std::cell::RefCell<HolderRecord>,
+    token: Token,
 }
 
 impl LockFile {
@@ -111,12 +119,15 @@ impl LockFile {
     pub fn open(path: &Path) -> io::Result<LockFile> {
         Ok(LockFile {
             file: files::open_lock_file(path)?,
+            path: path.to_owned(),
         })
     }
 
     /// Takes the lock if it is free, with the ticket the previous holder left in the record;
     /// `Err` hands `self` back when it is busy. The new record carries the left ticket on, so
     /// a run killed before it decides what to do with it leaves it to the next one in turn.
+    /// The acquisition's token is written down before the lock is handed over; a token file
+    /// that cannot be written is an error, and the lock is released again.
     pub fn try_lock(self) -> io::Result<Result<(HeldFlock, Option<LeftTicket>), LockFile>> {
         // The standard library's file lock is flock(2) with LOCK_EX | LOCK_NB on Linux (tested:
         // /proc/locks shows it as FLOCK), released by the kernel when the holder dies.
@@ -128,11 +139,13 @@ impl LockFile {
                     record.ticket = Some(left.ticket.as_str().to_owned());
                     record.ticket_requested = left.requested;
                 }
-                let held = HeldFlock {
+                let mut held = HeldFlock {
                     lock: self,
                     record: std::cell::RefCell::new(record),
+                    token: Token::new(0, 0),
                 };
                 held.write_record()?;
+                held.token = token_file::next(&held.lock.path)?;
                 Ok(Ok((held, left)))
             }
             Err(std::fs::TryLockError::WouldBlock) => Ok(Err(self)),
@@ -190,6 +203,10 @@ impl LockGuard for HeldFlock {
     /// confirm or mark.
     async fn commit<T>(&self, _ticket: &Ticket, save: impl FnOnce() -> T) -> Result<T, LeaseLost> {
         Ok(save())
+    }
+
+    fn token(&self) -> Option<Token> {
+        Some(self.token)
     }
 
     async fn release(self, _collected: Option<Collection<'_>>) {

@@ -6,6 +6,7 @@ use std::io;
 
 use report_common::ticket::Ticket;
 
+use super::token::Token;
 use crate::time::Timestamp;
 
 /// What the run collected, for a lock that keeps the fleet's last collection.
@@ -69,11 +70,10 @@ pub trait LockGuard {
     }
 
     /// The fencing token of this acquisition: greater than that of every earlier holder of the
-    /// lock, so that whoever checks it can refuse a holder that was ended (the PostgreSQL
-    /// `generation`). `None` for a lock a holder loses only by dying (the flock: the kernel
-    /// frees it when the process is gone, and SIGKILL ends a stopped process too), which leaves
-    /// no ended holder to fence out.
-    fn token(&self) -> Option<u64> {
+    /// lock, so that whoever checks it can refuse a holder that was ended ([`Token`]: the
+    /// flock's count in its token file, the PostgreSQL `generation`). `None` for a lock that
+    /// keeps no count.
+    fn token(&self) -> Option<Token> {
         None
     }
 

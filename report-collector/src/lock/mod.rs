@@ -12,6 +12,7 @@
 //! - [`holder`]: the holder record every backend carries (pid, since, host, ticket and when it
 //!   was requested).
 //! - [`proc_locks`]: who holds an flock, read from `/proc/locks`.
+//! - [`token`]: the fencing token each acquisition yields, which only ever increases.
 //!
 //! A backend is a module that implements [`RunLock`] (open the lock for a request, read who
 //! holds it), [`contest::Contest`] and [`LockGuard`], plus a variant of [`Lock`]; the crate
@@ -28,6 +29,7 @@ pub mod policy;
 pub mod postgres;
 pub mod proc_locks;
 pub mod request;
+pub mod token;
 
 pub use backend::{FleetCollection, RunLock};
 pub use configured::Lock;
@@ -36,6 +38,7 @@ pub use guard::{Collection, LeaseLost, LockGuard, SlotTaken};
 pub use holder::{Holder, HolderRecord, LeftTicket};
 pub use policy::Policy;
 pub use request::{Acquired, Request};
+pub use token::Token;
 
 /// Takes `lock` as `request.policy` says ([`policy::acquire`]); under `allow` nothing is
 /// opened or taken and the guard is `None`.

@@ -83,6 +83,7 @@ pub use self::tls::MAX_CA_FILE_SIZE;
 use self::tls::tls_config;
 
 use super::guard::{Collection, LeaseLost, LockGuard, SlotTaken};
+use super::token::Token;
 use crate::config::{PostgresConfig, Tls};
 use crate::time::{Timestamp, format_time, round_ms};
 
@@ -1247,8 +1248,10 @@ impl LockGuard for HeldPostgres {
         Ok(result)
     }
 
-    fn token(&self) -> Option<u64> {
-        u64::try_from(self.shared.generation).ok()
+    fn token(&self) -> Option<Token> {
+        u64::try_from(self.shared.generation)
+            .ok()
+            .map(|generation| Token::new(0, generation))
     }
 
     async fn lease_lost(&self) -> LeaseLost {

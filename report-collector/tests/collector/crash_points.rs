@@ -346,7 +346,9 @@ fn a_replace_landing_in_the_holders_save_leaves_its_report_on_disk_once() {
                     ("replace-grace", &format!("{grace:?}")),
                 ],
             );
-            let inject = format!("inject=renameat:{stop}=3000000:when=1");
+            // The report's rename is the run's second: the first puts the lock's token file in
+            // place, right after the lock is taken.
+            let inject = format!("inject=renameat:{stop}=3000000:when=2");
             let mut holder = setup
                 .command_wrapped(
                     &["strace", "-f", "-qq", "-o", "/dev/null", "-e", &inject],

@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use crate::util::*;
+use report_collector::lock::flock::token_file;
 use report_collector::lock::proc_locks::holds_flock;
 use report_collector::state::State;
 use report_collector::store;
@@ -44,6 +45,67 @@ fn a_symlink_as_lock_file_is_refused_and_its_target_never_touched() {
     let run = setup.run(&[]);
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(!nowhere.exists());
+}
+
+/// The lock's token file beside the lock file: counted by each run, never deleted; one that is
+/// not a token file is declined in one line, moved aside and started anew; one that cannot be
+/// used fails the run before it asks the server anything, and leaves the lock free.
+#[test]
+fn the_token_file_counts_each_run_is_declined_when_hostile_and_fails_the_run_when_unusable() {
+    let (server, paths) = recording_server();
+    let setup = Setup::new(&server.url, &[]);
+    let token = token_file::path_beside(&setup.lock);
+    let read = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&token).unwrap()).unwrap()
+    };
+    assert_code(&setup.run(&[]), 0);
+    let first = read();
+    assert_code(&setup.run(&[]), 0);
+    let second = read();
+    assert_eq!(first["lock"], second["lock"], "the lock's id is kept");
+    assert_eq!(first["epoch"], second["epoch"], "one boot, one epoch");
+    assert_eq!(
+        second["count"].as_u64(),
+        first["count"].as_u64().map(|c| c + 1)
+    );
+
+    let hostile = "{\"lock\":\"\u{1b}]0;pwned\u{7}\",\"boot\":\"\",\"epoch\":1,\"count\":1}";
+    std::fs::write(&token, hostile).unwrap();
+    let run = setup.run(&[]);
+    assert_code(&run, 0);
+    let declined = lines_with_id(&run.stderr, message_id::VALUE_DECLINED);
+    assert!(
+        declined.len() == 1 && declined[0].contains("the lock's token file"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains('\u{1b}'), "{}", run.stderr);
+    let aside = report_collector::state::unreadable_path(&token);
+    assert_eq!(std::fs::read_to_string(&aside).unwrap(), hostile);
+    let fresh = read();
+    assert_ne!(fresh["lock"], first["lock"], "a new id starts");
+    assert_eq!(
+        (fresh["epoch"].as_u64(), fresh["count"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    std::fs::remove_file(&token).unwrap();
+    std::fs::create_dir(&token).unwrap();
+    paths.lock().unwrap().clear();
+    let run = setup.run(&[]);
+    assert_code(&run, 1);
+    assert!(
+        run.stderr
+            .contains(&format!("cannot read its token file {}", token.display())),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        paths.lock().unwrap().is_empty(),
+        "{:?}",
+        paths.lock().unwrap()
+    );
+    assert_eq!(setup.holder(), None, "the lock is free again");
 }
 
 #[test]
@@ -404,13 +466,14 @@ fn anything_but_a_regular_file_at_any_of_the_collectors_paths_is_refused_by_name
     let server = fixed_report_server(CSV);
     let mut probes = 0;
     for planted in Planted::ALL {
-        for which in ["lock", "state", "metrics", "metrics lock", "order"] {
+        for which in ["lock", "token", "state", "metrics", "metrics lock", "order"] {
             let setup = Setup::new(
                 &server.url,
                 &[("metrics-file", "\"{dir}/metrics/report-collector.prom\"")],
             );
             let path = match which {
                 "lock" => setup.lock.clone(),
+                "token" => token_file::path_beside(&setup.lock),
                 "state" => setup.state.clone(),
                 "metrics" => setup.metrics.clone(),
                 "metrics lock" => report_collector::metrics::lock_path(&setup.metrics),
@@ -423,7 +486,11 @@ fn anything_but_a_regular_file_at_any_of_the_collectors_paths_is_refused_by_name
             let at = format!("{planted:?} as the {which} file");
 
             let run = finish_within(setup.spawn(&[]), Duration::from_secs(10));
-            let expected = if which == "lock" { 1 } else { 0 };
+            let expected = if matches!(which, "lock" | "token") {
+                1
+            } else {
+                0
+            };
             assert_eq!(run.code, Some(expected), "{at}: {}", run.stderr);
             let named = run.stderr.lines().any(|line| {
                 line.contains(&path.display().to_string()) && line.contains(planted.words())

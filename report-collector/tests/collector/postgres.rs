@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
@@ -784,27 +784,6 @@ fn a_generation_at_its_largest_is_exit_69_naming_the_statement_that_resets_it() 
     let after = a.run(&["--trigger", "manual"]);
     assert_eq!(after.code, Some(0), "{}", after.stderr);
     assert_eq!(fleet.row("generation-max", "generation"), "1");
-}
-
-/// A report server that records every request's path, hands out `t<n>_0` tickets and answers
-/// every fetch with a report at once.
-fn recording_server() -> (FakeServer, Arc<Mutex<Vec<String>>>) {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    let paths = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&paths);
-    let tickets = AtomicU32::new(0);
-    let server = FakeServer::start(move |path| {
-        seen.lock().unwrap().push(path.to_owned());
-        if path.starts_with("/request_report") {
-            (
-                200,
-                format!("t{}_0", tickets.fetch_add(1, Ordering::SeqCst)),
-            )
-        } else {
-            (200, "timestamp,data\n2026-01-01T00:00:00Z,42\n".to_owned())
-        }
-    });
-    (server, paths)
 }
 
 /// Puts `ticket` (an SQL expression) in the row of the lock `name`, as left by a run on

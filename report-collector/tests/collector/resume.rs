@@ -224,13 +224,15 @@ fn a_hostile_ticket_in_the_lock_record_never_reaches_a_url() {
 fn a_hostile_ticket_in_the_lock_record_never_names_a_file_the_run_writes() {
     let Rounds { rounds, saved } = hostile_ticket_rounds();
     for Round { what, written, .. } in rounds {
-        // Nothing outside report-dir: only the config, the lock, the state and its order file.
+        // Nothing outside report-dir: only the config, the lock and its token file, the state
+        // and its order file.
         for file in written {
             let top = file.components().next().unwrap().as_os_str().to_owned();
             assert!(
                 [
                     "config.toml",
                     "collector.lock",
+                    "collector.lock.token",
                     "last-run.json",
                     "last-run.json.order",
                     "reports",

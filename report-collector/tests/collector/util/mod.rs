@@ -182,6 +182,27 @@ impl Drop for FakeServer {
     }
 }
 
+/// A report server that records every request's path, hands out `t<n>_0` tickets and answers
+/// every fetch with a report at once.
+pub fn recording_server() -> (FakeServer, Arc<Mutex<Vec<String>>>) {
+    use std::sync::atomic::AtomicU32;
+    let paths = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&paths);
+    let tickets = AtomicU32::new(0);
+    let server = FakeServer::start(move |path| {
+        seen.lock().unwrap().push(path.to_owned());
+        if path.starts_with("/request_report") {
+            (
+                200,
+                format!("t{}_0", tickets.fetch_add(1, Ordering::SeqCst)),
+            )
+        } else {
+            (200, "timestamp,data\n2026-01-01T00:00:00Z,42\n".to_owned())
+        }
+    });
+    (server, paths)
+}
+
 /// A port on loopback with nothing listening.
 pub fn dead_url() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
