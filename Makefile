@@ -49,10 +49,14 @@ rules-test:
 	promtool check rules $(RULES_DIR)/report-collector.rules.yml
 	cd $(RULES_DIR) && promtool test rules report-collector.rules.test.yml
 
-# Every test, those a plain `cargo test` leaves out (they need root, PostgreSQL 15 or a mount
-# namespace: `#[ignore = "why"]`) included; there a missing prerequisite fails the test.
+# Every test, those a plain `cargo test` leaves out (they need root, PostgreSQL 15, a mount
+# namespace or the previous version's collector: `#[ignore = "why"]`) included; there a missing
+# prerequisite fails the test. The previous version is built after the tests' own build, whose
+# dependencies it reuses (scripts/previous-collector.sh).
 unit-test:
-	cargo test --workspace -- --include-ignored
+	cargo test --workspace --no-run
+	previous=$$(scripts/previous-collector.sh) && \
+	REPORT_COLLECTOR_PREVIOUS=$$previous cargo test --workspace -- --include-ignored
 
 # Hostile input against every parser (fuzz/README.md), bounded: each target FUZZ_TEST_SECONDS
 # from its seeds, built unoptimised (an optimised cold build takes about twice as long). `make

@@ -18,4 +18,5 @@ mod man_page;
 mod postgres;
 mod resume;
 mod scenarios;
+mod upgrade;
 mod util;

@@ -20,13 +20,13 @@ use crate::util::cluster::{Cluster, Fleet};
 use crate::util::*;
 
 /// Short, so the tests wait out leases in seconds.
-const LEASE: Duration = Duration::from_secs(3);
+pub(crate) const LEASE: Duration = Duration::from_secs(3);
 
 /// The `SOURCE` field of a value declined from the lock's row.
 const FROM_THE_ROW: &str = "SOURCE=\"the PostgreSQL lock's row\"";
 
 /// A collector on "host" `host` of `fleet`: its own directory, sharing the lock `lock_name`.
-fn host(
+pub(crate) fn host(
     fleet: &Fleet,
     server_url: &str,
     host: &str,
@@ -53,7 +53,7 @@ fn host(
 
 /// Waits until the row `lock_name` names `host` as holder (with a ticket, if asked); until the
 /// first run of `fleet` has made the tables, there is no row.
-fn wait_for_row(fleet: &Fleet, lock_name: &str, host: &str, with_ticket: bool) {
+pub(crate) fn wait_for_row(fleet: &Fleet, lock_name: &str, host: &str, with_ticket: bool) {
     let start = Instant::now();
     loop {
         let tables =
@@ -84,7 +84,7 @@ fn create_the_tables(fleet: &Fleet, server_url: &str) {
     assert_eq!(first.code, Some(0), "{}", first.stderr);
 }
 
-fn reports(setup: &Setup) -> Vec<String> {
+pub(crate) fn reports(setup: &Setup) -> Vec<String> {
     setup
         .report_files()
         .into_iter()

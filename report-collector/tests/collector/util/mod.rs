@@ -257,7 +257,12 @@ impl Setup {
 
     /// The collector binary with this config, a clean environment and piped output.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_report-collector"));
+        self.command_of(Path::new(env!("CARGO_BIN_EXE_report-collector")), args)
+    }
+
+    /// [`Setup::command`] with the collector binary at `binary` (another version's).
+    pub fn command_of(&self, binary: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary);
         cmd.arg("--config").arg(&self.config).args(args);
         clean(&mut cmd);
         cmd
