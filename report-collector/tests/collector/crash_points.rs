@@ -346,9 +346,8 @@ fn a_replace_landing_in_the_holders_save_leaves_its_report_on_disk_once() {
                     ("replace-grace", &format!("{grace:?}")),
                 ],
             );
-            // The report's rename is the run's second: the first puts the lock's token file in
-            // place, right after the lock is taken.
-            let inject = format!("inject=renameat:{stop}=3000000:when=2");
+            // The report's rename is the run's first (the lock's token file is written in place).
+            let inject = format!("inject=renameat:{stop}=3000000:when=1");
             let mut holder = setup
                 .command_wrapped(
                     &["strace", "-f", "-qq", "-o", "/dev/null", "-e", &inject],

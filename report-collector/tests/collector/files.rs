@@ -48,7 +48,7 @@ fn a_symlink_as_lock_file_is_refused_and_its_target_never_touched() {
 }
 
 /// The lock's token file beside the lock file: counted by each run, never deleted; one that is
-/// not a token file is declined in one line, moved aside and started anew; one that cannot be
+/// not a token file is declined in one line, copied aside and started anew; one that cannot be
 /// used fails the run before it asks the server anything, and leaves the lock free.
 #[test]
 fn the_token_file_counts_each_run_is_declined_when_hostile_and_fails_the_run_when_unusable() {
@@ -96,7 +96,7 @@ fn the_token_file_counts_each_run_is_declined_when_hostile_and_fails_the_run_whe
     assert_code(&run, 1);
     assert!(
         run.stderr
-            .contains(&format!("cannot read its token file {}", token.display())),
+            .contains(&format!("its token file {}: ", token.display())),
         "{}",
         run.stderr
     );
