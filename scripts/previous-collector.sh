@@ -8,14 +8,16 @@
 # dependencies `cargo test` built (about 30 s after `cargo test --no-run`; a cold build takes
 # minutes). The binary is kept under target/previous/, and a second call only prints its path.
 #
-# Building there also links the previous binary as target/debug/report-collector for a moment;
-# the next `cargo test` links this version's back (cargo links a fresh target again), which is
-# why `make unit-test` runs this between `cargo test --no-run` and the tests.
+# Building there also links the previous binary as target/debug/report-collector for a moment,
+# so the script ends with `cargo test --workspace --no-run`, which links this version's back
+# (cargo links a fresh target again; nothing is rebuilt when the tests were built before, as
+# `make unit-test` does).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PREVIOUS=e3333e3267f373c5f2853c6e5ca96695846b3b67
-target=${CARGO_TARGET_DIR:-$PWD/target}
+target=${CARGO_TARGET_DIR:-target}
+target=$(realpath -m "$target")
 home=$target/previous/$PREVIOUS
 binary=$home/report-collector
 
@@ -35,4 +37,5 @@ git archive "$PREVIOUS" | tar -x -C "$home/src"
 cp "$target/debug/report-collector" "$binary.new"
 mv "$binary.new" "$binary"
 rm -rf "$home/src"
+CARGO_TARGET_DIR=$target cargo test --workspace --no-run --quiet >&2
 echo "$binary"

@@ -300,14 +300,14 @@ pub fn lock_briefly(file: &File, what: &Path) -> io::Result<()> {
     }
 }
 
-/// Opens a directory (through symbolic links: only files are held to [`open_regular`]);
-/// `O_DIRECTORY` makes anything else, a FIFO included, fail at once instead of blocking.
 /// Waits until the directory entries of `path`'s directory are on disk (a file just created
 /// there survives a crash of the machine).
 pub fn sync_dir_of(path: &Path) -> io::Result<()> {
     open_dir(parent_dir(path))?.sync_all()
 }
 
+/// Opens a directory (through symbolic links: only files are held to [`open_regular`]);
+/// `O_DIRECTORY` makes anything else, a FIFO included, fail at once instead of blocking.
 pub(crate) fn open_dir(dir: &Path) -> io::Result<File> {
     File::options()
         .read(true)

@@ -472,8 +472,11 @@ impl BackendRefusal for FlockRefusal {
                 f,
                 "the lock {lock} is held, but {holder}, whom /proc/locks and the lock file's record name, was not seen holding an open descriptor of it (it exited while a process that inherited the descriptor holds the lock, or this user may not look at its descriptors), so policy replace signalled nothing; find the holder with `fuser -v {lock}`"
             ),
-            // A path that is not a regular file: its message says what to do.
-            FlockRefusal::Io(e) if files::not_regular(e).is_some() => {
+            // A path that is not a regular file, a token file that is not one: its message says
+            // what to do.
+            FlockRefusal::Io(e)
+                if files::not_regular(e).is_some() || e.kind() == io::ErrorKind::InvalidData =>
+            {
                 write!(f, "cannot use the lock file {lock}: {e}")
             }
             FlockRefusal::Io(e) => write!(

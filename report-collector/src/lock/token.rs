@@ -1,10 +1,11 @@
 //! The fencing token of one acquisition of the run lock: it only ever increases for that lock,
 //! so whoever sees two of them can tell the later holder from an ended one.
 //!
-//! A token is a pair compared in order: an epoch, then a count within it. The flock's epoch
-//! rises once per boot of the host and its count once per acquisition within that boot
-//! ([`super::flock::token_file`]); the PostgreSQL lock's count is its row's `generation`, in
-//! epoch 0.
+//! A token is a pair compared in order: an epoch, then a count. The flock's epoch rises with
+//! each boot of the host (with every acquisition where the boot cannot be told) and its count
+//! with every acquisition ([`super::flock::token_file`]); the PostgreSQL lock's count is its
+//! row's `generation`, in epoch 0. Tokens compare only within one lock: the flock's token file
+//! names its lock with an id of its own. Nothing outside the lock sends a token anywhere yet.
 
 use std::fmt;
 
@@ -23,7 +24,7 @@ impl Token {
     }
 }
 
-/// `EPOCH.COUNT`, as the journal and a request header write it.
+/// `EPOCH.COUNT`.
 impl fmt::Display for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.epoch, self.count)

@@ -48,10 +48,11 @@ fn a_symlink_as_lock_file_is_refused_and_its_target_never_touched() {
 }
 
 /// The lock's token file beside the lock file: counted by each run, never deleted; one that is
-/// not a token file is declined in one line, copied aside and started anew; one that cannot be
-/// used fails the run before it asks the server anything, and leaves the lock free.
+/// not a token file, or cannot be used, fails the run before it asks the server anything,
+/// shows what it holds escaped, is left as it is, and leaves the lock free; removed by hand, a
+/// new id starts.
 #[test]
-fn the_token_file_counts_each_run_is_declined_when_hostile_and_fails_the_run_when_unusable() {
+fn the_token_file_counts_each_run_and_fails_the_run_when_hostile_or_unusable() {
     let (server, paths) = recording_server();
     let setup = Setup::new(&server.url, &[]);
     let token = token_file::path_beside(&setup.lock);
@@ -69,19 +70,30 @@ fn the_token_file_counts_each_run_is_declined_when_hostile_and_fails_the_run_whe
         first["count"].as_u64().map(|c| c + 1)
     );
 
+    // A hostile file: the run fails before any request, shows it escaped, leaves it as it is.
     let hostile = "{\"lock\":\"\u{1b}]0;pwned\u{7}\",\"boot\":\"\",\"epoch\":1,\"count\":1}";
     std::fs::write(&token, hostile).unwrap();
+    paths.lock().unwrap().clear();
     let run = setup.run(&[]);
-    assert_code(&run, 0);
-    let declined = lines_with_id(&run.stderr, message_id::VALUE_DECLINED);
+    assert_code(&run, 1);
     assert!(
-        declined.len() == 1 && declined[0].contains("the lock's token file"),
+        run.stderr.contains("is not a token file")
+            && run.stderr.contains(&format!("remove {}", token.display())),
         "{}",
         run.stderr
     );
     assert!(!run.stderr.contains('\u{1b}'), "{}", run.stderr);
-    let aside = report_collector::state::unreadable_path(&token);
-    assert_eq!(std::fs::read_to_string(&aside).unwrap(), hostile);
+    assert_eq!(std::fs::read_to_string(&token).unwrap(), hostile);
+    assert!(
+        paths.lock().unwrap().is_empty(),
+        "{:?}",
+        paths.lock().unwrap()
+    );
+    assert_eq!(setup.holder(), None, "the lock is free again");
+
+    // Removed by hand: a new id starts.
+    std::fs::remove_file(&token).unwrap();
+    assert_code(&setup.run(&[]), 0);
     let fresh = read();
     assert_ne!(fresh["lock"], first["lock"], "a new id starts");
     assert_eq!(
@@ -95,8 +107,10 @@ fn the_token_file_counts_each_run_is_declined_when_hostile_and_fails_the_run_whe
     let run = setup.run(&[]);
     assert_code(&run, 1);
     assert!(
-        run.stderr
-            .contains(&format!("its token file {}: ", token.display())),
+        run.stderr.contains(&format!(
+            "{} is a directory, not a regular file",
+            token.display()
+        )),
         "{}",
         run.stderr
     );

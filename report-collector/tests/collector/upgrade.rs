@@ -5,12 +5,13 @@
 //!
 //! The previous version is the collector built from the tree at [`PREVIOUS`], the last release
 //! before the lock core (the schema and the row's guards are the same). `make test` builds it
-//! once into the tests' target directory (`scripts/previous-collector.sh`, about 15 s on top of
+//! once into the tests' target directory (`scripts/previous-collector.sh`, about 30 s on top of
 //! the tests' own build) and names it in `REPORT_COLLECTOR_PREVIOUS`. Needs that binary, root and
 //! PostgreSQL 15: a plain `cargo test` lists these tests as left out.
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -22,6 +23,30 @@ use crate::util::*;
 /// The commit the previous version is built from (scripts/previous-collector.sh names it too).
 pub const PREVIOUS: &str = "e3333e3267f373c5f2853c6e5ca96695846b3b67";
 
+/// The previous version's binary, checked once: named, there, and not this version's.
+fn previous_binary() -> &'static Path {
+    static CHECKED: OnceLock<PathBuf> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        let binary = prerequisite(
+            &format!("the previous version's collector (commit {PREVIOUS}), built by scripts/previous-collector.sh and named in REPORT_COLLECTOR_PREVIOUS"),
+            std::env::var("REPORT_COLLECTOR_PREVIOUS").map_err(|e| e.to_string()).and_then(|path| {
+                if Path::new(&path).is_file() {
+                    Ok(PathBuf::from(path))
+                } else {
+                    Err(format!("{path} is not a file"))
+                }
+            }),
+        );
+        let this = std::fs::read(env!("CARGO_BIN_EXE_report-collector")).unwrap();
+        assert!(
+            std::fs::read(&binary).unwrap() != this,
+            "{} is this version's collector, not the previous one",
+            binary.display()
+        );
+        binary
+    })
+}
+
 /// One collector binary: the previous version's or this one's.
 #[derive(Debug, Clone)]
 struct Version {
@@ -31,29 +56,9 @@ struct Version {
 
 impl Version {
     fn previous() -> Version {
-        let binary = prerequisite(
-            &format!(
-                "the previous version's collector (commit {PREVIOUS}), built by scripts/previous-collector.sh and named in REPORT_COLLECTOR_PREVIOUS"
-            ),
-            std::env::var("REPORT_COLLECTOR_PREVIOUS")
-                .map_err(|e| e.to_string())
-                .and_then(|path| {
-                    if Path::new(&path).is_file() {
-                        Ok(PathBuf::from(path))
-                    } else {
-                        Err(format!("{path} is not a file"))
-                    }
-                }),
-        );
-        let this = std::fs::read(env!("CARGO_BIN_EXE_report-collector")).unwrap();
-        assert!(
-            std::fs::read(&binary).unwrap() != this,
-            "{} is this version's collector, not the previous one",
-            binary.display()
-        );
         Version {
             name: "previous",
-            binary,
+            binary: previous_binary().to_owned(),
         }
     }
 
@@ -125,13 +130,14 @@ fn the_previous_version_collects_on_its_own() {
 }
 
 /// Started together, again and again, either version first: exactly one collects and the other
-/// skips for the lock, every round.
+/// skips for the lock, naming the collecting host as the holder, every round.
 #[test]
 #[ignore = "needs root, PostgreSQL 15 and the previous version's binary: `make test` builds it and runs it (cargo test -- --include-ignored)"]
 fn hosts_of_both_versions_started_together_never_collect_at_once() {
     let _timing = timing_guard();
     let fleet = Cluster::shared().fleet("upgrade-crowd");
-    let slow = ApiServer::slow(Duration::from_millis(1500));
+    // Long enough that the second start always finds the first one holding the lock.
+    let slow = ApiServer::slow(Duration::from_secs(2));
     let hosts =
         Version::both(true).map(|version| Host::new(version, &fleet, &slow.url, "crowd", &[]));
     for round in 0..6 {
@@ -144,17 +150,24 @@ fn hosts_of_both_versions_started_together_never_collect_at_once() {
             .iter()
             .map(|h| (h.name(), h.spawn(&["--trigger", "manual"])))
             .collect();
-        let mut codes: Vec<(i32, String)> = children
+        let mut runs: Vec<(i32, String, String)> = children
             .into_iter()
             .map(|(name, child)| {
                 let run = finish(child);
-                (run.code.unwrap_or(-1), format!("{name}: {}", run.stderr))
+                (run.code.unwrap_or(-1), name, run.stderr)
             })
             .collect();
-        codes.sort();
+        runs.sort();
+        let [(collected, holder, _), (skipped, skipper, stderr)] = &runs[..] else {
+            unreachable!()
+        };
         assert!(
-            codes[0].0 == 0 && codes[1].0 == 75,
-            "round {round}: want one collection and one skip: {codes:#?}"
+            *collected == 0 && *skipped == 75,
+            "round {round}: want one collection and one skip: {runs:#?}"
+        );
+        assert!(
+            stderr.contains(&format!(" on host {holder}")),
+            "round {round}: {skipper} did not name {holder} as the holder: {stderr}"
         );
     }
     let collected: usize = hosts.iter().map(|h| reports(&h.setup).len()).sum();

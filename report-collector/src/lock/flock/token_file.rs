@@ -1,5 +1,5 @@
 //! The flock's fencing token ([`Token`]), kept in `<lock-file>.token` beside the lock file, one
-//! line of JSON of a fixed length: `{"lock":"<id>","boot":"<boot id>","epoch":E,"count":C}`,
+//! line of JSON of a fixed length, `{"lock":"<id>","epoch":E,"count":C,"boot":"<boot id>"}`,
 //! each number right-aligned in 20 places (JSON allows the spaces). Runs never delete it; the
 //! holder record in the lock file itself stays as it was.
 //!
@@ -7,30 +7,34 @@
 //! the run sends any request: the kernel's lock is what orders the tokens of one host's runs.
 //! What else each guarantee rests on:
 //!
-//! - **A process killed at any point** leaves the old count or one above it. The record is
-//!   written in place by one `pwrite(2)` of 148 bytes at offset 0, which a signal does
-//!   not split. Were it cut short all the same, the file would hold the new record's start and
-//!   the old one's end; with every number right-aligned in a field of fixed width, that reads
-//!   as the old token or a greater one, never a smaller one: the count only ever goes up (also
-//!   into a new epoch), and so does the epoch. (A temp file renamed into place instead cost
-//!   ext4 about 0.6 ms an acquisition in `make bench`, 70 times the flock itself.)
+//! - **A process killed at any point** leaves the old count or one above it. The line is
+//!   written in place by one `pwrite(2)` of 148 bytes at offset 0, which a signal does not
+//!   split. Were it cut short all the same, the file would hold the new line's start and the
+//!   old one's end; with every number right-aligned in a field of fixed width, that reads as
+//!   the old token or a greater one, never a smaller one: the count only ever goes up (also
+//!   into a new epoch), and so does the epoch. The boot comes last, so no cut shows a new boot
+//!   beside old numbers. (A temp file renamed into place instead cost ext4 about 0.6 ms an
+//!   acquisition in `make bench`, 70 times the flock itself.)
 //! - **A power cut or a kernel crash** may lose the newest counts, but only together with the
 //!   boot: within a boot nothing waits for the disk (the page cache outlives every process
 //!   while the kernel runs). The first acquisition of a boot (the kernel's boot id,
-//!   `/proc/sys/kernel/random/boot_id`, differs from the file's) raises the epoch and waits
-//!   for the disk (`fdatasync`, and the directory's `fsync` when the file is new) before it
-//!   hands the token out, so the first token after any crash is in a higher epoch than every
-//!   token handed out before it. That rests on the disk writing the record's 512-byte sector
-//!   whole, as PostgreSQL's `pg_control` does. Without a readable boot id every acquisition
-//!   raises the epoch that way.
+//!   `/proc/sys/kernel/random/boot_id`, differs from the file's) raises the epoch, writes the
+//!   raised numbers under the old boot and waits until they are on the disk (`fdatasync`, and
+//!   the directory's `fsync` when the file is new), and only then writes this boot and hands
+//!   the token out. So the first token after any crash is in a higher epoch than every token
+//!   handed out before it, and a sync that failed or was interrupted leaves the old boot, so
+//!   the next run raises and waits again. That rests on the disk writing the line's 512-byte
+//!   sector whole, as PostgreSQL's `pg_control` does, and on the disk losing writes only with
+//!   the boot (not a virtual machine's disk rolled back under a running kernel). Without a
+//!   readable boot id every acquisition raises the epoch that way.
 //! - **The lock's id** (128 random bits) is made when the file is first written and kept with
-//!   it. A file that is gone starts a new id in epoch 1: tokens of different ids are not
-//!   compared, so a deleted lock directory starts a fresh count instead of a refused one.
-//! - **A file that is not a token file** (cut short, overwritten, a value out of range) is
-//!   declined in the journal (`VALUE_DECLINED`), copied to `<lock-file>.token.unreadable` and
-//!   overwritten with a new id. One that cannot be read or written at all (permissions, not a
-//!   regular file, a full disk) fails the run before it sends any request: a count that might
-//!   go back is never handed out.
+//!   it. Only removing the file starts a new id (at epoch 1); tokens of different ids are not
+//!   to be compared.
+//! - **A file that is not a token file** (cut short, overwritten, a value out of range, a
+//!   count at its largest) fails the run before any request, showing what it holds (escaped)
+//!   and saying to remove it: the count it kept cannot be known, so it is never started again
+//!   by a run, as the PostgreSQL lock's `generation` is not. So does one that cannot be read
+//!   or written at all (permissions, not a regular file, a full disk).
 
 use std::fs::File;
 use std::io;
@@ -39,7 +43,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::declined::Declined;
 use crate::files;
 use crate::lock::token::Token;
 
@@ -50,11 +53,8 @@ pub fn path_beside(lock: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// What the journal names as the source of a declined token file.
-const SOURCE: &str = "the lock's token file";
-
-/// The most of the file a reader takes: a token file this collector writes is [`LINE_LEN`]
-/// bytes.
+/// The longest token file read: one this collector writes is [`LINE_LEN`] bytes. A reader
+/// takes one byte more, to tell a longer file from one that fills it.
 const RECORD_MAX: usize = 512;
 
 /// Where the kernel tells this boot from every other.
@@ -83,6 +83,7 @@ fn next_in_boot(lock: &Path, boot: Option<&str>) -> io::Result<Token> {
     let path = path_beside(lock);
     let file = files::open_lock_file(&path).map_err(|e| in_file(&path, "open", e))?;
     let (previous, held) = read(&file, &path).map_err(|e| in_file(&path, "read", e))?;
+    let previous_boot = previous.as_ref().map(|p| p.boot.clone());
     let (record, sync) = advance(previous, boot, || uuid::Uuid::new_v4().simple().to_string())
         .map_err(|why| {
             io::Error::new(
@@ -90,38 +91,58 @@ fn next_in_boot(lock: &Path, boot: Option<&str>) -> io::Result<Token> {
                 format!("{why}; remove {} to start a new lock id", path.display()),
             )
         })?;
-    write(&file, &record.line(), held, sync).map_err(|e| in_file(&path, "write", e))?;
-    if sync && held == 0 {
-        // A new file: its name must survive a crash too, or a new id would start.
-        files::sync_dir_of(&path).map_err(|e| in_file(&path, "write", e))?;
-    }
+    let written = if sync {
+        // First the raised numbers under the boot they were raised after, on the disk; only
+        // then this boot: until it is there, the next run raises the epoch again and waits for
+        // the disk again, so a failed or interrupted sync never lets a later run skip its own.
+        let before = TokenRecord {
+            boot: previous_boot.unwrap_or_else(|| UNKNOWN_BOOT.to_owned()),
+            ..record.clone()
+        };
+        write(&file, &before.line(), held)
+            .and_then(|()| file.sync_data())
+            .and_then(|()| match held {
+                // A new file: its name must survive a crash too, or a new id would start.
+                0 => files::sync_dir_of(&path),
+                _ => Ok(()),
+            })
+            .and_then(|()| write(&file, &record.line(), held.max(LINE_LEN)))
+    } else {
+        write(&file, &record.line(), held)
+    };
+    written.map_err(|e| in_file(&path, "write", e))?;
     Ok(Token::new(record.epoch, record.count))
 }
 
-/// Puts `line` at the start of `file`, which held `held` bytes, in one write; with `sync`,
-/// waits until it is on the disk.
-fn write(file: &File, line: &[u8], held: usize, sync: bool) -> io::Result<()> {
-    file.write_all_at(line, 0)?;
-    if held != line.len() {
-        file.set_len(u64::try_from(line.len()).unwrap_or(u64::MAX))?;
+/// Puts `line` at the start of `file`, which held `held` bytes, in one write. A longer file
+/// (one this collector did not write) keeps its length: the line is padded with spaces, which
+/// JSON allows, so the write is still one and nothing is cut after it.
+fn write(file: &File, line: &[u8], held: usize) -> io::Result<()> {
+    let mut line = line.to_vec();
+    if held > line.len() {
+        line.pop();
+        line.resize(held - 1, b' ');
+        line.push(b'\n');
     }
-    if sync {
-        file.sync_data()?;
-    }
-    Ok(())
+    file.write_all_at(&line, 0)
 }
 
-/// `e`, saying which file it was about.
+/// `e`, saying which file it was about. A file that is not a regular file is said as every
+/// other one is (its error names it and says to remove it).
 fn in_file(path: &Path, verb: &str, e: io::Error) -> io::Error {
+    if files::not_regular(&e).is_some() {
+        return e;
+    }
     io::Error::new(
         e.kind(),
         format!("cannot {verb} its token file {}: {e}", path.display()),
     )
 }
 
-/// The record in `file` (at `path`) and how many bytes it held: `None` when it is empty, or
-/// when it is not a token file (then it is declined and copied aside, and a new id starts).
-/// `Err` only when the file cannot be read, or copied aside.
+/// The record in `file` (at `path`) and how many bytes it held: `None` when it is empty. A
+/// file that is not a token file is an error that shows what it holds and says what to do: a
+/// count that cannot be read is never started again by a run, as the PostgreSQL lock's
+/// `generation` is not.
 fn read(file: &File, path: &Path) -> io::Result<(Option<TokenRecord>, usize)> {
     // Positioned, one byte over the bound: a file that long is not a token file.
     let mut buf = vec![0; RECORD_MAX + 1];
@@ -136,24 +157,15 @@ fn read(file: &File, path: &Path) -> io::Result<(Option<TokenRecord>, usize)> {
     if bytes.is_empty() {
         return Ok((None, 0));
     }
-    match parse(bytes) {
-        Ok(record) => Ok((Some(record), held)),
-        Err(value) => {
-            let aside = crate::state::unreadable_path(path);
-            files::write_atomically(&aside, bytes, files::Durability::Renamed)?;
-            Declined {
-                source: SOURCE,
-                field: "record",
-                value,
-                why: format!(
-                    "it is not a token file; copied it to {} and started a new lock id, whose tokens start over",
-                    aside.display()
-                ),
-            }
-            .say();
-            Ok((None, held))
-        }
-    }
+    parse(bytes).map(|record| (Some(record), held)).map_err(|value| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "it is not a token file ({value}); the count it kept cannot be known, so no token is handed out: remove {} to start a new lock id",
+                path.display()
+            ),
+        )
+    })
 }
 
 /// `bytes` as a token file, or what they were (escaped and cut short).
@@ -179,8 +191,8 @@ impl TokenRecord {
     /// The line written to the file: always [`LINE_LEN`] bytes, the numbers right-aligned.
     fn line(&self) -> Vec<u8> {
         let line = format!(
-            "{{\"lock\":\"{}\",\"boot\":\"{}\",\"epoch\":{:>20},\"count\":{:>20}}}\n",
-            self.lock, self.boot, self.epoch, self.count,
+            "{{\"lock\":\"{}\",\"epoch\":{:>20},\"count\":{:>20},\"boot\":\"{}\"}}\n",
+            self.lock, self.epoch, self.count, self.boot,
         )
         .into_bytes();
         debug_assert_eq!(line.len(), LINE_LEN);
@@ -318,32 +330,63 @@ mod tests {
     }
 
     #[test]
-    fn a_file_that_is_not_a_token_file_is_copied_aside_and_a_new_id_starts() {
+    fn a_file_that_is_not_a_token_file_fails_and_is_left_as_it_is() {
         let dir = tempfile::tempdir().unwrap();
         let lock = dir.path().join("collector.lock");
         let path = path_beside(&lock);
+        let id = "0123456789abcdef0123456789abcdef";
         let hostile = [
-            &b"{\"lock\":\"../../etc\",\"boot\":\"\",\"epoch\":1,\"count\":1}"[..],
-            b"{\"lock\":\"0123456789abcdef0123456789abcdef\",\"boot\":\"x\",\"epoch\":1,\"count\":1}",
-            b"{\"lock\":\"0123456789abcdef0123456789abcdef\",\"boot\":\"\",\"epoch\":1,\"count\":1}",
-            b"{\"lock\":\"0123456789abcdef0123456789abcdef\",\"boot\":\"00000000-0000-0000-0000-000000000000\",\"epoch\":-1,\"count\":1}",
-            b"{\"lock\":\"0123456789abcdef0123456789abcdef\",\"boot\":\"\",\"epo",
-            b"\0\0\0",
+            format!("{{\"lock\":\"../../etc\",\"boot\":\"{BOOT_A}\",\"epoch\":1,\"count\":1}}"),
+            format!("{{\"lock\":\"{id}\",\"boot\":\"x\",\"epoch\":1,\"count\":1}}"),
+            format!("{{\"lock\":\"{id}\",\"boot\":\"\",\"epoch\":1,\"count\":1}}"),
+            format!("{{\"lock\":\"{id}\",\"boot\":\"{BOOT_A}\",\"epoch\":-1,\"count\":1}}"),
+            format!("{{\"lock\":\"{id}\",\"boot\":\"{BOOT_A}\",\"epo"),
+            format!(
+                "{{\"lock\":\"{id}\",\"boot\":\"{BOOT_A}\",\"epoch\":1,\"count\":18446744073709551615}}"
+            ),
+            "\u{0}\u{1b}[31m".to_owned(),
+            " ".repeat(2 << 20),
         ];
         for bytes in hostile {
-            std::fs::write(&path, bytes).unwrap();
-            assert_eq!(next_in_boot(&lock, Some(BOOT_A)).unwrap(), Token::new(1, 1));
+            std::fs::write(&path, &bytes).unwrap();
+            let err = next_in_boot(&lock, Some(BOOT_A)).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("remove {}", path.display())),
+                "{text}"
+            );
+            assert!(!text.contains('\u{1b}') && text.len() < 600, "{text}");
             assert_eq!(
-                std::fs::read(crate::state::unreadable_path(&path)).unwrap(),
-                bytes
+                std::fs::read_to_string(&path).unwrap(),
+                bytes,
+                "left as it was"
             );
         }
-        // A huge file: only its start is read, copied aside, and the file cut to one record.
-        std::fs::write(&path, vec![b' '; 2 << 20]).unwrap();
-        let inode = std::fs::metadata(&path).unwrap().ino();
-        assert_eq!(next_in_boot(&lock, Some(BOOT_A)).unwrap(), Token::new(1, 1));
-        let kept = std::fs::metadata(&path).unwrap();
-        assert_eq!((kept.len(), kept.ino()), (LINE_LEN as u64, inode));
+    }
+
+    /// A valid file longer than a line (written by hand, or by a later version) keeps its
+    /// length: the line is padded, so one write replaces it.
+    #[test]
+    fn a_longer_token_file_keeps_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("collector.lock");
+        let path = path_beside(&lock);
+        let text = format!(
+            "{{ \"lock\": \"0123456789abcdef0123456789abcdef\", \"boot\": \"{BOOT_A}\",   \"epoch\": 3, \"count\": 41, \"written-by\": \"a later version, with more to say\" }}\n"
+        );
+        assert!(text.len() > LINE_LEN);
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(
+            next_in_boot(&lock, Some(BOOT_A)).unwrap(),
+            Token::new(3, 42)
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), text.len() as u64);
+        assert_eq!(
+            next_in_boot(&lock, Some(BOOT_B)).unwrap(),
+            Token::new(4, 43)
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), text.len() as u64);
     }
 
     /// A write cut short leaves the new line's start over the old line's end: every such mix
@@ -389,6 +432,15 @@ mod tests {
                                 "cut at {cut}: {} after {epoch}.{count}",
                                 String::from_utf8_lossy(&mixed)
                             );
+                            // A cut that shows the new boot shows the new numbers too, so
+                            // no run skips the epoch's rise on the strength of it.
+                            if read.boot == new.boot && new.boot != old.boot {
+                                assert_eq!(
+                                    (read.epoch, read.count),
+                                    (new.epoch, new.count),
+                                    "cut at {cut}"
+                                );
+                            }
                             mixes += 1;
                         }
                     }
@@ -438,11 +490,17 @@ mod tests {
         let path = path_beside(&lock);
         std::fs::create_dir(&path).unwrap();
         let err = next_in_boot(&lock, Some(BOOT_A)).unwrap_err();
-        assert!(err.to_string().contains("token file"), "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
         std::fs::remove_dir(&path).unwrap();
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
         let err = next_in_boot(&lock, Some(BOOT_A)).unwrap_err();
-        assert!(err.to_string().contains("token file"), "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]
