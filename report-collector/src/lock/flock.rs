@@ -126,26 +126,27 @@ impl LockFile {
     /// Takes the lock if it is free, with the ticket the previous holder left in the record;
     /// `Err` hands `self` back when it is busy. The new record carries the left ticket on, so
     /// a run killed before it decides what to do with it leaves it to the next one in turn.
-    /// The acquisition's token is written down before the lock is handed over; a token file
-    /// that cannot be written is an error, and the lock is released again.
+    /// The acquisition's token is counted first ([`token_file`]); a token file that cannot be
+    /// used is an error, and the lock is released again with the previous record untouched.
     pub fn try_lock(self) -> io::Result<Result<(HeldFlock, Option<LeftTicket>), LockFile>> {
         // The standard library's file lock is flock(2) with LOCK_EX | LOCK_NB on Linux (tested:
         // /proc/locks shows it as FLOCK), released by the kernel when the holder dies.
         match self.file.try_lock() {
             Ok(()) => {
+                // Counted first: a token file that fails leaves the previous record as it was.
+                let token = token_file::next(&self.path)?;
                 let left = read_left_record(&self.file).and_then(LeftTicket::from_record);
                 let mut record = HolderRecord::of_this_process(Timestamp::now());
                 if let Some(left) = &left {
                     record.ticket = Some(left.ticket.as_str().to_owned());
                     record.ticket_requested = left.requested;
                 }
-                let mut held = HeldFlock {
+                let held = HeldFlock {
                     lock: self,
                     record: std::cell::RefCell::new(record),
-                    token: Token::new(0, 0),
+                    token,
                 };
                 held.write_record()?;
-                held.token = token_file::next(&held.lock.path)?;
                 Ok(Ok((held, left)))
             }
             Err(std::fs::TryLockError::WouldBlock) => Ok(Err(self)),

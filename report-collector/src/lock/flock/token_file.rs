@@ -176,11 +176,8 @@ fn parse(bytes: &[u8]) -> Result<TokenRecord, String> {
         return Err(format!("more than {RECORD_MAX} bytes"));
     }
     let record: TokenRecord = serde_json::from_slice(bytes).map_err(|_| shown())?;
-    let lock_ok = record.lock.len() == 32
-        && record
-            .lock
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let lock_ok =
+        uuid::Uuid::try_parse(&record.lock).is_ok_and(|id| id.simple().to_string() == record.lock);
     if !lock_ok || !is_boot_id(&record.boot) {
         return Err(shown());
     }
@@ -202,9 +199,6 @@ impl TokenRecord {
 
 /// The length of every line this collector writes.
 const LINE_LEN: usize = 148;
-
-/// The length of a boot id.
-const BOOT_ID_LEN: usize = 36;
 
 /// The boot written when the kernel's boot id cannot be read: the nil UUID, which is never a
 /// boot's (the kernel makes a random one), and of the same shape, so the line's length stays.
@@ -259,17 +253,9 @@ fn this_boot() -> Option<String> {
     is_boot_id(id).then(|| id.to_owned())
 }
 
-/// A boot id as the kernel writes it: a UUID, 36 characters of lowercase hex with '-' at
-/// the 9th, 14th, 19th and 24th.
+/// A boot id as the kernel writes it: a UUID, hyphenated, in lowercase (36 characters).
 fn is_boot_id(text: &str) -> bool {
-    text.len() == BOOT_ID_LEN
-        && text.bytes().enumerate().all(|(i, b)| {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                b == b'-'
-            } else {
-                b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
-            }
-        })
+    uuid::Uuid::try_parse(text).is_ok_and(|id| id.hyphenated().to_string() == text)
 }
 
 #[cfg(test)]
