@@ -51,10 +51,9 @@ rules-test:
 
 # Every test, those a plain `cargo test` leaves out (they need root, PostgreSQL 15, a mount
 # namespace or the previous version's collector: `#[ignore = "why"]`) included; there a missing
-# prerequisite fails the test. The previous version is built after the tests' own build, whose
-# dependencies it reuses (scripts/previous-collector.sh).
+# prerequisite fails the test. scripts/previous-collector.sh builds the previous version (after
+# the tests' own build, whose dependencies it reuses).
 unit-test:
-	cargo test --workspace --no-run
 	previous=$$(scripts/previous-collector.sh) && \
 	REPORT_COLLECTOR_PREVIOUS=$$previous cargo test --workspace -- --include-ignored
 

@@ -19,7 +19,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -123,6 +123,22 @@ pub fn read_existing(path: &Path) -> io::Result<Option<Vec<u8>>> {
         ));
     }
     Ok(Some(bytes))
+}
+
+/// The start of `file`, at most `limit` bytes and one more (which tells a file longer than
+/// the bound from one that fills it), by positioned reads: the descriptor's offset is left
+/// alone, so the same descriptor can be read again.
+pub fn read_start(file: &File, limit: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0; limit + 1];
+    let mut held = 0;
+    while held < buf.len() {
+        match file.read_at(&mut buf[held..], u64::try_from(held).unwrap_or(u64::MAX))? {
+            0 => break,
+            n => held += n,
+        }
+    }
+    buf.truncate(held);
+    Ok(buf)
 }
 
 /// How much an atomic write does to survive a crash of the machine.

@@ -275,11 +275,8 @@ const RECORD_MAX: usize = 4096;
 /// The record in `file`: `Ok(None)` when the file is empty, `Err` (with what the file held,
 /// escaped and cut short) when it holds something that is not a record.
 fn read_bounded_record(file: &File) -> Result<Option<HolderRecord>, String> {
-    // Positioned read: the same descriptor is read again on every attempt. One byte more than
-    // the bound tells a record too long from one that fills it.
-    let mut buf = vec![0; RECORD_MAX + 1];
-    let n = file.read_at(&mut buf, 0).map_err(|e| e.to_string())?;
-    parse_record(&buf[..n])
+    // The same descriptor is read again on every attempt.
+    parse_record(&files::read_start(file, RECORD_MAX).map_err(|e| e.to_string())?)
 }
 
 /// The holder record in `bytes`, the start of a lock file: `Ok(None)` when empty, `Err` (what

@@ -144,20 +144,12 @@ fn in_file(path: &Path, verb: &str, e: io::Error) -> io::Error {
 /// count that cannot be read is never started again by a run, as the PostgreSQL lock's
 /// `generation` is not.
 fn read(file: &File, path: &Path) -> io::Result<(Option<TokenRecord>, usize)> {
-    // Positioned, one byte over the bound: a file that long is not a token file.
-    let mut buf = vec![0; RECORD_MAX + 1];
-    let mut held = 0;
-    while held < buf.len() {
-        match file.read_at(&mut buf[held..], u64::try_from(held).unwrap_or(u64::MAX))? {
-            0 => break,
-            n => held += n,
-        }
-    }
-    let bytes = &buf[..held];
+    let bytes = files::read_start(file, RECORD_MAX)?;
+    let held = bytes.len();
     if bytes.is_empty() {
         return Ok((None, 0));
     }
-    parse(bytes).map(|record| (Some(record), held)).map_err(|value| {
+    parse(&bytes).map(|record| (Some(record), held)).map_err(|value| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
