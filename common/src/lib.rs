@@ -1,5 +1,5 @@
 //! What `report-apis` and `report-collector` share, defined once so the two programs cannot
-//! drift apart: the wire format between them ([`wire`], [`ticket`]), the logging setup
+//! drift apart: the wire format between them ([`wire`], [`ticket`], [`fence`]), the logging setup
 //! ([`logging`]), the exit codes ([`exit`]), how a configuration file is read and its mistakes
 //! reported ([`config`]) and what `check-config` prints of it ([`check_config`]), how a file
 //! another party may have replaced is read ([`files`]), and the journal's message IDs
@@ -14,6 +14,7 @@
 pub mod check_config;
 pub mod config;
 pub mod exit;
+pub mod fence;
 pub mod files;
 pub mod logging;
 #[cfg(feature = "test-util")]
