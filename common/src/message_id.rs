@@ -24,6 +24,12 @@ pub const DATABASE_UNAVAILABLE: &str = "d0b3c2c5e24c4f2a80f9b816e9b27c01";
 /// report-collector: the run failed because the PostgreSQL lock's lease ran out while it held
 /// it (exit 79).
 pub const LEASE_LOST: &str = "c562304aedb54c09a50a4b86a4d5496f";
+/// report-collector: the run failed because report-apis refused its fencing token: a later
+/// holder has the lock (exit 79).
+pub const FENCED: &str = "e6d1ab9cd92e42a09e6b3814145f175a";
+/// report-collector: the report server did not acknowledge the run's fencing token (said once,
+/// until it does).
+pub const FENCE_NOT_ACKNOWLEDGED: &str = "e0fbb970d1f447b798106fbadc7026e0";
 /// report-collector: the lease ran out after the report was saved; the run still collected.
 pub const LEASE_LOST_AFTER_SAVE: &str = "8595ec1705bb48db94dd4fddeb93ab75";
 /// report-collector: the run took over the ticket an earlier run left unfinished.

@@ -20,7 +20,11 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use report_common::fence::{self, Fence, Token};
+use reqwest::header::HeaderValue;
 
 use report_common::ticket::Ticket;
 use report_common::wire::{self, NOT_READY, REPORT_CONTENT_TYPE, REQUEST_REPORT};
@@ -57,6 +61,40 @@ pub enum FetchError {
     /// permissions): the run fails, and the ticket is left for the next run, as when a save
     /// fails.
     Unsaved(String),
+    /// 409 to a request that carried the run's fence: report-apis has seen a later holder's
+    /// token for the lock, so this run no longer holds it.
+    Fenced(String),
+}
+
+impl FetchError {
+    /// The sentence, whatever the kind.
+    pub fn message(&self) -> &str {
+        match self {
+            FetchError::Transient { message, .. }
+            | FetchError::Permanent(message)
+            | FetchError::Unsaved(message)
+            | FetchError::Fenced(message) => message,
+        }
+    }
+}
+
+/// What the run's requests learned of the fence ([`report_common::fence`]); the state file
+/// keeps the last one learned (kebab-case), for `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FenceNote {
+    /// Every answer to a fenced request said which mark the server holds for the lock: the
+    /// server refuses the requests of an ended holder.
+    Enforced,
+    /// An answer came without `Report-Fence-Mark`: the server (an older report-apis, the
+    /// original server, or one with `[fence] enforce = false`) does not refuse the requests
+    /// of an ended holder.
+    NotAcknowledged,
+    /// The run sent no fence: it held no lock that keeps a token (policy allow), or asked
+    /// nothing. Also any value of a state file this version does not know.
+    #[default]
+    #[serde(other)]
+    NotSent,
 }
 
 /// What the server made of a request to cancel a ticket.
@@ -74,6 +112,10 @@ pub trait ReportServer {
     fn request_ticket(&self) -> impl Future<Output = Result<Ticket, FetchError>>;
     fn get_report(&self, ticket: &Ticket) -> impl Future<Output = Result<Poll, FetchError>>;
     fn cancel_ticket(&self, ticket: &Ticket) -> impl Future<Output = Result<Cancel, FetchError>>;
+    /// What the answers so far said of the run's fence.
+    fn fence_note(&self) -> FenceNote {
+        FenceNote::NotSent
+    }
 }
 
 /// A server borrowed: what the run is handed when the caller keeps the server.
@@ -86,6 +128,9 @@ impl<S: ReportServer> ReportServer for &S {
     }
     fn cancel_ticket(&self, ticket: &Ticket) -> impl Future<Output = Result<Cancel, FetchError>> {
         (**self).cancel_ticket(ticket)
+    }
+    fn fence_note(&self) -> FenceNote {
+        (**self).fence_note()
     }
 }
 
@@ -150,6 +195,9 @@ pub enum CollectError {
     /// The report came but could not be written (see [`FetchError::Unsaved`]).
     #[error("{0}")]
     Unsaved(String),
+    /// The server refused the run's token (see [`FetchError::Fenced`]).
+    #[error("{0}")]
+    Fenced(String),
 }
 
 /// Polls for the report of `resume`, a ticket an earlier run left, or else requests a ticket,
@@ -208,6 +256,9 @@ async fn request_ticket<S: ReportServer>(
             Ok(Err(FetchError::Unsaved(message))) => {
                 return Err(CollectError::Unsaved(message));
             }
+            Ok(Err(FetchError::Fenced(message))) => {
+                return Err(CollectError::Fenced(message));
+            }
             Ok(Err(FetchError::Transient {
                 message,
                 retry_after,
@@ -261,6 +312,9 @@ async fn poll_report<S: ReportServer>(
             }
             Ok(Err(FetchError::Unsaved(message))) => {
                 return Err(CollectError::Unsaved(message));
+            }
+            Ok(Err(FetchError::Fenced(message))) => {
+                return Err(CollectError::Fenced(message));
             }
             Ok(Err(FetchError::Transient {
                 message,
@@ -343,6 +397,10 @@ pub struct HttpServer {
     base: String,
     max_report_size: u64,
     report_dir: PathBuf,
+    /// The run's fence and its header value, sent with every request.
+    fence: Option<(Fence, HeaderValue)>,
+    /// Answers to fenced requests so far: how many, and how many carried the server's mark.
+    answers: Arc<Mutex<(u64, u64)>>,
 }
 
 /// How much of a body that is not a report (an error status, a ticket) is read: enough for
@@ -401,7 +459,19 @@ impl HttpServer {
             base: server_url.trim_end_matches('/').to_owned(),
             max_report_size,
             report_dir: report_dir.to_owned(),
+            fence: None,
+            answers: Arc::default(),
         })
+    }
+
+    /// Sends `fence` with every request from now on.
+    pub fn with_fence(mut self, fence: Option<Fence>) -> HttpServer {
+        self.fence = fence.and_then(|fence| {
+            // Visible ASCII by construction; a value the header cannot carry sends none.
+            let value = HeaderValue::from_str(&fence.header_value()).ok()?;
+            Some((fence, value))
+        });
+        self
     }
 
     /// Sends a GET and reads the body: up to `limit` bytes of a 200, or the start of any other
@@ -439,7 +509,11 @@ impl HttpServer {
         path: &str,
     ) -> Result<(Head, reqwest::Response), FetchError> {
         let url = format!("{}{path}", self.base);
-        let response = self.client.request(method, &url).send().await.map_err(|e| {
+        let mut request = self.client.request(method, &url);
+        if let Some((_, value)) = &self.fence {
+            request = request.header(fence::HEADER, value.clone());
+        }
+        let response = request.send().await.map_err(|e| {
             let base = &self.base;
             let chain = error_chain(&e);
             transient(if e.is_connect() {
@@ -481,6 +555,35 @@ impl HttpServer {
             announced,
             framed: announced.is_some() || chunked,
         };
+        self.fence_answered(head, response, path).await
+    }
+
+    /// Notes whether the answer to a fenced request carried the server's mark; a 409 to it
+    /// means the server refused the run's token.
+    async fn fence_answered(
+        &self,
+        head: Head,
+        response: reqwest::Response,
+        path: &str,
+    ) -> Result<(Head, reqwest::Response), FetchError> {
+        let Some((fence, _)) = &self.fence else {
+            return Ok((head, response));
+        };
+        let mark = response
+            .headers()
+            .get(fence::MARK_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Token::parse);
+        // A 5xx may come from a proxy in front of the server: it says nothing of the fence.
+        if !head.status.is_server_error() {
+            let mut answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+            answers.0 += 1;
+            answers.1 += u64::from(mark.is_some());
+        }
+        if head.status == StatusCode::CONFLICT {
+            let body = read_start(response, SMALL_BODY).await;
+            return Err(fenced(fence, mark, path, &body));
+        }
         Ok((head, response))
     }
 
@@ -579,6 +682,17 @@ fn excerpt(body: &[u8]) -> String {
     };
     // What whitespace splitting leaves (NUL, ESC, bidi controls) is escaped, never printed.
     report_common::shown::escaped(&cut).into_owned()
+}
+
+/// A 409 to a request that carried `fence`: the server holds a later token for the lock.
+fn fenced(fence: &Fence, mark: Option<Token>, path: &str, body: &[u8]) -> FetchError {
+    FetchError::Fenced(format!(
+        "report-apis refused {path} for this run's token {} of the lock \"{}\" (409, its mark: {}): {}; another holder has taken the lock since, so this run saves nothing and leaves the ticket to it",
+        fence.token,
+        fence.lock,
+        mark.map_or_else(|| "not said".to_owned(), |m| m.to_string()),
+        excerpt(body)
+    ))
 }
 
 /// The answer for any status that is not a 200 (nor a 404 on `get_report`).
@@ -745,6 +859,15 @@ impl<'a> Incoming<'a> {
 }
 
 impl ReportServer for HttpServer {
+    fn fence_note(&self) -> FenceNote {
+        let (answers, marked) = *self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+        match (&self.fence, answers) {
+            (None, _) | (_, 0) => FenceNote::NotSent,
+            _ if marked == answers => FenceNote::Enforced,
+            _ => FenceNote::NotAcknowledged,
+        }
+    }
+
     async fn request_ticket(&self) -> Result<Ticket, FetchError> {
         let what = "the ticket request";
         let answer = self

@@ -132,13 +132,14 @@ async fn one_run(config: &Config, lock: &impl RunLock, declared: DeclaredTrigger
             return ExitCode::from(exit::FAILURE);
         }
     };
-    let connect = || {
+    let connect = |fence| {
         HttpServer::new(
             &config.server_url,
             config.request_timeout,
             config.max_report_size.bytes(),
             &config.report_dir,
         )
+        .map(|server| server.with_fence(fence))
         .map_err(|e| e.to_string())
     };
     let note_dir = config.state_file.parent().unwrap_or(Path::new("."));

@@ -114,10 +114,11 @@ impl PostgresConfig {
 
     /// Refuses a lock name or host name too long or empty for the lock's row.
     fn check_names(&self) -> Result<(), Refusal> {
-        if self.lock_name.is_empty() || self.lock_name.len() > 200 {
+        // As report-apis takes it in the fence ([`report_common::fence::LockName`]).
+        if report_common::fence::LockName::new(&self.lock_name).is_none() {
             return Err(Refusal::new(
                 "postgres.lock-name",
-                "write a name of 1 to 200 characters",
+                "write a name of 1 to 200 bytes without control characters",
             ));
         }
         if let Some(host) = &self.host_name

@@ -198,6 +198,7 @@ mod tests {
             started: Timestamp::UNIX_EPOCH + Duration::from_secs(1_704_110_400),
             duration: Duration::from_millis(2500),
             tickets: Default::default(),
+            fence: Default::default(),
         }
     }
 

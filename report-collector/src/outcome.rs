@@ -7,6 +7,7 @@ use std::time::Duration;
 use report_common::ticket::Ticket;
 use report_common::{exit, message_id};
 
+use crate::client::FenceNote;
 use crate::lock::policy::Policy;
 use crate::time::Timestamp;
 
@@ -99,6 +100,9 @@ pub enum Failure {
     DatabaseUnavailable,
     /// The PostgreSQL lock's lease ran out while the run held it; nothing was saved.
     LeaseLost,
+    /// report-apis refused the run's fencing token (either backend): a later holder has the
+    /// lock; nothing was saved.
+    Fenced,
 }
 
 /// A failure's properties: its row in [`Failure::row`].
@@ -109,10 +113,11 @@ struct FailureRow {
 
 impl Failure {
     /// Every kind of failure.
-    pub const ALL: [Failure; 3] = [
+    pub const ALL: [Failure; 4] = [
         Failure::Run,
         Failure::DatabaseUnavailable,
         Failure::LeaseLost,
+        Failure::Fenced,
     ];
 
     /// The one table of the failures' properties: a kind added to [`Failure`] is a row added
@@ -129,6 +134,10 @@ impl Failure {
             },
             Failure::LeaseLost => FailureRow {
                 message_id: message_id::LEASE_LOST,
+                exit_code: exit::LEASE_LOST,
+            },
+            Failure::Fenced => FailureRow {
+                message_id: message_id::FENCED,
                 exit_code: exit::LEASE_LOST,
             },
         }
@@ -228,6 +237,8 @@ pub struct RunReport {
     pub started: Timestamp,
     pub duration: Duration,
     pub tickets: TicketNotes,
+    /// What the report server's answers said of the run's fence.
+    pub fence: FenceNote,
 }
 
 impl RunReport {
@@ -386,6 +397,7 @@ mod tests {
             started: Timestamp::UNIX_EPOCH,
             duration: Duration::from_millis(1500),
             tickets: TicketNotes::default(),
+            fence: Default::default(),
         }
     }
 
@@ -440,9 +452,12 @@ mod tests {
         }
         let skip_values: std::collections::BTreeSet<&str> = Skip::ALL.map(Skip::as_str).into();
         assert_eq!(skip_values.len(), Skip::ALL.len());
+        // A lost lock is one exit code, 79, whether its lease ran out or report-apis refused
+        // its token; the MESSAGE_ID tells the two apart.
         let failure_codes: std::collections::BTreeSet<u8> =
             Failure::ALL.map(Failure::exit_code).into();
-        assert_eq!(failure_codes.len(), Failure::ALL.len());
+        assert_eq!(failure_codes, [1, 69, 79].into());
+        assert_eq!(Failure::Fenced.exit_code(), Failure::LeaseLost.exit_code());
     }
 
     #[test]

@@ -15,11 +15,12 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
+use report_common::fence::Fence;
 use report_common::message_id;
 use report_common::ticket::Ticket;
 use tokio::time::Instant;
 
-use crate::client::{self, Cancel, CollectError, Collected, ReportServer};
+use crate::client::{self, Cancel, CollectError, Collected, FenceNote, ReportServer};
 use crate::config::Config;
 use crate::lock::{
     Collection, LeaseLost, LeftTicket, LockGuard, NotAcquired, Request, RunLock, SlotTaken,
@@ -70,6 +71,9 @@ pub enum RunError {
     /// The shared lock's lease ran out while the run held it: it stopped, saving nothing.
     #[error("stopped without saving anything: {}", .0.why)]
     LeaseLost(LeaseLost),
+    /// The report server refused the run's fencing token: a later holder has the lock.
+    #[error("stopped without saving anything: {0}")]
+    Fenced(String),
     /// The shared lock's database failed while claiming the slot.
     #[error("cannot claim the slot in the lock's database: {0}")]
     Claim(std::io::Error),
@@ -108,6 +112,7 @@ impl RunError {
         match self {
             RunError::Lock(not) if not.unreachable() => Failure::DatabaseUnavailable,
             RunError::LeaseLost(_) => Failure::LeaseLost,
+            RunError::Fenced(_) => Failure::Fenced,
             RunError::Claim(_) => Failure::DatabaseUnavailable,
             _ => Failure::Run,
         }
@@ -130,6 +135,10 @@ struct Progress<G> {
     collected_at: Option<Timestamp>,
     /// The report, once written: a lease lost after that does not undo the collection.
     saved: Option<PathBuf>,
+    /// The report server refused the run's token while it cancelled a ticket.
+    fenced: Option<String>,
+    /// What the report server's answers said of the run's fence.
+    fence: FenceNote,
 }
 
 impl<G> Progress<G> {
@@ -178,7 +187,7 @@ async fn finish_ticket<G: LockGuard>(progress: &RefCell<Progress<G>>) {
 pub async fn run<L: RunLock, S: ReportServer>(
     config: &Config,
     lock: &L,
-    connect: impl FnOnce() -> Result<S, String>,
+    connect: impl FnOnce(Option<Fence>) -> Result<S, String>,
     trigger: Trigger,
     cancel: impl Future<Output = CancelSignal>,
 ) -> RunReport {
@@ -193,6 +202,8 @@ pub async fn run<L: RunLock, S: ReportServer>(
         guard: None,
         collected_at: None,
         saved: None,
+        fenced: None,
+        fence: FenceNote::NotSent,
     });
 
     let outcome = tokio::select! {
@@ -215,6 +226,7 @@ pub async fn run<L: RunLock, S: ReportServer>(
         started,
         duration: t0.elapsed(),
         tickets: progress.tickets,
+        fence: progress.fence,
     };
     record(config, &report);
     // Held until the run is fully on record, so `status` never sees a free lock with an older
@@ -232,7 +244,7 @@ pub async fn run<L: RunLock, S: ReportServer>(
 async fn steps<L: RunLock, S: ReportServer>(
     config: &Config,
     lock: &L,
-    connect: impl FnOnce() -> Result<S, String>,
+    connect: impl FnOnce(Option<Fence>) -> Result<S, String>,
     placement: &Placement,
     t0: Instant,
     progress: &RefCell<Progress<L::Guard>>,
@@ -293,7 +305,7 @@ async fn steps<L: RunLock, S: ReportServer>(
 
 async fn collect_and_save<G: LockGuard, S: ReportServer>(
     config: &Config,
-    connect: impl FnOnce() -> Result<S, String>,
+    connect: impl FnOnce(Option<Fence>) -> Result<S, String>,
     request: Request,
     left: Option<LeftTicket>,
     progress: &RefCell<Progress<G>>,
@@ -326,13 +338,21 @@ async fn collect_and_save<G: LockGuard, S: ReportServer>(
         }
         left => left,
     };
-    let server = connect().map_err(RunError::Connect)?;
-    let resume = match left {
-        Some(left) => take_over(config, &server, left, request.deadline, progress).await,
-        None => None,
-    };
-    let collected = collect(config, &server, request.deadline, resume, progress).await?;
-    save(config, collected, progress).await
+    let fence = progress.borrow().guard().and_then(|guard| guard.fence());
+    let server = connect(fence).map_err(RunError::Connect)?;
+    let collected = async {
+        let resume = match left {
+            Some(left) => take_over(config, &server, left, request.deadline, progress).await,
+            None => None,
+        };
+        if let Some(message) = progress.borrow_mut().fenced.take() {
+            return Err(RunError::Fenced(message));
+        }
+        collect(config, &server, request.deadline, resume, progress).await
+    }
+    .await;
+    progress.borrow_mut().fence = server.fence_note();
+    save(config, collected?, progress).await
 }
 
 /// The request of a run that started at `started`, as `config` says.
@@ -512,16 +532,17 @@ async fn cancel<S: ReportServer, G: LockGuard>(
             CANCEL = "unsupported",
             "the server cannot cancel tickets (it answered {status}: the original server or an older report-apis); ticket {ticket} is left to expire there ({why})"
         ),
+        Ok(Err(client::FetchError::Fenced(message))) => {
+            // Not this run's to clear: the lock's later holder decides what becomes of it.
+            progress.borrow_mut().fenced = Some(message);
+            return;
+        }
         Ok(Err(e)) => tracing::warn!(
             MESSAGE_ID = message_id::TICKET_CANCEL,
             TICKET = %ticket,
             CANCEL = "failed",
             "cannot cancel ticket {ticket} on the server ({why}): {}; it is left to expire there",
-            match e {
-                client::FetchError::Transient { message, .. }
-                | client::FetchError::Permanent(message)
-                | client::FetchError::Unsaved(message) => message,
-            }
+            e.message()
         ),
         Err(_) => tracing::warn!(
             MESSAGE_ID = message_id::TICKET_CANCEL,
@@ -581,6 +602,7 @@ async fn collect<S: ReportServer, G: LockGuard>(
             source: error,
             deadline: config.deadline,
         },
+        CollectError::Fenced(message) => RunError::Fenced(message),
         _ => RunError::Collect(error),
     })
 }
@@ -821,7 +843,7 @@ mod tests {
         let report = run(
             config,
             &lock,
-            || Ok(&server),
+            |_| Ok(&server),
             Trigger::Manual,
             std::future::pending(),
         )
@@ -1002,7 +1024,7 @@ mod tests {
         let report = run(
             &config,
             &lock,
-            || -> Result<Scripted, String> { panic!("nothing to ask the server") },
+            |_| -> Result<Scripted, String> { panic!("nothing to ask the server") },
             Trigger::Manual,
             std::future::pending(),
         )
@@ -1041,7 +1063,7 @@ mod tests {
         let report = run(
             &config,
             &lock,
-            || Ok(&server),
+            |_| Ok(&server),
             Trigger::Manual,
             cancelled_after(Duration::from_secs(2)),
         )
@@ -1125,7 +1147,7 @@ mod tests {
         let report = run(
             &config,
             &lock,
-            || Ok(Scripted::ready_at(None)),
+            |_| Ok(Scripted::ready_at(None)),
             Trigger::Manual,
             cancel,
         )
@@ -1158,7 +1180,7 @@ mod tests {
             let report = run(
                 &config,
                 &lock,
-                || Ok(Scripted::ready_at(Some(3))),
+                |_| Ok(Scripted::ready_at(Some(3))),
                 Trigger::Manual,
                 cancelled_after(at),
             )
@@ -1206,7 +1228,7 @@ mod tests {
         let report = run(
             &config,
             &lock,
-            || -> Result<Scripted, String> { panic!("a skipped run never connects") },
+            |_| -> Result<Scripted, String> { panic!("a skipped run never connects") },
             Trigger::Manual,
             std::future::pending(),
         )
@@ -1236,7 +1258,7 @@ mod tests {
         let report = run(
             &config,
             &lock,
-            || -> Result<Scripted, String> { Err("no TLS backend".to_owned()) },
+            |_| -> Result<Scripted, String> { Err("no TLS backend".to_owned()) },
             Trigger::Manual,
             std::future::pending(),
         )
@@ -1363,7 +1385,7 @@ mod tests {
         let report = run(
             &config,
             &lock,
-            || Ok(&server),
+            |_| Ok(&server),
             Trigger::Manual,
             std::future::pending(),
         )
@@ -1403,7 +1425,7 @@ mod tests {
         let report = run(
             &config,
             &lock,
-            || Ok(&server),
+            |_| Ok(&server),
             Trigger::Manual,
             std::future::pending(),
         )

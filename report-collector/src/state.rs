@@ -18,6 +18,7 @@ use report_common::message_id;
 use report_common::ticket::Ticket;
 use serde::{Deserialize, Serialize};
 
+use crate::client::FenceNote;
 use crate::files::{self, Durability};
 use crate::outcome::{Outcome, RunReport};
 use crate::time::Timestamp;
@@ -33,6 +34,19 @@ pub struct State {
     pub last_run: LastRun,
     /// The last run that collected a report; kept across skips and failures.
     pub last_collection: Option<Collection>,
+    /// What the report server last said of a run's fence (`enforced`, `not-acknowledged`);
+    /// kept across runs that sent none.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "fence_note"
+    )]
+    pub fence: Option<FenceNote>,
+}
+
+/// A fence note read back: one this version does not know reads as none.
+fn fence_note<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<FenceNote>, D::Error> {
+    Ok(Option::<FenceNote>::deserialize(d)?.filter(|note| *note != FenceNote::NotSent))
 }
 
 /// How the state file (and `status --json`) writes a point in time: `{"at": ..., "unix": ...}`,
@@ -283,6 +297,7 @@ impl State {
             first_run: last_run.started_unix,
             last_collection: last_run.collection(),
             last_run,
+            fence: None,
         })
     }
 
@@ -290,14 +305,18 @@ impl State {
     /// are carried over from `previous`.
     pub fn after(previous: Option<State>, run: &RunReport) -> State {
         let last_run = LastRun::of(run);
-        let (first_run, last_collection) = match previous {
-            Some(previous) => (previous.first_run, previous.last_collection),
-            None => (last_run.started_unix, None),
+        let (first_run, last_collection, fence) = match previous {
+            Some(previous) => (previous.first_run, previous.last_collection, previous.fence),
+            None => (last_run.started_unix, None, None),
         };
         State {
             first_run,
             last_collection: last_run.collection().or(last_collection),
             last_run,
+            fence: match run.fence {
+                FenceNote::NotSent => fence,
+                learned => Some(learned),
+            },
         }
     }
 
@@ -331,7 +350,14 @@ fn record_over(path: &Path, loaded: Result<Option<State>, StateError>, run: &Run
         Ok(previous) => (previous, true),
         Err(e) => (None, after_unread(path, e)),
     };
+    let was = previous.as_ref().and_then(|previous| previous.fence);
     let state = State::after(previous, run);
+    if state.fence == Some(FenceNote::NotAcknowledged) && was != state.fence {
+        tracing::warn!(
+            MESSAGE_ID = message_id::FENCE_NOT_ACKNOWLEDGED,
+            "the report server did not acknowledge this run's fencing token (no Report-Fence-Mark in its answers: the original server, a report-apis older than 0.2.0, or one with [fence] enforce = false): a holder that lost the lock while paused can still have it issue or cancel a ticket; upgrade report-apis (said once, and in `report-collector status` while it lasts)"
+        );
+    }
     if may_save && let Err(e) = state.save(path) {
         tracing::warn!(
             MESSAGE_ID = message_id::STATE_FILE_PROBLEM,
@@ -438,6 +464,7 @@ mod tests {
             started: Timestamp::UNIX_EPOCH + Duration::from_secs(started_unix),
             duration: Duration::from_millis(1500),
             tickets: Default::default(),
+            fence: Default::default(),
         }
     }
 

@@ -21,6 +21,7 @@ use std::time::Duration;
 use report_common::ticket::Ticket;
 use serde::Serialize;
 
+use crate::client::FenceNote;
 use crate::config::Config;
 use crate::lock::{Holder, RunLock};
 use crate::state::{Collection, LastRun, State, StateError, file_kind};
@@ -274,6 +275,9 @@ pub struct Status {
     pub last_run: Option<LastRun>,
     pub last_collection: Option<Collection>,
     pub reports: Reports,
+    /// What the report server last said of a run's fencing token: `enforced`,
+    /// `not-acknowledged`, or `null` while no run has sent one.
+    pub fence: Option<FenceNote>,
 }
 
 #[derive(Debug, Serialize)]
@@ -426,6 +430,7 @@ pub async fn gather(config: &Config, lock: &impl RunLock, now: Timestamp) -> Sta
         lock: lock_status,
         first_run: state.as_ref().map(|s| s.first_run),
         last_run: state.as_ref().map(|s| s.last_run.clone()),
+        fence: state.as_ref().and_then(|s| s.fence),
         last_collection: state.and_then(|s| s.last_collection),
         reports: Reports {
             dir: config.report_dir.clone(),
@@ -591,6 +596,12 @@ impl Status {
         self.render_last_run(&mut out);
         self.render_last_collection(&mut out);
         self.reports.render(&mut out);
+        if self.fence == Some(FenceNote::NotAcknowledged) {
+            let _ = writeln!(
+                out,
+                "fence:    not acknowledged: the report server did not say it enforced the last fenced run's token (the original server, a report-apis older than 0.2.0, or [fence] enforce = false), so a holder that lost the lock can still have it issue or cancel a ticket"
+            );
+        }
         out
     }
 
@@ -736,6 +747,7 @@ mod tests {
             started: Timestamp::UNIX_EPOCH + Duration::from_secs(started_unix),
             duration: Duration::ZERO,
             tickets: Default::default(),
+            fence: Default::default(),
         }
     }
 
@@ -819,13 +831,15 @@ mod tests {
                 keep: 1,
                 newest: None,
             },
+            fence: Some(FenceNote::NotAcknowledged),
         };
         let text = status.render();
         let starting = |word: &str| text.lines().filter(|l| l.starts_with(word)).count();
         assert_eq!(starting("health:"), 1, "{text}");
         assert_eq!(starting("problem:"), 0, "{text}");
         assert_eq!(starting("last collection:"), 1, "{text}");
-        assert_eq!(text.lines().count(), 6, "{text}");
+        assert_eq!(starting("fence:    not acknowledged"), 1, "{text}");
+        assert_eq!(text.lines().count(), 7, "{text}");
         assert!(!text.contains('\0') && !text.contains('\u{202e}'), "{text}");
     }
 

@@ -31,12 +31,12 @@ use tokio::time::Instant;
 use super::backend::RunLock;
 use super::contest::{BackendRefusal, Contest, Judgement, Refusal, Step, Taken};
 use super::guard::{Collection, LeaseLost, LockGuard};
-use super::holder::{Holder, HolderRecord, LeftTicket, RECORD};
+use super::holder::{Holder, HolderRecord, LeftTicket, RECORD, this_host};
 use super::proc_locks;
 use super::request::Request;
-use super::token::Token;
 use crate::files;
 use crate::time::Timestamp;
+use report_common::fence::{Fence, LockName};
 use report_common::ticket::Ticket;
 
 /// How often a waiting run looks at the lock file again: a look is a system call.
@@ -111,7 +111,8 @@ pub struct HeldFlock {
     lock: LockFile,
     /// In a cell: the run shares the guard between its steps (see [`LockGuard`]).
     record: std::cell::RefCell<HolderRecord>,
-    token: Token,
+    /// Named by this host's name: the server tells locks apart by the id.
+    fence: Fence,
 }
 
 impl LockFile {
@@ -134,7 +135,7 @@ impl LockFile {
         match self.file.try_lock() {
             Ok(()) => {
                 // Counted first: a token file that fails leaves the previous record as it was.
-                let token = token_file::next(&self.path)?;
+                let (id, token) = token_file::next(&self.path)?;
                 let left = read_left_record(&self.file).and_then(LeftTicket::from_record);
                 let mut record = HolderRecord::of_this_process(Timestamp::now());
                 if let Some(left) = &left {
@@ -144,7 +145,11 @@ impl LockFile {
                 let held = HeldFlock {
                     lock: self,
                     record: std::cell::RefCell::new(record),
-                    token,
+                    fence: Fence {
+                        lock: LockName::lossy(&this_host().unwrap_or_default()),
+                        id,
+                        token,
+                    },
                 };
                 held.write_record()?;
                 Ok(Ok((held, left)))
@@ -206,8 +211,8 @@ impl LockGuard for HeldFlock {
         Ok(save())
     }
 
-    fn token(&self) -> Option<Token> {
-        Some(self.token)
+    fn fence(&self) -> Option<Fence> {
+        Some(self.fence.clone())
     }
 
     async fn release(self, _collected: Option<Collection<'_>>) {

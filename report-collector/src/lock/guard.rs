@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::io;
 
+use report_common::fence::Fence;
 use report_common::ticket::Ticket;
 
 use super::token::Token;
@@ -69,12 +70,18 @@ pub trait LockGuard {
         async { Ok(Ok(())) }
     }
 
-    /// The fencing token of this acquisition: greater than that of every earlier holder of the
-    /// lock, so that whoever checks it can refuse a holder that was ended ([`Token`]: the
-    /// flock's count in its token file, the PostgreSQL `generation`). `None` for a lock that
-    /// keeps no count.
-    fn token(&self) -> Option<Token> {
+    /// The lock's id and the fencing token of this acquisition, which every request to the
+    /// report server carries: the token is greater than that of every earlier holder of the
+    /// lock, so the server refuses a holder that was ended ([`Token`]: the flock's count in
+    /// its token file, the PostgreSQL `generation` in the database's timeline). `None` for a
+    /// lock that keeps no count.
+    fn fence(&self) -> Option<Fence> {
         None
+    }
+
+    /// The token of [`LockGuard::fence`].
+    fn token(&self) -> Option<Token> {
+        self.fence().map(|fence| fence.token)
     }
 
     /// Completes when the holder may no longer trust that it holds the lock. Never, for a

@@ -69,6 +69,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use report_common::fence::Fence;
 use report_common::shown;
 use report_common::ticket::Ticket;
 use tokio::task::JoinHandle;
@@ -83,7 +84,6 @@ pub use self::tls::MAX_CA_FILE_SIZE;
 use self::tls::tls_config;
 
 use super::guard::{Collection, LeaseLost, LockGuard, SlotTaken};
-use super::token::Token;
 use crate::config::{PostgresConfig, Tls};
 use crate::time::{Timestamp, format_time, round_ms};
 
@@ -138,6 +138,7 @@ CREATE TABLE IF NOT EXISTS report_collector_slot (
 );
 ALTER TABLE report_collector_lock ADD COLUMN IF NOT EXISTS ticket_saving_generation bigint;
 ALTER TABLE report_collector_lock ADD COLUMN IF NOT EXISTS ticket_saved_by_host text;
+ALTER TABLE report_collector_lock ADD COLUMN IF NOT EXISTS lock_id uuid;
 ";
 
 /// Whether a write's commit waits until its WAL is flushed to disk (see the module docs for
@@ -760,6 +761,7 @@ struct Shared {
     client: Arc<Client>,
     backend: i32,
     generation: i64,
+    fence: Option<Fence>,
     lock_name: String,
     host: String,
     lease: Duration,
@@ -1248,10 +1250,8 @@ impl LockGuard for HeldPostgres {
         Ok(result)
     }
 
-    fn token(&self) -> Option<Token> {
-        u64::try_from(self.shared.generation)
-            .ok()
-            .map(|generation| Token::new(0, generation))
+    fn fence(&self) -> Option<Fence> {
+        self.shared.fence.clone()
     }
 
     async fn lease_lost(&self) -> LeaseLost {

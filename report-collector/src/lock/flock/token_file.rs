@@ -42,6 +42,7 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use uuid::Uuid;
 
 use crate::files;
 use crate::lock::token::Token;
@@ -74,12 +75,19 @@ struct TokenRecord {
 
 /// The next token of the lock file `lock`, written down before it is returned. Call it only
 /// while holding the flock.
-pub fn next(lock: &Path) -> io::Result<Token> {
-    next_in_boot(lock, this_boot().as_deref())
+/// Returns the lock's id with it: the namespace the token counts in.
+pub fn next(lock: &Path) -> io::Result<(Uuid, Token)> {
+    issue_in_boot(lock, this_boot().as_deref())
+}
+
+/// [`next`]'s token in the boot `boot` (`None`: unknown).
+#[cfg(test)]
+fn next_in_boot(lock: &Path, boot: Option<&str>) -> io::Result<Token> {
+    issue_in_boot(lock, boot).map(|(_, token)| token)
 }
 
 /// [`next`] in the boot `boot` (`None`: unknown).
-fn next_in_boot(lock: &Path, boot: Option<&str>) -> io::Result<Token> {
+fn issue_in_boot(lock: &Path, boot: Option<&str>) -> io::Result<(Uuid, Token)> {
     let path = path_beside(lock);
     let file = files::open_lock_file(&path).map_err(|e| in_file(&path, "open", e))?;
     let (previous, held) = read(&file, &path).map_err(|e| in_file(&path, "read", e))?;
@@ -111,7 +119,17 @@ fn next_in_boot(lock: &Path, boot: Option<&str>) -> io::Result<Token> {
         write(&file, &record.line(), held)
     };
     written.map_err(|e| in_file(&path, "write", e))?;
-    Ok(Token::new(record.epoch, record.count))
+    // Checked by `parse` (or made here) already; an id that fails now is one more bad file.
+    let id = Uuid::try_parse(&record.lock).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the lock id in {} is not one; remove the file to start a new lock id",
+                path.display()
+            ),
+        )
+    })?;
+    Ok((id, Token::new(record.epoch, record.count)))
 }
 
 /// Puts `line` at the start of `file`, which held `held` bytes, in one write. A longer file

@@ -16,6 +16,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use report_common::fence::{Fence, LockName};
 use tokio::time::Instant;
 use tokio_postgres::types::Type;
 
@@ -30,6 +31,7 @@ use crate::lock::backend::{FleetCollection, RunLock};
 use crate::lock::contest::{BackendRefusal, Contest, Judgement, Refusal, Step, Taken};
 use crate::lock::holder::{Holder, LeftTicket};
 use crate::lock::request::Request;
+use crate::lock::token::Token;
 use crate::time::{Timestamp, round_ms};
 
 /// The PostgreSQL lock, opened (connected) for one run's request.
@@ -190,7 +192,7 @@ impl PgContest {
             }
             let sent = Instant::now();
             match self.update_row(client, &row).await? {
-                Some(generation) => return Ok(self.hold(generation, sent, row)),
+                Some((generation, fence)) => return Ok(self.hold(generation, fence, sent, row)),
                 // The row changed since it was read: read it again.
                 None => tokio::time::sleep(POLL).await,
             }
@@ -266,7 +268,7 @@ impl PgContest {
         &self,
         client: &tokio_postgres::Client,
         row: &Row,
-    ) -> Result<Option<i64>, tokio_postgres::Error> {
+    ) -> Result<Option<(i64, Option<Fence>)>, tokio_postgres::Error> {
         let lease = self.lock.lease.as_secs_f64();
         let longest = LEASE_RANGE.1.as_secs_f64();
         let slot: Option<SystemTime> = self.request.slot.map(Timestamp::system_time);
@@ -284,7 +286,7 @@ impl PgContest {
         let take = client.query_typed_opt(
             "UPDATE report_collector_lock SET holder_host = $2, holder_pid = $3, \
                  since = clock_timestamp(), session = pg_backend_pid(), \
-                 generation = generation + 1, \
+                 generation = generation + 1, lock_id = COALESCE(lock_id, gen_random_uuid()), \
                  lease_until = clock_timestamp() + make_interval(secs => $4), slot = $5, \
                  ticket = CASE WHEN $8 THEN NULL ELSE ticket END, \
                  ticket_requested = CASE WHEN $8 THEN NULL ELSE ticket_requested END, \
@@ -297,41 +299,76 @@ impl PgContest {
                    AND (lease_until IS NULL OR lease_until <= clock_timestamp() \
                    OR session = pg_backend_pid() \
                    OR ($6 AND lease_until > clock_timestamp() + make_interval(secs => $7))) \
-                 RETURNING generation",
+                 RETURNING generation, lock_id::text, \
+                   ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint",
             params,
         );
-        let generation = row.generation.unwrap_or(0).saturating_add(1);
-        let prune = async {
-            if generation % SLOT_PRUNE_EVERY != 0 {
-                return;
-            }
-            let sql = Commit::Unflushed.sql(
-                "DELETE FROM report_collector_slot WHERE name = $1 \
-                 AND slot < clock_timestamp() - make_interval(days => $2)",
-            );
-            let _ = client
-                .execute_typed(
-                    &sql,
-                    &[
-                        (&self.lock.lock_name, Type::TEXT),
-                        (&SLOT_RETENTION_DAYS, Type::INT4),
-                    ],
-                )
-                .await;
-        };
+        let prune = self.prune_slots(client, row.generation.unwrap_or(0).saturating_add(1));
         // `biased`: sent in this order, the take first.
         let (updated, ()) = tokio::join!(biased; take, prune);
-        updated?.map(|r| r.try_get::<_, i64>(0)).transpose()
+        let Some(row) = updated? else {
+            return Ok(None);
+        };
+        let generation: i64 = row.try_get(0)?;
+        let id: Option<String> = row.try_get(1)?;
+        let timeline: i64 = row.try_get(2)?;
+        Ok(Some((generation, self.fence_of(generation, id, timeline))))
+    }
+
+    /// The taker of the `generation`th generation, every [`SLOT_PRUNE_EVERY`]th, deletes old
+    /// slot claims (see [`Self::update_row`]).
+    async fn prune_slots(&self, client: &tokio_postgres::Client, generation: i64) {
+        if generation % SLOT_PRUNE_EVERY != 0 {
+            return;
+        }
+        let sql = Commit::Unflushed.sql(
+            "DELETE FROM report_collector_slot WHERE name = $1 \
+             AND slot < clock_timestamp() - make_interval(days => $2)",
+        );
+        let _ = client
+            .execute_typed(
+                &sql,
+                &[
+                    (&self.lock.lock_name, Type::TEXT),
+                    (&SLOT_RETENTION_DAYS, Type::INT4),
+                ],
+            )
+            .await;
+    }
+
+    /// The fence of a take: the lock's id from its row, and the token (the timeline the
+    /// database was on when it counted the generation, then the generation). After a failover
+    /// the promoted standby is on a higher timeline, so its tokens compare above every token
+    /// the old primary handed out, even where it lost the old primary's last generations.
+    /// `None` where the row's values cannot make one (the generation is above 0 once taken,
+    /// the id a uuid by its column's type): the run then sends its requests without one.
+    fn fence_of(&self, generation: i64, id: Option<String>, timeline: i64) -> Option<Fence> {
+        let id = uuid::Uuid::try_parse(id.as_deref()?).ok()?;
+        Some(Fence {
+            lock: LockName::lossy(&self.lock.lock_name),
+            id,
+            token: Token::new(
+                u64::try_from(timeline).ok()?,
+                u64::try_from(generation).ok()?,
+            ),
+        })
     }
 
     /// The lock taken with `generation`: the lease renewed from now on by a task of its own.
-    fn hold(&mut self, generation: i64, sent: Instant, row: Row) -> Taken<HeldPostgres> {
+    fn hold(
+        &mut self,
+        generation: i64,
+        fence: Option<Fence>,
+        sent: Instant,
+        row: Row,
+    ) -> Taken<HeldPostgres> {
         let session = self.session.take().expect("a session while contending");
         let lock = &self.lock;
         let shared = Arc::new(Shared {
             client: Arc::clone(&session.client),
             backend: session.backend,
             generation,
+            fence,
             lock_name: lock.lock_name.clone(),
             host: lock.host.clone(),
             lease: lock.lease,

@@ -17,7 +17,7 @@ const SLOT: &str = "report_collector_slot";
 
 /// Every column this version reads or writes, with its type as `format_type` names it. Other
 /// columns an operator added are left alone.
-pub const COLUMNS: [(&str, &str, &str); 24] = [
+pub const COLUMNS: [(&str, &str, &str); 25] = [
     (LOCK, "name", "text"),
     (LOCK, "holder_host", "text"),
     (LOCK, "holder_pid", "integer"),
@@ -35,6 +35,7 @@ pub const COLUMNS: [(&str, &str, &str); 24] = [
     (LOCK, "last_report", "text"),
     (LOCK, "ticket_saving_generation", "bigint"),
     (LOCK, "ticket_saved_by_host", "text"),
+    (LOCK, "lock_id", "uuid"),
     (SLOT, "name", "text"),
     (SLOT, "slot", TIMESTAMPTZ),
     (SLOT, "host", "text"),
