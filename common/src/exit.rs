@@ -15,9 +15,10 @@ pub const UNAVAILABLE: u8 = 69;
 pub const TEMPFAIL: u8 = 75;
 /// EX_CONFIG: the configuration is unusable; restarting will not help.
 pub const CONFIG: u8 = 78;
-/// The collector's PostgreSQL lease ran out while it ran (paused, partitioned, or its session
-/// ended by another host): it saved nothing and stopped. Outside the sysexits range on purpose,
-/// so no other failure shares it.
+/// The collector lost its lock while it ran: its PostgreSQL lease ran out (paused, partitioned,
+/// or its session ended by another host), or report-apis refused its fencing token (another
+/// run took the lock since). It saved nothing and stopped. Outside the sysexits range on
+/// purpose, so no other failure shares it.
 pub const LEASE_LOST: u8 = 79;
 /// Ended by SIGINT, as a shell reports it (128 + 2).
 pub const SIGINT: u8 = 130;

@@ -22,7 +22,7 @@ pub const FAILED: &str = "228d0a2afd1448c5b9e3bef585cbc6cb";
 /// reached (exit 69).
 pub const DATABASE_UNAVAILABLE: &str = "d0b3c2c5e24c4f2a80f9b816e9b27c01";
 /// report-collector: the run failed because the PostgreSQL lock's lease ran out while it held
-/// it (exit 79).
+/// it (exit 79, shared with [`FENCED`]).
 pub const LEASE_LOST: &str = "c562304aedb54c09a50a4b86a4d5496f";
 /// report-collector: the run failed because report-apis refused its fencing token: a later
 /// holder has the lock (exit 79).

@@ -31,8 +31,10 @@ Exit codes:
   69   lock-backend = \"postgres\": the lock's database cannot be reached or refused this
        collector, its tables are of another shape, or the row's generation cannot increase;
        nothing was collected
-  79   lock-backend = \"postgres\": the lease ran out while the run held it (paused, cut off,
-       or its session ended by another host); nothing was saved
+  79   the lock was lost: its lease ran out while the run held it (lock-backend =
+       \"postgres\": paused, cut off, or its session ended by another host), or report-apis
+       refused the run's fencing token (either backend: another run holds the lock since);
+       nothing was saved
   130  cancelled by SIGINT
   143  cancelled by SIGTERM
 

@@ -148,7 +148,8 @@ impl Failure {
         self.row().message_id
     }
 
-    /// The exit code (documented in `--help` and the man page): 1, 69 or 79.
+    /// The exit code (documented in `--help` and the man page): 1, 69 or 79 (a lost lock,
+    /// whether its lease ran out or report-apis refused its token).
     pub const fn exit_code(self) -> u8 {
         self.row().exit_code
     }

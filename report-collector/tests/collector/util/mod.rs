@@ -63,11 +63,15 @@ impl Drop for ServedOnThread {
 pub struct ApiServer {
     pub url: String,
     _served: ServedOnThread,
+    /// Where its fence keeps the marks: never the host's /var/lib/report-apis.
+    _state: tempfile::TempDir,
 }
 
 impl ApiServer {
     pub fn start(mut config: report_apis::Config) -> ApiServer {
         config.shutdown.drain_timeout = Duration::from_millis(200);
+        let state = tempfile::tempdir().unwrap();
+        config.fence.state_file = state.path().join("fence.json");
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -90,6 +94,7 @@ impl ApiServer {
         ApiServer {
             url: format!("http://{addr}"),
             _served: ServedOnThread::new(stop_tx, thread),
+            _state: state,
         }
     }
 
