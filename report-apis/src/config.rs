@@ -205,19 +205,7 @@ impl ConfigFile for Config {
     /// server spin (a heavy-load period of 1 ns toggles in a busy loop) or its time arithmetic
     /// reach the ends of its types.
     fn check(&self) -> Result<(), Refusal> {
-        let period = self.heavy_load.period;
-        if !period.is_zero() && !(ranges::HEAVY_LOAD_PERIOD.contains(&period)) {
-            return Err(Refusal::new(
-                "heavy-load.period",
-                format!(
-                    "{} is outside the allowed range; write \"0s\" (never toggle) or a duration \
-                     from {} to {}",
-                    humantime::format_duration(period),
-                    humantime::format_duration(*ranges::HEAVY_LOAD_PERIOD.start()),
-                    humantime::format_duration(*ranges::HEAVY_LOAD_PERIOD.end()),
-                ),
-            ));
-        }
+        check_heavy_load_period(self.heavy_load.period)?;
         let within = |key, value, range: &RangeInclusive<Duration>| {
             duration_within(key, value, *range.start(), *range.end())
         };
@@ -267,6 +255,23 @@ impl ConfigFile for Config {
         )?;
         check_state_file(&self.fence.state_file)
     }
+}
+
+/// A heavy-load period is 0 (never toggle) or within its range.
+fn check_heavy_load_period(period: Duration) -> Result<(), Refusal> {
+    if period.is_zero() || ranges::HEAVY_LOAD_PERIOD.contains(&period) {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        "heavy-load.period",
+        format!(
+            "{} is outside the allowed range; write \"0s\" (never toggle) or a duration from {} \
+             to {}",
+            humantime::format_duration(period),
+            humantime::format_duration(*ranges::HEAVY_LOAD_PERIOD.start()),
+            humantime::format_duration(*ranges::HEAVY_LOAD_PERIOD.end()),
+        ),
+    ))
 }
 
 /// The state file is written beside itself (a temporary file renamed over it), so it must
