@@ -89,6 +89,12 @@ pub const REJECTIONS: &str = "1d630918afd14a3fbe62e71418599577";
 pub const DRAIN_TIMEOUT: &str = "05359034602944be9629b9d0b9162a06";
 /// report-apis: the server stopped after SIGTERM or SIGINT.
 pub const STOPPED: &str = "35e0918262e8449b98c58e8965121173";
+/// report-apis: the fence's state file could not be read at start; the server did not start
+/// (exit 78).
+pub const FENCE_STATE_REJECTED: &str = "b84ab48d83dd45ad826c671357944e50";
+/// report-apis: a raised fence mark could not be written to the state file; requests that
+/// would raise a mark are refused with 503 until it can be.
+pub const FENCE_STATE_NOT_WRITTEN: &str = "2d9ec47ae45f45c58604f4082f68490a";
 
 /// Test support (feature `test-util`): the `@FIELD@` placeholders of `id`'s entry in `catalog`
 /// (the text of a catalog file), which `journalctl -x` fills from the line's fields.

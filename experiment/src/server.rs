@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use report_apis::config::{Config, HeavyLoad, Limits, Report, Shutdown};
+use report_apis::config::{Config, Fencing, HeavyLoad, Limits, Report, Shutdown};
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
@@ -31,8 +31,9 @@ pub struct Server {
 }
 
 /// The server's configuration for these parameters: the shipped defaults with time compressed,
-/// and a short drain so that stopping a server does not hold up the experiment.
-pub fn config(params: &Params, listen: SocketAddr) -> Config {
+/// a short drain so that stopping a server does not hold up the experiment, and the fence's
+/// marks kept in the arm's own directory `dir`.
+pub fn config(params: &Params, listen: SocketAddr, dir: &Path) -> Config {
     let shipped = Config::default();
     Config {
         listen,
@@ -50,6 +51,10 @@ pub fn config(params: &Params, listen: SocketAddr) -> Config {
         },
         shutdown: Shutdown {
             drain_timeout: Duration::from_secs(1),
+        },
+        fence: Fencing {
+            state_file: dir.join("fence.json"),
+            ..shipped.fence
         },
     }
 }
@@ -77,7 +82,10 @@ impl Server {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let addr = free_port()?;
         let path = dir.join("report-apis.toml");
-        fs::write(&path, config_file(&config(params, addr))?)
+        // The server takes only an absolute state-file path.
+        let absolute = std::path::absolute(dir)
+            .with_context(|| format!("cannot make {} absolute", dir.display()))?;
+        fs::write(&path, config_file(&config(params, addr, &absolute))?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         let log = File::create(dir.join("report-apis.log"))
             .context("cannot create the server's log file")?;
@@ -184,7 +192,11 @@ mod tests {
 
     #[test]
     fn config_uses_the_documented_keys() {
-        let config = config(&Params::default(), "127.0.0.1:9".parse().unwrap());
+        let config = config(
+            &Params::default(),
+            "127.0.0.1:9".parse().unwrap(),
+            Path::new("/tmp/arm"),
+        );
         let text = config_file(&config).unwrap();
         for needle in [
             "listen = \"127.0.0.1:9\"",

@@ -8,6 +8,7 @@
 //! the rest, so that fetches reach tickets the store knows (a fuzzer never guesses a uuid).
 #![no_main]
 
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use axum::body::Body;
@@ -15,6 +16,7 @@ use axum::http::{Method, Request, StatusCode};
 use libfuzzer_sys::fuzz_target;
 use report_apis::api::{self, AppState};
 use report_apis::config::Config;
+use report_apis::fence::Fences;
 use report_apis::load::LoadClock;
 use report_apis::metrics::Metrics;
 use report_apis::rejections::Rejections;
@@ -46,8 +48,11 @@ fuzz_target!(|data: &[u8]| {
     let clock = LoadClock::new(&config.heavy_load, start);
     let tickets = Arc::new(Tickets::new(&config, clock, metrics.clone(), start));
     let rejections = Arc::new(Rejections::new(metrics.clone()));
+    // No marks, none written: an input sends no Report-Fence header.
+    let fences = Arc::new(Fences::new(&config, HashMap::new(), metrics.clone()));
     let app = api::app(AppState {
         tickets,
+        fences,
         metrics: metrics.clone(),
         rejections,
     });

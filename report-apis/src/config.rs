@@ -60,6 +60,7 @@ pub struct Config {
     pub report: Report,
     pub limits: Limits,
     pub shutdown: Shutdown,
+    pub fence: Fencing,
 }
 
 /// The periodic heavy-load phases during which no report is served and none progresses.
@@ -106,6 +107,22 @@ pub struct Limits {
     /// Needs a restart.
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
+    /// Most locks whose mark the server keeps ([`crate::fence`]); a request naming a new lock
+    /// past it is refused with 503. A lower value on reload evicts no mark.
+    pub max_locks: usize,
+}
+
+/// The fence of collector requests ([`crate::fence`]): enforced or not, and where the marks
+/// are kept across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Fencing {
+    /// Refuse requests whose token is below their lock's mark. Off only for comparison (an
+    /// experiment's control arm): the server then acts as before the fence existed.
+    pub enforce: bool,
+    /// The JSON file of every lock's mark, written before a raised mark is acknowledged and
+    /// read at start. Needs a restart.
+    pub state_file: PathBuf,
 }
 
 /// Graceful shutdown on SIGTERM/SIGINT.
@@ -125,6 +142,7 @@ impl Default for Config {
             report: Report::default(),
             limits: Limits::default(),
             shutdown: Shutdown::default(),
+            fence: Fencing::default(),
         }
     }
 }
@@ -154,6 +172,19 @@ impl Default for Limits {
             ticket_ttl: Duration::from_secs(600),
             max_connections: 512,
             header_timeout: Duration::from_secs(30),
+            max_locks: 1024,
+        }
+    }
+}
+
+/// Where the packaged unit's `StateDirectory=report-apis` puts the marks.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/report-apis/fence.json";
+
+impl Default for Fencing {
+    fn default() -> Self {
+        Self {
+            enforce: true,
+            state_file: PathBuf::from(DEFAULT_STATE_FILE),
         }
     }
 }
@@ -174,21 +205,12 @@ impl ConfigFile for Config {
     /// server spin (a heavy-load period of 1 ns toggles in a busy loop) or its time arithmetic
     /// reach the ends of its types.
     fn check(&self) -> Result<(), Refusal> {
-        let period = self.heavy_load.period;
-        if !period.is_zero() && !(ranges::HEAVY_LOAD_PERIOD.contains(&period)) {
-            return Err(Refusal::new(
-                "heavy-load.period",
-                format!(
-                    "{} is outside the allowed range; write \"0s\" (never toggle) or a duration \
-                     from {} to {}",
-                    humantime::format_duration(period),
-                    humantime::format_duration(*ranges::HEAVY_LOAD_PERIOD.start()),
-                    humantime::format_duration(*ranges::HEAVY_LOAD_PERIOD.end()),
-                ),
-            ));
-        }
+        check_heavy_load_period(self.heavy_load.period)?;
         let within = |key, value, range: &RangeInclusive<Duration>| {
             duration_within(key, value, *range.start(), *range.end())
+        };
+        let count_within = |key, value, range: &RangeInclusive<usize>| {
+            number_within(key, value, *range.start(), *range.end())
         };
         within(
             "report.generation-time",
@@ -201,34 +223,74 @@ impl ConfigFile for Config {
             *ranges::SLOWDOWN.start(),
             *ranges::SLOWDOWN.end(),
         )?;
-        number_within(
+        count_within(
             "limits.max-pending",
             self.limits.max_pending,
-            *ranges::MAX_PENDING.start(),
-            *ranges::MAX_PENDING.end(),
+            &ranges::MAX_PENDING,
         )?;
         within(
             "limits.ticket-ttl",
             self.limits.ticket_ttl,
             &ranges::TICKET_TTL,
         )?;
-        number_within(
+        count_within(
             "limits.max-connections",
             self.limits.max_connections,
-            *ranges::MAX_CONNECTIONS.start(),
-            *ranges::MAX_CONNECTIONS.end(),
+            &ranges::MAX_CONNECTIONS,
         )?;
         within(
             "limits.header-timeout",
             self.limits.header_timeout,
             &ranges::HEADER_TIMEOUT,
         )?;
+        count_within(
+            "limits.max-locks",
+            self.limits.max_locks,
+            &ranges::MAX_LOCKS,
+        )?;
         within(
             "shutdown.drain-timeout",
             self.shutdown.drain_timeout,
             &ranges::DRAIN_TIMEOUT,
-        )
+        )?;
+        check_state_file(&self.fence.state_file)
     }
+}
+
+/// A heavy-load period is 0 (never toggle) or within its range.
+fn check_heavy_load_period(period: Duration) -> Result<(), Refusal> {
+    if period.is_zero() || ranges::HEAVY_LOAD_PERIOD.contains(&period) {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        "heavy-load.period",
+        format!(
+            "{} is outside the allowed range; write \"0s\" (never toggle) or a duration from {} \
+             to {}",
+            humantime::format_duration(period),
+            humantime::format_duration(*ranges::HEAVY_LOAD_PERIOD.start()),
+            humantime::format_duration(*ranges::HEAVY_LOAD_PERIOD.end()),
+        ),
+    ))
+}
+
+/// The state file is written beside itself (a temporary file renamed over it), so it must
+/// name a file in a directory; a relative path would depend on the directory the server was
+/// started in (`/` under systemd).
+fn check_state_file(path: &std::path::Path) -> Result<(), Refusal> {
+    let named_file = path.file_name().is_some()
+        && path.parent().is_some_and(|dir| !dir.as_os_str().is_empty())
+        && !path.as_os_str().to_string_lossy().ends_with('/');
+    if path.is_absolute() && named_file {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        "fence.state-file",
+        format!(
+            "{} is not an absolute path to a file; write one such as \"{DEFAULT_STATE_FILE}\"",
+            path.display()
+        ),
+    ))
 }
 
 /// The allowed range of every ranged key, in one place; the documentation repeats this table.
@@ -248,6 +310,7 @@ pub mod ranges {
     pub const TICKET_TTL: RangeInclusive<Duration> =
         Duration::from_millis(100)..=Duration::from_secs(7 * DAY);
     pub const MAX_CONNECTIONS: RangeInclusive<usize> = 1..=65_536;
+    pub const MAX_LOCKS: RangeInclusive<usize> = 1..=65_536;
     pub const HEADER_TIMEOUT: RangeInclusive<Duration> =
         Duration::from_millis(100)..=Duration::from_secs(300);
     pub const DRAIN_TIMEOUT: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(600);
@@ -328,9 +391,14 @@ mod tests {
                 ticket_ttl: Duration::from_secs(5400),
                 max_connections: 7,
                 header_timeout: Duration::from_millis(1500),
+                max_locks: 2,
             },
             shutdown: Shutdown {
                 drain_timeout: Duration::ZERO,
+            },
+            fence: Fencing {
+                enforce: false,
+                state_file: PathBuf::from("/srv/marks \"ä\".json"),
             },
         };
         let text = toml::to_string(&config).unwrap();
@@ -418,7 +486,7 @@ mod tests {
     }
 
     /// Each ranged key, a value just outside its range and the range as the message words it.
-    pub(crate) const OUT_OF_RANGE: [(&str, &str, &str, &str); 14] = [
+    pub(crate) const OUT_OF_RANGE: [(&str, &str, &str, &str); 16] = [
         (
             "heavy-load",
             "period",
@@ -434,6 +502,8 @@ mod tests {
         ("limits", "ticket-ttl", "\"8days\"", "from 100ms to 7days"),
         ("limits", "max-connections", "0", "from 1 to 65536"),
         ("limits", "max-connections", "65537", "from 1 to 65536"),
+        ("limits", "max-locks", "0", "from 1 to 65536"),
+        ("limits", "max-locks", "65537", "from 1 to 65536"),
         ("limits", "header-timeout", "\"99ms\"", "from 100ms to 5m"),
         ("limits", "header-timeout", "\"5m 1s\"", "from 100ms to 5m"),
         ("shutdown", "drain-timeout", "\"10m 1s\"", "from 0s to 10m"),
@@ -477,11 +547,44 @@ mod tests {
             "[limits]\nmax-pending = 1000000\nticket-ttl = \"7days\"\n",
             "[limits]\nmax-connections = 1\nheader-timeout = \"100ms\"\n",
             "[limits]\nmax-connections = 65536\nheader-timeout = \"5m\"\n",
+            "[limits]\nmax-locks = 1\n",
+            "[limits]\nmax-locks = 65536\n",
             "[shutdown]\ndrain-timeout = \"0s\"\n",
             "[shutdown]\ndrain-timeout = \"10m\"\n",
         ] {
             assert!(parse(text).is_ok(), "{text}: {:?}", parse(text));
         }
+    }
+
+    #[test]
+    fn the_fence_table_reads_and_its_state_file_must_be_an_absolute_file_path() {
+        let config =
+            parse("[fence]\nenforce = false\nstate-file = \"/tmp/x/fence.json\"\n").unwrap();
+        assert!(!config.fence.enforce);
+        assert_eq!(config.fence.state_file, Path::new("/tmp/x/fence.json"));
+        for path in [
+            "fence.json",
+            "state/fence.json",
+            "/",
+            "/var/lib/report-apis/",
+            "",
+        ] {
+            let text = format!("\n[fence]\nstate-file = \"{path}\"\n");
+            match parse(&text) {
+                Err(ConfigError::Rejected {
+                    place: Some((line, _)),
+                    key,
+                    message,
+                    ..
+                }) => {
+                    assert_eq!((line, key.as_str()), (3, "fence.state-file"), "{path}");
+                    assert!(message.contains("absolute path to a file"), "{message}");
+                }
+                other => panic!("{path:?}: expected a refusal, got {other:?}"),
+            }
+        }
+        let (line, key, _) = invalid("[fence]\nenforced = true\n");
+        assert_eq!((line, key.as_str()), (2, "fence.enforced"));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod blocking_read;
 pub mod config;
+pub mod fence;
 pub mod load;
 pub mod metrics;
 pub mod notify;
@@ -37,6 +38,7 @@ pub use config::Config;
 pub use reload::{Reloader, Reloads, reload_channel};
 
 use crate::api::AppState;
+use crate::fence::Fences;
 use crate::load::LoadClock;
 use crate::metrics::Metrics;
 use crate::rejections::{Rejections, Summariser};
@@ -74,9 +76,11 @@ pub async fn run_with_reloads(
     let metrics = Arc::new(Metrics::new());
     let clock = LoadClock::new(&config.heavy_load, start);
     let tickets = Arc::new(Tickets::new(&config, clock, metrics.clone(), start));
+    let fences = Arc::new(Fences::load(&config, metrics.clone())?);
     let rejections = Arc::new(Rejections::new(metrics.clone()));
     let app = api::app(AppState {
         tickets: tickets.clone(),
+        fences: fences.clone(),
         metrics,
         rejections: rejections.clone(),
     });
@@ -98,6 +102,7 @@ pub async fn run_with_reloads(
     let reloading = tokio::spawn(reload::apply_reloads(
         reloads,
         tickets.clone(),
+        fences,
         in_force.clone(),
     ));
     // Read at shutdown, so that the value of the last reload counts.

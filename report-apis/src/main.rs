@@ -16,6 +16,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use report_apis::Config;
 use report_apis::config::Source;
+use report_apis::fence::MarksFileError;
 use report_apis::reload::{self, Reloading};
 use report_common::{check_config, exit, logging, message_id};
 
@@ -26,7 +27,8 @@ Exit codes:
   1    any other failure (the address cannot be bound; reload: the server did not answer)
   64   command-line mistake (unknown option or subcommand, bad value)
   78   configuration error (an unknown key, a bad value, a value outside its allowed range),
-       naming file, line and key (reload: refused, the old one stays)";
+       naming file, line and key (reload: refused, the old one stays); or the fence's state
+       file cannot be read or holds a bad value, naming the file";
 
 /// Report server: issues tickets and serves CSV reports, slower the more are outstanding.
 #[derive(Debug, Parser)]
@@ -99,10 +101,21 @@ fn main() -> ExitCode {
             );
             ExitCode::FAILURE
         }
-        Err(ServeError::Other(err)) => {
-            tracing::error!("{err:#}");
-            ExitCode::FAILURE
-        }
+        Err(ServeError::Other(err)) => match err.downcast_ref::<MarksFileError>() {
+            // Like a configuration mistake: a restart will not fix it.
+            Some(refused) => {
+                tracing::error!(
+                    MESSAGE_ID = message_id::FENCE_STATE_REJECTED,
+                    STATE_FILE = %refused.path.display(),
+                    "{refused}"
+                );
+                ExitCode::from(exit::CONFIG)
+            }
+            None => {
+                tracing::error!("{err:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -138,7 +151,7 @@ fn serve(config: Config, source: Source) -> Result<(), ServeError> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let shutdown = shutdown_signal()?;
         // Installed before READY=1: SIGHUP's default action would end the server.
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -153,8 +166,15 @@ fn serve(config: Config, source: Source) -> Result<(), ServeError> {
         let reloading = Reloading::new(source, reloader, reload::outcome_file());
         tokio::spawn(reload::on_sighup(hangup, reloading));
         Ok(report_apis::run_with_reloads(listener, config, shutdown, reloads).await?)
-    })
+    });
+    // A write of the fence's state file stuck on a file system that does not answer must not
+    // keep the process from exiting: dropping the runtime would wait for it.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    served
 }
+
+/// How long the runtime waits at exit for blocking tasks still running (see [`serve`]).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Installs the SIGTERM (systemd's stop) and SIGINT (Ctrl-C) handlers at once, before the
 /// server reports itself ready, and returns a future that completes on the first of them.

@@ -26,6 +26,15 @@ pub struct RejectionLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the per-lock fence gauges: the lock's name as last seen (for people) and its id
+/// (what the server tells locks apart by). At most `limits.max-locks` sets, and a lock renamed
+/// drops its old set.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LockLabels {
+    pub lock: String,
+    pub lock_id: String,
+}
+
 /// Every metric the server exports, cheap to update from any thread.
 #[derive(Debug)]
 pub struct Metrics {
@@ -42,6 +51,11 @@ pub struct Metrics {
     pub report_generation_seconds: Histogram,
     pub rejections: Family<RejectionLabels, Counter>,
     pub connections_open: Gauge,
+    pub fence_locks: Gauge,
+    pub fence_mark_epoch: Family<LockLabels, Gauge>,
+    pub fence_mark_count: Family<LockLabels, Gauge>,
+    pub fence_pending_tickets: Family<LockLabels, Gauge>,
+    pub fence_tickets_returned: Counter,
 }
 
 impl Default for Metrics {
@@ -55,7 +69,7 @@ type Field = fn(&Metrics) -> Box<dyn Metric>;
 
 /// Every metric's published name (under the prefix `report_apis`) and help, with the field
 /// that holds it, in the order the exposition lists them.
-const EXPORTED: [(&str, &str, Field); 12] = [
+const EXPORTED: [(&str, &str, Field); 17] = [
     (
         "tickets_issued",
         "Tickets handed out by /request_report",
@@ -110,12 +124,40 @@ const EXPORTED: [(&str, &str, Field); 12] = [
         "rejections",
         "Requests refused and connections held back or closed early, by the limit that did it: \
          max-pending (503), max-connections (waited in the backlog), header-timeout (closed, slow \
-         or idle), head-too-large (431)",
+         or idle), head-too-large (431), fence-header (400, a malformed Report-Fence), fence-stale \
+         (409, a token below its lock's mark), fence-other-lock (409, a cancel of another lock's \
+         ticket), fence-tokenless-cancel (409, a cancel of a fenced ticket without a fence), \
+         fence-max-locks (503, a new lock past limits.max-locks)",
         |m| Box::new(m.rejections.clone()),
     ),
     ("connections_open", "HTTP connections being served", |m| {
         Box::new(m.connections_open.clone())
     }),
+    (
+        "fence_locks",
+        "Locks whose fence mark the server keeps (at most limits.max-locks)",
+        |m| Box::new(m.fence_locks.clone()),
+    ),
+    (
+        "fence_mark_epoch",
+        "Epoch of each lock's mark, the highest token seen for it (saturates at i64::MAX)",
+        |m| Box::new(m.fence_mark_epoch.clone()),
+    ),
+    (
+        "fence_mark_count",
+        "Count of each lock's mark, the highest token seen for it (saturates at i64::MAX)",
+        |m| Box::new(m.fence_mark_count.clone()),
+    ),
+    (
+        "fence_pending_tickets",
+        "1 while a ticket issued under the lock's fence is pending, else 0",
+        |m| Box::new(m.fence_pending_tickets.clone()),
+    ),
+    (
+        "fence_tickets_returned",
+        "Fenced ticket requests answered with the lock's pending ticket instead of a new one",
+        |m| Box::new(m.fence_tickets_returned.clone()),
+    ),
 ];
 
 /// A metric of any kind, so that [`EXPORTED`] can be one table: the registry takes a metric of
@@ -155,6 +197,11 @@ impl Metrics {
             report_generation_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 21)),
             rejections: Family::default(),
             connections_open: Gauge::default(),
+            fence_locks: Gauge::default(),
+            fence_mark_epoch: Family::default(),
+            fence_mark_count: Family::default(),
+            fence_pending_tickets: Family::default(),
+            fence_tickets_returned: Counter::default(),
         };
         for (name, help, metric) in EXPORTED {
             let metric = AnyMetric(metric(&metrics));
@@ -203,6 +250,8 @@ mod tests {
             "report_apis_report_generation_seconds_sum 1.5",
             "report_apis_report_generation_seconds_count 1",
             "report_apis_connections_open 0",
+            "report_apis_fence_locks 0",
+            "report_apis_fence_tickets_returned_total 0",
         ] {
             assert!(text.contains(name), "missing {name:?} in\n{text}");
         }

@@ -29,14 +29,32 @@ pub enum Reason {
     HeaderTimeout,
     /// A request head over the size or header-count limit: answered 431 and closed.
     HeadTooLarge,
+    /// A `Report-Fence` header malformed, too long or repeated: 400.
+    FenceHeader,
+    /// A token below its lock's mark: 409.
+    FenceStale,
+    /// A fenced `DELETE` of a ticket issued under another lock: 409.
+    FenceOtherLock,
+    /// A `DELETE` without a fence of a ticket issued under one: 409.
+    FenceTokenlessCancel,
+    /// A new lock when `limits.max-locks` locks are kept: 503.
+    FenceMaxLocks,
 }
 
+/// How many reasons there are: the length of [`Reason::ALL`].
+const REASONS: usize = 9;
+
 impl Reason {
-    const ALL: [Reason; 4] = [
+    const ALL: [Reason; REASONS] = [
         Reason::MaxPending,
         Reason::MaxConnections,
         Reason::HeaderTimeout,
         Reason::HeadTooLarge,
+        Reason::FenceHeader,
+        Reason::FenceStale,
+        Reason::FenceOtherLock,
+        Reason::FenceTokenlessCancel,
+        Reason::FenceMaxLocks,
     ];
 
     /// The `reason` label.
@@ -46,6 +64,11 @@ impl Reason {
             Reason::MaxConnections => "max-connections",
             Reason::HeaderTimeout => "header-timeout",
             Reason::HeadTooLarge => "head-too-large",
+            Reason::FenceHeader => "fence-header",
+            Reason::FenceStale => "fence-stale",
+            Reason::FenceOtherLock => "fence-other-lock",
+            Reason::FenceTokenlessCancel => "fence-tokenless-cancel",
+            Reason::FenceMaxLocks => "fence-max-locks",
         }
     }
 
@@ -55,6 +78,11 @@ impl Reason {
             Reason::MaxConnections => 1,
             Reason::HeaderTimeout => 2,
             Reason::HeadTooLarge => 3,
+            Reason::FenceHeader => 4,
+            Reason::FenceStale => 5,
+            Reason::FenceOtherLock => 6,
+            Reason::FenceTokenlessCancel => 7,
+            Reason::FenceMaxLocks => 8,
         }
     }
 
@@ -73,6 +101,21 @@ impl Reason {
             Reason::HeadTooLarge => {
                 format!("{count} requests refused with 431 (request head too large)")
             }
+            Reason::FenceHeader => {
+                format!("{count} requests refused with 400 (malformed Report-Fence header)")
+            }
+            Reason::FenceStale => {
+                format!("{count} requests refused with 409 (token below its lock's mark)")
+            }
+            Reason::FenceOtherLock => {
+                format!("{count} cancels refused with 409 (a ticket of another lock)")
+            }
+            Reason::FenceTokenlessCancel => {
+                format!("{count} cancels refused with 409 (a fenced ticket, no Report-Fence)")
+            }
+            Reason::FenceMaxLocks => {
+                format!("{count} requests of a new lock refused with 503 at limits.max-locks")
+            }
         }
     }
 }
@@ -81,7 +124,7 @@ impl Reason {
 #[derive(Debug)]
 pub struct Rejections {
     metrics: Arc<Metrics>,
-    unreported: [AtomicU64; 4],
+    unreported: [AtomicU64; REASONS],
     accept_errors: AtomicU64,
 }
 
@@ -139,7 +182,7 @@ impl Rejections {
 /// The counts of one summary line: by reason, in [`Reason::ALL`]'s order, and failed accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
-    by_reason: [u64; 4],
+    by_reason: [u64; REASONS],
     accept_errors: u64,
 }
 
@@ -164,7 +207,9 @@ impl Summary {
 
     /// Logs the line with its `MESSAGE_ID` and one field per count, every one always there
     /// (0 when none): MAX_PENDING_REJECTED, MAX_CONNECTIONS_REJECTED, HEADER_TIMEOUT_REJECTED,
-    /// HEAD_TOO_LARGE_REJECTED, ACCEPT_ERRORS.
+    /// HEAD_TOO_LARGE_REJECTED, FENCE_HEADER_REJECTED, FENCE_STALE_REJECTED,
+    /// FENCE_OTHER_LOCK_REJECTED, FENCE_TOKENLESS_CANCEL_REJECTED, FENCE_MAX_LOCKS_REJECTED,
+    /// ACCEPT_ERRORS.
     fn log(&self, over: &str) {
         tracing::warn!(
             MESSAGE_ID = report_common::message_id::REJECTIONS,
@@ -172,6 +217,11 @@ impl Summary {
             MAX_CONNECTIONS_REJECTED = self.count(Reason::MaxConnections),
             HEADER_TIMEOUT_REJECTED = self.count(Reason::HeaderTimeout),
             HEAD_TOO_LARGE_REJECTED = self.count(Reason::HeadTooLarge),
+            FENCE_HEADER_REJECTED = self.count(Reason::FenceHeader),
+            FENCE_STALE_REJECTED = self.count(Reason::FenceStale),
+            FENCE_OTHER_LOCK_REJECTED = self.count(Reason::FenceOtherLock),
+            FENCE_TOKENLESS_CANCEL_REJECTED = self.count(Reason::FenceTokenlessCancel),
+            FENCE_MAX_LOCKS_REJECTED = self.count(Reason::FenceMaxLocks),
             ACCEPT_ERRORS = self.accept_errors,
             "rejected {over}: {}",
             self.text()
@@ -234,6 +284,8 @@ mod tests {
             rejections.record(Reason::MaxPending);
         }
         rejections.record(Reason::HeadTooLarge);
+        rejections.record(Reason::FenceStale);
+        rejections.record(Reason::FenceStale);
         let (captured, guard) = report_common::logging::capture::start();
         Summariser::new().tick(&rejections, Instant::now());
         drop(guard);
@@ -245,6 +297,11 @@ mod tests {
             ("MAX_CONNECTIONS_REJECTED", "0"),
             ("HEADER_TIMEOUT_REJECTED", "0"),
             ("HEAD_TOO_LARGE_REJECTED", "1"),
+            ("FENCE_HEADER_REJECTED", "0"),
+            ("FENCE_STALE_REJECTED", "2"),
+            ("FENCE_OTHER_LOCK_REJECTED", "0"),
+            ("FENCE_TOKENLESS_CANCEL_REJECTED", "0"),
+            ("FENCE_MAX_LOCKS_REJECTED", "0"),
             ("ACCEPT_ERRORS", "0"),
         ] {
             assert_eq!(line.get(field).map(String::as_str), Some(count), "{line:?}");

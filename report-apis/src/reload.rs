@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::blocking_read::{BlockingRead, NotRead};
 use crate::config::{Config, Source};
+use crate::fence::Fences;
 use crate::notify;
 use crate::tickets::Tickets;
 
@@ -72,6 +73,14 @@ fn reload_changes(running: &Config, new: &Config) -> Result<String, String> {
             running.listen, new.listen
         ));
     }
+    if new.fence.state_file != running.fence.state_file {
+        return Err(format!(
+            "`fence.state-file` changed from {} to {}: that needs a restart (copy the file \
+             to its new place first, or every lock's mark starts afresh); nothing was changed",
+            running.fence.state_file.display(),
+            new.fence.state_file.display()
+        ));
+    }
     if (new.limits.max_connections, new.limits.header_timeout)
         != (
             running.limits.max_connections,
@@ -112,6 +121,7 @@ fn reload_changes(running: &Config, new: &Config) -> Result<String, String> {
 pub(crate) async fn apply_reloads(
     mut reloads: Reloads,
     tickets: Arc<Tickets>,
+    fences: Arc<Fences>,
     in_force: Arc<Mutex<Config>>,
 ) {
     while let Some((new, done)) = reloads.0.recv().await {
@@ -119,6 +129,7 @@ pub(crate) async fn apply_reloads(
             let mut running = in_force.lock().unwrap_or_else(|p| p.into_inner());
             reload_changes(&running, &new).inspect(|_| {
                 tickets.reconfigure(&new, Instant::now());
+                fences.reconfigure(&new);
                 *running = new;
             })
         };

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use report_common::fence::Token;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -66,9 +67,18 @@ pub struct Snapshot {
     pub heavy: bool,
 }
 
+/// The fence a ticket was issued under: its lock and the token of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TicketFence {
+    pub lock: Uuid,
+    pub token: Token,
+}
+
 #[derive(Debug)]
 struct Entry {
     offset: u64,
+    /// Set when the ticket was issued to a fenced request ([`crate::fence`]).
+    fence: Option<TicketFence>,
     issued_at: Instant,
     /// Work clock value at which the report is ready: its value at the request plus the
     /// generation time in force then.
@@ -191,6 +201,16 @@ impl Tickets {
 
     /// Issues a new ticket for `offset`, unless `max-pending` tickets are already held.
     pub fn issue(&self, offset: u64, now: Instant) -> Result<Uuid, Full> {
+        self.issue_under(offset, None, now)
+    }
+
+    /// [`Tickets::issue`], recording the fence the ticket was issued under, if any.
+    pub fn issue_under(
+        &self,
+        offset: u64,
+        fence: Option<TicketFence>,
+        now: Instant,
+    ) -> Result<Uuid, Full> {
         let mut inner = self.lock();
         self.advance(&mut inner, now);
         let settings = inner.settings;
@@ -212,6 +232,7 @@ impl Tickets {
             id,
             Entry {
                 offset,
+                fence,
                 issued_at: now,
                 target,
                 seq,
@@ -266,6 +287,29 @@ impl Tickets {
             self.publish(&inner);
         }
         Fetch::Ready { offset }
+    }
+
+    /// Whether the ticket is held and still pending at `now`: issued, its report not fetched,
+    /// not expired, not cancelled.
+    pub fn is_pending(&self, id: Uuid, offset: u64, now: Instant) -> bool {
+        let mut inner = self.lock();
+        self.advance(&mut inner, now);
+        inner
+            .entries
+            .get(&id)
+            .is_some_and(|entry| entry.offset == offset && !entry.fetched)
+    }
+
+    /// The fence a held ticket was issued under; `None` for a ticket not held or issued
+    /// without one.
+    pub fn fence_of(&self, id: Uuid, offset: u64, now: Instant) -> Option<TicketFence> {
+        let mut inner = self.lock();
+        self.advance(&mut inner, now);
+        inner
+            .entries
+            .get(&id)
+            .filter(|entry| entry.offset == offset)
+            .and_then(|entry| entry.fence)
     }
 
     /// Drops a ticket at the client's request, in whatever state, and says whether the store
