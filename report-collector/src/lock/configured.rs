@@ -199,10 +199,10 @@ impl LockGuard for Guard {
         }
     }
 
-    fn token(&self) -> Option<super::token::Token> {
+    fn fence(&self) -> Option<report_common::fence::Fence> {
         match self {
-            Guard::Flock(g) => g.token(),
-            Guard::Postgres(g) => g.token(),
+            Guard::Flock(g) => g.fence(),
+            Guard::Postgres(g) => g.fence(),
         }
     }
 

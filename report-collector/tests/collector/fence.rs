@@ -209,7 +209,14 @@ fn socket_writes(fleet: &Fleet) -> (Vec<Pause>, Duration) {
     let log = a.dir.path().join("strace.log");
     let log_text = log.display().to_string();
     let wrapper = [
-        "strace", "-f", "-qq", "-yy", "-o", &log_text, "-e", "trace=write,writev,sendto,sendmsg",
+        "strace",
+        "-f",
+        "-qq",
+        "-yy",
+        "-o",
+        &log_text,
+        "-e",
+        "trace=write,writev,sendto,sendmsg",
     ];
     let start = Instant::now();
     let run = finish(
@@ -292,7 +299,10 @@ fn a_holder_paused_past_its_lease_at_any_point_is_refused_by_the_server() {
 
     // The control: the same pauses at the socket writes, enforcement off.
     let unfenced = run_all(&fleet, &writes, false, "off");
-    let broken = unfenced.iter().filter(|e| !e.violations().is_empty()).count();
+    let broken = unfenced
+        .iter()
+        .filter(|e| !e.violations().is_empty())
+        .count();
     assert!(
         broken >= 1,
         "with enforcement off no pause broke anything, so these checks cannot fail: {unfenced:#?}"
@@ -355,7 +365,10 @@ fn forward<S: Stream>(
                 }
                 to = Some(target);
             }
-            if to.as_mut().is_none_or(|to| to.write_all(&buf[..n]).is_err()) {
+            if to
+                .as_mut()
+                .is_none_or(|to| to.write_all(&buf[..n]).is_err())
+            {
                 return;
             }
         }
@@ -434,14 +447,34 @@ fn a_request_delivered_late_by_the_network_is_refused() {
             &server.url,
             "report_apis_rejections_total{reason=\"fence-stale\"}",
         );
+        if std::env::var_os("FENCE_DEBUG").is_some() {
+            eprintln!(
+                "A: {}\nB: {}\n{}",
+                a_run.stderr,
+                b_run.stderr,
+                metrics_text(&server.url)
+            );
+        }
         if enforce {
             assert!(refused >= 1.0, "A's late requests are refused: {refused}");
             assert_eq!(issued, 1.0, "only B's ticket was issued");
             assert_eq!(metric(&server.url, "report_apis_tickets_pending_peak"), 1.0);
         } else {
-            assert!(issued >= 2.0, "the control: A's late request got a ticket too: {issued}");
+            assert!(
+                issued >= 2.0,
+                "the control: A's late request got a ticket too: {issued}"
+            );
         }
         assert!(reports(&a).is_empty(), "A saved nothing");
         assert_eq!(reports(&b).len(), 1);
     }
+}
+
+fn metrics_text(url: &str) -> String {
+    let addr = url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
 }
