@@ -37,6 +37,8 @@ listen = "127.0.0.1:$2"
 period = "0s"
 [report]
 generation-time = "0s"
+[fence]
+state-file = "$1/fence.json"
 EOF
     "$RELEASE/report-apis" --config "$1/apis.toml" >"$1/apis.log" 2>&1 &
     # shellcheck disable=SC2034 # the caller's cleanup stops it

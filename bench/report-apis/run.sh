@@ -72,8 +72,8 @@ stop() {
     wait "$1" 2>/dev/null || true
 }
 
-config() { # config NAME TOML: writes a config file, prints its path
-    printf '%s\n' "$2" >"$work/$1.toml"
+config() { # config NAME TOML: writes a config file (the fence's marks kept in $work), prints its path
+    printf '%s\n[fence]\nstate-file = "%s"\n' "$2" "$work/$1-fence.json" >"$work/$1.toml"
     echo "$work/$1.toml"
 }
 

@@ -74,8 +74,14 @@ impl Evidence {
         if !self.saved_twice.is_empty() {
             broken.push(format!("saved twice: {:?}", self.saved_twice));
         }
-        if self.b.code != Some(0) {
-            broken.push(format!("B exited {:?}: {}", self.b.code, self.b.stderr));
+        // B skips only when A was stopped while taking the lock, before it held a lease: the
+        // lock is then A's, and A collects once it goes on.
+        let b_skipped_for_a = self.b.code == Some(75) && self.a.code == Some(0);
+        if self.b.code != Some(0) && !b_skipped_for_a {
+            broken.push(format!(
+                "B exited {:?} (A {:?}): {}",
+                self.b.code, self.a.code, self.b.stderr
+            ));
         }
         let fenced = !lines_with_id(&self.a.stderr, message_id::FENCED).is_empty();
         if fenced != (self.refused_stale > 0.0) {
@@ -290,6 +296,12 @@ fn a_holder_paused_past_its_lease_at_any_point_is_refused_by_the_server() {
         .collect();
     assert!(broken.is_empty(), "{broken:#?}");
     let refused = fenced.iter().filter(|e| e.refused_stale > 0.0).count();
+    eprintln!(
+        "fence: {} pause points ({} socket writes, 20 instants over {took:?}), {} reached, {refused} with a stale request refused",
+        points.len(),
+        writes.len(),
+        fenced.len()
+    );
     assert!(
         fenced.len() >= points.len() / 2 && refused >= 1,
         "{} of {} points reached, {refused} with a request refused: the scenarios must reach the point where a stale request is sent",
@@ -303,6 +315,10 @@ fn a_holder_paused_past_its_lease_at_any_point_is_refused_by_the_server() {
         .iter()
         .filter(|e| !e.violations().is_empty())
         .count();
+    eprintln!(
+        "control (enforce = false): {} points reached, {broken} broke a check",
+        unfenced.len()
+    );
     assert!(
         broken >= 1,
         "with enforcement off no pause broke anything, so these checks cannot fail: {unfenced:#?}"
