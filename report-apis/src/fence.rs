@@ -271,7 +271,7 @@ impl Fences {
             _gate: None,
         };
         // Tokenless and unenforced requests need no gate: they change nothing here.
-        if !fence.is_some_and(|_| self.state().enforce) {
+        let Some(fence) = fence.filter(|_| self.state().enforce) else {
             let rules = self.rules();
             return match decide(rules, None, fence, action) {
                 Decision::Refuse(refusal) => Err(Refused {
@@ -280,9 +280,8 @@ impl Fences {
                 }),
                 _ => Ok(unfenced),
             };
-        }
+        };
         let gate = self.gate.lock().await;
-        let fence = fence.unwrap_or_else(|| unreachable!("checked above"));
         let (rules, mark) = {
             let state = self.state();
             (

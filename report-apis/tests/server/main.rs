@@ -3,6 +3,7 @@
 
 mod cancel;
 mod cli;
+mod fence;
 mod hostile;
 mod http;
 mod journal;
