@@ -77,9 +77,14 @@ config() { # config NAME TOML: writes a config file (the fence's marks kept in $
     echo "$work/$1.toml"
 }
 
-# measure LABEL URL: one wrk run; appends "label rps p99 non2xx" to the results.
+# measure LABEL URL [HEADER]: one wrk run (sending HEADER with every request, if given); appends
+# "label rps p99 non2xx" to the results.
 measure() {
-    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$2")
+    if [ -n "${3:-}" ]; then
+        out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H "$3" "$2")
+    else
+        out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$2")
+    fi
     rps=$(printf '%s\n' "$out" | awk '/^Requests\/sec:/ {print $2}')
     p99=$(printf '%s\n' "$out" | awk '$1 == "99%" {print $2}')
     bad=$(printf '%s\n' "$out" | awk '/Non-2xx or 3xx responses:/ {print $NF}')
@@ -138,6 +143,7 @@ ready_url=$url/get_report/$(curl -sf "$url/request_report")
 sleep 0.1
 curl -sf "$ready_url" | head -n 1 | grep -q '^timestamp,data$'
 
+fence_header='Report-Fence: lock=bench; id=0123456789abcdef0123456789abcdef; token=1.1'
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS rounds, $(nproc) cores, loopback" >&2
 round=1
 while [ "$round" -le "$ROUNDS" ]; do
@@ -149,6 +155,12 @@ while [ "$round" -le "$ROUNDS" ]; do
     measure get_report_not_ready "$not_ready_url"
     measure hello "$hello_url/"
     measure get_report_ready "$ready_url"
+    # The collector's path: every request carries its lock's fence. The ticket requests of one
+    # lock get its pending ticket back; a ready report is served after the mark is checked.
+    measure hello "$hello_url/"
+    measure request_report_fenced "$issue_url/request_report" "$fence_header"
+    measure hello "$hello_url/"
+    measure get_report_ready_fenced "$ready_url" "$fence_header"
     round=$((round + 1))
 done
 issued=$((issued + $(metric "$issue_url" report_apis_tickets_issued_total)))
@@ -157,7 +169,7 @@ hello_hwm=$(kib "$hello_pid" VmHWM)
 
 # Memory with the default max-pending (10000) tickets held: fill to the cap, and keep
 # hammering it (the 503s past the cap must not grow memory).
-start full "$bin" --listen 127.0.0.1:0
+start full "$bin" --config "$(config full '')" --listen 127.0.0.1:0
 echo "filling max-pending tickets" >&2
 wrk -t1 -c"$CONNECTIONS" -d3s "$url/request_report" >/dev/null
 held=$(metric "$url" report_apis_tickets_pending)
