@@ -355,7 +355,7 @@ fn record_over(path: &Path, loaded: Result<Option<State>, StateError>, run: &Run
     if state.fence == Some(FenceNote::NotAcknowledged) && was != state.fence {
         tracing::warn!(
             MESSAGE_ID = message_id::FENCE_NOT_ACKNOWLEDGED,
-            "the report server did not acknowledge this run's fencing token (no Report-Fence-Mark in its answers: the original server, a report-apis older than 0.2.0, or one with [fence] enforce = false): a holder that lost the lock while paused can still have it issue or cancel a ticket; upgrade report-apis (said once, and in `report-collector status` while it lasts)"
+            "the report server did not acknowledge this run's fencing token (no Report-Fence-Mark in its answers: the original server, a report-apis without the fence, or one with [fence] enforce = false): a holder that lost the lock while paused can still have it issue or cancel a ticket; upgrade report-apis (said once, and in `report-collector status` while it lasts)"
         );
     }
     if may_save && let Err(e) = state.save(path) {

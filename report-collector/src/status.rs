@@ -599,7 +599,7 @@ impl Status {
         if self.fence == Some(FenceNote::NotAcknowledged) {
             let _ = writeln!(
                 out,
-                "fence:    not acknowledged: the report server did not say it enforced the last fenced run's token (the original server, a report-apis older than 0.2.0, or [fence] enforce = false), so a holder that lost the lock can still have it issue or cancel a ticket"
+                "fence:    not acknowledged: the report server did not say it enforced the last fenced run's token (the original server, a report-apis without the fence, or [fence] enforce = false), so a holder that lost the lock can still have it issue or cancel a ticket"
             );
         }
         out

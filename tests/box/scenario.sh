@@ -729,6 +729,12 @@ phase_remove() {
     local box=$1 out unit state reports kept
     out=$(box_out "$box")
     reports=$(box_exec "$box" find /var/lib/report-collector/reports -type f | wc -l)
+    # The fence: every run sent its lock's token, report-apis kept the lock's mark on disk in its
+    # StateDirectory, and acknowledged it (status says nothing of a fence not acknowledged).
+    check "the server keeps the collector's fence mark in /var/lib/report-apis/fence.json" \
+        box_exec "$box" grep -q '"locks":\[{"id":"[0-9a-f]\{32\}"' /var/lib/report-apis/fence.json
+    check "report-collector status: the server acknowledged the fence" \
+        bash -c '! grep -q "^fence:" <<<"$1"' _ "$(box_exec "$box" report-collector status 2>&1)"
     if box_exec "$box" dpkg -r report-collector report-apis </dev/null >"$out/dpkg-remove.log" 2>&1; then
         pass "dpkg -r report-collector report-apis"
     else
@@ -758,6 +764,8 @@ phase_remove() {
     check "after purge: /etc/report-apis and /etc/report-collector gone" \
         box_exec "$box" test ! -e /etc/report-apis -a ! -e /etc/report-collector
     check "after purge: /var/lib/report-collector gone" box_exec "$box" test ! -e /var/lib/report-collector
+    check "after purge: the server's fence marks gone (/var/lib/report-apis, /var/lib/private/report-apis)" \
+        box_exec "$box" test ! -e /var/lib/report-apis -a ! -e /var/lib/private/report-apis
     check "after purge: the system user report-collector stays" box_exec "$box" getent passwd report-collector
     check "after purge: dpkg knows neither package" \
         bash -c '! grep -Eq "^(ii|rc) +report-(apis|collector) " <<<"$1"' _ "$(box_exec "$box" dpkg -l 2>/dev/null)"
