@@ -12,6 +12,7 @@
 mod bus;
 mod conformance;
 mod crash_points;
+mod failover;
 mod fence;
 mod files;
 mod hostile_server;

@@ -7,11 +7,16 @@
 //! database of its own ([`Cluster::fleet`]), named for the test, in which it may alter the
 //! tables or put a trigger on them without touching another test's.
 //!
-//! A cluster is stopped and its directory removed when it is dropped or, for a shared one (a
-//! static, never dropped), when the test process ends, however it ends: a watcher process
-//! started with it waits for the end of its stdin, a pipe whose other end only this process
-//! holds (never inherited by the processes the tests start), then stops the server and removes
-//! the directory.
+//! A test of failover starts clusters of its own: a primary, and a streaming standby of it
+//! ([`Cluster::standby_of`], `pg_basebackup -R` into a directory and port of its own), which it
+//! kills ([`Cluster::kill`]) and promotes ([`Cluster::promote`]); [`Cluster::fleet_of`] is the
+//! primary's database as the standby has it.
+//!
+//! A cluster (a standby too) is stopped and its directory removed when it is dropped or, for a
+//! shared one (a static, never dropped), when the test process ends, however it ends: a
+//! watcher process started with it waits for the end of its stdin, a pipe whose other end only
+//! this process holds (never inherited by the processes the tests start), then stops the
+//! server and removes the directory.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -46,6 +51,54 @@ impl Cluster {
     /// A cluster started with the server options `options` (`{dir}` is its directory), after
     /// `prepare` has put what they name into that directory (then given to postgres).
     pub fn start_with(options: &str, prepare: impl FnOnce(&Path)) -> Cluster {
+        let cluster = Cluster::watched(prepare);
+        as_postgres(&[
+            &format!("{BIN}/initdb"),
+            "-D",
+            &cluster.data(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ]);
+        cluster.start(options);
+        cluster
+    }
+
+    /// A streaming standby of `primary` (`pg_basebackup -R`: it follows the primary's WAL
+    /// from the backup on), in a directory of its own, on a port of its own, started with the
+    /// server options `options` and read-only until [`Cluster::promote`]d. It connects to the
+    /// primary as `application_name` (`cluster_name`), the name `synchronous_standby_names`
+    /// matches. The primary's own options are on its command line, not in its configuration
+    /// files, so the standby does not take them from the backup.
+    pub fn standby_of(primary: &Cluster, application_name: &str, options: &str) -> Cluster {
+        let standby = Cluster::watched(|_| {});
+        as_postgres(&[
+            &format!("{BIN}/pg_basebackup"),
+            "-D",
+            &standby.data(),
+            "-h",
+            &primary.socket_dir(),
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            "postgres",
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-sync",
+        ]);
+        standby.start(&format!("-c cluster_name={application_name} {options}"));
+        standby
+    }
+
+    /// A directory of its own under /tmp, watched before anything is made in it (a failure
+    /// later drops the cluster, and the watcher removes what was made), with what `prepare`
+    /// put in it, given to postgres; and a port.
+    fn watched(prepare: impl FnOnce(&Path)) -> Cluster {
         require_root("the cluster runs as user postgres");
         prerequisite(
             "the PostgreSQL 15 binaries",
@@ -61,8 +114,6 @@ impl Cluster {
             .tempdir_in("/tmp")
             .unwrap()
             .keep();
-        // Watched before anything is made in it: a failure below drops the cluster, and the
-        // watcher removes what was made.
         let cluster = Cluster {
             watcher: watch(&dir),
             dir,
@@ -70,40 +121,50 @@ impl Cluster {
         };
         prepare(&cluster.dir);
         chown_tree(&cluster.dir, &user);
-        let data = cluster.data();
-        as_postgres(&[
-            &format!("{BIN}/initdb"),
-            "-D",
-            &data,
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-        ]);
-        as_postgres(&[
-            &format!("{BIN}/pg_ctl"),
-            "-D",
-            &data,
+        cluster
+    }
+
+    /// Starts the server on its data directory with the server options `options`.
+    fn start(&self, options: &str) {
+        self.pg_ctl(&[
             "-o",
             &format!(
                 "-k {} -c listen_addresses='' -p {} -c fsync=off {}",
-                cluster.socket_dir(),
-                cluster.port,
-                options.replace("{dir}", &cluster.socket_dir())
+                self.socket_dir(),
+                self.port,
+                options.replace("{dir}", &self.socket_dir())
             ),
             "-l",
-            &format!("{}/log", cluster.socket_dir()),
+            &format!("{}/log", self.socket_dir()),
             "-w",
             "start",
         ]);
-        cluster
+    }
+
+    /// Stops the server at once, as a crash of its host would (`pg_ctl stop -m immediate`):
+    /// no checkpoint, nothing more sent to a standby. Its directory stays until it is dropped.
+    pub fn kill(&self) {
+        self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+    }
+
+    /// Makes a standby the primary (`pg_ctl promote -w`: returns once it takes writes), on a
+    /// timeline of its own.
+    pub fn promote(&self) {
+        self.pg_ctl(&["-w", "promote"]);
+    }
+
+    /// `pg_ctl -D DATA` with `args`, as postgres.
+    fn pg_ctl(&self, args: &[&str]) {
+        let data = self.data();
+        let mut all = vec![format!("{BIN}/pg_ctl"), "-D".to_owned(), data];
+        all.extend(args.iter().map(|&a| a.to_owned()));
+        as_postgres(&all.iter().map(String::as_str).collect::<Vec<_>>());
     }
 
     /// A database `name` of its own for one test, set up as the README tells an operator to
     /// (PostgreSQL 15: no role creates in public by default, so the collector gets a schema of
     /// its own). Each test names its own: a name used twice fails.
-    pub fn fleet(&'static self, name: &str) -> Fleet {
+    pub fn fleet(&self, name: &str) -> Fleet {
         self.psql("postgres", &format!("CREATE DATABASE \"{name}\""));
         self.psql(
             name,
@@ -112,8 +173,14 @@ impl Cluster {
                  ALTER ROLE report_collector IN DATABASE \"{name}\" SET search_path = report_collector;"
             ),
         );
+        self.fleet_of(name)
+    }
+
+    /// The database `name`, made already (on a standby: by its primary), as a fleet.
+    pub fn fleet_of(&self, name: &str) -> Fleet {
         Fleet {
-            cluster: self,
+            socket_dir: self.socket_dir(),
+            port: self.port,
             db: name.to_owned(),
         }
     }
@@ -129,19 +196,7 @@ impl Cluster {
 
     /// Runs `sql` as the superuser in database `db`; returns the rows, `|`-separated.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--", "psql", "-X", "-A", "-t", "-q"])
-            .args(["-v", "ON_ERROR_STOP=1", "-h", &self.socket_dir()])
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db])
-            .args(["-c", sql])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        psql(&self.socket_dir(), self.port, db, sql)
     }
 }
 
@@ -152,9 +207,10 @@ impl Drop for Cluster {
     }
 }
 
-/// One test's database in the shared cluster: a fleet of collectors of its own.
+/// One test's database in a cluster (mostly the shared one): a fleet of collectors of its own.
 pub struct Fleet {
-    cluster: &'static Cluster,
+    socket_dir: String,
+    port: u16,
     db: String,
 }
 
@@ -163,15 +219,13 @@ impl Fleet {
     pub fn connect(&self) -> String {
         format!(
             "host={} port={} user=report_collector dbname={}",
-            self.cluster.socket_dir(),
-            self.cluster.port,
-            self.db
+            self.socket_dir, self.port, self.db
         )
     }
 
     /// Runs `sql` as the superuser in this database; returns the rows, `|`-separated.
     pub fn psql(&self, sql: &str) -> String {
-        self.cluster.psql(&self.db, sql)
+        psql(&self.socket_dir, self.port, &self.db, sql)
     }
 
     /// One column of the lock's row `name`.
@@ -215,6 +269,23 @@ fn chown_tree(path: &Path, user: &nix::unistd::User) {
             chown_tree(&entry.unwrap().path(), user);
         }
     }
+}
+
+/// Runs `sql` as the superuser in database `db` of the server on `socket_dir`, `port`.
+fn psql(socket_dir: &str, port: u16, db: &str, sql: &str) -> String {
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--", "psql", "-X", "-A", "-t", "-q"])
+        .args(["-v", "ON_ERROR_STOP=1", "-h", socket_dir])
+        .args(["-p", &port.to_string(), "-U", "postgres", "-d", db])
+        .args(["-c", sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn as_postgres(args: &[&str]) {
