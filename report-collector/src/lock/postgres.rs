@@ -620,7 +620,7 @@ impl PostgresLock {
         };
         let name = self.lock_name.replace('\'', "''");
         Some(format!(
-            "the row of the lock \"{}\" on {} cannot give a new holder a generation greater than every earlier one: {what}, which no collector writes (the generation is the fencing token that keeps an ended holder's writes out, and only increases); stop the collectors on every host sharing the lock (`systemctl stop report-collector.timer report-collector.service`), then reset it with `UPDATE report_collector_lock SET generation = 0 WHERE name = '{name}'`, and start them again",
+            "the row of the lock \"{}\" on {} cannot give a new holder a generation greater than every earlier one: {what}, which no collector writes (the generation is the fencing token that keeps an ended holder's writes out, and only increases); stop the collectors on every host sharing the lock (`systemctl stop report-collector.timer report-collector.service`), then reset it with `UPDATE report_collector_lock SET generation = 0, lock_id = NULL WHERE name = '{name}'`, and start them again (clearing `lock_id` makes report-apis keep a fresh mark for the new count)",
             self.lock_name, self.target
         ))
     }
@@ -1480,7 +1480,7 @@ mod tests {
         );
         assert!(
             why.contains(
-                "`UPDATE report_collector_lock SET generation = 0 WHERE name = 'o''fleet'`"
+                "`UPDATE report_collector_lock SET generation = 0, lock_id = NULL WHERE name = 'o''fleet'`"
             ),
             "{why}"
         );
