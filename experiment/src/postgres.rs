@@ -27,7 +27,8 @@ pub const DATABASE: &str = "experiment";
 
 /// What to do when the cluster cannot be started here, in one sentence.
 pub const HOW_TO_INSTALL: &str = "the arms on the PostgreSQL lock start a throw-away PostgreSQL 15 \
-     cluster: install it with `apt install postgresql-15` (scripts/install-deps.sh does) and run \
+     cluster: install it with `apt install postgresql-15` (on Debian 12, scripts/install-deps.sh \
+     installs it as the postgresql package) and run \
      the experiment as root (the cluster runs as user postgres), or leave those arms out with \
      --without-postgres";
 
