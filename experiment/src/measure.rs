@@ -375,7 +375,10 @@ mod tests {
                 run(0.0, 1.0, ExitKind::Collected),
                 run(3.0, 6.0, ExitKind::Collected),
                 run(4.0, 4.01, ExitKind::Skipped),
-                run(5.0, 5.5, ExitKind::Failed("exit status: 1".into())),
+                RunRecord {
+                    failure: Some("1".into()),
+                    ..run(5.0, 5.5, ExitKind::Failed("exit status: 1".into()))
+                },
                 run(6.0, 9.0, ExitKind::CutOff),
             ],
             samples: vec![Sample {
