@@ -4,9 +4,14 @@
 //! policy does all the work. systemd 252 never starts a second run and fires a swallowed slot the
 //! moment the run ends; that is where `forbid` with and without a starting deadline differ.
 //! One more arm is `forbid` under cron with every other run killed (`kill -9`) while it holds a
-//! ticket: what the next run makes of the ticket a dead run left behind.
+//! ticket: what the next run makes of the ticket a dead run left behind. The last two are a fleet
+//! of hosts on the PostgreSQL lock whose holders the experiment pauses past their lease, against
+//! a server with the fence enforced and with it off.
 
 use report_collector::lock::Policy;
+
+/// Hosts of each arm on the PostgreSQL lock.
+pub const POSTGRES_HOSTS: usize = 3;
 
 /// How the experiment's own launcher fires runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +42,18 @@ pub enum ArmId {
     Replace,
     Wait,
     ForbidKilled,
+    PostgresFenced,
+    PostgresUnfenced,
+}
+
+/// Which lock the arm's collectors take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    /// The flock of one host (`lock-backend = "flock"`, the default).
+    File,
+    /// The lease in a PostgreSQL row, shared by the arm's hosts (`lock-backend = "postgres"`),
+    /// against a server that enforces the fence or not (`[fence] enforce`).
+    Postgres { fence: bool },
 }
 
 /// One arm: a policy, a launcher and whether the collector has a starting deadline.
@@ -49,17 +66,27 @@ pub struct Arm {
     /// The experiment `kill -9`s every other run it fires (the 2nd, 4th, ...) once that run
     /// holds a ticket (see [`crate::launcher`]).
     pub kill_every_other: bool,
+    pub lock: LockKind,
+    /// Simulated hosts: each slot fires one run on each (one collector config, state and
+    /// report folder each; on the PostgreSQL lock each its own `host-name`).
+    pub hosts: usize,
+    /// The experiment stops (SIGSTOP) every other holder as it sends its ticket request and
+    /// continues it once another host took over (see [`crate::proxy`]).
+    pub pause_holders: bool,
 }
 
 impl Arm {
     /// Every arm, in table order.
-    pub const ALL: [Arm; 7] = [
+    pub const ALL: [Arm; 9] = [
         Arm {
             id: ArmId::Allow,
             policy: Policy::Allow,
             launcher: Launcher::Cron,
             starting_deadline: false,
             kill_every_other: false,
+            lock: LockKind::File,
+            hosts: 1,
+            pause_holders: false,
         },
         Arm {
             id: ArmId::Forbid,
@@ -67,6 +94,9 @@ impl Arm {
             launcher: Launcher::Cron,
             starting_deadline: false,
             kill_every_other: false,
+            lock: LockKind::File,
+            hosts: 1,
+            pause_holders: false,
         },
         Arm {
             id: ArmId::ForbidDeadline,
@@ -74,6 +104,9 @@ impl Arm {
             launcher: Launcher::Systemd252,
             starting_deadline: true,
             kill_every_other: false,
+            lock: LockKind::File,
+            hosts: 1,
+            pause_holders: false,
         },
         Arm {
             id: ArmId::ForbidNoDeadline,
@@ -81,6 +114,9 @@ impl Arm {
             launcher: Launcher::Systemd252,
             starting_deadline: false,
             kill_every_other: false,
+            lock: LockKind::File,
+            hosts: 1,
+            pause_holders: false,
         },
         Arm {
             id: ArmId::Replace,
@@ -88,6 +124,9 @@ impl Arm {
             launcher: Launcher::Cron,
             starting_deadline: false,
             kill_every_other: false,
+            lock: LockKind::File,
+            hosts: 1,
+            pause_holders: false,
         },
         Arm {
             id: ArmId::Wait,
@@ -95,6 +134,9 @@ impl Arm {
             launcher: Launcher::Cron,
             starting_deadline: false,
             kill_every_other: false,
+            lock: LockKind::File,
+            hosts: 1,
+            pause_holders: false,
         },
         Arm {
             id: ArmId::ForbidKilled,
@@ -102,8 +144,49 @@ impl Arm {
             launcher: Launcher::Cron,
             starting_deadline: false,
             kill_every_other: true,
+            lock: LockKind::File,
+            hosts: 1,
+            pause_holders: false,
+        },
+        Arm {
+            id: ArmId::PostgresFenced,
+            policy: Policy::Forbid,
+            launcher: Launcher::Cron,
+            starting_deadline: false,
+            kill_every_other: false,
+            lock: LockKind::Postgres { fence: true },
+            hosts: POSTGRES_HOSTS,
+            pause_holders: true,
+        },
+        Arm {
+            id: ArmId::PostgresUnfenced,
+            policy: Policy::Forbid,
+            launcher: Launcher::Cron,
+            starting_deadline: false,
+            kill_every_other: false,
+            lock: LockKind::Postgres { fence: false },
+            hosts: POSTGRES_HOSTS,
+            pause_holders: true,
         },
     ];
+
+    /// The arms of one experiment: all, or all but those on the PostgreSQL lock.
+    pub fn selected(with_postgres: bool) -> Vec<Arm> {
+        Arm::ALL
+            .into_iter()
+            .filter(|a| with_postgres || !a.on_postgres())
+            .collect()
+    }
+
+    /// Whether the arm's collectors take the PostgreSQL lock.
+    pub fn on_postgres(&self) -> bool {
+        matches!(self.lock, LockKind::Postgres { .. })
+    }
+
+    /// Whether the arm's server enforces the fence (`[fence] enforce`, on by default).
+    pub fn server_enforces_fence(&self) -> bool {
+        !matches!(self.lock, LockKind::Postgres { fence: false })
+    }
 
     /// The label in the table and the chart legend.
     pub fn label(&self) -> &'static str {
@@ -115,6 +198,8 @@ impl Arm {
             ArmId::Replace => "replace",
             ArmId::Wait => "wait",
             ArmId::ForbidKilled => "forbid, killed",
+            ArmId::PostgresFenced => "postgres, paused holders, fenced",
+            ArmId::PostgresUnfenced => "postgres, paused holders, no fence",
         }
     }
 
@@ -128,6 +213,8 @@ impl Arm {
             ArmId::Replace => "replace",
             ArmId::Wait => "wait",
             ArmId::ForbidKilled => "forbid-killed",
+            ArmId::PostgresFenced => "postgres-fenced",
+            ArmId::PostgresUnfenced => "postgres-unfenced",
         }
     }
 }

@@ -17,6 +17,8 @@ fn colour(id: ArmId) -> RGBColor {
         ArmId::Replace => RGBColor(148, 103, 189),
         ArmId::Wait => RGBColor(140, 86, 75),
         ArmId::ForbidKilled => RGBColor(23, 190, 207),
+        ArmId::PostgresFenced => RGBColor(188, 189, 34),
+        ArmId::PostgresUnfenced => RGBColor(227, 119, 194),
     }
 }
 

@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use report_collector::config::Config;
+use report_collector::config::{Config, LockBackend, PostgresConfig, Tls};
 use report_collector::lock::HolderRecord;
 use report_collector::lock::Policy;
 use report_collector::store::is_report_name;
@@ -29,12 +29,15 @@ use crate::server::config_file;
 #[derive(Debug, Clone)]
 pub struct CollectorSetup {
     binary: PathBuf,
-    config: PathBuf,
+    /// One config file per host.
+    configs: Vec<PathBuf>,
     logs: PathBuf,
-    /// The lock file, when the arm's policy takes the lock (not under `allow`).
+    /// The lock file, when the arm's policy takes the flock (not under `allow`, nor on the
+    /// PostgreSQL lock).
     lock_file: Option<PathBuf>,
-    report_dir: PathBuf,
-    metrics_file: PathBuf,
+    /// Each host's.
+    report_dirs: Vec<PathBuf>,
+    metrics_files: Vec<PathBuf>,
 }
 
 /// What an arm's runs left on disk once they had all ended.
@@ -106,10 +109,57 @@ pub fn effective_policy(arm: &Arm, params: &Params) -> Policy {
     }
 }
 
+/// The PostgreSQL lock of one host of an arm on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresHost {
+    /// `postgres.connect`.
+    pub connect: String,
+    /// `postgres.lock-name`: the same for every host of the arm.
+    pub lock_name: String,
+    /// `postgres.host-name`: this host's.
+    pub host_name: String,
+}
+
+/// The name of host `index` (from 0) of an arm.
+pub fn host_name(index: usize) -> String {
+    format!("host-{}", index + 1)
+}
+
+/// The folder of host `index` of an arm in the arm's folder `dir`: the folder itself when the
+/// arm has one host.
+pub fn host_dir(arm: &Arm, dir: &Path, index: usize) -> PathBuf {
+    if arm.hosts > 1 {
+        dir.join(host_name(index))
+    } else {
+        dir.to_path_buf()
+    }
+}
+
 /// The collector's configuration for this arm: the shipped defaults with time compressed, all
-/// its files in `dir`, and a starting deadline only where the arm has one.
-pub fn config(arm: &Arm, params: &Params, server_url: &str, dir: &Path) -> Config {
+/// its files in `dir`, a starting deadline only where the arm has one, and the PostgreSQL lock
+/// with a scaled lease for a host of an arm on it.
+pub fn config(
+    arm: &Arm,
+    params: &Params,
+    server_url: &str,
+    dir: &Path,
+    postgres: Option<&PostgresHost>,
+) -> Config {
+    let pg = postgres.map(|pg| PostgresConfig {
+        connect: pg.connect.clone(),
+        lock_name: pg.lock_name.clone(),
+        host_name: Some(pg.host_name.clone()),
+        lease: params.lease(),
+        tls: Tls::Disable,
+        ..PostgresConfig::default()
+    });
     Config {
+        lock_backend: if pg.is_some() {
+            LockBackend::Postgres
+        } else {
+            LockBackend::Flock
+        },
+        postgres: pg,
         server_url: server_url.to_owned(),
         policy: effective_policy(arm, params),
         lock_file: dir.join("collector.lock"),
@@ -130,31 +180,56 @@ pub fn config(arm: &Arm, params: &Params, server_url: &str, dir: &Path) -> Confi
 }
 
 impl CollectorSetup {
-    /// Writes the arm's config into `dir`.
+    /// Writes the arm's config of each host into `dir` (a folder per host when it has
+    /// several); `connect` is the PostgreSQL lock's `postgres.connect` for an arm on it.
     pub fn prepare(
         binary: &Path,
         dir: &Path,
         arm: &Arm,
         params: &Params,
         server_url: &str,
+        connect: Option<&str>,
     ) -> anyhow::Result<Self> {
         let logs = dir.join("runs");
         fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-        fs::create_dir_all(dir.join("reports")).context("cannot create the report directory")?;
-        let config = config(arm, params, server_url, dir);
-        let path = dir.join("report-collector.toml");
-        fs::write(&path, config_file(&config)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(CollectorSetup {
+        let mut setup = CollectorSetup {
             binary: binary.to_path_buf(),
-            config: path,
+            configs: Vec::new(),
             logs,
-            lock_file: (config.policy != Policy::Allow).then_some(config.lock_file),
-            report_dir: config.report_dir,
-            metrics_file: config
-                .metrics_file
-                .unwrap_or_else(|| dir.join("collector.prom")),
-        })
+            lock_file: None,
+            report_dirs: Vec::new(),
+            metrics_files: Vec::new(),
+        };
+        for index in 0..arm.hosts.max(1) {
+            let host = host_dir(arm, dir, index);
+            fs::create_dir_all(host.join("reports"))
+                .context("cannot create the report directory")?;
+            let postgres = connect.filter(|_| arm.on_postgres()).map(|c| PostgresHost {
+                connect: c.to_owned(),
+                lock_name: arm.slug().to_owned(),
+                host_name: host_name(index),
+            });
+            let config = config(arm, params, server_url, &host, postgres.as_ref());
+            let path = host.join("report-collector.toml");
+            fs::write(&path, config_file(&config)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            setup.configs.push(path);
+            if config.policy != Policy::Allow && config.lock_backend == LockBackend::Flock {
+                setup.lock_file = Some(config.lock_file);
+            }
+            setup.report_dirs.push(config.report_dir);
+            setup.metrics_files.push(
+                config
+                    .metrics_file
+                    .unwrap_or_else(|| host.join("collector.prom")),
+            );
+        }
+        Ok(setup)
+    }
+
+    /// How many hosts fire at each slot.
+    pub fn hosts(&self) -> usize {
+        self.configs.len()
     }
 
     /// The file run number `seq` writes its stderr to.
@@ -176,24 +251,31 @@ impl CollectorSetup {
     }
 
     /// What the runs left on disk; read once they have all ended.
+    /// On the PostgreSQL lock, the ticket its row names is read by the caller (see
+    /// [`crate::postgres::Cluster::row_ticket`]).
     pub fn leftovers(&self) -> anyhow::Result<Leftovers> {
         let mut saved_tickets = Vec::new();
-        let entries = fs::read_dir(&self.report_dir)
-            .with_context(|| format!("cannot list {}", self.report_dir.display()))?;
-        for entry in entries {
-            let name = entry
-                .with_context(|| format!("cannot list {}", self.report_dir.display()))?
-                .file_name();
-            if let Some(ticket) = name.to_str().and_then(ticket_of_report) {
-                saved_tickets.push(ticket.to_owned());
+        for dir in &self.report_dirs {
+            let entries =
+                fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+            for entry in entries {
+                let name = entry
+                    .with_context(|| format!("cannot list {}", dir.display()))?
+                    .file_name();
+                if let Some(ticket) = name.to_str().and_then(ticket_of_report) {
+                    saved_tickets.push(ticket.to_owned());
+                }
             }
         }
         saved_tickets.sort();
-        let metrics = fs::read_to_string(&self.metrics_file).unwrap_or_default();
-        let resumed = parse(&metrics)
-            .get("report_collector_resumed_collections_total")
-            .copied()
-            .unwrap_or(0.0);
+        let mut resumed = 0.0;
+        for file in &self.metrics_files {
+            let metrics = fs::read_to_string(file).unwrap_or_default();
+            resumed += parse(&metrics)
+                .get("report_collector_resumed_collections_total")
+                .copied()
+                .unwrap_or(0.0);
+        }
         // A counter written by the collector as a whole number.
         #[expect(
             clippy::cast_possible_truncation,
@@ -212,15 +294,19 @@ impl CollectorSetup {
         })
     }
 
-    /// The command for run number `seq`, declared a timer start (`--trigger timer`, so
-    /// starting-deadline applies) when a timer fires it.
-    pub fn command(&self, seq: usize, timer_started: bool) -> anyhow::Result<Command> {
+    /// The command for run number `seq` on host `host` (from 0), declared a timer start
+    /// (`--trigger timer`, so starting-deadline applies) when a timer fires it.
+    pub fn command(&self, seq: usize, host: usize, timer_started: bool) -> anyhow::Result<Command> {
+        let config = self
+            .configs
+            .get(host)
+            .with_context(|| format!("the arm has no host {host}"))?;
         let out = File::create(self.logs.join(format!("{seq:03}.out")))
             .context("cannot create a run's log file")?;
         let err = File::create(self.stderr_path(seq)).context("cannot create a run's log file")?;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .arg("run")
             .env_remove("JOURNAL_STREAM")
             .env_remove("INVOCATION_ID")
@@ -254,7 +340,7 @@ mod tests {
 
     /// The file written for the arm, checked to load back as the very same configuration.
     fn config_text(arm: &Arm, params: &Params, server_url: &str, dir: &Path) -> String {
-        let config = config(arm, params, server_url, dir);
+        let config = config(arm, params, server_url, dir, None);
         let text = config_file(&config).unwrap();
         let read = Config::parse(Path::new("report-collector.toml"), &text).unwrap();
         assert_eq!(read, config, "{text}");
@@ -300,6 +386,38 @@ mod tests {
         let text = config_text(&arm(ArmId::ForbidKilled), &off, "http://h:1", dir);
         assert!(text.contains("resume-within = \"0s\""), "{text}");
         assert!(text.contains("policy = \"forbid\""), "{text}");
+    }
+
+    #[test]
+    fn a_host_on_the_postgres_lock_names_the_arms_lock_and_its_own_host() {
+        let p = Params::default();
+        let pg = PostgresHost {
+            connect: "host=/tmp/x port=5 user=report_collector dbname=experiment".into(),
+            lock_name: "postgres-fenced".into(),
+            host_name: host_name(1),
+        };
+        let arm = arm(ArmId::PostgresFenced);
+        let dir = host_dir(&arm, Path::new("/x"), 1);
+        assert_eq!(dir, Path::new("/x/host-2"));
+        let config = config(&arm, &p, "http://h:1", &dir, Some(&pg));
+        let text = config_file(&config).unwrap();
+        let read = Config::parse(Path::new("report-collector.toml"), &text).unwrap();
+        assert_eq!(read, config, "{text}");
+        for needle in [
+            "lock-backend = \"postgres\"",
+            "[postgres]",
+            "lock-name = \"postgres-fenced\"",
+            "host-name = \"host-2\"",
+            "lease = \"1s\"",
+            "tls = \"disable\"",
+            "policy = \"forbid\"",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        assert_eq!(
+            host_dir(&self::arm(ArmId::Forbid), Path::new("/x"), 0),
+            Path::new("/x")
+        );
     }
 
     #[test]

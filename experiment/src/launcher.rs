@@ -20,7 +20,7 @@ use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use report_collector::lock::Policy;
-use report_common::exit;
+use report_common::{exit, message_id};
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
@@ -70,6 +70,25 @@ pub struct RunRecord {
     /// When its output first says it took a ticket, seconds after slot 0: from then on it is
     /// collecting (a skip, or a run still waiting for the lock, never gets there).
     pub ticket_at: Option<f64>,
+    /// The host it ran on, from 0 (arms of one host: 0).
+    pub host: usize,
+    /// Its process id.
+    pub pid: u32,
+    /// For a failed run, its exit code and why, as the table shows it (see [`failure_label`]).
+    pub failure: Option<String>,
+}
+
+/// A failed run's exit code, and for exit 79 (the lock lost) which way it was lost, from the
+/// `MESSAGE_ID` of its line: `79 fenced` (the server refused its token), `79 lease` (its lease
+/// ran out while it was paused or cut off); `signal` when it had no exit code.
+pub fn failure_label(code: Option<i32>, stderr: &str) -> String {
+    let has = |id: &str| stderr.contains(&format!("MESSAGE_ID=\"{id}\""));
+    match code {
+        None => "signal".to_owned(),
+        Some(79) if has(message_id::FENCED) => "79 fenced".to_owned(),
+        Some(79) if has(message_id::LEASE_LOST) => "79 lease".to_owned(),
+        Some(code) => code.to_string(),
+    }
 }
 
 impl RunRecord {
@@ -80,6 +99,7 @@ impl RunRecord {
 
 struct Live {
     pid: u32,
+    host: usize,
     slot: u32,
     catch_up: bool,
     started: f64,
@@ -109,50 +129,54 @@ pub async fn launch(
     let mut kill_at: Option<Instant> = None;
     let far = Instant::now() + Duration::from_secs(86_400);
 
-    let mut fire =
-        |slot: u32, catch_up: bool, live: &mut HashMap<usize, Live>| -> anyhow::Result<()> {
-            let started = clock.now();
-            // Outside systemd, a timer start is declared (`--trigger timer`); the collector
-            // places it in its schedule-period slot, which is the experiment's slot.
-            let timer_started = matches!(arm.launcher, Launcher::Systemd252);
-            let mut cmd = setup.command(seq, timer_started)?;
-            let mut child = cmd.spawn().context("cannot start report-collector")?;
-            let pid = child.id().unwrap_or(0);
-            let tx = tx.clone();
-            let this = seq;
-            let to_kill = (arm.kill_every_other && seq % 2 == 1).then(|| setup.clone());
-            tokio::spawn(async move {
-                let (status, killed) = match to_kill {
-                    None => (child.wait().await, false),
-                    Some(setup) => tokio::select! {
-                        status = child.wait() => (status, false),
-                        () = holding_a_ticket(&setup, this, pid) => {
-                            // Already gone if it exited meanwhile; the wait says how it ended.
-                            let _ = child.start_kill();
-                            (child.wait().await, true)
-                        }
-                    },
-                };
-                // The receiver outlives every child; a send error only means the launcher gave up.
-                let _ = tx.send(Ended {
-                    seq: this,
-                    status,
-                    at: Instant::now(),
-                    killed,
-                });
-            });
-            live.insert(
-                seq,
-                Live {
-                    pid,
-                    slot,
-                    catch_up,
-                    started,
+    let mut fire = |slot: u32,
+                    catch_up: bool,
+                    host: usize,
+                    live: &mut HashMap<usize, Live>|
+     -> anyhow::Result<()> {
+        let started = clock.now();
+        // Outside systemd, a timer start is declared (`--trigger timer`); the collector
+        // places it in its schedule-period slot, which is the experiment's slot.
+        let timer_started = matches!(arm.launcher, Launcher::Systemd252);
+        let mut cmd = setup.command(seq, host, timer_started)?;
+        let mut child = cmd.spawn().context("cannot start report-collector")?;
+        let pid = child.id().unwrap_or(0);
+        let tx = tx.clone();
+        let this = seq;
+        let to_kill = (arm.kill_every_other && seq % 2 == 1).then(|| setup.clone());
+        tokio::spawn(async move {
+            let (status, killed) = match to_kill {
+                None => (child.wait().await, false),
+                Some(setup) => tokio::select! {
+                    status = child.wait() => (status, false),
+                    () = holding_a_ticket(&setup, this, pid) => {
+                        // Already gone if it exited meanwhile; the wait says how it ended.
+                        let _ = child.start_kill();
+                        (child.wait().await, true)
+                    }
                 },
-            );
-            seq += 1;
-            Ok(())
-        };
+            };
+            // The receiver outlives every child; a send error only means the launcher gave up.
+            let _ = tx.send(Ended {
+                seq: this,
+                status,
+                at: Instant::now(),
+                killed,
+            });
+        });
+        live.insert(
+            seq,
+            Live {
+                pid,
+                host,
+                slot,
+                catch_up,
+                started,
+            },
+        );
+        seq += 1;
+        Ok(())
+    };
 
     loop {
         if next_slot >= slots && live.is_empty() {
@@ -169,10 +193,15 @@ pub async fn launch(
                 let slot = next_slot;
                 next_slot += 1;
                 match arm.launcher {
-                    Launcher::Cron => fire(slot, false, &mut live)?,
+                    // Every host's cron fires at the slot.
+                    Launcher::Cron => {
+                        for host in 0..setup.hosts() {
+                            fire(slot, false, host, &mut live)?;
+                        }
+                    }
                     // systemd swallows the elapse while the unit runs and re-fires once at its end.
                     Launcher::Systemd252 if !live.is_empty() => missed = Some(slot),
-                    Launcher::Systemd252 => fire(slot, false, &mut live)?,
+                    Launcher::Systemd252 => fire(slot, false, 0, &mut live)?,
                 }
             }
             Some(Ended { seq: id, status, at, killed }) = rx.recv() => {
@@ -181,8 +210,14 @@ pub async fn launch(
                 let ticket = ticket_in_output(&output);
                 let ticket_at = ticket_taken_at(&output).map(|at| clock.secs_of_wall(at));
                 let end = End { cut_off: cut_off.contains(&id), killed };
-                let exit = classify(status, end, policy, || output);
+                let code = status.as_ref().ok().and_then(ExitStatus::code);
+                let exit = classify(status, end, policy, || output.clone());
+                let failure =
+                    matches!(exit, ExitKind::Failed(_)).then(|| failure_label(code, &output));
                 records.push(RunRecord {
+                    host: run.host,
+                    pid: run.pid,
+                    failure,
                     seq: id,
                     slot: run.slot,
                     slot_time: f64::from(run.slot) * slot_secs,
@@ -198,7 +233,7 @@ pub async fn launch(
                     && clock.now() < span_end
                     && let Some(slot) = missed.take()
                 {
-                    fire(slot, true, &mut live)?;
+                    fire(slot, true, 0, &mut live)?;
                 }
             }
             _ = sleep_until(drain_end.into()), if draining => {
@@ -294,6 +329,23 @@ mod tests {
 
     fn code(c: i32) -> std::io::Result<ExitStatus> {
         Ok(ExitStatus::from_raw(c << 8))
+    }
+
+    #[test]
+    fn a_lost_lock_says_how_it_was_lost() {
+        let fenced = format!(
+            "x ERROR the server refused this run's fence MESSAGE_ID=\"{}\" HOST=h\n",
+            message_id::FENCED
+        );
+        let lease = format!(
+            "x ERROR lease lost MESSAGE_ID=\"{}\"\n",
+            message_id::LEASE_LOST
+        );
+        assert_eq!(failure_label(Some(79), &fenced), "79 fenced");
+        assert_eq!(failure_label(Some(79), &lease), "79 lease");
+        assert_eq!(failure_label(Some(79), "nothing said"), "79");
+        assert_eq!(failure_label(Some(1), &fenced), "1");
+        assert_eq!(failure_label(None, ""), "signal");
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub mod launcher;
 pub mod measure;
 pub mod output;
 pub mod params;
+pub mod postgres;
+pub mod proxy;
 pub mod scrape;
 pub mod server;
 pub mod shape;

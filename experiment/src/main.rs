@@ -65,7 +65,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
     let work_dir = cli.work_dir.unwrap_or_else(|| temp.path().to_path_buf());
     eprintln!(
         "experiment: {} arms side by side for {} s (plus up to {} s for the last runs to end)...",
-        experiment::Arm::ALL.len(),
+        experiment::Arm::selected(!params.without_postgres).len(),
         params.span.as_secs_f64(),
         params.drain.as_secs_f64()
     );

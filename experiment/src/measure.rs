@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::arm::Arm;
 use crate::collector::Leftovers;
 use crate::launcher::{ExitKind, RunRecord};
+use crate::proxy::Pause;
 use crate::scrape::{Sample, Scrape};
 
 /// Two collector processes count as two runs at once only when they are alive together for at
@@ -26,6 +27,8 @@ pub struct ArmResult {
     pub last: Scrape,
     /// What the arm's runs left on disk after the last one ended.
     pub leftovers: Leftovers,
+    /// The holders the experiment stopped at their ticket request (arms that pause holders).
+    pub pauses: Vec<Pause>,
 }
 
 /// The table row of one arm.
@@ -35,6 +38,9 @@ pub struct Summary {
     pub collected: usize,
     pub skipped: usize,
     pub failed: usize,
+    /// Failed runs by exit code (and for 79, how the lock was lost), see
+    /// [`crate::launcher::failure_label`].
+    pub failed_by: BTreeMap<String, usize>,
     pub replaced: usize,
     /// SIGKILLed by the experiment while holding a ticket (the arm that kills every other run).
     pub killed: usize,
@@ -52,6 +58,13 @@ pub struct Summary {
     /// The server's mean time from request to ready, seconds.
     pub generation_mean: Option<f64>,
     pub tickets: Tickets,
+    /// Holders stopped at their ticket request by the experiment.
+    pub paused: usize,
+    /// Of those, the ones whose held request was sent on to the server (after a takeover).
+    pub paused_delivered: usize,
+    /// Requests the server refused for a token below its lock's mark
+    /// (`report_apis_rejections_total{reason="fence-stale"}`).
+    pub refused_stale: u64,
 }
 
 /// What became of every ticket the arm's server issued.
@@ -130,11 +143,19 @@ impl ArmResult {
             .iter()
             .map(|s| s.scrape.pending)
             .fold(0.0, f64::max);
+        let mut failed_by = BTreeMap::new();
+        for label in self.runs.iter().filter_map(|r| r.failure.as_deref()) {
+            *failed_by.entry(label.to_owned()).or_default() += 1;
+        }
         Summary {
             fired: self.runs.len(),
             collected: count(|e| *e == ExitKind::Collected),
             skipped: count(|e| *e == ExitKind::Skipped),
             failed: count(|e| matches!(e, ExitKind::Failed(_))),
+            failed_by,
+            paused: self.pauses.len(),
+            paused_delivered: self.pauses.iter().filter(|p| p.delivered).count(),
+            refused_stale: whole(self.last.fence_stale),
             replaced: count(|e| *e == ExitKind::Replaced),
             killed: count(|e| *e == ExitKind::Killed),
             cut_off: count(|e| *e == ExitKind::CutOff),
@@ -284,6 +305,9 @@ mod tests {
             exit,
             ticket: None,
             ticket_at: None,
+            host: 0,
+            pid: 0,
+            failure: None,
         }
     }
 
@@ -351,7 +375,10 @@ mod tests {
                 run(0.0, 1.0, ExitKind::Collected),
                 run(3.0, 6.0, ExitKind::Collected),
                 run(4.0, 4.01, ExitKind::Skipped),
-                run(5.0, 5.5, ExitKind::Failed("exit status: 1".into())),
+                RunRecord {
+                    failure: Some("1".into()),
+                    ..run(5.0, 5.5, ExitKind::Failed("exit status: 1".into()))
+                },
                 run(6.0, 9.0, ExitKind::CutOff),
             ],
             samples: vec![Sample {
@@ -368,6 +395,7 @@ mod tests {
                 ..Scrape::default()
             },
             leftovers: Leftovers::default(),
+            pauses: Vec::new(),
         };
         let s = result.summary();
         assert_eq!(
@@ -386,6 +414,46 @@ mod tests {
         assert_eq!(s.to_csv_max, Some(3.0));
         assert_eq!(s.generation_mean, Some(1.5));
         assert_eq!(result.long_runs(2.5).count(), 1);
+        assert_eq!(s.failed_by, BTreeMap::from([("1".to_owned(), 1)]));
+        assert_eq!((s.paused, s.paused_delivered, s.refused_stale), (0, 0, 0));
+    }
+
+    #[test]
+    fn paused_holders_and_refusals_are_counted() {
+        let failed = |label: &str| {
+            let mut r = run(3.0, 6.5, ExitKind::Failed("exit status: 79".into()));
+            r.failure = Some(label.to_owned());
+            r
+        };
+        let pause = |delivered| Pause {
+            pid: 7,
+            stopped: 0.1,
+            continued: Some(3.2),
+            delivered,
+        };
+        let result = ArmResult {
+            arm: crate::arm::Arm::ALL[7],
+            runs: vec![
+                failed("79 fenced"),
+                failed("79 fenced"),
+                failed("79 lease"),
+                run(3.0, 4.0, ExitKind::Collected),
+            ],
+            samples: Vec::new(),
+            last: Scrape {
+                fence_stale: 2.0,
+                ..Scrape::default()
+            },
+            leftovers: Leftovers::default(),
+            pauses: vec![pause(true), pause(true), pause(false)],
+        };
+        let s = result.summary();
+        assert_eq!(s.failed, 3);
+        assert_eq!(
+            s.failed_by,
+            BTreeMap::from([("79 fenced".to_owned(), 2), ("79 lease".to_owned(), 1)])
+        );
+        assert_eq!((s.paused, s.paused_delivered, s.refused_stale), (3, 2, 2));
     }
 
     #[test]
@@ -426,6 +494,7 @@ mod tests {
                 record_ticket: Some("c".into()),
                 resumed: 1,
             },
+            pauses: Vec::new(),
         };
         let t = result.summary().tickets;
         assert_eq!(

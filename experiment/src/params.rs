@@ -42,6 +42,9 @@ pub struct Params {
     /// is cancelled and a new one requested). Default: the shipped 30 min, scaled by slot / 1 min.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub resume_within: Option<Duration>,
+    /// Leave out the two arms on the PostgreSQL lock (they need PostgreSQL 15 and root).
+    #[arg(long)]
+    pub without_postgres: bool,
 }
 
 impl Default for Params {
@@ -108,6 +111,14 @@ impl Params {
         self.scaled(Duration::from_secs(10 * 60))
     }
 
+    /// The PostgreSQL lock's `postgres.lease`: the shipped 15 s scaled, but at least the 1 s
+    /// the collector accepts.
+    pub fn lease(&self) -> Duration {
+        let shipped = report_collector::config::PostgresConfig::default().lease;
+        self.scaled(shipped)
+            .max(report_collector::config::LEASE_RANGE.0)
+    }
+
     /// How long before the first slot the servers start.
     ///
     /// A server's heavy-load clock starts with the server. Starting it at this lead puts the first
@@ -170,6 +181,8 @@ mod tests {
             ..Params::default()
         };
         assert_eq!(off.resume_within(), Duration::ZERO);
+        // 15 s scaled is 0.75 s, below the collector's 1 s minimum.
+        assert_eq!(p.lease(), Duration::from_secs(1));
     }
 
     #[test]

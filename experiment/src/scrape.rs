@@ -24,7 +24,13 @@ pub struct Scrape {
     pub cancelled: f64,
     /// `report_apis_tickets_expired_total`: tickets dropped after their ttl.
     pub expired: f64,
+    /// `report_apis_rejections_total{reason="fence-stale"}`: requests refused (409) for a
+    /// token below their lock's mark.
+    pub fence_stale: f64,
 }
+
+/// The series of requests refused by the fence as stale.
+pub const FENCE_STALE: &str = "report_apis_rejections_total{reason=\"fence-stale\"}";
 
 /// A scrape placed on the time line.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,6 +83,7 @@ impl Scrape {
             issued: get("report_apis_tickets_issued_total"),
             cancelled: get("report_apis_tickets_cancelled_total"),
             expired: get("report_apis_tickets_expired_total"),
+            fence_stale: get(FENCE_STALE),
         }
     }
 
@@ -142,6 +149,8 @@ report_apis_heavy_load 1
 report_apis_tickets_issued_total 7
 report_apis_tickets_cancelled_total 2
 report_apis_tickets_expired_total 1
+report_apis_rejections_total{reason=\"fence-stale\"} 2
+report_apis_rejections_total{reason=\"fence-header\"} 5
 report_apis_http_requests_total{route=\"/get_report/{ticket}\",method=\"GET\",status=\"200\"} 12
 report_apis_report_generation_seconds_sum 9.0
 report_apis_report_generation_seconds_count 3
@@ -157,6 +166,7 @@ report_apis_report_generation_seconds_bucket{le=\"+Inf\"} 3
         assert!(s.heavy_load);
         assert_eq!(s.issued, 7.0);
         assert_eq!((s.cancelled, s.expired), (2.0, 1.0));
+        assert_eq!(s.fence_stale, 2.0);
         assert_eq!(s.mean_generation(), Some(3.0));
     }
 

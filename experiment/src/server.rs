@@ -32,8 +32,8 @@ pub struct Server {
 
 /// The server's configuration for these parameters: the shipped defaults with time compressed,
 /// a short drain so that stopping a server does not hold up the experiment, and the fence's
-/// marks kept in the arm's own directory `dir`.
-pub fn config(params: &Params, listen: SocketAddr, dir: &Path) -> Config {
+/// marks kept in the arm's own directory `dir`, the fence enforced or not (`[fence] enforce`).
+pub fn config(params: &Params, listen: SocketAddr, dir: &Path, enforce: bool) -> Config {
     let shipped = Config::default();
     Config {
         listen,
@@ -53,8 +53,8 @@ pub fn config(params: &Params, listen: SocketAddr, dir: &Path) -> Config {
             drain_timeout: Duration::from_secs(1),
         },
         fence: Fencing {
+            enforce,
             state_file: dir.join("fence.json"),
-            ..shipped.fence
         },
     }
 }
@@ -78,15 +78,23 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 
 impl Server {
     /// Writes the config into `dir` and starts the server; returns at once.
-    pub fn spawn(binary: &Path, dir: &Path, params: &Params) -> anyhow::Result<Server> {
+    pub fn spawn(
+        binary: &Path,
+        dir: &Path,
+        params: &Params,
+        enforce: bool,
+    ) -> anyhow::Result<Server> {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let addr = free_port()?;
         let path = dir.join("report-apis.toml");
         // The server takes only an absolute state-file path.
         let absolute = std::path::absolute(dir)
             .with_context(|| format!("cannot make {} absolute", dir.display()))?;
-        fs::write(&path, config_file(&config(params, addr, &absolute))?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        fs::write(
+            &path,
+            config_file(&config(params, addr, &absolute, enforce))?,
+        )
+        .with_context(|| format!("cannot write {}", path.display()))?;
         let log = File::create(dir.join("report-apis.log"))
             .context("cannot create the server's log file")?;
         let child = Command::new(binary)
@@ -109,6 +117,14 @@ impl Server {
             url: format!("http://{addr}"),
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> anyhow::Result<SocketAddr> {
+        self.url
+            .trim_start_matches("http://")
+            .parse()
+            .context("the server's address")
     }
 
     /// Waits until `/healthz` answers 200, or fails with the server's own words.
@@ -196,6 +212,7 @@ mod tests {
             &Params::default(),
             "127.0.0.1:9".parse().unwrap(),
             Path::new("/tmp/arm"),
+            true,
         );
         let text = config_file(&config).unwrap();
         for needle in [
@@ -210,5 +227,14 @@ mod tests {
         }
         let read = Config::parse(Path::new("report-apis.toml"), &text).unwrap();
         assert_eq!(read, config, "{text}");
+        assert!(text.contains("enforce = true"), "{text}");
+        let off = config_file(&super::config(
+            &Params::default(),
+            "127.0.0.1:9".parse().unwrap(),
+            Path::new("/tmp/arm"),
+            false,
+        ))
+        .unwrap();
+        assert!(off.contains("[fence]\nenforce = false"), "{off}");
     }
 }

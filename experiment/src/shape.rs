@@ -39,6 +39,8 @@ pub const REPLACE_MAX_PENDING: f64 = 2.0;
 pub const REPLACE_COLLECTS_NO_FEWER_BY: usize = 0;
 /// No arm may waste more tickets than this (see [`crate::measure::Tickets`]), nor save one twice.
 pub const MAX_WASTED: u64 = 0;
+/// The fenced arm on the PostgreSQL lock: at most this many tickets pending at once.
+pub const FENCED_MAX_PENDING: f64 = 1.0;
 /// The killed arm: at least this many collections of a ticket a killed run left.
 pub const KILLED_MIN_RESUMED: u64 = 1;
 
@@ -57,6 +59,8 @@ pub enum Claim {
     NoTicketWasted,
     KilledTicketsResumed,
     ReplaceHandsTicketOver,
+    FenceRefusesPausedHolders,
+    NoFenceLetsPausedHoldersIn,
 }
 
 impl fmt::Display for Claim {
@@ -97,6 +101,14 @@ impl fmt::Display for Claim {
             }
             Claim::ReplaceHandsTicketOver => {
                 "replace: a run that ends another adopts its ticket (resumed, none cancelled)"
+            }
+            Claim::FenceRefusesPausedHolders => {
+                "postgres, paused holders, fenced: every request a paused holder sent after the \
+                 takeover is refused (fence-stale), and never more than 1 ticket pending"
+            }
+            Claim::NoFenceLetsPausedHoldersIn => {
+                "postgres, paused holders, no fence (the control): a paused holder's late request \
+                 is let in, 2 tickets pending at once or one cancelled, none refused"
             }
         })
     }
@@ -262,9 +274,12 @@ pub fn judge(outcome: &Outcome) -> Verdict {
     };
     push(Claim::ReplaceCollectsAsMuch, holds, evidence);
 
+    // The unfenced control is there to show what the fence prevents: the tickets its paused
+    // holders get late are waste, by design.
     let wasteful: Vec<String> = outcome
         .arms
         .iter()
+        .filter(|arm| arm.arm.id != ArmId::PostgresUnfenced)
         .filter_map(|arm| {
             let t = arm.summary().tickets;
             (t.wasted > MAX_WASTED || t.saved_twice > 0).then(|| {
@@ -285,7 +300,8 @@ pub fn judge(outcome: &Outcome) -> Verdict {
         .sum();
     push(
         Claim::NoTicketWasted,
-        wasteful.is_empty() && outcome.arms.len() == Arm::ALL.len(),
+        wasteful.is_empty()
+            && outcome.arms.len() == Arm::selected(!outcome.params.without_postgres).len(),
         if wasteful.is_empty() {
             format!(
                 "{issued} tickets issued over {} arms, none wasted",
@@ -314,7 +330,38 @@ pub fn judge(outcome: &Outcome) -> Verdict {
     };
     push(Claim::ReplaceHandsTicketOver, holds, evidence);
 
+    if !outcome.params.without_postgres {
+        let (holds, evidence) = judge_fence(outcome.arm(ArmId::PostgresFenced), true);
+        push(Claim::FenceRefusesPausedHolders, holds, evidence);
+        let (holds, evidence) = judge_fence(outcome.arm(ArmId::PostgresUnfenced), false);
+        push(Claim::NoFenceLetsPausedHoldersIn, holds, evidence);
+    }
+
     Verdict { checks }
+}
+
+/// The arms on the PostgreSQL lock. At least one paused holder's request must have reached the
+/// server after a takeover. Fenced: every such request refused, at most
+/// [`FENCED_MAX_PENDING`] tickets pending. Not fenced: none refused, and at least 2 pending at
+/// once or a ticket cancelled.
+fn judge_fence(arm: Option<&ArmResult>, fenced: bool) -> (bool, String) {
+    let Some(arm) = arm else {
+        return (false, "the arm is missing".into());
+    };
+    let s = arm.summary();
+    let evidence = format!(
+        "{} holders paused, {} of their requests sent on after a takeover, {} refused \
+         (fence-stale), peak {} pending, {} cancelled",
+        s.paused, s.paused_delivered, s.refused_stale, s.peak_pending, s.tickets.cancelled
+    );
+    let delivered = s.paused_delivered as u64;
+    let holds = delivered >= 1
+        && if fenced {
+            s.refused_stale >= delivered && s.peak_pending <= FENCED_MAX_PENDING
+        } else {
+            s.refused_stale == 0 && (s.peak_pending >= 2.0 || s.tickets.cancelled >= 1)
+        };
+    (holds, evidence)
 }
 
 /// Every killed run held a ticket; each must be collected by a later run (a saved report
@@ -440,6 +487,9 @@ mod tests {
                 exit: exit.clone(),
                 ticket: (*exit != Skipped).then(|| format!("t{seq}")),
                 ticket_at: (*exit != Skipped).then_some(*started),
+                host: 0,
+                pid: 0,
+                failure: None,
             })
             .collect()
     }
@@ -540,12 +590,27 @@ mod tests {
                     // The run of 9 s replaced the run of 6 s and collected its ticket.
                     leftovers.resumed = 1;
                 }
+                let mut last = issued(last, &leftovers);
+                if arm.pause_holders {
+                    // Two holders paused, both requests sent on after a takeover.
+                    (last.fence_stale, last.pending_peak) = if arm.server_enforces_fence() {
+                        (2.0, 1.0)
+                    } else {
+                        (0.0, 3.0)
+                    };
+                }
+                let pauses = if arm.pause_holders {
+                    vec![pause(true), pause(true)]
+                } else {
+                    Vec::new()
+                };
                 ArmResult {
                     arm: *arm,
                     runs: records,
                     samples: Vec::new(),
-                    last: issued(last, &leftovers),
+                    last,
                     leftovers,
+                    pauses,
                 }
             })
             .collect();
@@ -555,6 +620,15 @@ mod tests {
                 ..Params::default()
             },
             arms,
+        }
+    }
+
+    fn pause(delivered: bool) -> crate::proxy::Pause {
+        crate::proxy::Pause {
+            pid: 1,
+            stopped: 0.1,
+            continued: Some(3.2),
+            delivered,
         }
     }
 
@@ -572,7 +646,56 @@ mod tests {
     fn the_expected_shape_holds() {
         let verdict = judge(&good());
         assert!(verdict.holds(), "{verdict}");
+        assert_eq!(verdict.checks.len(), 14);
+    }
+
+    #[test]
+    fn the_fence_claims_fail_on_a_second_ticket_or_a_stale_request_let_in() {
+        // Fenced, but a paused holder's request got a ticket: two pending, one refused of two.
+        let mut outcome = good();
+        let fenced = arm_mut(&mut outcome, ArmId::PostgresFenced);
+        fenced.last.pending_peak = 2.0;
+        fenced.last.fence_stale = 1.0;
+        assert_eq!(failed(&outcome), vec![Claim::FenceRefusesPausedHolders]);
+        // No request reached the server late: nothing shown either way.
+        let mut outcome = good();
+        for id in [ArmId::PostgresFenced, ArmId::PostgresUnfenced] {
+            let arm = arm_mut(&mut outcome, id);
+            arm.pauses = vec![pause(false)];
+        }
+        assert_eq!(
+            failed(&outcome),
+            vec![
+                Claim::FenceRefusesPausedHolders,
+                Claim::NoFenceLetsPausedHoldersIn
+            ]
+        );
+        // The control: one pending at most and nothing cancelled shows nothing; a cancel does.
+        let mut outcome = good();
+        arm_mut(&mut outcome, ArmId::PostgresUnfenced)
+            .last
+            .pending_peak = 1.0;
+        assert_eq!(failed(&outcome), vec![Claim::NoFenceLetsPausedHoldersIn]);
+        arm_mut(&mut outcome, ArmId::PostgresUnfenced)
+            .last
+            .cancelled = 1.0;
+        assert!(judge(&outcome).holds(), "{}", judge(&outcome));
+        // Left out on purpose: neither claim is judged.
+        let mut outcome = good();
+        outcome.params.without_postgres = true;
+        outcome.arms.retain(|a| !a.arm.on_postgres());
+        let verdict = judge(&outcome);
+        assert!(verdict.holds(), "{verdict}");
         assert_eq!(verdict.checks.len(), 12);
+    }
+
+    #[test]
+    fn the_unfenced_control_may_waste_tickets_the_fenced_arm_may_not() {
+        let mut outcome = good();
+        arm_mut(&mut outcome, ArmId::PostgresUnfenced).last.issued += 2.0;
+        assert!(judge(&outcome).holds(), "{}", judge(&outcome));
+        arm_mut(&mut outcome, ArmId::PostgresFenced).last.issued += 1.0;
+        assert_eq!(failed(&outcome), vec![Claim::NoTicketWasted]);
     }
 
     #[test]
@@ -672,6 +795,9 @@ mod tests {
             exit: ExitKind::CutOff,
             ticket: Some("t4".into()),
             ticket_at: Some(16.0),
+            host: 0,
+            pid: 0,
+            failure: None,
         });
         assert!(judge(&outcome).holds(), "{}", judge(&outcome));
 
