@@ -778,7 +778,9 @@ fn a_generation_at_its_largest_is_exit_69_naming_the_statement_that_resets_it() 
     let reset = refused
         .stderr
         .split('`')
-        .find(|part| part.starts_with("UPDATE report_collector_lock SET generation = 0, lock_id = NULL"))
+        .find(|part| {
+            part.starts_with("UPDATE report_collector_lock SET generation = 0, lock_id = NULL")
+        })
         .unwrap_or_else(|| panic!("no reset statement in {}", refused.stderr));
     fleet.psql(&format!("SET search_path = report_collector; {reset}"));
     let after = a.run(&["--trigger", "manual"]);
