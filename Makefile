@@ -100,7 +100,10 @@ test: deps-docker
 	tests/beside.sh tests/host-state.sh $(MAKE) box-test docker-test
 	@if [[ -n "$${LONG_RUN:-}" ]]; then scripts/long-run.sh; fi
 
+# Installs what it needs first: the build's packages and the PostgreSQL server its arms on the
+# PostgreSQL lock start a throw-away cluster of (none left running).
 experiment:
+	scripts/install-deps.sh --experiment
 	cargo run --release -p experiment
 
 bench: deps

@@ -6,7 +6,9 @@
 # installed without starting or enabling the host's Docker services, and it undoes what earlier
 # versions of tests/docker.sh left on the host (tests/box/docker-engine.sh says what). With
 # --build, only what building the packages needs (`make deb`): a C toolchain, curl for rustup,
-# Rust, cargo-deb; not the lint components (rustfmt, clippy) nor any test tool.
+# Rust, cargo-deb; not the lint components (rustfmt, clippy) nor any test tool. With
+# --experiment, what --build installs and the PostgreSQL server (`make experiment`: its arms on
+# the PostgreSQL lock start a throw-away cluster).
 # promtool, which `make test` uses to check the example alerting rules, comes from Debian's
 # prometheus package, installed without starting or enabling the Prometheus server; the
 # PostgreSQL server the fleet tests start clusters of, from Debian's postgresql package, with
@@ -41,7 +43,7 @@ RUST_COMPONENTS=(rustfmt clippy)
 
 require_root "installs Debian packages"
 
-if [[ ${1:-} == --build ]]; then
+if [[ ${1:-} == --build || ${1:-} == --experiment ]]; then
     APT_PACKAGES=("${BUILD_PACKAGES[@]}")
     RUST_COMPONENTS=()
 fi
@@ -118,7 +120,9 @@ postgres_installed() {
         fi
     done
 }
-if [[ ${1:-} != --build ]]; then
+if [[ ${1:-} == --experiment ]]; then
+    postgres_installed
+elif [[ ${1:-} != --build ]]; then
     promtool_installed
     postgres_installed
 fi
@@ -158,7 +162,7 @@ cargo_deb_ready
 # cargo-fuzz, for `make fuzz` and the fuzz step of `make test` (fuzz/README.md); it builds
 # libFuzzer with the C++ compiler of build-essential.
 CARGO_FUZZ_VERSION=0.13.2
-if [[ ${1:-} != --build && $(cargo fuzz --version 2>/dev/null) != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
+if [[ ${1:-} != --build && ${1:-} != --experiment && $(cargo fuzz --version 2>/dev/null) != "cargo-fuzz $CARGO_FUZZ_VERSION" ]]; then
     echo "installing cargo-fuzz $CARGO_FUZZ_VERSION" >&2
     cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi
