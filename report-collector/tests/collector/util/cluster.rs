@@ -242,7 +242,11 @@ fn watch(dir: &Path) -> Child {
     Command::new("sh")
         .arg("-c")
         .arg(
-            "cat >/dev/null; runuser -u postgres -- \"$1/pg_ctl\" -D \"$2/data\" -m immediate -w stop; \
+            // A test killed while its cluster starts leaves `pg_ctl start` running: its end is
+            // waited for, or the server it starts would outlive the stop.
+            "cat >/dev/null; \
+             while pgrep -f -- \"pg_ctl -D $2/data\" >/dev/null; do sleep 0.1; done; \
+             runuser -u postgres -- \"$1/pg_ctl\" -D \"$2/data\" -m immediate -w stop; \
              rm -rf \"$2\"",
         )
         .arg("sh")
