@@ -22,14 +22,18 @@ pub struct Apis {
 }
 
 /// The shipped configuration with no heavy load, a fixed generation time (no slow-down with
-/// the tickets pending) and a short drain.
-pub fn config_text(generation_time: Duration) -> String {
+/// the tickets pending), a short drain, and the fence's marks kept in `fence_state`, a file of
+/// the run's own work directory (never the host's /var/lib).
+pub fn config_text(generation_time: Duration, fence_state: &Path) -> String {
+    // A JSON string is a TOML basic string: any path is written as it is.
+    let state = serde_json::to_string(&fence_state.to_string_lossy()).unwrap_or_default();
     format!(
         "# Written by fleet-faults.\n\
          listen = \"0.0.0.0:{PORT}\"\n\n\
          [heavy-load]\nperiod = \"0s\"\ninitially-on = false\n\n\
          [report]\ngeneration-time = \"{}\"\nslowdown = 0.0\n\n\
-         [shutdown]\ndrain-timeout = \"1s\"\n",
+         [shutdown]\ndrain-timeout = \"1s\"\n\n\
+         [fence]\nstate-file = {state}\n",
         humantime::format_duration(generation_time)
     )
 }
@@ -42,8 +46,11 @@ impl Apis {
         generation_time: Duration,
     ) -> anyhow::Result<Apis> {
         let config = dir.join("report-apis.toml");
-        std::fs::write(&config, config_text(generation_time))
-            .with_context(|| format!("cannot write {}", config.display()))?;
+        std::fs::write(
+            &config,
+            config_text(generation_time, &dir.join("report-apis-fence.json")),
+        )
+        .with_context(|| format!("cannot write {}", config.display()))?;
         let log = dir.join("report-apis.log");
         let out = File::create(&log).context("cannot create the server's log")?;
         let child = Command::new("ip")
@@ -103,5 +110,25 @@ impl Apis {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(5)..].join(" | ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fence_marks_are_kept_in_the_given_file() {
+        let text = config_text(
+            Duration::from_millis(1500),
+            Path::new("/var/tmp/fleet-faults-1/report-apis-fence.json"),
+        );
+        assert!(
+            text.ends_with(
+                "\n[fence]\nstate-file = \"/var/tmp/fleet-faults-1/report-apis-fence.json\"\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("generation-time = \"1s 500ms\""), "{text}");
     }
 }

@@ -2,7 +2,9 @@
 //! PostgreSQL, the real report-apis, and one fault per round into the run that holds the
 //! lock; then checks, on evidence independent of the collectors' verdicts, that no two runs
 //! ever collected at once, no slot or ticket was collected twice, and another host took over
-//! within the bound. Run as root; see tests/README.md.
+//! within the bound; and, from the server's own /metrics sampled through the run, that no lock
+//! ever had two tickets pending and every refusal of a stale fencing token was met by a run
+//! that says so. Run as root; see tests/README.md.
 
 mod apis;
 mod cleanup;
@@ -14,6 +16,7 @@ mod logline;
 mod netns;
 mod round;
 mod runs;
+mod server_view;
 mod verdict;
 
 use std::collections::BTreeSet;
@@ -209,6 +212,7 @@ async fn harness(cli: &Cli) -> anyhow::Result<bool> {
     // Faults may also land around the save, just after the report is ready, or just miss.
     let collecting = cli.generation_time + cli.poll_interval;
     let plans = faults::plan(seed, cli.rounds, cli.lease, collecting);
+    let server = server_view::Sampler::start(&net.db, apis::PORT).await?;
     let fleet = round::Fleet {
         net: net.clone(),
         cluster: cluster.clone(),
@@ -218,6 +222,7 @@ async fn harness(cli: &Cli) -> anyhow::Result<bool> {
         bound: settings.deadline + Duration::from_secs(10),
         work: work.clone(),
         seen: Mutex::new(vec![BTreeSet::new(); HOSTS]),
+        server,
     };
     let mut results = Vec::new();
     for (i, plan) in plans.iter().enumerate() {
@@ -225,7 +230,9 @@ async fn harness(cli: &Cli) -> anyhow::Result<bool> {
         println!("{}", verdict::describe(&result));
         results.push(result);
     }
-    let figures = verdict::judge(&results, bound);
+    let sampling_busy = fleet.server.stop();
+    let mut figures = verdict::judge(&results, bound);
+    figures.sampling_busy = sampling_busy;
     print_figures(&figures, seed, bound, started.elapsed());
     let _ = cluster.stop().await;
     Ok(figures.failures.is_empty())
@@ -254,6 +261,7 @@ fn print_figures(f: &verdict::Figures, seed: u64, bound: Duration, took: Duratio
         "rounds checked against the database's slot table: {}",
         f.db_checked
     );
+    print_server(f);
     match evidence::worst_and_median(&f.take_overs) {
         Some((worst, median)) => println!(
             "take-overs: {}, worst {:.2} s, median {:.2} s (bound {:.2} s); slot kept by the holder after a fault: {}",
@@ -295,6 +303,48 @@ fn print_figures(f: &verdict::Figures, seed: u64, bound: Duration, took: Duratio
         for failure in &f.failures {
             println!("  {failure}");
         }
+    }
+}
+
+/// The server's view: the most tickets pending, the samples, the refusals and the runs that
+/// met them.
+fn print_server(f: &verdict::Figures) {
+    let by_lock: Vec<String> = f
+        .max_pending_by_lock
+        .iter()
+        .map(|(lock, n)| format!("\"{lock}\" {n}"))
+        .collect();
+    println!(
+        "server's view: {} samples of /metrics, one every {} ms ({} reads failed, {:.2} s spent reading); most tickets pending per lock: {} (must be 1 at most), server-wide: {} (must be 1 at most), the server's own peak: {}",
+        f.server_samples,
+        server_view::EVERY.as_millis(),
+        f.server_failed,
+        f.sampling_busy.as_secs_f64(),
+        if by_lock.is_empty() {
+            "none seen".to_owned()
+        } else {
+            by_lock.join(", ")
+        },
+        f.max_pending,
+        f.pending_peak
+            .map_or_else(|| "unread".to_owned(), |p| p.to_string())
+    );
+    let refusals: Vec<String> = f
+        .fence_refusals
+        .iter()
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    let matched: usize = f.refused.iter().map(|(_, _, runs)| runs.len()).sum();
+    println!(
+        "fence refusals counted by the server: {}; runs that exited 79 with the FENCED line: {matched}",
+        if refusals.is_empty() {
+            "none".to_owned()
+        } else {
+            refusals.join(", ")
+        }
+    );
+    for (round, stale, runs) in &f.refused {
+        println!("  round {round}: {stale} refused fence-stale, fenced runs {runs:?}");
     }
 }
 

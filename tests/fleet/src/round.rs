@@ -18,6 +18,7 @@ use crate::faults::{Fault, RoundPlan};
 use crate::logline::{Kind, Line};
 use crate::netns::{self, Net};
 use crate::runs::{self, HostFiles, Pids, RunResult};
+use crate::server_view::{Sampler, ServerRound};
 
 /// What every round shares.
 #[derive(Debug)]
@@ -32,6 +33,8 @@ pub struct Fleet {
     pub work: PathBuf,
     /// Report files already seen, by host.
     pub seen: Mutex<Vec<BTreeSet<String>>>,
+    /// report-apis' /metrics, sampled through the run.
+    pub server: Sampler,
 }
 
 /// The fault as injected.
@@ -64,6 +67,8 @@ pub struct RoundResult {
     /// run even when no line of the run says so.
     pub saved_at: Vec<(usize, SystemTime)>,
     pub db: serde_json::Value,
+    /// What the server's /metrics showed through the round, and its counters at its end.
+    pub server: ServerRound,
 }
 
 /// The start of the first slot that begins at least `margin` from now.
@@ -146,6 +151,7 @@ pub async fn play(fleet: &Fleet, index: usize, plan: &RoundPlan) -> anyhow::Resu
         serde_json::to_string_pretty(&db).unwrap_or_default(),
     );
     let (new_files, saved_at) = new_reports(fleet);
+    let server = fleet.server.round_end().await;
     Ok(RoundResult {
         index,
         plan: plan.clone(),
@@ -155,6 +161,7 @@ pub async fn play(fleet: &Fleet, index: usize, plan: &RoundPlan) -> anyhow::Resu
         new_files,
         saved_at,
         db,
+        server,
     })
 }
 
