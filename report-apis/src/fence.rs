@@ -281,14 +281,11 @@ impl Fences {
                 _ => Ok(unfenced),
             };
         };
+        if let Some(decided) = self.admit_ungated(fence, action) {
+            return decided;
+        }
         let gate = self.gate.lock().await;
-        let (rules, mark) = {
-            let state = self.state();
-            (
-                self.rules_of(&state),
-                state.locks.get(&fence.id).map(|l| l.mark),
-            )
-        };
+        let (rules, mark) = self.rules_and_mark(fence.id);
         match decide(rules, mark, Some(fence), action) {
             Decision::Unfenced => Ok(unfenced),
             Decision::Refuse(refusal) => Err(Refused { refusal, mark }),
@@ -314,6 +311,46 @@ impl Fences {
                 }
             }
         }
+    }
+
+    /// What needs no gate, decided under the state's lock alone: a stale token (a mark only
+    /// rises, so the refusal stands), and a fetch or a cancel carrying the lock's mark, which
+    /// raises no mark and issues no ticket. So polls do not queue behind one another, nor
+    /// behind a raise's write; a poll decided here while another request's raise is being
+    /// written is ordered before that raise, whose request has not been answered yet. `None`:
+    /// take the gate.
+    fn admit_ungated(
+        &self,
+        fence: &Fence,
+        action: Action,
+    ) -> Option<Result<Admitted<'_>, Refused>> {
+        let (rules, mark) = self.rules_and_mark(fence.id);
+        match decide(rules, mark, Some(fence), action) {
+            Decision::Refuse(refusal @ Refusal::Stale { .. }) => {
+                Some(Err(Refused { refusal, mark }))
+            }
+            Decision::Enforce { raise: false, then } if action != Action::Request => {
+                let mark = self.seen(fence);
+                Some(match then {
+                    Some(refusal) => Err(Refused {
+                        refusal,
+                        mark: Some(mark),
+                    }),
+                    None => Ok(Admitted {
+                        fences: self,
+                        fence: Some((fence.id, fence.token)),
+                        mark: Some(mark),
+                        _gate: None,
+                    }),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn rules_and_mark(&self, id: Uuid) -> (Rules, Option<Token>) {
+        let state = self.state();
+        (self.rules_of(&state), state.locks.get(&id).map(|l| l.mark))
     }
 
     fn rules(&self) -> Rules {
