@@ -189,7 +189,13 @@ fn scenario(fleet: &Fleet, lock: &str, pause: &Pause, enforce: bool) -> Option<E
         }
     };
     let Some(pid) = wait_until_stopped(&mut child, traced) else {
-        finish(child);
+        // The run got through before the point came; anything else (strace refusing its
+        // arguments, say) is no run at all.
+        let ended = finish(child);
+        assert!(
+            matches!(ended.code, Some(0 | 75)),
+            "{pause:?}: host A ended without being held: {ended:?}"
+        );
         return None;
     };
     // Past A's lease by the database's clock; B then waits out whatever is left of it.
@@ -248,9 +254,14 @@ fn socket_writes(fleet: &Fleet) -> (Vec<Pause>, Duration) {
     let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
     let mut points = Vec::new();
     for line in text.lines() {
-        let Some(call) = line.strip_prefix(&format!("{main} ")) else {
+        // `PID  call(...)`: strace pads the pid column, so a shorter pid has more spaces.
+        let Some((pid, call)) = line.split_once(' ') else {
             continue;
         };
+        let call = call.trim_start();
+        if pid != main {
+            continue;
+        }
         let Some((syscall, rest)) = call.split_once('(') else {
             continue;
         };
