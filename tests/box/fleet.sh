@@ -139,6 +139,8 @@ listen = "0.0.0.0:8080"
 period = "0s"
 [report]
 generation-time = "1s"
+[fence]
+state-file = "$dir/fence.json"
 EOF
     ip netns exec "$FLEET_DB_NS" "$dir/root/usr/bin/report-apis" --config "$dir/config.toml" \
         </dev/null >"$dir/log" 2>&1 &
