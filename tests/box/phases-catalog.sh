@@ -123,7 +123,13 @@ phase_catalog_skip() {
         _try_lock || rc=$?
         ((rc == 99))
     }
-    if wait_until 5 _held; then
+    # A timer run that began on the minute just before holds the lock first (the holder's flock
+    # waits for it) and keeps report-collector.service busy, so the start below would start
+    # nothing: let it end first, and the run started below meets the holder.
+    _collector_idle() {
+        [[ $(prop "$box" report-collector.service ActiveState) != activating ]]
+    }
+    if wait_until 5 _held && wait_until 60 _collector_idle && wait_until 5 _held; then
         holder=$(prop "$box" catalog-lock-holder.service MainPID)
         info "lock $LOCK_FILE held by flock, pid $holder (catalog-lock-holder.service)"
     else
