@@ -16,7 +16,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,17 +39,6 @@ const RENAMING_AND_REMOVING: &[&str] = &["?rename", "renameat", "renameat2", "?u
 
 /// Bounds the calls of one kind a run may make, so a change that loops fails here.
 const MAX_CALLS: usize = 400;
-
-fn strace_works() -> Result<(), String> {
-    match Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null", "true"])
-        .output()
-    {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
-        Err(e) => Err(format!("cannot run strace: {e}")),
-    }
-}
 
 fn counts(setup: &Setup) -> BTreeMap<String, u64> {
     std::fs::read_to_string(&setup.metrics)

@@ -165,16 +165,6 @@ fn caught_up(primary: &Cluster, standby: &Cluster) {
     });
 }
 
-/// All of report-apis' `/metrics` at `url`.
-fn metrics_text(url: &str) -> String {
-    let addr = url.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
-
 /// One series, if the server has it.
 fn series(text: &str, name: &str) -> Option<f64> {
     text.lines()

@@ -22,7 +22,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -347,17 +347,6 @@ fn a_holder_paused_past_its_lease_at_any_point_is_refused_by_the_server() {
     );
 }
 
-fn strace_works() -> Result<(), String> {
-    match Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null", "true"])
-        .output()
-    {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
-        Err(e) => Err(format!("cannot run strace: {e}")),
-    }
-}
-
 /// A stream a proxy forwards: TCP or a Unix socket.
 trait Stream: Read + Write + Send + Sized + 'static {
     fn another(&self) -> std::io::Result<Self>;
@@ -506,15 +495,6 @@ fn a_request_delivered_late_by_the_network_is_refused() {
         assert!(reports(&a).is_empty(), "A saved nothing");
         assert_eq!(reports(&b).len(), 1);
     }
-}
-
-fn metrics_text(url: &str) -> String {
-    let addr = url.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
 }
 
 /// The last fence note in the state file of `setup`.

@@ -388,13 +388,32 @@ fn finished(out: Output) -> Finished {
     }
 }
 
-/// One series of report-apis' `/metrics` at `url`, over a plain HTTP/1.0 request.
-pub fn metric(url: &str, name: &str) -> f64 {
+/// All of report-apis' `/metrics` at `url` (the answer's head too), over a plain HTTP/1.0
+/// request.
+pub fn metrics_text(url: &str) -> String {
     let addr = url.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// Whether strace can trace here (the crash-point and fence tests inject with it).
+pub fn strace_works() -> Result<(), String> {
+    match Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "true"])
+        .output()
+    {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+        Err(e) => Err(format!("cannot run strace: {e}")),
+    }
+}
+
+/// One series of report-apis' `/metrics` at `url`.
+pub fn metric(url: &str, name: &str) -> f64 {
+    let text = metrics_text(url);
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("{name} in {text}"))
